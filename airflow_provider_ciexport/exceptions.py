@@ -1,0 +1,44 @@
+"""Exceptions raised by the provider.
+
+Every message says what is wrong and how to fix it, and never contains personal data or secrets.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+
+class CiExportError(AirflowException):
+    """Base class of every error the provider raises; Airflow may retry the task."""
+
+
+class ExportConfigurationError(AirflowFailException, CiExportError):
+    """The task's parameters, the source's shape or the connection are wrong; a retry cannot help."""
+
+
+class SegmentSourceError(ExportConfigurationError):
+    """The segment source cannot be read as configured (missing file, bad format, failing query)."""
+
+
+class DestinationAuthError(AirflowFailException, CiExportError):
+    """The destination refused the credentials (401/403, ``invalid_grant``, ``invalid_client``)."""
+
+
+class DestinationQuotaError(AirflowFailException, CiExportError):
+    """A quota that does not reset within the task (Constant Contact's daily quota) is spent."""
+
+
+class DestinationApiError(CiExportError):
+    """The destination answered with an error that retrying did not resolve.
+
+    :param status: the HTTP status code, or ``None`` when no answer arrived.
+    :param message: what went wrong, free of personal data.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ExportIncompleteError(CiExportError):
+    """Some contacts could not be exported; the message says how many were and were not."""

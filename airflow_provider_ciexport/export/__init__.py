@@ -1,0 +1,3 @@
+"""Streaming export pipeline: segment sources, contact building and request batching."""
+
+from __future__ import annotations
