@@ -1,0 +1,3 @@
+"""Hooks that hold the destination credentials."""
+
+from __future__ import annotations

@@ -1,0 +1,311 @@
+"""What both destination hooks share: a clean requests session, rate limits, retries, URL checks."""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import random
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+from airflow.providers.http.hooks.http import HttpHook
+from requests.adapters import HTTPAdapter
+
+from airflow_provider_ciexport.exceptions import DestinationApiError, ExportConfigurationError
+from airflow_provider_ciexport.export.ratelimit import RateLimiter
+
+#: Connect and read timeouts of every request, in seconds. Imports of several MB take a while to
+#: upload and to be acknowledged, so the read timeout is generous; a hung server still cannot stall a
+#: task forever.
+DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 120.0)
+DEFAULT_MAX_ATTEMPTS = 8
+MAX_BACKOFF_S = 60.0
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` (a name or an IP address, no port) is this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, what: str, conn_id: str) -> str:
+    """Validate an absolute API URL: HTTPS, or plain HTTP only to a loopback host (the sandbox).
+
+    :param url: the URL to check.
+    :param what: which setting it came from, for the error message.
+    :param conn_id: the connection it came from, for the error message.
+    :return: the URL without a trailing slash.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url.strip():
+        raise ExportConfigurationError(
+            f"The {what} of connection '{conn_id}' is not a valid URL. "
+            "Set it to an absolute https:// URL, e.g. https://api.cc.email/v3."
+        )
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ExportConfigurationError(
+            f"The {what} of connection '{conn_id}' uses plain http:// to a non-local host. "
+            "Use https:// (plain http is only allowed to a local sandbox such as http://127.0.0.1:8025)."
+        )
+    return url.strip().rstrip("/")
+
+
+class RetryableAnswer(Exception):
+    """An answer that asks the client to try again (throttling, 5xx, no answer).
+
+    :param reason: what happened, without personal data.
+    :param retry_after: how long the server asked us to wait, in seconds, if it said.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Read a ``Retry-After`` header given in seconds or as an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def json_or_none(response: requests.Response) -> Any:
+    """The JSON body of ``response``, or ``None`` when it has none."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+class SegmentApiHook(HttpHook):
+    """Base of the destination hooks, on top of the http provider's ``HttpHook``.
+
+    Unlike a plain ``HttpHook`` it never turns connection extras into request headers and never sends
+    the connection's login and password as Basic auth: subclasses say exactly which headers carry the
+    credentials. Each thread gets its own keep-alive session; every request has connect and read
+    timeouts, passes the account's shared rate limiters, and is retried with backoff (honouring
+    ``Retry-After``) when the answer is a throttle, a 5xx or no answer at all.
+
+    :param conn_id: the Airflow connection to use.
+    :param max_attempts: how many times one call is tried before it fails.
+    :param timeout: ``(connect, read)`` timeouts of each request, in seconds.
+    """
+
+    #: Name of the destination in messages.
+    destination = "the API"
+
+    def __init__(
+        self,
+        conn_id: str,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(method="GET", http_conn_id=conn_id)
+        self.conn_id = conn_id
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self._local = threading.local()
+        self._counter_lock = threading.Lock()
+        self._requests = 0
+        self._base_lock = threading.Lock()
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    @abstractmethod
+    def _resolve_base_url(self) -> str:
+        """Read the connection and return the API's base URL (validated, no trailing slash)."""
+
+    @abstractmethod
+    def _auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a request."""
+
+    @abstractmethod
+    def _limiters(self, kind: str) -> Sequence[RateLimiter]:
+        """Rate limiters a call of ``kind`` (e.g. ``"general"``, ``"import"``) must pass."""
+
+    def _check_answer(self, response: requests.Response) -> None:
+        """Raise ``RetryableAnswer`` or a final error for answers that are not plain results.
+
+        The base handles 429 and 5xx; subclasses add their destination's own quirks.
+        """
+
+    # -- HttpHook overrides ------------------------------------------------------------------
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """Return this thread's session: keep-alive, no auth, no connection extras as headers."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            session.headers.update({"Accept": "application/json"})
+            self._local.session = session
+        if headers:
+            session.headers.update(headers)
+        return session
+
+    @property
+    def api_base_url(self) -> str:
+        """The validated base URL of the API (read from the connection once)."""
+        with self._base_lock:
+            if not self._base_url_initialized:
+                self.base_url = self._resolve_base_url()
+                self._base_url_initialized = True
+        return self.base_url
+
+    def url_from_endpoint(self, endpoint: str | None) -> str:
+        """Join the API base URL and ``endpoint``."""
+        return f"{self.api_base_url}/{(endpoint or '').lstrip('/')}"
+
+    # -- calls --------------------------------------------------------------------------------
+
+    @property
+    def requests_made(self) -> int:
+        """How many HTTP requests this hook has sent, retries included."""
+        return self._requests
+
+    def call(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        json_body: Any = None,
+        body: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        kind: str = "general",
+        allow_status: Collection[int] = (),
+    ) -> requests.Response:
+        """Send one API call, waiting for the rate limits and retrying what is worth retrying.
+
+        :param method: HTTP method.
+        :param endpoint: path below the API base URL.
+        :param json_body: a JSON-serialisable body.
+        :param body: an already serialised JSON body (sent as is).
+        :param params: query parameters.
+        :param kind: which rate limits apply, as the subclass defines them.
+        :param allow_status: error statuses the caller handles itself (e.g. 404 for "no such list").
+        :return: the response (2xx, or a status in ``allow_status``).
+        """
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":")).encode()
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(RetryableAnswer),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._send_once(method, endpoint, body, params, kind, allow_status)
+        except RetryableAnswer as exc:
+            raise DestinationApiError(
+                f"{self.destination} kept failing for {method} {endpoint} after {self.max_attempts} "
+                f"attempts (last: {exc.reason}). Check the service's status and retry the task.",
+                status=None,
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send_once(
+        self,
+        method: str,
+        endpoint: str,
+        body: bytes | None,
+        params: Mapping[str, Any] | None,
+        kind: str,
+        allow_status: Collection[int],
+    ) -> requests.Response:
+        for limiter in self._limiters(kind):
+            limiter.acquire()
+        headers = {**self._auth_headers()}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        session = self.get_conn()
+        request = requests.Request(method, self.url_from_endpoint(endpoint), data=body, params=params)
+        prepared = session.prepare_request(request)
+        prepared.headers.update(headers)
+        with self._counter_lock:
+            self._requests += 1
+        try:
+            response = self.run_and_check(
+                session, prepared, {"timeout": self.timeout, "check_response": False}
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise RetryableAnswer(f"no answer ({type(exc).__name__})") from None
+        if response.status_code in allow_status:
+            return response
+        self._check_answer(response)
+        status = response.status_code
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after:
+                for limiter in self._limiters(kind):
+                    limiter.pause(retry_after)
+            raise RetryableAnswer(f"HTTP {status}", retry_after)
+        if status >= 400:
+            raise DestinationApiError(
+                f"{self.destination} answered HTTP {status} to {method} {endpoint}: "
+                f"{self._error_text(response)}",
+                status=status,
+            )
+        return response
+
+    @staticmethod
+    def _error_text(response: requests.Response) -> str:
+        """A short, data-free description of an error answer (the API's message, not its payload)."""
+        payload = json_or_none(response)
+        texts: list[str] = []
+        if isinstance(payload, dict):
+            if isinstance(payload.get("message"), str):
+                texts.append(payload["message"])
+            for err in payload.get("errors") or []:
+                if isinstance(err, dict):
+                    texts.append(str(err.get("title") or err.get("detail") or ""))
+        elif isinstance(payload, list):
+            for err in payload:
+                if isinstance(err, dict) and "error_key" in err:
+                    texts.append(str(err.get("error_key")))
+        return "; ".join(t for t in texts if t)[:300] or "no details"
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (retry_state.attempt_number - 1))
+        backoff *= 0.5 + random.random() / 2
+        if isinstance(exc, RetryableAnswer) and exc.retry_after is not None:
+            return max(exc.retry_after, 0.05)
+        return backoff
+
+    def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        self.log.warning(
+            "%s: %s, retrying (attempt %d of %d)",
+            self.destination,
+            exc,
+            retry_state.attempt_number + 1,
+            self.max_attempts,
+        )
