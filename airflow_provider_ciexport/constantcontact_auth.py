@@ -1,0 +1,917 @@
+"""Get the refresh token a ``constantcontact`` Airflow connection needs, without writing code.
+
+Run ``python -m airflow_provider_ciexport.constantcontact_auth --client-id <API key>`` and follow the
+instructions. Two OAuth2 flows are offered, both asking for the scopes ``contact_data offline_access``
+(without ``offline_access`` Constant Contact silently issues no refresh token):
+
+``pkce`` (default)
+    Authorization code with PKCE (S256). A one-shot web server on ``127.0.0.1:<port>`` receives the
+    browser's redirect to ``http://localhost:<port>/callback``; that redirect URI must be registered for
+    the app in the Constant Contact developer portal.
+``device``
+    Device authorization: open the printed link on any device, sign in and approve; the command polls
+    the token endpoint until you did.
+
+At the end the command prints a ready-to-run ``airflow connections add`` command and the equivalent
+``AIRFLOW_CONN_<ID>`` value. Secrets (client secret, refresh token) are printed only with
+``--show-secrets``; otherwise they appear as placeholders and the refresh token is written to a file
+readable only by you. The access token is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import getpass
+import hashlib
+import html
+import http.server
+import json
+import os
+import secrets
+import shlex
+import sys
+import threading
+import time
+import webbrowser
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+import requests
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.hooks.base import check_base_url
+from airflow_provider_ciexport.hooks.constantcontact import DEFAULT_API_BASE_URL, DEFAULT_TOKEN_URL
+
+PROG = "python -m airflow_provider_ciexport.constantcontact_auth"
+DEFAULT_AUTHORIZE_URL = "https://authz.constantcontact.com/oauth2/default/v1/authorize"
+DEFAULT_DEVICE_URL = "https://authz.constantcontact.com/oauth2/default/v1/device/authorize"
+#: ``offline_access`` is what makes Constant Contact issue a refresh token.
+SCOPES = "contact_data offline_access"
+DEFAULT_PORT = 8765
+DEFAULT_CONN_ID = "constantcontact_default"
+DEFAULT_TOKEN_FILE = "constantcontact_refresh_token.txt"  # noqa: S105 - a file name, not a secret
+CALLBACK_PATH = "/callback"
+#: How long the PKCE flow waits for the browser's redirect, in seconds.
+DEFAULT_WAIT_S = 300.0
+#: Connect and read timeouts of each HTTP request, in seconds.
+HTTP_TIMEOUT: tuple[float, float] = (10.0, 30.0)
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+CLIENT_SECRET_PLACEHOLDER = "<client-secret>"  # noqa: S105 - a placeholder
+REFRESH_TOKEN_PLACEHOLDER = "<refresh-token>"  # noqa: S105 - a placeholder
+# Consecutive 5xx/no answers tolerated while polling the device flow.
+_MAX_POLL_FAILURES = 3
+
+Echo = Callable[[str], None]
+OpenUrl = Callable[[str], object]
+
+
+class AuthError(Exception):
+    """The authorization failed; the message is one line that says what to do about it."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The OAuth2 endpoints and API base URL to use.
+
+    :param authorize_url: the authorization endpoint (PKCE flow).
+    :param token_url: the token endpoint.
+    :param device_url: the device authorization endpoint (device flow).
+    :param api_base_url: the V3 API base URL (only written to the connection's extras).
+    """
+
+    authorize_url: str = DEFAULT_AUTHORIZE_URL
+    token_url: str = DEFAULT_TOKEN_URL
+    device_url: str = DEFAULT_DEVICE_URL
+    api_base_url: str = DEFAULT_API_BASE_URL
+
+    @classmethod
+    def sandbox(cls, url: str) -> Endpoints:
+        """The endpoints of the local sandbox at ``url`` (e.g. ``http://127.0.0.1:8025``)."""
+        base = url.strip().rstrip("/")
+        return cls(
+            authorize_url=f"{base}/oauth2/default/v1/authorize",
+            token_url=f"{base}/oauth2/default/v1/token",
+            device_url=f"{base}/oauth2/default/v1/device/authorize",
+            api_base_url=f"{base}/v3",
+        )
+
+    def checked(self, conn_id: str) -> Endpoints:
+        """A copy with every URL validated (HTTPS, or HTTP to loopback only), without trailing slashes.
+
+        :raises ExportConfigurationError: when a URL is not acceptable.
+        """
+        return Endpoints(
+            authorize_url=check_base_url(self.authorize_url, "authorize URL (--authorize-url)", conn_id),
+            token_url=check_base_url(self.token_url, "token URL (--token-url)", conn_id),
+            device_url=check_base_url(self.device_url, "device URL (--device-url)", conn_id),
+            api_base_url=check_base_url(self.api_base_url, "API base URL (--api-base-url)", conn_id),
+        )
+
+
+@dataclass(frozen=True)
+class TokenResult:
+    """What the token endpoint issued, minus the access token (which this tool never keeps).
+
+    :param refresh_token: the refresh token for the Airflow connection.
+    :param scope: the scopes granted, as the server reported them (may be empty).
+    """
+
+    refresh_token: str = field(repr=False)
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    """The answer of the device authorization endpoint.
+
+    :param device_code: the code to poll the token endpoint with (kept out of ``repr``).
+    :param user_code: the code the user confirms in the browser.
+    :param verification_uri: where the user signs in.
+    :param verification_uri_complete: the same with the user code filled in, if the server sent one.
+    :param expires_in: seconds until the codes expire.
+    :param interval: seconds to wait between two polls.
+    """
+
+    device_code: str = field(repr=False)
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_in: float
+    interval: float
+
+
+# -- PKCE and the authorization URL ---------------------------------------------------------------
+
+
+def pkce_pair() -> tuple[str, str]:
+    """Make a PKCE code verifier and its S256 code challenge (RFC 7636).
+
+    :return: ``(code_verifier, code_challenge)``.
+    """
+    verifier = secrets.token_urlsafe(64)  # 86 characters from the unreserved set
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return verifier, challenge
+
+
+def redirect_uri_for(port: int) -> str:
+    """The redirect URI to register in the developer portal for ``port``."""
+    return f"http://localhost:{port}{CALLBACK_PATH}"
+
+
+def build_authorize_url(
+    authorize_url: str,
+    client_id: str,
+    redirect_uri: str,
+    state: str,
+    code_challenge: str,
+    scope: str = SCOPES,
+) -> str:
+    """Build the URL that starts the authorization code flow with PKCE in the browser.
+
+    :param authorize_url: the authorization endpoint.
+    :param client_id: the app's client id (API key).
+    :param redirect_uri: where the browser returns with the code.
+    :param state: an unguessable value the redirect must carry back.
+    :param code_challenge: the S256 challenge of the PKCE verifier.
+    :param scope: space-separated scopes.
+    """
+    query = urlencode(
+        {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "scope": scope,
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+        },
+        quote_via=quote,
+    )
+    separator = "&" if urlsplit(authorize_url).query else "?"
+    return f"{authorize_url}{separator}{query}"
+
+
+# -- token endpoint answers -----------------------------------------------------------------------
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _one_line(text: Any, limit: int = 200) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _oauth_error(response: requests.Response) -> tuple[str | None, str]:
+    """The OAuth ``error`` code and a short description (never the rest of the body)."""
+    payload = _json(response)
+    if not isinstance(payload, dict):
+        return None, ""
+    error = payload.get("error")
+    description = payload.get("error_description") or ""
+    return (str(error) if error else None), _one_line(description)
+
+
+def _raise_for_oauth_error(response: requests.Response, step: str, flow: str) -> None:
+    """Turn an OAuth error answer into an :class:`AuthError` that names the fix."""
+    error, description = _oauth_error(response)
+    detail = f" ({description})" if description else ""
+    if error == "invalid_client" or (error is None and response.status_code == 401):
+        raise AuthError(
+            f"Constant Contact refused the client credentials (invalid_client){detail}: check --client-id "
+            "(the app's API key) and the client secret in the Constant Contact developer portal."
+        )
+    if error == "unauthorized_client":
+        kind = "Device Flow" if flow == "device" else "Authorization Code Flow with PKCE"
+        other = "pkce" if flow == "device" else "device"
+        raise AuthError(
+            f"This app may not use the {flow} flow (unauthorized_client){detail}: enable the {kind} for the "
+            f"app in the Constant Contact developer portal, or run with --flow {other}."
+        )
+    if error == "invalid_scope":
+        raise AuthError(
+            f"Constant Contact refused the scopes '{SCOPES}' (invalid_scope){detail}: check the app's "
+            "settings in the developer portal."
+        )
+    if error == "invalid_grant":
+        raise AuthError(
+            f"Constant Contact refused the {step} (invalid_grant){detail}: it expired, was already used, "
+            "or the redirect URI did not match; run the command again."
+        )
+    if error:
+        raise AuthError(
+            f"Constant Contact's {step} failed with HTTP {response.status_code} ({error}){detail}: "
+            "run the command again; if it keeps failing, check the app in the developer portal."
+        )
+    raise AuthError(
+        f"The token endpoint answered HTTP {response.status_code} without an OAuth error: check --token-url "
+        f"(Constant Contact's is {DEFAULT_TOKEN_URL})."
+    )
+
+
+def _token_result(response: requests.Response, step: str, flow: str) -> TokenResult:
+    """Read a token answer; insist on a refresh token."""
+    payload = _json(response)
+    if response.status_code != 200 or not isinstance(payload, dict) or not payload.get("access_token"):
+        _raise_for_oauth_error(response, step, flow)
+    assert isinstance(payload, dict)
+    scope = str(payload.get("scope") or "")
+    refresh_token = payload.get("refresh_token")
+    if not refresh_token:
+        granted = f" (granted scopes: '{scope}')" if scope else ""
+        raise AuthError(
+            f"Constant Contact issued no refresh token{granted}: the authorization must include the scope "
+            "'offline_access'; make sure the app allows refresh tokens in the developer portal and approve "
+            "every requested permission, then run the command again."
+        )
+    return TokenResult(refresh_token=str(refresh_token), scope=scope)
+
+
+def _post(session: requests.Session, url: str, what: str, **kwargs: Any) -> requests.Response:
+    try:
+        return session.post(url, timeout=HTTP_TIMEOUT, **kwargs)
+    except requests.RequestException as exc:
+        raise AuthError(
+            f"Could not reach the {what} at {url} ({type(exc).__name__}): check your network and the URL."
+        ) from None
+
+
+# -- authorization code flow with PKCE ------------------------------------------------------------
+
+
+def exchange_code(
+    token_url: str,
+    client_id: str,
+    client_secret: str,
+    code: str,
+    redirect_uri: str,
+    code_verifier: str,
+    *,
+    session: requests.Session | None = None,
+) -> TokenResult:
+    """Exchange an authorization code for tokens (HTTP Basic client authentication, PKCE verifier).
+
+    :param token_url: the token endpoint.
+    :param client_id: the app's client id.
+    :param client_secret: the app's client secret.
+    :param code: the code from the redirect.
+    :param redirect_uri: the redirect URI used in the authorization request.
+    :param code_verifier: the PKCE verifier whose challenge was sent.
+    :param session: the HTTP session to use.
+    :raises AuthError: when the exchange fails or no refresh token was issued.
+    """
+    response = _post(
+        session or requests.Session(),
+        token_url,
+        "token endpoint",
+        auth=(client_id, client_secret),
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": code_verifier,
+        },
+        headers={"Accept": "application/json"},
+    )
+    return _token_result(response, "authorization code", "pkce")
+
+
+class _CallbackServer(http.server.ThreadingHTTPServer):
+    """A web server on 127.0.0.1 that keeps the first redirect to :data:`CALLBACK_PATH`.
+
+    Threaded, so a browser's idle speculative connection cannot hold up the real redirect.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, port: int, expected_state: str) -> None:
+        super().__init__(("127.0.0.1", port), _CallbackHandler)
+        self.expected_state = expected_state
+        self.params: dict[str, str] | None = None
+        self.received = threading.Event()
+        self.lock = threading.Lock()
+
+
+class _CallbackHandler(http.server.BaseHTTPRequestHandler):
+    server: _CallbackServer
+    timeout = 10  # seconds a connection may stay silent
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path != CALLBACK_PATH:
+            self._page(404, "Not found", "This server only waits for Constant Contact's redirect.")
+            return
+        params = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        with self.server.lock:
+            first = self.server.params is None
+            if first:
+                self.server.params = params
+        if not first:
+            self._page(409, "Already handled", "The authorization was already received. Close this tab.")
+        elif "error" in params:
+            reason = params.get("error_description") or params["error"]
+            self._page(400, "Authorization failed", f"{reason}. See the terminal for what to do.")
+        elif params.get("state") != self.server.expected_state:
+            self._page(400, "Authorization rejected", "The state did not match. See the terminal.")
+        else:
+            self._page(200, "Authorization received", "You can close this tab and return to the terminal.")
+        if first:
+            self.server.received.set()
+
+    def _page(self, status: int, title: str, text: str) -> None:
+        body = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>"
+        ).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay silent: the request line carries the authorization code."""
+
+
+def _check_redirect(params: Mapping[str, str], state: str, redirect_uri: str) -> str:
+    """Return the authorization code of a redirect, or raise what went wrong."""
+    error = params.get("error")
+    if error:
+        description = _one_line(params.get("error_description") or "")
+        detail = f" ({description})" if description else ""
+        if error == "access_denied":
+            raise AuthError(
+                f"The authorization was declined (access_denied){detail}: run the command again and click "
+                "'Allow' on Constant Contact's consent page."
+            )
+        if error == "unauthorized_client":
+            raise AuthError(
+                f"This app may not use the authorization code flow (unauthorized_client){detail}: enable "
+                "PKCE for the app in the Constant Contact developer portal, or run with --flow device."
+            )
+        if error == "invalid_scope":
+            raise AuthError(
+                f"Constant Contact refused the scopes '{SCOPES}' (invalid_scope){detail}: check the app's "
+                "settings in the developer portal."
+            )
+        raise AuthError(
+            f"Constant Contact returned the error '{_one_line(error, 60)}'{detail}: check that {redirect_uri} "
+            "is registered as a redirect URI of the app in the developer portal, then run the command again."
+        )
+    if not secrets.compare_digest(params.get("state", "").encode(), state.encode()):
+        raise AuthError(
+            "The redirect's state did not match this authorization request (a stale browser tab or a forged "
+            "redirect): run the command again and use only the link it prints."
+        )
+    code = params.get("code")
+    if not code:
+        raise AuthError("The redirect carried no authorization code: run the command again.")
+    return code
+
+
+def run_pkce_flow(
+    client_id: str,
+    client_secret: str,
+    endpoints: Endpoints,
+    *,
+    port: int = DEFAULT_PORT,
+    open_url: OpenUrl = webbrowser.open,
+    echo: Echo = print,
+    wait_s: float = DEFAULT_WAIT_S,
+    scope: str = SCOPES,
+    session: requests.Session | None = None,
+) -> TokenResult:
+    """Run the authorization code flow with PKCE through a one-shot server on ``127.0.0.1:port``.
+
+    :param client_id: the app's client id.
+    :param client_secret: the app's client secret.
+    :param endpoints: where to authorize and exchange the code.
+    :param port: the local port (0 picks a free one; the redirect URI then names the chosen port).
+    :param open_url: called with the authorization URL (opens the browser by default); the redirect
+        may arrive while it runs.
+    :param echo: where instructions are written.
+    :param wait_s: how long to wait for the redirect, in seconds.
+    :param scope: the scopes to request.
+    :param session: the HTTP session for the code exchange.
+    :raises AuthError: when the authorization fails.
+    """
+    state = secrets.token_urlsafe(24)
+    verifier, challenge = pkce_pair()
+    try:
+        server = _CallbackServer(port, state)
+    except OSError as exc:
+        raise AuthError(
+            f"Cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}): pass a free --port and register "
+            f"http://localhost:<port>{CALLBACK_PATH} as a redirect URI of the app in the developer portal."
+        ) from None
+    redirect_uri = redirect_uri_for(server.server_address[1])
+    url = build_authorize_url(endpoints.authorize_url, client_id, redirect_uri, state, challenge, scope)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="cc-oauth-callback", daemon=True
+    )
+    thread.start()
+    try:
+        echo(
+            f"The redirect URI {redirect_uri} must be registered for this app in the Constant Contact "
+            "developer portal (My Applications > your app > Redirect URI)."
+        )
+        echo(f"Open this URL in a browser, sign in and click 'Allow':\n\n  {url}\n")
+        echo(f"Waiting up to {wait_s:g} s for Constant Contact to redirect to {redirect_uri} ...")
+        open_url(url)
+        if not server.received.wait(wait_s):
+            raise AuthError(
+                f"No redirect arrived within {wait_s:g} s: finish signing in within the time limit; if "
+                f"Constant Contact reported a redirect_uri problem, register {redirect_uri} for the app in "
+                "the developer portal and run the command again."
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert server.params is not None
+    code = _check_redirect(server.params, state, redirect_uri)
+    return exchange_code(
+        endpoints.token_url, client_id, client_secret, code, redirect_uri, verifier, session=session
+    )
+
+
+# -- device flow ----------------------------------------------------------------------------------
+
+
+def start_device_authorization(
+    device_url: str, client_id: str, *, scope: str = SCOPES, session: requests.Session | None = None
+) -> DeviceAuthorization:
+    """Ask the device authorization endpoint for a device code and a user code.
+
+    :param device_url: the device authorization endpoint.
+    :param client_id: the app's client id.
+    :param scope: the scopes to request.
+    :param session: the HTTP session to use.
+    :raises AuthError: when the endpoint refuses.
+    """
+    response = _post(
+        session or requests.Session(),
+        device_url,
+        "device authorization endpoint",
+        data={"client_id": client_id, "scope": scope},
+        headers={"Accept": "application/json"},
+    )
+    payload = _json(response)
+    if response.status_code != 200 or not isinstance(payload, dict) or not payload.get("device_code"):
+        _raise_for_oauth_error(response, "device authorization", "device")
+    assert isinstance(payload, dict)
+    try:
+        return DeviceAuthorization(
+            device_code=str(payload["device_code"]),
+            user_code=str(payload.get("user_code") or ""),
+            verification_uri=str(payload.get("verification_uri") or payload.get("verification_url") or ""),
+            verification_uri_complete=(
+                str(payload["verification_uri_complete"])
+                if payload.get("verification_uri_complete")
+                else None
+            ),
+            expires_in=float(payload.get("expires_in") or 600),
+            # RFC 8628: 5 seconds when the server does not say.
+            interval=max(0.0, float(5 if payload.get("interval") is None else payload["interval"])),
+        )
+    except (TypeError, ValueError):
+        raise AuthError(
+            "The device authorization endpoint sent an unreadable answer: check --device-url "
+            f"(Constant Contact's is {DEFAULT_DEVICE_URL})."
+        ) from None
+
+
+def poll_device_token(
+    token_url: str,
+    client_id: str,
+    authorization: DeviceAuthorization,
+    *,
+    session: requests.Session | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> TokenResult:
+    """Poll the token endpoint until the user approved the device authorization (RFC 8628).
+
+    :param token_url: the token endpoint.
+    :param client_id: the app's client id.
+    :param authorization: what :func:`start_device_authorization` returned.
+    :param session: the HTTP session to use.
+    :param sleep: waits between polls (replaceable in tests).
+    :param clock: a monotonic clock (replaceable in tests).
+    :raises AuthError: when the user declined, the code expired, or the endpoint failed.
+    """
+    http = session or requests.Session()
+    deadline = clock() + authorization.expires_in
+    interval = authorization.interval
+    failures = 0
+    expired = AuthError(
+        f"The device code expired before the authorization was approved (after "
+        f"{authorization.expires_in:g} s): run the command again and approve sooner."
+    )
+    while True:
+        sleep(interval)
+        if clock() > deadline:
+            raise expired
+        try:
+            response = http.post(
+                token_url,
+                data={
+                    "grant_type": DEVICE_GRANT,
+                    "device_code": authorization.device_code,
+                    "client_id": client_id,
+                },
+                headers={"Accept": "application/json"},
+                timeout=HTTP_TIMEOUT,
+            )
+        except requests.RequestException as exc:
+            failures += 1
+            if failures >= _MAX_POLL_FAILURES:
+                raise AuthError(
+                    f"Could not reach the token endpoint at {token_url} ({type(exc).__name__}): check your "
+                    "network and run the command again."
+                ) from None
+            continue
+        if response.status_code == 200:
+            return _token_result(response, "device code", "device")
+        error, description = _oauth_error(response)
+        if error == "authorization_pending":
+            failures = 0
+            continue
+        if error == "slow_down" or response.status_code == 429:
+            interval += 5
+            continue
+        if response.status_code >= 500:
+            failures += 1
+            if failures < _MAX_POLL_FAILURES:
+                continue
+        if error == "expired_token":
+            raise expired
+        if error == "access_denied":
+            detail = f" ({description})" if description else ""
+            raise AuthError(
+                f"The authorization was declined (access_denied){detail}: run the command again and "
+                "click 'Allow' on Constant Contact's page."
+            )
+        _raise_for_oauth_error(response, "device code", "device")
+
+
+def device_flow(
+    client_id: str,
+    endpoints: Endpoints,
+    *,
+    echo: Echo = print,
+    scope: str = SCOPES,
+    session: requests.Session | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TokenResult:
+    """Run the device authorization flow: show the link and code, then wait for the approval.
+
+    :param client_id: the app's client id.
+    :param endpoints: the device and token endpoints.
+    :param echo: where instructions are written.
+    :param scope: the scopes to request.
+    :param session: the HTTP session to use.
+    :param sleep: waits between polls (replaceable in tests).
+    :raises AuthError: when the authorization fails.
+    """
+    http = session or requests.Session()
+    authorization = start_device_authorization(endpoints.device_url, client_id, scope=scope, session=http)
+    if authorization.verification_uri_complete:
+        echo(
+            f"Open this URL on any device, sign in and click 'Allow':\n\n"
+            f"  {authorization.verification_uri_complete}\n"
+        )
+        if authorization.user_code:
+            echo(f"Check that the page shows the code {authorization.user_code}.")
+    else:
+        echo(
+            f"Open {authorization.verification_uri} on any device, sign in, enter the code "
+            f"{authorization.user_code} and click 'Allow'."
+        )
+    echo(f"Waiting up to {authorization.expires_in:g} s for the approval ...")
+    return poll_device_token(endpoints.token_url, client_id, authorization, session=http, sleep=sleep)
+
+
+# -- the Airflow connection -----------------------------------------------------------------------
+
+
+def connection_extra(refresh_token: str, endpoints: Endpoints) -> dict[str, str]:
+    """The connection's extras: the refresh token, and the URLs that differ from Constant Contact's."""
+    extra = {"refresh_token": refresh_token}
+    if endpoints.api_base_url.rstrip("/") != DEFAULT_API_BASE_URL:
+        extra["api_base_url"] = endpoints.api_base_url
+    if endpoints.token_url.rstrip("/") != DEFAULT_TOKEN_URL:
+        extra["token_url"] = endpoints.token_url
+    return extra
+
+
+def env_var_name(conn_id: str) -> str:
+    """The environment variable Airflow reads the connection ``conn_id`` from."""
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def format_connection_command(
+    conn_id: str,
+    client_id: str,
+    client_secret: str,
+    refresh_token: str,
+    endpoints: Endpoints,
+    *,
+    show_secrets: bool = False,
+) -> str:
+    """The ``airflow connections add`` command that creates the connection (shell-quoted).
+
+    :param conn_id: the connection id.
+    :param client_id: the app's client id (the connection's login).
+    :param client_secret: the app's client secret (the connection's password).
+    :param refresh_token: the refresh token (the extra ``refresh_token``).
+    :param endpoints: the endpoints used (non-default URLs go into the extras).
+    :param show_secrets: print the secrets; otherwise placeholders stand in for them.
+    """
+    secret = client_secret if show_secrets else CLIENT_SECRET_PLACEHOLDER
+    token = refresh_token if show_secrets else REFRESH_TOKEN_PLACEHOLDER
+    extra = json.dumps(connection_extra(token, endpoints))
+    args = [
+        "airflow",
+        "connections",
+        "add",
+        conn_id,
+        "--conn-type",
+        "constantcontact",
+        "--conn-login",
+        client_id,
+        "--conn-password",
+        secret,
+        "--conn-extra",
+        extra,
+    ]
+    return " ".join(shlex.quote(arg) for arg in args)
+
+
+def format_connection_env(
+    conn_id: str,
+    client_id: str,
+    client_secret: str,
+    refresh_token: str,
+    endpoints: Endpoints,
+    *,
+    show_secrets: bool = False,
+) -> str:
+    """The ``export AIRFLOW_CONN_<ID>='<json>'`` line equivalent to :func:`format_connection_command`."""
+    secret = client_secret if show_secrets else CLIENT_SECRET_PLACEHOLDER
+    token = refresh_token if show_secrets else REFRESH_TOKEN_PLACEHOLDER
+    value = json.dumps(
+        {
+            "conn_type": "constantcontact",
+            "login": client_id,
+            "password": secret,
+            "extra": connection_extra(token, endpoints),
+        }
+    )
+    name = env_var_name(conn_id)
+    if name.isidentifier():
+        return f"export {name}={shlex.quote(value)}"
+    return f"env {shlex.quote(f'{name}={value}')} <command>  # '{conn_id}' is not a valid shell variable name"
+
+
+def write_token_file(path: Path, refresh_token: str) -> Path:
+    """Write the refresh token to ``path`` readable and writable by the owner only (mode 0600).
+
+    :return: the absolute path written.
+    """
+    path = path.expanduser().absolute()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the file may have existed with looser permissions
+        os.write(fd, f"{refresh_token}\n".encode())
+    finally:
+        os.close(fd)
+    return path
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Authorize your Constant Contact app (scopes 'contact_data offline_access') and print the "
+            "Airflow connection that holds the resulting refresh token."
+        ),
+        epilog=(
+            f"Before using the pkce flow, register http://localhost:{DEFAULT_PORT}{CALLBACK_PATH} (with your "
+            "--port) as a Redirect URI of the app in the Constant Contact developer portal (My Applications "
+            "> your app). The device flow needs no redirect URI but must be enabled for the app. "
+            "Exit status: 0 on success, 1 on failure (the message says what to fix), 2 on bad arguments."
+        ),
+    )
+    parser.add_argument("--client-id", required=True, help="the app's API key (client id)")
+    parser.add_argument(
+        "--client-secret-env",
+        metavar="VAR",
+        help="read the client secret from environment variable VAR (default: prompt for it)",
+    )
+    parser.add_argument(
+        "--flow",
+        choices=("pkce", "device"),
+        default="pkce",
+        help="pkce: browser and localhost redirect (default); device: approve on any device with a code",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"local port of the redirect URI http://localhost:PORT{CALLBACK_PATH} (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--conn-id", default=DEFAULT_CONN_ID, help=f"Airflow connection id (default {DEFAULT_CONN_ID})"
+    )
+    parser.add_argument(
+        "--sandbox-url", metavar="URL", help="use the local sandbox at URL for every endpoint"
+    )
+    parser.add_argument("--authorize-url", help=f"authorization endpoint (default {DEFAULT_AUTHORIZE_URL})")
+    parser.add_argument("--token-url", help=f"token endpoint (default {DEFAULT_TOKEN_URL})")
+    parser.add_argument("--device-url", help=f"device authorization endpoint (default {DEFAULT_DEVICE_URL})")
+    parser.add_argument("--api-base-url", help=f"API base URL (default {DEFAULT_API_BASE_URL})")
+    parser.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print the client secret and refresh token instead of placeholders",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"where the refresh token is written (mode 0600) when not shown (default ./{DEFAULT_TOKEN_FILE})",
+    )
+    parser.add_argument("--no-browser", action="store_true", help="print the URL but do not open a browser")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        help=f"seconds to wait for the browser's redirect (default {DEFAULT_WAIT_S:g})",
+    )
+    return parser
+
+
+def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
+    """The endpoints chosen on the command line (``--sandbox-url`` first, then single overrides)."""
+    base = Endpoints.sandbox(args.sandbox_url) if args.sandbox_url else Endpoints()
+    return Endpoints(
+        authorize_url=args.authorize_url or base.authorize_url,
+        token_url=args.token_url or base.token_url,
+        device_url=args.device_url or base.device_url,
+        api_base_url=args.api_base_url or base.api_base_url,
+    ).checked(args.conn_id)
+
+
+def _client_secret(env_var: str | None) -> str:
+    if env_var:
+        secret = os.environ.get(env_var, "").strip()
+        if not secret:
+            raise AuthError(
+                f"The environment variable {env_var} is empty or not set: export it with the app's client "
+                "secret, or leave out --client-secret-env to be prompted."
+            )
+        return secret
+    secret = getpass.getpass("Client secret of the Constant Contact app (input hidden): ").strip()
+    if not secret:
+        raise AuthError("No client secret given: copy it from the Constant Contact developer portal.")
+    return secret
+
+
+def _open_browser(url: str) -> None:
+    with contextlib.suppress(webbrowser.Error):  # the URL is printed anyway
+        webbrowser.open(url)
+
+
+def _report(args: argparse.Namespace, client_secret: str, result: TokenResult, endpoints: Endpoints) -> None:
+    print(
+        "\nSuccess: Constant Contact issued a refresh token"
+        + (f" (scopes: {result.scope})." if result.scope else ".")
+    )
+    token_file: Path | None = None
+    if not args.show_secrets or args.token_file:
+        target = args.token_file or Path(DEFAULT_TOKEN_FILE)
+        try:
+            token_file = write_token_file(target, result.refresh_token)
+        except OSError as exc:
+            raise AuthError(
+                f"Cannot write the refresh token to {target} ({exc.strerror or exc}): pass a writable "
+                "--token-file, or --show-secrets to print the token instead."
+            ) from None
+        print(f"The refresh token was written to {token_file} (readable only by you). Delete it once stored.")
+    print("\nCreate the Airflow connection with:\n")
+    values = (args.conn_id, args.client_id, client_secret, result.refresh_token, endpoints)
+    print("  " + format_connection_command(*values, show_secrets=args.show_secrets))
+    print("\nor set it in the environment instead:\n")
+    print("  " + format_connection_env(*values, show_secrets=args.show_secrets))
+    if not args.show_secrets:
+        print(
+            f"\nReplace {CLIENT_SECRET_PLACEHOLDER} with the app's client secret and "
+            f"{REFRESH_TOKEN_PLACEHOLDER} with the contents of {token_file} "
+            "(or run again with --show-secrets to have them printed)."
+        )
+    print(
+        f"If the connection had an older token, also delete the Variable '{args.conn_id}_refresh_token' "
+        f"(where rotated tokens are kept) if it exists: airflow variables delete {args.conn_id}_refresh_token"
+    )
+
+
+def main(argv: Sequence[str] | None = None, *, open_url: OpenUrl | None = None) -> int:
+    """Run the command line.
+
+    :param argv: the arguments (default ``sys.argv[1:]``).
+    :param open_url: what opens the authorization URL in the pkce flow (default: the web browser, or
+        nothing with ``--no-browser``).
+    :return: the exit status: 0 on success, 1 on failure.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        endpoints = endpoints_from_args(args)
+        if not args.client_id.strip():
+            raise AuthError("--client-id is empty: copy the app's API key from the developer portal.")
+        if not 0 <= args.port <= 65535:
+            raise AuthError(f"--port {args.port} is not a port number: pass one between 1 and 65535.")
+        if args.timeout <= 0:
+            raise AuthError("--timeout must be a positive number of seconds.")
+        client_id = args.client_id.strip()
+        client_secret = _client_secret(args.client_secret_env)
+        with requests.Session() as session:
+            if args.flow == "device":
+                result = device_flow(client_id, endpoints, session=session)
+            else:
+                opener: OpenUrl = open_url or ((lambda url: None) if args.no_browser else _open_browser)
+                result = run_pkce_flow(
+                    client_id,
+                    client_secret,
+                    endpoints,
+                    port=args.port,
+                    open_url=opener,
+                    wait_s=args.timeout,
+                    session=session,
+                )
+        args.client_id = client_id
+        _report(args, client_secret, result, endpoints)
+    except (AuthError, ExportConfigurationError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted: no token was stored.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
