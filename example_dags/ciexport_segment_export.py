@@ -1,0 +1,152 @@
+"""
+### Export a customer segment to ActiveCampaign and Constant Contact
+
+Every day, rebuild the segment tables from the unified customer profiles, then export one segment to
+ActiveCampaign and Constant Contact lists. Trigger it from the UI to pick another segment, other lists,
+or a dry run that checks everything and sends nothing.
+
+Connections used:
+
+* `profiles_db`: the SQL database holding `customer_profiles` (SQLite here; any SQL connection works);
+* `activecampaign_default`: API URL as host, API key as password;
+* `constantcontact_default`: OAuth client id and secret, refresh token in the extras.
+
+The list ids below are those of the provider's sandbox
+(`python -m airflow_provider_ciexport.sandbox`); use your own accounts' ids.
+Each export task returns its report (rows read, invalid, duplicates, accepted, rejected, job ids) as its
+XCom value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pendulum
+from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
+from airflow.sdk import DAG, Param
+
+from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
+from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
+from airflow_provider_ciexport.sandbox.profiles import REFRESH_SEGMENTS_SQL
+
+# Sandbox list ids: ActiveCampaign uses the number in the list's URL, Constant Contact the list's UUID.
+AC_LISTS = {"1": "Newsletter (1)", "2": "VIP customers (2)", "3": "Lapsed customers (3)"}
+CC_LISTS = {
+    "11111111-1111-4111-8111-111111111111": "Newsletter",
+    "22222222-2222-4222-8222-222222222222": "VIP customers",
+    "33333333-3333-4333-8333-333333333333": "Lapsed customers",
+}
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+# `dry_run` is not one of the operators' template fields, so it cannot take `{{ params.dry_run }}`
+# as it is. Adding it to `template_fields` in a subclass is Airflow's documented way to template
+# another argument.
+class ActiveCampaignExport(ActiveCampaignSegmentExportOperator):
+    """ActiveCampaign export whose ``dry_run`` can come from the trigger form."""
+
+    template_fields: Sequence[str] = (*ActiveCampaignSegmentExportOperator.template_fields, "dry_run")
+
+
+class ConstantContactExport(ConstantContactSegmentExportOperator):
+    """Constant Contact export whose ``dry_run`` can come from the trigger form."""
+
+    template_fields: Sequence[str] = (*ConstantContactSegmentExportOperator.template_fields, "dry_run")
+
+
+with DAG(
+    dag_id="ciexport_segment_export",
+    dag_display_name="Export a customer segment to marketing lists",
+    description="Refresh the customer segments, then export one to ActiveCampaign and Constant Contact.",
+    doc_md=__doc__,
+    schedule="@daily",
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["ciexport", "marketing"],
+    # Render `{{ params.x }}` as the Python value (a list, a boolean), not as its text.
+    render_template_as_native_obj=True,
+    params={
+        "segment": Param(
+            "vip",
+            type="string",
+            enum=["vip", "lapsed"],
+            values_display={"vip": "VIP customers", "lapsed": "Lapsed customers"},
+            title="Segment",
+            description="Which segment to export: the rows of the table segment_<segment>.",
+        ),
+        "ac_list_ids": Param(
+            ["2"],
+            type="array",
+            items={"type": "string", "pattern": "^[0-9]+$"},
+            minItems=1,
+            examples=list(AC_LISTS),
+            values_display=AC_LISTS,
+            title="ActiveCampaign lists",
+            description="Every exported contact is subscribed to these lists.",
+        ),
+        "cc_list_ids": Param(
+            ["22222222-2222-4222-8222-222222222222"],
+            type="array",
+            items={"type": "string", "pattern": UUID_PATTERN},
+            minItems=1,
+            maxItems=50,
+            examples=list(CC_LISTS),
+            values_display=CC_LISTS,
+            title="Constant Contact lists",
+            description="Every exported contact is added to these lists (at most 50).",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Check the lists, fields and rows and report what would be sent, but send nothing.",
+        ),
+    },
+) as dag:
+    refresh_segments = SQLExecuteQueryOperator(
+        task_id="refresh_segments",
+        conn_id="profiles_db",
+        # DROP + CREATE TABLE ... AS SELECT for segment_vip and segment_lapsed, in one transaction.
+        sql=REFRESH_SEGMENTS_SQL,
+    )
+
+    export_to_activecampaign = ActiveCampaignExport(
+        task_id="export_to_activecampaign",
+        activecampaign_conn_id="activecampaign_default",
+        list_id="{{ params.ac_list_ids }}",
+        sql_conn_id="profiles_db",
+        sql="SELECT * FROM segment_{{ params.segment }}",
+        # ActiveCampaign attribute -> segment column; custom fields by personalization tag.
+        field_mapping={
+            "email": "email",
+            "first_name": "first_name",
+            "last_name": "last_name",
+            "phone": "phone",
+            "field:LOYALTY_TIER": "loyalty_tier",
+            "field:FAVORITE_STORE": "favorite_store",
+            "field:CITY": "city",
+        },
+        tags=["segment-{{ params.segment }}"],
+        dry_run="{{ params.dry_run }}",
+    )
+
+    export_to_constantcontact = ConstantContactExport(
+        task_id="export_to_constantcontact",
+        constantcontact_conn_id="constantcontact_default",
+        list_id="{{ params.cc_list_ids }}",
+        sql_conn_id="profiles_db",
+        sql="SELECT * FROM segment_{{ params.segment }}",
+        # Constant Contact attribute -> segment column; custom fields as cf:<name>.
+        field_mapping={
+            "email": "email",
+            "first_name": "first_name",
+            "last_name": "last_name",
+            "phone": "phone",
+            "cf:loyalty_tier": "loyalty_tier",
+            "cf:favorite_store": "favorite_store",
+            "cf:city": "city",
+        },
+        dry_run="{{ params.dry_run }}",
+    )
+
+    refresh_segments >> [export_to_activecampaign, export_to_constantcontact]

@@ -1,0 +1,182 @@
+"""The example DAGs parse without connections, wire refresh >> export, and offer a valid trigger form."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
+from airflow.sdk import Asset, BaseHook
+from airflow.sdk.definitions.param import ParamValidationError
+from airflow.serialization.serialized_objects import DagSerialization
+
+from airflow_provider_ciexport.operators.activecampaign import (
+    ActiveCampaignSegmentExportOperator,
+    parse_ac_list_ids,
+)
+from airflow_provider_ciexport.operators.constantcontact import (
+    ConstantContactSegmentExportOperator,
+    parse_cc_list_ids,
+)
+from airflow_provider_ciexport.sandbox.profiles import REFRESH_SEGMENTS_SQL, segment_refresh_sql
+from airflow_provider_ciexport.sandbox.seed import AC_LISTS, CC_LIST_VIP, CC_LISTS
+
+EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "example_dags"
+EXPORT_TASKS = {"export_to_activecampaign", "export_to_constantcontact"}
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    # Parsing must not need a connection: hide any the environment defines and make lookups fail loudly.
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AIRFLOW_CONN_")}
+    with pytest.MonkeyPatch.context() as mp:
+
+        def no_lookups(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a connection was looked up while parsing an example DAG")
+
+        mp.setattr(BaseHook, "get_connection", classmethod(no_lookups))
+        bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+    os.environ.update(saved)
+    return bag
+
+
+def _trigger(dag: Any, conf: dict[str, Any]) -> dict[str, Any]:
+    """The params a run triggered with ``conf`` gets (validated as the trigger form and API do)."""
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return params.validate()
+
+
+def test_every_example_dag_imports(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {
+        "ciexport_segment_export",
+        "ciexport_refresh_vip_segment",
+        "ciexport_export_vip_segment",
+    }
+    for dag_id in dagbag.dag_ids:
+        dag = dagbag.dags[dag_id]
+        assert dag.doc_md, f"{dag_id} documents itself"
+        # The scheduler and `airflow dags test` work from the serialized DAG.
+        DagSerialization.from_dict(DagSerialization.to_dict(dag))
+
+
+def test_segment_export_refreshes_then_exports(dagbag: DagBag) -> None:
+    dag = dagbag.dags["ciexport_segment_export"]
+
+    assert set(dag.task_ids) == {"refresh_segments", *EXPORT_TASKS}
+    refresh = dag.get_task("refresh_segments")
+    assert isinstance(refresh, SQLExecuteQueryOperator)
+    assert refresh.conn_id == "profiles_db"
+    assert refresh.sql == REFRESH_SEGMENTS_SQL
+    assert refresh.downstream_task_ids == EXPORT_TASKS
+    assert isinstance(dag.get_task("export_to_activecampaign"), ActiveCampaignSegmentExportOperator)
+    assert isinstance(dag.get_task("export_to_constantcontact"), ConstantContactSegmentExportOperator)
+    for task_id in EXPORT_TASKS:
+        task = dag.get_task(task_id)
+        assert task.upstream_task_ids == {"refresh_segments"}
+        assert task.sql_conn_id == "profiles_db"
+        assert task.field_mapping["email"] == "email"
+    assert dag.catchup is False
+    assert dag.schedule == "@daily"
+
+
+def test_trigger_form_defaults_are_valid(dagbag: DagBag) -> None:
+    dag = dagbag.dags["ciexport_segment_export"]
+    params = dag.params.validate()
+
+    assert params == {
+        "segment": "vip",
+        "ac_list_ids": ["2"],
+        "cc_list_ids": [CC_LIST_VIP],
+        "dry_run": False,
+    }
+    for name in params:
+        param = dag.params.get_param(name)
+        assert param.schema.get("title"), f"{name} has a form label"
+        assert param.description, f"{name} is explained in the form"
+    assert dag.params.get_param("segment").schema["enum"] == ["vip", "lapsed"]
+    # The pick lists offer the sandbox's lists, so the form works against it out of the box.
+    assert {int(i) for i in dag.params.get_param("ac_list_ids").schema["examples"]} == set(AC_LISTS)
+    assert set(dag.params.get_param("cc_list_ids").schema["examples"]) == set(CC_LISTS)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("segment", "everyone"),
+        ("ac_list_ids", ["two"]),
+        ("ac_list_ids", []),
+        ("cc_list_ids", ["not-a-uuid"]),
+        ("dry_run", "yes"),
+    ],
+)
+def test_trigger_form_refuses_bad_values(dagbag: DagBag, name: str, value: Any) -> None:
+    with pytest.raises(ParamValidationError):
+        _trigger(dagbag.dags["ciexport_segment_export"], {name: value})
+
+
+@pytest.mark.parametrize(
+    ("conf", "table", "ac_ids", "cc_ids", "dry_run"),
+    [
+        ({}, "segment_vip", [2], [CC_LIST_VIP], False),
+        (
+            {
+                "segment": "lapsed",
+                "ac_list_ids": ["3", "1"],
+                "cc_list_ids": list(CC_LISTS)[:1],
+                "dry_run": True,
+            },
+            "segment_lapsed",
+            [3, 1],
+            list(CC_LISTS)[:1],
+            True,
+        ),
+    ],
+)
+def test_params_render_into_the_operators(
+    dagbag: DagBag, conf: dict[str, Any], table: str, ac_ids: list[int], cc_ids: list[str], dry_run: bool
+) -> None:
+    dag = dagbag.dags["ciexport_segment_export"]
+    params = _trigger(dag, conf)
+    rendered = {}
+    for task_id in EXPORT_TASKS:
+        # Render a copy, as the task runner does, so the parsed DAG keeps its templates.
+        task = dag.get_task(task_id).prepare_for_execution()
+        task.render_template_fields({"params": params}, jinja_env=dag.get_template_env())
+        rendered[task_id] = task
+        assert task.sql == f"SELECT * FROM {table}"
+        assert task.dry_run is dry_run
+    # The refresh task builds the table the exports read.
+    assert any(f"CREATE TABLE {table} " in statement for statement in REFRESH_SEGMENTS_SQL)
+    # The rendered list ids are what the operators accept.
+    assert parse_ac_list_ids(rendered["export_to_activecampaign"].list_ids()) == ac_ids
+    assert parse_cc_list_ids(rendered["export_to_constantcontact"].list_ids()) == cc_ids
+
+
+def test_asset_dags_export_when_the_segment_is_refreshed(dagbag: DagBag) -> None:
+    refresh_dag = dagbag.dags["ciexport_refresh_vip_segment"]
+    export_dag = dagbag.dags["ciexport_export_vip_segment"]
+
+    [refresh] = refresh_dag.tasks
+    assert isinstance(refresh, SQLExecuteQueryOperator)
+    assert refresh.sql == segment_refresh_sql("vip")
+    [asset] = refresh.outlets
+    assert isinstance(asset, Asset)
+
+    # The export DAG is scheduled on exactly the asset the refresh task updates.
+    assert export_dag.schedule == [asset]
+    assert {type(t) for t in export_dag.tasks} == {
+        ActiveCampaignSegmentExportOperator,
+        ConstantContactSegmentExportOperator,
+    }
+    for task in export_dag.tasks:
+        assert task.sql == "SELECT * FROM segment_vip"
+    ac = export_dag.get_task("export_vip_to_activecampaign")
+    cc = export_dag.get_task("export_vip_to_constantcontact")
+    assert parse_ac_list_ids(ac.list_ids()) == [2]
+    assert parse_cc_list_ids(cc.list_ids()) == [CC_LIST_VIP]
