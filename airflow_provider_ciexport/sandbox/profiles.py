@@ -219,8 +219,8 @@ class _Generator:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.random = self.rng.random
-        # Addresses already written, for planting duplicates; bounded so memory stays flat.
-        self.recent: deque[str] = deque(maxlen=5000)
+        # Rows already written with a valid address, for planting duplicates; bounded so memory stays flat.
+        self.recent: deque[tuple[Any, ...]] = deque(maxlen=5000)
         self.invalid = self.duplicates = self.blanks = self.long = 0
 
     def _pick(self, values: Sequence[Any]) -> Any:
@@ -229,12 +229,14 @@ class _Generator:
 
     def _optional(self, value: str) -> str | None:
         if self.random() < BLANK_RATE:
-            self.blanks += 1
             blank: str | None = self._pick(_BLANKS)
             return blank
         return value
 
-    def _email(self, customer_id: int, first: str, last: str) -> str | None:
+    def _email(
+        self, customer_id: int, first: str, last: str
+    ) -> tuple[str | None, tuple[Any, ...] | None, bool]:
+        """``(address, earlier row it repeats or None, whether it is a new valid address)``."""
         pick = self._pick
         roll = self.random()
         domain = pick(_DOMAINS)
@@ -242,25 +244,26 @@ class _Generator:
             self.invalid += 1
             kind = int(self.random() * 6)
             if kind == 0:
-                return f"{first}.{last}{customer_id}{domain}"  # no @
+                return f"{first}.{last}{customer_id}{domain}", None, False  # no @
             if kind == 1:
-                return f"{first} {last}{customer_id}@{domain}"  # space inside
+                return f"{first} {last}{customer_id}@{domain}", None, False  # space inside
             if kind == 2:
-                return f"{first}.{last}{customer_id}@"  # no domain
-            return ("", "   ", None)[kind - 3]
+                return f"{first}.{last}{customer_id}@", None, False  # no domain
+            return ("", "   ", None)[kind - 3], None, False
         if roll < INVALID_EMAIL_RATE + DUPLICATE_EMAIL_RATE and self.recent:
             self.duplicates += 1
-            earlier: str = pick(self.recent)
+            earlier_row: tuple[Any, ...] = pick(self.recent)
+            earlier: str = earlier_row[1]
             variant = int(self.random() * 5)
             if variant == 0:
-                return earlier.upper()
+                return earlier.upper(), earlier_row, False
             if variant == 1:
-                return earlier.capitalize()
+                return earlier.capitalize(), earlier_row, False
             if variant == 2:
-                return f"  {earlier}"
+                return f"  {earlier}", earlier_row, False
             if variant == 3:
-                return f"{earlier} "
-            return f" {earlier.upper()}\t"
+                return f"{earlier} ", earlier_row, False
+            return f" {earlier.upper()}\t", earlier_row, False
         # The customer id in the local part keeps every address unique apart from the planted duplicates.
         pattern = int(self.random() * 10)
         if pattern < 4:
@@ -277,8 +280,7 @@ class _Generator:
         if self.random() < 0.05:
             # People type their address capitalised; it is still the same address.
             email = email.capitalize()
-        self.recent.append(email)
-        return email
+        return email, None, True
 
     def row(self, customer_id: int) -> tuple[Any, ...]:
         rand = self.random
@@ -286,7 +288,7 @@ class _Generator:
         optional = self._optional
         first_name, first_slug = pick(_FIRST)
         last_name, last_slug = pick(_LAST)
-        email = self._email(customer_id, first_slug, last_slug)
+        email, duplicate_of, fresh = self._email(customer_id, first_slug, last_slug)
         phone = pick(_PHONE_FORMATS).format(a=pick(_AREA_CODES), n=int(rand() * 100))
         tier_roll = rand()
         # Half the customers are bronze, three in ten silver, one in twenty platinum.
@@ -311,15 +313,20 @@ class _Generator:
             signup = _DAYS_BEFORE_REFERENCE[days_ago + int(rand() * 1500)]
         # At most one deliberately over-long value per row; it is never blanked.
         long_field = int(rand() * 3) if rand() < LONG_VALUE_RATE else -1
-        if long_field >= 0:
-            self.long += 1
         first = optional(first_name)
         last = pick(_LONG_LAST_NAMES) if long_field == 0 else optional(last_name)
         phone_or_blank = optional(phone)
         city = pick(_LONG_CITIES) if long_field == 1 else optional(pick(_CITIES))
         tier_or_blank = optional(tier)
         store = _LONG_STORE if long_field == 2 else optional(pick(_STORES))
-        return (
+        opt_in = 1 if rand() < 0.9 else 0
+        if duplicate_of is not None:
+            # A second, unmerged profile of the same customer (say, from the web shop and the tills):
+            # same person and history, so same segments; contact details from the other system.
+            row = (customer_id, email, *duplicate_of[2:4], phone_or_blank, city, *duplicate_of[6:])
+            self._tally(row)
+            return row
+        row = (
             customer_id,
             email,
             first,
@@ -331,8 +338,17 @@ class _Generator:
             lifetime_value,
             last_order,
             signup,
-            1 if rand() < 0.9 else 0,
+            opt_in,
         )
+        if fresh:
+            self.recent.append(row)
+        self._tally(row)
+        return row
+
+    def _tally(self, row: tuple[Any, ...]) -> None:
+        # Counted on the finished row, as duplicates copy values from the row they repeat.
+        self.blanks += sum(1 for value in row[2:8] if value is None or not value.strip())
+        self.long += (row[3] in _LONG_LAST_NAMES) + (row[5] in _LONG_CITIES) + (row[7] == _LONG_STORE)
 
 
 def iter_profiles(count: int, seed: int = 42) -> Iterator[tuple[Any, ...]]:
