@@ -1,0 +1,92 @@
+"""The contract between the export engine and one destination API."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from airflow_provider_ciexport.export.batcher import Batch
+from airflow_provider_ciexport.export.contacts import ContactSchema
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The final state of one import job.
+
+    :param ok: the job completed (its counts are final); ``False`` when it ended failed and may be
+        sent again.
+    :param accepted: contacts the destination took.
+    :param rejected: contacts it refused (bad data, unsubscribed, excluded).
+    :param state: the destination's own name of the final state, for messages.
+    """
+
+    ok: bool
+    accepted: int = 0
+    rejected: int = 0
+    state: str = "completed"
+
+
+class Destination(ABC):
+    """One destination's side of an export: checks, encoding, submission and job status.
+
+    The engine owns reading, validation, deduplication, batching, concurrency and the report; a
+    destination only knows its API.
+    """
+
+    #: Name in messages and the report.
+    name: str
+    #: Attributes the destination accepts and their limits.
+    schema: ContactSchema
+    #: Hard limits of one import request: contacts, and serialised bytes (the body must stay below).
+    max_batch_contacts: int
+    max_batch_bytes: int
+    #: How many import requests may be on the wire at once; the hook enforces the rate limits anyway.
+    max_in_flight: int = 4
+    #: How many batches may be sent but not yet confirmed; each keeps its body in memory so that a
+    #: failed job can be sent again, so this bounds memory (and lets the producer run ahead).
+    max_unconfirmed: int = 16
+    #: Seconds before the first status poll of a job, growing up to ``max_poll_interval``.
+    poll_interval: float = 1.0
+    max_poll_interval: float = 10.0
+    #: Status polls per second across all jobs, leaving the rest of the request budget to imports.
+    max_poll_rate: float = 2.0
+    #: Segments of at most this many valid contacts go through :meth:`send_small` (0: never).
+    small_segment_max: int = 0
+
+    @property
+    @abstractmethod
+    def list_ids(self) -> Sequence[str]:
+        """The target lists, as strings for the report."""
+
+    @abstractmethod
+    def prepare(self, field_mapping: Mapping[str, str]) -> None:
+        """Check, before any contact is sent, that the lists and custom fields exist.
+
+        :raises ExportConfigurationError: naming the missing list or field.
+        """
+
+    @abstractmethod
+    def envelope(self) -> tuple[bytes, bytes]:
+        """The bytes before and after the comma-joined contacts of an import request body."""
+
+    @abstractmethod
+    def encode(self, contact: Mapping[str, str]) -> bytes:
+        """Serialise one contact (attribute -> value) as a compact JSON object for the body."""
+
+    @abstractmethod
+    def submit(self, batch: Batch) -> str:
+        """Send one import request and return the job id."""
+
+    @abstractmethod
+    def poll(self, job_id: str, batch: Batch) -> JobResult | None:
+        """Return the job's final result, or ``None`` while it is still running."""
+
+    def send_small(self, contacts: Sequence[Mapping[str, str]]) -> int:
+        """Send a small segment contact by contact; return how many were accepted."""
+        raise NotImplementedError
+
+    @property
+    @abstractmethod
+    def requests_made(self) -> int:
+        """API requests made so far (retries and polls included)."""

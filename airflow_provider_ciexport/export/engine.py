@@ -1,0 +1,327 @@
+"""The export pipeline: source -> contacts -> batches -> destination jobs -> report."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from airflow_provider_ciexport.exceptions import (
+    CiExportError,
+    ExportConfigurationError,
+    ExportIncompleteError,
+)
+from airflow_provider_ciexport.export.batcher import Batch, Batcher
+from airflow_provider_ciexport.export.contacts import ContactBuilder
+from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.ratelimit import RateLimiter
+from airflow_provider_ciexport.export.report import ExportReport
+from airflow_provider_ciexport.export.sources import SegmentSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How an export behaves.
+
+    :param max_profiles: a segment with more rows fails before anything is sent (``None``: no limit).
+    :param dry_run: do everything but send contacts (lists and fields are still checked).
+    :param wait_for_completion: follow every import job to its end and count accepted/rejected.
+    :param max_resubmits: how many times a batch whose job ended failed is sent again.
+    :param progress_interval_s: seconds between progress lines in the log.
+    """
+
+    max_profiles: int | None = 1_000_000
+    dry_run: bool = False
+    wait_for_completion: bool = True
+    max_resubmits: int = 2
+    progress_interval_s: float = 30.0
+
+
+class _Stopped(Exception):
+    """The export was asked to stop (``on_kill``) or a batch failed for good."""
+
+
+class SegmentExporter:
+    """Runs one export of a segment source to a destination and returns its report.
+
+    Rows stream through in chunks, so memory stays flat whatever the segment's size; only the
+    deduplication set grows (compactly) and at most ``destination.max_unconfirmed`` batch bodies are
+    kept until their jobs are confirmed, so that a failed job can be sent again.
+
+    :param source: where the rows come from.
+    :param destination: where the contacts go.
+    :param field_mapping: destination attribute -> source column; ``email`` is required.
+    :param settings: limits and switches.
+    """
+
+    def __init__(
+        self,
+        source: SegmentSource,
+        destination: Destination,
+        field_mapping: Mapping[str, str],
+        settings: ExportSettings | None = None,
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.field_mapping = dict(field_mapping)
+        self.settings = settings or ExportSettings()
+        self.report = ExportReport(
+            destination=destination.name,
+            lists=list(destination.list_ids),
+            dry_run=self.settings.dry_run,
+            waited=self.settings.wait_for_completion and not self.settings.dry_run,
+        )
+        self._stop = threading.Event()
+        self._fatal: BaseException | None = None
+        self._failed_contacts = 0
+        self._too_large = 0
+        self._failed_state = ""
+        self._lock = threading.Lock()
+        self._total = 0
+        self._started = 0.0
+        self._last_progress = 0.0
+
+    def stop(self) -> None:
+        """Ask a running export to stop sending (for ``on_kill``); it raises once in-flight calls end."""
+        self._stop.set()
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> ExportReport:
+        """Export the segment; return the report, or raise with what was and was not exported."""
+        self._started = self._last_progress = time.monotonic()
+        report = self.report
+        builder = ContactBuilder(self.field_mapping, self.destination.schema, self.source.columns())
+        self.destination.prepare(self.field_mapping)
+        self._total = self.source.count()
+        limit = self.settings.max_profiles
+        if limit is not None and self._total > limit:
+            raise ExportConfigurationError(
+                f"The segment has {self._total:,} rows, more than max_profiles={limit:,}. Nothing was sent. "
+                "Narrow the segment, or raise max_profiles (None for no limit) if this size is intended."
+            )
+        log.info(
+            "Exporting %s rows from %s to %s list(s) %s%s.",
+            f"{self._total:,}",
+            self.source.description,
+            self.destination.name,
+            ", ".join(report.lists),
+            " (dry run: nothing is sent)" if self.settings.dry_run else "",
+        )
+        try:
+            contacts = self._contacts(builder)
+            head = list(itertools.islice(contacts, self.destination.small_segment_max + 1))
+            if (
+                not self.settings.dry_run
+                and self.destination.small_segment_max
+                and len(head) <= self.destination.small_segment_max
+            ):
+                self._send_small(head)
+            else:
+                self._send_batches(itertools.chain(head, contacts))
+        finally:
+            self._sync_counts(builder)
+            report.requests = self.destination.requests_made
+            report.duration_s = time.monotonic() - self._started
+            log.info("%s export report: %s", self.destination.name, report.summary())
+        self._raise_if_incomplete()
+        return report
+
+    def _contacts(self, builder: ContactBuilder) -> Iterator[dict[str, str]]:
+        report = self.report
+        for chunk in self.source.iter_chunks():
+            if self._stop.is_set():
+                raise _Stopped
+            report.read += len(chunk)
+            for row in chunk:
+                contact = builder.build(row)
+                if contact is not None:
+                    yield contact
+            self._sync_counts(builder)
+            self._maybe_log_progress()
+
+    def _sync_counts(self, builder: ContactBuilder) -> None:
+        report = self.report
+        report.invalid_reasons = dict(builder.invalid_reasons)
+        if self._too_large:
+            report.invalid_reasons["too_large"] = self._too_large
+        report.invalid = builder.invalid + self._too_large
+        report.duplicates = builder.duplicates
+        report.omitted_too_long = dict(builder.omitted_too_long)
+
+    def _send_small(self, contacts: list[dict[str, str]]) -> None:
+        report = self.report
+        report.submitted = len(contacts)
+        if contacts:
+            accepted = self.destination.send_small(contacts)
+            report.record_outcome(accepted, len(contacts) - accepted)
+
+    def _send_batches(self, contacts: Iterator[dict[str, str]]) -> None:
+        destination = self.destination
+        prefix, suffix = destination.envelope()
+        batcher = Batcher(
+            max_contacts=destination.max_batch_contacts,
+            max_bytes=destination.max_batch_bytes,
+            prefix=prefix,
+            suffix=suffix,
+        )
+        report = self.report
+        slots = threading.BoundedSemaphore(destination.max_unconfirmed)
+        submit_gate = threading.BoundedSemaphore(destination.max_in_flight)
+        poll_limiter = RateLimiter(destination.max_poll_rate, 1.0)
+        futures: list[Future[None]] = []
+
+        def dispatch(batch: Batch) -> None:
+            report.batches += 1
+            report.submitted += batch.contacts
+            if self.settings.dry_run:
+                return
+            while not slots.acquire(timeout=0.5):
+                if self._stop.is_set():
+                    raise _Stopped
+            futures.append(pool.submit(self._deliver, batch, slots, submit_gate, poll_limiter))
+            futures[:] = [f for f in futures if not f.done() or f.exception()]
+
+        with ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport") as pool:
+            try:
+                for contact in contacts:
+                    if self._stop.is_set():
+                        raise _Stopped
+                    item = destination.encode(contact)
+                    if not batcher.fits_alone(item):
+                        # One contact larger than a whole request: the API could never take it.
+                        self._too_large += 1
+                        continue
+                    batch = batcher.add(item)
+                    if batch is not None:
+                        dispatch(batch)
+                last = batcher.flush()
+                if last is not None:
+                    dispatch(last)
+            except _Stopped:
+                pass
+            finally:
+                for future in futures:
+                    exc = future.exception()
+                    if exc is not None and self._fatal is None and not isinstance(exc, _Stopped):
+                        self._fatal = exc
+
+    def _deliver(
+        self,
+        batch: Batch,
+        slots: threading.BoundedSemaphore,
+        submit_gate: threading.BoundedSemaphore,
+        poll_limiter: RateLimiter,
+    ) -> None:
+        """Submit one batch and follow its job to the end, sending it again if the job fails."""
+        destination = self.destination
+        try:
+            for attempt in range(self.settings.max_resubmits + 1):
+                if self._stop.is_set():
+                    raise _Stopped
+                with submit_gate:
+                    job_id = destination.submit(batch)
+                self.report.record_job(job_id)
+                if attempt:
+                    with self._lock:
+                        self.report.resubmitted_batches += 1
+                if not self.report.waited:
+                    return
+                result = self._wait_for(job_id, batch, poll_limiter)
+                if result.ok:
+                    self.report.record_outcome(result.accepted, result.rejected)
+                    return
+                log.warning(
+                    "%s import job %s (batch %d, %d contacts) ended '%s'%s.",
+                    destination.name,
+                    job_id,
+                    batch.number,
+                    batch.contacts,
+                    result.state,
+                    "; sending it again" if attempt < self.settings.max_resubmits else "",
+                )
+            with self._lock:
+                self.report.failed_batches += 1
+                self._failed_contacts += batch.contacts
+                self._failed_state = result.state
+        except BaseException as exc:
+            with self._lock:
+                if self._fatal is None and not isinstance(exc, _Stopped):
+                    self._fatal = exc
+            self._stop.set()
+            raise
+        finally:
+            slots.release()
+            self._maybe_log_progress()
+
+    def _wait_for(self, job_id: str, batch: Batch, poll_limiter: RateLimiter) -> JobResult:
+        interval = self.destination.poll_interval
+        while True:
+            if self._stop.wait(interval):
+                raise _Stopped
+            poll_limiter.acquire()
+            result = self.destination.poll(job_id, batch)
+            if result is not None:
+                return result
+            interval = min(interval * 1.5, self.destination.max_poll_interval)
+
+    # -- progress and the end ------------------------------------------------------------------
+
+    def _maybe_log_progress(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_progress < self.settings.progress_interval_s:
+                return
+            self._last_progress = now
+        report = self.report
+        elapsed = max(now - self._started, 1e-9)
+        rate = report.read / elapsed
+        eta = (self._total - report.read) / rate if rate > 0 else float("inf")
+        log.info(
+            "%s export progress: %s/%s rows read (%.0f%%), %s contacts submitted, %s confirmed, "
+            "%.0f rows/s, ETA %s",
+            self.destination.name,
+            f"{report.read:,}",
+            f"{self._total:,}",
+            100.0 * report.read / self._total if self._total else 100.0,
+            f"{report.submitted:,}",
+            f"{report.accepted + report.rejected:,}",
+            rate,
+            _duration(eta),
+        )
+
+    def _raise_if_incomplete(self) -> None:
+        report = self.report
+        confirmed = report.accepted + report.rejected
+        where = f"{self.destination.name} list(s) {', '.join(report.lists)}"
+        done = (
+            f"{report.accepted:,} of {report.submitted:,} contacts sent were confirmed as exported to {where} "
+            f"({report.read:,} rows read of {self._total:,})."
+        )
+        if self._fatal is not None:
+            exc = self._fatal
+            if isinstance(exc, CiExportError):
+                raise type(exc)(f"{exc} So far {done}") from exc
+            raise ExportIncompleteError(f"The export failed ({type(exc).__name__}). So far {done}") from exc
+        if self._stop.is_set() and (report.read < self._total or confirmed < report.submitted):
+            raise ExportIncompleteError(f"The export was stopped. So far {done} Retry the task to finish it.")
+        if self._failed_contacts:
+            raise ExportIncompleteError(
+                f"{self._failed_contacts:,} contacts in {report.failed_batches} batch(es) were NOT exported: "
+                f"their import jobs ended '{self._failed_state}' {self.settings.max_resubmits + 1} times. "
+                f"{done} Retry the task to send the rest."
+            )
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
