@@ -1,0 +1,3 @@
+"""Segment export operators."""
+
+from __future__ import annotations
