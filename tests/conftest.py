@@ -1,0 +1,80 @@
+"""Test settings: a throwaway AIRFLOW_HOME, and the sandbox served over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Airflow reads its configuration on import, so these come first.
+_HOME = tempfile.mkdtemp(prefix="ciexport-airflow-")
+os.environ["AIRFLOW_HOME"] = _HOME
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_ciexport.sandbox import seed
+from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.sandbox.server import SandboxServer
+from tests.support import set_connection
+
+AC_CONN_ID = "activecampaign_default"
+CC_CONN_ID = "constantcontact_default"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated metadata database in the throwaway AIRFLOW_HOME (Variables, dag.test())."""
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=dict(os.environ),
+    )
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    """One sandbox for the whole run, on a free port of 127.0.0.1."""
+    with SandboxServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> SandboxClient:
+    """The sandbox's control API, reset to its seeded state for each test."""
+    client = SandboxClient(sandbox_server.url)
+    client.reset()
+    return client
+
+
+@pytest.fixture
+def ac_conn(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server: SandboxServer) -> str:
+    """An ``activecampaign`` connection to the sandbox with its seeded API key."""
+    return set_connection(
+        monkeypatch, AC_CONN_ID, conn_type="activecampaign", host=sandbox_server.url, password=seed.AC_API_KEY
+    )
+
+
+@pytest.fixture
+def cc_conn(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server: SandboxServer) -> str:
+    """A ``constantcontact`` connection to the sandbox with its seeded client and refresh token."""
+    return set_connection(
+        monkeypatch,
+        CC_CONN_ID,
+        conn_type="constantcontact",
+        login=seed.CC_CLIENT_ID,
+        password=seed.CC_CLIENT_SECRET,
+        extra={
+            "refresh_token": seed.CC_REFRESH_TOKEN,
+            "api_base_url": f"{sandbox_server.url}/v3",
+            "token_url": f"{sandbox_server.url}/oauth2/default/v1/token",
+        },
+    )

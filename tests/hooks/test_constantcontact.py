@@ -1,0 +1,203 @@
+"""ConstantContactHook against the sandbox over real HTTP: OAuth2, errors, retries, secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import (
+    DestinationAuthError,
+    DestinationQuotaError,
+    ExportConfigurationError,
+)
+from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
+from airflow_provider_ciexport.sandbox import seed
+from airflow_provider_ciexport.sandbox.client import SandboxClient
+from tests.support import calls, set_connection
+
+VIP = "22222222-2222-4222-8222-222222222222"
+
+
+def _cc_conn(monkeypatch: pytest.MonkeyPatch, url: str, conn_id: str = "cc_test", **overrides: Any) -> str:
+    fields: dict[str, Any] = {
+        "conn_type": "constantcontact",
+        "login": seed.CC_CLIENT_ID,
+        "password": seed.CC_CLIENT_SECRET,
+        "extra": {
+            "refresh_token": seed.CC_REFRESH_TOKEN,
+            "api_base_url": f"{url}/v3",
+            "token_url": f"{url}/oauth2/default/v1/token",
+        },
+    }
+    extra = overrides.pop("extra", {})
+    fields["extra"].update(extra)
+    fields.update(overrides)
+    return set_connection(monkeypatch, conn_id, **fields)
+
+
+def _wait_activity(hook: ConstantContactHook, activity_id: str) -> dict:
+    for _ in range(100):
+        activity = hook.get_activity(activity_id)
+        if activity["state"] in ("completed", "failed", "cancelled", "timed_out"):
+            return activity
+        time.sleep(0.2)
+    raise AssertionError("activity never finished")
+
+
+def _import_body(*emails: str, list_id: str = VIP) -> bytes:
+    return json.dumps({"import_data": [{"email": e} for e in emails], "list_ids": [list_id]}).encode()
+
+
+def test_refreshes_a_token_and_imports(cc_conn: str, sandbox: SandboxClient) -> None:
+    hook = ConstantContactHook(cc_conn)
+    assert hook.get_list(VIP)["name"] == "VIP customers"
+    assert hook.get_list("99999999-9999-4999-8999-999999999999") is None
+    assert {f["name"] for f in hook.get_custom_fields()} == {"loyalty_tier", "favorite_store", "city"}
+    activity = hook.json_import(_import_body("ann@example.com", "bob@example.org"))
+    done = _wait_activity(hook, activity["activity_id"])
+    assert done["state"] == "completed"
+    assert {c["email"] for c in sandbox.cc_list_contacts(VIP)} == {"ann@example.com", "bob@example.org"}
+    assert calls(sandbox.stats(), "oauth", "POST /oauth2/default/v1/token") == 1
+
+
+def test_expired_access_token_is_refreshed_and_the_call_retried_once(
+    cc_conn: str, sandbox: SandboxClient
+) -> None:
+    hook = ConstantContactHook(cc_conn)
+    hook.get_list(VIP)
+    sandbox.expire_cc_tokens()
+    assert hook.get_list(VIP)["name"] == "VIP customers"
+    assert calls(sandbox.stats(), "oauth", "POST /oauth2/default/v1/token") == 2
+
+
+def test_token_expiring_on_schedule_is_renewed_before_use(cc_conn: str, sandbox: SandboxClient) -> None:
+    sandbox.configure(cc_access_token_ttl_s=2)
+    hook = ConstantContactHook(cc_conn)
+    hook.get_list(VIP)
+    time.sleep(2.2)
+    hook.get_list(VIP)
+    stats = sandbox.stats()
+    assert calls(stats, "oauth", "POST /oauth2/default/v1/token") == 2
+    assert calls(stats, "cc", "GET /v3/contact_lists/{list_id}") == 2  # no 401 round trip
+
+
+def test_rotating_refresh_token_survives_across_runs(
+    cc_conn: str, sandbox: SandboxClient, airflow_db: str
+) -> None:
+    from airflow.models import Variable
+
+    sandbox.configure(cc_rotating_refresh_tokens=True)
+    first = ConstantContactHook(cc_conn)
+    Variable.delete(first.refresh_token_variable)
+    first.get_list(VIP)
+    stored = Variable.get(first.refresh_token_variable)
+    assert stored != seed.CC_REFRESH_TOKEN
+    assert sandbox.cc_refresh_tokens() == [stored]
+    # The next task run: a new hook, the connection still holds the original (now used) token.
+    second = ConstantContactHook(cc_conn)
+    assert second.get_list(VIP)["name"] == "VIP customers"
+    assert Variable.get(first.refresh_token_variable) == sandbox.cc_refresh_tokens()[0] != stored
+    Variable.delete(first.refresh_token_variable)
+
+
+def test_a_token_rotated_under_our_feet_is_recovered(
+    cc_conn: str, sandbox: SandboxClient, airflow_db: str
+) -> None:
+    from airflow.models import Variable
+
+    sandbox.configure(cc_rotating_refresh_tokens=True)
+    runner_a, runner_b = ConstantContactHook(cc_conn), ConstantContactHook(cc_conn)
+    Variable.delete(runner_a.refresh_token_variable)
+    reads = iter([None])  # B read the store before A saved the rotated token
+    real_get = runner_b.token_store.get
+    runner_b.token_store.get = lambda: next(reads, None) or real_get()  # type: ignore[method-assign]
+    runner_a.get_list(VIP)
+    assert runner_b.get_list(VIP)["name"] == "VIP customers"
+    assert Variable.get(runner_a.refresh_token_variable) == sandbox.cc_refresh_tokens()[0]
+    Variable.delete(runner_a.refresh_token_variable)
+
+
+def test_refused_refresh_token_says_how_to_get_a_new_one(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server
+) -> None:
+    conn = _cc_conn(monkeypatch, sandbox_server.url, extra={"refresh_token": "expired-token"})
+    hook = ConstantContactHook(conn)
+    with pytest.raises(DestinationAuthError, match="constantcontact_auth"):
+        hook.get_list(VIP)
+    ok, message = ConstantContactHook(conn).test_connection()
+    assert not ok and "invalid_grant" in message
+
+
+def test_bad_client_credentials(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server
+) -> None:
+    conn = _cc_conn(monkeypatch, sandbox_server.url, password="wrong-secret")
+    ok, message = ConstantContactHook(conn).test_connection()
+    assert not ok
+    assert "client id or client secret" in message
+
+
+def test_missing_credentials_are_clear_errors(monkeypatch: pytest.MonkeyPatch, sandbox_server) -> None:
+    conn = _cc_conn(monkeypatch, sandbox_server.url, extra={"refresh_token": ""})
+    with pytest.raises(ExportConfigurationError, match="no refresh token"):
+        ConstantContactHook(conn).get_list(VIP)
+    conn = _cc_conn(monkeypatch, sandbox_server.url, conn_id="cc_nologin", login="")
+    ok, message = ConstantContactHook(conn).test_connection()
+    assert not ok and "client id" in message
+    conn = _cc_conn(
+        monkeypatch,
+        sandbox_server.url,
+        conn_id="cc_http",
+        extra={"api_base_url": "http://api.example.com/v3"},
+    )
+    ok, message = ConstantContactHook(conn).test_connection()
+    assert not ok and "https://" in message
+
+
+def test_test_connection_succeeds(cc_conn: str) -> None:
+    assert ConstantContactHook(cc_conn).test_connection() == (True, "Connected to Constant Contact.")
+
+
+def test_daily_quota_fails_at_once_with_the_reset_time(cc_conn: str, sandbox: SandboxClient) -> None:
+    hook = ConstantContactHook(cc_conn)
+    hook.get_list(VIP)
+    sandbox.add_fault(api="cc", kind="quota_exceeded")
+    before = hook.requests_made
+    with pytest.raises(DestinationQuotaError, match="00:00 UTC"):
+        hook.get_list(VIP)
+    assert hook.requests_made == before + 1
+
+
+@pytest.mark.parametrize(
+    "fault", [{"kind": "throttled"}, {"kind": "status", "status": 503}, {"kind": "drop"}]
+)
+def test_throttling_and_outages_are_retried(cc_conn: str, sandbox: SandboxClient, fault: dict) -> None:
+    sandbox.add_fault(api="cc", path="/contact_lists/", times=2, **fault)
+    hook = ConstantContactHook(cc_conn)
+    assert hook.get_list(VIP)["name"] == "VIP customers"
+
+
+def test_secrets_never_reach_the_api_or_the_log(
+    cc_conn: str, sandbox: SandboxClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    hook = ConstantContactHook(cc_conn)
+    hook.get_list(VIP)
+    activity = hook.json_import(_import_body("secret-test@example.com"))
+    _wait_activity(hook, activity["activity_id"])
+    token = hook.get_access_token()
+    api_requests = [r for r in sandbox.requests_log() if r["path"].startswith("/v3")]
+    assert api_requests
+    for request in api_requests:
+        dumped = json.dumps(request)
+        assert seed.CC_CLIENT_SECRET not in dumped
+        assert seed.CC_REFRESH_TOKEN not in dumped
+        headers = {k.lower(): v for k, v in request["headers"].items()}
+        assert headers["authorization"] == f"Bearer {token}"
+        assert "refresh_token" not in headers and "token_url" not in headers
+    for secret in (seed.CC_CLIENT_SECRET, seed.CC_REFRESH_TOKEN, token, "secret-test@example.com"):
+        assert secret not in caplog.text

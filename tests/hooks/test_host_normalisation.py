@@ -1,0 +1,76 @@
+"""Whatever users paste as the ActiveCampaign API URL means one base URL, or a clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.hooks.activecampaign import normalize_api_url
+from airflow_provider_ciexport.hooks.base import check_base_url
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        "https://youracct.api-us1.com/api/3/",
+        "https://youracct.api-us1.com/api/3",
+        "https://youracct.api-us1.com/",
+        "https://youracct.api-us1.com",
+        "youracct.api-us1.com/",
+        "youracct.api-us1.com",
+        "youracct.api-us1.com/api/3/",
+        "  youracct.api-us1.com  ",
+        "HTTPS://YourAcct.api-us1.com",
+    ],
+)
+def test_same_host_whatever_the_form(pasted: str) -> None:
+    assert normalize_api_url(pasted).lower() == "https://youracct.api-us1.com/api/3"
+
+
+@pytest.mark.parametrize(
+    ("pasted", "expected"),
+    [
+        ("http://127.0.0.1:8025", "http://127.0.0.1:8025/api/3"),
+        ("http://localhost:8025/api/3/", "http://localhost:8025/api/3"),
+        ("127.0.0.1:8025", "https://127.0.0.1:8025/api/3"),
+        ("https://youracct.api-eu1.com:443", "https://youracct.api-eu1.com:443/api/3"),
+    ],
+)
+def test_loopback_http_is_honoured_and_ports_kept(pasted: str, expected: str) -> None:
+    assert normalize_api_url(pasted) == expected
+
+
+@pytest.mark.parametrize(
+    ("pasted", "complaint"),
+    [
+        ("", "no API URL"),
+        (None, "no API URL"),
+        ("   ", "no API URL"),
+        ("youracct api-us1.com", "spaces"),
+        ("https://youracct.api-us1.com/admin/", "somewhere other than the API"),
+        ("https://youracct.api-us1.com/api/1", "somewhere other than the API"),
+        ("http://youracct.api-us1.com", "plain http://"),
+        ("ftp://youracct.api-us1.com", "scheme"),
+        ("https://", "no valid host name"),
+        ("https://under_score.example.com", "no valid host name"),
+    ],
+)
+def test_anything_else_is_a_clear_error(pasted: str | None, complaint: str) -> None:
+    with pytest.raises(ExportConfigurationError, match=complaint) as err:
+        normalize_api_url(pasted, "my_ac")
+    assert "my_ac" in str(err.value)
+    assert "Settings > Developer" in str(err.value)
+
+
+def test_port_field_is_used_when_the_url_has_none() -> None:
+    assert normalize_api_url("http://127.0.0.1", port=8025) == "http://127.0.0.1:8025/api/3"
+
+
+@pytest.mark.parametrize("url", ["http://api.cc.email/v3", "ftp://x/v3", "not a url", "https:///v3"])
+def test_constant_contact_urls_must_be_https_or_loopback(url: str) -> None:
+    with pytest.raises(ExportConfigurationError, match="api_base_url"):
+        check_base_url(url, "api_base_url", "cc")
+
+
+def test_constant_contact_loopback_http_allowed() -> None:
+    assert check_base_url("http://127.0.0.1:9/v3/", "api_base_url", "cc") == "http://127.0.0.1:9/v3"

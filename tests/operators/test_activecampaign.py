@@ -1,0 +1,236 @@
+"""ActiveCampaignSegmentExportOperator end to end against the sandbox: list contents and reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError, ExportIncompleteError
+from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
+from airflow_provider_ciexport.sandbox import seed
+from airflow_provider_ciexport.sandbox.client import SandboxClient
+from tests.operators import segment_data as data
+from tests.support import calls, posts, set_connection
+
+MAPPING = {
+    "email": "email",
+    "first_name": "first",
+    "last_name": "last",
+    "phone": "phone",
+    "field:LOYALTY_TIER": "tier",
+    "field:3": "city",
+}
+LISTS = [seed.AC_LIST_VIP, seed.AC_LIST_LAPSED]
+
+
+def _export(conn_id: str, **kwargs: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "task_id": "export",
+        "list_id": LISTS,
+        "field_mapping": MAPPING,
+        "activecampaign_conn_id": conn_id,
+    }
+    params.update(kwargs)
+    return ActiveCampaignSegmentExportOperator(**params).execute(context={})  # type: ignore[arg-type]
+
+
+def _expected() -> dict[str, dict[str, str]]:
+    expected = {email: dict(attrs) for email, attrs in data.EXPECTED.items()}
+    expected["carol_d-e=f@example.travel"]["last_name"] = data.LONG  # ActiveCampaign sets no length limit
+    return expected
+
+
+def _assert_lists_hold_the_segment(sandbox: SandboxClient, tags: list[str] | None = None) -> None:
+    expected = _expected()
+    for list_id in LISTS:
+        contacts = {c["email"]: c for c in sandbox.ac_list_contacts(list_id)}
+        assert set(contacts) == set(expected), f"list {list_id}"
+        for email, attrs in expected.items():
+            got = contacts[email]
+            for attr in ("first_name", "last_name", "phone"):
+                assert got.get(attr) == attrs.get(attr), (email, attr)
+            assert got["fields_by_perstag"].get("LOYALTY_TIER") == attrs.get("tier")
+            assert got["fields_by_perstag"].get("CITY") == attrs.get("city")
+            if tags is not None:
+                assert sorted(got["tags"]) == sorted(tags)
+    assert sandbox.stats()["counters"].get("ac.blank_values_sent", 0) == 0
+
+
+def _assert_report(report: dict[str, Any], *, accepted: int = len(data.EXPECTED)) -> None:
+    assert report["read"] == data.READ
+    assert report["invalid"] == data.INVALID
+    assert report["duplicates"] == data.DUPLICATES
+    assert report["submitted"] == len(data.EXPECTED)
+    assert report["accepted"] == accepted
+    assert report["read"] == report["invalid"] + report["duplicates"] + report["submitted"]
+    assert report["submitted"] == report["accepted"] + report["rejected"]
+    assert report["requests"] > 0
+    json.dumps(report)  # XCom-safe
+
+
+SOURCES: dict[str, Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]] = {
+    "csv": lambda tmp, mp: {"source_path": str(data.write_csv(tmp / "segment.csv"))},
+    "jsonl": lambda tmp, mp: {"source_path": str(data.write_jsonl(tmp / "segment.jsonl"))},
+    "parquet": lambda tmp, mp: {"source_path": str(data.write_parquet(tmp / "segment.parquet"))},
+    "records": lambda tmp, mp: {"records": data.ROWS},
+    "sqlite": lambda tmp, mp: {
+        "sql": "SELECT * FROM segment",
+        "sql_conn_id": set_connection(
+            mp, "profiles_db", conn_type="sqlite", host=str(data.write_sqlite(tmp / "p.db"))
+        ),
+    },
+}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_every_source_kind_exports_exactly_the_valid_contacts(
+    source: str, ac_conn: str, sandbox: SandboxClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = _export(ac_conn, tags=["vip", "spring-2026"], **SOURCES[source](tmp_path, monkeypatch))
+    _assert_lists_hold_the_segment(sandbox, tags=["vip", "spring-2026"])
+    _assert_report(report)
+    assert (
+        report["invalid.malformed"] == 2
+        and report["invalid.missing"] == 2
+        and report["invalid.non_ascii"] == 1
+    )
+    assert report["batches"] == 1 and len(report["jobs"]) == 1
+
+
+def test_small_segment_without_tags_uses_contact_sync(ac_conn: str, sandbox: SandboxClient) -> None:
+    report = _export(ac_conn, records=data.ROWS)
+    _assert_lists_hold_the_segment(sandbox)
+    _assert_report(report)
+    assert report["jobs"] == [] and report["batches"] == 0
+    stats = sandbox.stats()
+    assert calls(stats, "ac", "POST /api/3/contact/sync") == len(data.EXPECTED)
+    assert calls(stats, "ac", "POST /api/3/import/bulk_import") == 0
+
+
+def _many(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"email": f"Person.{i}@Example.com ", "first": f"P{i}", "tier": "gold"}
+        for i in range(start, start + n)
+    ]
+
+
+def test_a_few_thousand_contacts_trip_no_limit(ac_conn: str, sandbox: SandboxClient) -> None:
+    rows = _many(3000) + _many(200)  # the last 200 repeat the first ones
+    report = _export(
+        ac_conn,
+        records=rows,
+        field_mapping={"email": "email", "first_name": "first", "field:LOYALTY_TIER": "tier"},
+    )
+    assert report["read"] == 3200 and report["duplicates"] == 200 and report["accepted"] == 3000
+    assert report["batches"] == 12
+    for list_id in LISTS:
+        assert len(sandbox.ac_list_contacts(list_id)) == 3000
+    stats = sandbox.stats()
+    assert stats["rate_limit_rejections_total"] == 0
+    assert stats["limit_violations"] == []
+    assert stats["imports"]["ac"]["largest_batch"] <= 250
+    assert stats["imports"]["ac"]["largest_body_bytes"] < 400_000
+
+
+def test_batches_respect_the_byte_limit(ac_conn: str, sandbox: SandboxClient) -> None:
+    rows = [{"email": f"big{i}@example.com", "first": "F" * 3000} for i in range(300)]
+    report = _export(ac_conn, records=rows, field_mapping={"email": "email", "first_name": "first"})
+    assert report["accepted"] == 300
+    assert report["batches"] >= 3  # 300 contacts of ~3 KB cannot go in two requests under 400,000 bytes
+    stats = sandbox.stats()
+    assert stats["limit_violations"] == [] and stats["imports"]["ac"]["largest_body_bytes"] < 400_000
+    assert len(sandbox.ac_list_contacts(seed.AC_LIST_VIP)) == 300
+
+
+def test_rejected_contacts_are_counted(ac_conn: str, sandbox: SandboxClient) -> None:
+    sandbox.configure(ac_exclusion_list=["person.3@example.com", "person.7@example.com"])
+    report = _export(ac_conn, records=_many(20), field_mapping={"email": "email"})
+    assert report["accepted"] == 18 and report["rejected"] == 2
+    assert len(sandbox.ac_list_contacts(seed.AC_LIST_VIP)) == 18
+
+
+@pytest.mark.parametrize("kind", ["job_failed", "job_interrupted"])
+def test_failed_jobs_are_sent_again(ac_conn: str, sandbox: SandboxClient, kind: str) -> None:
+    sandbox.add_fault(api="ac", kind=kind, times=1)
+    report = _export(ac_conn, records=_many(600), field_mapping={"email": "email"})
+    assert report["accepted"] == 600 and report["resubmitted_batches"] == 1
+    assert len(report["jobs"]) == report["batches"] + 1
+    assert len(sandbox.ac_list_contacts(seed.AC_LIST_VIP)) == 600
+
+
+def test_jobs_that_keep_failing_fail_the_task_saying_what_was_exported(
+    ac_conn: str, sandbox: SandboxClient
+) -> None:
+    sandbox.add_fault(api="ac", kind="job_failed", times=3)
+    with pytest.raises(
+        ExportIncompleteError, match=r"200 contacts in 1 batch\(es\) were NOT exported"
+    ) as err:
+        _export(ac_conn, records=_many(200), field_mapping={"email": "email"})
+    assert "0 of 200 contacts" in str(err.value)
+    assert sandbox.ac_list_contacts(seed.AC_LIST_VIP) == []
+
+
+def test_dry_run_sends_nothing_but_reports(ac_conn: str, sandbox: SandboxClient) -> None:
+    report = _export(ac_conn, records=_many(600), dry_run=True, field_mapping={"email": "email"})
+    assert report["submitted"] == 600 and report["batches"] == 3 and report["accepted"] is None
+    assert calls(sandbox.stats(), "ac", "POST /api/3/import/bulk_import") == 0
+
+
+def test_without_waiting_jobs_are_started_but_not_followed(ac_conn: str, sandbox: SandboxClient) -> None:
+    report = _export(ac_conn, records=_many(600), wait_for_completion=False, field_mapping={"email": "email"})
+    assert report["submitted"] == 600 and len(report["jobs"]) == 3 and report["accepted"] is None
+    assert calls(sandbox.stats(), "ac", "GET /api/3/import/info") == 0
+
+
+def _assert_nothing_sent(sandbox: SandboxClient) -> None:
+    assert posts(sandbox.stats(), "ac") == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"list_id": 0}, "not a positive whole number"),
+        ({"list_id": -3}, "not a positive whole number"),
+        ({"list_id": "vip"}, "not a positive whole number"),
+        ({"list_id": [2, 99]}, "no list with id 99"),
+        ({"list_id": []}, "list_id is empty"),
+        ({"field_mapping": {}}, "email"),
+        ({"field_mapping": {"first_name": "first"}}, "email"),
+        ({"field_mapping": {"email": "e_mail"}}, "e_mail"),
+        ({"field_mapping": {"email": "email", "nickname": "first"}}, "nickname"),
+        ({"field_mapping": {"email": "email", "field:SHOE_SIZE": "first"}}, "SHOE_SIZE"),
+        ({"max_profiles": 5}, "max_profiles"),
+        ({"records": None}, "source"),
+        ({"sql": "SELECT 1", "records": None}, "sql_conn_id"),
+    ],
+)
+def test_bad_input_is_a_clear_error_before_anything_is_sent(
+    ac_conn: str, sandbox: SandboxClient, kwargs: dict[str, Any], message: str
+) -> None:
+    params: dict[str, Any] = {"records": data.ROWS, **kwargs}
+    with pytest.raises(ExportConfigurationError, match=message):
+        _export(ac_conn, **params)
+    _assert_nothing_sent(sandbox)
+
+
+def test_missing_column_names_the_columns_that_exist(ac_conn: str, sandbox: SandboxClient) -> None:
+    with pytest.raises(ExportConfigurationError) as err:
+        _export(ac_conn, records=data.ROWS, field_mapping={"email": "mail"})
+    assert "mail" in str(err.value) and "first" in str(err.value)
+    _assert_nothing_sent(sandbox)
+
+
+def test_templated_fields_are_declared() -> None:
+    assert set(ActiveCampaignSegmentExportOperator.template_fields) >= {
+        "list_id",
+        "sql",
+        "source_path",
+        "records",
+        "field_mapping",
+        "tags",
+    }
+    assert ".sql" in ActiveCampaignSegmentExportOperator.template_ext
