@@ -70,7 +70,7 @@ def normalize_api_url(
     if parts.scheme == "http" and not is_loopback(hostname):
         raise ExportConfigurationError(
             f"The API URL of connection '{conn_id}' uses plain http://. ActiveCampaign is reached over "
-            "https:// only (http is allowed just for a local sandbox such as http://127.0.0.1:8025)."
+            f"https:// only (http is allowed just for a local sandbox such as http://127.0.0.1:8025). {how}"
         )
     try:
         url_port = parts.port
@@ -143,6 +143,16 @@ class ActiveCampaignHook(SegmentApiHook):
                 f"number (default {default:g})."
             )
         return rate
+
+    @property
+    def requests_per_second(self) -> float:
+        """The account's request rate limit in use (extra ``requests_per_second``, default 5)."""
+        return self._general_limiter.rate
+
+    @property
+    def imports_per_minute(self) -> float:
+        """The bulk import rate limit in use (extra ``imports_per_minute``, default 100)."""
+        return self._import_limiter.rate
 
     @cached_property
     def _general_limiter(self) -> RateLimiter:
