@@ -1,0 +1,422 @@
+"""Turning segment rows into destination contacts: mapping, e-mail validation, value cleaning, dedup."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
+
+#: RFC 5321 limit on a whole address, also PHP's ``FILTER_VALIDATE_EMAIL`` limit.
+MAX_EMAIL_LENGTH = 254
+#: RFC 5321 limit on the local part (before ``@``).
+MAX_LOCAL_PART_LENGTH = 64
+
+# At least as strict as PHP's filter_var(FILTER_VALIDATE_EMAIL) without FILTER_FLAG_EMAIL_UNICODE, which
+# ActiveCampaign uses: a dot-atom local part (no quoted strings), two or more hostname labels, an
+# alphabetic (or punycode) TLD of two or more characters, no IP literals. Applied after lowercasing.
+_ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
+# Runs of letters/digits joined by hyphens: no leading or trailing hyphen. Possessive quantifiers keep
+# the regex from backtracking; label lengths (<= 63) are checked outside it.
+_LABEL = r"[a-z0-9]++(?:-++[a-z0-9]++)*+"
+_EMAIL_RE = re.compile(rf"{_ATEXT}++(?:\.{_ATEXT}++)*+@(?:{_LABEL}\.)++(?:[a-z]{{2,63}}|xn--{_LABEL})")
+_email_match = _EMAIL_RE.fullmatch
+
+
+@dataclass(frozen=True)
+class ContactSchema:
+    """What a destination accepts.
+
+    :param destination: the destination's name, for messages (``"ActiveCampaign"``).
+    :param standard: standard attribute -> maximum length in characters (``None``: no limit); must
+        include ``"email"``.
+    :param custom_prefix: how custom-field attributes start (``"field:"``, ``"cf:"``).
+    :param custom_max_length: maximum length of a custom-field value (``None``: no limit).
+    :param max_custom_fields: how many custom fields one export may map (``None``: no limit).
+    :param email_max_length: maximum e-mail length; never more than 254 is accepted.
+    """
+
+    destination: str
+    standard: Mapping[str, int | None]
+    custom_prefix: str
+    custom_max_length: int | None = None
+    max_custom_fields: int | None = None
+    email_max_length: int = MAX_EMAIL_LENGTH
+
+
+def normalize_email(value: Any, max_length: int = MAX_EMAIL_LENGTH) -> tuple[str | None, str | None]:
+    """Validate and normalise one e-mail value.
+
+    Surrounding whitespace is trimmed and the address lowercased. Reasons are short codes:
+    ``"missing"`` (``None``, empty or whitespace only), ``"not_text"`` (numbers, booleans, ...),
+    ``"non_ascii"``, ``"too_long"`` (whole address over ``max_length`` or 254, or local part over 64)
+    and ``"malformed"``.
+
+    :param value: the raw value from the source.
+    :param max_length: the destination's limit on the whole address.
+    :return: ``(email, None)`` when valid, else ``(None, reason)``.
+    """
+    if type(value) is not str:
+        if value is None:
+            return None, "missing"
+        if isinstance(value, str):
+            value = str(value)
+        elif isinstance(value, (bytes, bytearray)):
+            if not value.isascii():
+                return None, "non_ascii"
+            value = value.decode("ascii")
+        else:
+            return None, "not_text"
+    email = value.strip().lower()
+    if not email:
+        return None, "missing"
+    reason = _problem(email, min(max_length, MAX_EMAIL_LENGTH))
+    return (None, reason) if reason else (email, None)
+
+
+def _problem(email: str, max_length: int) -> str | None:
+    """Why a stripped, lowercased, non-empty address is invalid, or ``None`` if it is valid."""
+    if len(email) > max_length:
+        return "too_long"
+    if not email.isascii():
+        return "non_ascii"
+    if _email_match(email) is None:
+        return "malformed"
+    at = email.index("@")
+    if at > MAX_LOCAL_PART_LENGTH:
+        return "too_long"
+    if not _labels_fit(email, at):
+        return "malformed"
+    return None
+
+
+def _labels_fit(email: str, at: int) -> bool:
+    # A label can only exceed 63 characters if the whole domain does.
+    return len(email) - at <= 64 or all(len(label) <= 63 for label in email[at + 1 :].split("."))
+
+
+def to_text(value: Any) -> str:
+    """Convert a non-``None`` source value to the text sent to a destination (stripped, maybe empty).
+
+    Whole floats lose their ``.0`` (a phone number read as ``4155550100.0`` becomes ``"4155550100"``),
+    NaN is empty (pandas' missing value), booleans are ``"true"``/``"false"``, dates are ISO 8601,
+    bytes are decoded as UTF-8 and JSON arrays/objects are compact JSON.
+
+    :param value: a value from a source row.
+    """
+    if type(value) is str:
+        return value.strip()
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if value.is_integer():
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return "" if value.is_nan() else str(value)
+        if value == value.to_integral_value():
+            return str(int(value))
+        return format(value, "f")
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace").strip()
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return str(value).strip()
+
+
+class EmailSet:
+    """A compact set of e-mail addresses for deduplication: 16 to 32 bytes per address.
+
+    It stores Python's 64-bit ``hash()`` of each address, not the string, in an open-addressing table
+    (linear probing) on ``array('q')`` that doubles when more than half full: 16.8 MB for a million
+    addresses, where a ``set`` of the strings takes about 115 MB. Two consequences:
+
+    * Two different addresses with the same 64-bit hash would count as one (probability about
+      ``n**2 / 2**65``: roughly 3e-8 for a million addresses).
+    * ``hash()`` of a string is salted per process, so the table itself cannot be saved and reloaded
+      by another process. To resume an export, seed a new set with :meth:`update` from the addresses
+      already handled (for instance by re-reading the rows already exported).
+
+    :param capacity: expected number of addresses; sizing the table up front avoids regrowing it.
+    """
+
+    __slots__ = ("_len", "_limit", "_mask", "_table")
+
+    _MIN_SLOTS = 1024
+
+    def __init__(self, capacity: int = 0) -> None:
+        slots = self._MIN_SLOTS
+        while slots // 2 < capacity:
+            slots *= 2
+        self._table = array("q", [0]) * slots
+        self._mask = slots - 1
+        self._limit = slots // 2
+        self._len = 0
+
+    def add(self, email: str) -> bool:
+        """Add an address; return ``True`` if it was not in the set yet.
+
+        :param email: a normalised address.
+        """
+        h = hash(email) or 1  # 0 marks an empty slot; the (astronomically rare) hash 0 is stored as 1
+        table = self._table
+        mask = self._mask
+        i = h & mask
+        while v := table[i]:
+            if v == h:
+                return False
+            i = (i + 1) & mask
+        table[i] = h
+        self._len += 1
+        if self._len > self._limit:
+            self._grow()
+        return True
+
+    def update(self, emails: Iterable[str]) -> int:
+        """Add many addresses (to pre-seed the set); return how many were new.
+
+        :param emails: normalised addresses.
+        """
+        add = self.add
+        return sum(1 for email in emails if add(email))
+
+    def __contains__(self, email: object) -> bool:
+        if not isinstance(email, str):
+            return False
+        h = hash(email) or 1
+        table = self._table
+        mask = self._mask
+        i = h & mask
+        while v := table[i]:
+            if v == h:
+                return True
+            i = (i + 1) & mask
+        return False
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes used by the table."""
+        return self._table.itemsize * len(self._table)
+
+    def _grow(self) -> None:
+        old = self._table
+        slots = 2 * len(old)
+        mask = slots - 1
+        table = array("q", [0]) * slots
+        for h in old:
+            if h:
+                i = h & mask
+                while table[i]:
+                    i = (i + 1) & mask
+                table[i] = h
+        self._table = table
+        self._mask = mask
+        self._limit = slots // 2
+
+
+def _describe_columns(columns: Sequence[str]) -> str:
+    # A file without a header row turns its first data row into "column names": never echo an address.
+    parts = ["<hidden>" if "@" in name else repr(name) for name in columns]
+    text = ", ".join(parts) or "(none)"
+    if "<hidden>" in parts:
+        text += " (names containing '@' are hidden: is the first row data instead of a header?)"
+    return text
+
+
+class ContactBuilder:
+    """Builds destination contacts from source rows and keeps the counts the report needs.
+
+    ``field_mapping`` maps *destination attribute -> source column*, e.g.
+    ``{"email": "Email", "first_name": "fname", "field:LOYALTY_TIER": "tier"}``. Every problem in
+    it is reported before any row is read. Columns are matched exactly; when a mapped name is missing
+    but exactly one column matches it ignoring case and surrounding spaces (real files have
+    ``"Email "`` headers), that column is used.
+
+    Per row: the e-mail is validated and normalised (see :func:`normalize_email`); invalid rows and
+    repeated addresses (first occurrence wins) are counted and dropped. Other values go through
+    :func:`to_text`; empty ones are omitted rather than sent as blanks that would wipe existing data,
+    and values over the attribute's length limit are omitted (never cut) and counted.
+
+    :param field_mapping: destination attribute -> source column.
+    :param schema: what the destination accepts.
+    :param columns: the source's column names, in row order.
+    :param seen: an :class:`EmailSet` to deduplicate against (e.g. pre-seeded); a new one if omitted.
+    :raises ExportConfigurationError: if the mapping does not fit the schema or the columns.
+    """
+
+    def __init__(
+        self,
+        field_mapping: Mapping[str, str],
+        schema: ContactSchema,
+        columns: Sequence[str],
+        *,
+        seen: EmailSet | None = None,
+    ) -> None:
+        self.schema = schema
+        self.columns = list(columns)
+        self.invalid = 0
+        self.invalid_reasons: dict[str, int] = {}
+        self.duplicates = 0
+        self.omitted_too_long: dict[str, int] = {}
+        self.seen = seen if seen is not None else EmailSet()
+
+        self._check_attributes(field_mapping, schema)
+        resolved = self._resolve_columns(field_mapping, self.columns)
+        self.resolved_mapping: dict[str, str] = {attr: self.columns[i] for attr, i in resolved.items()}
+
+        standard_limit = schema.standard.get("email")
+        self._email_max = min(
+            MAX_EMAIL_LENGTH,
+            schema.email_max_length,
+            MAX_EMAIL_LENGTH if standard_limit is None else standard_limit,
+        )
+        self._email_index = resolved["email"]
+        fields: list[tuple[str, int, int | None]] = []
+        for attr, index in resolved.items():
+            if attr == "email":
+                continue
+            limit = schema.standard.get(attr, schema.custom_max_length)
+            fields.append((attr, index, limit))
+        self._fields = tuple(fields)
+
+    @staticmethod
+    def _check_attributes(field_mapping: Mapping[str, str], schema: ContactSchema) -> None:
+        dest = schema.destination
+        if not field_mapping:
+            raise ExportConfigurationError(
+                "field_mapping is empty. Map at least the e-mail, e.g. {'email': '<email column>'}."
+            )
+        if "email" not in field_mapping:
+            raise ExportConfigurationError(
+                f"field_mapping has no 'email' attribute; {dest} identifies contacts by e-mail. "
+                "Add 'email': '<email column>' to field_mapping."
+            )
+        prefix = schema.custom_prefix
+        valid = ", ".join(sorted(schema.standard))
+        custom: list[str] = []
+        for attr, column in field_mapping.items():
+            if not isinstance(attr, str) or not isinstance(column, str) or not column.strip():
+                raise ExportConfigurationError(
+                    f"field_mapping entry {attr!r} -> {column!r} is not attribute name -> column name. "
+                    "Use non-empty strings on both sides, e.g. {'first_name': 'fname'}."
+                )
+            if attr in schema.standard:
+                continue
+            if prefix and attr.startswith(prefix):
+                if not attr[len(prefix) :].strip():
+                    raise ExportConfigurationError(
+                        f"field_mapping attribute {attr!r} has the custom-field prefix but no field name. "
+                        f"Write the {dest} custom field after the prefix, e.g. '{prefix}TIER'."
+                    )
+                custom.append(attr)
+                continue
+            raise ExportConfigurationError(
+                f"field_mapping attribute {attr!r} is not a {dest} attribute. Use one of: {valid}; "
+                f"or a custom field written as '{prefix}<name>'."
+            )
+        if schema.max_custom_fields is not None and len(custom) > schema.max_custom_fields:
+            raise ExportConfigurationError(
+                f"field_mapping maps {len(custom)} custom fields but {dest} accepts at most "
+                f"{schema.max_custom_fields} per import. Remove {len(custom) - schema.max_custom_fields} "
+                "of them."
+            )
+
+    @staticmethod
+    def _resolve_columns(field_mapping: Mapping[str, str], columns: list[str]) -> dict[str, int]:
+        exact = {name: i for i, name in reversed(list(enumerate(columns)))}
+        loose: dict[str, list[int]] = {}
+        for i, name in enumerate(columns):
+            loose.setdefault(name.strip().casefold(), []).append(i)
+        resolved: dict[str, int] = {}
+        missing: list[str] = []
+        for attr, column in field_mapping.items():
+            if column in exact:
+                resolved[attr] = exact[column]
+                continue
+            candidates = loose.get(column.strip().casefold(), [])
+            if len(candidates) == 1:
+                resolved[attr] = candidates[0]
+            elif candidates:
+                raise ExportConfigurationError(
+                    f"field_mapping column {column!r} (for {attr!r}) is not a column, and "
+                    f"{len(candidates)} columns match it ignoring case and spaces: "
+                    f"{_describe_columns([columns[i] for i in candidates])}. Use the exact column name."
+                )
+            else:
+                missing.append(column)
+        if missing:
+            names = ", ".join(repr(name) for name in dict.fromkeys(missing))
+            raise ExportConfigurationError(
+                f"field_mapping names column(s) {names} that the segment does not have. "
+                f"Its columns are: {_describe_columns(columns)}. Fix field_mapping or the source."
+            )
+        # ``email`` first so contacts always start with it.
+        return {"email": resolved["email"], **{a: i for a, i in resolved.items() if a != "email"}}
+
+    def build(self, row: Sequence[Any]) -> dict[str, str] | None:
+        """Build one contact, or return ``None`` (and count it) if the row is invalid or a duplicate.
+
+        :param row: one source row, in ``columns`` order.
+        """
+        # Runs once per exported row: the common case (a valid text address) is checked inline, and
+        # normalize_email only runs to find the reason of an invalid one.
+        value = row[self._email_index]
+        email = value.strip().lower() if type(value) is str else ""
+        if not (
+            email
+            and len(email) <= self._email_max
+            and email.isascii()
+            and _email_match(email) is not None
+            and (at := email.index("@")) <= MAX_LOCAL_PART_LENGTH
+            and _labels_fit(email, at)
+        ):
+            checked, reason = normalize_email(value, self._email_max)
+            if checked is None:
+                self.invalid += 1
+                key = reason or "malformed"
+                self.invalid_reasons[key] = self.invalid_reasons.get(key, 0) + 1
+                return None
+            email = checked
+        if not self.seen.add(email):
+            self.duplicates += 1
+            return None
+        contact = {"email": email}
+        for attr, index, limit in self._fields:
+            value = row[index]
+            if value is None:
+                continue
+            text = value.strip() if type(value) is str else to_text(value)
+            if not text:
+                continue
+            if limit is not None and len(text) > limit:
+                self.omitted_too_long[attr] = self.omitted_too_long.get(attr, 0) + 1
+                continue
+            contact[attr] = text
+        return contact
+
+    def build_many(self, rows: Iterable[Sequence[Any]]) -> list[dict[str, str]]:
+        """Build the contacts of many rows (e.g. one source chunk), skipping invalid and duplicate ones.
+
+        :param rows: source rows, in ``columns`` order.
+        :return: the contacts, in row order.
+        """
+        return [contact for contact in map(self.build, rows) if contact is not None]

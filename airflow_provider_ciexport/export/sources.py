@@ -1,0 +1,611 @@
+"""Segment sources: stream the rows of a SQL query, a file (CSV, JSON Lines, Parquet) or in-memory records.
+
+Every source knows its column names before reading rows, can count its rows, and yields rows as tuples
+in column order, ``chunk_size`` at a time, without ever holding the whole segment in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import json
+import os
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
+from typing import IO, TYPE_CHECKING, Any
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+Row = tuple[Any, ...]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_FORMATS = {
+    "csv": "csv",
+    "jsonl": "jsonl",
+    "ndjson": "jsonl",
+    "json": "jsonl",
+    "parquet": "parquet",
+    "pq": "parquet",
+}
+_FORMAT_NAMES = {"csv": "CSV", "jsonl": "JSON Lines", "parquet": "Parquet"}
+_PARQUET_EXTRA = "pip install 'airflow-provider-ciexport[parquet]'"
+
+
+class SegmentSource(ABC):
+    """Where a segment's rows come from.
+
+    ``description`` says what the source is for logs and messages, without secrets or personal data
+    (``"SQL query on conn 'profiles_db'"``, ``"CSV file vip.csv"``).
+    """
+
+    description: str
+
+    @abstractmethod
+    def columns(self) -> list[str]:
+        """The column names, in row order; available before any row is read."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """The number of rows the segment has (may cost a pass over the source)."""
+
+    @abstractmethod
+    def iter_chunks(self) -> Iterator[list[Row]]:
+        """Yield the rows as tuples in :meth:`columns` order, at most ``chunk_size`` per list."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.description}>"
+
+
+def _check_unique(names: Sequence[str], where: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SegmentSourceError(
+                f"{where} has the column {name!r} more than once, so rows cannot be read by name. "
+                "Rename or drop the duplicate column."
+            )
+        seen.add(name)
+
+
+class SqlSegmentSource(SegmentSource):
+    """The rows of a SQL query on any Airflow SQL connection (a ``DbApiHook``).
+
+    Rows are read with ``cursor.execute`` and ``cursor.fetchmany(chunk_size)``. For PostgreSQL
+    (psycopg2, psycopg) and MySQL (mysqlclient, PyMySQL) a server-side cursor is used, because their
+    ordinary cursors load the whole result into memory on ``execute``.
+
+    :param sql: the query; a trailing ``;`` is ignored.
+    :param conn_id: the Airflow connection to run it on.
+    :param chunk_size: rows per chunk.
+    """
+
+    def __init__(self, sql: str, conn_id: str, chunk_size: int = 5000) -> None:
+        self.sql = sql.strip().rstrip(";").rstrip()
+        self.conn_id = conn_id
+        self.chunk_size = chunk_size
+        self.description = f"SQL query on conn {conn_id!r}"
+        self._hook: DbApiHook | None = None
+        self._columns: list[str] | None = None
+
+    def _get_hook(self) -> DbApiHook:
+        if self._hook is None:
+            from airflow.providers.common.sql.hooks.sql import DbApiHook
+            from airflow.sdk import BaseHook
+
+            try:
+                conn = BaseHook.get_connection(self.conn_id)
+            except Exception as err:
+                raise ExportConfigurationError(
+                    f"The Airflow connection {self.conn_id!r} for the segment query could not be loaded "
+                    f"({type(err).__name__}). Create it (UI, `airflow connections add` or an "
+                    f"AIRFLOW_CONN_{self.conn_id.upper()} variable) or fix sql_conn_id."
+                ) from err
+            hook = conn.get_hook()
+            if not isinstance(hook, DbApiHook):
+                raise ExportConfigurationError(
+                    f"Connection {self.conn_id!r} has type {conn.conn_type!r}, whose hook "
+                    f"{type(hook).__name__} cannot run SQL. Use a SQL connection (postgres, mysql, "
+                    "sqlite, ...) as sql_conn_id, or install its provider package."
+                )
+            self._hook = hook
+        return self._hook
+
+    def _failed(self, err: Exception) -> SegmentSourceError:
+        # Driver messages describe the SQL or the server, never row values, so they are worth showing.
+        return SegmentSourceError(
+            f"The segment query failed on connection {self.conn_id!r}: {type(err).__name__}: {err}. "
+            "Fix the SQL (try it in a SQL client against the same database)."
+        )
+
+    @contextlib.contextmanager
+    def _cursor(self, streaming: bool) -> Iterator[Any]:
+        hook = self._get_hook()
+        with contextlib.ExitStack() as stack:
+            try:
+                conn = hook.get_conn()
+                stack.callback(conn.close)
+                cursor = _server_side_cursor(conn) if streaming else None
+                if cursor is None:
+                    cursor = conn.cursor()
+                stack.callback(cursor.close)
+            except Exception as err:
+                raise SegmentSourceError(
+                    f"Could not connect to the database of connection {self.conn_id!r} for the segment "
+                    f"query: {type(err).__name__}: {err}. Check the connection's host, credentials and "
+                    "network access from this worker."
+                ) from err
+            yield cursor
+
+    def _names(self, cursor: Any) -> list[str]:
+        names = [str(column[0]) for column in cursor.description or ()]
+        _check_unique(names, f"The result of the {self.description}")
+        return names
+
+    def columns(self) -> list[str]:
+        """The query's column names, from ``cursor.description`` of the query wrapped to return no rows.
+
+        ``SELECT * FROM (<sql>) AS segment_columns WHERE 1 = 0`` is cheap on every database and needs
+        the same wrapping as :meth:`count`.
+        """
+        if self._columns is None:
+            with self._cursor(streaming=False) as cursor:
+                try:
+                    cursor.execute(f"SELECT * FROM ({self.sql}) AS segment_columns WHERE 1 = 0")
+                    cursor.fetchall()  # no rows; some drivers want results consumed before closing
+                except Exception as err:
+                    raise self._failed(err) from err
+                self._columns = self._names(cursor)
+        return list(self._columns)
+
+    def count(self) -> int:
+        """``SELECT COUNT(*) FROM (<sql>) AS segment_count``."""
+        with self._cursor(streaming=False) as cursor:
+            try:
+                cursor.execute(f"SELECT COUNT(*) FROM ({self.sql}) AS segment_count")
+                row = cursor.fetchone()
+            except Exception as err:
+                raise self._failed(err) from err
+        if not row:
+            return 0
+        return int(next(iter(row.values())) if isinstance(row, Mapping) else row[0])
+
+    def iter_chunks(self) -> Iterator[list[Row]]:
+        """Run the query and yield its rows with ``fetchmany(chunk_size)``."""
+        size = self.chunk_size
+        with self._cursor(streaming=True) as cursor:
+            try:
+                cursor.execute(self.sql)
+                rows = cursor.fetchmany(size)
+            except Exception as err:
+                raise self._failed(err) from err
+            # Read after the first fetch: server-side cursors only describe their columns then.
+            names = self._names(cursor)
+            if self._columns is None:
+                self._columns = names
+            elif names != self._columns:
+                raise SegmentSourceError(
+                    f"The {self.description} returned columns {names} where {self._columns} were "
+                    "expected. Alias the query's columns with unique, fixed names."
+                )
+            while rows:
+                # Most drivers return tuples already; others (sqlite3.Row, dict-like rows) are converted.
+                yield rows if type(rows[0]) is tuple else _as_tuples(rows)
+                try:
+                    rows = cursor.fetchmany(size)
+                except Exception as err:
+                    raise self._failed(err) from err
+
+
+def _as_tuples(rows: Sequence[Any]) -> list[Row]:
+    return [tuple(row.values()) if isinstance(row, Mapping) else tuple(row) for row in rows]
+
+
+def _server_side_cursor(conn: Any) -> Any | None:
+    """A cursor that streams results from the server, for drivers whose default cursor does not."""
+    module = type(conn).__module__.split(".")[0]
+    if module in ("psycopg2", "psycopg"):
+        # Outside a transaction (autocommit) PostgreSQL only allows WITH HOLD cursors.
+        return conn.cursor(name="ciexport_segment", withhold=bool(getattr(conn, "autocommit", False)))
+    if module == "MySQLdb":
+        import MySQLdb.cursors
+
+        return conn.cursor(MySQLdb.cursors.SSCursor)
+    if module == "pymysql":
+        import pymysql.cursors
+
+        return conn.cursor(pymysql.cursors.SSCursor)
+    return None
+
+
+def _shown(location: str) -> str:
+    """The location for messages, without any ``user:password@`` part of a URI."""
+    scheme, sep, rest = location.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return location
+
+
+class FileSegmentSource(SegmentSource):
+    """Common handling of file sources: local paths or object-storage URIs, optionally gzip-compressed.
+
+    A path containing ``://`` is opened with ``airflow.sdk.ObjectStoragePath`` (``s3://``, ``gs://``,
+    ``file://``, ...); anything else is a local path. Gzip is recognised from the ``.gz`` suffix or the
+    gzip magic bytes.
+
+    :param path: local path or URI.
+    :param chunk_size: rows per chunk.
+    """
+
+    kind = "file"
+
+    def __init__(self, path: str | os.PathLike[str], chunk_size: int = 5000) -> None:
+        self.path = os.fspath(path)
+        self.chunk_size = chunk_size
+        self.name = self.path.rstrip("/").rsplit("/", 1)[-1]
+        self.description = f"{self.kind} file {self.name}"
+        self._columns: list[str] | None = None
+
+    @contextlib.contextmanager
+    def _open_binary(self) -> Iterator[IO[bytes]]:
+        """The file's (decompressed) bytes."""
+        with contextlib.ExitStack() as stack:
+            try:
+                if "://" in self.path:
+                    from airflow.sdk import ObjectStoragePath
+
+                    raw: IO[bytes] = stack.enter_context(ObjectStoragePath(self.path).open("rb"))
+                else:
+                    raw = stack.enter_context(open(self.path, "rb"))
+                compressed = self.path.endswith(".gz")
+                if not compressed and raw.seekable():
+                    compressed = raw.read(2) == _GZIP_MAGIC
+                    raw.seek(0)
+            except Exception as err:
+                raise SegmentSourceError(
+                    f"Cannot open the {self.description} at {_shown(self.path)!r}: "
+                    f"{type(err).__name__}. Check that the path exists and this worker may read it."
+                ) from err
+            if compressed:
+                raw = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))  # type: ignore[arg-type]
+            try:
+                yield raw
+            except (OSError, EOFError, zlib.error) as err:
+                raise SegmentSourceError(
+                    f"The {self.description} could not be read ({type(err).__name__}: {err}). Check "
+                    "that the file is complete (and really gzip-compressed if it is named .gz)."
+                ) from err
+
+    def _not_utf8(self, line_no: int, offset: int) -> SegmentSourceError:
+        return SegmentSourceError(
+            f"The {self.description} is not valid UTF-8: line {line_no}, byte {offset} of the "
+            f"(decompressed) file. Re-encode it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) and run again."
+        )
+
+
+class CsvSegmentSource(FileSegmentSource):
+    """A CSV file with a header row, read with the ``csv`` module as UTF-8 (a BOM is skipped).
+
+    Header names are stripped of surrounding spaces; empty header cells are named ``column_<n>``
+    (1-based position) so that trailing commas do not produce duplicate names. Blank lines are
+    skipped; rows shorter than the header are padded with ``None`` and longer rows are cut to the
+    header's width. Values are strings.
+    """
+
+    kind = "CSV"
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Iterator[list[str]]]:
+        with self._open_binary() as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            try:
+                yield csv.reader(text)
+            except UnicodeDecodeError as err:
+                raise self._locate_decode_error() from err
+            except csv.Error as err:
+                raise SegmentSourceError(
+                    f"The {self.description} is not valid CSV: {err}. Fix the file (quotes, line breaks "
+                    "inside fields, field size) or export it again."
+                ) from err
+            finally:
+                text.detach()
+
+    def _locate_decode_error(self) -> SegmentSourceError:
+        # Decoding happens in large blocks, so the position the decoder reports is not the line. Find
+        # the line again with a slow binary pass (only on this error path).
+        offset = 0
+        with self._open_binary() as raw:
+            for line_no, line in enumerate(raw, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return self._not_utf8(line_no, offset + err.start)
+                offset += len(line)
+        return self._not_utf8(0, offset)
+
+    def columns(self) -> list[str]:
+        """The header row's names, stripped of surrounding spaces."""
+        if self._columns is None:
+            with self._reader() as reader:
+                header = next(reader, [])
+            names = [name.strip() or f"column_{i}" for i, name in enumerate(header, start=1)]
+            _check_unique(names, f"The header of the {self.description}")
+            self._columns = names
+        return list(self._columns)
+
+    def count(self) -> int:
+        """The number of non-blank records after the header (a full CSV parsing pass)."""
+        with self._reader() as reader:
+            return max(sum(1 for row in reader if row) - 1, 0)
+
+    def iter_chunks(self) -> Iterator[list[Row]]:
+        """Yield the data rows as tuples of strings."""
+        width = len(self.columns())
+        size = self.chunk_size
+        with self._reader() as reader:
+            next(reader, None)
+            rows = filter(None, reader)  # blank lines parse as []
+            while chunk := [
+                tuple(row) if len(row) == width else _fit(row, width) for row in islice(rows, size)
+            ]:
+                yield chunk
+
+
+def _fit(row: list[Any], width: int) -> Row:
+    return tuple(row[:width]) if len(row) > width else (*row, *([None] * (width - len(row))))
+
+
+class JsonLinesSegmentSource(FileSegmentSource):
+    """A JSON Lines file: one JSON object per line, UTF-8; blank lines are skipped.
+
+    The columns are the union of the keys of the first ``chunk_size`` objects, in first-seen order.
+    A key that first appears after them is ignored; a key missing from a row reads as ``None``.
+    """
+
+    kind = "JSON Lines"
+
+    def _objects(self, raw: IO[bytes]) -> Iterator[dict[str, Any]]:
+        offset = 0
+        for line_no, line in enumerate(raw, start=1):
+            start = offset
+            offset += len(line)
+            if line.isspace():
+                continue
+            try:
+                obj = json.loads(line)
+            except UnicodeDecodeError as err:
+                raise self._not_utf8(line_no, start + err.start) from err
+            except ValueError as err:
+                raise SegmentSourceError(
+                    f"Line {line_no} of the {self.description} is not valid JSON "
+                    f"({type(err).__name__} at column {getattr(err, 'colno', '?')}). Write one JSON "
+                    "object per line (JSON Lines), not a JSON array or pretty-printed JSON."
+                ) from err
+            if type(obj) is not dict:
+                raise SegmentSourceError(
+                    f"Line {line_no} of the {self.description} is a JSON {type(obj).__name__}, not an "
+                    "object. Write one JSON object per line (JSON Lines), not a JSON array."
+                )
+            yield obj
+
+    def columns(self) -> list[str]:
+        """The union of the keys of the first ``chunk_size`` objects, in first-seen order."""
+        if self._columns is None:
+            keys: dict[str, None] = {}
+            with self._open_binary() as raw:
+                for obj in islice(self._objects(raw), self.chunk_size):
+                    keys.update(dict.fromkeys(obj))
+            self._columns = list(keys)
+        return list(self._columns)
+
+    def count(self) -> int:
+        """The number of non-blank lines (not parsed)."""
+        with self._open_binary() as raw:
+            return sum(1 for line in raw if not line.isspace())
+
+    def iter_chunks(self) -> Iterator[list[Row]]:
+        """Yield the objects' values in :meth:`columns` order."""
+        names = self.columns()
+        size = self.chunk_size
+        with self._open_binary() as raw:
+            objects = self._objects(raw)
+            while chunk := [tuple(map(obj.get, names)) for obj in islice(objects, size)]:
+                yield chunk
+
+
+class ParquetSegmentSource(FileSegmentSource):
+    """A Parquet file, read by record batches with pyarrow (the ``parquet`` extra).
+
+    :raises ExportConfigurationError: if pyarrow is not installed.
+    """
+
+    kind = "Parquet"
+
+    def __init__(self, path: str | os.PathLike[str], chunk_size: int = 5000) -> None:
+        super().__init__(path, chunk_size)
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError as err:
+            raise ExportConfigurationError(
+                f"Reading Parquet files needs pyarrow, which is not installed. Run {_PARQUET_EXTRA} "
+                "on the workers, or export the segment as CSV or JSON Lines."
+            ) from err
+
+    @contextlib.contextmanager
+    def _parquet(self) -> Iterator[Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with self._open_binary() as raw:
+            try:
+                parquet = pq.ParquetFile(raw)
+            except (pa.ArrowException, OSError) as err:
+                raise SegmentSourceError(
+                    f"The {self.description} is not a readable Parquet file ({type(err).__name__}). "
+                    "Check the file, or write it again."
+                ) from err
+            try:
+                yield parquet
+            except pa.ArrowException as err:
+                raise SegmentSourceError(
+                    f"The {self.description} could not be read ({type(err).__name__}: {err}). "
+                    "Check the file, or write it again."
+                ) from err
+            finally:
+                parquet.close()
+
+    def columns(self) -> list[str]:
+        """The schema's column names."""
+        if self._columns is None:
+            with self._parquet() as parquet:
+                names = list(parquet.schema_arrow.names)
+            _check_unique(names, f"The {self.description}")
+            self._columns = names
+        return list(self._columns)
+
+    def count(self) -> int:
+        """The row count from the file's metadata."""
+        with self._parquet() as parquet:
+            return int(parquet.metadata.num_rows)
+
+    def iter_chunks(self) -> Iterator[list[Row]]:
+        """Yield each record batch's rows as tuples of Python values."""
+        names = self.columns()
+        with self._parquet() as parquet:
+            for batch in parquet.iter_batches(batch_size=self.chunk_size, columns=names):
+                if batch.num_rows:
+                    yield list(zip(*(column.to_pylist() for column in batch.columns), strict=True))
+
+
+class RecordsSegmentSource(SegmentSource):
+    """Rows given in memory as mappings (e.g. from XCom).
+
+    The columns are the union of the keys of all records, in first-seen order; a missing key reads as
+    ``None``.
+
+    :param records: the rows.
+    :param chunk_size: rows per chunk.
+    :raises ExportConfigurationError: if a record is not a mapping.
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], chunk_size: int = 5000) -> None:
+        self.records = records
+        self.chunk_size = chunk_size
+        self.description = f"{len(records)} in-memory records"
+        keys: dict[str, None] = {}
+        for i, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                raise ExportConfigurationError(
+                    f"records[{i}] is a {type(record).__name__}, not a mapping. Pass records as a list "
+                    "of dicts, one per contact."
+                )
+            keys.update(dict.fromkeys(record))
+        self._columns = [str(key) for key in keys]
+        self._keys = list(keys)
+
+    def columns(self) -> list[str]:
+        """The union of the records' keys."""
+        return list(self._columns)
+
+    def count(self) -> int:
+        """The number of records."""
+        return len(self.records)
+
+    def iter_chunks(self) -> Iterator[list[Row]]:
+        """Yield the records' values in :meth:`columns` order."""
+        keys = self._keys
+        size = self.chunk_size
+        for start in range(0, len(self.records), size):
+            yield [tuple(map(record.get, keys)) for record in self.records[start : start + size]]
+
+
+def _file_format(path: str, file_format: str | None) -> str:
+    if file_format is not None:
+        fmt = _FORMATS.get(file_format.strip().lower().lstrip(".").removesuffix(".gz"))
+        if fmt is None:
+            raise ExportConfigurationError(
+                f"file_format={file_format!r} is not supported. Use 'csv', 'jsonl' or 'parquet'."
+            )
+        return fmt
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    stem = name.removesuffix(".gz")
+    extension = stem.rsplit(".", 1)[-1] if "." in stem else ""
+    fmt = _FORMATS.get(extension)
+    if fmt is None or (fmt == "parquet" and stem != name):
+        raise ExportConfigurationError(
+            f"Cannot tell the format of source_path {_shown(path)!r} from its extension. Name it .csv, "
+            ".jsonl/.ndjson/.json or .parquet/.pq (.csv.gz and .jsonl.gz for gzip), or pass "
+            "file_format='csv', 'jsonl' or 'parquet'."
+        )
+    return fmt
+
+
+def make_source(
+    *,
+    sql: str | None = None,
+    sql_conn_id: str | None = None,
+    source_path: str | None = None,
+    records: Sequence[Mapping[str, Any]] | None = None,
+    file_format: str | None = None,
+    chunk_size: int = 5000,
+) -> SegmentSource:
+    """Build the segment source from an operator's parameters; exactly one source must be given.
+
+    Nothing is opened or queried here: sources open lazily.
+
+    :param sql: a query whose rows are the segment; needs ``sql_conn_id``.
+    :param sql_conn_id: the Airflow SQL connection to run ``sql`` on.
+    :param source_path: a CSV, JSON Lines or Parquet file: local path or object-storage URI.
+    :param records: rows given directly, as mappings.
+    :param file_format: ``"csv"``, ``"jsonl"`` or ``"parquet"``; by default from the extension.
+    :param chunk_size: rows per chunk.
+    :raises ExportConfigurationError: if the parameters do not describe exactly one usable source.
+    """
+    given = [
+        name
+        for name, value in (("sql", sql), ("source_path", source_path), ("records", records))
+        if value is not None
+    ]
+    if not given:
+        raise ExportConfigurationError(
+            "No segment source given. Pass one of sql (with sql_conn_id), source_path or records."
+        )
+    if len(given) > 1:
+        raise ExportConfigurationError(
+            f"Several segment sources given ({', '.join(given)}). Pass exactly one of sql, "
+            "source_path or records."
+        )
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ExportConfigurationError(
+            f"chunk_size must be a positive integer, got {chunk_size!r}. Use e.g. 5000."
+        )
+    if sql is not None:
+        if not sql.strip():
+            raise ExportConfigurationError("sql is empty. Pass the query that selects the segment.")
+        if not sql_conn_id:
+            raise ExportConfigurationError(
+                "sql is given without sql_conn_id. Pass the id of the Airflow connection to run it on."
+            )
+        return SqlSegmentSource(sql, sql_conn_id, chunk_size)
+    if source_path is not None:
+        path = os.fspath(source_path)
+        if not path.strip():
+            raise ExportConfigurationError("source_path is empty. Pass the path or URI of the file.")
+        fmt = _file_format(path, file_format)
+        if fmt == "csv":
+            return CsvSegmentSource(path, chunk_size)
+        if fmt == "jsonl":
+            return JsonLinesSegmentSource(path, chunk_size)
+        return ParquetSegmentSource(path, chunk_size)
+    assert records is not None
+    if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
+        raise ExportConfigurationError(
+            f"records must be a list of dicts, got {type(records).__name__}. Pass one dict per contact."
+        )
+    return RecordsSegmentSource(records, chunk_size)

@@ -1,0 +1,451 @@
+"""Reading segments from SQL, CSV, JSON Lines, Parquet and in-memory records, in chunks."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
+from airflow_provider_ciexport.export.contacts import ContactBuilder, ContactSchema
+from airflow_provider_ciexport.export.sources import (
+    CsvSegmentSource,
+    JsonLinesSegmentSource,
+    ParquetSegmentSource,
+    SegmentSource,
+    SqlSegmentSource,
+    _server_side_cursor,
+    make_source,
+)
+from tests.support import set_connection
+
+
+def rows_of(source: SegmentSource) -> list[tuple[Any, ...]]:
+    return [row for chunk in source.iter_chunks() for row in chunk]
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> str:
+    path.write_bytes(text.encode(encoding))
+    return str(path)
+
+
+# -- choosing the source ---------------------------------------------------------------------------
+
+
+def test_no_source_is_a_configuration_error() -> None:
+    with pytest.raises(ExportConfigurationError, match="No segment source given"):
+        make_source()
+
+
+def test_two_sources_at_once_are_refused() -> None:
+    with pytest.raises(ExportConfigurationError, match=r"sql, records.*exactly one"):
+        make_source(sql="SELECT 1", sql_conn_id="db", records=[{"email": "a@example.com"}])
+
+
+def test_sql_needs_a_connection_id() -> None:
+    with pytest.raises(ExportConfigurationError, match="without sql_conn_id"):
+        make_source(sql="SELECT * FROM profiles")
+
+
+def test_an_unknown_extension_asks_for_file_format() -> None:
+    with pytest.raises(ExportConfigurationError, match=r"segment\.txt.*file_format="):
+        make_source(source_path="/data/segment.txt")
+
+
+def test_an_unknown_file_format_is_refused() -> None:
+    with pytest.raises(ExportConfigurationError, match="file_format='xlsx'"):
+        make_source(source_path="/data/segment.xlsx", file_format="xlsx")
+
+
+def test_a_non_positive_chunk_size_is_refused() -> None:
+    with pytest.raises(ExportConfigurationError, match="chunk_size"):
+        make_source(records=[], chunk_size=0)
+
+
+@pytest.mark.parametrize(
+    ("path", "file_format", "kind"),
+    [
+        ("s.csv", None, CsvSegmentSource),
+        ("S.CSV.GZ", None, CsvSegmentSource),
+        ("s.jsonl", None, JsonLinesSegmentSource),
+        ("s.ndjson.gz", None, JsonLinesSegmentSource),
+        ("s.json", None, JsonLinesSegmentSource),
+        ("s.parquet", None, ParquetSegmentSource),
+        ("s.pq", None, ParquetSegmentSource),
+        ("s3://bucket/exports/vip", "csv", CsvSegmentSource),
+        ("export.dat", "jsonl", JsonLinesSegmentSource),
+    ],
+)
+def test_the_format_comes_from_the_extension_or_file_format(
+    path: str, file_format: str | None, kind: type[SegmentSource]
+) -> None:
+    assert type(make_source(source_path=path, file_format=file_format)) is kind
+
+
+def test_descriptions_name_the_source_without_its_content(tmp_path: Path) -> None:
+    assert make_source(sql="SELECT email FROM t", sql_conn_id="profiles_db").description == (
+        "SQL query on conn 'profiles_db'"
+    )
+    assert make_source(source_path=str(tmp_path / "vip.csv")).description == "CSV file vip.csv"
+    assert make_source(records=[{"email": "a@example.com"}]).description == "1 in-memory records"
+
+
+def test_missing_pyarrow_explains_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ExportConfigurationError, match=r"pip install 'airflow-provider-ciexport\[parquet\]'"):
+        make_source(source_path="segment.parquet")
+
+
+# -- CSV -------------------------------------------------------------------------------------------
+
+
+def test_csv_with_bom_spaced_header_and_awkward_values(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "vip.csv",
+        "\ufeff Email , First Name,phone\r\n"
+        "  Ann@Example.com ,Ann,4155550100\r\n"
+        '"o\'brien@example.ie","O\'Brien, Pat",\r\n'
+        '"multi@example.com","Line1\nLine2",\r\n'
+        "\r\n"
+        ",NoEmail,\r\n",
+    )
+    source = make_source(source_path=path)
+
+    assert source.columns() == ["Email", "First Name", "phone"]
+    assert source.count() == 4
+    assert rows_of(source) == [
+        ("  Ann@Example.com ", "Ann", "4155550100"),
+        ("o'brien@example.ie", "O'Brien, Pat", ""),
+        ("multi@example.com", "Line1\nLine2", ""),
+        ("", "NoEmail", ""),
+    ]
+
+
+def test_csv_is_read_in_chunks_of_chunk_size(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    with path.open("w", newline="") as f:
+        f.write("email,n\n")
+        f.writelines(f"user{i}@example.com,{i}\n" for i in range(12_345))
+    source = make_source(source_path=str(path), chunk_size=1000)
+
+    chunks = list(source.iter_chunks())
+
+    assert source.count() == 12_345
+    assert [len(c) for c in chunks] == [1000] * 12 + [345]
+    rows = [row for chunk in chunks for row in chunk]
+    assert rows[0] == ("user0@example.com", "0")
+    assert rows[-1] == ("user12344@example.com", "12344")
+    assert len({row[0] for row in rows}) == 12_345
+
+
+def test_gzip_csv_by_extension_and_by_content(tmp_path: Path) -> None:
+    data = b"email,name\na@example.com,A\nb@example.com,B\n"
+    named = tmp_path / "segment.csv.gz"
+    named.write_bytes(gzip.compress(data))
+    disguised = tmp_path / "segment.csv"
+    disguised.write_bytes(gzip.compress(data))
+
+    for path in (named, disguised):
+        source = make_source(source_path=str(path))
+        assert source.columns() == ["email", "name"]
+        assert source.count() == 2
+        assert rows_of(source) == [("a@example.com", "A"), ("b@example.com", "B")]
+
+
+def test_a_file_uri_is_read_through_object_storage(tmp_path: Path) -> None:
+    path = write(tmp_path / "remote.csv", "email\na@example.com\n")
+    source = make_source(source_path=f"file://{path}")
+
+    assert source.columns() == ["email"]
+    assert rows_of(source) == [("a@example.com",)]
+
+
+def test_short_rows_are_padded_and_long_rows_cut_to_the_header(tmp_path: Path) -> None:
+    path = write(tmp_path / "ragged.csv", "email,first,last\na@example.com\nb@example.com,B,Bee,extra,\n")
+    assert rows_of(make_source(source_path=path)) == [
+        ("a@example.com", None, None),
+        ("b@example.com", "B", "Bee"),
+    ]
+
+
+def test_empty_header_cells_get_positional_names(tmp_path: Path) -> None:
+    path = write(tmp_path / "excel.csv", "email,,name,\na@example.com,,A,\n")
+    assert make_source(source_path=path).columns() == ["email", "column_2", "name", "column_4"]
+
+
+def test_a_duplicated_header_names_the_duplicate(tmp_path: Path) -> None:
+    path = write(tmp_path / "dup.csv", "email,Phone, Phone \na@example.com,1,2\n")
+    with pytest.raises(SegmentSourceError, match="'Phone' more than once"):
+        make_source(source_path=path).columns()
+
+
+def test_non_utf8_csv_says_where_and_how_to_fix_without_the_value(tmp_path: Path) -> None:
+    lines = ["email,name"] + [f"user{i}@example.com,User" for i in range(5000)] + ["jose@example.com,José"]
+    path = write(tmp_path / "latin1.csv", "\n".join(lines) + "\n", encoding="latin-1")
+    offset = len("\n".join(lines[:-1]).encode()) + 1 + len("jose@example.com,Jos")
+    source = make_source(source_path=path)
+
+    with pytest.raises(SegmentSourceError) as info:
+        rows_of(source)
+
+    message = str(info.value)
+    assert f"line {len(lines)}" in message and f"byte {offset}" in message
+    assert "Re-encode it as UTF-8" in message
+    assert "jose" not in message.lower() and "0xe9" not in message
+
+
+def test_an_empty_csv_has_no_columns_and_no_rows(tmp_path: Path) -> None:
+    source = make_source(source_path=write(tmp_path / "empty.csv", ""))
+    assert source.columns() == []
+    assert source.count() == 0
+    assert rows_of(source) == []
+
+
+def test_a_header_only_csv_has_columns_and_no_rows(tmp_path: Path) -> None:
+    source = make_source(source_path=write(tmp_path / "header.csv", "email,name\n"))
+    assert source.columns() == ["email", "name"]
+    assert source.count() == 0
+    assert list(source.iter_chunks()) == []
+
+
+def test_a_missing_file_is_a_source_error(tmp_path: Path) -> None:
+    with pytest.raises(SegmentSourceError, match=r"Cannot open the CSV file nope\.csv.*FileNotFoundError"):
+        make_source(source_path=str(tmp_path / "nope.csv")).columns()
+
+
+def test_a_corrupt_gzip_is_a_source_error(tmp_path: Path) -> None:
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(gzip.compress(b"email\n" + b"a@example.com\n" * 1000)[:60])
+    with pytest.raises(SegmentSourceError, match="could not be read"):
+        make_source(source_path=str(path)).count()
+
+
+# -- JSON Lines ------------------------------------------------------------------------------------
+
+
+def test_json_lines_columns_are_the_union_of_keys_in_first_seen_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "seg.jsonl",
+        '\ufeff{"email": "a@example.com", "first_name": "A"}\n'
+        "\n"
+        '  {"phone": 4155550100, "email": "b@example.com"}  \r\n'
+        '{"email": null, "tier": {"level": 2}}',
+    )
+    source = make_source(source_path=path)
+
+    assert source.columns() == ["email", "first_name", "phone", "tier"]
+    assert source.count() == 3
+    assert rows_of(source) == [
+        ("a@example.com", "A", None, None),
+        ("b@example.com", None, 4155550100, None),
+        (None, None, None, {"level": 2}),
+    ]
+
+
+def test_json_lines_keys_first_seen_after_the_first_chunk_are_ignored(tmp_path: Path) -> None:
+    lines = [json.dumps({"email": f"u{i}@example.com"}) for i in range(5)]
+    lines.append(json.dumps({"email": "late@example.com", "late_key": "x"}))
+    source = make_source(source_path=write(tmp_path / "s.jsonl", "\n".join(lines)), chunk_size=5)
+
+    assert source.columns() == ["email"]
+    assert rows_of(source)[-1] == ("late@example.com",)
+
+
+def test_gzip_json_lines_in_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "seg.ndjson.gz"
+    path.write_bytes(
+        gzip.compress("".join(f'{{"email":"u{i}@example.com"}}\n' for i in range(2500)).encode())
+    )
+    source = make_source(source_path=str(path), chunk_size=1000)
+
+    assert source.count() == 2500
+    assert [len(chunk) for chunk in source.iter_chunks()] == [1000, 1000, 500]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '{"email": "a@example.com"}\n{"email": \n',
+            "Line 2 of the JSON Lines file s.jsonl is not valid JSON",
+        ),
+        ('[{"email": "a@example.com"}]\n', "Line 1 .* is a JSON list, not an object"),
+        ('{"email": "a@example.com"}\n\n"just text"\n', "Line 3 .* is a JSON str"),
+    ],
+)
+def test_bad_json_lines_name_the_line(tmp_path: Path, content: str, message: str) -> None:
+    with pytest.raises(SegmentSourceError, match=message):
+        rows_of(make_source(source_path=write(tmp_path / "s.jsonl", content)))
+
+
+def test_non_utf8_json_lines_say_where(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.jsonl", '{"email": "a@example.com"}\n{"name": "José"}\n', encoding="latin-1")
+    with pytest.raises(SegmentSourceError, match=r"not valid UTF-8: line 2, byte 40 ") as info:
+        rows_of(make_source(source_path=path))
+    assert "Jos" not in str(info.value)
+
+
+# -- Parquet ---------------------------------------------------------------------------------------
+
+
+def test_parquet_columns_count_and_typed_rows_in_chunks(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    n = 2500
+    table = pa.table(
+        {
+            "email": [f"u{i}@example.com" if i % 100 else None for i in range(n)],
+            "phone": [4155550000.0 + i for i in range(n)],
+            "visits": list(range(n)),
+        }
+    )
+    path = tmp_path / "seg.parquet"
+    pq.write_table(table, path, row_group_size=1000)
+    source = make_source(source_path=str(path), chunk_size=700)
+
+    rows = rows_of(source)
+
+    assert source.columns() == ["email", "phone", "visits"]
+    assert source.count() == n
+    assert all(len(chunk) <= 700 for chunk in source.iter_chunks())
+    assert len(rows) == n
+    assert rows[0] == (None, 4155550000.0, 0)
+    assert rows[1] == ("u1@example.com", 4155550001.0, 1)
+
+
+def test_a_file_that_is_not_parquet_is_a_source_error(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    with pytest.raises(SegmentSourceError, match="not a readable Parquet file"):
+        make_source(source_path=write(tmp_path / "fake.parquet", "email\na@example.com\n")).columns()
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+def test_records_use_the_union_of_keys_and_read_missing_ones_as_none() -> None:
+    records = [{"email": "a@example.com", "first_name": "A"}, {"phone": "1", "email": "b@example.com"}]
+    source = make_source(records=records, chunk_size=1)
+
+    assert source.columns() == ["email", "first_name", "phone"]
+    assert source.count() == 2
+    assert list(source.iter_chunks()) == [[("a@example.com", "A", None)], [("b@example.com", None, "1")]]
+
+
+def test_records_that_are_not_mappings_are_refused() -> None:
+    with pytest.raises(ExportConfigurationError, match=r"records\[1\] is a str"):
+        make_source(records=[{"email": "a@example.com"}, "b@example.com"])  # type: ignore[list-item]
+
+
+def test_no_records_is_an_empty_segment() -> None:
+    source = make_source(records=[])
+    assert (source.columns(), source.count(), list(source.iter_chunks())) == ([], 0, [])
+
+
+# -- SQL -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def profiles_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite database of 12,345 profiles behind the Airflow connection ``profiles_db``."""
+    path = tmp_path / "profiles.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE profiles (id INTEGER, email TEXT, first_name TEXT, phone REAL)")
+    conn.executemany(
+        "INSERT INTO profiles VALUES (?, ?, ?, ?)",
+        (
+            (i, None if i == 7 else f"User{i}@Example.com", f"Name{i}" if i % 2 else None, 4155550000.0 + i)
+            for i in range(12_345)
+        ),
+    )
+    conn.commit()
+    conn.close()
+    return set_connection(monkeypatch, "profiles_db", conn_type="sqlite", host=str(path))
+
+
+def test_sql_through_an_airflow_connection_in_chunks(profiles_db: str) -> None:
+    source = make_source(
+        sql="SELECT email, first_name AS fname, phone FROM profiles ORDER BY id;\n",
+        sql_conn_id=profiles_db,
+        chunk_size=1000,
+    )
+
+    chunks = list(source.iter_chunks())
+    rows = [row for chunk in chunks for row in chunk]
+
+    assert source.columns() == ["email", "fname", "phone"]
+    assert source.count() == 12_345
+    assert [len(chunk) for chunk in chunks] == [1000] * 12 + [345]
+    assert rows[0] == ("User0@Example.com", None, 4155550000.0)
+    assert rows[7] == (None, "Name7", 4155550007.0)
+    assert rows[-1] == ("User12344@Example.com", None, 4155562344.0)
+
+
+def test_sql_empty_result_is_an_empty_segment(profiles_db: str) -> None:
+    source = make_source(sql="SELECT email FROM profiles WHERE id < 0", sql_conn_id=profiles_db)
+    assert source.columns() == ["email"]
+    assert source.count() == 0
+    assert list(source.iter_chunks()) == []
+
+
+def test_a_failing_query_names_the_connection_and_the_driver_error(profiles_db: str) -> None:
+    source = make_source(sql="SELECT email FROM no_such_table", sql_conn_id=profiles_db)
+    for call in (source.columns, source.count, lambda: list(source.iter_chunks())):
+        with pytest.raises(SegmentSourceError) as info:
+            call()
+        message = str(info.value)
+        assert "failed on connection 'profiles_db'" in message
+        assert "OperationalError: no such table: no_such_table" in message
+
+
+def test_duplicate_result_columns_ask_for_aliases(profiles_db: str) -> None:
+    source = make_source(sql="SELECT email, email FROM profiles", sql_conn_id=profiles_db)
+    with pytest.raises(SegmentSourceError, match="'email' more than once"):
+        list(source.iter_chunks())
+
+
+def test_an_undefined_connection_is_a_configuration_error() -> None:
+    with pytest.raises(ExportConfigurationError, match=r"'nowhere_db' .* could not be loaded.*AIRFLOW_CONN_"):
+        make_source(sql="SELECT 1", sql_conn_id="nowhere_db").columns()
+
+
+def test_a_connection_that_cannot_run_sql_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "some_api", conn_type="http", host="https://api.example.com")
+    with pytest.raises(ExportConfigurationError, match=r"'some_api' has type 'http'.*Use a SQL connection"):
+        make_source(sql="SELECT 1", sql_conn_id="some_api").columns()
+
+
+def test_postgres_and_mysql_rows_are_streamed_from_the_server() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    class FakeConnection:
+        autocommit = False
+
+        def cursor(self, *args: Any, **kwargs: Any) -> str:
+            calls.append((args, kwargs))
+            return "server-side"
+
+    FakeConnection.__module__ = "psycopg2.extensions"
+    assert _server_side_cursor(FakeConnection()) == "server-side"
+    assert calls == [((), {"name": "ciexport_segment", "withhold": False})]
+    assert _server_side_cursor(sqlite3.connect(":memory:")) is None
+
+
+def test_a_sql_segment_builds_clean_contacts(profiles_db: str) -> None:
+    source = SqlSegmentSource("SELECT email, first_name, phone FROM profiles ORDER BY id", profiles_db, 500)
+    schema = ContactSchema("ActiveCampaign", {"email": 255, "first_name": 255, "phone": 255}, "field:")
+    builder = ContactBuilder(
+        {"email": "email", "first_name": "first_name", "phone": "phone"}, schema, source.columns()
+    )
+
+    contacts = [c for chunk in source.iter_chunks() for c in builder.build_many(chunk)]
+
+    assert len(contacts) == 12_344
+    assert builder.invalid_reasons == {"missing": 1}
+    assert contacts[0] == {"email": "user0@example.com", "phone": "4155550000"}
+    assert contacts[1] == {"email": "user1@example.com", "first_name": "Name1", "phone": "4155550001"}
