@@ -1,0 +1,270 @@
+"""``make demo``: run the example DAG end to end against the local sandbox and show what happened.
+
+Steps: a fresh Airflow home in ``./.airflow`` (recreated every run), ``airflow db migrate``, 10,000
+generated customer profiles in SQLite, the sandbox (fake ActiveCampaign and Constant Contact) on
+127.0.0.1, the three connections as ``AIRFLOW_CONN_*`` variables, then ``airflow dags test
+ciexport_segment_export``. Afterwards it prints both export tasks' reports (their XCom values) and
+what the sandbox lists hold, checks the lists hold exactly the segment's valid, deduplicated
+addresses, and exits non-zero if anything failed.
+
+Nothing outside ``./.airflow`` is touched: ``AIRFLOW__*`` settings and connections inherited from the
+environment are dropped, so the demo never reaches a real metadata database or a real account.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_ciexport.sandbox import SandboxServer
+from airflow_provider_ciexport.sandbox.profiles import expected_segment_emails, generate_profiles
+from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP, CC_LISTS, SEED
+
+DAG_ID = "ciexport_segment_export"
+EXPORT_TASKS = ("export_to_activecampaign", "export_to_constantcontact")
+PROFILE_COUNT = 10_000
+#: The DAG's defaults (what its daily schedule runs): the VIP segment to the "VIP customers" lists.
+SEGMENT = "vip"
+REPORT_KEYS = (
+    "lists",
+    "dry_run",
+    "read",
+    "invalid",
+    "duplicates",
+    "submitted",
+    "accepted",
+    "rejected",
+    "batches",
+    "jobs",
+    "requests",
+    "duration_s",
+)
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit): ")
+
+
+class DemoError(Exception):
+    """A step failed; the message says which and where its log is."""
+
+
+def mask_email(email: str) -> str:
+    """``jane.doe@example.com`` -> ``j***@example.com``: enough to recognise, not to read.
+
+    :param email: an address.
+    """
+    local, at, domain = email.partition("@")
+    return f"{local[:1]}***{at}{domain}" if at else "***"
+
+
+def find_example_dags() -> Path:
+    """The repository's ``example_dags`` folder (next to the package, or in the current directory)."""
+    for candidate in (Path(__file__).resolve().parents[1] / "example_dags", Path.cwd() / "example_dags"):
+        if (candidate / f"{DAG_ID}.py").is_file():
+            return candidate
+    raise DemoError(
+        "example_dags/ciexport_segment_export.py not found; run the demo from the repository root."
+    )
+
+
+def airflow_env(home: Path, dags_folder: Path) -> dict[str, str]:
+    """The environment of every Airflow command: this demo's home, DB and DAGs only."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+    }
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        }
+    )
+    return env
+
+
+def connection_env(sandbox: SandboxServer, profiles_db: Path) -> dict[str, str]:
+    """The DAG's three connections as ``AIRFLOW_CONN_*`` variables pointing at the sandbox and SQLite."""
+    connections: dict[str, dict[str, Any]] = {
+        "activecampaign_default": {
+            "conn_type": "activecampaign",
+            "host": sandbox.url,
+            "password": SEED.ac_api_key,
+        },
+        "constantcontact_default": {
+            "conn_type": "constantcontact",
+            "login": SEED.cc_client_id,
+            "password": SEED.cc_client_secret,
+            "extra": {
+                "refresh_token": SEED.cc_refresh_token,
+                "api_base_url": sandbox.cc_api_base_url,
+                "token_url": sandbox.cc_token_url,
+            },
+        },
+        "profiles_db": {"conn_type": "sqlite", "host": str(profiles_db)},
+    }
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in connections.items()}
+
+
+def run_logged(args: Sequence[str], env: Mapping[str, str], log: Path, what: str) -> None:
+    """Run a command with its output in ``log``; raise :class:`DemoError` with the log's tail if it fails."""
+    with log.open("w", encoding="utf-8") as out:
+        # Fixed argument lists built above (the Airflow CLI of this interpreter), never user input.
+        result = subprocess.run(args, env=dict(env), stdout=out, stderr=subprocess.STDOUT, check=False)  # noqa: S603
+    if result.returncode != 0:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+        # The exceptions' own messages say what went wrong; the traceback around them rarely helps here.
+        errors = list(dict.fromkeys(line for line in lines if _EXCEPTION_LINE.match(line)))
+        shown = "\n".join(errors[-5:] or lines[-30:])
+        raise DemoError(f"{what} failed (exit {result.returncode}):\n{shown}\nFull log: {log}")
+
+
+def read_run(airflow_db: Path) -> tuple[str | None, dict[str, str], dict[str, dict[str, Any]]]:
+    """The latest run of the DAG: its state, each task's state and the export tasks' reports.
+
+    Read straight from the demo's own SQLite metadata DB (``dag_run``, ``task_instance`` and ``xcom``
+    tables), since no Airflow command prints a task's XCom value.
+    """
+    with closing(sqlite3.connect(airflow_db)) as conn:
+        run = conn.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (DAG_ID,)
+        ).fetchone()
+        if run is None:
+            return None, {}, {}
+        run_id, state = run
+        tasks = dict(
+            conn.execute(
+                "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id)
+            )
+        )
+        reports = {
+            task_id: json.loads(value)
+            for task_id, value in conn.execute(
+                "SELECT task_id, value FROM xcom WHERE dag_id = ? AND run_id = ? AND key = 'return_value'",
+                (DAG_ID, run_id),
+            )
+            if task_id in EXPORT_TASKS and value is not None
+        }
+    return state, tasks, reports
+
+
+def print_report(task_id: str, report: Mapping[str, Any]) -> None:
+    """One export's report, the keys that matter first."""
+    print(f"\n  {task_id} ({report.get('destination', '?')})")
+    for key in (*REPORT_KEYS, *sorted(k for k in report if k not in REPORT_KEYS and k != "destination")):
+        if key not in report:
+            continue
+        value = report[key]
+        if key == "jobs" and isinstance(value, list) and len(value) > 3:
+            value = f"{len(value)} jobs: {value[0]}, {value[1]}, ..., {value[-1]}"
+        print(f"    {key:<34} {value}")
+
+
+def print_list(name: str, emails: Sequence[str], expected: set[str]) -> bool:
+    """A list's size and a few masked members; whether it holds exactly ``expected``."""
+    ok = set(emails) == expected and len(emails) == len(expected)
+    sample = ", ".join(mask_email(e) for e in emails[:: max(1, len(emails) // 3)][:3])
+    verdict = "OK" if ok else f"MISMATCH: expected {len(expected):,} distinct addresses"
+    print(f"  {name:<42} {len(emails):>6,} contacts  [{verdict}]  e.g. {sample or '-'}")
+    return ok
+
+
+def run_demo(workdir: Path) -> bool:
+    """Every step of the demo; whether the run succeeded and the lists hold what they should."""
+    started = time.monotonic()
+    home = workdir / ".airflow"
+    dags_folder = find_example_dags()
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "logs").mkdir(parents=True)
+    env = airflow_env(home, dags_folder)
+    airflow = [sys.executable, "-m", "airflow"]
+
+    print(f"1/5 Fresh Airflow home in {home}; migrating its database ...", flush=True)
+    run_logged([*airflow, "db", "migrate"], env, home / "logs" / "db-migrate.log", "airflow db migrate")
+
+    profiles_db = home / "profiles.db"
+    stats = generate_profiles(profiles_db, count=PROFILE_COUNT)
+    print(
+        f"2/5 Generated {stats.count:,} customer profiles in {profiles_db.name}: "
+        f"{stats.invalid_emails} invalid and {stats.duplicate_emails} repeated addresses, "
+        f"{stats.blank_values:,} blank values, {stats.long_values} over-long values.",
+        flush=True,
+    )
+
+    with SandboxServer() as sandbox:
+        print(f"3/5 Sandbox (fake ActiveCampaign + Constant Contact) listening on {sandbox.url}.", flush=True)
+        log = home / "logs" / "dags-test.log"
+        print(f"4/5 airflow dags test {DAG_ID} (task logs in {log.relative_to(workdir)}) ...", flush=True)
+        test_failed: DemoError | None = None
+        try:
+            run_logged(
+                [*airflow, "dags", "test", DAG_ID],
+                {**env, **connection_env(sandbox, profiles_db)},
+                log,
+                f"airflow dags test {DAG_ID}",
+            )
+        except DemoError as exc:
+            test_failed = exc  # still show whatever the run got done
+
+        state, task_states, reports = read_run(home / "airflow.db")
+        print(
+            f"5/5 Run finished: {state or 'no run recorded'}; tasks: "
+            + (
+                ", ".join(f"{task}={task_state}" for task, task_state in sorted(task_states.items()))
+                or "none"
+            )
+        )
+        print("\nExport reports (each task's XCom return value):")
+        for task_id in EXPORT_TASKS:
+            if task_id in reports:
+                print_report(task_id, reports[task_id])
+            else:
+                print(f"\n  {task_id}: no report (the task failed or did not run)")
+
+        expected = expected_segment_emails(profiles_db, SEGMENT)
+        client = sandbox.client
+        print(f"\nSandbox lists now (the {SEGMENT} segment has {len(expected):,} valid distinct addresses):")
+        lists_ok = True
+        for list_id, name in SEED.ac_lists.items():
+            emails = [c["email"].lower() for c in client.ac_list_contacts(list_id)]
+            wanted = expected if list_id == AC_LIST_VIP else set()
+            lists_ok &= print_list(f"ActiveCampaign {list_id} {name!r}", emails, wanted)
+        for cc_list_id, name in CC_LISTS.items():
+            emails = [c["email"].lower() for c in client.cc_list_contacts(cc_list_id)]
+            wanted = expected if cc_list_id == CC_LIST_VIP else set()
+            lists_ok &= print_list(f"Constant Contact {cc_list_id[:8]}… {name!r}", emails, wanted)
+        client.close()
+
+    ok = test_failed is None and state == "success" and len(reports) == len(EXPORT_TASKS) and lists_ok
+    print(f"\nDemo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s.")
+    if test_failed is not None:
+        print(f"\n{test_failed}", file=sys.stderr)
+    elif not ok:
+        print(f"See {log} for the task logs.", file=sys.stderr)
+    return ok
+
+
+def main() -> int:
+    """Entry point of ``python -m airflow_provider_ciexport.demo``."""
+    try:
+        return 0 if run_demo(Path.cwd()) else 1
+    except DemoError as exc:
+        print(f"\nDemo FAILED: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
