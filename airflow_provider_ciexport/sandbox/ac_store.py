@@ -1,0 +1,447 @@
+"""ActiveCampaign account data and import semantics, independent of HTTP."""
+
+from __future__ import annotations
+
+import heapq
+import uuid
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_ciexport.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.sandbox.emails import is_valid_ac_email
+from airflow_provider_ciexport.sandbox.packing import Packer
+from airflow_provider_ciexport.sandbox.recording import Recorder
+from airflow_provider_ciexport.sandbox.seed import AC_FIELDS, AC_LISTS, ACFieldSeed
+
+MAX_CONTACTS_PER_IMPORT = 250
+MAX_IMPORT_BODY_BYTES = 400_000  # the body must be strictly smaller
+STRING_KEYS = ("first_name", "last_name", "phone", "customer_acct_name")
+BULK_KEYS = frozenset({"email", *STRING_KEYS, "tags", "fields", "subscribe", "unsubscribe"})
+SYNC_KEY_MAP = {"email": "email", "firstName": "first_name", "lastName": "last_name", "phone": "phone"}
+SEED_DATE = "2024-01-01T00:00:00-06:00"
+BAD_EMAIL_REASON = "Field' email' incorrect format"
+_PACKER = Packer(
+    {
+        "email": "e",
+        "first_name": "f",
+        "last_name": "l",
+        "phone": "p",
+        "customer_acct_name": "a",
+        "fields": "F",
+        "tags": "t",
+    }
+)
+
+
+class ACContact:
+    """One contact, kept small: attributes as a JSON blob, sent keys as a shared frozenset."""
+
+    __slots__ = ("blob", "id", "keys")
+
+    def __init__(self, contact_id: int, blob: bytes, keys: frozenset[str]) -> None:
+        self.id = contact_id
+        self.blob = blob
+        self.keys = keys
+
+
+@dataclass
+class ACJob:
+    """An accepted bulk import; its contacts are applied when it completes."""
+
+    batch_id: str
+    created: float
+    false_until: float
+    due: float
+    contacts: list[ContactInput] | None
+    fault: str | None
+    state: str = "pending"
+    success: array[int] = field(default_factory=lambda: array("I"))
+    failure: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ContactInput:
+    """A contact in canonical form: attribute values, custom fields, tags and the keys sent."""
+
+    email: str
+    values: dict[str, str]
+    fields: dict[str, str]
+    tags: list[str]
+    sent: frozenset[str]
+    subscribe: tuple[int, ...] = ()
+    unsubscribe: tuple[int, ...] = ()
+
+
+class ACStore:
+    """Lists, fields, contacts, tags and import jobs of the fake account."""
+
+    def __init__(self, recorder: Recorder, config: Callable[[], SandboxConfig]) -> None:
+        self._rec = recorder
+        self._config = config
+        self.lists: dict[int, str] = dict(AC_LISTS)
+        self.fields: dict[int, ACFieldSeed] = {f.id: f for f in AC_FIELDS}
+        self.contacts: dict[str, ACContact] = {}
+        self.keys_by_id: list[str] = []
+        self.members: dict[int, set[int]] = {lid: set() for lid in self.lists}
+        self.unsubscribed: dict[int, set[int]] = {lid: set() for lid in self.lists}
+        self.tags: dict[str, str] = {}
+        self.jobs: dict[str, ACJob] = {}
+        self._pending: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._keysets: dict[frozenset[str], frozenset[str]] = {}
+        self._version: dict[int, int] = dict.fromkeys(self.lists, 0)
+        self._sorted: dict[int, tuple[int, list[int]]] = {}
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def list_json(self, list_id: int) -> dict[str, Any]:
+        """A list as ``GET /lists/{id}`` shows it."""
+        return {
+            "stringid": self.lists[list_id].lower().replace(" ", "-"),
+            "userid": "1",
+            "name": self.lists[list_id],
+            "cdate": SEED_DATE,
+            "udate": SEED_DATE,
+            "links": {},
+            "id": str(list_id),
+            "user": "1",
+        }
+
+    def field_json(self, f: ACFieldSeed) -> dict[str, Any]:
+        """A custom field as ``GET /fields`` shows it."""
+        return {
+            "title": f.title,
+            "descript": None,
+            "type": f.type,
+            "isrequired": "0",
+            "perstag": f.perstag,
+            "defval": None,
+            "show_in_list": "0",
+            "rows": "0",
+            "cols": "0",
+            "visible": "1",
+            "service": "",
+            "ordernum": str(f.id),
+            "cdate": SEED_DATE,
+            "udate": SEED_DATE,
+            "options": [],
+            "relations": [],
+            "links": {},
+            "id": str(f.id),
+        }
+
+    def attrs(self, contact: ACContact) -> dict[str, Any]:
+        """The stored attributes of a contact."""
+        return _PACKER.unpack(contact.blob, self.keys_by_id[contact.id - 1])
+
+    def by_email(self, email: str) -> ACContact | None:
+        """The contact with this email, matched case-insensitively."""
+        return self.contacts.get(email.lower())
+
+    def by_id(self, contact_id: int) -> ACContact | None:
+        """The contact with this id."""
+        if 1 <= contact_id <= len(self.keys_by_id):
+            return self.contacts.get(self.keys_by_id[contact_id - 1])
+        return None
+
+    def member_ids(self, list_id: int) -> list[int]:
+        """Subscribed contact ids of a list, ascending (cached until the list changes)."""
+        version = self._version[list_id]
+        cached = self._sorted.get(list_id)
+        if cached is None or cached[0] != version:
+            cached = (version, sorted(self.members[list_id]))
+            self._sorted[list_id] = cached
+        return cached[1]
+
+    def contact_json(self, contact: ACContact) -> dict[str, Any]:
+        """A contact as the API shows it."""
+        a = self.attrs(contact)
+        return {
+            "email": a["email"],
+            "phone": a.get("phone", ""),
+            "firstName": a.get("first_name", ""),
+            "lastName": a.get("last_name", ""),
+            "orgid": "0",
+            "deleted": "0",
+            "links": {},
+            "id": str(contact.id),
+        }
+
+    def control_json(self, contact: ACContact) -> dict[str, Any]:
+        """Everything stored about a contact, for tests."""
+        a = self.attrs(contact)
+        fields = a.get("fields", {})
+        perstags = {str(f.id): f.perstag for f in self.fields.values()}
+        lists = {
+            str(lid): "subscribed" if contact.id in self.members[lid] else "unsubscribed"
+            for lid in self.lists
+            if contact.id in self.members[lid] or contact.id in self.unsubscribed[lid]
+        }
+        return {
+            "id": contact.id,
+            "email": a["email"],
+            **{k: a.get(k) for k in STRING_KEYS},
+            "fields": fields,
+            "fields_by_perstag": {perstags.get(k, k): v for k, v in fields.items()},
+            "tags": a.get("tags", []),
+            "lists": lists,
+            "sent_keys": sorted(contact.keys),
+        }
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def _intern(self, keys: frozenset[str]) -> frozenset[str]:
+        return self._keysets.setdefault(keys, keys)
+
+    def _touch(self, list_id: int) -> None:
+        self._version[list_id] += 1
+
+    def upsert(self, item: ContactInput) -> tuple[ACContact, bool]:
+        """Create or update a contact; only the attributes sent change."""
+        key = item.email.lower()
+        contact = self.contacts.get(key)
+        for value in (*item.values.values(), *item.fields.values()):
+            if value == "":
+                self._rec.counters["ac.blank_values_sent"] += 1
+        if contact is None:
+            attrs: dict[str, Any] = {"email": item.email, **item.values}
+            if item.fields:
+                attrs["fields"] = item.fields
+            if item.tags:
+                attrs["tags"] = list(dict.fromkeys(item.tags))
+            self.keys_by_id.append(key)
+            contact = ACContact(len(self.keys_by_id), _PACKER.pack(attrs, key), self._intern(item.sent))
+            self.contacts[key] = contact
+            self._rec.counters["ac.contacts_created"] += 1
+            self._note_tags(item.tags)
+            return contact, True
+        attrs = self.attrs(contact)
+        attrs.update(item.values)
+        if item.fields:
+            attrs.setdefault("fields", {}).update(item.fields)
+        if item.tags:
+            attrs["tags"] = list(dict.fromkeys([*attrs.get("tags", []), *item.tags]))
+            self._note_tags(item.tags)
+        contact.blob = _PACKER.pack(attrs, key)
+        if not item.sent <= contact.keys:
+            contact.keys = self._intern(contact.keys | item.sent)
+        self._rec.counters["ac.contacts_updated"] += 1
+        return contact, False
+
+    def _note_tags(self, tags: Iterable[str]) -> None:
+        for tag in tags:
+            if tag.lower() not in self.tags:
+                self.tags[tag.lower()] = tag
+                self._rec.counters["ac.tags_created"] += 1
+
+    def subscribe(self, contact: ACContact, list_id: int, *, explicit: bool) -> bool:
+        """Put a contact on a list; an import does not bring back someone who unsubscribed."""
+        if contact.id in self.unsubscribed[list_id]:
+            if not explicit:
+                self._rec.counters["ac.not_resubscribed"] += 1
+                return False
+            self.unsubscribed[list_id].discard(contact.id)
+        if contact.id not in self.members[list_id]:
+            self.members[list_id].add(contact.id)
+            self._touch(list_id)
+        return True
+
+    def unsubscribe(self, contact: ACContact, list_id: int) -> None:
+        """Take a contact off a list for good (imports will not re-add it)."""
+        if contact.id in self.members[list_id]:
+            self.members[list_id].discard(contact.id)
+            self._touch(list_id)
+        self.unsubscribed[list_id].add(contact.id)
+
+    def ensure_contact(self, email: str) -> ACContact:
+        """The contact with this email, created bare (no keys sent) when missing."""
+        contact = self.by_email(email)
+        if contact is None:
+            contact, _ = self.upsert(ContactInput(email, {}, {}, [], frozenset()))
+        return contact
+
+    # -- bulk import -------------------------------------------------------------------------------
+
+    def validate_bulk(self, contacts: list[Any]) -> tuple[list[ContactInput], list[dict[str, Any]]]:
+        """Check every contact; any failure rejects the whole batch (as the real API does)."""
+        parsed: list[ContactInput] = []
+        reasons: list[dict[str, Any]] = []
+        for index, raw in enumerate(contacts):
+            problem, item = self._parse_bulk_contact(raw)
+            if problem:
+                reasons.append({"contact": index, "failureReason": problem})
+            elif item is not None:
+                parsed.append(item)
+        return parsed, reasons
+
+    def _parse_bulk_contact(self, raw: Any) -> tuple[str | None, ContactInput | None]:
+        if not isinstance(raw, dict):
+            return "Contact must be an object", None
+        email = raw.get("email")
+        if email is None or email == "":
+            return "Field' email' is required", None
+        if not isinstance(email, str) or not is_valid_ac_email(email):
+            return BAD_EMAIL_REASON, None
+        ignored = [k for k in raw if k not in BULK_KEYS]
+        if ignored:
+            self._rec.counters["ac.ignored_contact_keys"] += len(ignored)
+        sent = set(k for k in raw if k in BULK_KEYS and k not in ("fields", "subscribe", "unsubscribe"))
+        values: dict[str, str] = {}
+        for key in STRING_KEYS:
+            if key in raw:
+                value = _as_text(raw[key])
+                if value is None:
+                    return f"Field' {key}' must be a string", None
+                values[key] = value
+        tags = raw.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            return "Field' tags' must be a list of strings", None
+        fields: dict[str, str] = {}
+        raw_fields = raw.get("fields", [])
+        if not isinstance(raw_fields, list):
+            return "Field' fields' must be a list", None
+        for entry in raw_fields:
+            if not isinstance(entry, dict) or "id" not in entry or "value" not in entry:
+                return "Each custom field needs 'id' and 'value'", None
+            field_id = _as_int(entry["id"])
+            if field_id is None or field_id not in self.fields:
+                return f"Custom field with id {entry['id']!s:.20} does not exist", None
+            value = _as_text(entry["value"])
+            if value is None:
+                return f"Custom field {field_id} value must be a string", None
+            fields[str(field_id)] = value
+            sent.add(f"field:{field_id}")
+        list_ids: dict[str, tuple[int, ...]] = {}
+        for action in ("subscribe", "unsubscribe"):
+            entries = raw.get(action, [])
+            if not isinstance(entries, list):
+                return f"Field' {action}' must be a list", None
+            ids = []
+            for entry in entries:
+                list_id = _as_int(entry.get("listid")) if isinstance(entry, dict) else None
+                if list_id is None or list_id not in self.lists:
+                    return f"List in '{action}' does not exist", None
+                ids.append(list_id)
+            list_ids[action] = tuple(ids)
+        return None, ContactInput(
+            email, values, fields, tags, frozenset(sent), list_ids["subscribe"], list_ids["unsubscribe"]
+        )
+
+    def queue_import(self, contacts: list[ContactInput], now: float, fault: str | None) -> ACJob:
+        """Accept a validated batch; it is applied when its job completes."""
+        cfg = self._config()
+        false_until = now + cfg.scaled(cfg.ac_info_false_s)
+        job = ACJob(
+            batch_id=str(uuid.uuid4()),
+            created=now,
+            false_until=false_until,
+            due=false_until + cfg.scaled(cfg.ac_job_duration_s),
+            contacts=contacts,
+            fault=fault,
+        )
+        self.jobs[job.batch_id] = job
+        self._seq += 1
+        heapq.heappush(self._pending, (job.due, self._seq, job.batch_id))
+        self._rec.counters["ac.jobs_created"] += 1
+        return job
+
+    def settle(self, now: float) -> None:
+        """Apply every job whose time has come, oldest first."""
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            _, _, batch_id = heapq.heappop(pending)
+            job = self.jobs.get(batch_id)
+            if job is not None and job.state == "pending":
+                self._apply(job)
+
+    def _apply(self, job: ACJob) -> None:
+        contacts = job.contacts or []
+        job.contacts = None
+        if job.fault is not None:
+            job.state = "failed" if job.fault == "job_failed" else "interrupted"
+            self._rec.counters[f"ac.jobs_{job.state}"] += 1
+            return
+        excluded = {e.lower() for e in self._config().ac_exclusion_list}
+        seen: set[int] = set()
+        for item in contacts:
+            if item.email.lower() in excluded:
+                job.failure.append(item.email)
+                self._rec.counters["ac.excluded_skipped"] += 1
+                continue
+            contact, _ = self.upsert(item)
+            for list_id in item.subscribe:
+                self.subscribe(contact, list_id, explicit=False)
+            for list_id in item.unsubscribe:
+                self.unsubscribe(contact, list_id)
+            if contact.id not in seen:
+                seen.add(contact.id)
+                job.success.append(contact.id)
+        job.state = "completed"
+        self._rec.counters["ac.jobs_completed"] += 1
+
+    def job_status(self, job: ACJob, now: float) -> dict[str, Any]:
+        """``GET /import/info`` for a job at time ``now`` (call :meth:`settle` first)."""
+        if now < job.false_until:
+            return {"status": False}
+        if job.state == "pending":
+            halfway = job.false_until + (job.due - job.false_until) / 2
+            return {"status": "waiting" if now < halfway else "active", "success": [], "failure": []}
+        return {"status": job.state, "success": [str(i) for i in job.success], "failure": list(job.failure)}
+
+    # -- contact/sync ----------------------------------------------------------------------------
+
+    def parse_sync(self, raw: Any) -> tuple[str | None, ContactInput | None]:
+        """Check a ``contact/sync`` body's ``contact`` object (camelCase keys)."""
+        if not isinstance(raw, dict):
+            return "contact must be an object", None
+        email = raw.get("email")
+        if not isinstance(email, str) or not is_valid_ac_email(email):
+            return "Email address is not valid.", None
+        values: dict[str, str] = {}
+        sent: set[str] = {"email"}
+        for key, canonical in SYNC_KEY_MAP.items():
+            if key in raw and key != "email":
+                value = _as_text(raw[key])
+                if value is None:
+                    return f"{key} must be a string", None
+                values[canonical] = value
+                sent.add(canonical)
+        fields: dict[str, str] = {}
+        raw_fields = raw.get("fieldValues", [])
+        if not isinstance(raw_fields, list):
+            return "fieldValues must be a list", None
+        for entry in raw_fields:
+            if not isinstance(entry, dict):
+                return "fieldValues entries must be objects", None
+            field_id = _as_int(entry.get("field"))
+            value = _as_text(entry.get("value"))
+            if field_id is None or field_id not in self.fields:
+                return "Field does not exist", None
+            if value is None:
+                return "Field value must be a string", None
+            fields[str(field_id)] = value
+            sent.add(f"field:{field_id}")
+        ignored = [k for k in raw if k not in SYNC_KEY_MAP and k != "fieldValues"]
+        if ignored:
+            self._rec.counters["ac.ignored_contact_keys"] += len(ignored)
+        return None, ContactInput(email, values, fields, [], frozenset(sent))
+
+
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

@@ -1,0 +1,613 @@
+"""Constant Contact account data and bulk-activity semantics, independent of HTTP."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_provider_ciexport.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.sandbox.emails import is_valid_cc_email
+from airflow_provider_ciexport.sandbox.packing import Packer
+from airflow_provider_ciexport.sandbox.recording import Recorder
+from airflow_provider_ciexport.sandbox.seed import CC_CUSTOM_FIELDS, CC_LISTS, CCFieldSeed
+
+MAX_IMPORT_CONTACTS = 40_000  # the import must have fewer
+MAX_IMPORT_BODY_BYTES = 4_000_000  # beyond this the body is silently cut
+MAX_LISTS_PER_REQUEST = 50
+MAX_CUSTOM_FIELDS_PER_CONTACT = 25
+MAX_CUSTOM_FIELD_VALUE = 255
+MAX_REMOVE_CONTACT_IDS = 500
+SEED_TIME = "2024-01-01T00:00:00.000Z"
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_CONTACT_ID_PREFIX = "cccccccc-0000-4000-8000-"
+_CONTACT_ID_RE = re.compile(re.escape(_CONTACT_ID_PREFIX) + r"([0-9a-f]{12})")
+
+_ADDRESS_LIMITS = {"street": 255, "street2": 255, "city": 50, "state": 50, "zip": 50, "country": 50}
+#: JSON-import properties and their maximum lengths (from the V3 spec's JsonImportContact;
+#: None where it documents none).
+FIELD_LIMITS: dict[str, int | None] = {
+    "first_name": 50,
+    "last_name": 50,
+    "job_title": 50,
+    "company_name": 50,
+    "phone": 50,
+    "home_phone": 50,
+    "work_phone": 50,
+    "mobile_phone": 50,
+    "other_phone": 50,
+    "anniversary": None,
+    "sms_number": 16,
+    "sms_consent_date": 16,
+    **_ADDRESS_LIMITS,
+    **{f"{kind}_{k}": v for kind in ("home", "work", "other") for k, v in _ADDRESS_LIMITS.items()},
+}
+INT_FIELDS = {"birthday_month": (1, 12), "birthday_day": (1, 31)}
+#: The spec spells this one with a space; accept it and store the underscore form.
+KEY_ALIASES = {"home country": "home_country"}
+_PACKER = Packer(
+    {
+        "email": "e",
+        "first_name": "f",
+        "last_name": "l",
+        "phone": "p",
+        "job_title": "j",
+        "company_name": "c",
+        "cf": "C",
+    }
+)
+
+
+def contact_id_of(num: int) -> str:
+    """The UUID-shaped id of the ``num``-th contact."""
+    return f"{_CONTACT_ID_PREFIX}{num:012x}"
+
+
+def contact_num_of(contact_id: str) -> int | None:
+    """Inverse of :func:`contact_id_of` (None for an id this sandbox never issued)."""
+    match = _CONTACT_ID_RE.fullmatch(contact_id)
+    return int(match.group(1), 16) if match else None
+
+
+def iso_now() -> str:
+    """The current UTC time as the API prints it."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class CCContact:
+    """One contact, kept small: attributes as a JSON blob, sent keys as a shared frozenset."""
+
+    __slots__ = ("blob", "keys", "num", "unsubscribed")
+
+    def __init__(self, num: int, blob: bytes, keys: frozenset[str]) -> None:
+        self.num = num
+        self.blob = blob
+        self.keys = keys
+        self.unsubscribed = False
+
+
+@dataclass(slots=True)
+class ImportRow:
+    """One contact of a JSON import, checked at POST time and applied at completion."""
+
+    index: int
+    email: str | None
+    values: dict[str, Any]
+    custom: dict[str, str]
+    sent: frozenset[str]
+    problem: str | None = None
+    correctable: bool = False
+
+
+@dataclass
+class CCActivity:
+    """A bulk activity (JSON import or list-membership removal)."""
+
+    activity_id: str
+    kind: str
+    created: float
+    due: float
+    created_at: str
+    list_ids: list[str]
+    rows: list[ImportRow] | None = None
+    contact_nums: list[int] | None = None
+    fault: str | None = None
+    state: str = "pending"
+    completed_at: str | None = None
+    items_total: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+class ImportRejected(ValueError):
+    """The whole import request is refused with a 400."""
+
+
+class CCStore:
+    """Lists, custom fields, contacts and activities of the fake account."""
+
+    def __init__(self, recorder: Recorder, config: Callable[[], SandboxConfig]) -> None:
+        self._rec = recorder
+        self._config = config
+        self.lists: dict[str, str] = dict(CC_LISTS)
+        self.custom_fields: dict[str, CCFieldSeed] = {f.name: f for f in CC_CUSTOM_FIELDS}
+        self.contacts: dict[str, CCContact] = {}
+        self.keys_by_num: list[str] = []
+        self.members: dict[str, set[int]] = {lid: set() for lid in self.lists}
+        self.activities: dict[str, CCActivity] = {}
+        self._pending: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._keysets: dict[frozenset[str], frozenset[str]] = {}
+        self._version: dict[str, int] = dict.fromkeys(self.lists, 0)
+        self._sorted: dict[tuple[str, ...], tuple[tuple[int, ...], list[int]]] = {}
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def list_json(self, list_id: str, with_count: bool) -> dict[str, Any]:
+        """A contact list as the API shows it."""
+        body: dict[str, Any] = {
+            "list_id": list_id,
+            "name": self.lists[list_id],
+            "description": "",
+            "favorite": False,
+            "created_at": SEED_TIME,
+            "updated_at": SEED_TIME,
+        }
+        if with_count:
+            body["membership_count"] = len(self.members[list_id])
+        return body
+
+    @staticmethod
+    def field_json(f: CCFieldSeed) -> dict[str, Any]:
+        """A custom field as the API shows it."""
+        return {
+            "custom_field_id": f.custom_field_id,
+            "label": f.label,
+            "name": f.name,
+            "type": f.type,
+            "updated_at": SEED_TIME,
+            "created_at": SEED_TIME,
+        }
+
+    def attrs(self, contact: CCContact) -> dict[str, Any]:
+        """The stored attributes of a contact."""
+        return _PACKER.unpack(contact.blob, self.keys_by_num[contact.num - 1])
+
+    def by_email(self, email: str) -> CCContact | None:
+        """The contact with this email, matched case-insensitively."""
+        return self.contacts.get(email.lower())
+
+    def by_num(self, num: int) -> CCContact | None:
+        """The ``num``-th contact."""
+        if 1 <= num <= len(self.keys_by_num):
+            return self.contacts.get(self.keys_by_num[num - 1])
+        return None
+
+    def member_nums(self, list_ids: tuple[str, ...]) -> list[int]:
+        """Contacts on any of these lists, in creation order (cached until a list changes)."""
+        versions = tuple(self._version[lid] for lid in list_ids)
+        cached = self._sorted.get(list_ids)
+        if cached is None or cached[0] != versions:
+            nums: set[int] = set()
+            for lid in list_ids:
+                nums |= self.members[lid]
+            cached = (versions, sorted(nums))
+            self._sorted[list_ids] = cached
+        return cached[1]
+
+    def contact_json(self, contact: CCContact, include: set[str]) -> dict[str, Any]:
+        """A contact as ``GET /v3/contacts`` shows it."""
+        a = self.attrs(contact)
+        body: dict[str, Any] = {
+            "contact_id": contact_id_of(contact.num),
+            "email_address": {
+                "address": a["email"],
+                "permission_to_send": "unsubscribed" if contact.unsubscribed else "implicit",
+                "created_at": SEED_TIME,
+                "updated_at": SEED_TIME,
+                "opt_in_source": "Account",
+            },
+            "create_source": "Account",
+            "update_source": "Account",
+            "created_at": SEED_TIME,
+            "updated_at": SEED_TIME,
+        }
+        for key in ("first_name", "last_name", "job_title", "company_name"):
+            if key in a:
+                body[key] = a[key]
+        if "custom_fields" in include:
+            body["custom_fields"] = [
+                {"custom_field_id": self.custom_fields[name].custom_field_id, "value": value}
+                for name, value in a.get("cf", {}).items()
+                if name in self.custom_fields
+            ]
+        if "list_memberships" in include:
+            body["list_memberships"] = [lid for lid in self.lists if contact.num in self.members[lid]]
+        if "phone_numbers" in include:
+            body["phone_numbers"] = [
+                {"phone_number": a[k], "kind": k.split("_")[0] if "_" in k else "other"}
+                for k in ("phone", "home_phone", "work_phone", "mobile_phone", "other_phone")
+                if k in a
+            ]
+        return body
+
+    def control_json(self, contact: CCContact) -> dict[str, Any]:
+        """Everything stored about a contact, for tests."""
+        a = self.attrs(contact)
+        custom = a.pop("cf", {})
+        email = a.pop("email")
+        return {
+            "contact_id": contact_id_of(contact.num),
+            "email": email,
+            "attributes": a,
+            "custom_fields": custom,
+            "custom_fields_by_id": {
+                self.custom_fields[n].custom_field_id: v for n, v in custom.items() if n in self.custom_fields
+            },
+            "lists": [lid for lid in self.lists if contact.num in self.members[lid]],
+            "unsubscribed": contact.unsubscribed,
+            "sent_keys": sorted(contact.keys),
+        }
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def _touch(self, list_id: str) -> None:
+        self._version[list_id] += 1
+
+    def upsert(
+        self, email: str, values: dict[str, Any], custom: dict[str, str], sent: frozenset[str]
+    ) -> CCContact:
+        """Create or update a contact; only the properties sent change."""
+        key = email.lower()
+        contact = self.contacts.get(key)
+        blanks = sum(1 for v in (*values.values(), *custom.values()) if v == "")
+        if blanks:
+            self._rec.counters["cc.blank_values_sent"] += blanks
+        if contact is None:
+            attrs: dict[str, Any] = {"email": email, **values}
+            if custom:
+                attrs["cf"] = custom
+            self.keys_by_num.append(key)
+            contact = CCContact(
+                len(self.keys_by_num), _PACKER.pack(attrs, key), self._keysets.setdefault(sent, sent)
+            )
+            self.contacts[key] = contact
+            self._rec.counters["cc.contacts_created"] += 1
+            return contact
+        attrs = self.attrs(contact)
+        attrs.update(values)
+        if custom:
+            attrs.setdefault("cf", {}).update(custom)
+        contact.blob = _PACKER.pack(attrs, key)
+        if not sent <= contact.keys:
+            merged = contact.keys | sent
+            contact.keys = self._keysets.setdefault(merged, merged)
+        self._rec.counters["cc.contacts_updated"] += 1
+        return contact
+
+    def add_member(self, contact: CCContact, list_id: str) -> None:
+        """Put a contact on a list."""
+        if contact.num not in self.members[list_id]:
+            self.members[list_id].add(contact.num)
+            self._touch(list_id)
+
+    def remove_member(self, contact: CCContact, list_id: str) -> None:
+        """Take a contact off a list."""
+        if contact.num in self.members[list_id]:
+            self.members[list_id].discard(contact.num)
+            self._touch(list_id)
+
+    def unsubscribe(self, email: str) -> CCContact:
+        """Mark a contact unsubscribed (account-wide, as in Constant Contact) and off every list."""
+        contact = self.by_email(email) or self.upsert(email, {}, {}, frozenset())
+        contact.unsubscribed = True
+        for lid in self.lists:
+            self.remove_member(contact, lid)
+        return contact
+
+    # -- JSON import -----------------------------------------------------------------------------
+
+    def check_list_ids(self, list_ids: Any) -> list[str]:
+        """Validate ``list_ids`` of a bulk activity.
+
+        :raises ImportRejected: when missing, too many, malformed or unknown.
+        """
+        if not isinstance(list_ids, list) or not list_ids:
+            raise ImportRejected("list_ids must contain between 1 and 50 list ids.")
+        if len(list_ids) > MAX_LISTS_PER_REQUEST:
+            self._rec.violation("cc", "too_many_lists", limit=MAX_LISTS_PER_REQUEST, actual=len(list_ids))
+            raise ImportRejected("list_ids must contain between 1 and 50 list ids.")
+        for lid in list_ids:
+            if not isinstance(lid, str) or not UUID_RE.fullmatch(lid):
+                raise ImportRejected("list_ids must contain valid list ids (UUID).")
+            if lid not in self.lists:
+                raise ImportRejected("list_ids contains a list that does not exist.")
+        return list(dict.fromkeys(list_ids))
+
+    def parse_import(self, rows: list[Any]) -> list[ImportRow]:
+        """Check the import rows that the API would read.
+
+        :raises ImportRejected: for what makes the real API refuse the whole request.
+        """
+        cfg = self._config()
+        parsed: list[ImportRow] = []
+        overlong: dict[str, int] = {}
+        too_many_custom = sum(
+            1
+            for raw in rows
+            if isinstance(raw, dict)
+            and sum(1 for k in raw if isinstance(k, str) and k.startswith("cf:"))
+            > MAX_CUSTOM_FIELDS_PER_CONTACT
+        )
+        if too_many_custom:
+            self._rec.violation(
+                "cc", "too_many_custom_fields", limit=MAX_CUSTOM_FIELDS_PER_CONTACT, contacts=too_many_custom
+            )
+            raise ImportRejected("A contact can have at most 25 custom fields.")
+        for index, raw in enumerate(rows):
+            if not isinstance(raw, dict):
+                raise ImportRejected(f"import_data[{index}] must be an object.")
+            email: str | None = None
+            values: dict[str, Any] = {}
+            custom: dict[str, str] = {}
+            problem: str | None = None
+            correctable = False
+            for raw_key, value in raw.items():
+                key = KEY_ALIASES.get(str(raw_key), str(raw_key))
+                if key == "email":
+                    if value is None or value == "":
+                        continue
+                    if not isinstance(value, str):
+                        raise ImportRejected(f"import_data[{index}].email must be a string.")
+                    if len(value) > cfg.cc_email_max_length:
+                        overlong["email"] = overlong.get("email", 0) + 1
+                        problem = problem or "email exceeds the maximum length"
+                    email = value
+                elif key.startswith("cf:"):
+                    name = key[3:]
+                    if name not in self.custom_fields:
+                        raise ImportRejected(f"Custom field '{name[:50]}' does not exist.")
+                    text = _text(value)
+                    if text is None:
+                        raise ImportRejected(f"import_data[{index}].{key[:60]} must be a string.")
+                    if len(text) > MAX_CUSTOM_FIELD_VALUE:
+                        overlong[key] = overlong.get(key, 0) + 1
+                        if cfg.cc_overlong_values == "truncate":
+                            text = text[:MAX_CUSTOM_FIELD_VALUE]
+                        else:
+                            problem = problem or f"{key[:60]} exceeds {MAX_CUSTOM_FIELD_VALUE} characters"
+                    custom[name] = text
+                elif key in INT_FIELDS:
+                    low, high = INT_FIELDS[key]
+                    number = _integer(value)
+                    if number is None or not low <= number <= high:
+                        problem = problem or f"{key} is not valid"
+                        correctable = True
+                    else:
+                        values[key] = number
+                elif key in FIELD_LIMITS:
+                    text = _text(value)
+                    if text is None:
+                        raise ImportRejected(f"import_data[{index}].{key} must be a string.")
+                    limit = FIELD_LIMITS[key]
+                    if limit is not None and len(text) > limit:
+                        overlong[key] = overlong.get(key, 0) + 1
+                        if cfg.cc_overlong_values == "truncate":
+                            text = text[:limit]
+                        else:
+                            problem = problem or f"{key} exceeds {limit} characters"
+                    values[key] = text
+                elif key == "sms_permission_to_send":
+                    continue
+                else:
+                    raise ImportRejected(f"import_data[{index}] has an unknown property '{key[:60]}'.")
+            if email is None:
+                problem, correctable = "missing email address", True
+            elif problem is None and not is_valid_cc_email(email):
+                problem, correctable = "invalid email address", True
+            sent = frozenset(["email", *values, *(f"cf:{n}" for n in custom)])
+            parsed.append(ImportRow(index, email, values, custom, sent, problem, correctable))
+        if overlong:
+            self._rec.counters["cc.overlong_values"] += sum(overlong.values())
+            self._rec.violation(
+                "cc", "value_too_long", values=sum(overlong.values()), fields=sorted(overlong)
+            )
+            if cfg.cc_overlong_values == "reject_request":
+                raise ImportRejected(f"Values too long for: {', '.join(sorted(overlong))}.")
+        return parsed
+
+    def queue(
+        self,
+        kind: str,
+        list_ids: list[str],
+        now: float,
+        fault: str | None,
+        rows: list[ImportRow] | None = None,
+        contact_nums: list[int] | None = None,
+    ) -> CCActivity:
+        """Accept a bulk activity; it is applied when it completes."""
+        cfg = self._config()
+        activity = CCActivity(
+            activity_id=str(uuid.uuid4()),
+            kind=kind,
+            created=now,
+            due=now + cfg.scaled(cfg.cc_job_duration_s),
+            created_at=iso_now(),
+            list_ids=list_ids,
+            rows=rows,
+            contact_nums=contact_nums,
+            fault=fault,
+            items_total=len(rows) if rows is not None else len(contact_nums or []),
+        )
+        self.activities[activity.activity_id] = activity
+        self._seq += 1
+        heapq.heappush(self._pending, (activity.due, self._seq, activity.activity_id))
+        self._rec.counters[f"cc.activities_created.{kind}"] += 1
+        return activity
+
+    def settle(self, now: float) -> None:
+        """Apply every activity whose time has come, oldest first."""
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            _, _, activity_id = heapq.heappop(pending)
+            activity = self.activities.get(activity_id)
+            if activity is not None and activity.state == "pending":
+                self._apply(activity)
+
+    def _apply(self, activity: CCActivity) -> None:
+        activity.completed_at = iso_now()
+        rows, nums = activity.rows or [], activity.contact_nums or []
+        activity.rows = activity.contact_nums = None
+        counts = {
+            "items_total_count": activity.items_total,
+            "items_completed_count": 0,
+            "person_count": len(rows),
+            "error_count": 0,
+            "correctable_count": 0,
+            "cannot_add_to_list_count": 0,
+            "list_count": len(activity.list_ids),
+        }
+        activity.counts = counts
+        if activity.fault is not None:
+            activity.state = activity.fault.removeprefix("activity_")
+            activity.errors.append(f"The activity ended as {activity.state}.")
+            self._rec.counters[f"cc.activities_{activity.state}"] += 1
+            return
+        if activity.kind == "remove":
+            for num in nums:
+                contact = self.by_num(num)
+                if contact is not None:
+                    for lid in activity.list_ids:
+                        self.remove_member(contact, lid)
+        for row in rows:
+            if row.problem is not None or row.email is None:
+                counts["error_count"] += 1
+                counts["correctable_count"] += int(row.correctable)
+                if len(activity.errors) < 100:
+                    activity.errors.append(f"import_data[{row.index}]: {row.problem}")
+                continue
+            contact = self.upsert(row.email, row.values, row.custom, row.sent)
+            if contact.unsubscribed:
+                counts["cannot_add_to_list_count"] += 1
+                self._rec.counters["cc.unsubscribed_not_added"] += 1
+                continue
+            for lid in activity.list_ids:
+                self.add_member(contact, lid)
+        counts["items_completed_count"] = activity.items_total
+        activity.state = "completed"
+        self._rec.counters["cc.activities_completed"] += 1
+        self._rec.counters["cc.import_errors"] += counts["error_count"]
+
+    def activity_json(self, activity: CCActivity, now: float) -> dict[str, Any]:
+        """An activity at time ``now`` (call :meth:`settle` first)."""
+        if activity.state == "pending":
+            halfway = activity.created + (activity.due - activity.created) / 2
+            state = "initialized" if now < halfway else "processing"
+            percent = 0 if state == "initialized" else 50
+            status: dict[str, int] = {
+                "items_total_count": activity.items_total,
+                "items_completed_count": 0 if state == "initialized" else activity.items_total // 2,
+                "person_count": 0,
+                "error_count": 0,
+                "correctable_count": 0,
+                "cannot_add_to_list_count": 0,
+                "list_count": len(activity.list_ids),
+            }
+        else:
+            state = activity.state
+            percent = 100 if state == "completed" else 0
+            status = dict(activity.counts)
+        body: dict[str, Any] = {
+            "activity_id": activity.activity_id,
+            "state": state,
+            "created_at": activity.created_at,
+            "updated_at": activity.completed_at or activity.created_at,
+            "percent_done": percent,
+            "activity_errors": list(activity.errors),
+            "status": status,
+            "_links": {"self": {"href": f"/v3/activities/{activity.activity_id}"}},
+        }
+        if state != "initialized":
+            body["started_at"] = activity.created_at
+        if activity.completed_at:
+            body["completed_at"] = activity.completed_at
+        return body
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    match = _WS.match(text, pos)
+    return match.end() if match else pos
+
+
+def count_rows_within(body: bytes, limit: int) -> int:
+    """How many ``import_data`` items lie entirely within the first ``limit`` bytes of ``body``."""
+    # A cut multi-byte character can only belong to the item that is cut anyway.
+    text = body[:limit].decode("utf-8", errors="ignore")
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if not text.startswith("{", pos):
+        return 0
+    pos += 1
+    while True:
+        pos = _skip_ws(text, pos)
+        try:
+            key, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return 0
+        pos = _skip_ws(text, pos)
+        if not text.startswith(":", pos):
+            return 0
+        pos = _skip_ws(text, pos + 1)
+        if key == "import_data" and text.startswith("[", pos):
+            return _count_items(text, pos + 1, decoder)
+        try:
+            _, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return 0
+        pos = _skip_ws(text, pos)
+        if not text.startswith(",", pos):
+            return 0
+        pos += 1
+
+
+def _count_items(text: str, pos: int, decoder: json.JSONDecoder) -> int:
+    count = 0
+    while True:
+        pos = _skip_ws(text, pos)
+        if text.startswith("]", pos):
+            return count
+        try:
+            _, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return count
+        count += 1
+        pos = _skip_ws(text, pos)
+        if not text.startswith(",", pos):
+            return count
+        pos += 1
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None

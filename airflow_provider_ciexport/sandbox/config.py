@@ -1,0 +1,145 @@
+"""Sandbox behaviour knobs, changeable at runtime through ``/_sandbox/config``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+ACRateLimitStyle = Literal["429", "400", "503"]
+CCOverlongMode = Literal["reject_contact", "truncate", "reject_request"]
+
+
+class ConfigError(ValueError):
+    """An override names an unknown setting or has the wrong type."""
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Runtime settings of the sandbox.
+
+    Durations marked *scaled* are divided by ``rate_scale``, like the rate-limit windows, so a
+    benchmark running at ``rate_scale=20`` sees jobs and "per minute" limits 20 times faster.
+    """
+
+    #: Multiplies every rate limit (and divides scaled durations).
+    rate_scale: float = 1.0
+    #: Added to every API call (not to the control API).
+    latency_s: float = 0.0
+    #: Added to the two import POSTs on top of ``latency_s``.
+    import_latency_s: float = 0.0
+    #: Keep request bodies (truncated to 64 KB) in the request log.
+    record_bodies: bool = True
+    #: How many requests the log keeps.
+    request_log_size: int = 5000
+    #: Bodies in the log are dropped, oldest first, beyond this many bytes in total.
+    request_log_body_budget_bytes: int = 64 * 1024 * 1024
+
+    #: Status for a missing or wrong ``Api-Token`` (the real API's is unconfirmed: 401 or 403).
+    ac_auth_error_status: int = 403
+    #: ``/import/info`` answers ``"status": false`` for this long after the POST (scaled).
+    ac_info_false_s: float = 1.0
+    #: After the ``false`` period the job is waiting/active for this long, then completed (scaled).
+    ac_job_duration_s: float = 0.5
+    #: How an exceeded rate limit is answered: 429 + Retry-After, the 400 body, or 503.
+    ac_rate_limit_style: ACRateLimitStyle = "429"
+    #: Emails on the account's exclusion list: skipped by imports and reported in ``failure``.
+    ac_exclusion_list: tuple[str, ...] = ()
+    ac_requests_per_second: int = 5
+    ac_imports_per_minute: int = 100
+
+    #: Activities go initialized -> processing -> completed over this long (scaled).
+    cc_job_duration_s: float = 0.5
+    #: Access token lifetime (scaled).
+    cc_access_token_ttl_s: float = 86400.0
+    #: Each refresh returns a new refresh token and invalidates the old one.
+    cc_rotating_refresh_tokens: bool = False
+    cc_requests_per_second: int = 4
+    #: Requests per (scaled) day.
+    cc_daily_quota: int = 10000
+    #: Longest email accepted by the JSON import (the spec says 50 there, 80 elsewhere).
+    cc_email_max_length: int = 80
+    #: What an over-long value in a JSON import does: the contact counts in ``error_count`` and
+    #: is not imported, the value is cut to the limit (an over-long email still makes the contact
+    #: an error), or the whole request is rejected (400). Every case is a recorded violation.
+    cc_overlong_values: CCOverlongMode = "reject_contact"
+    #: ``interval`` returned by the device authorization endpoint, seconds.
+    cc_device_interval_s: int = 5
+
+    def scaled(self, seconds: float) -> float:
+        """A duration shortened by ``rate_scale``."""
+        return seconds / self.rate_scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view of every public setting."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> SandboxConfig:
+        """A copy with ``overrides`` applied, after checking names, types and ranges.
+
+        :raises ConfigError: on an unknown name or a bad value.
+        """
+        if not overrides:
+            return self
+        known = {f.name for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for name, value in overrides.items():
+            if name not in known:
+                raise ConfigError(f"unknown setting {name!r}")
+            changes[name] = _coerce(name, getattr(self, name), value)
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Check ranges and enumerations.
+
+        :raises ConfigError: when a value is out of range.
+        """
+        if self.rate_scale <= 0:
+            raise ConfigError("rate_scale must be > 0")
+        for name in ("latency_s", "import_latency_s", "ac_info_false_s", "ac_job_duration_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
+        if self.cc_job_duration_s < 0 or self.cc_access_token_ttl_s <= 0:
+            raise ConfigError("cc durations must be positive")
+        if self.ac_auth_error_status not in (401, 403):
+            raise ConfigError("ac_auth_error_status must be 401 or 403")
+        if self.ac_rate_limit_style not in get_args(ACRateLimitStyle):
+            raise ConfigError(f"ac_rate_limit_style must be one of {get_args(ACRateLimitStyle)}")
+        if self.cc_overlong_values not in get_args(CCOverlongMode):
+            raise ConfigError(f"cc_overlong_values must be one of {get_args(CCOverlongMode)}")
+        for name in (
+            "request_log_size",
+            "ac_requests_per_second",
+            "ac_imports_per_minute",
+            "cc_requests_per_second",
+            "cc_daily_quota",
+            "cc_email_max_length",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+
+
+def _coerce(name: str, current: Any, value: Any) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be a boolean")
+        return value
+    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, int):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer")
+        return value
+    if isinstance(current, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, str) and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings")
+        return tuple(value)
+    raise ConfigError(f"{name} has the wrong type ({type(value).__name__})")

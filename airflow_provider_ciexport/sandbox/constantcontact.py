@@ -1,0 +1,233 @@
+"""Constant Contact V3 routes (``/v3/...``); auth and limits are applied by the gate."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from airflow_provider_ciexport.sandbox import errors
+from airflow_provider_ciexport.sandbox.cc_store import (
+    MAX_IMPORT_BODY_BYTES,
+    MAX_IMPORT_CONTACTS,
+    MAX_REMOVE_CONTACT_IDS,
+    UUID_RE,
+    ImportRejected,
+    contact_num_of,
+    count_rows_within,
+)
+from airflow_provider_ciexport.sandbox.gate import JOB_FAULT_KEY
+from airflow_provider_ciexport.sandbox.state import SandboxState
+
+VALIDATION = "contacts.api.validation.error"
+
+
+def _bad_request(message: str) -> Response:
+    return errors.cc_error(400, VALIDATION, message)
+
+
+def _limit(request: Request, default: int, maximum: int, cursor: dict[str, Any]) -> int | None:
+    raw = request.query_params.get("limit", cursor.get("limit"))
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if 1 <= value <= maximum else None
+
+
+def _decode_cursor(request: Request) -> dict[str, Any] | None:
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _next_link(path: str, total: int, offset: int, limit: int, params: dict[str, Any]) -> dict[str, Any]:
+    if offset + limit >= total:
+        return {}
+    cursor = {k: v for k, v in params.items() if v is not None} | {"offset": offset + limit, "limit": limit}
+    token = base64.urlsafe_b64encode(json.dumps(cursor).encode()).rstrip(b"=").decode()
+    return {"next": {"href": f"{path}?{urlencode({'cursor': token})}"}}
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        return None
+
+
+def build_router(state: SandboxState) -> APIRouter:
+    """The ``/v3`` routes bound to ``state``."""
+    router = APIRouter(prefix="/v3")
+
+    @router.get("/contact_lists")
+    async def get_lists(request: Request) -> Response:
+        cursor = _decode_cursor(request)
+        limit = _limit(request, 50, 1000, cursor or {})
+        if cursor is None or limit is None:
+            return _bad_request("limit must be between 1 and 1000 and cursor must be valid.")
+        qp = request.query_params
+        offset = int(cursor.get("offset", 0))
+        with_count = qp.get("include_membership_count", cursor.get("imc")) in ("all", "active")
+        ids = list(state.cc.lists)
+        body: dict[str, Any] = {
+            "lists": [state.cc.list_json(i, with_count) for i in ids[offset : offset + limit]],
+            "_links": _next_link(
+                "/v3/contact_lists", len(ids), offset, limit, {"imc": "all" if with_count else None}
+            ),
+        }
+        if qp.get("include_count") == "true":
+            body["lists_count"] = len(ids)
+        return errors.json_response(body)
+
+    @router.get("/contact_lists/{list_id}")
+    async def get_list(request: Request) -> Response:
+        list_id = request.path_params["list_id"]
+        if not UUID_RE.fullmatch(list_id):
+            return _bad_request("list_id is not a valid UUID.")
+        if list_id not in state.cc.lists:
+            return errors.cc_error(404, "not.found", "The requested contact list was not found.")
+        with_count = request.query_params.get("include_membership_count") in ("all", "active")
+        return errors.json_response(state.cc.list_json(list_id, with_count))
+
+    @router.get("/contact_custom_fields")
+    async def get_custom_fields(request: Request) -> Response:
+        cursor = _decode_cursor(request)
+        limit = _limit(request, 50, 100, cursor or {})
+        if cursor is None or limit is None:
+            return _bad_request("limit must be between 1 and 100.")
+        offset = int(cursor.get("offset", 0))
+        fields = list(state.cc.custom_fields.values())
+        return errors.json_response(
+            {
+                "custom_fields": [state.cc.field_json(f) for f in fields[offset : offset + limit]],
+                "_links": _next_link("/v3/contact_custom_fields", len(fields), offset, limit, {}),
+            }
+        )
+
+    @router.post("/activities/contacts_json_import")
+    async def json_import(request: Request) -> Response:
+        body = await request.body()
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        rows = data.get("import_data") if isinstance(data, dict) else None
+        rec = state.recorder
+        rec.count_import("cc", len(rows) if isinstance(rows, list) else 0, len(body))
+        if not isinstance(data, dict):
+            return _bad_request("The request body is not a valid JSON object.")
+        if not isinstance(rows, list) or not rows:
+            return _bad_request("import_data must contain at least one contact.")
+        if len(rows) >= MAX_IMPORT_CONTACTS:
+            rec.violation("cc", "too_many_contacts", limit=MAX_IMPORT_CONTACTS - 1, actual=len(rows))
+            return _bad_request(f"import_data must contain fewer than {MAX_IMPORT_CONTACTS} contacts.")
+        try:
+            list_ids = state.cc.check_list_ids(data.get("list_ids"))
+            if len(body) > MAX_IMPORT_BODY_BYTES:
+                # The real API reads only the first 4 MB and says nothing about the rest.
+                kept = count_rows_within(body, MAX_IMPORT_BODY_BYTES)
+                rec.violation(
+                    "cc",
+                    "body_truncated",
+                    limit=MAX_IMPORT_BODY_BYTES,
+                    actual=len(body),
+                    contacts_sent=len(rows),
+                    contacts_kept=kept,
+                )
+                rec.counters["cc.contacts_lost_to_truncation"] += len(rows) - kept
+                rows = rows[:kept]
+            parsed = state.cc.parse_import(rows)
+        except ImportRejected as exc:
+            rec.counters["cc.imports_rejected"] += 1
+            return _bad_request(str(exc))
+        now = state.now()
+        activity = state.cc.queue("import", list_ids, now, request.scope.get(JOB_FAULT_KEY), rows=parsed)
+        return errors.json_response(state.cc.activity_json(activity, now), 201)
+
+    @router.post("/activities/remove_list_memberships")
+    async def remove_memberships(request: Request) -> Response:
+        data = await _json_body(request)
+        source = data.get("source") if isinstance(data, dict) else None
+        ids = source.get("contact_ids") if isinstance(source, dict) else None
+        if not isinstance(ids, list) or not ids:
+            return _bad_request(
+                "source.contact_ids must list the contacts to remove (the sandbox supports only it)."
+            )
+        if len(ids) > MAX_REMOVE_CONTACT_IDS:
+            state.recorder.violation(
+                "cc", "too_many_contact_ids", limit=MAX_REMOVE_CONTACT_IDS, actual=len(ids)
+            )
+            return _bad_request(f"source.contact_ids may contain at most {MAX_REMOVE_CONTACT_IDS} ids.")
+        if not all(isinstance(i, str) and UUID_RE.fullmatch(i) for i in ids):
+            return _bad_request("source.contact_ids must contain contact ids (UUID).")
+        try:
+            list_ids = state.cc.check_list_ids(data.get("list_ids") if isinstance(data, dict) else None)
+        except ImportRejected as exc:
+            return _bad_request(str(exc))
+        nums = [n for n in (contact_num_of(i) for i in ids) if n is not None]
+        now = state.now()
+        activity = state.cc.queue(
+            "remove", list_ids, now, request.scope.get(JOB_FAULT_KEY), contact_nums=nums
+        )
+        activity.items_total = len(ids)
+        return errors.json_response(state.cc.activity_json(activity, now), 201)
+
+    @router.get("/activities/{activity_id}")
+    async def get_activity(request: Request) -> Response:
+        now = state.now()
+        state.settle(now)
+        activity = state.cc.activities.get(request.path_params["activity_id"])
+        if activity is None:
+            return errors.cc_error(404, "not.found", "The requested activity was not found.")
+        return errors.json_response(state.cc.activity_json(activity, now))
+
+    @router.get("/contacts")
+    async def get_contacts(request: Request) -> Response:
+        cursor = _decode_cursor(request)
+        limit = _limit(request, 50, 500, cursor or {})
+        if cursor is None or limit is None:
+            return _bad_request("limit must be between 1 and 500 and cursor must be valid.")
+        qp = request.query_params
+        email = qp.get("email", cursor.get("email"))
+        lists_param = qp.get("lists", cursor.get("lists"))
+        include_param = qp.get("include", cursor.get("include")) or ""
+        include = {part.strip() for part in include_param.split(",") if part.strip()}
+        offset = int(cursor.get("offset", 0))
+        cc = state.cc
+        nums: Sequence[int]
+        if email is not None:
+            contact = cc.by_email(email)
+            nums = [contact.num] if contact is not None else []
+        elif lists_param:
+            list_ids = tuple(part.strip() for part in lists_param.split(",") if part.strip())
+            if len(list_ids) > 25 or not all(UUID_RE.fullmatch(lid) for lid in list_ids):
+                return _bad_request("lists must be up to 25 list ids (UUID).")
+            if not all(lid in cc.lists for lid in list_ids):
+                return errors.cc_error(404, "not.found", "The requested contact list was not found.")
+            nums = cc.member_nums(list_ids)
+        else:
+            nums = range(1, len(cc.keys_by_num) + 1)
+        contacts = [cc.by_num(n) for n in nums[offset : offset + limit]]
+        params = {"email": email, "lists": lists_param, "include": include_param or None}
+        body: dict[str, Any] = {
+            "contacts": [cc.contact_json(c, include) for c in contacts if c is not None],
+            "_links": _next_link("/v3/contacts", len(nums), offset, limit, params),
+        }
+        if qp.get("include_count") == "true":
+            body["contacts_count"] = len(nums)
+        return errors.json_response(body)
+
+    return router

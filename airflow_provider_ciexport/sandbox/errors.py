@@ -1,0 +1,96 @@
+"""Response bodies in each API's own error shape."""
+
+from __future__ import annotations
+
+import json
+import math
+from http import HTTPStatus
+from typing import Any
+
+from starlette.responses import Response
+
+AC_VALIDATION_MESSAGE = (
+    "JSON payload did not pass validation. Please fix failure Reasons and retry. "
+    "The import was not queued for processing."
+)
+AC_IMPORT_RATE_REASON = (
+    "Up to 100 imports may be requested per minute.Please batch contacts into larger requests, "
+    "or retry this request in a minute."
+)
+AC_SECOND_RATE_REASON = "Up to 5 requests may be made per second. Please retry this request in a second."
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A compact JSON response (no pydantic round trip)."""
+    return Response(
+        content=json.dumps(body, separators=(",", ":")).encode(),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def ac_errors(status: int, detail: str) -> Response:
+    """ActiveCampaign ``{"errors": [{"status", "title", "detail"}]}``."""
+    return json_response({"errors": [{"status": status, "title": _phrase(status), "detail": detail}]}, status)
+
+
+def ac_message(status: int, message: str) -> Response:
+    """ActiveCampaign ``{"message": ...}``."""
+    return json_response({"message": message}, status)
+
+
+def ac_bulk_error(status: int, message: str, reasons: list[Any]) -> Response:
+    """ActiveCampaign bulk-import ``{"success": 0, "message", "failureReasons"}``."""
+    return json_response({"success": 0, "message": message, "failureReasons": reasons}, status)
+
+
+def ac_rate_limited(style: str, wait_s: float, imports: bool) -> Response:
+    """An exceeded ActiveCampaign limit, answered in the configured style."""
+    if style == "400":
+        reason = AC_IMPORT_RATE_REASON if imports else AC_SECOND_RATE_REASON
+        return ac_bulk_error(400, "Rate limit exceeded.", [reason])
+    if style == "503":
+        return ac_message(503, "Service Unavailable")
+    retry_after = str(max(1, math.ceil(wait_s)))
+    return json_response({"message": "Too Many Requests"}, 429, headers={"Retry-After": retry_after})
+
+
+def cc_error(status: int, key: str, message: str) -> Response:
+    """Constant Contact ``[{"error_key", "error_message"}]``."""
+    return json_response([{"error_key": key, "error_message": message}], status)
+
+
+def cc_throttled() -> Response:
+    """The per-second limit (no Retry-After, as documented)."""
+    return cc_error(429, "throttled", "Too many requests per second. Retry in a moment.")
+
+
+def cc_quota_exceeded() -> Response:
+    """The daily quota."""
+    return cc_error(429, "quota_exceeded", "The daily request quota for this API key has been exceeded.")
+
+
+def oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> Response:
+    """OAuth 2 ``{"error", "error_description"}``."""
+    return json_response({"error": error, "error_description": description}, status, headers)
+
+
+def generic_status(api: str, status: int, retry_after: int | None) -> Response:
+    """An injected status in the API's shape."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    phrase = _phrase(status)
+    if api == "cc":
+        body: Any = [{"error_key": f"http.{status}", "error_message": phrase}]
+    elif api == "oauth":
+        body = {"error": "server_error" if status >= 500 else "invalid_request", "error_description": phrase}
+    else:
+        body = {"message": phrase}
+    return json_response(body, status, headers)

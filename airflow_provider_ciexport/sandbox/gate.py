@@ -1,0 +1,243 @@
+"""The ASGI layer in front of the fake APIs: recording, faults, auth, rate limits and latency."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.responses import Response
+from starlette.routing import Match, Router
+
+from airflow_provider_ciexport.sandbox import errors
+from airflow_provider_ciexport.sandbox.faults import JOB_KINDS, FaultRule
+from airflow_provider_ciexport.sandbox.seed import AC_API_KEY
+from airflow_provider_ciexport.sandbox.state import SandboxState
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
+
+#: Route templates (method, path) of the two import POSTs.
+IMPORT_ENDPOINTS = frozenset(
+    {("POST", "/api/3/import/bulk_import"), ("POST", "/v3/activities/contacts_json_import")}
+)
+#: Requests that create import jobs (the ones job faults apply to).
+JOB_ENDPOINTS = IMPORT_ENDPOINTS | {("POST", "/v3/activities/remove_list_memberships")}
+#: Where the job fault chosen for a request is handed to its handler.
+JOB_FAULT_KEY = "sandbox.job_fault"
+
+
+def classify(path: str) -> str:
+    """Which API a path belongs to: ``ac``, ``cc``, ``oauth``, ``control`` or ``other``."""
+    if path.startswith("/api/3/") or path == "/api/3":
+        return "ac"
+    if path.startswith("/v3/") or path == "/v3":
+        return "cc"
+    if path.startswith("/oauth2/"):
+        return "oauth"
+    if path.startswith("/_sandbox"):
+        return "control"
+    return "other"
+
+
+class SandboxGate:
+    """Wraps the FastAPI app; the control API passes straight through."""
+
+    def __init__(self, app: ASGIApp, router: Router, state: SandboxState) -> None:
+        self.app = app
+        self.router = router
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or classify(scope["path"]) == "control":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        api = classify(path)
+        body = await _read_body(receive)
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        rec = self.state.recorder
+        entry = rec.log_request(
+            api, method, path, scope.get("query_string", b"").decode("latin-1"), headers, body
+        )
+        endpoint = self._endpoint(scope)
+        status: list[int | str] = ["dropped"]
+
+        async def send_recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        try:
+            await self._handle(scope, replay, send_recording, send, api, endpoint, headers)
+        finally:
+            entry["status"] = status[0]
+            rec.count_response(api, f"{method} {endpoint}", status[0])
+
+    def _endpoint(self, scope: Scope) -> str:
+        """The route template a request matches, so counts do not explode per id."""
+        partial = None
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return str(getattr(route, "path", scope["path"]))
+            if match is Match.PARTIAL and partial is None:
+                partial = str(getattr(route, "path", scope["path"]))
+        return partial if partial is not None else "(unmatched)"
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        raw_send: Send,
+        api: str,
+        endpoint: str,
+        headers: dict[str, str],
+    ) -> None:
+        st = self.state
+        cfg = st.config
+        method: str = scope["method"]
+        key = (method, endpoint)
+        now = st.now()
+        delay = 0.0
+        job_fault: str | None = None
+        drop_after = False
+        if api in ("ac", "cc", "oauth"):
+            for rule in st.faults.fire(api, method, scope["path"], key in JOB_ENDPOINTS):
+                st.recorder.faults[rule.kind] += 1
+                if rule.kind == "drop":
+                    await self._drop(scope, receive, raw_send)
+                    return
+                if rule.kind == "drop_after":
+                    drop_after = True
+                elif rule.kind == "slow":
+                    delay += rule.delay_s
+                elif rule.kind in JOB_KINDS.get(api, frozenset()):
+                    job_fault = rule.kind
+                else:
+                    await _fault_response(rule, cfg.ac_rate_limit_style)(scope, receive, send)
+                    return
+        denied = self._authenticate(api, headers, now)
+        if denied is None:
+            denied = self._rate_limit(api, key in IMPORT_ENDPOINTS, now)
+        if denied is not None:
+            await denied(scope, receive, send)
+            return
+        if api in ("ac", "cc", "oauth"):
+            delay += cfg.latency_s
+        if key in IMPORT_ENDPOINTS:
+            delay += cfg.import_latency_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+        scope[JOB_FAULT_KEY] = job_fault
+        st.settle()
+        if drop_after:
+
+            async def swallow(message: Message) -> None:
+                return None
+
+            await self.app(scope, receive, swallow)
+            await self._drop(scope, receive, raw_send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authenticate(self, api: str, headers: dict[str, str], now: float) -> Response | None:
+        st = self.state
+        if api == "ac":
+            if headers.get("api-token") != AC_API_KEY:
+                st.recorder.auth_failures["ac"] += 1
+                return errors.ac_errors(
+                    st.config.ac_auth_error_status,
+                    "The API key is missing or not valid for this account.",
+                )
+        elif api == "cc":
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            record = st.oauth.access_status(token.strip(), now) if scheme.lower() == "bearer" else "unknown"
+            if isinstance(record, str):
+                st.recorder.auth_failures["cc"] += 1
+                st.recorder.counters[f"cc.access_token_{record}"] += 1
+                return errors.cc_error(401, "unauthorized", "Unauthorized")
+            if "contact_data" not in record.scope.split():
+                st.recorder.auth_failures["cc"] += 1
+                return errors.cc_error(403, "forbidden", "The access token lacks the contact_data scope.")
+        return None
+
+    def _rate_limit(self, api: str, is_import: bool, now: float) -> Response | None:
+        st = self.state
+        if api == "ac":
+            checks = ["ac_per_second"] + (["ac_imports_per_minute"] if is_import else [])
+        elif api == "cc":
+            checks = ["cc_daily_quota", "cc_per_second"]
+        else:
+            return None
+        windows = [(name, st.limiter(name)) for name in checks]
+        for name, window in windows:
+            wait = window.wait_time(now)
+            if wait > 0:
+                st.recorder.rejections[name] += 1
+                if name == "cc_daily_quota":
+                    return errors.cc_quota_exceeded()
+                if name == "cc_per_second":
+                    return errors.cc_throttled()
+                return errors.ac_rate_limited(
+                    st.config.ac_rate_limit_style, wait, name == "ac_imports_per_minute"
+                )
+        for _, window in windows:
+            window.add(now)
+        return None
+
+    async def _drop(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Close the connection without answering."""
+        # uvicorn hands the app its RequestResponseCycle.send; its transport is the socket.
+        cycle = getattr(send, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if transport is None:
+            log.warning("sandbox: cannot drop the connection under this server; answering 500")
+            raise RuntimeError("sandbox fault: drop")
+        transport.close()
+        # Tell uvicorn the client is gone so it does not try to send a 500 afterwards.
+        cycle.disconnected = True  # type: ignore[union-attr]
+
+
+def _fault_response(rule: FaultRule, ac_style: str) -> Response:
+    if rule.kind == "throttled":
+        if rule.api == "ac":
+            return errors.ac_rate_limited(ac_style, float(rule.retry_after or 1), imports=False)
+        return errors.cc_throttled()
+    if rule.kind == "quota_exceeded":
+        return errors.cc_quota_exceeded()
+    if rule.kind == "rate_limit_400":
+        return errors.ac_rate_limited("400", 1.0, imports=True)
+    return errors.generic_status(rule.api, rule.status, rule.retry_after)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
