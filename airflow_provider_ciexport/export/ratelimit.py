@@ -6,9 +6,11 @@ import threading
 import time
 from collections.abc import Hashable
 
-# Real servers count requests by arrival; a little headroom keeps network jitter from turning an exact
-# schedule into an occasional 429.
-_HEADROOM = 0.02
+# Servers count requests by arrival, so network jitter can squeeze an exact schedule into an
+# occasional 429. Headroom is a share of the window: 2% of a minute is over a second of tolerance,
+# but a one-second window needs a larger share to absorb tens of milliseconds of jitter.
+DEFAULT_HEADROOM = 0.02
+PER_SECOND_HEADROOM = 0.10
 
 
 class RateLimiter:
@@ -19,14 +21,15 @@ class RateLimiter:
 
     :param rate: how many calls are allowed per ``per`` seconds.
     :param per: the window, in seconds.
+    :param headroom: how much slower than the limit to go, as a share (0.02 = 2%).
     """
 
-    def __init__(self, rate: float, per: float = 1.0) -> None:
+    def __init__(self, rate: float, per: float = 1.0, headroom: float = DEFAULT_HEADROOM) -> None:
         if rate <= 0 or per <= 0:
             raise ValueError("A rate limit needs a positive rate and window.")
         self.rate = rate
         self.per = per
-        self.interval = per / rate * (1 + _HEADROOM)
+        self.interval = per / rate * (1 + headroom)
         self._next = 0.0
         self._lock = threading.Lock()
 
@@ -51,7 +54,9 @@ _registry: dict[Hashable, RateLimiter] = {}
 _registry_lock = threading.Lock()
 
 
-def shared_limiter(key: Hashable, rate: float, per: float = 1.0) -> RateLimiter:
+def shared_limiter(
+    key: Hashable, rate: float, per: float = 1.0, headroom: float = DEFAULT_HEADROOM
+) -> RateLimiter:
     """Return the process-wide limiter for ``key``, creating it on first use.
 
     Hooks key their limiters by account and kind of call, so two hooks (or two threads) working on
@@ -60,5 +65,5 @@ def shared_limiter(key: Hashable, rate: float, per: float = 1.0) -> RateLimiter:
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None or limiter.rate != rate or limiter.per != per:
-            limiter = _registry[key] = RateLimiter(rate, per)
+            limiter = _registry[key] = RateLimiter(rate, per, headroom)
         return limiter

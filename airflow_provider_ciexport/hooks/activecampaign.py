@@ -15,7 +15,7 @@ from airflow_provider_ciexport.exceptions import (
     DestinationAuthError,
     ExportConfigurationError,
 )
-from airflow_provider_ciexport.export.ratelimit import RateLimiter, shared_limiter
+from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.hooks.base import (
     RetryableAnswer,
     SegmentApiHook,
@@ -157,7 +157,9 @@ class ActiveCampaignHook(SegmentApiHook):
     @cached_property
     def _general_limiter(self) -> RateLimiter:
         rate = self._rate("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
-        return shared_limiter(("activecampaign", self.api_base_url, "requests"), rate, 1.0)
+        return shared_limiter(
+            ("activecampaign", self.api_base_url, "requests"), rate, 1.0, PER_SECOND_HEADROOM
+        )
 
     @cached_property
     def _import_limiter(self) -> RateLimiter:

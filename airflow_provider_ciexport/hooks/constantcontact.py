@@ -19,7 +19,7 @@ from airflow_provider_ciexport.exceptions import (
     DestinationQuotaError,
     ExportConfigurationError,
 )
-from airflow_provider_ciexport.export.ratelimit import RateLimiter, shared_limiter
+from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.hooks.base import (
     RetryableAnswer,
     SegmentApiHook,
@@ -175,7 +175,7 @@ class ConstantContactHook(SegmentApiHook):
                 f"The extra 'requests_per_second' of connection '{self.constantcontact_conn_id}' must be a "
                 f"positive number (default {self.DEFAULT_REQUESTS_PER_SECOND:g})."
             )
-        return shared_limiter(("constantcontact", self._client[0]), rate, 1.0)
+        return shared_limiter(("constantcontact", self._client[0]), rate, 1.0, PER_SECOND_HEADROOM)
 
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
         return (self._limiter,)
