@@ -16,7 +16,7 @@ from airflow_provider_ciexport.exceptions import (
     ExportIncompleteError,
 )
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
-from airflow_provider_ciexport.export.contacts import ContactBuilder
+from airflow_provider_ciexport.export.contacts import ContactBuilder, EmailSet
 from airflow_provider_ciexport.export.destination import Destination, JobResult
 from airflow_provider_ciexport.export.ratelimit import RateLimiter
 from airflow_provider_ciexport.export.report import ExportReport
@@ -106,6 +106,7 @@ class SegmentExporter:
                 f"The segment has {self._total:,} rows, more than max_profiles={limit:,}. Nothing was sent. "
                 "Narrow the segment, or raise max_profiles (None for no limit) if this size is intended."
             )
+        builder.seen = EmailSet(capacity=self._total)  # sized once: no rehashing while a million rows stream
         log.info(
             "Exporting %s rows from %s to %s list(s) %s%s.",
             f"{self._total:,}",
