@@ -28,9 +28,9 @@ AC_CONN_ID = "activecampaign_default"
 CC_CONN_ID = "constantcontact_default"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def airflow_db() -> str:
-    """A migrated metadata database in the throwaway AIRFLOW_HOME (Variables, dag.test())."""
+    """A migrated metadata database in the throwaway AIRFLOW_HOME, as every deployment has."""
     subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
         check=True,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_ciexport.exceptions import (
+    DestinationAuthError,
     DestinationQuotaError,
     ExportConfigurationError,
     ExportIncompleteError,
@@ -17,7 +18,7 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
-from tests.support import posts, set_connection
+from tests.support import calls, posts, set_connection
 
 VIP = "22222222-2222-4222-8222-222222222222"
 LAPSED = "33333333-3333-4333-8333-333333333333"
@@ -177,4 +178,49 @@ def test_bad_input_is_a_clear_error_before_anything_is_sent(
     params: dict[str, Any] = {"records": data.ROWS, **kwargs}
     with pytest.raises(ExportConfigurationError, match=message):
         _export(cc_conn, **params)
+    _assert_nothing_sent(sandbox)
+
+
+def test_access_tokens_expiring_during_the_export_are_renewed(cc_conn: str, sandbox: SandboxClient) -> None:
+    sandbox.configure(cc_access_token_ttl_s=1)
+    rows = [{"email": f"ttl{i}@example.com", "first": "y" * 40} for i in range(30_000)]
+    report = _export(
+        cc_conn, records=rows, list_id=VIP, field_mapping={"email": "email", "first_name": "first"}
+    )
+    assert report["accepted"] == 30_000
+    assert len(sandbox.cc_list_contacts(VIP)) == 30_000
+    assert calls(sandbox.stats(), "oauth", "POST /oauth2/default/v1/token") >= 2
+
+
+def test_rotating_refresh_token_across_two_task_runs(
+    cc_conn: str, sandbox: SandboxClient, airflow_db: str
+) -> None:
+    from airflow.models import Variable
+
+    sandbox.configure(cc_rotating_refresh_tokens=True)
+    Variable.delete(f"{cc_conn}_refresh_token")
+    first = _export(cc_conn, records=data.ROWS, list_id=VIP)
+    second = _export(cc_conn, records=data.ROWS[:4], list_id=LAPSED)
+    assert first["accepted"] == len(data.EXPECTED) and second["accepted"] == 3
+    assert Variable.get(f"{cc_conn}_refresh_token") == sandbox.cc_refresh_tokens()[0]
+    Variable.delete(f"{cc_conn}_refresh_token")
+
+
+def test_bad_client_credentials_fail_before_sending(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server: Any
+) -> None:
+    conn = set_connection(
+        monkeypatch,
+        "cc_badsecret",
+        conn_type="constantcontact",
+        login="sandbox-client-id",
+        password="not-the-secret",
+        extra={
+            "refresh_token": "sandbox-refresh-token",
+            "api_base_url": f"{sandbox_server.url}/v3",
+            "token_url": f"{sandbox_server.url}/oauth2/default/v1/token",
+        },
+    )
+    with pytest.raises(DestinationAuthError, match="client id or client secret"):
+        _export(conn, records=data.ROWS)
     _assert_nothing_sent(sandbox)
