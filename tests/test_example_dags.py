@@ -18,6 +18,7 @@ from airflow_provider_ciexport.operators.activecampaign import (
     ActiveCampaignSegmentExportOperator,
     parse_ac_list_ids,
 )
+from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import (
     ConstantContactSegmentExportOperator,
     parse_cc_list_ids,
@@ -42,6 +43,12 @@ def dagbag() -> DagBag:
         bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
     os.environ.update(saved)
     return bag
+
+
+def _export_task(dag: Any, task_id: str) -> BaseSegmentExportOperator:
+    task = dag.get_task(task_id)
+    assert isinstance(task, BaseSegmentExportOperator), task_id
+    return task
 
 
 def _trigger(dag: Any, conf: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +84,7 @@ def test_segment_export_refreshes_then_exports(dagbag: DagBag) -> None:
     assert isinstance(dag.get_task("export_to_activecampaign"), ActiveCampaignSegmentExportOperator)
     assert isinstance(dag.get_task("export_to_constantcontact"), ConstantContactSegmentExportOperator)
     for task_id in EXPORT_TASKS:
-        task = dag.get_task(task_id)
+        task = _export_task(dag, task_id)
         assert task.upstream_task_ids == {"refresh_segments"}
         assert task.sql_conn_id == "profiles_db"
         assert task.field_mapping["email"] == "email"
@@ -146,7 +153,8 @@ def test_params_render_into_the_operators(
     rendered = {}
     for task_id in EXPORT_TASKS:
         # Render a copy, as the task runner does, so the parsed DAG keeps its templates.
-        task = dag.get_task(task_id).prepare_for_execution()
+        task = _export_task(dag, task_id).prepare_for_execution()
+        assert isinstance(task, BaseSegmentExportOperator)
         task.render_template_fields({"params": params}, jinja_env=dag.get_template_env())
         rendered[task_id] = task
         assert task.sql == f"SELECT * FROM {table}"
@@ -174,9 +182,8 @@ def test_asset_dags_export_when_the_segment_is_refreshed(dagbag: DagBag) -> None
         ActiveCampaignSegmentExportOperator,
         ConstantContactSegmentExportOperator,
     }
-    for task in export_dag.tasks:
-        assert task.sql == "SELECT * FROM segment_vip"
-    ac = export_dag.get_task("export_vip_to_activecampaign")
-    cc = export_dag.get_task("export_vip_to_constantcontact")
+    ac = _export_task(export_dag, "export_vip_to_activecampaign")
+    cc = _export_task(export_dag, "export_vip_to_constantcontact")
+    assert ac.sql == cc.sql == "SELECT * FROM segment_vip"
     assert parse_ac_list_ids(ac.list_ids()) == [2]
     assert parse_cc_list_ids(cc.list_ids()) == [CC_LIST_VIP]
