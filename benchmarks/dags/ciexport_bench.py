@@ -1,0 +1,112 @@
+"""The benchmark's DAGs: one export task each, reading the first ``params.profiles`` generated profiles.
+
+``benchmarks/run.py`` points ``AIRFLOW__CORE__DAGS_FOLDER`` here and runs one of these DAGs with
+``dag.test(run_conf={"profiles": N})`` in a fresh process per export. The mappings are those of the
+example DAG: e-mail, names, phone and three custom fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, Param
+
+from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
+from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
+from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP
+
+#: The segment: the first N rows of the generated table (N = 0 is the empty task).
+SEGMENT_SQL = "SELECT * FROM customer_profiles WHERE customer_id <= {{ params.profiles | int }}"
+AC_MAPPING = {
+    "email": "email",
+    "first_name": "first_name",
+    "last_name": "last_name",
+    "phone": "phone",
+    "field:LOYALTY_TIER": "loyalty_tier",
+    "field:FAVORITE_STORE": "favorite_store",
+    "field:CITY": "city",
+}
+CC_MAPPING = {
+    "email": "email",
+    "first_name": "first_name",
+    "last_name": "last_name",
+    "phone": "phone",
+    "cf:loyalty_tier": "loyalty_tier",
+    "cf:favorite_store": "favorite_store",
+    "cf:city": "city",
+}
+#: Where the task's execute-time probes go (set by ``benchmarks/task_runner.py``).
+PROBE_ENV = "CIEXPORT_BENCH_PROBE"
+
+
+def _probe(stage: str) -> Callable[..., None]:
+    """A pre/post-execute hook appending this process's CPU time and memory at ``stage`` to the probe file.
+
+    The difference between the two probes is the CPU the export itself used (all threads), without
+    Airflow's start-up; the RSS at ``pre`` is the process's size just before the export starts.
+    """
+
+    def hook(context: Any, result: Any = None) -> None:
+        path = os.environ.get(PROBE_ENV)
+        if not path:
+            return
+        rss_kb = None
+        try:
+            with open("/proc/self/statm") as statm:
+                rss_kb = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+        except OSError:
+            pass
+        probe = {
+            "stage": stage,
+            "cpu_s": time.process_time(),
+            "monotonic": time.monotonic(),
+            "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "rss_kb": rss_kb,
+        }
+        with open(path, "a") as out:
+            out.write(json.dumps(probe) + "\n")
+
+    return hook
+
+
+_COMMON: dict[str, Any] = {
+    "schedule": None,
+    "start_date": pendulum.datetime(2025, 1, 1, tz="UTC"),
+    "catchup": False,
+    "tags": ["ciexport", "benchmark"],
+    "params": {"profiles": Param(0, type="integer", minimum=0)},
+}
+
+with DAG(dag_id="ciexport_bench_ac", **_COMMON):
+    ActiveCampaignSegmentExportOperator(
+        task_id="export",
+        activecampaign_conn_id="activecampaign_default",
+        list_id=AC_LIST_VIP,
+        sql_conn_id="profiles_db",
+        sql=SEGMENT_SQL,
+        field_mapping=AC_MAPPING,
+        max_profiles=None,
+        progress_interval=15.0,
+        pre_execute=_probe("pre"),
+        post_execute=_probe("post"),
+    )
+
+with DAG(dag_id="ciexport_bench_cc", **_COMMON):
+    ConstantContactSegmentExportOperator(
+        task_id="export",
+        constantcontact_conn_id="constantcontact_default",
+        list_id=CC_LIST_VIP,
+        sql_conn_id="profiles_db",
+        sql=SEGMENT_SQL,
+        field_mapping=CC_MAPPING,
+        max_profiles=None,
+        progress_interval=15.0,
+        pre_execute=_probe("pre"),
+        post_execute=_probe("post"),
+    )
