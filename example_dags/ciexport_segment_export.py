@@ -19,8 +19,6 @@ XCom value.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pendulum
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.sdk import DAG, Param
@@ -37,21 +35,6 @@ CC_LISTS = {
     "33333333-3333-4333-8333-333333333333": "Lapsed customers",
 }
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-
-
-# `dry_run` is not one of the operators' template fields, so it cannot take `{{ params.dry_run }}`
-# as it is. Adding it to `template_fields` in a subclass is Airflow's documented way to template
-# another argument.
-class ActiveCampaignExport(ActiveCampaignSegmentExportOperator):
-    """ActiveCampaign export whose ``dry_run`` can come from the trigger form."""
-
-    template_fields: Sequence[str] = (*ActiveCampaignSegmentExportOperator.template_fields, "dry_run")
-
-
-class ConstantContactExport(ConstantContactSegmentExportOperator):
-    """Constant Contact export whose ``dry_run`` can come from the trigger form."""
-
-    template_fields: Sequence[str] = (*ConstantContactSegmentExportOperator.template_fields, "dry_run")
 
 
 with DAG(
@@ -110,7 +93,7 @@ with DAG(
         sql=REFRESH_SEGMENTS_SQL,
     )
 
-    export_to_activecampaign = ActiveCampaignExport(
+    export_to_activecampaign = ActiveCampaignSegmentExportOperator(
         task_id="export_to_activecampaign",
         activecampaign_conn_id="activecampaign_default",
         list_id="{{ params.ac_list_ids }}",
@@ -130,7 +113,7 @@ with DAG(
         dry_run="{{ params.dry_run }}",
     )
 
-    export_to_constantcontact = ConstantContactExport(
+    export_to_constantcontact = ConstantContactSegmentExportOperator(
         task_id="export_to_constantcontact",
         constantcontact_conn_id="constantcontact_default",
         list_id="{{ params.cc_list_ids }}",
