@@ -313,10 +313,22 @@ def expected_seconds(destination: str, profiles: int, scale: float) -> float:
     return profiles / 20_000
 
 
+def py_spy_cmd(output: Path) -> list[str]:
+    """``py-spy record`` writing collapsed stacks of every thread, idle ones included, to ``output``."""
+    exe = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--py-spy needs py-spy: .venv/bin/pip install py-spy")
+    return [exe, "record", "--idle", "--threads", "--rate", "200", "--format", "raw", "-o", str(output)]
+
+
 def run_export(
-    sandbox: Sandbox, env: dict[str, str], destination: str, profiles: int, scale: float
+    sandbox: Sandbox, env: dict[str, str], destination: str, profiles: int, scale: float, py_spy: bool = False
 ) -> Export:
-    """Reset the sandbox, run one export task in a fresh process and collect both sides' records."""
+    """Reset the sandbox, run one export task in a fresh process and collect both sides' records.
+
+    With ``py_spy`` the task process and the sandbox are both sampled into ``results/runs/<tag>.*.pyspy``
+    (peak RSS and CPU figures then include the profiler's overhead: use it to investigate only).
+    """
     api = destination
     sandbox.client.reset(request_log_size=max(5000, profiles // AC_BATCH * 6 + 5000))
     tag = f"{destination}-{profiles}"
@@ -328,19 +340,26 @@ def run_export(
         end="",
         flush=True,
     )
+    cmd = [PYTHON, str(HERE / "task_runner.py"), destination, str(profiles), str(result_path)]
+    spy: subprocess.Popen[bytes] | None = None
+    if py_spy:
+        cmd = [*py_spy_cmd(RUNS / f"{tag}.task.pyspy"), "--", *cmd]
+        spy_cmd = [*py_spy_cmd(RUNS / f"{tag}.sandbox.pyspy"), "--pid", str(sandbox.process.pid)]
+        spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
     cpu_before = sandbox.cpu_s()
-    child = run_child(
-        [PYTHON, str(HERE / "task_runner.py"), destination, str(profiles), str(result_path)],
-        env,
-        RUNS / f"{tag}.log",
-        timeout_s=3 * expected + 600,
-    )
+    child = run_child(cmd, env, RUNS / f"{tag}.log", timeout_s=3 * expected + 600)
     sandbox_cpu = sandbox.cpu_s() - cpu_before
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        spy.wait(60)
     outcome: dict[str, Any] = (
         json.loads(result_path.read_text()) if result_path.exists() else {"error": "no result written"}
     )
     stats = sandbox.client.stats()
     log = [e for e in sandbox.client.requests_log() if e["api"] in (api, "oauth")]
+    # Every request's arrival time, route, status and size, for a closer look (no headers: they hold keys).
+    keep = ("seq", "time", "api", "method", "path", "status", "body_bytes")
+    (RUNS / f"{tag}.requests.json").write_text(json.dumps([{k: e.get(k) for k in keep} for e in log]))
     export = Export(destination, profiles, child, outcome, stats, log, sandbox_cpu)
     if export.ok:
         print(
@@ -732,6 +751,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--floor-repeats", type=int, default=2, help="floor measurements; the fastest counts")
     parser.add_argument("--regenerate", action="store_true", help="generate the profiles even if cached")
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary AIRFLOW_HOME")
+    parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="sample each export and the sandbox with py-spy into results/runs/*.pyspy (to investigate)",
+    )
     args = parser.parse_args(argv)
     if args.profiles < 1:
         parser.error("--profiles must be at least 1")
@@ -761,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dest in destinations:
             print(f"{dest.upper()}: one dag.test() process per export")
             for size in sizes:
-                runs[(dest, size)] = run_export(sandbox, env, dest, size, args.scale)
+                runs[(dest, size)] = run_export(sandbox, env, dest, size, args.scale, args.py_spy)
         if "cc" in destinations:
             floor = run_floor(db, args.profiles, env, args.floor_repeats)
     summary = summarise(args, runs, floor, destinations, time.monotonic() - started)
