@@ -74,6 +74,11 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Multi-contact bulk imports per minute (ActiveCampaign allows 100).",
                         "schema": {"type": ["number", "null"], "default": 100, "minimum": 1},
                     },
+                    "timeout": {
+                        "label": "Read timeout (seconds)",
+                        "description": "How long to wait for an answer before retrying (default 120).",
+                        "schema": {"type": ["number", "null"], "default": 120, "minimum": 1},
+                    },
                 },
             },
             {
@@ -110,6 +115,11 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Requests per second",
                         "description": "Request rate per API key (Constant Contact allows 4/s).",
                         "schema": {"type": ["number", "null"], "default": 4, "minimum": 0.1},
+                    },
+                    "timeout": {
+                        "label": "Read timeout (seconds)",
+                        "description": "How long to wait for an answer before retrying (default 120).",
+                        "schema": {"type": ["number", "null"], "default": 120, "minimum": 1},
                     },
                 },
             },

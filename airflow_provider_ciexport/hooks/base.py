@@ -108,7 +108,8 @@ class SegmentApiHook(HttpHook):
 
     :param conn_id: the Airflow connection to use.
     :param max_attempts: how many times one call is tried before it fails.
-    :param timeout: ``(connect, read)`` timeouts of each request, in seconds.
+    :param timeout: ``(connect, read)`` timeouts of each request, in seconds; by default the
+        connection extra ``timeout`` (the read timeout, as for the http provider) or 10 s and 120 s.
     """
 
     #: Name of the destination in messages.
@@ -119,12 +120,12 @@ class SegmentApiHook(HttpHook):
         conn_id: str,
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        timeout: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(method="GET", http_conn_id=conn_id)
         self.conn_id = conn_id
         self.max_attempts = max_attempts
-        self.timeout = timeout
+        self._timeout = timeout
         self._local = threading.local()
         self._counter_lock = threading.Lock()
         self._requests = 0
@@ -149,6 +150,22 @@ class SegmentApiHook(HttpHook):
 
         The base handles 429 and 5xx; subclasses add their destination's own quirks.
         """
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """``(connect, read)`` timeouts of each request, in seconds."""
+        if self._timeout is None:
+            raw = self.get_connection(self.conn_id).extra_dejson.get("timeout")
+            try:
+                read = float(raw) if raw not in (None, "") else DEFAULT_TIMEOUT[1]
+            except (TypeError, ValueError):
+                read = -1.0
+            if read <= 0:
+                raise ExportConfigurationError(
+                    f"The extra 'timeout' of connection '{self.conn_id}' must be a positive number of seconds."
+                )
+            self._timeout = (min(DEFAULT_TIMEOUT[0], read), read)
+        return self._timeout
 
     # -- HttpHook overrides ------------------------------------------------------------------
 

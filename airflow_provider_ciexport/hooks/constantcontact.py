@@ -26,6 +26,7 @@ from airflow_provider_ciexport.hooks.base import (
     check_base_url,
     json_or_none,
 )
+from airflow_provider_ciexport.variables import get_variable, set_variable
 
 DEFAULT_API_BASE_URL = "https://api.cc.email/v3"
 DEFAULT_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"  # noqa: S105
@@ -41,21 +42,12 @@ def _mask(secret: str) -> None:
     mask_secret(secret)
 
 
-def _in_task() -> bool:
-    try:
-        from airflow.sdk.execution_time import task_runner
-    except ImportError:  # pragma: no cover - the task SDK ships with Airflow 3
-        return False
-    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
-
-
 class RefreshTokenStore:
     """Where a rotated refresh token is kept for the next run: the Airflow Variable ``key``.
 
     Connections are read-only from tasks in Airflow 3, so a refresh token that Constant Contact rotated
     is saved as a Variable, which every later run (on any worker) reads before the connection's own
-    ``refresh_token`` extra. Inside a task the Task SDK's Variable API is used; elsewhere (the API
-    server's "Test" button, the CLI) the metadata database.
+    ``refresh_token`` extra.
 
     :param key: the Variable's key.
     """
@@ -65,30 +57,15 @@ class RefreshTokenStore:
 
     def get(self) -> str | None:
         """The stored refresh token, or ``None``."""
-        try:
-            if _in_task():
-                from airflow.sdk import Variable
-
-                value = Variable.get(self.key, default=None)
-            else:
-                from airflow.models import Variable as DbVariable
-
-                value = DbVariable.get(self.key, default_var=None)
-        except Exception:  # no metadata database here: nothing stored
-            return None
-        return str(value) if value else None
+        return get_variable(self.key) or None
 
     def set(self, token: str) -> None:
         """Store ``token`` for the next run."""
-        description = "Constant Contact refresh token rotated by airflow-provider-ciexport; do not edit."
-        if _in_task():
-            from airflow.sdk import Variable
-
-            Variable.set(self.key, token, description=description)
-        else:
-            from airflow.models import Variable as DbVariable
-
-            DbVariable.set(self.key, token, description=description)
+        set_variable(
+            self.key,
+            token,
+            "Constant Contact refresh token rotated by airflow-provider-ciexport; do not edit.",
+        )
 
 
 class ConstantContactHook(SegmentApiHook):
