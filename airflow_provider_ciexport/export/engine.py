@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from airflow_provider_ciexport.exceptions import (
     CiExportError,
@@ -43,6 +46,87 @@ class ExportSettings:
     progress_interval_s: float = 30.0
 
 
+class ProgressStore(Protocol):
+    """Somewhere a retried task (on any worker) can read what an earlier try confirmed."""
+
+    def load(self) -> Any:
+        """The saved document, or ``None``."""
+
+    def save(self, document: Any) -> None:
+        """Replace the saved document."""
+
+    def delete(self) -> None:
+        """Forget the saved document."""
+
+
+def batch_digest(batch: Batch) -> str:
+    """A short fingerprint of a batch's exact body."""
+    return hashlib.blake2b(batch.body, digest_size=8).hexdigest()
+
+
+class _Checkpoint:
+    """The batches of this export that the destination confirmed, saved so a retry skips them.
+
+    A batch is skipped on a later try only if the same batch number has the same body digest, so a
+    segment that changed in between is simply sent again (imports match contacts by email, so a
+    resent contact is updated, never duplicated). Saves are coalesced to one every ``min_interval_s``.
+    """
+
+    def __init__(self, store: ProgressStore | None, fingerprint: str, min_interval_s: float = 1.0) -> None:
+        self.store = store
+        self.fingerprint = fingerprint
+        self.min_interval_s = min_interval_s
+        saved = store.load() if store is not None else None
+        self.done: dict[int, list[Any]] = {}
+        if isinstance(saved, dict) and saved.get("fingerprint") == fingerprint:
+            self.done = {int(k): list(v) for k, v in (saved.get("done") or {}).items()}
+        elif saved is not None:
+            log.info("Saved progress belongs to a different export configuration; starting over.")
+        self.resumable = dict(self.done)
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._dirty = False
+        self._last_save = 0.0
+
+    def resumed(self, batch: Batch, digest: str) -> tuple[int, int] | None:
+        """``(accepted, rejected)`` if an earlier try confirmed this very batch."""
+        entry = self.resumable.get(batch.number)
+        if entry is not None and entry[0] == digest:
+            return int(entry[1]), int(entry[2])
+        return None
+
+    def confirm(self, batch: Batch, digest: str, accepted: int, rejected: int) -> None:
+        """Note a confirmed batch and save soon."""
+        with self._lock:
+            self.done[batch.number] = [digest, accepted, rejected]
+            self._dirty = True
+        if time.monotonic() - self._last_save >= self.min_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Save now if anything changed (one writer at a time; others leave it to that one)."""
+        if self.store is None or not self._write_lock.acquire(blocking=False):
+            return
+        try:
+            with self._lock:
+                if not self._dirty:
+                    return
+                document = {
+                    "fingerprint": self.fingerprint,
+                    "done": {str(k): v for k, v in self.done.items()},
+                }
+                self._dirty = False
+            self.store.save(document)
+            self._last_save = time.monotonic()
+        finally:
+            self._write_lock.release()
+
+    def clear(self) -> None:
+        """The export completed: nothing to resume."""
+        if self.store is not None and (self.done or self.resumable):
+            self.store.delete()
+
+
 class _Stopped(Exception):
     """The export was asked to stop (``on_kill``) or a batch failed for good."""
 
@@ -58,6 +142,8 @@ class SegmentExporter:
     :param destination: where the contacts go.
     :param field_mapping: destination attribute -> source column; ``email`` is required.
     :param settings: limits and switches.
+    :param progress: where confirmed batches are saved so that a retried task does not send them
+        again (``None``: no resuming).
     """
 
     def __init__(
@@ -66,6 +152,7 @@ class SegmentExporter:
         destination: Destination,
         field_mapping: Mapping[str, str],
         settings: ExportSettings | None = None,
+        progress: ProgressStore | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
@@ -77,6 +164,8 @@ class SegmentExporter:
             dry_run=self.settings.dry_run,
             waited=self.settings.wait_for_completion and not self.settings.dry_run,
         )
+        self._progress_store = progress if self.report.waited else None
+        self._checkpoint: _Checkpoint | None = None
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
         self._failed_contacts = 0
@@ -97,7 +186,11 @@ class SegmentExporter:
         """Export the segment; return the report, or raise with what was and was not exported."""
         self._started = self._last_progress = time.monotonic()
         report = self.report
-        builder = ContactBuilder(self.field_mapping, self.destination.schema, self.source.columns())
+        columns = self.source.columns()
+        if not columns and self.source.count() == 0:
+            # No rows to tell the columns (e.g. records=[]): every mapped column exists vacuously.
+            columns = list(dict.fromkeys(self.field_mapping.values()))
+        builder = ContactBuilder(self.field_mapping, self.destination.schema, columns)
         self.destination.prepare(self.field_mapping)
         self._total = self.source.count()
         limit = self.settings.max_profiles
@@ -107,6 +200,12 @@ class SegmentExporter:
                 "Narrow the segment, or raise max_profiles (None for no limit) if this size is intended."
             )
         builder.seen = EmailSet(capacity=self._total)  # sized once: no rehashing while a million rows stream
+        self._checkpoint = _Checkpoint(self._progress_store, self._fingerprint())
+        if self._checkpoint.resumable:
+            log.info(
+                "Resuming: %d batch(es) confirmed by an earlier try are not sent again.",
+                len(self._checkpoint.resumable),
+            )
         log.info(
             "Exporting %s rows from %s to %s list(s) %s%s.",
             f"{self._total:,}",
@@ -126,13 +225,31 @@ class SegmentExporter:
                 self._send_small(head)
             else:
                 self._send_batches(itertools.chain(head, contacts))
+        except _Stopped:
+            pass  # reported below with what was and was not exported
         finally:
             self._sync_counts(builder)
+            if self._checkpoint is not None:
+                self._checkpoint.flush()
             report.requests = self.destination.requests_made
             report.duration_s = time.monotonic() - self._started
             log.info("%s export report: %s", self.destination.name, report.summary())
         self._raise_if_incomplete()
+        if self._checkpoint is not None:
+            self._checkpoint.clear()
         return report
+
+    def _fingerprint(self) -> str:
+        """What must be unchanged for an earlier try's confirmations to count."""
+        destination = self.destination
+        identity = {
+            "destination": destination.name,
+            "lists": list(destination.list_ids),
+            "mapping": sorted(self.field_mapping.items()),
+            "envelope": [part.decode() for part in destination.envelope()],
+            "limits": [destination.max_batch_contacts, destination.max_batch_bytes],
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
     def _contacts(self, builder: ContactBuilder) -> Iterator[dict[str, str]]:
         report = self.report
@@ -178,15 +295,24 @@ class SegmentExporter:
         poll_limiter = RateLimiter(destination.max_poll_rate, 1.0)
         futures: list[Future[None]] = []
 
+        checkpoint = self._checkpoint
+        assert checkpoint is not None
+
         def dispatch(batch: Batch) -> None:
             report.batches += 1
             report.submitted += batch.contacts
             if self.settings.dry_run:
                 return
+            digest = batch_digest(batch) if checkpoint.store is not None else ""
+            earlier = checkpoint.resumed(batch, digest) if checkpoint.resumable else None
+            if earlier is not None:
+                report.resumed_batches += 1
+                report.record_outcome(*earlier)
+                return
             while not slots.acquire(timeout=0.5):
                 if self._stop.is_set():
                     raise _Stopped
-            futures.append(pool.submit(self._deliver, batch, slots, submit_gate, poll_limiter))
+            futures.append(pool.submit(self._deliver, batch, digest, slots, submit_gate, poll_limiter))
             futures[:] = [f for f in futures if not f.done() or f.exception()]
 
         with ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport") as pool:
@@ -216,6 +342,7 @@ class SegmentExporter:
     def _deliver(
         self,
         batch: Batch,
+        digest: str,
         slots: threading.BoundedSemaphore,
         submit_gate: threading.BoundedSemaphore,
         poll_limiter: RateLimiter,
@@ -237,6 +364,8 @@ class SegmentExporter:
                 result = self._wait_for(job_id, batch, poll_limiter)
                 if result.ok:
                     self.report.record_outcome(result.accepted, result.rejected)
+                    if self._checkpoint is not None:
+                        self._checkpoint.confirm(batch, digest, result.accepted, result.rejected)
                     return
                 log.warning(
                     "%s import job %s (batch %d, %d contacts) ended '%s'%s.",

@@ -26,6 +26,7 @@ class ExportReport:
     rejected: int = 0
     batches: int = 0
     resubmitted_batches: int = 0
+    resumed_batches: int = 0
     failed_batches: int = 0
     unconfirmed: int = 0
     jobs: list[str] = field(default_factory=list)
@@ -61,6 +62,7 @@ class ExportReport:
             "rejected": self.rejected if self.waited else None,
             "batches": self.batches,
             "resubmitted_batches": self.resubmitted_batches,
+            "resumed_batches": self.resumed_batches,
             "failed_batches": self.failed_batches,
             "jobs": list(self.jobs),
             "requests": self.requests,

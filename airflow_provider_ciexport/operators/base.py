@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,7 @@ from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
 from airflow_provider_ciexport.export.sources import make_source
+from airflow_provider_ciexport.variables import JsonVariable
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -28,6 +30,23 @@ def _as_bool(value: Any, name: str) -> bool:
             return False
         raise ExportConfigurationError(f"{name} must be true or false, not {value!r}.")
     return bool(value)
+
+
+def progress_store(context: Context | Mapping[str, Any]) -> JsonVariable | None:
+    """The Variable where this task instance keeps its export's progress across tries.
+
+    Keyed by DAG, task, run and map index, so a retry (on any worker) finds it and a later run
+    does not; the export removes it when it completes.
+    """
+    ti = context.get("ti") if context else None
+    if ti is None:
+        return None
+    identity = f"{ti.dag_id}|{ti.task_id}|{ti.run_id}|{getattr(ti, 'map_index', -1)}"
+    key = f"ciexport_progress_{ti.dag_id}.{ti.task_id}_{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    return JsonVariable(
+        key[-250:],
+        "Confirmed batches of a running export (airflow-provider-ciexport); removed when it completes.",
+    )
 
 
 class BaseSegmentExportOperator(BaseOperator):
@@ -146,6 +165,7 @@ class BaseSegmentExportOperator(BaseOperator):
                 wait_for_completion=self.wait_for_completion,
                 progress_interval_s=self.progress_interval,
             ),
+            progress=progress_store(context),
         )
         return self._exporter.run().as_dict()
 
