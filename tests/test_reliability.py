@@ -1,0 +1,336 @@
+"""Faults, bad input, a killed task and privacy: lists end exact and reports add up, or errors say so."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
+from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
+from airflow_provider_ciexport.sandbox import seed
+from airflow_provider_ciexport.sandbox.client import SandboxClient
+from tests.operators import segment_data as data
+from tests.support import posts, set_connection
+
+AC_LIST = seed.AC_LIST_VIP
+CC_LIST = "22222222-2222-4222-8222-222222222222"
+
+
+def _people(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "email": f"Member.{i}@Example.com",
+            "first": f"Given{i}",
+            "last": f"Family{i}",
+            "phone": f"+1 415 555 {i:04d}",
+        }
+        for i in range(n)
+    ]
+
+
+MAPPING = {"email": "email", "first_name": "first", "last_name": "last", "phone": "phone"}
+
+
+def _run(destination: str, conn_id: str, **kwargs: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"task_id": "export", "field_mapping": MAPPING, **kwargs}
+    if destination == "ac":
+        params.setdefault("list_id", AC_LIST)
+        op: Any = ActiveCampaignSegmentExportOperator(activecampaign_conn_id=conn_id, **params)
+    else:
+        params.setdefault("list_id", CC_LIST)
+        op = ConstantContactSegmentExportOperator(constantcontact_conn_id=conn_id, **params)
+    return op.execute(context={})  # type: ignore[no-any-return]
+
+
+def _emails(sandbox: SandboxClient, destination: str) -> set[str]:
+    if destination == "ac":
+        return {c["email"] for c in sandbox.ac_list_contacts(AC_LIST)}
+    return {c["email"] for c in sandbox.cc_list_contacts(CC_LIST)}
+
+
+@pytest.fixture
+def conns(ac_conn: str, cc_conn: str, monkeypatch: pytest.MonkeyPatch, sandbox_server: Any) -> dict[str, str]:
+    """Both connections, with a short read timeout so slow answers are noticed quickly."""
+    set_connection(
+        monkeypatch,
+        "ac_short",
+        conn_type="activecampaign",
+        host=sandbox_server.url,
+        password=seed.AC_API_KEY,
+        extra={"timeout": 1},
+    )
+    set_connection(
+        monkeypatch,
+        "cc_short",
+        conn_type="constantcontact",
+        login=seed.CC_CLIENT_ID,
+        password=seed.CC_CLIENT_SECRET,
+        extra={
+            "refresh_token": seed.CC_REFRESH_TOKEN,
+            "api_base_url": sandbox_server.cc_api_base_url,
+            "token_url": sandbox_server.cc_token_url,
+            "timeout": 1,
+        },
+    )
+    return {"ac": "ac_short", "cc": "cc_short"}
+
+
+FAULTS = [
+    pytest.param(
+        {"kind": "status", "status": 429, "every": 3, "times": 12, "retry_after": 1}, id="429-storm"
+    ),
+    pytest.param({"kind": "status", "status": 503, "times": 4}, id="503-burst"),
+    pytest.param({"kind": "status", "status": 500, "times": 4}, id="500-burst"),
+    pytest.param({"kind": "drop", "every": 2, "times": 3}, id="dropped-connections"),
+    pytest.param({"kind": "slow", "delay_s": 2.5, "times": 2}, id="slower-than-read-timeout"),
+    pytest.param({"kind": "throttled", "every": 2, "times": 6}, id="throttled"),
+]
+
+
+@pytest.mark.parametrize("destination", ["ac", "cc"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_faults_still_end_with_exact_lists(
+    destination: str, fault: dict[str, Any], conns: dict[str, str], sandbox: SandboxClient
+) -> None:
+    sandbox.add_fault(api=destination, **fault)
+    report = _run(destination, conns[destination], records=_people(600))
+    assert report["accepted"] == 600 and report["rejected"] == 0
+    assert _emails(sandbox, destination) == {f"member.{i}@example.com" for i in range(600)}
+    assert sandbox.stats()["faults_injected"], "the fault never fired"
+
+
+@pytest.mark.parametrize("style", ["400", "503"])
+def test_activecampaign_rate_limit_answers_are_slowed_down_for(
+    style: str, conns: dict[str, str], sandbox: SandboxClient
+) -> None:
+    kind = {"kind": "rate_limit_400"} if style == "400" else {"kind": "status", "status": 503}
+    sandbox.add_fault(api="ac", path="/import/bulk_import", every=2, times=3, **kind)
+    report = _run("ac", conns["ac"], records=_people(1000))
+    assert report["accepted"] == 1000
+    assert len(_emails(sandbox, "ac")) == 1000
+
+
+@pytest.mark.parametrize("destination", ["ac", "cc"])
+def test_empty_segment_succeeds_with_a_zero_report(
+    destination: str, conns: dict[str, str], sandbox: SandboxClient
+) -> None:
+    report = _run(destination, conns[destination], records=[])
+    assert {
+        k: report[k]
+        for k in ("read", "invalid", "duplicates", "submitted", "accepted", "rejected", "batches")
+    } == dict.fromkeys(("read", "invalid", "duplicates", "submitted", "accepted", "rejected", "batches"), 0)
+    assert posts(sandbox.stats(), destination) == []
+
+
+@pytest.mark.parametrize("destination", ["ac", "cc"])
+def test_numbers_and_nulls_in_the_email_column_are_counted(
+    destination: str, conns: dict[str, str], sandbox: SandboxClient
+) -> None:
+    rows = [{"email": 12345}, {"email": None}, {"email": 4.5}, {"email": True}, *_people(20)]
+    report = _run(destination, conns[destination], records=rows)
+    assert report["invalid"] == 4 and report["invalid.not_text"] == 3 and report["invalid.missing"] == 1
+    assert report["accepted"] == 20
+
+
+@pytest.mark.parametrize("destination", ["ac", "cc"])
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        (b"email,email\na@example.com,b@example.com\n", "email"),
+        (b"email,first\nok@example.com,Ann\nbad@example.com,\xff\xfeJos\xe9\n", "UTF-8"),
+    ],
+    ids=["duplicated-header", "non-utf8"],
+)
+def test_unreadable_files_fail_before_anything_is_sent(
+    destination: str,
+    content: bytes,
+    complaint: str,
+    conns: dict[str, str],
+    sandbox: SandboxClient,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "segment.csv"
+    path.write_bytes(content)
+    with pytest.raises(ExportConfigurationError, match=complaint):
+        _run(destination, conns[destination], source_path=str(path), field_mapping={"email": "email"})
+    assert posts(sandbox.stats(), destination) == []
+
+
+@pytest.mark.parametrize("destination", ["ac", "cc"])
+def test_bom_and_spaced_headers_are_read(
+    destination: str, conns: dict[str, str], sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "excel.csv"
+    rows = "".join(f"Person{i}@Example.com , Name{i}\r\n" for i in range(12))
+    path.write_bytes("\ufeff Email , First Name \r\n".encode() + rows.encode())
+    report = _run(
+        destination,
+        conns[destination],
+        source_path=str(path),
+        field_mapping={"email": "Email", "first_name": "First Name"},
+    )
+    assert report["accepted"] == 12
+    assert _emails(sandbox, destination) == {f"person{i}@example.com" for i in range(12)}
+
+
+def test_failing_sql_is_a_clear_error(
+    conns: dict[str, str], sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    conn = set_connection(
+        monkeypatch, "profiles_db", conn_type="sqlite", host=str(data.write_sqlite(tmp_path / "p.db"))
+    )
+    with pytest.raises(ExportConfigurationError, match="profiles_db"):
+        _run("ac", conns["ac"], sql="SELECT * FROM no_such_table", sql_conn_id=conn)
+    assert posts(sandbox.stats(), "ac") == []
+
+
+SECRETS = [seed.AC_API_KEY, seed.CC_CLIENT_SECRET, seed.CC_REFRESH_TOKEN]
+
+
+def test_no_personal_data_or_secret_in_logs_xcom_or_errors(
+    conns: dict[str, str],
+    sandbox: SandboxClient,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger().setLevel(logging.DEBUG)
+    people = [
+        *_people(30),
+        {"email": "broken@@example.com", "first": "Hidden", "last": "Person", "phone": "+1 999 555 0199"},
+    ]
+    reports = [_run(d, conns[d], records=people, progress_interval=0) for d in ("ac", "cc")]
+    errors = []
+    for destination, bad in (
+        ("ac", {"list_id": 98765}),
+        ("cc", {"field_mapping": {"email": "email", "cf:nope": "first"}}),
+    ):
+        try:
+            _run(destination, conns[destination], records=people, **bad)
+        except ExportConfigurationError as exc:
+            errors.append(str(exc))
+    assert len(errors) == 2
+    access_tokens = [
+        r["headers"].get("authorization", "").removeprefix("Bearer ") for r in sandbox.requests_log(api="cc")
+    ]
+    secrets = SECRETS + [t for t in access_tokens if t]
+    out, err = capfd.readouterr()
+    haystack = "\n".join([caplog.text, out, err, json.dumps(reports), *errors])
+    assert (
+        "Constant Contact export report" in haystack and "export progress" in haystack
+    )  # the logs were captured
+    for person in people:
+        for value in person.values():
+            assert value.lower() not in haystack.lower(), "personal data leaked"
+    for secret in secrets:
+        assert secret not in haystack, "a secret leaked"
+
+
+KILL_DAG = """
+from __future__ import annotations
+import pendulum
+from airflow.sdk import DAG
+from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
+
+with DAG("ciexport_kill_test", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+    ActiveCampaignSegmentExportOperator(
+        task_id="export",
+        list_id=2,
+        sql="SELECT email, first FROM people ORDER BY id",
+        sql_conn_id="people_db",
+        field_mapping={"email": "email", "first_name": "first"},
+        activecampaign_conn_id="ac_kill",
+    )
+
+if __name__ == "__main__":
+    # The same logical date and run_after: the same DAG run, as Airflow's own retry of the task.
+    when = pendulum.datetime(2026, 1, 2, tz="UTC")
+    dag.test(logical_date=when, run_after=when)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_task_retried_does_not_resend_confirmed_batches(
+    sig: signal.Signals, sandbox: SandboxClient, sandbox_server: Any, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    rows = 5000  # 20 batches of 250
+    db = tmp_path / "people.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT, first TEXT)")
+        conn.executemany(
+            "INSERT INTO people (email, first) VALUES (?, ?)",
+            [(f"k{i}@example.com", f"K{i}") for i in range(rows)],
+        )
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "kill_dag.py").write_text(textwrap.dedent(KILL_DAG))
+    sandbox.configure(rate_scale=2)
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW_CONN_PEOPLE_DB": json.dumps({"conn_type": "sqlite", "host": str(db)}),
+        "AIRFLOW_CONN_AC_KILL": json.dumps(
+            {
+                "conn_type": "activecampaign",
+                "host": sandbox_server.url,
+                "password": seed.AC_API_KEY,
+                "extra": {"imports_per_minute": 200, "requests_per_second": 10},
+            }
+        ),
+    }
+    command = [sys.executable, str(dags / "kill_dag.py")]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    confirmed: dict[str, Any] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        confirmed = _saved_progress()
+        if len(confirmed) >= 4:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, "the export finished before it could be killed"
+    first.send_signal(sig)
+    first.wait(timeout=60)
+    saved = _saved_progress()
+    assert len(saved) >= 4
+    imports_before = sandbox.stats()["imports"]["ac"]["requests"]
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    imports_after = sandbox.stats()["imports"]["ac"]["requests"]
+    assert imports_after - imports_before == 20 - len(saved)  # nothing confirmed earlier was sent again
+    assert {c["email"] for c in sandbox.ac_list_contacts(seed.AC_LIST_VIP)} == {
+        f"k{i}@example.com" for i in range(rows)
+    }
+    assert _saved_progress() == {}  # removed once the export completed
+
+
+def _saved_progress() -> dict[str, Any]:
+    """The confirmed batches the kill test's task instance has saved so far."""
+    from airflow.models import Variable
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        keys = [
+            v.key
+            for v in session.query(Variable).filter(
+                Variable.key.like("ciexport_progress_ciexport_kill_test%")
+            )
+        ]
+    for key in keys:
+        document = json.loads(Variable.get(key))
+        return dict(document.get("done", {}))
+    return {}
