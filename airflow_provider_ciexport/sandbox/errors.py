@@ -52,14 +52,18 @@ def ac_bulk_error(status: int, message: str, reasons: list[Any]) -> Response:
     return json_response({"success": 0, "message": message, "failureReasons": reasons}, status)
 
 
-def ac_rate_limited(style: str, wait_s: float, imports: bool) -> Response:
-    """An exceeded ActiveCampaign limit, answered in the configured style."""
+def ac_rate_limited(style: str, wait_s: float, imports: bool, whole_seconds: bool = True) -> Response:
+    """An exceeded ActiveCampaign limit, answered in the configured style.
+
+    ``Retry-After`` is in whole seconds, as real servers send it; in a time-scaled sandbox it is the
+    scaled wait with decimals, or one real second would stand for ``rate_scale`` of them.
+    """
     if style == "400":
         reason = AC_IMPORT_RATE_REASON if imports else AC_SECOND_RATE_REASON
         return ac_bulk_error(400, "Rate limit exceeded.", [reason])
     if style == "503":
         return ac_message(503, "Service Unavailable")
-    retry_after = str(max(1, math.ceil(wait_s)))
+    retry_after = str(max(1, math.ceil(wait_s))) if whole_seconds else f"{max(wait_s, 0.01):.2f}"
     return json_response({"message": "Too Many Requests"}, 429, headers={"Retry-After": retry_after})
 
 

@@ -200,7 +200,10 @@ class SandboxGate:
                 if name == "cc_per_second":
                     return errors.cc_throttled()
                 return errors.ac_rate_limited(
-                    st.config.ac_rate_limit_style, wait, name == "ac_imports_per_minute"
+                    st.config.ac_rate_limit_style,
+                    wait,
+                    name == "ac_imports_per_minute",
+                    whole_seconds=st.config.rate_scale == 1,
                 )
         for _, window in windows:
             window.add(now)

@@ -471,7 +471,7 @@ def test_ac_imports_per_minute_window_slides(sb: SandboxServer) -> None:
     ctl(sb).reset(rate_scale=600.0, ac_imports_per_minute=2)
     assert [ac_import(sb, contacts(10)).status_code for _ in range(2)] == [200, 200]
     rejected = ac_import(sb, contacts(10))
-    assert rejected.status_code == 429 and int(rejected.headers["Retry-After"]) >= 1
+    assert rejected.status_code == 429 and float(rejected.headers["Retry-After"]) > 0
     time.sleep(0.3)
     assert ac_import(sb, contacts(10)).status_code == 200
     assert ctl(sb).stats()["rate_limit_rejections"] == {"ac_imports_per_minute": 1}
