@@ -70,7 +70,7 @@ class ActiveCampaignDestination(Destination):
         # /import/info answers `false` (scaled with the rate, as a test sandbox scales it).
         self.max_in_flight = max(4, math.ceil(imports_per_s * 2))
         self.max_unconfirmed = 2 * self.max_in_flight + 8
-        self.max_poll_rate = max(0.2, 0.8 * (requests_per_s - imports_per_s))
+        self.max_poll_rate = max(0.2, 0.6 * (requests_per_s - imports_per_s))
         self.poll_interval = min(1.0, 100 / 60 / imports_per_s)
         self.max_poll_interval = 10 * self.poll_interval
         tail = {"subscribe": [{"listid": i} for i in self._list_ids]}

@@ -91,9 +91,11 @@ class ConstantContactDestination(Destination):
     max_batch_contacts = 39_999
     # The API silently drops whatever lies past 4 MB of a body, so batches are sized by their bytes.
     max_batch_bytes = 4_000_000
-    max_in_flight = 2
-    max_unconfirmed = 4
-    poll_interval = 1.0
+    # Reading and serialising is the bottleneck here, so keep it busy: several 4 MB bodies on the wire
+    # and awaiting their activities while the next ones are built (about 40 MB at most).
+    max_in_flight = 4
+    max_unconfirmed = 10
+    poll_interval = 0.5
     max_poll_interval = 15.0
     max_poll_rate = 1.0
 
