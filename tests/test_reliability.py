@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -334,3 +335,74 @@ def _saved_progress() -> dict[str, Any]:
         document = json.loads(Variable.get(key))
         return dict(document.get("done", {}))
     return {}
+
+
+def test_two_tasks_rotating_one_refresh_token_at_once_both_finish(
+    conns: dict[str, str], sandbox: SandboxClient
+) -> None:
+    """One task's refresh rotates the token under the other's feet; the other reads the new one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow.models import Variable
+
+    sandbox.configure(cc_rotating_refresh_tokens=True)
+    key = f"{conns['cc']}_refresh_token"
+    Variable.delete(key)
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(_run, "cc", conns["cc"], records=_people(300), list_id=lst)
+            for lst in (CC_LIST, seed.CC_LIST_LAPSED)
+        ]
+        reports = [f.result() for f in futures]
+    assert [r["accepted"] for r in reports] == [300, 300]
+    assert Variable.get(key) == sandbox.cc_refresh_tokens()[0]
+    assert len({c["email"] for c in sandbox.cc_list_contacts(seed.CC_LIST_LAPSED)}) == 300
+    Variable.delete(key)
+
+
+def test_quota_spent_mid_export_says_what_was_exported_and_when_it_resets(
+    conns: dict[str, str], sandbox: SandboxClient
+) -> None:
+    from airflow_provider_ciexport.exceptions import DestinationQuotaError
+
+    wide = [
+        {"email": f"w{i}@example.com", "first": "F" * 50, "last": "L" * 50, "phone": "5" * 40}
+        for i in range(30_000)
+    ]
+    sandbox.add_fault(api="cc", kind="quota_exceeded", path="/activities/contacts_json_import", every=2)
+    with pytest.raises(DestinationQuotaError, match="00:00 UTC") as err:
+        _run("cc", conns["cc"], records=wide)
+    message = str(err.value)
+    found = re.search(r"([\d,]+) of 30,000 contacts were confirmed", message)
+    assert found, message
+    confirmed = int(found.group(1).replace(",", ""))
+    pending = re.search(r"([\d,]+) more were accepted by the API but not yet confirmed", message)
+    unconfirmed = int(pending.group(1).replace(",", "")) if pending else 0
+    assert 0 < confirmed + unconfirmed < 30_000
+    time.sleep(1.0)  # let the activities the API accepted finish
+    assert len(sandbox.cc_list_contacts(CC_LIST)) == confirmed + unconfirmed
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"password": ""}, "no API key"),
+        ({"host": ""}, "no API URL"),
+        ({"host": "http://ac.example.com"}, "plain http"),
+    ],
+)
+def test_incomplete_connections_fail_before_anything_is_sent(
+    fields: dict[str, str],
+    complaint: str,
+    sandbox: SandboxClient,
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = set_connection(
+        monkeypatch,
+        "ac_incomplete",
+        **{"conn_type": "activecampaign", "host": sandbox_server.url, "password": seed.AC_API_KEY, **fields},
+    )
+    with pytest.raises(ExportConfigurationError, match=complaint):
+        _run("ac", conn, records=_people(20))
+    assert posts(sandbox.stats(), "ac") == []

@@ -169,6 +169,7 @@ class SegmentExporter:
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
         self._failed_contacts = 0
+        self._sent_unconfirmed = 0  # contacts whose import was accepted but whose job is not final yet
         self._too_large = 0
         self._failed_state = ""
         self._lock = threading.Lock()
@@ -356,12 +357,16 @@ class SegmentExporter:
                 with submit_gate:
                     job_id = destination.submit(batch)
                 self.report.record_job(job_id)
+                with self._lock:
+                    self._sent_unconfirmed += batch.contacts
                 if attempt:
                     with self._lock:
                         self.report.resubmitted_batches += 1
                 if not self.report.waited:
                     return
                 result = self._wait_for(job_id, batch, poll_limiter)
+                with self._lock:
+                    self._sent_unconfirmed -= batch.contacts
                 if result.ok:
                     self.report.record_outcome(result.accepted, result.rejected)
                     if self._checkpoint is not None:
@@ -430,9 +435,14 @@ class SegmentExporter:
         report = self.report
         confirmed = report.accepted + report.rejected
         where = f"{self.destination.name} list(s) {', '.join(report.lists)}"
+        pending = (
+            f"; {self._sent_unconfirmed:,} more were accepted by the API but not yet confirmed"
+            if self._sent_unconfirmed and report.waited
+            else ""
+        )
         done = (
-            f"{report.accepted:,} of {report.submitted:,} contacts sent were confirmed as exported to {where} "
-            f"({report.read:,} rows read of {self._total:,})."
+            f"{report.accepted:,} of {report.submitted:,} contacts were confirmed as exported to {where}"
+            f"{pending} ({report.read:,} rows read of {self._total:,})."
         )
         if self._fatal is not None:
             exc = self._fatal
