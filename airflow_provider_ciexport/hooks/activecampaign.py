@@ -108,11 +108,6 @@ class ActiveCampaignHook(SegmentApiHook):
         super().__init__(activecampaign_conn_id, **kwargs)
         self.activecampaign_conn_id = activecampaign_conn_id
 
-    @cached_property
-    def connection(self) -> Any:
-        """The Airflow connection (read once)."""
-        return self.get_connection(self.activecampaign_conn_id)
-
     def _resolve_base_url(self) -> str:
         return normalize_api_url(self.connection.host, self.activecampaign_conn_id, self.connection.port)
 
@@ -129,21 +124,6 @@ class ActiveCampaignHook(SegmentApiHook):
     def _auth_headers(self) -> dict[str, str]:
         return {"Api-Token": self._api_key}
 
-    def _rate(self, name: str, default: float) -> float:
-        value = self.connection.extra_dejson.get(name)
-        if value in (None, ""):
-            return default
-        try:
-            rate = float(value)
-        except (TypeError, ValueError):
-            rate = -1.0
-        if rate <= 0:
-            raise ExportConfigurationError(
-                f"The extra '{name}' of connection '{self.activecampaign_conn_id}' must be a positive "
-                f"number (default {default:g})."
-            )
-        return rate
-
     @property
     def requests_per_second(self) -> float:
         """The account's request rate limit in use (extra ``requests_per_second``, default 5)."""
@@ -156,14 +136,14 @@ class ActiveCampaignHook(SegmentApiHook):
 
     @cached_property
     def _general_limiter(self) -> RateLimiter:
-        rate = self._rate("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
+        rate = self.positive_extra("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
         return shared_limiter(
             ("activecampaign", self.api_base_url, "requests"), rate, 1.0, PER_SECOND_HEADROOM
         )
 
     @cached_property
     def _import_limiter(self) -> RateLimiter:
-        rate = self._rate("imports_per_minute", self.DEFAULT_IMPORTS_PER_MINUTE)
+        rate = self.positive_extra("imports_per_minute", self.DEFAULT_IMPORTS_PER_MINUTE)
         return shared_limiter(("activecampaign", self.api_base_url, "imports"), rate, 60.0)
 
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:

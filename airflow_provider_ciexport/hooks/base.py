@@ -10,6 +10,7 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import Collection, Mapping, Sequence
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -151,19 +152,37 @@ class SegmentApiHook(HttpHook):
         The base handles 429 and 5xx; subclasses add their destination's own quirks.
         """
 
+    @cached_property
+    def connection(self) -> Any:
+        """The Airflow connection (read once)."""
+        return self.get_connection(self.conn_id)
+
+    def extra_value(self, name: str) -> Any:
+        """A connection extra, stripped if it is text."""
+        value = self.connection.extra_dejson.get(name)
+        return value.strip() if isinstance(value, str) else value
+
+    def positive_extra(self, name: str, default: float) -> float:
+        """A connection extra that must be a positive number, or ``default`` when it is not set."""
+        value = self.extra_value(name)
+        if value in (None, ""):
+            return default
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if number <= 0:
+            raise ExportConfigurationError(
+                f"The extra '{name}' of connection '{self.conn_id}' must be a positive number "
+                f"(default {default:g})."
+            )
+        return number
+
     @property
     def timeout(self) -> tuple[float, float]:
         """``(connect, read)`` timeouts of each request, in seconds."""
         if self._timeout is None:
-            raw = self.get_connection(self.conn_id).extra_dejson.get("timeout")
-            try:
-                read = float(raw) if raw not in (None, "") else DEFAULT_TIMEOUT[1]
-            except (TypeError, ValueError):
-                read = -1.0
-            if read <= 0:
-                raise ExportConfigurationError(
-                    f"The extra 'timeout' of connection '{self.conn_id}' must be a positive number of seconds."
-                )
+            read = self.positive_extra("timeout", DEFAULT_TIMEOUT[1])
             self._timeout = (min(DEFAULT_TIMEOUT[0], read), read)
         return self._timeout
 

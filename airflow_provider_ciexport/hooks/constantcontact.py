@@ -97,11 +97,6 @@ class ConstantContactHook(SegmentApiHook):
         self._access_token: str | None = None
         self._expires_at = 0.0
 
-    @cached_property
-    def connection(self) -> Any:
-        """The Airflow connection (read once)."""
-        return self.get_connection(self.constantcontact_conn_id)
-
     @property
     def refresh_token_variable(self) -> str:
         """Key of the Airflow Variable that holds a rotated refresh token for this connection."""
@@ -112,20 +107,16 @@ class ConstantContactHook(SegmentApiHook):
         """Where rotated refresh tokens are kept."""
         return RefreshTokenStore(self.refresh_token_variable)
 
-    def _extra(self, name: str) -> Any:
-        value = self.connection.extra_dejson.get(name)
-        return value.strip() if isinstance(value, str) else value
-
     def _resolve_base_url(self) -> str:
         return check_base_url(
-            self._extra("api_base_url") or DEFAULT_API_BASE_URL, "api_base_url", self.constantcontact_conn_id
+            self.extra_value("api_base_url") or DEFAULT_API_BASE_URL, "api_base_url", self.constantcontact_conn_id
         )
 
     @cached_property
     def token_url(self) -> str:
         """The OAuth2 token endpoint."""
         return check_base_url(
-            self._extra("token_url") or DEFAULT_TOKEN_URL, "token_url", self.constantcontact_conn_id
+            self.extra_value("token_url") or DEFAULT_TOKEN_URL, "token_url", self.constantcontact_conn_id
         )
 
     @cached_property
@@ -142,16 +133,7 @@ class ConstantContactHook(SegmentApiHook):
 
     @cached_property
     def _limiter(self) -> RateLimiter:
-        raw = self._extra("requests_per_second")
-        try:
-            rate = float(raw) if raw not in (None, "") else self.DEFAULT_REQUESTS_PER_SECOND
-        except (TypeError, ValueError):
-            rate = -1.0
-        if rate <= 0:
-            raise ExportConfigurationError(
-                f"The extra 'requests_per_second' of connection '{self.constantcontact_conn_id}' must be a "
-                f"positive number (default {self.DEFAULT_REQUESTS_PER_SECOND:g})."
-            )
+        rate = self.positive_extra("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
         return shared_limiter(("constantcontact", self._client[0]), rate, 1.0, PER_SECOND_HEADROOM)
 
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
@@ -176,7 +158,7 @@ class ConstantContactHook(SegmentApiHook):
                 self._access_token = None
 
     def _refresh_access_token(self) -> None:
-        conn_token = self._extra("refresh_token") or None
+        conn_token = self.extra_value("refresh_token") or None
         stored = self.token_store.get()
         token = stored or conn_token
         if not token:

@@ -8,6 +8,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.support import set_connection
+
 LONG = "x" * 300
 
 ROWS: list[dict[str, Any]] = [
@@ -115,3 +119,18 @@ def write_sqlite(path: Path) -> Path:
             [tuple(r[c] for c in COLUMNS) for r in ROWS],
         )
     return path
+
+
+SOURCE_KINDS = ["csv", "jsonl", "parquet", "records", "sqlite"]
+
+
+def source_kwargs(kind: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The operator arguments that read this segment from a source of ``kind``."""
+    if kind == "records":
+        return {"records": ROWS}
+    if kind == "sqlite":
+        db = write_sqlite(tmp / "profiles.db")
+        conn_id = set_connection(monkeypatch, "profiles_db", conn_type="sqlite", host=str(db))
+        return {"sql": "SELECT * FROM segment", "sql_conn_id": conn_id}
+    writer = {"csv": write_csv, "jsonl": write_jsonl, "parquet": write_parquet}[kind]
+    return {"source_path": str(writer(tmp / f"segment.{kind}"))}

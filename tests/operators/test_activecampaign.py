@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSeg
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
-from tests.support import calls, posts, set_connection
+from tests.support import calls, posts
 
 MAPPING = {
     "email": "email",
@@ -72,25 +71,13 @@ def _assert_report(report: dict[str, Any], *, accepted: int = len(data.EXPECTED)
     json.dumps(report)  # XCom-safe
 
 
-SOURCES: dict[str, Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]] = {
-    "csv": lambda tmp, mp: {"source_path": str(data.write_csv(tmp / "segment.csv"))},
-    "jsonl": lambda tmp, mp: {"source_path": str(data.write_jsonl(tmp / "segment.jsonl"))},
-    "parquet": lambda tmp, mp: {"source_path": str(data.write_parquet(tmp / "segment.parquet"))},
-    "records": lambda tmp, mp: {"records": data.ROWS},
-    "sqlite": lambda tmp, mp: {
-        "sql": "SELECT * FROM segment",
-        "sql_conn_id": set_connection(
-            mp, "profiles_db", conn_type="sqlite", host=str(data.write_sqlite(tmp / "p.db"))
-        ),
-    },
-}
-
-
-@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("source", data.SOURCE_KINDS)
 def test_every_source_kind_exports_exactly_the_valid_contacts(
     source: str, ac_conn: str, sandbox: SandboxClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    report = _export(ac_conn, tags=["vip", "spring-2026"], **SOURCES[source](tmp_path, monkeypatch))
+    report = _export(
+        ac_conn, tags=["vip", "spring-2026"], **data.source_kwargs(source, tmp_path, monkeypatch)
+    )
     _assert_lists_hold_the_segment(sandbox, tags=["vip", "spring-2026"])
     _assert_report(report)
     assert (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,25 +68,11 @@ def _assert_report(report: dict[str, Any]) -> None:
     json.dumps(report)
 
 
-SOURCES: dict[str, Callable[[Path, pytest.MonkeyPatch], dict[str, Any]]] = {
-    "csv": lambda tmp, mp: {"source_path": str(data.write_csv(tmp / "segment.csv"))},
-    "jsonl": lambda tmp, mp: {"source_path": str(data.write_jsonl(tmp / "segment.jsonl"))},
-    "parquet": lambda tmp, mp: {"source_path": str(data.write_parquet(tmp / "segment.parquet"))},
-    "records": lambda tmp, mp: {"records": data.ROWS},
-    "sqlite": lambda tmp, mp: {
-        "sql": "SELECT * FROM segment",
-        "sql_conn_id": set_connection(
-            mp, "profiles_db", conn_type="sqlite", host=str(data.write_sqlite(tmp / "p.db"))
-        ),
-    },
-}
-
-
-@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("source", data.SOURCE_KINDS)
 def test_every_source_kind_exports_exactly_the_valid_contacts(
     source: str, cc_conn: str, sandbox: SandboxClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    report = _export(cc_conn, **SOURCES[source](tmp_path, monkeypatch))
+    report = _export(cc_conn, **data.source_kwargs(source, tmp_path, monkeypatch))
     _assert_lists_hold_the_segment(sandbox)
     _assert_report(report)
     assert report["batches"] == 1 and len(report["jobs"]) == 1
