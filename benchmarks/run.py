@@ -64,6 +64,11 @@ CC_IMPORT_PATH = "/v3/activities/contacts_json_import"
 #: Real, unscaled ActiveCampaign ceiling: 100 imports a minute of 250 contacts.
 AC_FLOOR_MINUTES_1M = 1_000_000 / (100 * AC_BATCH)
 MB = 1024 * 1024
+#: ``--sandbox-no-gc``: the sandbox's own ``__main__`` with Python's cyclic garbage collector disabled.
+SANDBOX_WITHOUT_GC = (
+    "import gc, runpy; gc.disable(); "
+    "runpy.run_module('airflow_provider_ciexport.sandbox', run_name='__main__', alter_sys=True)"
+)
 
 #: name -> (comparison, target, what it means)
 GOALS: dict[str, tuple[str, float, str]] = {
@@ -147,9 +152,10 @@ def run_child(cmd: Sequence[str], env: dict[str, str], log: Path, timeout_s: flo
 class Sandbox:
     """The sandbox in its own process, with the control API client and its CPU time."""
 
-    def __init__(self, scale: float, workdir: Path) -> None:
+    def __init__(self, scale: float, workdir: Path, gc_enabled: bool = True) -> None:
         self.scale = scale
         self.workdir = workdir
+        self.gc_enabled = gc_enabled
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -160,10 +166,11 @@ class Sandbox:
 
         ready = self.workdir / "sandbox.ready"
         log = (RESULTS / "sandbox.log").open("wb")
+        # ``python -m airflow_provider_ciexport.sandbox``, or the same module with the GC off (diagnosis).
+        start = ["-m", "airflow_provider_ciexport.sandbox"] if self.gc_enabled else ["-c", SANDBOX_WITHOUT_GC]
         cmd = [
             PYTHON,
-            "-m",
-            "airflow_provider_ciexport.sandbox",
+            *start,
             "--port",
             "0",
             "--ready-file",
@@ -624,6 +631,7 @@ def summarise(
         ],
         "settings": {
             "sandbox": {
+                "gc_enabled": not args.sandbox_no_gc,
                 "rate_scale": args.scale,
                 "import_latency_s": IMPORT_LATENCY_S,
                 "record_bodies": False,
@@ -752,6 +760,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--regenerate", action="store_true", help="generate the profiles even if cached")
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary AIRFLOW_HOME")
     parser.add_argument(
+        "--sandbox-no-gc",
+        action="store_true",
+        help="run the sandbox with Python's cyclic GC disabled (diagnosis: its pauses stall its event loop, "
+        "which bunches request arrivals into its scaled per-second windows)",
+    )
+    parser.add_argument(
         "--py-spy",
         action="store_true",
         help="sample each export and the sandbox with py-spy into results/runs/*.pyspy (to investigate)",
@@ -775,10 +789,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = sorted({0, SMALL, args.profiles} if args.profiles > SMALL else {0, args.profiles})
     runs: dict[tuple[str, int], Export] = {}
     floor: dict[str, Any] | None = None
-    with airflow_home(args.keep_home) as home, Sandbox(args.scale, home) as sandbox:
+    with airflow_home(args.keep_home) as home, Sandbox(args.scale, home, not args.sandbox_no_gc) as sandbox:
         print(
             f"Sandbox: {sandbox.url} (pid {sandbox.process.pid}), rate_scale={args.scale:g}, "
             f"import_latency_s={IMPORT_LATENCY_S:g}, record_bodies=False"
+            + (", cyclic GC disabled" if args.sandbox_no_gc else "")
         )
         env = airflow_env(home, db, sandbox.url, args.scale)
         migrate(env)
