@@ -188,12 +188,13 @@ class SegmentExporter:
         self._started = self._last_progress = time.monotonic()
         report = self.report
         columns = self.source.columns()
-        if not columns and self.source.count() == 0:
+        total = None if columns else self.source.count()
+        if total == 0:
             # No rows to tell the columns (e.g. records=[]): every mapped column exists vacuously.
             columns = list(dict.fromkeys(self.field_mapping.values()))
         builder = ContactBuilder(self.field_mapping, self.destination.schema, columns)
         self.destination.prepare(self.field_mapping)
-        self._total = self.source.count()
+        self._total = self.source.count() if total is None else total
         limit = self.settings.max_profiles
         if limit is not None and self._total > limit:
             raise ExportConfigurationError(
