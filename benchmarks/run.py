@@ -806,10 +806,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(args, runs, floor, destinations, time.monotonic() - started)
     print_tables(summary, runs)
     text = json.dumps(summary, indent=2, default=str) + "\n"
-    (RESULTS / "latest.json").write_text(text)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"run-{stamp}-{args.profiles}.json").write_text(text)
-    print(f"Wrote {(RESULTS / 'latest.json').relative_to(ROOT)}")
+    written = [RESULTS / f"run-{stamp}-{args.profiles}.json"]
+    if not (args.sandbox_no_gc or args.py_spy):  # diagnostic runs do not replace the standard figures
+        written.insert(0, RESULTS / "latest.json")
+    for path in written:
+        path.write_text(text)
+    print(f"Wrote {', '.join(str(p.relative_to(ROOT)) for p in written)}")
     return 0 if all(e.ok for e in runs.values()) else 1
 
 
