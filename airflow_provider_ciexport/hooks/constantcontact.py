@@ -109,7 +109,9 @@ class ConstantContactHook(SegmentApiHook):
 
     def _resolve_base_url(self) -> str:
         return check_base_url(
-            self.extra_value("api_base_url") or DEFAULT_API_BASE_URL, "api_base_url", self.constantcontact_conn_id
+            self.extra_value("api_base_url") or DEFAULT_API_BASE_URL,
+            "api_base_url",
+            self.constantcontact_conn_id,
         )
 
     @cached_property

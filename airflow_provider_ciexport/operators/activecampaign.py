@@ -22,6 +22,8 @@ AC_SCHEMA = ContactSchema(
 )
 _RUNNING = {False, None, "waiting", "claimed", "active", "queued", "processing"}
 _FAILED = {"failed", "interrupted"}
+# One encoder for every contact: json.dumps would build a new one per call when given options.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # contact/sync speaks camelCase where bulk_import speaks snake_case.
 _SYNC_NAMES = {"email": "email", "first_name": "firstName", "last_name": "lastName", "phone": "phone"}
 
@@ -122,8 +124,7 @@ class ActiveCampaignDestination(Destination):
                 body[key] = value
         if fields:
             body["fields"] = fields
-        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        return (text[:-1] + self._tail).encode()
+        return (_encode_json(body)[:-1] + self._tail).encode()
 
     def submit(self, batch: Batch) -> str:
         return self.hook.bulk_import(batch.body)

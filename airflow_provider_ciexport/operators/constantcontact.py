@@ -55,6 +55,8 @@ CC_SCHEMA = ContactSchema(
 )
 _INTEGER_ATTRIBUTES = ("birthday_month", "birthday_day")
 _FAILED = {"failed", "cancelled", "timed_out"}
+# One encoder for every contact: json.dumps would build a new one per call when given options.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 MAX_LISTS = 50
 
 
@@ -96,13 +98,14 @@ class ConstantContactDestination(Destination):
     max_in_flight = 4
     max_unconfirmed = 10
     poll_interval = 0.5
-    max_poll_interval = 15.0
+    max_poll_interval = 5.0
     max_poll_rate = 1.0
 
     def __init__(self, hook: ConstantContactHook, list_ids: Sequence[str]) -> None:
         self.hook = hook
         self._list_ids = list(list_ids)
         self._suffix = ('],"list_ids":' + json.dumps(self._list_ids) + "}").encode()
+        self._integer_keys = frozenset(_INTEGER_ATTRIBUTES)
 
     @property
     def list_ids(self) -> Sequence[str]:
@@ -131,11 +134,13 @@ class ConstantContactDestination(Destination):
         return b'{"import_data":[', self._suffix
 
     def encode(self, contact: Mapping[str, str]) -> bytes:
-        body: dict[str, Any] = dict(contact)
-        for key in _INTEGER_ATTRIBUTES:
-            if key in body and body[key].isdigit():
-                body[key] = int(body[key])
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        if not self._integer_keys.isdisjoint(contact):
+            body: dict[str, Any] = dict(contact)
+            for key in _INTEGER_ATTRIBUTES:
+                if key in body and body[key].isdigit():
+                    body[key] = int(body[key])
+            return _encode_json(body).encode()
+        return _encode_json(contact).encode()
 
     def submit(self, batch: Batch) -> str:
         return str(self.hook.json_import(batch.body)["activity_id"])
