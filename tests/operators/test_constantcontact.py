@@ -167,7 +167,8 @@ def test_bad_input_is_a_clear_error_before_anything_is_sent(
 
 
 def test_access_tokens_expiring_during_the_export_are_renewed(cc_conn: str, sandbox: SandboxClient) -> None:
-    sandbox.configure(cc_access_token_ttl_s=1)
+    # The token lives 1 s; the import alone takes 1.5 s, so the polls after it need a new one.
+    sandbox.configure(cc_access_token_ttl_s=1, import_latency_s=1.5)
     rows = [{"email": f"ttl{i}@example.com", "first": "y" * 40} for i in range(30_000)]
     report = _export(
         cc_conn, records=rows, list_id=VIP, field_mapping={"email": "email", "first_name": "first"}
