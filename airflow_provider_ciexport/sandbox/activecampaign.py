@@ -39,13 +39,6 @@ def _meta(total: int) -> dict[str, Any]:
     return {"total": str(total)}
 
 
-async def _json_body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except ValueError:
-        return None
-
-
 def build_router(state: SandboxState) -> APIRouter:
     """The ``/api/3`` routes bound to ``state``."""
     router = APIRouter(prefix="/api/3")
@@ -135,7 +128,7 @@ def build_router(state: SandboxState) -> APIRouter:
 
     @router.post("/contact/sync")
     async def contact_sync(request: Request) -> Response:
-        data = await _json_body(request)
+        data = await errors.json_body(request)
         raw = data.get("contact") if isinstance(data, dict) else None
         problem, item = state.ac.parse_sync(raw)
         if problem is not None or item is None:
@@ -163,7 +156,7 @@ def build_router(state: SandboxState) -> APIRouter:
 
     @router.post("/contactLists")
     async def contact_lists(request: Request) -> Response:
-        data = await _json_body(request)
+        data = await errors.json_body(request)
         raw = data.get("contactList") if isinstance(data, dict) else None
         if not isinstance(raw, dict):
             return errors.ac_errors(422, "contactList is required.")

@@ -62,13 +62,6 @@ def _next_link(path: str, total: int, offset: int, limit: int, params: dict[str,
     return {"next": {"href": f"{path}?{urlencode({'cursor': token})}"}}
 
 
-async def _json_body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except ValueError:
-        return None
-
-
 def build_router(state: SandboxState) -> APIRouter:
     """The ``/v3`` routes bound to ``state``."""
     router = APIRouter(prefix="/v3")
@@ -162,7 +155,7 @@ def build_router(state: SandboxState) -> APIRouter:
 
     @router.post("/activities/remove_list_memberships")
     async def remove_memberships(request: Request) -> Response:
-        data = await _json_body(request)
+        data = await errors.json_body(request)
         source = data.get("source") if isinstance(data, dict) else None
         ids = source.get("contact_ids") if isinstance(source, dict) else None
         if not isinstance(ids, list) or not ids:

@@ -1,4 +1,4 @@
-"""Response bodies in each API's own error shape."""
+"""JSON in and out of the sandbox's routes: request bodies, and responses in each API's own error shape."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from http import HTTPStatus
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import Response
 
 AC_VALIDATION_MESSAGE = (
@@ -18,6 +19,14 @@ AC_IMPORT_RATE_REASON = (
     "or retry this request in a minute."
 )
 AC_SECOND_RATE_REASON = "Up to 5 requests may be made per second. Please retry this request in a second."
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body, or ``None`` when it is not JSON."""
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        return None
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
