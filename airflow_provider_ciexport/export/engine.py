@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -295,7 +295,6 @@ class SegmentExporter:
         slots = threading.BoundedSemaphore(destination.max_unconfirmed)
         submit_gate = threading.BoundedSemaphore(destination.max_in_flight)
         poll_limiter = RateLimiter(destination.max_poll_rate, 1.0)
-        futures: list[Future[None]] = []
 
         checkpoint = self._checkpoint
         assert checkpoint is not None
@@ -314,8 +313,8 @@ class SegmentExporter:
             while not slots.acquire(timeout=0.5):
                 if self._stop.is_set():
                     raise _Stopped
-            futures.append(pool.submit(self._deliver, batch, digest, slots, submit_gate, poll_limiter))
-            futures[:] = [f for f in futures if not f.done() or f.exception()]
+            # _deliver records its own fatal error and stops the export; leaving the pool waits for it.
+            pool.submit(self._deliver, batch, digest, slots, submit_gate, poll_limiter)
 
         with ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport") as pool:
             try:
@@ -335,11 +334,6 @@ class SegmentExporter:
                     dispatch(last)
             except _Stopped:
                 pass
-            finally:
-                for future in futures:
-                    exc = future.exception()
-                    if exc is not None and self._fatal is None and not isinstance(exc, _Stopped):
-                        self._fatal = exc
 
     def _deliver(
         self,
@@ -360,9 +354,7 @@ class SegmentExporter:
                 self.report.record_job(job_id)
                 with self._lock:
                     self._sent_unconfirmed += batch.contacts
-                if attempt:
-                    with self._lock:
-                        self.report.resubmitted_batches += 1
+                    self.report.resubmitted_batches += 1 if attempt else 0
                 if not self.report.waited:
                     return
                 result = self._wait_for(job_id, batch, poll_limiter)

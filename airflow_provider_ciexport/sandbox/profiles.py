@@ -83,18 +83,7 @@ _INSERT_SQL = (
 )
 
 #: Columns a segment table keeps (everything an export may map, nothing internal).
-SEGMENT_COLUMNS: tuple[str, ...] = (
-    "customer_id",
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "city",
-    "loyalty_tier",
-    "favorite_store",
-    "lifetime_value",
-    "last_order_date",
-)
+SEGMENT_COLUMNS: tuple[str, ...] = PROFILE_COLUMNS[: PROFILE_COLUMNS.index("signup_date")]
 _LAPSED_BEFORE = (REFERENCE_DATE - timedelta(days=LAPSED_AFTER_DAYS)).isoformat()
 #: Who belongs to each segment, as a SQL condition on ``customer_profiles``. Only customers who agreed
 #: to marketing e-mails are ever exported.
