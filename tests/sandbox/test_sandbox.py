@@ -597,6 +597,48 @@ def test_cc_import_lifecycle_and_counts(sb: SandboxServer) -> None:
     assert r.status_code == 404
 
 
+def test_cc_import_stores_every_row_shape_alike(sb: SandboxServer) -> None:
+    # Plain text rows take the sandbox's fast path, the others its key-by-key checks: same results.
+    client = ctl(sb)
+    token = cc_token(sb)
+    rows: list[dict[str, Any]] = [
+        {"email": "Flat@Example.com", "first_name": "Flat", "cf:city": "Oslo"},
+        {"email": "sep@example.com", "first_name": "a\x1eb"},
+        {"email": "num@example.com", "phone": 5550100},
+        {"email": "bday@example.com", "first_name": "B", "birthday_month": 7},
+        {"email": "blank@example.com", "first_name": "", "last_name": "L"},
+        {"email": "flat@example.com", "last_name": "Later"},
+        {"email": "O'Brien+vip@sub.example.co.uk", "job_title": "x" * 50},
+        {"email": "long@example.com", "job_title": "x" * 51},
+    ]
+    act = cc_wait(sb, token, cc_import(sb, token, rows).json()["activity_id"])
+    assert act["status"]["error_count"] == 1
+    assert act["activity_errors"] == ["import_data[7]: job_title exceeds 50 characters"]
+
+    def stored(email: str) -> tuple[str, dict[str, Any], dict[str, str], list[str]]:
+        contact = client.cc_contact(email)
+        assert contact is not None, email
+        return contact["email"], contact["attributes"], contact["custom_fields"], contact["lists"]
+
+    assert stored("flat@example.com") == (
+        "Flat@Example.com",
+        {"first_name": "Flat", "last_name": "Later"},
+        {"city": "Oslo"},
+        [CC_LIST_NEWSLETTER],
+    )
+    assert stored("sep@example.com")[1] == {"first_name": "a\x1eb"}
+    assert stored("num@example.com")[1] == {"phone": "5550100"}
+    assert stored("bday@example.com")[1] == {"first_name": "B", "birthday_month": 7}
+    assert stored("blank@example.com")[1] == {"first_name": "", "last_name": "L"}
+    assert stored("o'brien+vip@sub.example.co.uk")[1] == {"job_title": "x" * 50}
+    assert client.cc_contact("long@example.com") is None
+    assert sorted(m["email"] for m in client.cc_list_contacts(CC_LIST_NEWSLETTER)) == sorted(
+        ["Flat@Example.com", "sep@example.com", "num@example.com", "bday@example.com"]
+        + ["blank@example.com", "O'Brien+vip@sub.example.co.uk"]
+    )
+    assert client.stats()["counters"]["cc.blank_values_sent"] == 1
+
+
 def test_cc_import_request_limits(sb: SandboxServer) -> None:
     token = cc_token(sb)
     big = [{"email": f"u{i}@example.com"} for i in range(40_000)]
