@@ -632,10 +632,15 @@ def test_cc_import_stores_every_row_shape_alike(sb: SandboxServer) -> None:
     assert stored("blank@example.com")[1] == {"first_name": "", "last_name": "L"}
     assert stored("o'brien+vip@sub.example.co.uk")[1] == {"job_title": "x" * 50}
     assert client.cc_contact("long@example.com") is None
-    assert sorted(m["email"] for m in client.cc_list_contacts(CC_LIST_NEWSLETTER)) == sorted(
-        ["Flat@Example.com", "sep@example.com", "num@example.com", "bday@example.com"]
-        + ["blank@example.com", "O'Brien+vip@sub.example.co.uk"]
-    )
+    listed = {m["email"] for m in client.cc_list_contacts(CC_LIST_NEWSLETTER)}
+    assert listed == {
+        "Flat@Example.com",
+        "sep@example.com",
+        "num@example.com",
+        "bday@example.com",
+        "blank@example.com",
+        "O'Brien+vip@sub.example.co.uk",
+    }
     assert client.stats()["counters"]["cc.blank_values_sent"] == 1
 
 
