@@ -24,7 +24,8 @@ class SandboxConfig:
 
     #: Multiplies every rate limit (and divides scaled durations).
     rate_scale: float = 1.0
-    #: Added to every API call (not to the control API).
+    #: Every API call (not the control API) is answered this long after it arrives; the work is done
+    #: within it, unless the work takes longer.
     latency_s: float = 0.0
     #: Added to the two import POSTs on top of ``latency_s``.
     import_latency_s: float = 0.0

@@ -147,8 +147,10 @@ class SandboxGate:
             delay += cfg.latency_s
         if key in IMPORT_ENDPOINTS:
             delay += cfg.import_latency_s
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # The request is handled at once and its answer held back until `delay` after arrival, as a
+        # real server does its work within its latency: a burst of imports is then answered together,
+        # not one parse after another.
+        answer_at = now + delay
         scope[JOB_FAULT_KEY] = job_fault
         st.settle()
         if drop_after:
@@ -157,9 +159,16 @@ class SandboxGate:
                 return None
 
             await self.app(scope, receive, swallow)
+            await _wait_until(answer_at)
             await self._drop(scope, receive, raw_send)
             return
-        await self.app(scope, receive, send)
+
+        async def send_on_time(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await _wait_until(answer_at)
+            await send(message)
+
+        await self.app(scope, receive, send_on_time if delay > 0 else send)
 
     def _authenticate(self, api: str, headers: dict[str, str], now: float) -> Response | None:
         st = self.state
@@ -232,6 +241,13 @@ def _fault_response(rule: FaultRule, ac_style: str) -> Response:
     if rule.kind == "rate_limit_400":
         return errors.ac_rate_limited("400", 1.0, imports=True)
     return errors.generic_status(rule.api, rule.status, rule.retry_after)
+
+
+async def _wait_until(deadline: float) -> None:
+    """Sleep until ``deadline`` on the state's clock (at once if it has passed)."""
+    wait = deadline - SandboxState.now()
+    if wait > 0:
+        await asyncio.sleep(wait)
 
 
 async def _read_body(receive: Receive) -> bytes:
