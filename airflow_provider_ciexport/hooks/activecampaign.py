@@ -125,11 +125,6 @@ class ActiveCampaignHook(SegmentApiHook):
         return {"Api-Token": self._api_key}
 
     @property
-    def requests_per_second(self) -> float:
-        """The account's request rate limit in use (extra ``requests_per_second``, default 5)."""
-        return self._general_limiter.rate
-
-    @property
     def imports_per_minute(self) -> float:
         """The bulk import rate limit in use (extra ``imports_per_minute``, default 100)."""
         return self._import_limiter.rate

@@ -142,6 +142,11 @@ class SegmentApiHook(HttpHook):
     def _auth_headers(self) -> dict[str, str]:
         """Headers that authenticate a request."""
 
+    @property
+    def requests_per_second(self) -> float:
+        """The account's request rate limit in use (connection extra ``requests_per_second``)."""
+        return self._limiters("general")[0].rate
+
     @abstractmethod
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
         """Rate limiters a call of ``kind`` (e.g. ``"general"``, ``"import"``) must pass."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -11,7 +10,7 @@ from typing import Any
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.export.contacts import ContactSchema
-from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.destination import Destination, JobResult, encode_json
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 
@@ -22,8 +21,6 @@ AC_SCHEMA = ContactSchema(
 )
 _RUNNING = {False, None, "waiting", "claimed", "active", "queued", "processing"}
 _FAILED = {"failed", "interrupted"}
-# One encoder for every contact: json.dumps would build a new one per call when given options.
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # contact/sync speaks camelCase where bulk_import speaks snake_case.
 _SYNC_NAMES = {"email": "email", "first_name": "firstName", "last_name": "lastName", "phone": "phone"}
 
@@ -78,7 +75,7 @@ class ActiveCampaignDestination(Destination):
         tail = {"subscribe": [{"listid": i} for i in self._list_ids]}
         if self.tags:
             tail["tags"] = self.tags  # type: ignore[assignment]
-        self._tail = "," + json.dumps(tail, separators=(",", ":"), ensure_ascii=False)[1:]
+        self._tail = b"," + encode_json(tail)[1:]
 
     @property
     def list_ids(self) -> Sequence[str]:
@@ -124,7 +121,7 @@ class ActiveCampaignDestination(Destination):
                 body[key] = value
         if fields:
             body["fields"] = fields
-        return (_encode_json(body)[:-1] + self._tail).encode()
+        return encode_json(body)[:-1] + self._tail
 
     def submit(self, batch: Batch) -> str:
         return self.hook.bulk_import(batch.body)
