@@ -12,7 +12,8 @@ What it does, in order:
    ``imports_per_minute=100N``; Constant Contact ``requests_per_second=4N``).
 3. Migrates an Airflow metadata DB in a temporary ``AIRFLOW_HOME`` and, for each destination, runs
    ``benchmarks/dags/ciexport_bench.py`` with ``dag.test()`` in a fresh process per export: an empty
-   segment (the idle baseline), 10,000 profiles and ``--profiles`` profiles. Each child's peak RSS and
+   segment (the idle baseline), 10,000 profiles and ``--profiles`` profiles. The baselines of the two
+   destinations run side by side (they only give peak RSS); the large exports run alone. Each child's peak RSS and
    CPU time come from ``os.wait4``; the sandbox's request log gives the arrival time of every request.
 4. Measures the Constant Contact floor (``benchmarks/floor.py``): reading the same rows and serialising
    the same bodies, nothing else.
@@ -328,55 +329,80 @@ def py_spy_cmd(output: Path) -> list[str]:
     return [exe, "record", "--idle", "--threads", "--rate", "200", "--format", "raw", "-o", str(output)]
 
 
-def run_export(
-    sandbox: Sandbox, env: dict[str, str], destination: str, profiles: int, scale: float, py_spy: bool = False
-) -> Export:
-    """Reset the sandbox, run one export task in a fresh process and collect both sides' records.
+def run_exports(
+    sandbox: Sandbox,
+    envs: dict[str, dict[str, str]],
+    jobs: Sequence[tuple[str, int]],
+    scale: float,
+    py_spy: bool = False,
+) -> list[Export]:
+    """Reset the sandbox, run export tasks side by side (one fresh process each) and collect both sides' records.
 
-    With ``py_spy`` the task process and the sandbox are both sampled into ``results/runs/<tag>.*.pyspy``
-    (peak RSS and CPU figures then include the profiler's overhead: use it to investigate only).
+    Only the small baseline runs share a phase, one per destination, so their requests are told apart by
+    API, and each destination has its own copy of the metadata DB (``envs``): two ``dag.test()`` processes
+    writing the same DAGs to one DB collide. The sandbox CPU of a shared phase is the phase's. With ``py_spy`` each task process and the
+    sandbox are sampled into ``results/runs/<tag>.*.pyspy`` (peak RSS and CPU figures then include the
+    profiler's overhead: use it to investigate only).
     """
-    api = destination
-    sandbox.client.reset(request_log_size=max(5000, profiles // AC_BATCH * 6 + 5000))
-    tag = f"{destination}-{profiles}"
-    result_path = RUNS / f"{tag}.json"
-    result_path.unlink(missing_ok=True)
-    expected = expected_seconds(destination, profiles, scale)
-    print(
-        f"  {destination.upper()} {profiles:>9,} profiles: running (about {expected + 15:.0f} s) ...",
-        end="",
-        flush=True,
-    )
-    cmd = [PYTHON, str(HERE / "task_runner.py"), destination, str(profiles), str(result_path)]
-    spy: subprocess.Popen[bytes] | None = None
+    largest = max(profiles for _, profiles in jobs)
+    sandbox.client.reset(request_log_size=len(jobs) * max(5000, largest // AC_BATCH * 6 + 5000))
+    expected = max(expected_seconds(dest, profiles, scale) for dest, profiles in jobs)
+    names = " and ".join(f"{dest.upper()} {profiles:,}" for dest, profiles in jobs)
+    print(f"  {names} profiles: running (about {expected + 15:.0f} s) ...", flush=True)
+    tags = [f"{dest}-{profiles}" for dest, profiles in jobs]
+    spies: list[subprocess.Popen[bytes]] = []
+    cmds: list[list[str]] = []
+    for (dest, profiles), tag in zip(jobs, tags, strict=True):
+        (RUNS / f"{tag}.json").unlink(missing_ok=True)
+        cmd = [PYTHON, str(HERE / "task_runner.py"), dest, str(profiles), str(RUNS / f"{tag}.json")]
+        cmds.append([*py_spy_cmd(RUNS / f"{tag}.task.pyspy"), "--", *cmd] if py_spy else cmd)
     if py_spy:
-        cmd = [*py_spy_cmd(RUNS / f"{tag}.task.pyspy"), "--", *cmd]
-        spy_cmd = [*py_spy_cmd(RUNS / f"{tag}.sandbox.pyspy"), "--pid", str(sandbox.process.pid)]
-        spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        spy_cmd = [*py_spy_cmd(RUNS / f"{tags[0]}.sandbox.pyspy"), "--pid", str(sandbox.process.pid)]
+        spies.append(subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # noqa: S603
     cpu_before = sandbox.cpu_s()
-    child = run_child(cmd, env, RUNS / f"{tag}.log", timeout_s=3 * expected + 600)
+    children: dict[str, ChildResult] = {}
+
+    def run(dest: str, tag: str, cmd: list[str]) -> None:
+        children[tag] = run_child(cmd, envs[dest], RUNS / f"{tag}.log", timeout_s=3 * expected + 600)
+
+    threads = [
+        threading.Thread(target=run, args=(dest, tag, cmd))
+        for (dest, _), tag, cmd in zip(jobs, tags, cmds, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     sandbox_cpu = sandbox.cpu_s() - cpu_before
-    if spy is not None:
+    for spy in spies:
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         spy.wait(60)
-    outcome: dict[str, Any] = (
-        json.loads(result_path.read_text()) if result_path.exists() else {"error": "no result written"}
-    )
     stats = sandbox.client.stats()
-    log = [e for e in sandbox.client.requests_log() if e["api"] in (api, "oauth")]
-    # Every request's arrival time, route, status and size, for a closer look (no headers: they hold keys).
-    keep = ("seq", "time", "api", "method", "path", "status", "body_bytes")
-    (RUNS / f"{tag}.requests.json").write_text(json.dumps([{k: e.get(k) for k in keep} for e in log]))
-    export = Export(destination, profiles, child, outcome, stats, log, sandbox_cpu)
-    if export.ok:
-        print(
-            f" {export.report.get('duration_s', 0):.1f} s export, {child.wall_s:.1f} s process, "
-            f"peak RSS {export.rss_mb:.0f} MB"
+    everything = sandbox.client.requests_log()
+    exports = []
+    for (dest, profiles), tag in zip(jobs, tags, strict=True):
+        result_path = RUNS / f"{tag}.json"
+        outcome: dict[str, Any] = (
+            json.loads(result_path.read_text()) if result_path.exists() else {"error": "no result written"}
         )
-    else:
-        why = "timed out" if child.timed_out else outcome.get("error") or outcome.get("task_state")
-        print(f" FAILED ({why}); see {RUNS / (tag + '.log')}")
-    return export
+        # Only Constant Contact signs in (oauth), so the APIs tell the side-by-side runs apart.
+        apis = ("cc", "oauth") if dest == "cc" else (dest,)
+        log = [e for e in everything if e["api"] in apis]
+        # Every request's arrival time, route, status and size, for a closer look (no headers: they hold keys).
+        keep = ("seq", "time", "api", "method", "path", "status", "body_bytes")
+        (RUNS / f"{tag}.requests.json").write_text(json.dumps([{k: e.get(k) for k in keep} for e in log]))
+        child = children[tag]
+        export = Export(dest, profiles, child, outcome, stats, log, sandbox_cpu)
+        if export.ok:
+            print(
+                f"    {dest.upper()} {profiles:>9,}: {export.report.get('duration_s', 0):.1f} s export, "
+                f"{child.wall_s:.1f} s process, peak RSS {export.rss_mb:.0f} MB"
+            )
+        else:
+            why = "timed out" if child.timed_out else outcome.get("error") or outcome.get("task_state")
+            print(f"    {dest.upper()} {profiles:>9,}: FAILED ({why}); see {RUNS / (tag + '.log')}")
+        exports.append(export)
+    return exports
 
 
 # -- analysis -----------------------------------------------------------------------------------------
@@ -668,7 +694,7 @@ def print_tables(summary: dict[str, Any], runs: dict[tuple[str, int], Export]) -
     head += f"{'peak RSS MB':>13}{'CPU s':>8}{'exec CPU s':>12}{'sandbox CPU s':>15}"
     print(head)
     print("-" * len(head))
-    for export in runs.values():
+    for export in sorted(runs.values(), key=lambda e: (e.destination, e.profiles)):
         report = export.report
         imports = len(import_posts(export)) if export.ok else None
         print(
@@ -752,8 +778,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scale",
         type=float,
-        default=10.0,
-        help="rate-limit scale N on both sides (default 10: AC 1M in ~4 min)",
+        default=20.0,
+        help="rate-limit scale N on both sides (default 20: AC 1M in ~2 min)",
     )
     parser.add_argument("--only", choices=("ac", "cc"), help="run one destination only")
     parser.add_argument("--floor-repeats", type=int, default=2, help="floor measurements; the fastest counts")
@@ -797,10 +823,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         env = airflow_env(home, db, sandbox.url, args.scale)
         migrate(env)
+        envs = {}
         for dest in destinations:
-            print(f"{dest.upper()}: one dag.test() process per export")
-            for size in sizes:
-                runs[(dest, size)] = run_export(sandbox, env, dest, size, args.scale, args.py_spy)
+            shutil.copyfile(home / "airflow.db", home / f"airflow-{dest}.db")
+            envs[dest] = {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow-{dest}.db"}
+        print("Exports: one dag.test() process each; the small baselines of both destinations side by side")
+        # The baselines only give peak RSS; the large exports, which give every other figure, run alone.
+        phases = [[(dest, size) for dest in destinations] for size in sizes[:-1]]
+        phases += [[(dest, sizes[-1])] for dest in destinations]
+        for phase in phases:
+            for export in run_exports(sandbox, envs, phase, args.scale, args.py_spy):
+                runs[(export.destination, export.profiles)] = export
         if "cc" in destinations:
             floor = run_floor(db, args.profiles, env, args.floor_repeats)
     summary = summarise(args, runs, floor, destinations, time.monotonic() - started)

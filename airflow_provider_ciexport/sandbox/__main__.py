@@ -25,8 +25,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, default=8025, help="port on 127.0.0.1 (0 = any free one)")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="multiply every rate limit by this")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every API call")
-    parser.add_argument("--import-latency", type=float, default=0.0, help="seconds added to import POSTs")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds before every API call is answered"
+    )
+    parser.add_argument(
+        "--import-latency", type=float, default=0.0, help="more seconds before import POSTs are answered"
+    )
     parser.add_argument("--rotating-refresh-tokens", action="store_true", help="single-use refresh tokens")
     parser.add_argument("--ac-auth-error-status", type=int, choices=(401, 403), default=403)
     parser.add_argument("--ac-rate-limit-style", choices=("429", "400", "503"), default="429")

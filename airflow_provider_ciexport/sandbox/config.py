@@ -27,7 +27,7 @@ class SandboxConfig:
     #: Every API call (not the control API) is answered this long after it arrives; the work is done
     #: within it, unless the work takes longer.
     latency_s: float = 0.0
-    #: Added to the two import POSTs on top of ``latency_s``.
+    #: Added to ``latency_s`` for the two import POSTs.
     import_latency_s: float = 0.0
     #: Keep request bodies (truncated to 64 KB) in the request log.
     record_bodies: bool = True
