@@ -500,20 +500,6 @@ class CCStore:
                     overlong["email"] = overlong.get("email", 0) + 1
                     problem = problem or "email exceeds the maximum length"
                 email = value
-            elif key.startswith("cf:"):
-                name = key[3:]
-                if name not in self.custom_fields:
-                    raise ImportRejected(f"Custom field '{name[:50]}' does not exist.")
-                text = _text(value)
-                if text is None:
-                    raise ImportRejected(f"import_data[{index}].{key[:60]} must be a string.")
-                if len(text) > MAX_CUSTOM_FIELD_VALUE:
-                    overlong[key] = overlong.get(key, 0) + 1
-                    if cfg.cc_overlong_values == "truncate":
-                        text = text[:MAX_CUSTOM_FIELD_VALUE]
-                    else:
-                        problem = problem or f"{key[:60]} exceeds {MAX_CUSTOM_FIELD_VALUE} characters"
-                custom[name] = text
             elif key in INT_FIELDS:
                 low, high = INT_FIELDS[key]
                 number = _integer(value)
@@ -522,18 +508,24 @@ class CCStore:
                     correctable = True
                 else:
                     values[key] = number
-            elif key in FIELD_LIMITS:
+            elif key.startswith("cf:") or key in FIELD_LIMITS:
+                name = key[3:] if key.startswith("cf:") else None
+                if name is not None and name not in self.custom_fields:
+                    raise ImportRejected(f"Custom field '{name[:50]}' does not exist.")
+                limit = MAX_CUSTOM_FIELD_VALUE if name is not None else FIELD_LIMITS[key]
                 text = _text(value)
                 if text is None:
-                    raise ImportRejected(f"import_data[{index}].{key} must be a string.")
-                limit = FIELD_LIMITS[key]
+                    raise ImportRejected(f"import_data[{index}].{key[:60]} must be a string.")
                 if limit is not None and len(text) > limit:
                     overlong[key] = overlong.get(key, 0) + 1
                     if cfg.cc_overlong_values == "truncate":
                         text = text[:limit]
                     else:
-                        problem = problem or f"{key} exceeds {limit} characters"
-                values[key] = text
+                        problem = problem or f"{key[:60]} exceeds {limit} characters"
+                if name is not None:
+                    custom[name] = text
+                else:
+                    values[key] = text
             elif key == "sms_permission_to_send":
                 continue
             else:
