@@ -43,9 +43,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import requests
 
-from airflow_provider_ciexport.exceptions import ExportConfigurationError
-from airflow_provider_ciexport.hooks.base import check_base_url
-from airflow_provider_ciexport.hooks.constantcontact import DEFAULT_API_BASE_URL, DEFAULT_TOKEN_URL
+from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL, base_url_problem
 
 PROG = "python -m airflow_provider_ciexport.constantcontact_auth"
 DEFAULT_AUTHORIZE_URL = "https://authz.constantcontact.com/oauth2/default/v1/authorize"
@@ -85,9 +83,9 @@ class Endpoints:
     """
 
     authorize_url: str = DEFAULT_AUTHORIZE_URL
-    token_url: str = DEFAULT_TOKEN_URL
+    token_url: str = CC_TOKEN_URL
     device_url: str = DEFAULT_DEVICE_URL
-    api_base_url: str = DEFAULT_API_BASE_URL
+    api_base_url: str = CC_API_BASE_URL
 
     @classmethod
     def sandbox(cls, url: str) -> Endpoints:
@@ -103,13 +101,20 @@ class Endpoints:
     def checked(self, conn_id: str) -> Endpoints:
         """A copy with every URL validated (HTTPS, or HTTP to loopback only), without trailing slashes.
 
-        :raises ExportConfigurationError: when a URL is not acceptable.
+        :raises AuthError: when a URL is not acceptable.
         """
+
+        def check(url: str, what: str) -> str:
+            problem = base_url_problem(url, what, conn_id)
+            if problem is not None:
+                raise AuthError(problem)
+            return url.strip().rstrip("/")
+
         return Endpoints(
-            authorize_url=check_base_url(self.authorize_url, "authorize URL (--authorize-url)", conn_id),
-            token_url=check_base_url(self.token_url, "token URL (--token-url)", conn_id),
-            device_url=check_base_url(self.device_url, "device URL (--device-url)", conn_id),
-            api_base_url=check_base_url(self.api_base_url, "API base URL (--api-base-url)", conn_id),
+            authorize_url=check(self.authorize_url, "authorize URL (--authorize-url)"),
+            token_url=check(self.token_url, "token URL (--token-url)"),
+            device_url=check(self.device_url, "device URL (--device-url)"),
+            api_base_url=check(self.api_base_url, "API base URL (--api-base-url)"),
         )
 
 
@@ -254,7 +259,7 @@ def _raise_for_oauth_error(response: requests.Response, step: str, flow: str) ->
         )
     raise AuthError(
         f"The token endpoint answered HTTP {response.status_code} without an OAuth error: check --token-url "
-        f"(Constant Contact's is {DEFAULT_TOKEN_URL})."
+        f"(Constant Contact's is {CC_TOKEN_URL})."
     )
 
 
@@ -648,9 +653,9 @@ def device_flow(
 def connection_extra(refresh_token: str, endpoints: Endpoints) -> dict[str, str]:
     """The connection's extras: the refresh token, and the URLs that differ from Constant Contact's."""
     extra = {"refresh_token": refresh_token}
-    if endpoints.api_base_url.rstrip("/") != DEFAULT_API_BASE_URL:
+    if endpoints.api_base_url.rstrip("/") != CC_API_BASE_URL:
         extra["api_base_url"] = endpoints.api_base_url
-    if endpoints.token_url.rstrip("/") != DEFAULT_TOKEN_URL:
+    if endpoints.token_url.rstrip("/") != CC_TOKEN_URL:
         extra["token_url"] = endpoints.token_url
     return extra
 
@@ -782,9 +787,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--sandbox-url", metavar="URL", help="use the local sandbox at URL for every endpoint"
     )
     parser.add_argument("--authorize-url", help=f"authorization endpoint (default {DEFAULT_AUTHORIZE_URL})")
-    parser.add_argument("--token-url", help=f"token endpoint (default {DEFAULT_TOKEN_URL})")
+    parser.add_argument("--token-url", help=f"token endpoint (default {CC_TOKEN_URL})")
     parser.add_argument("--device-url", help=f"device authorization endpoint (default {DEFAULT_DEVICE_URL})")
-    parser.add_argument("--api-base-url", help=f"API base URL (default {DEFAULT_API_BASE_URL})")
+    parser.add_argument("--api-base-url", help=f"API base URL (default {CC_API_BASE_URL})")
     parser.add_argument(
         "--show-secrets",
         action="store_true",
@@ -904,7 +909,7 @@ def main(argv: Sequence[str] | None = None, *, open_url: OpenUrl | None = None) 
                 )
         args.client_id = client_id
         _report(args, client_secret, result, endpoints)
-    except (AuthError, ExportConfigurationError) as exc:
+    except AuthError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,8 @@ import os
 import shlex
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,10 @@ from airflow_provider_ciexport.constantcontact_auth import (
     poll_device_token,
     run_pkce_flow,
 )
-from airflow_provider_ciexport.hooks.constantcontact import DEFAULT_API_BASE_URL, DEFAULT_TOKEN_URL
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from airflow_provider_ciexport.sandbox.config import SandboxConfig
 from airflow_provider_ciexport.sandbox.server import SandboxServer
+from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL
 
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
@@ -165,9 +167,9 @@ def test_build_authorize_url() -> None:
 def test_default_endpoints_are_constant_contacts() -> None:
     ep = Endpoints()
     assert ep.authorize_url == "https://authz.constantcontact.com/oauth2/default/v1/authorize"
-    assert ep.token_url == DEFAULT_TOKEN_URL
+    assert ep.token_url == CC_TOKEN_URL
     assert ep.device_url == "https://authz.constantcontact.com/oauth2/default/v1/device/authorize"
-    assert ep.api_base_url == DEFAULT_API_BASE_URL
+    assert ep.api_base_url == CC_API_BASE_URL
 
 
 def test_connection_command_with_defaults_hides_secrets() -> None:
@@ -210,6 +212,18 @@ def test_help_tells_to_register_the_redirect_uri(capsys: pytest.CaptureFixture[s
     out = " ".join(capsys.readouterr().out.split())
     assert "http://localhost:8765/callback" in out
     assert "Redirect URI" in out and "developer portal" in out
+
+
+def test_the_command_does_not_wait_for_airflow_to_import() -> None:
+    # Importing Airflow takes seconds; signing in to Constant Contact needs none of it.
+    code = (
+        "import sys\n"
+        "from airflow_provider_ciexport.constantcontact_auth import build_parser\n"
+        "build_parser().format_help()\n"
+        "print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 # -- PKCE flow against the sandbox ----------------------------------------------------------------

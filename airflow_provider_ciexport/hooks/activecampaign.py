@@ -19,10 +19,10 @@ from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, Rate
 from airflow_provider_ciexport.hooks.base import (
     RetryableAnswer,
     SegmentApiHook,
-    is_loopback,
     json_or_none,
     parse_retry_after,
 )
+from airflow_provider_ciexport.urls import is_loopback
 
 _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import json
 import random
 import threading
@@ -12,7 +11,6 @@ from abc import abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 import tenacity
@@ -21,6 +19,7 @@ from requests.adapters import HTTPAdapter
 
 from airflow_provider_ciexport.exceptions import DestinationApiError, ExportConfigurationError
 from airflow_provider_ciexport.export.ratelimit import RateLimiter
+from airflow_provider_ciexport.urls import base_url_problem
 
 #: Connect and read timeouts of every request, in seconds. Imports of several MB take a while to
 #: upload and to be acknowledged, so the read timeout is generous; a hung server still cannot stall a
@@ -30,16 +29,6 @@ DEFAULT_MAX_ATTEMPTS = 8
 MAX_BACKOFF_S = 60.0
 
 
-def is_loopback(host: str) -> bool:
-    """Tell whether ``host`` (a name or an IP address, no port) is this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_base_url(url: str, what: str, conn_id: str) -> str:
     """Validate an absolute API URL: HTTPS, or plain HTTP only to a loopback host (the sandbox).
 
@@ -47,18 +36,11 @@ def check_base_url(url: str, what: str, conn_id: str) -> str:
     :param what: which setting it came from, for the error message.
     :param conn_id: the connection it came from, for the error message.
     :return: the URL without a trailing slash.
+    :raises ExportConfigurationError: naming the problem and the fix.
     """
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url.strip():
-        raise ExportConfigurationError(
-            f"The {what} of connection '{conn_id}' is not a valid URL. "
-            "Set it to an absolute https:// URL, e.g. https://api.cc.email/v3."
-        )
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ExportConfigurationError(
-            f"The {what} of connection '{conn_id}' uses plain http:// to a non-local host. "
-            "Use https:// (plain http is only allowed to a local sandbox such as http://127.0.0.1:8025)."
-        )
+    problem = base_url_problem(url, what, conn_id)
+    if problem is not None:
+        raise ExportConfigurationError(problem)
     return url.strip().rstrip("/")
 
 

@@ -26,10 +26,9 @@ from airflow_provider_ciexport.hooks.base import (
     check_base_url,
     json_or_none,
 )
+from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL
 from airflow_provider_ciexport.variables import get_variable, set_variable
 
-DEFAULT_API_BASE_URL = "https://api.cc.email/v3"
-DEFAULT_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"  # noqa: S105
 AUTH_COMMAND = "python -m airflow_provider_ciexport.constantcontact_auth"
 # Refresh a little before the expiry the server announced, so a token never dies mid-request.
 _EXPIRY_MARGIN_S = 60.0
@@ -109,7 +108,7 @@ class ConstantContactHook(SegmentApiHook):
 
     def _resolve_base_url(self) -> str:
         return check_base_url(
-            self.extra_value("api_base_url") or DEFAULT_API_BASE_URL,
+            self.extra_value("api_base_url") or CC_API_BASE_URL,
             "api_base_url",
             self.constantcontact_conn_id,
         )
@@ -118,7 +117,7 @@ class ConstantContactHook(SegmentApiHook):
     def token_url(self) -> str:
         """The OAuth2 token endpoint."""
         return check_base_url(
-            self.extra_value("token_url") or DEFAULT_TOKEN_URL, "token_url", self.constantcontact_conn_id
+            self.extra_value("token_url") or CC_TOKEN_URL, "token_url", self.constantcontact_conn_id
         )
 
     @cached_property
