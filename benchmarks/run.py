@@ -13,8 +13,9 @@ What it does, in order:
 3. Migrates an Airflow metadata DB in a temporary ``AIRFLOW_HOME`` and, for each destination, runs
    ``benchmarks/dags/ciexport_bench.py`` with ``dag.test()`` in a fresh process per export: an empty
    segment (the idle baseline), 10,000 profiles and ``--profiles`` profiles. The baselines of the two
-   destinations run side by side (they only give peak RSS); the large exports run alone. Each child's peak RSS and
-   CPU time come from ``os.wait4``; the sandbox's request log gives the arrival time of every request.
+   destinations run side by side (they only give peak RSS); the large exports run alone. Each child's
+   peak RSS and CPU time come from ``os.wait4``; the sandbox's request log gives the arrival time of
+   every request.
 4. Measures the Constant Contact floor (``benchmarks/floor.py``): reading the same rows and serialising
    the same bodies, nothing else, right before and right after the Constant Contact export (the fastest
    counts), so that both see the machine at the same speed.
@@ -337,13 +338,13 @@ def run_exports(
     scale: float,
     py_spy: bool = False,
 ) -> list[Export]:
-    """Reset the sandbox, run export tasks side by side (one fresh process each) and collect both sides' records.
+    """Reset the sandbox, run export tasks side by side (a fresh process each) and collect both sides' records.
 
-    Only the small baseline runs share a phase, one per destination, so their requests are told apart by
-    API, and each destination has its own copy of the metadata DB (``envs``): two ``dag.test()`` processes
-    writing the same DAGs to one DB collide. The sandbox CPU of a shared phase is the phase's. With ``py_spy`` each task process and the
-    sandbox are sampled into ``results/runs/<tag>.*.pyspy`` (peak RSS and CPU figures then include the
-    profiler's overhead: use it to investigate only).
+    Only the small baseline runs share a phase, one per destination, so their requests are told apart
+    by API, and each destination has its own copy of the metadata DB (``envs``): two ``dag.test()``
+    processes writing the same DAGs to one DB collide. The sandbox CPU of a shared phase is the phase's.
+    With ``py_spy`` each task process and the sandbox are sampled into ``results/runs/<tag>.*.pyspy``
+    (peak RSS and CPU figures then include the profiler's overhead: use it to investigate only).
     """
     largest = max(profiles for _, profiles in jobs)
     sandbox.client.reset(request_log_size=len(jobs) * max(5000, largest // AC_BATCH * 6 + 5000))
@@ -351,7 +352,7 @@ def run_exports(
     names = " and ".join(f"{dest.upper()} {profiles:,}" for dest, profiles in jobs)
     print(f"  {names} profiles: running (about {expected + 15:.0f} s) ...", flush=True)
     tags = [f"{dest}-{profiles}" for dest, profiles in jobs]
-    spies: list[subprocess.Popen[bytes]] = []
+    spy: subprocess.Popen[bytes] | None = None
     cmds: list[list[str]] = []
     for (dest, profiles), tag in zip(jobs, tags, strict=True):
         (RUNS / f"{tag}.json").unlink(missing_ok=True)
@@ -359,7 +360,7 @@ def run_exports(
         cmds.append([*py_spy_cmd(RUNS / f"{tag}.task.pyspy"), "--", *cmd] if py_spy else cmd)
     if py_spy:
         spy_cmd = [*py_spy_cmd(RUNS / f"{tags[0]}.sandbox.pyspy"), "--pid", str(sandbox.process.pid)]
-        spies.append(subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # noqa: S603
+        spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
     cpu_before = sandbox.cpu_s()
     children: dict[str, ChildResult] = {}
 
@@ -375,7 +376,7 @@ def run_exports(
     for thread in threads:
         thread.join()
     sandbox_cpu = sandbox.cpu_s() - cpu_before
-    for spy in spies:
+    if spy is not None:
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         spy.wait(60)
     stats = sandbox.client.stats()

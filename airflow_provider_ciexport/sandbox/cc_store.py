@@ -345,13 +345,8 @@ class CCStore:
             attrs: dict[str, Any] = {"email": email, **values}
             if custom:
                 attrs["cf"] = custom
-            self.keys_by_num.append(key)
-            contact = CCContact(
-                len(self.keys_by_num), _PACKER.pack(attrs, key), self._keysets.setdefault(sent, sent)
-            )
-            self.contacts[key] = contact
             self._rec.counters["cc.contacts_created"] += 1
-            return contact
+            return self._create(key, _PACKER.pack(attrs, key), sent)
         attrs = self.attrs(contact)
         attrs.update(values)
         if custom:
@@ -362,6 +357,15 @@ class CCStore:
             merged = contact.keys | sent
             contact.keys = self._keysets.setdefault(merged, merged)
         self._rec.counters["cc.contacts_updated"] += 1
+        return contact
+
+    def _create(
+        self, key: str, blob: bytes | str, sent: frozenset[str], layout: RowLayout | None = None
+    ) -> CCContact:
+        """Store a new contact under ``key`` (its lower-cased email) as the next number."""
+        self.keys_by_num.append(key)
+        contact = CCContact(len(self.keys_by_num), blob, self._keysets.setdefault(sent, sent), layout)
+        self.contacts[key] = contact
         return contact
 
     def add_member(self, contact: CCContact, list_id: str) -> None:
@@ -474,7 +478,7 @@ class CCStore:
             elif key != "email":
                 if key not in FIELD_LIMITS:
                     return None  # integer fields, aliases and unknown properties
-                limits.append(FIELD_LIMITS[key] or MAX_IMPORT_BODY_BYTES)
+                limits.append(FIELD_LIMITS[key] or MAX_IMPORT_BODY_BYTES)  # None: no limit of its own
         return RowLayout(keys, keys.index("email"), min(limits), frozenset(keys))
 
     def _parse_row(self, index: int, raw: Any, cfg: SandboxConfig, overlong: dict[str, int]) -> ImportRow:
@@ -600,7 +604,7 @@ class CCStore:
                 if contact is not None:
                     for lid in activity.list_ids:
                         self.remove_member(contact, lid)
-        contacts, keys_by_num = self.contacts, self.keys_by_num
+        contacts = self.contacts
         members: list[int] = []
         created = 0
         for row in parsed.rows:
@@ -610,9 +614,7 @@ class CCStore:
                 contact = contacts.get(key)
                 if contact is None:
                     # A new contact is stored as sent, flat: by far the commonest case of a big import.
-                    keys_by_num.append(key)
-                    contact = CCContact(len(keys_by_num), flat, layout.sent, layout)
-                    contacts[key] = contact
+                    contact = self._create(key, flat, layout.sent, layout)
                     members.append(contact.num)
                     created += 1
                     continue
