@@ -2,14 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+EXTRAS := test,demo,parquet,sandbox,openlineage
+# Exact versions of everything installed, for every supported Python: a new upstream release cannot
+# change what a fresh clone installs. `make lock` refreshes it; `make test-latest` tries the newest.
+LOCK := constraints/constraints.txt
+CONSTRAINTS ?= -c $(LOCK)
 
-.PHONY: install test lint typecheck pytest demo bench sandbox clean
+.PHONY: install test lint typecheck pytest demo bench sandbox lock test-latest clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test,demo,parquet]'
+	$(UV) pip install --quiet --python $(PY) $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,5 +41,17 @@ bench: $(STAMP)
 sandbox: $(STAMP)
 	$(PY) -m airflow_provider_ciexport.sandbox
 
+# Re-resolve every dependency to its newest release (for Python 3.10 and up) and pin the result.
+lock: $(STAMP)
+	$(UV) pip compile --quiet --universal --python-version 3.10 --upgrade \
+	    $(foreach extra,$(subst $(comma), ,$(EXTRAS)) ui,--extra $(extra)) setup.cfg -o $(LOCK)
+
+# The test suite against the newest releases of everything, in a venv of its own (.venv-latest).
+test-latest:
+	rm -f .venv-latest/.installed
+	$(MAKE) pytest VENV=.venv-latest CONSTRAINTS='--upgrade --refresh'
+
 clean:
-	rm -rf $(VENV) .airflow .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-latest .airflow .mypy_cache .ruff_cache .pytest_cache build/ui
+
+comma := ,
