@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_ciexport.export.contacts import ContactBuilder
-from airflow_provider_ciexport.operators.constantcontact import (
-    CC_SCHEMA,
-    ConstantContactDestination,
-)
+from airflow_provider_ciexport.hooks.constantcontact import MAX_IMPORT_BYTES, MAX_IMPORT_CONTACTS
+from airflow_provider_ciexport.hooks.constantcontact import SCHEMA as CC_SCHEMA
 from airflow_provider_ciexport.sandbox.seed import CC_LIST_VIP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dags"))
@@ -31,8 +29,8 @@ from ciexport_bench import CC_MAPPING
 
 SQL = "SELECT * FROM customer_profiles WHERE customer_id <= ?"
 CHUNK = 5000
-MAX_CONTACTS = ConstantContactDestination.max_batch_contacts
-MAX_BYTES = ConstantContactDestination.max_batch_bytes
+MAX_CONTACTS = MAX_IMPORT_CONTACTS
+MAX_BYTES = MAX_IMPORT_BYTES
 PREFIX = b'{"import_data":['
 SUFFIX = ('],"list_ids":' + json.dumps([CC_LIST_VIP]) + "}").encode()
 

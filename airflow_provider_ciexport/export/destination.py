@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import msgspec
 
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.export.contacts import ContactSchema
-
-#: Compact UTF-8 JSON, byte for byte what ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``
-#: writes, about ten times faster: encoding is a large share of an export's CPU.
-encode_json: Callable[[Any], bytes] = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True)

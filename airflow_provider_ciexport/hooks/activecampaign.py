@@ -1,9 +1,12 @@
-"""Hook for the ActiveCampaign API v3."""
+"""The ActiveCampaign API v3: its hook (a complete client), payload shapes, limits and status vocabulary.
+
+The export's adapter to this API is :mod:`.activecampaign_destination`, beside this module.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,19 +18,92 @@ from airflow_provider_ciexport.exceptions import (
     DestinationAuthError,
     ExportConfigurationError,
 )
+from airflow_provider_ciexport.export.contacts import ContactSchema
 from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.hooks.base import (
+    ImportEncoder,
+    ImportStatus,
     RetryableAnswer,
     SegmentApiHook,
+    checked_contacts,
+    encode_json,
     json_or_none,
     parse_retry_after,
 )
 from airflow_provider_ciexport.urls import is_loopback
 
+#: One bulk import takes at most 250 contacts, in a body under 400,000 bytes.
+MAX_IMPORT_CONTACTS = 250
+MAX_IMPORT_BYTES = 400_000
+#: Fewer contacts than this should go through ``contact/sync``, one by one.
+SMALL_IMPORT_MAX = 10
+CUSTOM_PREFIX = "field:"
+#: The contact attributes a bulk import takes (no length limits are documented but the e-mail's).
+SCHEMA = ContactSchema(
+    destination="ActiveCampaign",
+    standard={"email": 254, "first_name": None, "last_name": None, "phone": None, "customer_acct_name": None},
+    custom_prefix=CUSTOM_PREFIX,
+)
+#: Final import states that mean the import did not happen (ActiveCampaign does not retry them).
+FAILED_STATES = frozenset({"failed", "interrupted"})
+# contact/sync speaks camelCase where bulk_import speaks snake_case.
+_SYNC_NAMES = {"first_name": "firstName", "last_name": "lastName"}
+
 _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 _API_PATHS = ("", "/", "/api/3", "/api/3/")
+
+
+def parse_list_ids(values: Iterable[Any]) -> list[int]:
+    """Turn list ids (ints or digit strings) into positive ints without repeats, or fail naming the bad one."""
+    ids: list[int] = []
+    for value in values:
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.isdigit() or int(text) <= 0:
+            raise ExportConfigurationError(
+                f"ActiveCampaign list id {value!r} is not a positive whole number. Use the number in the "
+                "list's URL in ActiveCampaign (Contacts > Lists), e.g. list_id=3."
+            )
+        if int(text) not in ids:
+            ids.append(int(text))
+    return ids
+
+
+class BulkImportEncoder(ImportEncoder):
+    """Builds ``POST /import/bulk_import`` bodies: every contact subscribed to the lists, with the tags.
+
+    :param list_ids: the lists every contact is subscribed to.
+    :param tags: tags added to every contact.
+    :param field_ids: custom-field attribute (``field:...``) -> field id, from
+        :meth:`ActiveCampaignHook.field_ids`.
+    """
+
+    prefix = b'{"contacts":['
+    suffix = b"]}"
+
+    def __init__(
+        self, list_ids: Sequence[int], tags: Sequence[str] = (), field_ids: Mapping[str, int] | None = None
+    ) -> None:
+        self.field_ids = dict(field_ids or {})
+        tail: dict[str, Any] = {"subscribe": [{"listid": int(i)} for i in list_ids]}
+        tags = [str(t).strip() for t in tags if str(t).strip()]
+        if tags:
+            tail["tags"] = tags
+        # Each contact object ends with the same members: written once, appended as bytes.
+        self._tail = b"," + encode_json(tail)[1:]
+
+    def encode(self, contact: Mapping[str, str]) -> bytes:
+        body: dict[str, Any] = {}
+        fields = []
+        for key, value in contact.items():
+            if key.startswith(CUSTOM_PREFIX):
+                fields.append({"id": self.field_ids[key], "value": value})
+            else:
+                body[key] = value
+        if fields:
+            body["fields"] = fields
+        return encode_json(body)[:-1] + self._tail
 
 
 def normalize_api_url(
@@ -162,9 +238,13 @@ class ActiveCampaignHook(SegmentApiHook):
 
     # -- API calls ----------------------------------------------------------------------------
 
-    def get_list(self, list_id: int) -> dict[str, Any] | None:
-        """Return the list with ``list_id``, or ``None`` if the account has no such list."""
-        response = self.call("GET", f"lists/{int(list_id)}", allow_status=(404,))
+    def get_list(self, list_id: int | str) -> dict[str, Any] | None:
+        """Return the list with ``list_id``, or ``None`` if the account has no such list.
+
+        :param list_id: the list's number (as in its URL under Contacts > Lists).
+        """
+        (number,) = parse_list_ids([list_id])
+        response = self.call("GET", f"lists/{number}", allow_status=(404,))
         if response.status_code == 404:
             return None
         return dict(response.json()["list"])
@@ -193,8 +273,85 @@ class ActiveCampaignHook(SegmentApiHook):
         """Return every custom contact field of the account (``id``, ``title``, ``perstag``, ...)."""
         return list(self._paginate("fields", "fields"))
 
+    def require_lists(self, list_ids: Sequence[int]) -> None:
+        """Check that every list exists, before anything is sent.
+
+        :raises ExportConfigurationError: naming the first missing list.
+        """
+        for list_id in list_ids:
+            if self.get_list(list_id) is None:
+                raise ExportConfigurationError(
+                    f"ActiveCampaign has no list with id {list_id} in this account. Nothing was sent. Check "
+                    "list_id: it is the number in the list's URL under Contacts > Lists."
+                )
+
+    def field_ids(self, attributes: Iterable[str]) -> dict[str, int]:
+        """Map custom-field attributes (``field:<id, personalization tag or title>``) to field ids.
+
+        Other attributes are ignored. The account's fields are read once per hook.
+
+        :param attributes: attribute names, e.g. the keys of ``field_mapping``.
+        :raises ExportConfigurationError: naming a field the account does not have.
+        """
+        refs = {key: key[len(CUSTOM_PREFIX) :].strip() for key in attributes if key.startswith(CUSTOM_PREFIX)}
+        if not refs:
+            return {}
+        fields = self._fields
+        by_id = {str(f.get("id")): int(f["id"]) for f in fields}
+        by_name: dict[str, int] = {}
+        for f in fields:
+            for name in (f.get("perstag"), f.get("title")):
+                if name:
+                    by_name.setdefault(str(name).strip("%").upper(), int(f["id"]))
+        ids: dict[str, int] = {}
+        for key, ref in refs.items():
+            field_id = by_id.get(ref) if ref.isdigit() else by_name.get(ref.strip("%").upper())
+            if field_id is None:
+                known = ", ".join(sorted(str(f.get("perstag")) for f in fields if f.get("perstag"))) or "none"
+                raise ExportConfigurationError(
+                    f"ActiveCampaign has no custom field '{ref}' (from field_mapping key '{key}'). Nothing was "
+                    f"sent. Use a field id or personalization tag; the account's tags are: {known}."
+                )
+            ids[key] = field_id
+        return ids
+
+    @cached_property
+    def _fields(self) -> list[dict[str, Any]]:
+        return self.get_fields()
+
+    def import_contacts(
+        self,
+        contacts: Sequence[Mapping[str, Any]],
+        list_ids: Sequence[int | str],
+        *,
+        tags: Sequence[str] = (),
+    ) -> str:
+        """Subscribe up to 250 contacts to lists in one bulk import; return the import's batch id.
+
+        The import runs in the background: follow it with :meth:`import_status`.
+
+        :param contacts: dicts keyed by attribute names as in ``field_mapping``: ``email`` (required),
+            ``first_name``, ``last_name``, ``phone``, ``customer_acct_name``, ``field:<id or PERSTAG>``.
+            E-mails are trimmed and lowercased, blank values left out.
+        :param list_ids: the lists every contact is subscribed to.
+        :param tags: tags added to every contact (created if unknown).
+        :raises ExportConfigurationError: for a bad contact, list id or field, before anything is sent.
+        """
+        cleaned = checked_contacts(contacts, SCHEMA, MAX_IMPORT_CONTACTS)
+        attributes = {key for contact in cleaned for key in contact}
+        encoder = BulkImportEncoder(parse_list_ids(list_ids), tags, self.field_ids(attributes))
+        body = encoder.body(cleaned)
+        if len(body) >= MAX_IMPORT_BYTES:
+            raise ExportConfigurationError(
+                f"These {len(cleaned)} contacts make a {len(body):,}-byte import; ActiveCampaign takes under "
+                f"{MAX_IMPORT_BYTES:,}. Send fewer at once."
+            )
+        return self.bulk_import(body)
+
     def bulk_import(self, body: bytes) -> str:
-        """Queue a bulk import (``POST /import/bulk_import``) and return its batch id.
+        """Queue a bulk import from a ready body (``POST /import/bulk_import``); return its batch id.
+
+        The fast path for exports: :class:`BulkImportEncoder` builds the body.
 
         :param body: the serialised request, ``{"contacts": [...]}``: at most 250 contacts and under
             400,000 bytes, every email valid (one bad contact rejects the whole request).
@@ -208,28 +365,56 @@ class ActiveCampaignHook(SegmentApiHook):
             )
         return str(batch_id)
 
-    def import_info(self, batch_id: str) -> dict[str, Any]:
-        """Return the status of an import batch (``GET /import/info``).
+    def import_status(self, batch_id: str) -> ImportStatus:
+        """Where a bulk import stands (``GET /import/info``).
 
-        ``status`` is ``False`` for about a second after the import was queued, then one of
-        ``waiting``, ``claimed``, ``active``, ``completed``, ``failed``, ``interrupted``.
+        The state is ``waiting``, ``claimed`` or ``active`` while it runs (``false`` for about a second
+        after it was queued), then ``completed``, or ``failed``/``interrupted`` (ActiveCampaign does not
+        retry those). ``rejected`` counts the e-mails in its ``failure`` list (excluded, unsubscribed).
+
+        :param batch_id: what :meth:`import_contacts` or :meth:`bulk_import` returned.
         """
-        return dict(self.call("GET", "import/info", params={"batchId": batch_id}).json())
+        info = self.call("GET", "import/info", params={"batchId": batch_id}).json()
+        state = info.get("status")
+        if state == "completed":
+            return ImportStatus(
+                "completed",
+                done=True,
+                ok=True,
+                accepted=len(info.get("success") or []),
+                rejected=len(info.get("failure") or []),
+            )
+        return ImportStatus(str(state or "queued"), done=state in FAILED_STATES, ok=False)
 
-    def sync_contact(self, contact: dict[str, Any]) -> int:
+    def sync_contact(self, contact: Mapping[str, Any]) -> int:
         """Create or update one contact (``POST /contact/sync``) and return its id.
 
-        :param contact: the API's camelCase contact object (``email``, ``firstName``, ``fieldValues``...).
+        :param contact: a dict keyed by attribute names as in ``field_mapping`` (``email``,
+            ``first_name``, ``field:LOYALTY_TIER``, ...).
         """
-        response = self.call("POST", "contact/sync", json_body={"contact": contact})
+        (cleaned,) = checked_contacts([contact], SCHEMA, 1)
+        field_ids = self.field_ids(cleaned)
+        body: dict[str, Any] = {}
+        values = []
+        for key, value in cleaned.items():
+            if key in field_ids:
+                values.append({"field": str(field_ids[key]), "value": value})
+            else:
+                # contact/sync speaks camelCase where bulk_import speaks snake_case; customer_acct_name
+                # has no contact/sync equivalent and goes as is.
+                body[_SYNC_NAMES.get(key, key)] = value
+        if values:
+            body["fieldValues"] = values
+        response = self.call("POST", "contact/sync", json_body={"contact": body})
         return int(response.json()["contact"]["id"])
 
-    def add_to_list(self, contact_id: int, list_id: int) -> None:
+    def add_to_list(self, contact_id: int, list_id: int | str) -> None:
         """Subscribe a contact to a list (``POST /contactLists``)."""
+        (number,) = parse_list_ids([list_id])
         self.call(
             "POST",
             "contactLists",
-            json_body={"contactList": {"list": int(list_id), "contact": int(contact_id), "status": 1}},
+            json_body={"contactList": {"list": number, "contact": int(contact_id), "status": 1}},
         )
 
     def test_connection(self) -> tuple[bool, str]:

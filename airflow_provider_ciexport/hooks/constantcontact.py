@@ -1,10 +1,16 @@
-"""Hook for the Constant Contact V3 API (OAuth2 with a refresh token)."""
+"""The Constant Contact V3 API: its hook (a complete client, OAuth2 with a refresh token), payload
+shapes, limits and status vocabulary.
+
+The export's adapter to this API is :mod:`.constantcontact_destination`, beside this module.
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
@@ -19,11 +25,16 @@ from airflow_provider_ciexport.exceptions import (
     DestinationQuotaError,
     ExportConfigurationError,
 )
+from airflow_provider_ciexport.export.contacts import ContactSchema
 from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.hooks.base import (
+    ImportEncoder,
+    ImportStatus,
     RetryableAnswer,
     SegmentApiHook,
     check_base_url,
+    checked_contacts,
+    encode_json,
     json_or_none,
 )
 from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL
@@ -33,6 +44,98 @@ AUTH_COMMAND = "python -m airflow_provider_ciexport.constantcontact_auth"
 # Refresh a little before the expiry the server announced, so a token never dies mid-request.
 _EXPIRY_MARGIN_S = 60.0
 _ROTATION_RETRIES = 3
+
+
+#: One JSON import takes fewer than 40,000 contacts, in a body under 4 MB: the API silently drops
+#: whatever lies past 4 MB, so bodies must be sized by their bytes.
+MAX_IMPORT_CONTACTS = 39_999
+MAX_IMPORT_BYTES = 4_000_000
+#: One import adds its contacts to at most 50 lists.
+MAX_LISTS = 50
+CUSTOM_PREFIX = "cf:"
+#: Final activity states that mean the import did not happen.
+FAILED_STATES = frozenset({"failed", "cancelled", "timed_out"})
+
+_NAME_50 = (
+    "first_name",
+    "last_name",
+    "job_title",
+    "company_name",
+    "phone",
+    "home_phone",
+    "work_phone",
+    "mobile_phone",
+    "other_phone",
+)
+_ADDRESS = ("city", "state", "zip", "country")
+_STREET = ("street", "street2")
+#: The import's own attributes and their maximum lengths (the V3 schema's JsonImportContact).
+ATTRIBUTES: dict[str, int | None] = {
+    # The import schema says 50 for email, the rest of the API 80; over-long addresses in between are
+    # counted as rejected by the API itself, never lost silently.
+    "email": 80,
+    **dict.fromkeys(_NAME_50, 50),
+    "birthday_month": 2,
+    "birthday_day": 2,
+    "anniversary": 10,
+    **dict.fromkeys(_STREET, 255),
+    **dict.fromkeys(_ADDRESS, 50),
+    **{f"{kind}_{part}": 255 for kind in ("home", "work", "other") for part in _STREET},
+    **{f"{kind}_{part}": 50 for kind in ("home", "work", "other") for part in _ADDRESS},
+}
+SCHEMA = ContactSchema(
+    destination="Constant Contact",
+    standard=ATTRIBUTES,
+    custom_prefix=CUSTOM_PREFIX,
+    custom_max_length=255,
+    max_custom_fields=25,
+    email_max_length=80,
+)
+# The schema types these as integers; every other attribute is text.
+_INTEGER_ATTRIBUTES = ("birthday_month", "birthday_day")
+
+
+def parse_list_ids(values: Iterable[Any]) -> list[str]:
+    """Check list ids are UUIDs (1 to 50 of them) and return them in canonical form, without repeats."""
+    ids: list[str] = []
+    for value in values:
+        try:
+            list_id = str(uuid.UUID(str(value).strip()))
+        except ValueError:
+            raise ExportConfigurationError(
+                f"Constant Contact list id {value!r} is not a UUID. Copy the list's id from its URL in "
+                "Constant Contact (e.g. 1f2e3d4c-5b6a-4789-8abc-def012345678)."
+            ) from None
+        if list_id not in ids:
+            ids.append(list_id)
+    if len(ids) > MAX_LISTS:
+        raise ExportConfigurationError(
+            f"{len(ids)} Constant Contact lists were given; one import accepts at most {MAX_LISTS}. "
+            "Split the export into several tasks."
+        )
+    return ids
+
+
+class JsonImportEncoder(ImportEncoder):
+    """Builds ``POST /activities/contacts_json_import`` bodies that add every contact to the lists.
+
+    :param list_ids: the lists (canonical UUIDs) every contact is added to.
+    """
+
+    prefix = b'{"import_data":['
+
+    def __init__(self, list_ids: Sequence[str]) -> None:
+        self.suffix = ('],"list_ids":' + json.dumps(list(list_ids)) + "}").encode()
+        self._integer_keys = frozenset(_INTEGER_ATTRIBUTES)
+
+    def encode(self, contact: Mapping[str, str]) -> bytes:
+        if not self._integer_keys.isdisjoint(contact):
+            body: dict[str, Any] = dict(contact)
+            for key in _INTEGER_ATTRIBUTES:
+                if key in body and body[key].isdigit():
+                    body[key] = int(body[key])
+            return encode_json(body)
+        return encode_json(contact)
 
 
 def _mask(secret: str) -> None:
@@ -296,7 +399,8 @@ class ConstantContactHook(SegmentApiHook):
 
     def get_list(self, list_id: str) -> dict[str, Any] | None:
         """Return the contact list ``list_id`` (a UUID), or ``None`` if the account has no such list."""
-        response = self.call("GET", f"contact_lists/{list_id}", allow_status=(404,))
+        (canonical,) = parse_list_ids([list_id])
+        response = self.call("GET", f"contact_lists/{canonical}", allow_status=(404,))
         if response.status_code == 404:
             return None
         return dict(response.json())
@@ -321,17 +425,100 @@ class ConstantContactHook(SegmentApiHook):
         """Return every custom contact field (``custom_field_id``, ``name``, ``label``, ``type``)."""
         return list(self._paginate("contact_custom_fields", "custom_fields", {"limit": self.MAX_PAGE}))
 
-    def json_import(self, body: bytes) -> dict[str, Any]:
-        """Start a JSON contact import (``POST /activities/contacts_json_import``); return the activity.
+    def require_lists(self, list_ids: Sequence[str]) -> None:
+        """Check that every list exists, before anything is sent.
+
+        :raises ExportConfigurationError: naming the first missing list.
+        """
+        for list_id in list_ids:
+            if self.get_list(list_id) is None:
+                raise ExportConfigurationError(
+                    f"Constant Contact has no list {list_id} in this account. Nothing was sent. Copy the "
+                    "list's id from its URL in Constant Contact."
+                )
+
+    def require_custom_fields(self, attributes: Iterable[str]) -> None:
+        """Check that every custom-field attribute (``cf:<name>``) names a field of the account.
+
+        Imports cannot create fields; other attributes are ignored.
+
+        :raises ExportConfigurationError: naming the missing fields and those that exist.
+        """
+        names = [key[len(CUSTOM_PREFIX) :] for key in attributes if key.startswith(CUSTOM_PREFIX)]
+        if not names:
+            return
+        existing = {str(f.get("name")) for f in self.get_custom_fields()}
+        missing = [name for name in names if name not in existing]
+        if missing:
+            raise ExportConfigurationError(
+                f"Constant Contact has no custom field named {', '.join(repr(m) for m in missing)}. Nothing "
+                "was sent. Create the field in Constant Contact first (imports cannot create fields), or "
+                f"map an existing one; the account has: {', '.join(sorted(existing)) or 'none'}."
+            )
+
+    def import_contacts(self, contacts: Sequence[Mapping[str, Any]], list_ids: Sequence[str]) -> str:
+        """Add contacts to lists in one JSON import; return the import's activity id.
+
+        The import runs in the background: follow it with :meth:`import_status`.
+
+        :param contacts: fewer than 40,000 dicts keyed by attribute names as in ``field_mapping``:
+            ``email`` (required), ``first_name``, ``last_name``, ``phone``, ``job_title``, ... and custom
+            fields as ``cf:<name>``. E-mails are trimmed and lowercased, blank values left out.
+        :param list_ids: the lists (UUIDs, 1 to 50) every contact is added to.
+        :raises ExportConfigurationError: for a bad contact, list id or field, before anything is sent.
+        """
+        cleaned = checked_contacts(contacts, SCHEMA, MAX_IMPORT_CONTACTS)
+        body = JsonImportEncoder(parse_list_ids(list_ids)).body(cleaned)
+        if len(body) >= MAX_IMPORT_BYTES:
+            # Past 4 MB the API would silently drop contacts: refuse instead.
+            raise ExportConfigurationError(
+                f"These {len(cleaned):,} contacts make a {len(body):,}-byte import; Constant Contact takes "
+                f"under {MAX_IMPORT_BYTES:,} (and drops the rest silently). Send fewer at once."
+            )
+        return self.json_import(body)
+
+    def json_import(self, body: bytes) -> str:
+        """Start a JSON import from a ready body (``POST /activities/contacts_json_import``); return its id.
+
+        The fast path for exports: :class:`JsonImportEncoder` builds the body.
 
         :param body: the serialised ``{"import_data": [...], "list_ids": [...]}``: fewer than 40,000
             contacts and under 4 MB (the API silently drops whatever lies past 4 MB).
         """
-        return dict(self.call("POST", "activities/contacts_json_import", body=body, kind="import").json())
+        response = self.call("POST", "activities/contacts_json_import", body=body, kind="import")
+        activity_id = (json_or_none(response) or {}).get("activity_id")
+        if not activity_id:
+            raise DestinationApiError(
+                "Constant Contact accepted an import but returned no activity id "
+                f"({self._error_text(response)})."
+            )
+        return str(activity_id)
 
-    def get_activity(self, activity_id: str) -> dict[str, Any]:
-        """Return an activity's state and counts (``GET /activities/{id}``)."""
-        return dict(self.call("GET", f"activities/{activity_id}").json())
+    def import_status(self, activity_id: str) -> ImportStatus:
+        """Where an import activity stands (``GET /activities/{id}``).
+
+        The state is ``initialized`` or ``processing`` while it runs, then ``completed``, or ``failed``,
+        ``cancelled`` or ``timed_out``. ``rejected`` is ``error_count + cannot_add_to_list_count``
+        (bad data, unsubscribed); ``total`` is how many contacts the API received.
+
+        :param activity_id: what :meth:`import_contacts` or :meth:`json_import` returned.
+        """
+        activity = self.call("GET", f"activities/{activity_id}").json()
+        state = str(activity.get("state") or "initialized")
+        if state != "completed":
+            return ImportStatus(state, done=state in FAILED_STATES, ok=False)
+        status = activity.get("status") or {}
+        total = status.get("items_total_count")
+        rejected = int(status.get("error_count") or 0) + int(status.get("cannot_add_to_list_count") or 0)
+        accepted = max(0, int(total) - rejected) if total is not None else 0
+        return ImportStatus(
+            state,
+            done=True,
+            ok=True,
+            accepted=accepted,
+            rejected=rejected,
+            total=None if total is None else int(total),
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """Refresh the access token and list one contact list; say what is wrong if that fails."""

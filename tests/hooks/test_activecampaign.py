@@ -8,18 +8,23 @@ import time
 
 import pytest
 
-from airflow_provider_ciexport.exceptions import DestinationApiError, DestinationAuthError
+from airflow_provider_ciexport.exceptions import (
+    DestinationApiError,
+    DestinationAuthError,
+    ExportConfigurationError,
+)
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
+from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from tests.support import calls, set_connection
 
 
-def _wait_completed(hook: ActiveCampaignHook, batch_id: str) -> dict:
+def _wait_completed(hook: ActiveCampaignHook, batch_id: str) -> ImportStatus:
     for _ in range(100):
-        info = hook.import_info(batch_id)
-        if info.get("status") in ("completed", "failed", "interrupted"):
-            return info
+        status = hook.import_status(batch_id)
+        if status.done:
+            return status
         time.sleep(0.2)
     raise AssertionError("import never finished")
 
@@ -37,18 +42,66 @@ def test_lists_and_fields(ac_conn: str) -> None:
     assert {lst["name"] for lst in hook.get_lists()} >= {"Newsletter", "VIP customers", "Lapsed customers"}
 
 
-def test_bulk_import_lands_in_the_list(ac_conn: str, sandbox: SandboxClient) -> None:
+def test_import_contacts_lands_in_the_lists_with_fields_and_tags(
+    ac_conn: str, sandbox: SandboxClient
+) -> None:
+    hook = ActiveCampaignHook(ac_conn)
+    contacts = [
+        {"email": " Ann@Example.com ", "first_name": "Ann", "field:LOYALTY_TIER": "gold"},
+        {"email": "bob@example.org", "last_name": "", "phone": 4155550100},
+        {"email": "cy@example.net"},
+    ]
+    batch_id = hook.import_contacts(contacts, [seed.AC_LIST_NEWSLETTER, str(seed.AC_LIST_VIP)], tags=["vip"])
+    status = _wait_completed(hook, batch_id)
+    assert (status.state, status.ok, status.accepted, status.rejected) == ("completed", True, 3, 0)
+    for list_id in (seed.AC_LIST_NEWSLETTER, seed.AC_LIST_VIP):
+        got = {c["email"]: c for c in sandbox.ac_list_contacts(list_id)}
+        assert set(got) == {"ann@example.com", "bob@example.org", "cy@example.net"}
+    assert got["ann@example.com"]["first_name"] == "Ann"
+    assert got["ann@example.com"]["fields_by_perstag"]["LOYALTY_TIER"] == "gold"
+    assert got["bob@example.org"]["phone"] == "4155550100"
+    assert got["cy@example.net"]["tags"] == ["vip"]
+
+
+@pytest.mark.parametrize(
+    ("contacts", "lists", "message"),
+    [
+        ([{"email": "not-an-email"}], [1], r"Contact 1 of 1 has no valid e-mail \(malformed\)"),
+        ([{"first_name": "Ann"}], [1], "'email'"),
+        ([{"email": "a@example.com"}, {"email": "A@example.com"}], [1], "Contact 2 of 2 repeats"),
+        ([{"email": "a@example.com", "nickname": "x"}], [1], "nickname"),
+        ([{"email": "a@example.com", "field:SHOE_SIZE": "x"}], [1], "SHOE_SIZE"),
+        ([{"email": f"c{i}@example.com"} for i in range(251)], [1], "at most 250"),
+        ([{"email": "a@example.com"}], ["vip"], "not a positive whole number"),
+        ([], [1], "No contacts"),
+    ],
+)
+def test_import_contacts_refuses_bad_input_before_sending(
+    ac_conn: str, sandbox: SandboxClient, contacts: list, lists: list, message: str
+) -> None:
+    with pytest.raises(ExportConfigurationError, match=message):
+        ActiveCampaignHook(ac_conn).import_contacts(contacts, lists)
+    assert calls(sandbox.stats(), "ac", "POST /api/3/import/bulk_import") == 0
+
+
+def test_failed_import_reads_as_done_but_not_ok(ac_conn: str, sandbox: SandboxClient) -> None:
+    sandbox.add_fault(api="ac", kind="job_failed", times=1)
+    hook = ActiveCampaignHook(ac_conn)
+    status = _wait_completed(hook, hook.import_contacts([{"email": "f@example.com"}], [1]))
+    assert (status.state, status.done, status.ok) == ("failed", True, False)
+
+
+def test_bulk_import_of_a_ready_body_lands_in_the_list(ac_conn: str, sandbox: SandboxClient) -> None:
     hook = ActiveCampaignHook(ac_conn)
     batch_id = hook.bulk_import(_import_body("ann@example.com", "bob@example.org"))
-    info = _wait_completed(hook, batch_id)
-    assert info["status"] == "completed"
+    assert _wait_completed(hook, batch_id).ok
     emails = {c["email"] for c in sandbox.ac_list_contacts(seed.AC_LIST_NEWSLETTER)}
     assert emails == {"ann@example.com", "bob@example.org"}
 
 
 def test_contact_sync_and_list_membership(ac_conn: str, sandbox: SandboxClient) -> None:
     hook = ActiveCampaignHook(ac_conn)
-    contact_id = hook.sync_contact({"email": "solo@example.com", "firstName": "Solo"})
+    contact_id = hook.sync_contact({"email": "solo@example.com", "first_name": "Solo"})
     hook.add_to_list(contact_id, seed.AC_LIST_LAPSED)
     (contact,) = sandbox.ac_list_contacts(seed.AC_LIST_LAPSED)
     assert contact["email"] == "solo@example.com"
@@ -110,7 +163,7 @@ def test_throttles_errors_and_dropped_connections_are_retried(
     sandbox.add_fault(api="ac", path="/import/bulk_import", times=2, **fault)
     hook = ActiveCampaignHook(ac_conn)
     batch_id = hook.bulk_import(_import_body("retry@example.com"))
-    assert _wait_completed(hook, batch_id)["status"] == "completed"
+    assert _wait_completed(hook, batch_id).state == "completed"
     assert [c["email"] for c in sandbox.ac_list_contacts(seed.AC_LIST_NEWSLETTER)] == ["retry@example.com"]
     assert calls(sandbox.stats(), "ac", "POST /api/3/import/bulk_import") == 3
 

@@ -14,12 +14,14 @@ from airflow_provider_ciexport.exceptions import (
     DestinationQuotaError,
     ExportConfigurationError,
 )
+from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from tests.support import calls, set_connection
 
-VIP = "22222222-2222-4222-8222-222222222222"
+VIP = seed.CC_LIST_VIP
+NEWSLETTER = seed.CC_LIST_NEWSLETTER
 
 
 def _cc_conn(monkeypatch: pytest.MonkeyPatch, url: str, conn_id: str = "cc_test", **overrides: Any) -> str:
@@ -39,11 +41,11 @@ def _cc_conn(monkeypatch: pytest.MonkeyPatch, url: str, conn_id: str = "cc_test"
     return set_connection(monkeypatch, conn_id, **fields)
 
 
-def _wait_activity(hook: ConstantContactHook, activity_id: str) -> dict:
+def _wait_activity(hook: ConstantContactHook, activity_id: str) -> ImportStatus:
     for _ in range(100):
-        activity = hook.get_activity(activity_id)
-        if activity["state"] in ("completed", "failed", "cancelled", "timed_out"):
-            return activity
+        status = hook.import_status(activity_id)
+        if status.done:
+            return status
         time.sleep(0.2)
     raise AssertionError("activity never finished")
 
@@ -57,11 +59,50 @@ def test_refreshes_a_token_and_imports(cc_conn: str, sandbox: SandboxClient) -> 
     assert hook.get_list(VIP)["name"] == "VIP customers"
     assert hook.get_list("99999999-9999-4999-8999-999999999999") is None
     assert {f["name"] for f in hook.get_custom_fields()} == {"loyalty_tier", "favorite_store", "city"}
-    activity = hook.json_import(_import_body("ann@example.com", "bob@example.org"))
-    done = _wait_activity(hook, activity["activity_id"])
-    assert done["state"] == "completed"
+    activity_id = hook.json_import(_import_body("ann@example.com", "bob@example.org"))
+    assert _wait_activity(hook, activity_id).state == "completed"
     assert {c["email"] for c in sandbox.cc_list_contacts(VIP)} == {"ann@example.com", "bob@example.org"}
     assert calls(sandbox.stats(), "oauth", "POST /oauth2/default/v1/token") == 1
+
+
+def test_import_contacts_lands_in_the_lists(cc_conn: str, sandbox: SandboxClient) -> None:
+    hook = ConstantContactHook(cc_conn)
+    contacts = [
+        {"email": " Ann@Example.com ", "first_name": "Ann", "cf:loyalty_tier": "gold", "birthday_month": 7},
+        {"email": "bob@example.org", "last_name": ""},
+        {"email": "cy@example.net", "job_title": "CTO"},
+    ]
+    status = _wait_activity(hook, hook.import_contacts(contacts, [VIP, NEWSLETTER.upper()]))
+    assert (status.state, status.ok, status.accepted, status.rejected, status.total) == (
+        "completed",
+        True,
+        3,
+        0,
+        3,
+    )
+    for list_id in (VIP, NEWSLETTER):
+        got = {c["email"]: c for c in sandbox.cc_list_contacts(list_id)}
+        assert set(got) == {"ann@example.com", "bob@example.org", "cy@example.net"}
+    assert got["ann@example.com"]["attributes"]["first_name"] == "Ann"
+    assert got["ann@example.com"]["custom_fields"]["loyalty_tier"] == "gold"
+    assert got["cy@example.net"]["attributes"]["job_title"] == "CTO"
+
+
+@pytest.mark.parametrize(
+    ("contacts", "lists", "message"),
+    [
+        ([{"email": "not-an-email"}], [VIP], r"Contact 1 of 1 has no valid e-mail \(malformed\)"),
+        ([{"email": "a@example.com", "first_name": "x" * 51}], [VIP], "longer than"),
+        ([{"email": "a@example.com", "nickname": "x"}], [VIP], "nickname"),
+        ([{"email": "a@example.com"}], ["vip"], "not a UUID"),
+    ],
+)
+def test_import_contacts_refuses_bad_input_before_sending(
+    cc_conn: str, sandbox: SandboxClient, contacts: list, lists: list, message: str
+) -> None:
+    with pytest.raises(ExportConfigurationError, match=message):
+        ConstantContactHook(cc_conn).import_contacts(contacts, lists)
+    assert calls(sandbox.stats(), "cc", "POST /v3/activities/contacts_json_import") == 0
 
 
 def test_expired_access_token_is_refreshed_and_the_call_retried_once(
@@ -187,8 +228,7 @@ def test_secrets_never_reach_the_api_or_the_log(
     caplog.set_level(logging.DEBUG)
     hook = ConstantContactHook(cc_conn)
     hook.get_list(VIP)
-    activity = hook.json_import(_import_body("secret-test@example.com"))
-    _wait_activity(hook, activity["activity_id"])
+    _wait_activity(hook, hook.json_import(_import_body("secret-test@example.com")))
     token = hook.get_access_token()
     api_requests = [r for r in sandbox.requests_log() if r["path"].startswith("/v3")]
     assert api_requests

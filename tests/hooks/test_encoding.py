@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airflow_provider_ciexport.export.destination import encode_json
+from airflow_provider_ciexport.hooks.base import encode_json
 
 AWKWARD = [
     "Siobhán",
