@@ -14,15 +14,11 @@ from airflow.sdk import Asset, BaseHook
 from airflow.sdk.definitions.param import ParamValidationError
 from airflow.serialization.serialized_objects import DagSerialization
 
-from airflow_provider_ciexport.operators.activecampaign import (
-    ActiveCampaignSegmentExportOperator,
-    parse_ac_list_ids,
-)
+from airflow_provider_ciexport.hooks.activecampaign import parse_list_ids as parse_ac_list_ids
+from airflow_provider_ciexport.hooks.constantcontact import parse_list_ids as parse_cc_list_ids
+from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
-from airflow_provider_ciexport.operators.constantcontact import (
-    ConstantContactSegmentExportOperator,
-    parse_cc_list_ids,
-)
+from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.sandbox.profiles import REFRESH_SEGMENTS_SQL, segment_refresh_sql
 from airflow_provider_ciexport.sandbox.seed import AC_LISTS, CC_LIST_VIP, CC_LISTS
 
