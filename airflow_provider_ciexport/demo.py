@@ -42,6 +42,7 @@ REPORT_KEYS = (
     "invalid",
     "duplicates",
     "submitted",
+    "would_submit",
     "accepted",
     "rejected",
     "batches",

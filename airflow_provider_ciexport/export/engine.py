@@ -300,10 +300,12 @@ class SegmentExporter:
         assert checkpoint is not None
 
         def dispatch(batch: Batch) -> None:
+            if self.settings.dry_run:
+                report.would_batches += 1
+                report.would_submit += batch.contacts
+                return
             report.batches += 1
             report.submitted += batch.contacts
-            if self.settings.dry_run:
-                return
             digest = batch_digest(batch) if checkpoint.store is not None else ""
             earlier = checkpoint.resumed(batch, digest) if checkpoint.resumable else None
             if earlier is not None:
@@ -407,21 +409,32 @@ class SegmentExporter:
             if now - self._last_progress < self.settings.progress_interval_s:
                 return
             self._last_progress = now
+        log.info("%s export progress: %s", self.destination.name, self._progress_line(now - self._started))
+
+    def _progress_line(self, elapsed: float) -> str:
+        """Rows read, contacts submitted and confirmed, the rate of the slowest phase and the ETA.
+
+        The export ends when its last contact is confirmed, so when it waits for its jobs the rate and
+        the ETA follow confirmed contacts (the total is estimated from the share of rows read that
+        became contacts so far); otherwise they follow rows read.
+        """
         report = self.report
-        elapsed = max(now - self._started, 1e-9)
-        rate = report.read / elapsed
-        eta = (self._total - report.read) / rate if rate > 0 else float("inf")
-        log.info(
-            "%s export progress: %s/%s rows read (%.0f%%), %s contacts submitted, %s confirmed, "
-            "%.0f rows/s, ETA %s",
-            self.destination.name,
-            f"{report.read:,}",
-            f"{self._total:,}",
-            100.0 * report.read / self._total if self._total else 100.0,
-            f"{report.submitted:,}",
-            f"{report.accepted + report.rejected:,}",
-            rate,
-            _duration(eta),
+        elapsed = max(elapsed, 1e-9)
+        total = self._total
+        if report.waited:
+            done = report.accepted + report.rejected
+            contacts = report.read - report.invalid - report.duplicates
+            expected = contacts * total / report.read if report.read else 0.0
+            unit = "contacts confirmed"
+        else:
+            done, expected, unit = report.read, float(total), "rows read"
+        rate = done / elapsed
+        eta = max(expected - done, 0.0) / rate if rate > 0 else float("inf")
+        submitted = report.would_submit if self.settings.dry_run else report.submitted
+        return (
+            f"{report.read:,}/{total:,} rows read ({100.0 * report.read / total if total else 100.0:.0f}%), "
+            f"{submitted:,} contacts {'would be ' if self.settings.dry_run else ''}submitted, "
+            f"{report.accepted + report.rejected:,} confirmed, {rate:,.0f} {unit}/s, ETA {_duration(eta)}"
         )
 
     def _raise_if_incomplete(self) -> None:

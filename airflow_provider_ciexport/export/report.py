@@ -12,7 +12,9 @@ class ExportReport:
     """Counts of one export.
 
     ``read = invalid + duplicates + submitted`` always holds (``too_large`` rows count as invalid), and
-    once every job is confirmed ``submitted = accepted + rejected``.
+    once every job is confirmed ``submitted = accepted + rejected``. A dry run sends nothing: its
+    ``submitted`` and ``batches`` stay 0 and ``would_submit``/``would_batches`` count what a real run
+    would send, so that ``read = invalid + duplicates + would_submit``.
     """
 
     destination: str
@@ -25,6 +27,8 @@ class ExportReport:
     accepted: int = 0
     rejected: int = 0
     batches: int = 0
+    would_submit: int = 0
+    would_batches: int = 0
     resubmitted_batches: int = 0
     resumed_batches: int = 0
     failed_batches: int = 0
@@ -61,6 +65,7 @@ class ExportReport:
             "accepted": self.accepted if self.waited else None,
             "rejected": self.rejected if self.waited else None,
             "batches": self.batches,
+            **({"would_submit": self.would_submit, "would_batches": self.would_batches} if self.dry_run else {}),
             "resubmitted_batches": self.resubmitted_batches,
             "resumed_batches": self.resumed_batches,
             "failed_batches": self.failed_batches,
@@ -73,7 +78,7 @@ class ExportReport:
         return out
 
     def summary(self) -> str:
-        """One log line with the counts (no personal data)."""
-        d = self.as_dict()
-        keys = ("read", "invalid", "duplicates", "submitted", "accepted", "rejected", "batches", "requests")
-        return ", ".join(f"{k}={d[k]}" for k in keys) + f", duration_s={d['duration_s']}"
+        """One log line with everything the XCom holds but the job ids (no personal data)."""
+        shown = {k: v for k, v in self.as_dict().items() if k not in ("destination", "jobs")}
+        shown["lists"] = ",".join(self.lists)
+        return ", ".join(f"{k}={v}" for k, v in shown.items())

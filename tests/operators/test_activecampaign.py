@@ -161,9 +161,16 @@ def test_jobs_that_keep_failing_fail_the_task_saying_what_was_exported(
     assert sandbox.ac_list_contacts(seed.AC_LIST_VIP) == []
 
 
-def test_dry_run_sends_nothing_but_reports(ac_conn: str, sandbox: SandboxClient) -> None:
-    report = _export(ac_conn, records=_many(600), dry_run=True, field_mapping={"email": "email"})
-    assert report["submitted"] == 600 and report["batches"] == 3 and report["accepted"] is None
+def test_dry_run_sends_nothing_but_reports_what_would_go(
+    ac_conn: str, sandbox: SandboxClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [*_many(600), {"email": "not an address"}]
+    with caplog.at_level("INFO", logger="airflow_provider_ciexport"):
+        report = _export(ac_conn, records=rows, dry_run=True, field_mapping={"email": "email"})
+    assert report["would_submit"] == 600 and report["would_batches"] == 3 and report["accepted"] is None
+    assert report["submitted"] == 0 and report["batches"] == 0 and report["jobs"] == []
+    line = next(r.getMessage() for r in caplog.records if "export report" in r.getMessage())
+    assert "dry_run=True" in line and "would_submit=600" in line and "invalid.malformed=1" in line
     assert calls(sandbox.stats(), "ac", "POST /api/3/import/bulk_import") == 0
 
 
