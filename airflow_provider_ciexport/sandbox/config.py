@@ -8,6 +8,9 @@ from typing import Any, Literal, get_args
 
 ACRateLimitStyle = Literal["429", "400", "503"]
 CCOverlongMode = Literal["reject_contact", "truncate", "reject_request"]
+#: How Constant Contact error bodies look: a list of error objects, a single object, or as documented
+#: (429 answers as one object, every other error as a list).
+CCErrorShape = Literal["list", "object", "documented"]
 
 
 class ConfigError(ValueError):
@@ -64,6 +67,8 @@ class SandboxConfig:
     #: is not imported, the value is cut to the limit (an over-long email still makes the contact
     #: an error), or the whole request is rejected (400). Every case is a recorded violation.
     cc_overlong_values: CCOverlongMode = "reject_contact"
+    #: The shape of every Constant Contact error body (the real API's varies by endpoint and status).
+    cc_error_shape: CCErrorShape = "list"
     #: ``interval`` returned by the device authorization endpoint, seconds.
     cc_device_interval_s: int = 5
 
@@ -114,6 +119,8 @@ class SandboxConfig:
             raise ConfigError(f"ac_rate_limit_style must be one of {get_args(ACRateLimitStyle)}")
         if self.cc_overlong_values not in get_args(CCOverlongMode):
             raise ConfigError(f"cc_overlong_values must be one of {get_args(CCOverlongMode)}")
+        if self.cc_error_shape not in get_args(CCErrorShape):
+            raise ConfigError(f"cc_error_shape must be one of {get_args(CCErrorShape)}")
         for name in (
             "request_log_size",
             "ac_requests_per_second",

@@ -28,10 +28,6 @@ from airflow_provider_ciexport.sandbox.state import SandboxState
 VALIDATION = "contacts.api.validation.error"
 
 
-def _bad_request(message: str) -> Response:
-    return errors.cc_error(400, VALIDATION, message)
-
-
 def _limit(request: Request, default: int, maximum: int, cursor: dict[str, Any]) -> int | None:
     raw = request.query_params.get("limit", cursor.get("limit"))
     if raw is None:
@@ -64,6 +60,15 @@ def _next_link(path: str, total: int, offset: int, limit: int, params: dict[str,
 
 def build_router(state: SandboxState) -> APIRouter:
     """The ``/v3`` routes bound to ``state``."""
+
+    def _bad_request(message: str) -> Response:
+        return errors.cc_error(400, VALIDATION, message, shape=state.config.cc_error_shape)
+
+    def _not_found(what: str) -> Response:
+        return errors.cc_error(
+            404, "not.found", f"The requested {what} was not found.", shape=state.config.cc_error_shape
+        )
+
     router = APIRouter(prefix="/v3")
 
     @router.get("/contact_lists")
@@ -92,7 +97,7 @@ def build_router(state: SandboxState) -> APIRouter:
         if not UUID_RE.fullmatch(list_id):
             return _bad_request("list_id is not a valid UUID.")
         if list_id not in state.cc.lists:
-            return errors.cc_error(404, "not.found", "The requested contact list was not found.")
+            return _not_found("contact list")
         with_count = request.query_params.get("include_membership_count") in ("all", "active")
         return errors.json_response(state.cc.list_json(list_id, with_count))
 
@@ -187,7 +192,7 @@ def build_router(state: SandboxState) -> APIRouter:
         state.settle(now)
         activity = state.cc.activities.get(request.path_params["activity_id"])
         if activity is None:
-            return errors.cc_error(404, "not.found", "The requested activity was not found.")
+            return _not_found("activity")
         return errors.json_response(state.cc.activity_json(activity, now))
 
     @router.get("/contacts")
@@ -212,7 +217,7 @@ def build_router(state: SandboxState) -> APIRouter:
             if len(list_ids) > 25 or not all(UUID_RE.fullmatch(lid) for lid in list_ids):
                 return _bad_request("lists must be up to 25 list ids (UUID).")
             if not all(lid in cc.lists for lid in list_ids):
-                return errors.cc_error(404, "not.found", "The requested contact list was not found.")
+                return _not_found("contact list")
             nums = cc.member_nums(list_ids)
         else:
             nums = range(1, len(cc.keys_by_num) + 1)

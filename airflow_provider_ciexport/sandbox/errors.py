@@ -76,19 +76,26 @@ def ac_rate_limited(style: str, wait_s: float, imports: bool, whole_seconds: boo
     return json_response({"message": "Too Many Requests"}, 429, headers={"Retry-After": retry_after})
 
 
-def cc_error(status: int, key: str, message: str) -> Response:
-    """Constant Contact ``[{"error_key", "error_message"}]``."""
-    return json_response([{"error_key": key, "error_message": message}], status)
+def cc_error(status: int, key: str, message: str, *, shape: str) -> Response:
+    """Constant Contact ``[{"error_key", "error_message"}]``, or the bare object.
+
+    :param shape: ``list``, ``object``, or ``documented`` (an object for 429, a list otherwise).
+    """
+    error = {"error_key": key, "error_message": message}
+    as_object = shape == "object" or (shape == "documented" and status == 429)
+    return json_response(error if as_object else [error], status)
 
 
-def cc_throttled() -> Response:
+def cc_throttled(shape: str) -> Response:
     """The per-second limit (no Retry-After, as documented)."""
-    return cc_error(429, "throttled", "Too many requests per second. Retry in a moment.")
+    return cc_error(429, "throttled", "Too many requests per second. Retry in a moment.", shape=shape)
 
 
-def cc_quota_exceeded() -> Response:
+def cc_quota_exceeded(shape: str) -> Response:
     """The daily quota."""
-    return cc_error(429, "quota_exceeded", "The daily request quota for this API key has been exceeded.")
+    return cc_error(
+        429, "quota_exceeded", "The daily request quota for this API key has been exceeded.", shape=shape
+    )
 
 
 def oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> Response:
@@ -96,14 +103,19 @@ def oauth_error(status: int, error: str, description: str, headers: dict[str, st
     return json_response({"error": error, "error_description": description}, status, headers)
 
 
-def generic_status(api: str, status: int, retry_after: int | None) -> Response:
+def generic_status(api: str, status: int, retry_after: int | None, cc_shape: str) -> Response:
     """An injected status in the API's shape."""
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     phrase = _phrase(status)
     if api == "cc":
-        body: Any = [{"error_key": f"http.{status}", "error_message": phrase}]
-    elif api == "oauth":
-        body = {"error": "server_error" if status >= 500 else "invalid_request", "error_description": phrase}
+        response = cc_error(status, f"http.{status}", phrase, shape=cc_shape)
+        response.headers.update(headers or {})
+        return response
+    if api == "oauth":
+        body: Any = {
+            "error": "server_error" if status >= 500 else "invalid_request",
+            "error_description": phrase,
+        }
     else:
         body = {"message": phrase}
     return json_response(body, status, headers)

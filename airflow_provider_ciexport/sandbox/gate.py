@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Router
 
 from airflow_provider_ciexport.sandbox import errors
+from airflow_provider_ciexport.sandbox.config import SandboxConfig
 from airflow_provider_ciexport.sandbox.faults import JOB_KINDS, FaultRule
 from airflow_provider_ciexport.sandbox.seed import AC_API_KEY
 from airflow_provider_ciexport.sandbox.state import SandboxState
@@ -135,7 +136,7 @@ class SandboxGate:
                 elif rule.kind in JOB_KINDS.get(api, frozenset()):
                     job_fault = rule.kind
                 else:
-                    await _fault_response(rule, cfg.ac_rate_limit_style)(scope, receive, send)
+                    await _fault_response(rule, cfg)(scope, receive, send)
                     return
         denied = self._authenticate(api, headers, now)
         if denied is None:
@@ -185,10 +186,15 @@ class SandboxGate:
             if isinstance(record, str):
                 st.recorder.auth_failures["cc"] += 1
                 st.recorder.counters[f"cc.access_token_{record}"] += 1
-                return errors.cc_error(401, "unauthorized", "Unauthorized")
+                return errors.cc_error(401, "unauthorized", "Unauthorized", shape=st.config.cc_error_shape)
             if "contact_data" not in record.scope.split():
                 st.recorder.auth_failures["cc"] += 1
-                return errors.cc_error(403, "forbidden", "The access token lacks the contact_data scope.")
+                return errors.cc_error(
+                    403,
+                    "forbidden",
+                    "The access token lacks the contact_data scope.",
+                    shape=st.config.cc_error_shape,
+                )
         return None
 
     def _rate_limit(self, api: str, is_import: bool, now: float) -> Response | None:
@@ -205,9 +211,9 @@ class SandboxGate:
             if wait > 0:
                 st.recorder.rejections[name] += 1
                 if name == "cc_daily_quota":
-                    return errors.cc_quota_exceeded()
+                    return errors.cc_quota_exceeded(st.config.cc_error_shape)
                 if name == "cc_per_second":
-                    return errors.cc_throttled()
+                    return errors.cc_throttled(st.config.cc_error_shape)
                 return errors.ac_rate_limited(
                     st.config.ac_rate_limit_style,
                     wait,
@@ -231,16 +237,18 @@ class SandboxGate:
         cycle.disconnected = True  # type: ignore[union-attr]
 
 
-def _fault_response(rule: FaultRule, ac_style: str) -> Response:
+def _fault_response(rule: FaultRule, config: SandboxConfig) -> Response:
     if rule.kind == "throttled":
         if rule.api == "ac":
-            return errors.ac_rate_limited(ac_style, float(rule.retry_after or 1), imports=False)
-        return errors.cc_throttled()
+            return errors.ac_rate_limited(
+                config.ac_rate_limit_style, float(rule.retry_after or 1), imports=False
+            )
+        return errors.cc_throttled(config.cc_error_shape)
     if rule.kind == "quota_exceeded":
-        return errors.cc_quota_exceeded()
+        return errors.cc_quota_exceeded(config.cc_error_shape)
     if rule.kind == "rate_limit_400":
         return errors.ac_rate_limited("400", 1.0, imports=True)
-    return errors.generic_status(rule.api, rule.status, rule.retry_after)
+    return errors.generic_status(rule.api, rule.status, rule.retry_after, config.cc_error_shape)
 
 
 async def _wait_until(deadline: float) -> None:

@@ -1212,3 +1212,33 @@ def test_command_line_writes_ready_file(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert f"{url}/v3" in out and f"{url}/oauth2/default/v1/token" in out
     assert not ready.exists()
+
+
+@pytest.mark.parametrize("shape", ["list", "object", "documented"])
+def test_cc_error_bodies_come_in_the_configured_shape(sb: SandboxServer, shape: str) -> None:
+    """The real API answers some errors as a list of objects and others (429) as one object."""
+    client = ctl(sb)
+    client.reset(cc_error_shape=shape)
+    h = cc_h(cc_token(sb))
+    client.add_fault(api="cc", kind="throttled", times=1)
+    client.add_fault(api="cc", kind="status", status=503, times=1)
+    base = sb.cc_api_base_url
+    unknown_list = f"{'0' * 8}-0000-4000-8000-{'0' * 12}"
+    answers = {
+        "throttled": requests.get(f"{base}/contact_lists", headers=h, timeout=TIMEOUT),
+        "http.503": requests.get(f"{base}/contact_lists", headers=h, timeout=TIMEOUT),
+        "unauthorized": requests.get(f"{base}/contact_lists", headers=cc_h("nope"), timeout=TIMEOUT),
+        "not.found": requests.get(f"{base}/contact_lists/{unknown_list}", headers=h, timeout=TIMEOUT),
+        "contacts.api.validation.error": requests.get(
+            f"{base}/contact_lists/nope", headers=h, timeout=TIMEOUT
+        ),
+    }
+    client.configure(cc_daily_quota=1)  # spent already
+    answers["quota_exceeded"] = requests.get(f"{base}/contact_lists", headers=h, timeout=TIMEOUT)
+    for key, r in answers.items():
+        body = r.json()
+        as_object = shape == "object" or (shape == "documented" and r.status_code == 429)
+        assert isinstance(body, dict if as_object else list), (key, r.status_code, body)
+        error = body if as_object else body[0]
+        assert error["error_key"] == key and error["error_message"], (key, body)
+    assert answers["quota_exceeded"].status_code == answers["throttled"].status_code == 429
