@@ -9,6 +9,8 @@ EXTRAS := test,demo,parquet,sandbox,openlineage
 # change what a fresh clone installs. `make lock` refreshes it; `make test-latest` tries the newest.
 LOCK := constraints/constraints.txt
 CONSTRAINTS ?= -c $(LOCK)
+#: make sandbox PORT=8030
+PORT ?= 8025
 
 .PHONY: install test lint typecheck pytest demo bench sandbox lock test-latest clean
 
@@ -39,7 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 sandbox: $(STAMP)
-	$(PY) -m airflow_provider_ciexport.sandbox
+	@$(PY) -m airflow_provider_ciexport.sandbox --port $(PORT)
 
 # Re-resolve every dependency to its newest release (for Python 3.10 and up) and pin the result.
 lock: $(STAMP)

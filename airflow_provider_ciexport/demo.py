@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_ciexport.sandbox import SandboxServer
+from airflow_provider_ciexport.sandbox.connections import AC_CONN_ID, CC_CONN_ID, connection_env
 from airflow_provider_ciexport.sandbox.profiles import expected_segment_emails, generate_profiles
 from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP, CC_LISTS, SEED
 
@@ -97,27 +98,15 @@ def airflow_env(home: Path, dags_folder: Path) -> dict[str, str]:
     return env
 
 
-def connection_env(sandbox: SandboxServer, profiles_db: Path) -> dict[str, str]:
+def dag_connections(sandbox: SandboxServer, profiles_db: Path) -> dict[str, str]:
     """The DAG's three connections as ``AIRFLOW_CONN_*`` variables pointing at the sandbox and SQLite."""
-    connections: dict[str, dict[str, Any]] = {
-        "activecampaign_default": {
-            "conn_type": "activecampaign",
-            "host": sandbox.url,
-            "password": SEED.ac_api_key,
-        },
-        "constantcontact_default": {
-            "conn_type": "constantcontact",
-            "login": SEED.cc_client_id,
-            "password": SEED.cc_client_secret,
-            "extra": {
-                "refresh_token": SEED.cc_refresh_token,
-                "api_base_url": sandbox.cc_api_base_url,
-                "token_url": sandbox.cc_token_url,
-            },
-        },
-        "profiles_db": {"conn_type": "sqlite", "host": str(profiles_db)},
-    }
-    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in connections.items()}
+    return connection_env(
+        {
+            AC_CONN_ID: sandbox.ac_connection(),
+            CC_CONN_ID: sandbox.cc_connection(),
+            "profiles_db": {"conn_type": "sqlite", "host": str(profiles_db)},
+        }
+    )
 
 
 def run_logged(args: Sequence[str], env: Mapping[str, str], log: Path, what: str) -> None:
@@ -213,7 +202,7 @@ def run_demo(workdir: Path) -> bool:
         try:
             run_logged(
                 [*airflow, "dags", "test", DAG_ID],
-                {**env, **connection_env(sandbox, profiles_db)},
+                {**env, **dag_connections(sandbox, profiles_db)},
                 log,
                 f"airflow dags test {DAG_ID}",
             )

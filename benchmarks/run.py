@@ -221,7 +221,13 @@ class Sandbox:
 
 def airflow_env(home: Path, db: Path, sandbox_url: str, scale: float) -> dict[str, str]:
     """The environment of every child: a throwaway AIRFLOW_HOME and the three connections."""
-    from airflow_provider_ciexport.sandbox.seed import SEED as ACCOUNTS
+    from airflow_provider_ciexport.sandbox.connections import (
+        AC_CONN_ID,
+        CC_CONN_ID,
+        ac_connection,
+        cc_connection,
+        connection_env,
+    )
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
     env.update(
@@ -234,25 +240,12 @@ def airflow_env(home: Path, db: Path, sandbox_url: str, scale: float) -> dict[st
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
             "AIRFLOW_CONN_PROFILES_DB": json.dumps({"conn_type": "sqlite", "host": str(db)}),
-            "AIRFLOW_CONN_ACTIVECAMPAIGN_DEFAULT": json.dumps(
+            **connection_env(
                 {
-                    "conn_type": "activecampaign",
-                    "host": sandbox_url,
-                    "password": ACCOUNTS.ac_api_key,
-                    "extra": {"requests_per_second": 5 * scale, "imports_per_minute": 100 * scale},
-                }
-            ),
-            "AIRFLOW_CONN_CONSTANTCONTACT_DEFAULT": json.dumps(
-                {
-                    "conn_type": "constantcontact",
-                    "login": ACCOUNTS.cc_client_id,
-                    "password": ACCOUNTS.cc_client_secret,
-                    "extra": {
-                        "refresh_token": ACCOUNTS.cc_refresh_token,
-                        "api_base_url": f"{sandbox_url}/v3",
-                        "token_url": f"{sandbox_url}/oauth2/default/v1/token",
-                        "requests_per_second": 4 * scale,
-                    },
+                    AC_CONN_ID: ac_connection(
+                        sandbox_url, requests_per_second=5 * scale, imports_per_minute=100 * scale
+                    ),
+                    CC_CONN_ID: cc_connection(sandbox_url, requests_per_second=4 * scale),
                 }
             ),
         }

@@ -24,13 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.sandbox.connections import AC_CONN_ID, CC_CONN_ID
 from airflow_provider_ciexport.sandbox.server import SandboxServer
 from tests.support import set_connection
-
-AC_CONN_ID = "activecampaign_default"
-CC_CONN_ID = "constantcontact_default"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,23 +60,10 @@ def sandbox(sandbox_server: SandboxServer) -> SandboxClient:
 @pytest.fixture
 def ac_conn(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server: SandboxServer) -> str:
     """An ``activecampaign`` connection to the sandbox with its seeded API key."""
-    return set_connection(
-        monkeypatch, AC_CONN_ID, conn_type="activecampaign", host=sandbox_server.url, password=seed.AC_API_KEY
-    )
+    return set_connection(monkeypatch, AC_CONN_ID, **sandbox_server.ac_connection())
 
 
 @pytest.fixture
 def cc_conn(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server: SandboxServer) -> str:
     """A ``constantcontact`` connection to the sandbox with its seeded client and refresh token."""
-    return set_connection(
-        monkeypatch,
-        CC_CONN_ID,
-        conn_type="constantcontact",
-        login=seed.CC_CLIENT_ID,
-        password=seed.CC_CLIENT_SECRET,
-        extra={
-            "refresh_token": seed.CC_REFRESH_TOKEN,
-            "api_base_url": f"{sandbox_server.url}/v3",
-            "token_url": f"{sandbox_server.url}/oauth2/default/v1/token",
-        },
-    )
+    return set_connection(monkeypatch, CC_CONN_ID, **sandbox_server.cc_connection())

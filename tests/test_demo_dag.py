@@ -32,7 +32,6 @@ from airflow_provider_ciexport.sandbox.seed import (
     CC_LIST_LAPSED,
     CC_LIST_NEWSLETTER,
     CC_LIST_VIP,
-    SEED,
 )
 from tests.support import set_connection
 
@@ -86,25 +85,8 @@ def profiles_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def connections(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer, profiles_db: Path) -> None:
     """The DAG's three connections, defined the way a deployment's secrets would define them."""
     sandbox.client.reset()
-    set_connection(
-        monkeypatch,
-        "activecampaign_default",
-        conn_type="activecampaign",
-        host=sandbox.url,
-        password=SEED.ac_api_key,
-    )
-    set_connection(
-        monkeypatch,
-        "constantcontact_default",
-        conn_type="constantcontact",
-        login=SEED.cc_client_id,
-        password=SEED.cc_client_secret,
-        extra={
-            "refresh_token": SEED.cc_refresh_token,
-            "api_base_url": sandbox.cc_api_base_url,
-            "token_url": sandbox.cc_token_url,
-        },
-    )
+    set_connection(monkeypatch, "activecampaign_default", **sandbox.ac_connection())
+    set_connection(monkeypatch, "constantcontact_default", **sandbox.cc_connection())
     set_connection(monkeypatch, "profiles_db", conn_type="sqlite", host=str(profiles_db))
 
 

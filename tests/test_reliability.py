@@ -63,27 +63,8 @@ def _emails(sandbox: SandboxClient, destination: str) -> set[str]:
 @pytest.fixture
 def conns(ac_conn: str, cc_conn: str, monkeypatch: pytest.MonkeyPatch, sandbox_server: Any) -> dict[str, str]:
     """Both connections, with a short read timeout so slow answers are noticed quickly."""
-    set_connection(
-        monkeypatch,
-        "ac_short",
-        conn_type="activecampaign",
-        host=sandbox_server.url,
-        password=seed.AC_API_KEY,
-        extra={"timeout": 1},
-    )
-    set_connection(
-        monkeypatch,
-        "cc_short",
-        conn_type="constantcontact",
-        login=seed.CC_CLIENT_ID,
-        password=seed.CC_CLIENT_SECRET,
-        extra={
-            "refresh_token": seed.CC_REFRESH_TOKEN,
-            "api_base_url": sandbox_server.cc_api_base_url,
-            "token_url": sandbox_server.cc_token_url,
-            "timeout": 1,
-        },
-    )
+    set_connection(monkeypatch, "ac_short", **sandbox_server.ac_connection(timeout=1))
+    set_connection(monkeypatch, "cc_short", **sandbox_server.cc_connection(timeout=1))
     return {"ac": "ac_short", "cc": "cc_short"}
 
 
@@ -284,12 +265,7 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW_CONN_PEOPLE_DB": json.dumps({"conn_type": "sqlite", "host": str(db)}),
         "AIRFLOW_CONN_AC_KILL": json.dumps(
-            {
-                "conn_type": "activecampaign",
-                "host": sandbox_server.url,
-                "password": seed.AC_API_KEY,
-                "extra": {"imports_per_minute": 200, "requests_per_second": 10},
-            }
+            sandbox_server.ac_connection(imports_per_minute=200, requests_per_second=10)
         ),
     }
     command = [sys.executable, str(dags / "kill_dag.py")]
@@ -401,7 +377,7 @@ def test_incomplete_connections_fail_before_anything_is_sent(
     conn = set_connection(
         monkeypatch,
         "ac_incomplete",
-        **{"conn_type": "activecampaign", "host": sandbox_server.url, "password": seed.AC_API_KEY, **fields},
+        **{**sandbox_server.ac_connection(), **fields},
     )
     with pytest.raises(ExportConfigurationError, match=complaint):
         _run("ac", conn, records=_people(20))

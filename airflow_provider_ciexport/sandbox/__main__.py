@@ -13,8 +13,14 @@ from pathlib import Path
 from types import FrameType
 
 from airflow_provider_ciexport.sandbox.config import ConfigError, SandboxConfig
-from airflow_provider_ciexport.sandbox.seed import SEED
-from airflow_provider_ciexport.sandbox.server import SandboxServer
+from airflow_provider_ciexport.sandbox.connections import (
+    AC_CONN_ID,
+    CC_CONN_ID,
+    ac_connection,
+    cc_connection,
+    connection_env,
+)
+from airflow_provider_ciexport.sandbox.server import PortUnavailableError, SandboxServer
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -35,6 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ac-auth-error-status", type=int, choices=(401, 403), default=403)
     parser.add_argument("--ac-rate-limit-style", choices=("429", "400", "503"), default="429")
     parser.add_argument("--cc-daily-quota", type=int, default=10000)
+    parser.add_argument(
+        "--cc-error-shape",
+        choices=("list", "object", "documented"),
+        default="list",
+        help="Constant Contact error bodies: a list of objects, one object, or one object for 429 only",
+    )
     parser.add_argument("--no-record-bodies", action="store_true", help="keep request bodies out of the log")
     parser.add_argument("--ready-file", type=Path, help="write the base URL here once listening")
     return parser.parse_args(argv)
@@ -42,20 +54,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def connection_help(url: str) -> str:
     """How to point the provider's connections at a sandbox running at ``url``."""
+    env = connection_env({AC_CONN_ID: ac_connection(url), CC_CONN_ID: cc_connection(url)})
     return "\n".join(
         [
             f"Sandbox listening on {url}",
             "",
-            "ActiveCampaign connection (activecampaign):",
-            f"  host     {url}",
-            f"  password {SEED.ac_api_key}",
-            "Constant Contact connection (constantcontact):",
-            f"  login    {SEED.cc_client_id}",
-            f"  password {SEED.cc_client_secret}",
-            f"  extras   refresh_token={SEED.cc_refresh_token}",
-            f"           api_base_url={url}/v3",
-            f"           token_url={url}/oauth2/default/v1/token",
+            "In another shell, these connections point the provider's operators at it:",
+            *(f"  export {name}='{value}'" for name, value in env.items()),
             "",
+            f"What a list holds: curl -s {url}/_sandbox/ac/lists/2/contacts",
             f"Control API: {url}/_sandbox/stats, /_sandbox/requests, /_sandbox/reset ...",
             "Ctrl-C to stop.",
         ]
@@ -75,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ac_auth_error_status": args.ac_auth_error_status,
                 "ac_rate_limit_style": args.ac_rate_limit_style,
                 "cc_daily_quota": args.cc_daily_quota,
+                "cc_error_shape": args.cc_error_shape,
                 "record_bodies": not args.no_record_bodies,
             }
         )
@@ -94,7 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(200_000, 50, 1_000)
-    with SandboxServer(config, port=args.port) as server:
+    server = SandboxServer(config, port=args.port)
+    try:
+        server.start()
+    except PortUnavailableError as exc:
+        print(
+            f"error: {exc.strerror}. Choose another port: make sandbox PORT=8030 (or --port 8030; 0 = any free one).",
+            file=sys.stderr,
+        )
+        return 1
+    with server:
         print(connection_help(server.url), flush=True)
         if args.ready_file is not None:
             tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")

@@ -7,9 +7,11 @@ import socket
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 
+from airflow_provider_ciexport.sandbox import connections
 from airflow_provider_ciexport.sandbox.app import create_app
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from airflow_provider_ciexport.sandbox.config import SandboxConfig
@@ -18,6 +20,10 @@ from airflow_provider_ciexport.sandbox.state import SandboxState
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+
+
+class PortUnavailableError(OSError):
+    """The port asked for is taken (or not ours to use)."""
 
 
 class SandboxServer:
@@ -41,12 +47,26 @@ class SandboxServer:
     @property
     def cc_api_base_url(self) -> str:
         """Constant Contact ``api_base_url`` pointing at the sandbox."""
-        return f"{self.url}/v3"
+        return connections.cc_api_base_url(self.url)
 
     @property
     def cc_token_url(self) -> str:
-        """Constant Contact ``token_url`` pointing at the sandbox."""
-        return f"{self.url}/oauth2/default/v1/token"
+        """Constant Contact token endpoint of the sandbox."""
+        return connections.cc_token_url(self.url)
+
+    def ac_connection(self, **extra: Any) -> dict[str, Any]:
+        """The fields of an ``activecampaign`` connection to this sandbox (``AIRFLOW_CONN_*`` JSON).
+
+        :param extra: connection extras, e.g. ``timeout=1``.
+        """
+        return connections.ac_connection(self.url, **extra)
+
+    def cc_connection(self, **extra: Any) -> dict[str, Any]:
+        """The fields of a ``constantcontact`` connection to this sandbox (``AIRFLOW_CONN_*`` JSON).
+
+        :param extra: more extras, or replacements (e.g. ``refresh_token=...``).
+        """
+        return connections.cc_connection(self.url, **extra)
 
     @property
     def client(self) -> SandboxClient:
@@ -62,7 +82,11 @@ class SandboxServer:
             return self
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, self.port))
+        try:
+            sock.bind((HOST, self.port))
+        except OSError as exc:
+            sock.close()
+            raise PortUnavailableError(exc.errno, f"port {self.port} on {HOST}: {exc.strerror}") from None
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(self.state),

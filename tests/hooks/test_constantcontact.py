@@ -18,6 +18,7 @@ from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.sandbox.connections import cc_connection
 from tests.support import calls, set_connection
 
 VIP = seed.CC_LIST_VIP
@@ -25,16 +26,7 @@ NEWSLETTER = seed.CC_LIST_NEWSLETTER
 
 
 def _cc_conn(monkeypatch: pytest.MonkeyPatch, url: str, conn_id: str = "cc_test", **overrides: Any) -> str:
-    fields: dict[str, Any] = {
-        "conn_type": "constantcontact",
-        "login": seed.CC_CLIENT_ID,
-        "password": seed.CC_CLIENT_SECRET,
-        "extra": {
-            "refresh_token": seed.CC_REFRESH_TOKEN,
-            "api_base_url": f"{url}/v3",
-            "token_url": f"{url}/oauth2/default/v1/token",
-        },
-    }
+    fields = cc_connection(url)
     extra = overrides.pop("extra", {})
     fields["extra"].update(extra)
     fields.update(overrides)

@@ -196,16 +196,7 @@ def test_bad_client_credentials_fail_before_sending(
     monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server: Any
 ) -> None:
     conn = set_connection(
-        monkeypatch,
-        "cc_badsecret",
-        conn_type="constantcontact",
-        login="sandbox-client-id",
-        password="not-the-secret",
-        extra={
-            "refresh_token": "sandbox-refresh-token",
-            "api_base_url": f"{sandbox_server.url}/v3",
-            "token_url": f"{sandbox_server.url}/oauth2/default/v1/token",
-        },
+        monkeypatch, "cc_badsecret", **{**sandbox_server.cc_connection(), "password": "not-the-secret"}
     )
     with pytest.raises(DestinationAuthError, match="client id or client secret"):
         _export(conn, records=data.ROWS)
