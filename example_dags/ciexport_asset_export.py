@@ -3,13 +3,18 @@
 
 Two DAGs joined by an Asset instead of a task dependency:
 
-* `ciexport_refresh_vip_segment` rebuilds the `segment_vip` table every day and declares the
-  `segment_vip` Asset as its outlet;
-* `ciexport_export_vip_segment` has that Asset as its schedule: every successful refresh starts an
-  export of the segment to ActiveCampaign and Constant Contact, whoever triggered the refresh.
+* `ciexport_refresh_vip_segment` rebuilds the `segment_vip` table (`sql/refresh_segment_vip.sql`)
+  every day and declares the `segment_vip` Asset as its outlet;
+* `ciexport_export_vip_segment` has that Asset as its schedule: every successful refresh starts a
+  real export of the segment to ActiveCampaign and Constant Contact, whoever triggered the refresh.
+
+Both DAGs are paused when they appear. Unpausing the refresh DAG (the UI's trigger dialog does it
+by default) starts its daily runs, and with the export DAG unpaused every refresh exports for real:
+there is no dry run here. To try the export safely, use `ciexport_segment_export` with "Dry run".
 
 The refresh side could as well live in another team's DAG: the export only needs the Asset.
-The list ids are those of the provider's sandbox; use your own accounts' ids.
+The list ids are those of the provider's sandbox; use your own accounts' ids. To use these DAGs in
+your project, copy the file together with its `sql/` folder.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from airflow.sdk import DAG, Asset
 
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox.profiles import segment_refresh_sql
 
 # The segment table, as an Asset: <scheme>://<database>/<table>.
 SEGMENT_VIP = Asset(uri="sqlite://profiles/segment_vip", name="segment_vip")
@@ -37,8 +41,10 @@ with DAG(
     SQLExecuteQueryOperator(
         task_id="refresh_segment_vip",
         conn_id="profiles_db",
-        # DROP + CREATE TABLE segment_vip AS SELECT ... FROM customer_profiles WHERE ...
-        sql=segment_refresh_sql("vip"),
+        # DROP + CREATE TABLE segment_vip AS SELECT ... FROM customer_profiles WHERE ...: a file beside
+        # this DAG, rendered with Jinja.
+        sql="sql/refresh_segment_vip.sql",
+        split_statements=True,
         outlets=[SEGMENT_VIP],
     )
 

@@ -1,9 +1,11 @@
 """
 ### Export a customer segment to ActiveCampaign and Constant Contact
 
-Every day, rebuild the segment tables from the unified customer profiles, then export one segment to
-ActiveCampaign and Constant Contact lists. Trigger it from the UI to pick another segment, other lists,
-or a dry run that checks everything and sends nothing.
+Rebuild the segment tables from the unified customer profiles (`sql/refresh_segments.sql`), then
+export one segment to ActiveCampaign and Constant Contact lists. It runs only when triggered
+(no schedule), so unpausing it never starts an export by itself: "Trigger" shows a form to pick
+the segment, the lists, or a dry run that checks everything and sends nothing. For exports that
+follow every refresh, see `ciexport_asset_export.py`.
 
 Connections used:
 
@@ -11,8 +13,8 @@ Connections used:
 * `activecampaign_default`: API URL as host, API key as password;
 * `constantcontact_default`: OAuth client id and secret, refresh token in the extras.
 
-The list ids below are those of the provider's sandbox
-(`python -m airflow_provider_ciexport.sandbox`); use your own accounts' ids.
+The list ids below are those of the provider's sandbox (`make sandbox`); use your own accounts' ids.
+To use this DAG in your project, copy it together with its `sql/` folder.
 Each export task returns its report (rows read, invalid, duplicates, accepted, rejected, job ids) as its
 XCom value.
 """
@@ -25,7 +27,6 @@ from airflow.sdk import DAG, Param
 
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox.profiles import REFRESH_SEGMENTS_SQL
 
 # Sandbox list ids: ActiveCampaign uses the number in the list's URL, Constant Contact the list's UUID.
 AC_LISTS = {"1": "Newsletter (1)", "2": "VIP customers (2)", "3": "Lapsed customers (3)"}
@@ -42,7 +43,7 @@ with DAG(
     dag_display_name="Export a customer segment to marketing lists",
     description="Refresh the customer segments, then export one to ActiveCampaign and Constant Contact.",
     doc_md=__doc__,
-    schedule="@daily",
+    schedule=None,  # manual runs only: see the docstring
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     tags=["ciexport", "marketing"],
@@ -89,8 +90,10 @@ with DAG(
     refresh_segments = SQLExecuteQueryOperator(
         task_id="refresh_segments",
         conn_id="profiles_db",
-        # DROP + CREATE TABLE ... AS SELECT for segment_vip and segment_lapsed, in one transaction.
-        sql=REFRESH_SEGMENTS_SQL,
+        # DROP + CREATE TABLE ... AS SELECT for segment_vip and segment_lapsed, in one transaction;
+        # the file is found beside this DAG and rendered with Jinja (it includes one file per segment).
+        sql="sql/refresh_segments.sql",
+        split_statements=True,
     )
 
     export_to_activecampaign = ActiveCampaignSegmentExportOperator(

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.sdk import Asset, BaseHook
 from airflow.sdk.definitions.param import ParamValidationError
@@ -19,7 +20,7 @@ from airflow_provider_ciexport.hooks.constantcontact import parse_list_ids as pa
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox.profiles import REFRESH_SEGMENTS_SQL, segment_refresh_sql
+from airflow_provider_ciexport.sandbox.profiles import SEGMENTS, segment_refresh_sql
 from airflow_provider_ciexport.sandbox.seed import AC_LISTS, CC_LIST_VIP, CC_LISTS
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "example_dags"
@@ -45,6 +46,30 @@ def _export_task(dag: Any, task_id: str) -> BaseSegmentExportOperator:
     task = dag.get_task(task_id)
     assert isinstance(task, BaseSegmentExportOperator), task_id
     return task
+
+
+def _refresh_statements(dag: Any, task_id: str) -> list[str]:
+    """The statements a refresh task runs: its .sql file rendered as the task runner does, then split."""
+    task = dag.get_task(task_id).prepare_for_execution()
+    assert isinstance(task, SQLExecuteQueryOperator)
+    task.render_template_fields({"params": dag.params}, jinja_env=dag.get_template_env())
+    assert task.split_statements is True
+    assert isinstance(task.sql, str)
+    statements = DbApiHook.split_sql_string(task.sql, strip_semicolon=True)
+    # Comments and line breaks are for readers; compare what the database runs.
+    return [" ".join(_code(statement).split()) for statement in statements]
+
+
+def _code(statement: str) -> str:
+    return "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--"))
+
+
+def test_example_dags_import_nothing_from_the_sandbox() -> None:
+    # A user copies an example into their own project, where the sandbox is not installed.
+    for path in EXAMPLE_DAGS.glob("*.py"):
+        assert "sandbox" not in "".join(
+            line for line in path.read_text().splitlines() if line.startswith(("import", "from"))
+        ), path.name
 
 
 def _trigger(dag: Any, conf: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +100,10 @@ def test_segment_export_refreshes_then_exports(dagbag: DagBag) -> None:
     refresh = dag.get_task("refresh_segments")
     assert isinstance(refresh, SQLExecuteQueryOperator)
     assert refresh.conn_id == "profiles_db"
-    assert refresh.sql == REFRESH_SEGMENTS_SQL
+    # The SQL beside the DAG builds exactly the segments the sandbox's profile generator defines.
+    assert _refresh_statements(dag, "refresh_segments") == [
+        stmt for segment in SEGMENTS for stmt in segment_refresh_sql(segment)
+    ]
     assert refresh.downstream_task_ids == EXPORT_TASKS
     assert isinstance(dag.get_task("export_to_activecampaign"), ActiveCampaignSegmentExportOperator)
     assert isinstance(dag.get_task("export_to_constantcontact"), ConstantContactSegmentExportOperator)
@@ -84,8 +112,8 @@ def test_segment_export_refreshes_then_exports(dagbag: DagBag) -> None:
         assert task.upstream_task_ids == {"refresh_segments"}
         assert task.sql_conn_id == "profiles_db"
         assert task.field_mapping["email"] == "email"
-    assert dag.catchup is False
-    assert dag.schedule == "@daily"
+    # Manual runs only: unpausing it (as the trigger dialog does) never starts an export by itself.
+    assert dag.schedule is None
 
 
 def test_trigger_form_defaults_are_valid(dagbag: DagBag) -> None:
@@ -156,7 +184,7 @@ def test_params_render_into_the_operators(
         assert task.sql == f"SELECT * FROM {table}"
         assert task.dry_run is dry_run
     # The refresh task builds the table the exports read.
-    assert any(f"CREATE TABLE {table} " in statement for statement in REFRESH_SEGMENTS_SQL)
+    assert any(s.startswith(f"CREATE TABLE {table} ") for s in _refresh_statements(dag, "refresh_segments"))
     # The rendered list ids are what the operators accept.
     assert parse_ac_list_ids(rendered["export_to_activecampaign"].list_ids()) == ac_ids
     assert parse_cc_list_ids(rendered["export_to_constantcontact"].list_ids()) == cc_ids
@@ -168,7 +196,7 @@ def test_asset_dags_export_when_the_segment_is_refreshed(dagbag: DagBag) -> None
 
     [refresh] = refresh_dag.tasks
     assert isinstance(refresh, SQLExecuteQueryOperator)
-    assert refresh.sql == segment_refresh_sql("vip")
+    assert _refresh_statements(refresh_dag, refresh.task_id) == segment_refresh_sql("vip")
     [asset] = refresh.outlets
     assert isinstance(asset, Asset)
 
