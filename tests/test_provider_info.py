@@ -82,10 +82,12 @@ def test_connection_types_have_defaults_and_mask_secrets(
 
 def test_airflow_lists_the_provider_and_its_connection_types() -> None:
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "airflow-provider-ciexport" in manager.providers
-    hooks = manager.hooks
+    # Where tasks (and BaseHook.get_hook) look hooks up in Airflow 3.
+    hooks = ProvidersManagerTaskRuntime().hooks
     assert hooks["activecampaign"] is not None
     assert hooks["constantcontact"] is not None
     widgets = manager.connection_form_widgets

@@ -37,7 +37,9 @@ def test_log_line_shows_everything_the_xcom_has_but_job_ids() -> None:
 
 
 def test_a_dry_run_reports_what_would_be_sent_not_submitted() -> None:
-    report = _report(dry_run=True, read=30, invalid=9, duplicates=1, would_submit=20, would_batches=1, waited=False)
+    report = _report(
+        dry_run=True, read=30, invalid=9, duplicates=1, would_submit=20, would_batches=1, waited=False
+    )
     d = report.as_dict()
     assert d["submitted"] == 0 and d["batches"] == 0 and d["jobs"] == ["job-secret-looking-id"]
     assert d["would_submit"] == 20 and d["would_batches"] == 1
