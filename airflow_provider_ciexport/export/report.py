@@ -65,7 +65,11 @@ class ExportReport:
             "accepted": self.accepted if self.waited else None,
             "rejected": self.rejected if self.waited else None,
             "batches": self.batches,
-            **({"would_submit": self.would_submit, "would_batches": self.would_batches} if self.dry_run else {}),
+            **(
+                {"would_submit": self.would_submit, "would_batches": self.would_batches}
+                if self.dry_run
+                else {}
+            ),
             "resubmitted_batches": self.resubmitted_batches,
             "resumed_batches": self.resumed_batches,
             "failed_batches": self.failed_batches,
