@@ -34,7 +34,7 @@ from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP, CC_
 DAG_ID = "ciexport_segment_export"
 EXPORT_TASKS = ("export_to_activecampaign", "export_to_constantcontact")
 PROFILE_COUNT = 10_000
-#: The DAG's defaults (what its daily schedule runs): the VIP segment to the "VIP customers" lists.
+#: The DAG's defaults (a run triggered without changes): the VIP segment to the "VIP customers" lists.
 SEGMENT = "vip"
 REPORT_KEYS = (
     "lists",

@@ -3,7 +3,7 @@
 One FastAPI app on 127.0.0.1 serves ActiveCampaign under ``/api/3``, Constant Contact under
 ``/v3``, its OAuth 2 server under ``/oauth2/default/v1`` and a control API under ``/_sandbox``
 (reset, config, fault injection, stats, request log, list contents). It follows
-``shared/API_NOTES.md``: limits, error shapes, job lifecycles, rate limits and quirks such as the
+``docs/api-notes.md``: limits, error shapes, job lifecycles, rate limits and quirks such as the
 silent 4 MB truncation of Constant Contact imports.
 
 Seeded state (see :mod:`airflow_provider_ciexport.sandbox.seed`): ActiveCampaign key
