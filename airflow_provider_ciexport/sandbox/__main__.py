@@ -47,6 +47,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="list",
         help="Constant Contact error bodies: a list of objects, one object, or one object for 429 only",
     )
+    parser.add_argument(
+        "--ac-other-app-imports-per-minute",
+        type=float,
+        default=0.0,
+        help="simulate another app spending this many of the account's bulk imports a minute",
+    )
+    parser.add_argument(
+        "--ac-other-app-requests-per-second",
+        type=float,
+        default=0.0,
+        help="simulate another app spending this many of the account's requests a second",
+    )
+    parser.add_argument(
+        "--cc-other-app-requests-per-second",
+        type=float,
+        default=0.0,
+        help="simulate another app spending this many of the API key's requests a second",
+    )
     parser.add_argument("--no-record-bodies", action="store_true", help="keep request bodies out of the log")
     parser.add_argument("--ready-file", type=Path, help="write the base URL here once listening")
     return parser.parse_args(argv)
@@ -83,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ac_rate_limit_style": args.ac_rate_limit_style,
                 "cc_daily_quota": args.cc_daily_quota,
                 "cc_error_shape": args.cc_error_shape,
+                "ac_other_app_imports_per_minute": args.ac_other_app_imports_per_minute,
+                "ac_other_app_requests_per_second": args.ac_other_app_requests_per_second,
+                "cc_other_app_requests_per_second": args.cc_other_app_requests_per_second,
                 "record_bodies": not args.no_record_bodies,
             }
         )

@@ -51,6 +51,10 @@ class SandboxConfig:
     ac_exclusion_list: tuple[str, ...] = ()
     ac_requests_per_second: int = 5
     ac_imports_per_minute: int = 100
+    #: Another app (a CRM, a form tool) spending the same account's budget: its requests a second and
+    #: bulk imports a minute, evenly spaced, counted in the same windows (scaled like the limits).
+    ac_other_app_requests_per_second: float = 0.0
+    ac_other_app_imports_per_minute: float = 0.0
 
     #: Activities go initialized -> processing -> completed over this long (scaled).
     cc_job_duration_s: float = 0.5
@@ -59,6 +63,8 @@ class SandboxConfig:
     #: Each refresh returns a new refresh token and invalidates the old one.
     cc_rotating_refresh_tokens: bool = False
     cc_requests_per_second: int = 4
+    #: Another app's requests a second on the same API key (scaled like the limits).
+    cc_other_app_requests_per_second: float = 0.0
     #: Requests per (scaled) day.
     cc_daily_quota: int = 10000
     #: Longest email accepted by the JSON import (the spec says 50 there, 80 elsewhere).
@@ -108,7 +114,15 @@ class SandboxConfig:
         """
         if self.rate_scale <= 0:
             raise ConfigError("rate_scale must be > 0")
-        for name in ("latency_s", "import_latency_s", "ac_info_false_s", "ac_job_duration_s"):
+        for name in (
+            "latency_s",
+            "import_latency_s",
+            "ac_info_false_s",
+            "ac_job_duration_s",
+            "ac_other_app_requests_per_second",
+            "ac_other_app_imports_per_minute",
+            "cc_other_app_requests_per_second",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
         if self.cc_job_duration_s < 0 or self.cc_access_token_ttl_s <= 0:

@@ -60,17 +60,19 @@ class SandboxState:
             rec.log = deque(rec.log, maxlen=self.config.request_log_size)
 
     def limiter(self, name: str) -> SlidingWindow:
-        """A rate limiter with its limit and (scaled) window taken from the current config."""
+        """A rate limiter with its limit, (scaled) window and other app taken from the current config."""
         cfg = self.config
         window = self.limits[name]
-        base_limit, base_window = {
-            "ac_per_second": (cfg.ac_requests_per_second, 1.0),
-            "ac_imports_per_minute": (cfg.ac_imports_per_minute, 60.0),
-            "cc_per_second": (cfg.cc_requests_per_second, 1.0),
-            "cc_daily_quota": (cfg.cc_daily_quota, DAY_S),
+        base_limit, base_window, other_app = {
+            "ac_per_second": (cfg.ac_requests_per_second, 1.0, cfg.ac_other_app_requests_per_second),
+            "ac_imports_per_minute": (cfg.ac_imports_per_minute, 60.0, cfg.ac_other_app_imports_per_minute),
+            "cc_per_second": (cfg.cc_requests_per_second, 1.0, cfg.cc_other_app_requests_per_second),
+            "cc_daily_quota": (cfg.cc_daily_quota, DAY_S, 0.0),
         }[name]
         window.limit = base_limit
         window.window_s = cfg.scaled(base_window)
+        # The other app's rate is given per unscaled window, like the limits, and scaled with them.
+        window.background_rate = other_app / base_window * cfg.rate_scale
         return window
 
     @staticmethod
@@ -94,6 +96,11 @@ class SandboxState:
         for activity in self.cc.activities.values():
             cc_states[activity.state] = cc_states.get(activity.state, 0) + 1
         out["jobs"] = {"ac": ac_states, "cc": cc_states}
+        out["other_app"] = {
+            name: {"admitted": window.background_admitted, "refused": window.background_refused}
+            for name, window in self.limits.items()
+            if window.background_admitted or window.background_refused
+        }
         out["store"] = {
             "ac": {
                 "contacts": len(self.ac.contacts),
