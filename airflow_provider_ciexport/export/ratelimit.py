@@ -1,9 +1,18 @@
-"""Client-side rate limiting shared by everything in a process that talks to one account."""
+"""Client-side pacing that learns: shared by everything in a process that talks to one account.
+
+A :class:`RateLimiter` spaces calls evenly at the account's documented rate, times the share of the
+account this process may use (see :mod:`~airflow_provider_ciexport.export.sharing`: other exports on
+the same account, on any worker), times a factor it learns from the API's answers: after repeated
+refusals it slows down, then creeps back up towards the documented rate (additive increase,
+multiplicative decrease, as TCP does), so a budget shared with unknown other apps settles instead of
+storming.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Hashable
 
 # Servers count requests by arrival, so network jitter can squeeze an exact schedule into an
@@ -12,15 +21,27 @@ from collections.abc import Hashable
 # per-second budget is never the bottleneck of an export: imports are).
 DEFAULT_HEADROOM = 0.02
 PER_SECOND_HEADROOM = 0.20
+#: After repeated refusals the rate is cut to this share of what it was ...
+DECREASE = 0.85
+#: ... and regained linearly over this many windows' worth of successful calls.
+RECOVERY_WINDOWS = 2.0
+#: Never slower than this share of the documented rate.
+MIN_FACTOR = 0.05
+#: Refusals that cut the rate: this many within one window's worth of calls. A lone refusal is
+#: network jitter against a strict sliding window (honouring its Retry-After is enough); several
+#: mean the budget really is spent by someone else.
+REFUSALS_TO_CUT = 2
 
 
 class RateLimiter:
-    """Spaces calls evenly so that at most ``rate`` of them start in any ``per`` seconds.
+    """Spaces calls evenly so that at most ``rate`` of them start in any ``per`` seconds, and learns.
 
     Even spacing (rather than bursts) keeps every sliding window of the server under its limit, so a
-    well-behaved export sees no throttling answer at all. Thread-safe.
+    well-behaved export sees no throttling answer at all. The pace is ``rate x share x factor``:
+    ``share`` is this process's part of the account (:meth:`set_share`), ``factor`` what it learnt
+    from refusals (:meth:`throttled`, :meth:`succeeded`). Thread-safe.
 
-    :param rate: how many calls are allowed per ``per`` seconds.
+    :param rate: how many calls the account is allowed per ``per`` seconds (the documented limit).
     :param per: the window, in seconds.
     :param headroom: how much slower than the limit to go, as a share (0.02 = 2%).
     """
@@ -30,25 +51,88 @@ class RateLimiter:
             raise ValueError("A rate limit needs a positive rate and window.")
         self.rate = rate
         self.per = per
-        self.interval = per / rate * (1 + headroom)
+        self.headroom = headroom
+        self.share = 1.0
+        self.factor = 1.0
+        self.cuts = 0
+        self._calls = 0
+        self._last_cut_call = 0
+        self._refusals: deque[int] = deque()
         self._next = 0.0
         self._lock = threading.Lock()
+        self.interval = self._interval()
 
-    def acquire(self) -> float:
-        """Block until the next call may start; return how long it waited, in seconds."""
+    def _interval(self) -> float:
+        return self.per / (self.rate * self.share * self.factor) * (1 + self.headroom)
+
+    @property
+    def current_rate(self) -> float:
+        """Calls per ``per`` seconds this limiter allows now (share and learning included)."""
+        return self.rate * self.share * self.factor
+
+    @property
+    def _window_calls(self) -> float:
+        """How many calls this process makes in one window at its fair share."""
+        return max(1.0, self.rate * self.share)
+
+    def acquire(self) -> int:
+        """Block until the next call may start; return the call's sequence number for :meth:`throttled`."""
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
             self._next = slot + self.interval
+            self._calls += 1
+            call = self._calls
         wait = slot - now
         if wait > 0:
             time.sleep(wait)
-        return wait
+        return call
 
     def pause(self, seconds: float) -> None:
         """Hold every caller back for ``seconds`` (the server asked us to slow down)."""
         with self._lock:
             self._next = max(self._next, time.monotonic() + seconds)
+
+    def set_share(self, share: float) -> None:
+        """Use ``share`` (0 to 1] of the account's rate: the part left to this process by the others."""
+        share = min(1.0, max(share, 1e-3))
+        with self._lock:
+            if share != self.share:
+                self.share = share
+                self.interval = self._interval()
+
+    def succeeded(self) -> None:
+        """A call passed: creep back towards the full rate (additive increase)."""
+        if self.factor >= 1.0:
+            return
+        with self._lock:
+            step = (1 - DECREASE) / (RECOVERY_WINDOWS * self._window_calls)
+            self.factor = min(1.0, self.factor + step)
+            self.interval = self._interval()
+
+    def throttled(self, call: int, retry_after: float | None = None) -> bool:
+        """A call was refused for the rate: wait as asked and, if refusals repeat, slow down.
+
+        :param call: the sequence number :meth:`acquire` gave the refused call.
+        :param retry_after: how long the server asked us to wait, if it said.
+        :return: whether the rate was cut.
+        """
+        if retry_after:
+            self.pause(retry_after)
+        with self._lock:
+            refusals = self._refusals
+            refusals.append(call)
+            while refusals and refusals[0] <= self._calls - self._window_calls:
+                refusals.popleft()
+            # Calls sent before the last cut were paced at the old rate: their refusals are old news.
+            if call <= self._last_cut_call or len(refusals) < REFUSALS_TO_CUT:
+                return False
+            self.factor = max(MIN_FACTOR, self.factor * DECREASE)
+            self.interval = self._interval()
+            self._last_cut_call = self._calls
+            self.cuts += 1
+            refusals.clear()
+            return True
 
 
 _registry: dict[Hashable, RateLimiter] = {}

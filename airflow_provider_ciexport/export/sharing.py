@@ -1,0 +1,142 @@
+"""How many exports share one account right now, through something every worker sees.
+
+Each running export holds a *lease* in one Airflow Variable per account (``ciexport_share_<hash>``):
+a JSON document ``{"leases": {"<lease id>": <expiry, epoch seconds>}}``. Every ``heartbeat_s`` it
+reads the document, drops expired leases, re-asserts its own and writes it back; the number of live
+leases is how many exports divide the account's rate. The read-modify-write is not atomic, so two
+exports writing at once can drop each other's lease: each re-reads after writing and writes again if
+its own lease is missing, and the learning pacing absorbs the rest. A killed export's lease expires
+after ``ttl_s``. No coordination server: the Variable goes through Airflow's execution API from a
+task, so it works with every executor and across workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+TTL_S = 15.0
+
+
+class DocumentStore(Protocol):
+    """A JSON document every worker can read and write (``variables.JsonVariable``)."""
+
+    def load(self) -> Any:
+        """The stored document, or ``None``."""
+
+    def save(self, document: Any) -> None:
+        """Replace the stored document."""
+
+
+def share_variable_key(destination: str, account: str) -> str:
+    """The Variable holding the leases of ``account`` (hashed: the key shows no account detail)."""
+    digest = hashlib.sha256(f"{destination}|{account}".encode()).hexdigest()[:16]
+    return f"ciexport_share_{destination}_{digest}"
+
+
+class AccountShare:
+    """This export's lease on an account, kept alive in the background while the export runs.
+
+    :param store: the account's lease document.
+    :param on_change: called with the number of live exports whenever it changes (and at start).
+    :param heartbeat_s: seconds between renewals (with +-20% jitter, so writers drift apart).
+    :param ttl_s: a lease not renewed for this long is dropped by the others.
+    :param clock: wall-clock seconds (leases are compared across machines).
+    """
+
+    def __init__(
+        self,
+        store: DocumentStore,
+        on_change: Callable[[int], None],
+        heartbeat_s: float = HEARTBEAT_S,
+        ttl_s: float = TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.on_change = on_change
+        self.heartbeat_s = heartbeat_s
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.lease_id = uuid.uuid4().hex[:12]
+        self.exports = 1
+        self.peak_exports = 1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    def __enter__(self) -> AccountShare:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Take a lease now and renew it in a daemon thread."""
+        self.renew()
+        self._thread = threading.Thread(target=self._run, name="ciexport-share", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Give the lease back so the others speed up at once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            leases = self._live(self.store.load())
+            if leases.pop(self.lease_id, None) is not None:
+                self.store.save({"leases": leases})
+        except Exception as exc:  # the lease expires by itself anyway
+            self._warn(exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.heartbeat_s * random.uniform(0.8, 1.2)):
+            self.renew()
+
+    def _live(self, document: Any) -> dict[str, float]:
+        now = self.clock()
+        raw = document.get("leases") if isinstance(document, dict) else None
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float)) and float(v) > now}
+
+    def renew(self) -> int:
+        """Renew this lease, drop expired ones; return how many exports share the account now."""
+        try:
+            for _ in range(3):
+                leases = self._live(self.store.load())
+                leases[self.lease_id] = self.clock() + self.ttl_s
+                self.store.save({"leases": leases})
+                # Another export may have written its own copy at the same moment, without ours.
+                check = self._live(self.store.load())
+                if self.lease_id in check:
+                    leases = check
+                    break
+        except Exception as exc:  # the Variable is unreachable: pace as if alone, learning does the rest
+            self._warn(exc)
+            return self.exports
+        count = max(1, len(leases))
+        if count != self.exports or self._thread is None:
+            if count != self.exports:
+                log.info("%d export(s) now share this account's rate limits.", count)
+            self.exports = count
+            self.peak_exports = max(self.peak_exports, count)
+            self.on_change(count)
+        return count
+
+    def _warn(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "Cannot share the account's rate limits with other exports (%s); pacing alone.",
+                type(exc).__name__,
+            )

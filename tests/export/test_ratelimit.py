@@ -1,0 +1,120 @@
+"""The learning pacing: even spacing, the account share, slowing down after refusals, creeping back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.export import ratelimit
+from airflow_provider_ciexport.export.ratelimit import DECREASE, RateLimiter
+from airflow_provider_ciexport.sandbox.ratelimit import SlidingWindow
+
+
+class FakeTime:
+    """A clock that ``sleep`` advances, so pacing can be checked without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    fake = FakeTime()
+    monkeypatch.setattr(ratelimit, "time", fake)
+    return fake
+
+
+def test_calls_are_spaced_evenly_with_headroom(clock: FakeTime) -> None:
+    limiter = RateLimiter(100, 60.0, headroom=0.02)
+    start = clock.now
+    for _ in range(101):
+        limiter.acquire()
+    assert clock.now - start == pytest.approx(100 * 0.6 * 1.02)
+
+
+def test_a_third_of_the_account_paces_three_times_slower(clock: FakeTime) -> None:
+    limiter = RateLimiter(5, 1.0, headroom=0.0)
+    limiter.set_share(1 / 3)
+    assert limiter.current_rate == pytest.approx(5 / 3)
+    start = clock.now
+    for _ in range(11):
+        limiter.acquire()
+    assert clock.now - start == pytest.approx(10 * 0.6)
+
+
+def test_a_lone_refusal_only_waits_as_asked(clock: FakeTime) -> None:
+    limiter = RateLimiter(100, 60.0)
+    call = limiter.acquire()
+    assert limiter.throttled(call, retry_after=2.0) is False
+    assert limiter.factor == 1.0
+    before = clock.now
+    limiter.acquire()
+    assert clock.now - before == pytest.approx(2.0)
+
+
+def test_repeated_refusals_slow_down_once_per_round(clock: FakeTime) -> None:
+    limiter = RateLimiter(100, 60.0)
+    calls = [limiter.acquire() for _ in range(10)]
+    assert limiter.throttled(calls[3]) is False
+    assert limiter.throttled(calls[5]) is True
+    assert limiter.factor == pytest.approx(DECREASE)
+    # Calls sent before the cut were paced at the old rate: their refusals do not cut again.
+    assert limiter.throttled(calls[8]) is False
+    assert limiter.throttled(calls[9]) is False
+    assert limiter.factor == pytest.approx(DECREASE)
+
+
+def test_it_creeps_back_to_the_full_rate(clock: FakeTime) -> None:
+    limiter = RateLimiter(100, 60.0)
+    calls = [limiter.acquire() for _ in range(3)]
+    limiter.throttled(calls[0])
+    limiter.throttled(calls[1])
+    assert limiter.factor < 1.0
+    for _ in range(150):
+        limiter.succeeded()
+    assert DECREASE < limiter.factor < 1.0
+    for _ in range(60):
+        limiter.succeeded()
+    assert limiter.factor == 1.0
+
+
+def run_against(window: SlidingWindow, limiter: RateLimiter, clock: FakeTime, calls: int) -> dict[str, Any]:
+    """Send ``calls`` calls through ``limiter`` to ``window``; refused ones are sent again."""
+    accepted = refused = 0
+    first = clock.now
+    while accepted < calls:
+        call = limiter.acquire()
+        wait = window.wait_time(clock.now)
+        if wait > 0:
+            refused += 1
+            limiter.throttled(call, retry_after=wait)
+        else:
+            window.add(clock.now)
+            accepted += 1
+            limiter.succeeded()
+    return {"per_window": accepted / (clock.now - first) * window.window_s, "refused": refused}
+
+
+def test_alone_on_a_strict_window_it_is_never_refused(clock: FakeTime) -> None:
+    window = SlidingWindow(100, 60.0)
+    result = run_against(window, RateLimiter(100, 60.0), clock, 2000)
+    assert result["refused"] == 0
+    assert result["per_window"] >= 97
+
+
+def test_sharing_with_an_unknown_app_it_settles_near_what_is_left(clock: FakeTime) -> None:
+    # Another app spends 30 of the 100 imports a minute; the export learns that 70 are left,
+    # without a storm of refusals.
+    window = SlidingWindow(100, 60.0, background_rate=30 / 60)
+    limiter = RateLimiter(100, 60.0)
+    result = run_against(window, limiter, clock, 3000)
+    assert 60 <= result["per_window"] <= 70.5
+    assert result["refused"] / 3000 < 0.05
+    assert limiter.cuts >= 1

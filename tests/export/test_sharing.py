@@ -1,0 +1,107 @@
+"""Exports on one account find each other through a lease document every worker sees."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.export.sharing import AccountShare, share_variable_key
+
+
+class MemoryStore:
+    """The lease document as a Variable holds it; ``lose_next`` drops writes, like a racing writer."""
+
+    def __init__(self) -> None:
+        self.document: Any = None
+        self.lose_next = 0
+        self.saves = 0
+
+    def load(self) -> Any:
+        return self.document
+
+    def save(self, document: Any) -> None:
+        self.saves += 1
+        if self.lose_next:
+            self.lose_next -= 1
+            return
+        self.document = document
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def share(store: MemoryStore, clock: Clock, seen: list[int]) -> AccountShare:
+    return AccountShare(store, seen.append, heartbeat_s=3600, ttl_s=15, clock=clock)
+
+
+def test_exports_on_one_account_count_each_other_and_speed_up_when_one_ends() -> None:
+    store, clock = MemoryStore(), Clock()
+    seen_a: list[int] = []
+    seen_b: list[int] = []
+    a, b = share(store, clock, seen_a), share(store, clock, seen_b)
+    a.start()
+    b.start()
+    assert seen_a == [1] and seen_b == [2]
+    assert a.renew() == 2 and seen_a == [1, 2]
+    b.stop()
+    assert a.renew() == 1 and seen_a == [1, 2, 1]
+    a.stop()
+    assert store.document == {"leases": {}}
+
+
+def test_a_killed_exports_lease_expires() -> None:
+    store, clock = MemoryStore(), Clock()
+    a, b = share(store, clock, []), share(store, clock, [])
+    a.start()
+    b.start()  # never stopped: its process was killed
+    clock.now += 10
+    assert a.renew() == 2
+    clock.now += 10
+    assert a.renew() == 1
+    a.stop()
+
+
+def test_a_lease_lost_to_a_racing_writer_is_written_again() -> None:
+    store, clock = MemoryStore(), Clock()
+    a, b = share(store, clock, []), share(store, clock, [])
+    a.start()
+    store.lose_next = 1
+    b.start()
+    assert b.lease_id in store.document["leases"]
+    assert b.exports == 2
+    a.stop()
+    b.stop()
+
+
+def test_an_unreachable_store_means_pacing_alone_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def load(self) -> Any:
+            raise ConnectionError("execution API unreachable")
+
+        def save(self, document: Any) -> None:
+            raise AssertionError("not reached")
+
+    seen: list[int] = []
+    lease = AccountShare(Broken(), seen.append, heartbeat_s=3600)
+    with caplog.at_level(logging.WARNING):
+        lease.start()
+        assert lease.renew() == 1
+        lease.stop()
+    assert lease.exports == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "Cannot share the account's rate limits with other exports (ConnectionError); pacing alone."
+    ) == 1
+
+
+def test_the_variable_key_names_the_destination_but_not_the_account() -> None:
+    key = share_variable_key("activecampaign", "https://acme.api-us1.com/api/3")
+    assert key.startswith("ciexport_share_activecampaign_") and "acme" not in key
+    assert key == share_variable_key("activecampaign", "https://acme.api-us1.com/api/3")
+    assert key != share_variable_key("activecampaign", "https://other.api-us1.com/api/3")
