@@ -40,5 +40,9 @@ class DestinationApiError(CiExportError):
         self.status = status
 
 
+class DestinationThrottledError(DestinationApiError):
+    """The API refused every request for its rate limit, with no progress for ``throttle_timeout``."""
+
+
 class ExportIncompleteError(CiExportError):
     """Some contacts could not be exported; the message says how many were and were not."""

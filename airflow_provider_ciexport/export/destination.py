@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from airflow_provider_ciexport.export.batcher import Batch
@@ -81,6 +82,10 @@ class Destination(ABC):
     @abstractmethod
     def poll(self, job_id: str, batch: Batch) -> JobResult | None:
         """Return the job's final result, or ``None`` while it is still running."""
+
+    def share_account(self) -> AbstractContextManager[object]:
+        """Held while contacts are sent, so exports running at once on one account divide its rate."""
+        return nullcontext()
 
     def send_small(self, contacts: Sequence[Mapping[str, str]]) -> int:
         """Send a small segment contact by contact; return how many were accepted."""

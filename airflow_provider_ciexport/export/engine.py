@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -216,17 +217,19 @@ class SegmentExporter:
             ", ".join(report.lists),
             " (dry run: nothing is sent)" if self.settings.dry_run else "",
         )
+        sharing = nullcontext() if self.settings.dry_run else self.destination.share_account()
         try:
-            contacts = self._contacts(builder)
-            head = list(itertools.islice(contacts, self.destination.small_segment_max + 1))
-            if (
-                not self.settings.dry_run
-                and self.destination.small_segment_max
-                and len(head) <= self.destination.small_segment_max
-            ):
-                self._send_small(head)
-            else:
-                self._send_batches(itertools.chain(head, contacts))
+            with sharing:
+                contacts = self._contacts(builder)
+                head = list(itertools.islice(contacts, self.destination.small_segment_max + 1))
+                if (
+                    not self.settings.dry_run
+                    and self.destination.small_segment_max
+                    and len(head) <= self.destination.small_segment_max
+                ):
+                    self._send_small(head)
+                else:
+                    self._send_batches(itertools.chain(head, contacts))
         except _Stopped:
             pass  # reported below with what was and was not exported
         finally:

@@ -31,6 +31,10 @@ MIN_FACTOR = 0.05
 #: network jitter against a strict sliding window (honouring its Retry-After is enough); several
 #: mean the budget really is spent by someone else.
 REFUSALS_TO_CUT = 2
+#: A window's worth of calls is the limit's count, but at most this many: the APIs' windows hold
+#: at most 100 calls (ActiveCampaign's 100 imports a minute), and an account with raised limits (or a
+#: sandbox that scales time) has more calls per window length, not more per window.
+MAX_WINDOW_CALLS = 100.0
 
 
 class RateLimiter:
@@ -72,8 +76,8 @@ class RateLimiter:
 
     @property
     def _window_calls(self) -> float:
-        """How many calls this process makes in one window at its fair share."""
-        return max(1.0, self.rate * self.share)
+        """How many calls this process makes in one of the server's windows at its fair share."""
+        return max(1.0, min(MAX_WINDOW_CALLS, self.rate) * self.share)
 
     def acquire(self) -> int:
         """Block until the next call may start; return the call's sequence number for :meth:`throttled`."""

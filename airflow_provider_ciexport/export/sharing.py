@@ -18,8 +18,11 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
+
+from airflow_provider_ciexport.export.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +143,42 @@ class AccountShare:
                 "Cannot share the account's rate limits with other exports (%s); pacing alone.",
                 type(exc).__name__,
             )
+
+
+_leases: dict[str, tuple[AccountShare, int]] = {}
+_leases_lock = threading.Lock()
+
+
+@contextmanager
+def account_lease(key: str, store: DocumentStore, limiters: Sequence[RateLimiter]) -> Iterator[AccountShare]:
+    """Hold this process's lease on an account while the block runs; pace ``limiters`` by it.
+
+    Exports in one process share the account's limiters already, so they share one lease too (the
+    first takes it, the last gives it back); ``limiters`` run at ``1 / exports`` of the account's rate.
+
+    :param key: the account's lease Variable (:func:`share_variable_key`).
+    :param store: that Variable's document.
+    :param limiters: this process's limiters of the account.
+    """
+
+    def on_change(exports: int) -> None:
+        for limiter in limiters:
+            limiter.set_share(1 / exports)
+
+    with _leases_lock:
+        lease, users = _leases.get(key) or (None, 0)
+        if lease is None:
+            lease = AccountShare(store, on_change)
+            lease.start()
+        _leases[key] = (lease, users + 1)
+    try:
+        yield lease
+    finally:
+        with _leases_lock:
+            lease, users = _leases[key]
+            if users > 1:
+                _leases[key] = (lease, users - 1)
+            else:
+                del _leases[key]
+                lease.stop()
+                on_change(1)

@@ -23,8 +23,8 @@ from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, Rate
 from airflow_provider_ciexport.hooks.base import (
     ImportEncoder,
     ImportStatus,
-    RetryableAnswer,
     SegmentApiHook,
+    Throttled,
     checked_contacts,
     encode_json,
     json_or_none,
@@ -222,6 +222,10 @@ class ActiveCampaignHook(SegmentApiHook):
             return (self._import_limiter, self._general_limiter)
         return (self._general_limiter,)
 
+    def _account(self) -> str:
+        # The limits are the account's, shared by all its keys; the API URL names the account.
+        return self.api_base_url
+
     def _check_answer(self, response: requests.Response) -> None:
         status = response.status_code
         if status in (401, 403):
@@ -234,7 +238,11 @@ class ActiveCampaignHook(SegmentApiHook):
             payload = json_or_none(response)
             if isinstance(payload, dict) and "rate limit" in str(payload.get("message", "")).lower():
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                raise RetryableAnswer("HTTP 400 Rate limit exceeded", retry_after)
+                raise Throttled("HTTP 400 Rate limit exceeded", retry_after)
+        if status == 503:
+            # One of ActiveCampaign's three ways of saying "too fast" (429, the 400 above, 503): slowed
+            # down for, not counted as a fault; a real outage still ends at `throttle_timeout`.
+            raise Throttled("HTTP 503", parse_retry_after(response.headers.get("Retry-After")))
 
     # -- API calls ----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from airflow_provider_ciexport.export.batcher import Batch
@@ -83,6 +84,9 @@ class ActiveCampaignDestination(Destination):
             for list_id in self._list_ids:
                 self.hook.add_to_list(contact_id, list_id)
         return len(contacts)
+
+    def share_account(self) -> AbstractContextManager[object]:
+        return self.hook.share_account()
 
     @property
     def requests_made(self) -> int:

@@ -9,19 +9,24 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import msgspec
 import requests
-import tenacity
 from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
 
-from airflow_provider_ciexport.exceptions import DestinationApiError, ExportConfigurationError
+from airflow_provider_ciexport.exceptions import (
+    DestinationApiError,
+    DestinationThrottledError,
+    ExportConfigurationError,
+)
 from airflow_provider_ciexport.export.contacts import ContactBuilder, ContactSchema
 from airflow_provider_ciexport.export.ratelimit import RateLimiter
+from airflow_provider_ciexport.export.sharing import account_lease, share_variable_key
 from airflow_provider_ciexport.urls import base_url_problem
 
 #: Connect and read timeouts of every request, in seconds. Imports of several MB take a while to
@@ -30,6 +35,11 @@ from airflow_provider_ciexport.urls import base_url_problem
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 120.0)
 DEFAULT_MAX_ATTEMPTS = 8
 MAX_BACKOFF_S = 60.0
+#: How long a call may go on being refused for the rate limit, with no answer getting through on this
+#: hook, before the task fails (connection extra ``throttle_timeout``, seconds).
+DEFAULT_THROTTLE_TIMEOUT_S = 900.0
+#: Longest wait between two tries of a throttled call when the API does not say how long to wait.
+MAX_THROTTLE_WAIT_S = 30.0
 
 #: Compact UTF-8 JSON, byte for byte what ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``
 #: writes, about ten times faster: encoding is a large share of an export's CPU.
@@ -92,7 +102,7 @@ def check_base_url(url: str, what: str, conn_id: str) -> str:
 
 
 class RetryableAnswer(Exception):
-    """An answer that asks the client to try again (throttling, 5xx, no answer).
+    """An answer worth trying again (5xx, no answer): it uses up one of the call's attempts.
 
     :param reason: what happened, without personal data.
     :param retry_after: how long the server asked us to wait, in seconds, if it said.
@@ -102,6 +112,14 @@ class RetryableAnswer(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class Throttled(RetryableAnswer):
+    """The API asked us to slow down (429, a rate-limit body): not a fault, no attempt is used up.
+
+    The call is sent again after the wait, for as long as the hook keeps getting other answers
+    through (see ``throttle_timeout``).
+    """
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -180,13 +198,17 @@ class SegmentApiHook(HttpHook):
     Unlike a plain ``HttpHook`` it never turns connection extras into request headers and never sends
     the connection's login and password as Basic auth: subclasses say exactly which headers carry the
     credentials. Each thread gets its own keep-alive session; every request has connect and read
-    timeouts, passes the account's shared rate limiters, and is retried with backoff (honouring
-    ``Retry-After``) when the answer is a throttle, a 5xx or no answer at all.
+    timeouts and passes the account's shared rate limiters, which learn from refusals. A 5xx or no
+    answer at all is retried with backoff, up to ``max_attempts``; a throttling answer is not a fault:
+    the call waits (as ``Retry-After`` says, or with backoff) and is sent again, without using up an
+    attempt, until nothing has got through for ``throttle_timeout``.
 
     :param conn_id: the Airflow connection to use.
-    :param max_attempts: how many times one call is tried before it fails.
+    :param max_attempts: how many times one call is tried on faults (5xx, no answer) before it fails.
     :param timeout: ``(connect, read)`` timeouts of each request, in seconds; by default the
         connection extra ``timeout`` (the read timeout, as for the http provider) or 10 s and 120 s.
+    :param throttle_timeout: seconds of throttling with no progress before a call fails; by default
+        the connection extra ``throttle_timeout`` or 900 (15 minutes).
     """
 
     #: Name of the destination in messages.
@@ -198,11 +220,14 @@ class SegmentApiHook(HttpHook):
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         timeout: tuple[float, float] | None = None,
+        throttle_timeout: float | None = None,
     ) -> None:
         super().__init__(method="GET", http_conn_id=conn_id)
         self.conn_id = conn_id
         self.max_attempts = max_attempts
         self._timeout = timeout
+        self._throttle_timeout = throttle_timeout
+        self._last_progress = time.monotonic()
         self._local = threading.local()
         self._counter_lock = threading.Lock()
         self._requests = 0
@@ -226,6 +251,26 @@ class SegmentApiHook(HttpHook):
     @abstractmethod
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
         """Rate limiters a call of ``kind`` (e.g. ``"general"``, ``"import"``) must pass."""
+
+    @abstractmethod
+    def _account(self) -> str:
+        """What identifies the account whose limits this connection shares (API URL, client id)."""
+
+    def share_account(self) -> AbstractContextManager[object]:
+        """Hold a lease on the account while an export runs, so concurrent exports divide its rate.
+
+        The lease lives in the Airflow Variable ``ciexport_share_<destination>_<hash>`` that every
+        worker sees (see :mod:`~airflow_provider_ciexport.export.sharing`); this process's limiters of
+        the account pace at its rate divided by the exports holding a lease.
+        """
+        from airflow_provider_ciexport.variables import JsonVariable
+
+        key = share_variable_key(self.conn_type, self._account())
+        store = JsonVariable(
+            key, "Exports now sharing one account's rate limits (airflow-provider-ciexport)."
+        )
+        limiters = list(dict.fromkeys(lim for kind in ("general", "import") for lim in self._limiters(kind)))
+        return account_lease(key, store, limiters)
 
     def _check_answer(self, response: requests.Response) -> None:
         """Raise ``RetryableAnswer`` or a final error for answers that are not plain results.
@@ -258,6 +303,13 @@ class SegmentApiHook(HttpHook):
                 f"(default {default:g})."
             )
         return number
+
+    @property
+    def throttle_timeout(self) -> float:
+        """Seconds a call may stay throttled with no progress before it fails (extra ``throttle_timeout``)."""
+        if self._throttle_timeout is None:
+            self._throttle_timeout = self.positive_extra("throttle_timeout", DEFAULT_THROTTLE_TIMEOUT_S)
+        return self._throttle_timeout
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -329,24 +381,49 @@ class SegmentApiHook(HttpHook):
         """
         if json_body is not None:
             body = json.dumps(json_body, separators=(",", ":")).encode()
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception_type(RetryableAnswer),
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return self._send_once(method, endpoint, body, params, kind, allow_status)
-        except RetryableAnswer as exc:
-            raise DestinationApiError(
-                f"{self.destination} kept failing for {method} {endpoint} after {self.max_attempts} "
-                f"attempts (last: {exc.reason}). Check the service's status and retry the task.",
-                status=None,
-            ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        started = time.monotonic()
+        faults = throttles = 0
+        while True:
+            try:
+                return self._send_once(method, endpoint, body, params, kind, allow_status)
+            except Throttled as exc:
+                throttles += 1
+                stalled = time.monotonic() - max(started, self._last_progress)
+                if stalled >= self.throttle_timeout:
+                    raise DestinationThrottledError(
+                        f"{self.destination} refused every request for its rate limit for "
+                        f"{stalled / 60:.0f} minutes, with nothing getting through (last: {exc.reason} to "
+                        f"{method} {endpoint}). Another app may be spending the account's whole budget. "
+                        f"Retry the task later, or wait longer with the connection extra "
+                        f"'throttle_timeout' (seconds, now {self.throttle_timeout:g}).",
+                        status=429,
+                    ) from None
+                if throttles == 1 or throttles % 20 == 0:
+                    self.log.info(
+                        "%s asked to slow down (%s) for %s %s; waiting and sending it again "
+                        "(not counted as a failure; %d time(s) for this call).",
+                        self.destination,
+                        exc.reason,
+                        method,
+                        endpoint,
+                        throttles,
+                    )
+            except RetryableAnswer as exc:
+                faults += 1
+                if faults >= self.max_attempts:
+                    raise DestinationApiError(
+                        f"{self.destination} kept failing for {method} {endpoint} after {self.max_attempts} "
+                        f"attempts (last: {exc.reason}). Check the service's status and retry the task.",
+                        status=None,
+                    ) from None
+                self.log.warning(
+                    "%s: %s, retrying (attempt %d of %d)",
+                    self.destination,
+                    exc,
+                    faults + 1,
+                    self.max_attempts,
+                )
+                time.sleep(self._backoff(faults, exc.retry_after))
 
     def _send_once(
         self,
@@ -357,8 +434,8 @@ class SegmentApiHook(HttpHook):
         kind: str,
         allow_status: Collection[int],
     ) -> requests.Response:
-        for limiter in self._limiters(kind):
-            limiter.acquire()
+        limiters = self._limiters(kind)
+        calls = [limiter.acquire() for limiter in limiters]
         headers = {**self._auth_headers()}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -374,23 +451,54 @@ class SegmentApiHook(HttpHook):
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise RetryableAnswer(f"no answer ({type(exc).__name__})") from None
-        if response.status_code in allow_status:
-            return response
-        self._check_answer(response)
-        status = response.status_code
-        if status == 429 or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if retry_after:
-                for limiter in self._limiters(kind):
-                    limiter.pause(retry_after)
-            raise RetryableAnswer(f"HTTP {status}", retry_after)
-        if status >= 400:
-            raise DestinationApiError(
-                f"{self.destination} answered HTTP {status} to {method} {endpoint}: "
-                f"{self._error_text(response)}",
-                status=status,
-            )
+        try:
+            if response.status_code in allow_status:
+                return self._progressed(response, limiters)
+            self._check_answer(response)
+            status = response.status_code
+            if status == 429:
+                raise Throttled(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+            if status >= 500:
+                raise RetryableAnswer(
+                    f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
+                )
+            if status >= 400:
+                raise DestinationApiError(
+                    f"{self.destination} answered HTTP {status} to {method} {endpoint}: "
+                    f"{self._error_text(response)}",
+                    status=status,
+                )
+            return self._progressed(response, limiters)
+        except Throttled as exc:
+            self._slow_down(limiters, calls, exc)
+            raise
+
+    def _progressed(self, response: requests.Response, limiters: Sequence[RateLimiter]) -> requests.Response:
+        """An answer got through: the export is making progress and the pace may creep back up."""
+        self._last_progress = time.monotonic()
+        for limiter in limiters:
+            limiter.succeeded()
         return response
+
+    @staticmethod
+    def _slow_down(limiters: Sequence[RateLimiter], calls: Sequence[int], exc: Throttled) -> None:
+        """Hold the account back as the API asked, and teach the limiter that binds this call."""
+        # The limit a refusal is about is the tightest one the call passed (imports: the imports a
+        # minute, not the requests a second); the API does not always say which.
+        index = max(range(len(limiters)), key=lambda i: limiters[i].interval)
+        limiter = limiters[index]
+        if exc.retry_after is None:
+            # No Retry-After (Constant Contact's `throttled`, ActiveCampaign's 400): back off by a few
+            # of the limiter's own intervals, growing while refusals repeat.
+            exc.retry_after = min(MAX_THROTTLE_WAIT_S, limiter.interval * (2 + 4 * random.random()))
+        limiter.throttled(calls[index], exc.retry_after)
+
+    @staticmethod
+    def _backoff(faults: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter after the ``faults``-th fault, or what the server asked."""
+        if retry_after is not None:
+            return max(retry_after, 0.05)
+        return min(MAX_BACKOFF_S, 0.5 * 2 ** (faults - 1)) * (0.5 + random.random() / 2)
 
     @staticmethod
     def _error_text(response: requests.Response) -> str:
@@ -408,21 +516,3 @@ class SegmentApiHook(HttpHook):
                 if isinstance(err, dict) and "error_key" in err:
                     texts.append(str(err.get("error_key")))
         return "; ".join(t for t in texts if t)[:300] or "no details"
-
-    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (retry_state.attempt_number - 1))
-        backoff *= 0.5 + random.random() / 2
-        if isinstance(exc, RetryableAnswer) and exc.retry_after is not None:
-            return max(exc.retry_after, 0.05)
-        return backoff
-
-    def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        self.log.warning(
-            "%s: %s, retrying (attempt %d of %d)",
-            self.destination,
-            exc,
-            retry_state.attempt_number + 1,
-            self.max_attempts,
-        )

@@ -243,6 +243,10 @@ class ConstantContactHook(SegmentApiHook):
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
         return (self._limiter,)
 
+    def _account(self) -> str:
+        # 4 requests a second and 10,000 a day are per API key (the app's client id).
+        return self._client[0]
+
     # -- OAuth2 ---------------------------------------------------------------------------------
 
     def _auth_headers(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from airflow_provider_ciexport.export.batcher import Batch
@@ -85,6 +86,9 @@ class ConstantContactDestination(Destination):
             rejected += missing
         rejected = min(rejected, batch.contacts)
         return JobResult(ok=True, accepted=batch.contacts - rejected, rejected=rejected)
+
+    def share_account(self) -> AbstractContextManager[object]:
+        return self.hook.share_account()
 
     @property
     def requests_made(self) -> int:
