@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -24,7 +25,8 @@ from airflow_provider_ciexport.export.contacts import ContactBuilder, EmailSet
 from airflow_provider_ciexport.export.destination import Destination, JobResult
 from airflow_provider_ciexport.export.ratelimit import RateLimiter
 from airflow_provider_ciexport.export.report import ExportReport
-from airflow_provider_ciexport.export.sources import SegmentSource
+from airflow_provider_ciexport.export.sources import Row, SegmentSource
+from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +176,8 @@ class SegmentExporter:
         self._too_large = 0
         self._failed_state = ""
         self._lock = threading.Lock()
-        self._total = 0
+        self._total: int | None = None  # rows in the segment; None when read without counting first
+        self._read_all = False
         self._started = 0.0
         self._last_progress = 0.0
 
@@ -185,24 +188,81 @@ class SegmentExporter:
     # -- the run -------------------------------------------------------------------------------
 
     def run(self) -> ExportReport:
-        """Export the segment; return the report, or raise with what was and was not exported."""
+        """Export the segment; return the report, or raise with what was and was not exported.
+
+        The source is read once. When ``max_profiles`` is set and the source cannot tell its row count
+        without reading the rows (SQL, CSV, JSON Lines), the rows are spooled to local disk first and
+        counted, so a segment over the limit fails before anything is sent.
+        """
         self._started = self._last_progress = time.monotonic()
-        report = self.report
-        columns = self.source.columns()
-        total = None if columns else self.source.count()
-        if total == 0:
-            # No rows to tell the columns (e.g. records=[]): every mapped column exists vacuously.
-            columns = list(dict.fromkeys(self.field_mapping.values()))
-        builder = ContactBuilder(self.field_mapping, self.destination.schema, columns)
-        self.destination.prepare(self.field_mapping)
-        self._total = self.source.count() if total is None else total
-        limit = self.settings.max_profiles
-        if limit is not None and self._total > limit:
+        with contextlib.ExitStack() as stack:
+            rows = stack.enter_context(self.source.read())
+            chunks: Iterator[list[Row]] = iter(rows)
+            columns = rows.columns
+            if not columns:
+                first = next(chunks, None)
+                if first is None:
+                    # No rows to tell the columns (e.g. records=[]): every mapped column exists vacuously.
+                    columns = list(dict.fromkeys(self.field_mapping.values()))
+                else:
+                    chunks = itertools.chain([first], chunks)
+            builder = ContactBuilder(self.field_mapping, self.destination.schema, columns)
+            self.destination.prepare(self.field_mapping)
+            total = rows.count
+            limit = self.settings.max_profiles
+            if total is None and limit is not None:
+                spool = stack.enter_context(RowSpool())
+                total = self._spool(chunks, spool, limit)
+                rows.close()  # the source is released before anything is sent
+                chunks = iter(spool)
+            elif total is not None and limit is not None and total > limit:
+                raise ExportConfigurationError(
+                    f"The segment has {total:,} rows, more than max_profiles={limit:,}. Nothing was sent. "
+                    "Narrow the segment, or raise max_profiles (None for no limit) if this size is intended."
+                )
+            self._total = total
+            return self._run(builder, chunks)
+
+    def _spool(self, chunks: Iterator[list[Row]], spool: RowSpool, limit: int) -> int:
+        """Read the whole segment onto local disk and count it, failing as soon as it passes ``limit``."""
+        log.info(
+            "Reading the %s onto local disk to count its rows before sending anything (max_profiles=%s).",
+            self.source.description,
+            f"{limit:,}",
+        )
+
+        def progress(rows: int) -> None:
+            if self._stop.is_set():
+                raise _Stopped
+            now = time.monotonic()
+            if now - self._last_progress >= self.settings.progress_interval_s:
+                self._last_progress = now
+                log.info("Reading the segment: %s rows so far, nothing sent yet.", f"{rows:,}")
+
+        try:
+            total = spool.fill(chunks, limit, progress)
+        except SegmentTooLargeError:
             raise ExportConfigurationError(
-                f"The segment has {self._total:,} rows, more than max_profiles={limit:,}. Nothing was sent. "
-                "Narrow the segment, or raise max_profiles (None for no limit) if this size is intended."
-            )
-        builder.seen = EmailSet(capacity=self._total)  # sized once: no rehashing while a million rows stream
+                f"The segment has more than max_profiles={limit:,} rows (reading stopped there). Nothing "
+                "was sent. Narrow the segment, or raise max_profiles (None for no limit) if this size is "
+                "intended."
+            ) from None
+        except _Stopped:
+            raise ExportIncompleteError(
+                "The export was stopped while reading the segment. Nothing was sent. Retry the task."
+            ) from None
+        log.info(
+            "Read %s rows in %.1f s (%.1f MB on local disk until the export ends).",
+            f"{total:,}",
+            time.monotonic() - self._started,
+            spool.bytes / 1e6,
+        )
+        return total
+
+    def _run(self, builder: ContactBuilder, chunks: Iterator[list[Row]]) -> ExportReport:
+        report = self.report
+        # Sized once when the count is known: no rehashing while a million rows stream.
+        builder.seen = EmailSet(capacity=self._total or 0)
         self._checkpoint = _Checkpoint(self._progress_store, self._fingerprint())
         if self._checkpoint.resumable:
             log.info(
@@ -211,7 +271,7 @@ class SegmentExporter:
             )
         log.info(
             "Exporting %s rows from %s to %s list(s) %s%s.",
-            f"{self._total:,}",
+            "the" if self._total is None else f"{self._total:,}",
             self.source.description,
             self.destination.name,
             ", ".join(report.lists),
@@ -220,7 +280,7 @@ class SegmentExporter:
         sharing = nullcontext() if self.settings.dry_run else self.destination.share_account()
         try:
             with sharing:
-                contacts = self._contacts(builder)
+                contacts = self._contacts(builder, chunks)
                 head = list(itertools.islice(contacts, self.destination.small_segment_max + 1))
                 if (
                     not self.settings.dry_run
@@ -256,9 +316,9 @@ class SegmentExporter:
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
-    def _contacts(self, builder: ContactBuilder) -> Iterator[dict[str, str]]:
+    def _contacts(self, builder: ContactBuilder, chunks: Iterator[list[Row]]) -> Iterator[dict[str, str]]:
         report = self.report
-        for chunk in self.source.iter_chunks():
+        for chunk in chunks:
             if self._stop.is_set():
                 raise _Stopped
             report.read += len(chunk)
@@ -268,6 +328,7 @@ class SegmentExporter:
                     yield contact
             self._sync_counts(builder)
             self._maybe_log_progress()
+        self._read_all = True
 
     def _sync_counts(self, builder: ContactBuilder) -> None:
         report = self.report
@@ -427,15 +488,21 @@ class SegmentExporter:
         if report.waited:
             done = report.accepted + report.rejected
             contacts = report.read - report.invalid - report.duplicates
-            expected = contacts * total / report.read if report.read else 0.0
+            expected = contacts * total / report.read if report.read and total is not None else None
             unit = "contacts confirmed"
         else:
-            done, expected, unit = report.read, float(total), "rows read"
+            done, expected, unit = report.read, None if total is None else float(total), "rows read"
         rate = done / elapsed
-        eta = max(expected - done, 0.0) / rate if rate > 0 else float("inf")
+        # Read without counting first (max_profiles=None): no share of the total, no ETA.
+        eta = max(expected - done, 0.0) / rate if rate > 0 and expected is not None else float("inf")
         submitted = report.would_submit if self.settings.dry_run else report.submitted
+        read = (
+            f"{report.read:,} rows read (total not counted)"
+            if total is None
+            else f"{report.read:,}/{total:,} rows read ({100.0 * report.read / total if total else 100.0:.0f}%)"
+        )
         return (
-            f"{report.read:,}/{total:,} rows read ({100.0 * report.read / total if total else 100.0:.0f}%), "
+            f"{read}, "
             f"{submitted:,} contacts {'would be ' if self.settings.dry_run else ''}submitted, "
             f"{report.accepted + report.rejected:,} confirmed, {rate:,.0f} {unit}/s, ETA {_duration(eta)}"
         )
@@ -451,14 +518,15 @@ class SegmentExporter:
         )
         done = (
             f"{report.accepted:,} of {report.submitted:,} contacts were confirmed as exported to {where}"
-            f"{pending} ({report.read:,} rows read of {self._total:,})."
+            f"{pending} ({report.read:,} rows read"
+            f"{'' if self._total is None else f' of {self._total:,}'})."
         )
         if self._fatal is not None:
             exc = self._fatal
             if isinstance(exc, CiExportError):
                 raise type(exc)(f"{exc} So far {done}") from exc
             raise ExportIncompleteError(f"The export failed ({type(exc).__name__}). So far {done}") from exc
-        if self._stop.is_set() and (report.read < self._total or confirmed < report.submitted):
+        if self._stop.is_set() and (not self._read_all or confirmed < report.submitted):
             raise ExportIncompleteError(f"The export was stopped. So far {done} Retry the task to finish it.")
         if self._failed_contacts:
             raise ExportIncompleteError(

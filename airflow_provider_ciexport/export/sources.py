@@ -1,7 +1,8 @@
 """Segment sources: stream the rows of a SQL query, a file (CSV, JSON Lines, Parquet) or in-memory records.
 
-Every source knows its column names before reading rows, can count its rows, and yields rows as tuples
-in column order, ``chunk_size`` at a time, without ever holding the whole segment in memory.
+A source is read once (:meth:`SegmentSource.read`): its column names come first, from the same pass,
+then its rows as tuples in column order, ``chunk_size`` at a time, without ever holding the whole
+segment in memory. A second read would cost another warehouse scan and could disagree with the first.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import json
 import os
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from itertools import islice
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from itertools import chain, islice
+from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
@@ -38,6 +40,38 @@ _FORMAT_NAMES = {"csv": "CSV", "jsonl": "JSON Lines", "parquet": "Parquet"}
 _PARQUET_EXTRA = "pip install 'airflow-provider-ciexport[parquet]'"
 
 
+class SegmentRows:
+    """One pass over a segment: its column names, then its rows in chunks. Close it (or use ``with``).
+
+    :param columns: the column names, in row order.
+    :param chunks: the rows as tuples in ``columns`` order, at most ``chunk_size`` per list.
+    :param count: the number of rows when the source knows it without reading them (in-memory
+        records, a Parquet file's metadata), else ``None``.
+    """
+
+    def __init__(self, columns: list[str], chunks: Iterator[list[Row]], count: int | None = None) -> None:
+        self.columns = columns
+        self.count = count
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[list[Row]]:
+        return self._chunks
+
+    def close(self) -> None:
+        """Release the cursor or file, even in the middle of the rows."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> SegmentRows:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 class SegmentSource(ABC):
     """Where a segment's rows come from.
 
@@ -47,17 +81,26 @@ class SegmentSource(ABC):
 
     description: str
 
-    @abstractmethod
-    def columns(self) -> list[str]:
-        """The column names, in row order; available before any row is read."""
+    def read(self) -> SegmentRows:
+        """Open the source and read its column names; the rows follow from the same pass.
+
+        :raises SegmentSourceError: if the source cannot be opened or its columns cannot be read.
+        """
+        generator = self._read()
+        try:
+            columns = next(generator)
+        except BaseException:
+            generator.close()
+            raise
+        return SegmentRows(columns, generator, self._count())
 
     @abstractmethod
-    def count(self) -> int:
-        """The number of rows the segment has (may cost a pass over the source)."""
+    def _read(self) -> Generator[Any, None, None]:
+        """Yield the column names (one ``list[str]``), then the rows in chunks (``list[Row]`` each)."""
 
-    @abstractmethod
-    def iter_chunks(self) -> Iterator[list[Row]]:
-        """Yield the rows as tuples in :meth:`columns` order, at most ``chunk_size`` per list."""
+    def _count(self) -> int | None:
+        """The number of rows if known without reading them; called once :meth:`_read` has begun."""
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.description}>"
@@ -92,7 +135,6 @@ class SqlSegmentSource(SegmentSource):
         self.chunk_size = chunk_size
         self.description = f"SQL query on conn {conn_id!r}"
         self._hook: DbApiHook | None = None
-        self._columns: list[str] | None = None
 
     def _get_hook(self) -> DbApiHook:
         if self._hook is None:
@@ -124,14 +166,18 @@ class SqlSegmentSource(SegmentSource):
             "Fix the SQL (try it in a SQL client against the same database)."
         )
 
+    def get_db_hook(self) -> DbApiHook:
+        """The SQL hook of ``conn_id`` (also used for lineage)."""
+        return self._get_hook()
+
     @contextlib.contextmanager
-    def _cursor(self, streaming: bool) -> Iterator[Any]:
+    def _cursor(self) -> Iterator[Any]:
         hook = self._get_hook()
         with contextlib.ExitStack() as stack:
             try:
                 conn = hook.get_conn()
                 stack.callback(conn.close)
-                cursor = _server_side_cursor(conn) if streaming else None
+                cursor = _server_side_cursor(conn)
                 if cursor is None:
                     cursor = conn.cursor()
                 stack.callback(cursor.close)
@@ -148,52 +194,17 @@ class SqlSegmentSource(SegmentSource):
         _check_unique(names, f"The result of the {self.description}")
         return names
 
-    def columns(self) -> list[str]:
-        """The query's column names, from ``cursor.description`` of the query wrapped to return no rows.
-
-        ``SELECT * FROM (<sql>) AS segment_columns WHERE 1 = 0`` is cheap on every database and needs
-        the same wrapping as :meth:`count`.
-        """
-        if self._columns is None:
-            with self._cursor(streaming=False) as cursor:
-                try:
-                    cursor.execute(f"SELECT * FROM ({self.sql}) AS segment_columns WHERE 1 = 0")
-                    cursor.fetchall()  # no rows; some drivers want results consumed before closing
-                except Exception as err:
-                    raise self._failed(err) from err
-                self._columns = self._names(cursor)
-        return list(self._columns)
-
-    def count(self) -> int:
-        """``SELECT COUNT(*) FROM (<sql>) AS segment_count``."""
-        with self._cursor(streaming=False) as cursor:
-            try:
-                cursor.execute(f"SELECT COUNT(*) FROM ({self.sql}) AS segment_count")
-                row = cursor.fetchone()
-            except Exception as err:
-                raise self._failed(err) from err
-        if not row:
-            return 0
-        return int(next(iter(row.values())) if isinstance(row, Mapping) else row[0])
-
-    def iter_chunks(self) -> Iterator[list[Row]]:
-        """Run the query and yield its rows with ``fetchmany(chunk_size)``."""
+    def _read(self) -> Generator[Any, None, None]:
+        """Run the query once: its columns from ``cursor.description``, its rows with ``fetchmany``."""
         size = self.chunk_size
-        with self._cursor(streaming=True) as cursor:
+        with self._cursor() as cursor:
             try:
                 cursor.execute(self.sql)
                 rows = cursor.fetchmany(size)
             except Exception as err:
                 raise self._failed(err) from err
             # Read after the first fetch: server-side cursors only describe their columns then.
-            names = self._names(cursor)
-            if self._columns is None:
-                self._columns = names
-            elif names != self._columns:
-                raise SegmentSourceError(
-                    f"The {self.description} returned columns {names} where {self._columns} were "
-                    "expected. Alias the query's columns with unique, fixed names."
-                )
+            yield self._names(cursor)
             while rows:
                 # Most drivers return tuples already; others (sqlite3.Row, dict-like rows) are converted.
                 yield rows if type(rows[0]) is tuple else _as_tuples(rows)
@@ -250,7 +261,6 @@ class FileSegmentSource(SegmentSource):
         self.chunk_size = chunk_size
         self.name = self.path.rstrip("/").rsplit("/", 1)[-1]
         self.description = f"{self.kind} file {self.name}"
-        self._columns: list[str] | None = None
 
     @contextlib.contextmanager
     def _open_binary(self) -> Iterator[IO[bytes]]:
@@ -329,27 +339,15 @@ class CsvSegmentSource(FileSegmentSource):
                 offset += len(line)
         return self._not_utf8(0, offset)
 
-    def columns(self) -> list[str]:
-        """The header row's names, stripped of surrounding spaces."""
-        if self._columns is None:
-            with self._reader() as reader:
-                header = next(reader, [])
-            names = [name.strip() or f"column_{i}" for i, name in enumerate(header, start=1)]
-            _check_unique(names, f"The header of the {self.description}")
-            self._columns = names
-        return list(self._columns)
-
-    def count(self) -> int:
-        """The number of non-blank records after the header (a full CSV parsing pass)."""
-        with self._reader() as reader:
-            return max(sum(1 for row in reader if row) - 1, 0)
-
-    def iter_chunks(self) -> Iterator[list[Row]]:
-        """Yield the data rows as tuples of strings."""
-        width = len(self.columns())
+    def _read(self) -> Generator[Any, None, None]:
+        """The header row's names, stripped of surrounding spaces, then the data rows as tuples of strings."""
         size = self.chunk_size
         with self._reader() as reader:
-            next(reader, None)
+            header = next(reader, [])
+            names = [name.strip() or f"column_{i}" for i, name in enumerate(header, start=1)]
+            _check_unique(names, f"The header of the {self.description}")
+            yield names
+            width = len(names)
             rows = filter(None, reader)  # blank lines parse as []
             while chunk := [
                 tuple(row) if len(row) == width else _fit(row, width) for row in islice(rows, size)
@@ -394,27 +392,18 @@ class JsonLinesSegmentSource(FileSegmentSource):
                 )
             yield obj
 
-    def columns(self) -> list[str]:
-        """The union of the keys of the first ``chunk_size`` objects, in first-seen order."""
-        if self._columns is None:
-            keys: dict[str, None] = {}
-            with self._open_binary() as raw:
-                for obj in islice(self._objects(raw), self.chunk_size):
-                    keys.update(dict.fromkeys(obj))
-            self._columns = list(keys)
-        return list(self._columns)
-
-    def count(self) -> int:
-        """The number of non-blank lines (not parsed)."""
-        with self._open_binary() as raw:
-            return sum(1 for line in raw if not line.isspace())
-
-    def iter_chunks(self) -> Iterator[list[Row]]:
-        """Yield the objects' values in :meth:`columns` order."""
-        names = self.columns()
+    def _read(self) -> Generator[Any, None, None]:
+        """The union of the keys of the first ``chunk_size`` objects, then the objects' values in that order."""
         size = self.chunk_size
         with self._open_binary() as raw:
             objects = self._objects(raw)
+            first = list(islice(objects, size))
+            keys: dict[str, None] = {}
+            for obj in first:
+                keys.update(dict.fromkeys(obj))
+            names = list(keys)
+            yield names
+            objects = chain(first, objects)
             while chunk := [tuple(map(obj.get, names)) for obj in islice(objects, size)]:
                 yield chunk
 
@@ -429,6 +418,7 @@ class ParquetSegmentSource(FileSegmentSource):
 
     def __init__(self, path: str | os.PathLike[str], chunk_size: int = 5000) -> None:
         super().__init__(path, chunk_size)
+        self._num_rows: int | None = None
         try:
             import pyarrow.parquet  # noqa: F401
         except ImportError as err:
@@ -460,27 +450,20 @@ class ParquetSegmentSource(FileSegmentSource):
             finally:
                 parquet.close()
 
-    def columns(self) -> list[str]:
-        """The schema's column names."""
-        if self._columns is None:
-            with self._parquet() as parquet:
-                names = list(parquet.schema_arrow.names)
+    def _read(self) -> Generator[Any, None, None]:
+        """The schema's column names, then each record batch's rows as tuples of Python values."""
+        with self._parquet() as parquet:
+            names = list(parquet.schema_arrow.names)
             _check_unique(names, f"The {self.description}")
-            self._columns = names
-        return list(self._columns)
-
-    def count(self) -> int:
-        """The row count from the file's metadata."""
-        with self._parquet() as parquet:
-            return int(parquet.metadata.num_rows)
-
-    def iter_chunks(self) -> Iterator[list[Row]]:
-        """Yield each record batch's rows as tuples of Python values."""
-        names = self.columns()
-        with self._parquet() as parquet:
+            self._num_rows = int(parquet.metadata.num_rows)
+            yield names
             for batch in parquet.iter_batches(batch_size=self.chunk_size, columns=names):
                 if batch.num_rows:
                     yield list(zip(*(column.to_pylist() for column in batch.columns), strict=True))
+
+    def _count(self) -> int | None:
+        """The row count from the file's metadata, read when the file was opened."""
+        return self._num_rows
 
 
 class RecordsSegmentSource(SegmentSource):
@@ -509,20 +492,17 @@ class RecordsSegmentSource(SegmentSource):
         self._columns = [str(key) for key in keys]
         self._keys = list(keys)
 
-    def columns(self) -> list[str]:
-        """The union of the records' keys."""
-        return list(self._columns)
-
-    def count(self) -> int:
-        """The number of records."""
-        return len(self.records)
-
-    def iter_chunks(self) -> Iterator[list[Row]]:
-        """Yield the records' values in :meth:`columns` order."""
+    def _read(self) -> Generator[Any, None, None]:
+        """The union of the records' keys, then the records' values in that order."""
+        yield list(self._columns)
         keys = self._keys
         size = self.chunk_size
         for start in range(0, len(self.records), size):
             yield [tuple(map(record.get, keys)) for record in self.records[start : start + size]]
+
+    def _count(self) -> int:
+        """The number of records."""
+        return len(self.records)
 
 
 def _file_format(path: str, file_format: str | None) -> str:

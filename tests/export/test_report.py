@@ -103,3 +103,11 @@ def test_without_waiting_the_eta_follows_rows_read(settings: dict[str, Any]) -> 
     exporter.report.read = 250
     line = exporter._progress_line(10.0)
     assert "25 rows read/s" in line and line.endswith("ETA 0m30s")
+
+
+def test_a_segment_read_without_counting_shows_no_share_and_no_eta() -> None:
+    exporter = _exporter(0)
+    exporter._total = None
+    exporter.report.read = 500
+    line = exporter._progress_line(10.0)
+    assert line.startswith("500 rows read (total not counted)") and line.endswith("ETA unknown")

@@ -25,8 +25,18 @@ from airflow_provider_ciexport.export.sources import (
 from tests.support import set_connection
 
 
+def chunks_of(source: SegmentSource) -> list[list[tuple[Any, ...]]]:
+    with source.read() as rows:
+        return list(rows)
+
+
 def rows_of(source: SegmentSource) -> list[tuple[Any, ...]]:
-    return [row for chunk in source.iter_chunks() for row in chunk]
+    return [row for chunk in chunks_of(source) for row in chunk]
+
+
+def columns_of(source: SegmentSource) -> list[str]:
+    with source.read() as rows:
+        return rows.columns
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> str:
@@ -117,8 +127,8 @@ def test_csv_with_bom_spaced_header_and_awkward_values(tmp_path: Path) -> None:
     )
     source = make_source(source_path=path)
 
-    assert source.columns() == ["Email", "First Name", "phone"]
-    assert source.count() == 4
+    assert columns_of(source) == ["Email", "First Name", "phone"]
+    assert len(rows_of(source)) == 4
     assert rows_of(source) == [
         ("  Ann@Example.com ", "Ann", "4155550100"),
         ("o'brien@example.ie", "O'Brien, Pat", ""),
@@ -134,9 +144,9 @@ def test_csv_is_read_in_chunks_of_chunk_size(tmp_path: Path) -> None:
         f.writelines(f"user{i}@example.com,{i}\n" for i in range(12_345))
     source = make_source(source_path=str(path), chunk_size=1000)
 
-    chunks = list(source.iter_chunks())
+    chunks = chunks_of(source)
 
-    assert source.count() == 12_345
+    assert len(rows_of(source)) == 12_345
     assert [len(c) for c in chunks] == [1000] * 12 + [345]
     rows = [row for chunk in chunks for row in chunk]
     assert rows[0] == ("user0@example.com", "0")
@@ -153,8 +163,8 @@ def test_gzip_csv_by_extension_and_by_content(tmp_path: Path) -> None:
 
     for path in (named, disguised):
         source = make_source(source_path=str(path))
-        assert source.columns() == ["email", "name"]
-        assert source.count() == 2
+        assert columns_of(source) == ["email", "name"]
+        assert len(rows_of(source)) == 2
         assert rows_of(source) == [("a@example.com", "A"), ("b@example.com", "B")]
 
 
@@ -162,7 +172,7 @@ def test_a_file_uri_is_read_through_object_storage(tmp_path: Path) -> None:
     path = write(tmp_path / "remote.csv", "email\na@example.com\n")
     source = make_source(source_path=f"file://{path}")
 
-    assert source.columns() == ["email"]
+    assert columns_of(source) == ["email"]
     assert rows_of(source) == [("a@example.com",)]
 
 
@@ -176,13 +186,13 @@ def test_short_rows_are_padded_and_long_rows_cut_to_the_header(tmp_path: Path) -
 
 def test_empty_header_cells_get_positional_names(tmp_path: Path) -> None:
     path = write(tmp_path / "excel.csv", "email,,name,\na@example.com,,A,\n")
-    assert make_source(source_path=path).columns() == ["email", "column_2", "name", "column_4"]
+    assert columns_of(make_source(source_path=path)) == ["email", "column_2", "name", "column_4"]
 
 
 def test_a_duplicated_header_names_the_duplicate(tmp_path: Path) -> None:
     path = write(tmp_path / "dup.csv", "email,Phone, Phone \na@example.com,1,2\n")
     with pytest.raises(SegmentSourceError, match="'Phone' more than once"):
-        make_source(source_path=path).columns()
+        columns_of(make_source(source_path=path))
 
 
 def test_non_utf8_csv_says_where_and_how_to_fix_without_the_value(tmp_path: Path) -> None:
@@ -202,28 +212,28 @@ def test_non_utf8_csv_says_where_and_how_to_fix_without_the_value(tmp_path: Path
 
 def test_an_empty_csv_has_no_columns_and_no_rows(tmp_path: Path) -> None:
     source = make_source(source_path=write(tmp_path / "empty.csv", ""))
-    assert source.columns() == []
-    assert source.count() == 0
+    assert columns_of(source) == []
+    assert len(rows_of(source)) == 0
     assert rows_of(source) == []
 
 
 def test_a_header_only_csv_has_columns_and_no_rows(tmp_path: Path) -> None:
     source = make_source(source_path=write(tmp_path / "header.csv", "email,name\n"))
-    assert source.columns() == ["email", "name"]
-    assert source.count() == 0
-    assert list(source.iter_chunks()) == []
+    assert columns_of(source) == ["email", "name"]
+    assert len(rows_of(source)) == 0
+    assert chunks_of(source) == []
 
 
 def test_a_missing_file_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SegmentSourceError, match=r"Cannot open the CSV file nope\.csv.*FileNotFoundError"):
-        make_source(source_path=str(tmp_path / "nope.csv")).columns()
+        columns_of(make_source(source_path=str(tmp_path / "nope.csv")))
 
 
 def test_a_corrupt_gzip_is_a_source_error(tmp_path: Path) -> None:
     path = tmp_path / "cut.csv.gz"
     path.write_bytes(gzip.compress(b"email\n" + b"a@example.com\n" * 1000)[:60])
     with pytest.raises(SegmentSourceError, match="could not be read"):
-        make_source(source_path=str(path)).count()
+        rows_of(make_source(source_path=str(path)))
 
 
 # -- JSON Lines ------------------------------------------------------------------------------------
@@ -239,8 +249,8 @@ def test_json_lines_columns_are_the_union_of_keys_in_first_seen_order(tmp_path: 
     )
     source = make_source(source_path=path)
 
-    assert source.columns() == ["email", "first_name", "phone", "tier"]
-    assert source.count() == 3
+    assert columns_of(source) == ["email", "first_name", "phone", "tier"]
+    assert len(rows_of(source)) == 3
     assert rows_of(source) == [
         ("a@example.com", "A", None, None),
         ("b@example.com", None, 4155550100, None),
@@ -253,7 +263,7 @@ def test_json_lines_keys_first_seen_after_the_first_chunk_are_ignored(tmp_path: 
     lines.append(json.dumps({"email": "late@example.com", "late_key": "x"}))
     source = make_source(source_path=write(tmp_path / "s.jsonl", "\n".join(lines)), chunk_size=5)
 
-    assert source.columns() == ["email"]
+    assert columns_of(source) == ["email"]
     assert rows_of(source)[-1] == ("late@example.com",)
 
 
@@ -264,8 +274,8 @@ def test_gzip_json_lines_in_chunks(tmp_path: Path) -> None:
     )
     source = make_source(source_path=str(path), chunk_size=1000)
 
-    assert source.count() == 2500
-    assert [len(chunk) for chunk in source.iter_chunks()] == [1000, 1000, 500]
+    assert len(rows_of(source)) == 2500
+    assert [len(chunk) for chunk in chunks_of(source)] == [1000, 1000, 500]
 
 
 @pytest.mark.parametrize(
@@ -311,9 +321,9 @@ def test_parquet_columns_count_and_typed_rows_in_chunks(tmp_path: Path) -> None:
 
     rows = rows_of(source)
 
-    assert source.columns() == ["email", "phone", "visits"]
-    assert source.count() == n
-    assert all(len(chunk) <= 700 for chunk in source.iter_chunks())
+    assert columns_of(source) == ["email", "phone", "visits"]
+    assert len(rows_of(source)) == n
+    assert all(len(chunk) <= 700 for chunk in chunks_of(source))
     assert len(rows) == n
     assert rows[0] == (None, 4155550000.0, 0)
     assert rows[1] == ("u1@example.com", 4155550001.0, 1)
@@ -322,7 +332,7 @@ def test_parquet_columns_count_and_typed_rows_in_chunks(tmp_path: Path) -> None:
 def test_a_file_that_is_not_parquet_is_a_source_error(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     with pytest.raises(SegmentSourceError, match="not a readable Parquet file"):
-        make_source(source_path=write(tmp_path / "fake.parquet", "email\na@example.com\n")).columns()
+        columns_of(make_source(source_path=write(tmp_path / "fake.parquet", "email\na@example.com\n")))
 
 
 # -- records ---------------------------------------------------------------------------------------
@@ -332,9 +342,9 @@ def test_records_use_the_union_of_keys_and_read_missing_ones_as_none() -> None:
     records = [{"email": "a@example.com", "first_name": "A"}, {"phone": "1", "email": "b@example.com"}]
     source = make_source(records=records, chunk_size=1)
 
-    assert source.columns() == ["email", "first_name", "phone"]
-    assert source.count() == 2
-    assert list(source.iter_chunks()) == [[("a@example.com", "A", None)], [("b@example.com", None, "1")]]
+    assert columns_of(source) == ["email", "first_name", "phone"]
+    assert len(rows_of(source)) == 2
+    assert chunks_of(source) == [[("a@example.com", "A", None)], [("b@example.com", None, "1")]]
 
 
 def test_records_that_are_not_mappings_are_refused() -> None:
@@ -344,7 +354,7 @@ def test_records_that_are_not_mappings_are_refused() -> None:
 
 def test_no_records_is_an_empty_segment() -> None:
     source = make_source(records=[])
-    assert (source.columns(), source.count(), list(source.iter_chunks())) == ([], 0, [])
+    assert (columns_of(source), chunks_of(source)) == ([], [])
 
 
 # -- SQL -------------------------------------------------------------------------------------------
@@ -375,11 +385,11 @@ def test_sql_through_an_airflow_connection_in_chunks(profiles_db: str) -> None:
         chunk_size=1000,
     )
 
-    chunks = list(source.iter_chunks())
+    chunks = chunks_of(source)
     rows = [row for chunk in chunks for row in chunk]
 
-    assert source.columns() == ["email", "fname", "phone"]
-    assert source.count() == 12_345
+    assert columns_of(source) == ["email", "fname", "phone"]
+    assert len(rows_of(source)) == 12_345
     assert [len(chunk) for chunk in chunks] == [1000] * 12 + [345]
     assert rows[0] == ("User0@Example.com", None, 4155550000.0)
     assert rows[7] == (None, "Name7", 4155550007.0)
@@ -388,36 +398,35 @@ def test_sql_through_an_airflow_connection_in_chunks(profiles_db: str) -> None:
 
 def test_sql_empty_result_is_an_empty_segment(profiles_db: str) -> None:
     source = make_source(sql="SELECT email FROM profiles WHERE id < 0", sql_conn_id=profiles_db)
-    assert source.columns() == ["email"]
-    assert source.count() == 0
-    assert list(source.iter_chunks()) == []
+    assert columns_of(source) == ["email"]
+    assert len(rows_of(source)) == 0
+    assert chunks_of(source) == []
 
 
 def test_a_failing_query_names_the_connection_and_the_driver_error(profiles_db: str) -> None:
     source = make_source(sql="SELECT email FROM no_such_table", sql_conn_id=profiles_db)
-    for call in (source.columns, source.count, lambda: list(source.iter_chunks())):
-        with pytest.raises(SegmentSourceError) as info:
-            call()
-        message = str(info.value)
-        assert "failed on connection 'profiles_db'" in message
-        assert "OperationalError: no such table: no_such_table" in message
+    with pytest.raises(SegmentSourceError) as info:
+        source.read()
+    message = str(info.value)
+    assert "failed on connection 'profiles_db'" in message
+    assert "OperationalError: no such table: no_such_table" in message
 
 
 def test_duplicate_result_columns_ask_for_aliases(profiles_db: str) -> None:
     source = make_source(sql="SELECT email, email FROM profiles", sql_conn_id=profiles_db)
     with pytest.raises(SegmentSourceError, match="'email' more than once"):
-        list(source.iter_chunks())
+        chunks_of(source)
 
 
 def test_an_undefined_connection_is_a_configuration_error() -> None:
     with pytest.raises(ExportConfigurationError, match=r"'nowhere_db' .* could not be loaded.*AIRFLOW_CONN_"):
-        make_source(sql="SELECT 1", sql_conn_id="nowhere_db").columns()
+        columns_of(make_source(sql="SELECT 1", sql_conn_id="nowhere_db"))
 
 
 def test_a_connection_that_cannot_run_sql_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     set_connection(monkeypatch, "some_api", conn_type="http", host="https://api.example.com")
     with pytest.raises(ExportConfigurationError, match=r"'some_api' has type 'http'.*Use a SQL connection"):
-        make_source(sql="SELECT 1", sql_conn_id="some_api").columns()
+        columns_of(make_source(sql="SELECT 1", sql_conn_id="some_api"))
 
 
 def test_postgres_and_mysql_rows_are_streamed_from_the_server() -> None:
@@ -440,10 +449,10 @@ def test_a_sql_segment_builds_clean_contacts(profiles_db: str) -> None:
     source = SqlSegmentSource("SELECT email, first_name, phone FROM profiles ORDER BY id", profiles_db, 500)
     schema = ContactSchema("ActiveCampaign", {"email": 255, "first_name": 255, "phone": 255}, "field:")
     builder = ContactBuilder(
-        {"email": "email", "first_name": "first_name", "phone": "phone"}, schema, source.columns()
+        {"email": "email", "first_name": "first_name", "phone": "phone"}, schema, columns_of(source)
     )
 
-    contacts = [c for chunk in source.iter_chunks() for c in builder.build_many(chunk)]
+    contacts = [c for chunk in chunks_of(source) for c in builder.build_many(chunk)]
 
     assert len(contacts) == 12_344
     assert builder.invalid_reasons == {"missing": 1}

@@ -1,0 +1,205 @@
+"""A segment is read once: one query, one pass over a file; max_profiles still stops before sending."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError, ExportIncompleteError
+from airflow_provider_ciexport.export.batcher import Batch
+from airflow_provider_ciexport.export.contacts import ContactSchema
+from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
+from airflow_provider_ciexport.export.sources import FileSegmentSource, SqlSegmentSource, make_source
+from airflow_provider_ciexport.export.spool import RowSpool
+from airflow_provider_ciexport.hooks.base import encode_json
+from tests.support import set_connection
+
+
+class RecordingDestination(Destination):
+    """Takes every batch at once and remembers what it was sent."""
+
+    name = "Test"
+    schema = ContactSchema("Test", {"email": 254, "first_name": 50}, "cf:")
+    max_batch_contacts = 100
+    max_batch_bytes = 100_000
+    poll_interval = 0.0
+    max_poll_interval = 0.0
+    max_poll_rate = 1000.0
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.prepared = False
+
+    @property
+    def list_ids(self) -> Sequence[str]:
+        return ["1"]
+
+    def prepare(self, field_mapping: Mapping[str, str]) -> None:
+        self.prepared = True
+
+    def envelope(self) -> tuple[bytes, bytes]:
+        return b"[", b"]"
+
+    def encode(self, contact: Mapping[str, str]) -> bytes:
+        return encode_json(dict(contact))
+
+    def submit(self, batch: Batch) -> str:
+        self.sent.append(batch.contacts)
+        return f"job-{batch.number}"
+
+    def poll(self, job_id: str, batch: Batch) -> JobResult | None:
+        return JobResult(ok=True, accepted=batch.contacts)
+
+    @property
+    def requests_made(self) -> int:
+        return 2 * len(self.sent)
+
+
+MAPPING = {"email": "email", "first_name": "first_name"}
+
+
+@pytest.fixture
+def profiles_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """1,000 profiles in SQLite behind the Airflow connection ``profiles_db``."""
+    path = tmp_path / "profiles.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE segment (id INTEGER, email TEXT, first_name TEXT)")
+    conn.executemany(
+        "INSERT INTO segment VALUES (?, ?, ?)", ((i, f"user{i}@example.com", f"Name{i}") for i in range(1000))
+    )
+    conn.commit()
+    conn.close()
+    return set_connection(monkeypatch, "profiles_db", conn_type="sqlite", host=str(path))
+
+
+def traced(source: SqlSegmentSource) -> list[str]:
+    """Record every statement the source runs on its database."""
+    statements: list[str] = []
+    hook = source.get_db_hook()
+    get_conn = hook.get_conn
+
+    def tracing_conn() -> Any:
+        conn = get_conn()
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    hook.get_conn = tracing_conn  # type: ignore[method-assign]
+    return statements
+
+
+@pytest.mark.parametrize("max_profiles", [1000, None])
+def test_a_sql_segment_is_queried_once(profiles_db: str, max_profiles: int | None) -> None:
+    source = make_source(sql="SELECT email, first_name FROM segment ORDER BY id", sql_conn_id=profiles_db)
+    assert isinstance(source, SqlSegmentSource)
+    statements = traced(source)
+    destination = RecordingDestination()
+
+    report = SegmentExporter(source, destination, MAPPING, ExportSettings(max_profiles=max_profiles)).run()
+
+    assert statements == ["SELECT email, first_name FROM segment ORDER BY id"]
+    assert (report.read, report.submitted, report.accepted) == (1000, 1000, 1000)
+    assert sum(destination.sent) == 1000
+
+
+def test_a_sql_segment_over_max_profiles_sends_nothing_and_stops_reading(profiles_db: str) -> None:
+    source = make_source(
+        sql="SELECT email, first_name FROM segment ORDER BY id", sql_conn_id=profiles_db, chunk_size=100
+    )
+    assert isinstance(source, SqlSegmentSource)
+    statements = traced(source)
+    destination = RecordingDestination()
+
+    with pytest.raises(ExportConfigurationError, match=r"more than max_profiles=250 rows.*Nothing was sent"):
+        SegmentExporter(source, destination, MAPPING, ExportSettings(max_profiles=250)).run()
+
+    assert destination.sent == []
+    assert statements == ["SELECT email, first_name FROM segment ORDER BY id"]
+
+
+@pytest.mark.parametrize(("name", "content"), [("s.csv", "csv"), ("s.jsonl", "jsonl"), ("s.csv.gz", "csv")])
+def test_a_file_segment_is_opened_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, content: str
+) -> None:
+    import gzip
+    import json
+
+    rows = [{"email": f"user{i}@example.com", "first_name": f"N{i}"} for i in range(300)]
+    if content == "csv":
+        text = "email,first_name\n" + "".join(f"{r['email']},{r['first_name']}\n" for r in rows)
+    else:
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    data = text.encode()
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    opened: list[str] = []
+    open_binary = FileSegmentSource._open_binary
+
+    def counting(self: FileSegmentSource) -> Any:
+        opened.append(self.path)
+        return open_binary(self)
+
+    monkeypatch.setattr(FileSegmentSource, "_open_binary", counting)
+    destination = RecordingDestination()
+
+    report = SegmentExporter(
+        make_source(source_path=str(tmp_path / name), chunk_size=50), destination, MAPPING
+    ).run()
+
+    assert len(opened) == 1
+    assert (report.read, report.accepted) == (300, 300)
+
+
+def test_a_csv_over_max_profiles_fails_before_anything_is_sent(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("email\n" + "".join(f"u{i}@example.com\n" for i in range(101)))
+    destination = RecordingDestination()
+
+    with pytest.raises(ExportConfigurationError, match="more than max_profiles=100"):
+        SegmentExporter(
+            make_source(source_path=str(path)), destination, {"email": "email"}, ExportSettings(100)
+        ).run()
+
+    assert destination.sent == []
+
+
+def test_records_over_max_profiles_are_refused_with_their_count() -> None:
+    records = [{"email": f"u{i}@example.com"} for i in range(11)]
+    destination = RecordingDestination()
+
+    with pytest.raises(ExportConfigurationError, match="has 11 rows, more than max_profiles=10"):
+        SegmentExporter(
+            make_source(records=records), destination, {"email": "email"}, ExportSettings(10)
+        ).run()
+
+    assert destination.sent == []
+
+
+def test_a_stop_while_counting_sends_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("email\n" + "".join(f"u{i}@example.com\n" for i in range(500)))
+    destination = RecordingDestination()
+    exporter = SegmentExporter(
+        make_source(source_path=str(path), chunk_size=10), destination, {"email": "email"}
+    )
+    exporter.stop()
+
+    with pytest.raises(ExportIncompleteError, match=r"stopped while reading the segment\. Nothing was sent"):
+        exporter.run()
+
+    assert destination.sent == []
+
+
+def test_the_spool_gives_back_exactly_what_it_was_given() -> None:
+    chunks: list[list[tuple[Any, ...]]] = [[(i, f"v{i}", None, 1.5) for i in range(j, j + 7)] for j in (0, 7)]
+
+    def source() -> Iterator[list[tuple[Any, ...]]]:
+        yield from chunks
+
+    with RowSpool() as spool:
+        assert spool.fill(source()) == 14
+        assert list(spool) == chunks
+        assert list(spool) == chunks  # replayable
