@@ -49,6 +49,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_ciexport.operators.constantcontact"],
             },
         ],
+        "extra-links": [
+            "airflow_provider_ciexport.links.ActiveCampaignListLink",
+            "airflow_provider_ciexport.links.ConstantContactListLink",
+        ],
         "connection-types": [
             {
                 "connection-type": "activecampaign",

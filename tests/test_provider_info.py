@@ -92,3 +92,15 @@ def test_airflow_lists_the_provider_and_its_connection_types() -> None:
     assert hooks["constantcontact"] is not None
     widgets = manager.connection_form_widgets
     assert any(key.endswith("refresh_token") for key in widgets)
+
+
+def test_airflow_registers_the_extra_links() -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    links = set(ProvidersManager().extra_links_class_names)
+    assert {
+        "airflow_provider_ciexport.links.ActiveCampaignListLink",
+        "airflow_provider_ciexport.links.ConstantContactListLink",
+    } <= links
+    for name in get_provider_info()["extra-links"]:
+        assert _import(name)().name
