@@ -29,6 +29,9 @@ from airflow_provider_ciexport.sandbox.connections import AC_CONN_ID, CC_CONN_ID
 from airflow_provider_ciexport.sandbox.server import SandboxServer
 from tests.support import set_connection
 
+# The browser test (tests/ui) runs only through `make ui-test`: it needs Chromium and Selenium.
+collect_ignore = [] if os.environ.get("CIEXPORT_UI_TEST") else ["ui"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def airflow_db() -> str:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
+from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.activecampaign_destination import ActiveCampaignDestination
+from airflow_provider_ciexport.links import ActiveCampaignListLink, activecampaign_list_url
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 
 
@@ -31,6 +34,7 @@ class ActiveCampaignSegmentExportOperator(BaseSegmentExportOperator):
 
     template_fields: Sequence[str] = (*BaseSegmentExportOperator.template_fields, "tags")
     ui_color = "#cfe3ff"
+    operator_extra_links = (ActiveCampaignListLink(),)
 
     def __init__(
         self,
@@ -54,3 +58,11 @@ class ActiveCampaignSegmentExportOperator(BaseSegmentExportOperator):
         return ActiveCampaignDestination(
             self.hook, self.list_ids(), tags.split(",") if isinstance(tags, str) else list(tags)
         )
+
+    def get_list_url(self, destination: Destination) -> str | None:
+        """The account's contacts filtered by the target list, at ``<account>.activehosted.com``."""
+        return activecampaign_list_url(self.hook.api_base_url, list(destination.list_ids))
+
+    def get_lineage_namespace(self) -> str:
+        """``activecampaign://<account API host>``."""
+        return f"activecampaign://{urlsplit(self.hook.api_base_url).netloc}"

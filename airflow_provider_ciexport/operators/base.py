@@ -1,4 +1,4 @@
-"""What both segment export operators share: parameters, the source, the run and ``on_kill``."""
+"""What both segment export operators share: parameters, the source, the run, ``on_kill``, lineage."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, XComArg
 
+from airflow_provider_ciexport.asset_events import add_report_to_outlet_events
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
-from airflow_provider_ciexport.export.sources import make_source
+from airflow_provider_ciexport.export.sources import SegmentSource, make_source
+from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
 from airflow_provider_ciexport.variables import JsonVariable
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 
@@ -53,14 +56,17 @@ class BaseSegmentExportOperator(BaseOperator):
     """Exports a segment (rows of customer profiles) to lists of a marketing destination.
 
     Exactly one source: ``sql`` with ``sql_conn_id``, ``source_path``, or ``records``. The task returns
-    its report (counts, job ids, requests, duration) as its XCom value.
+    its report (counts, job ids, requests, duration) as its XCom value, puts the counts on the events
+    of its Asset outlets, links to its target list (extra link) and reports OpenLineage lineage.
 
     :param list_id: the target list id, or several.
     :param field_mapping: destination attribute -> source column; ``email`` is required.
     :param sql: a query (or a ``.sql`` file) returning the segment's rows. Templated.
     :param sql_conn_id: the Airflow SQL connection to run ``sql`` on.
     :param source_path: a CSV, JSON Lines or Parquet file, local or an object-storage URI. Templated.
-    :param records: the segment as a list of dicts, e.g. an upstream task's output. Templated.
+    :param records: the segment as a list of dicts, e.g. an upstream task's output (``XComArg``).
+        Resolved when the task runs but deliberately not a templated field: Airflow stores rendered
+        fields in its database and shows them in the UI, and these rows are personal data.
     :param file_format: ``csv``, ``jsonl`` or ``parquet`` when the file extension does not say.
     :param max_profiles: fail before sending if the segment has more rows (``None``: no limit).
     :param dry_run: check and prepare everything but send nothing; the report shows what would go.
@@ -68,9 +74,10 @@ class BaseSegmentExportOperator(BaseOperator):
     :param progress_interval: seconds between progress lines in the task log.
     """
 
-    template_fields: Sequence[str] = ("list_id", "sql", "source_path", "records", "field_mapping", "dry_run")
+    # Not "records": rendered fields are stored in the metadata database and shown in the UI.
+    template_fields: Sequence[str] = ("list_id", "sql", "source_path", "field_mapping", "dry_run")
     template_ext: Sequence[str] = (".sql",)
-    template_fields_renderers = {"sql": "sql", "field_mapping": "json", "records": "json"}
+    template_fields_renderers = {"sql": "sql", "field_mapping": "json"}
 
     def __init__(
         self,
@@ -95,6 +102,11 @@ class BaseSegmentExportOperator(BaseOperator):
         self.sql_conn_id = sql_conn_id
         self.source_path = source_path
         self.records = records
+        # Not a templated field, so Airflow would neither wait for the upstream task nor resolve it.
+        self._records_from: list[str] = []
+        if isinstance(records, XComArg):
+            XComArg.apply_upstream_relationship(self, records)
+            self._records_from = [operator.task_id for operator, _ in records.iter_references()]
         self.file_format = file_format
         self.max_profiles = max_profiles
         # Shadows BaseOperator.dry_run(), a legacy template-rendering helper that Airflow 3 never calls;
@@ -103,10 +115,22 @@ class BaseSegmentExportOperator(BaseOperator):
         self.wait_for_completion = wait_for_completion
         self.progress_interval = progress_interval
         self._exporter: SegmentExporter | None = None
+        self._source: SegmentSource | None = None
+        self._report: dict[str, Any] | None = None
+        #: The target list in the vendor's app, once known; the extra link shows it.
+        self.list_url: str | None = None
 
     @abstractmethod
     def get_destination(self) -> Destination:
         """Build the destination for the (rendered) parameters."""
+
+    @abstractmethod
+    def get_list_url(self, destination: Destination) -> str | None:
+        """The target list's page in the vendor's app (the extra link), or ``None``."""
+
+    @abstractmethod
+    def get_lineage_namespace(self) -> str:
+        """The OpenLineage namespace of the destination account, e.g. ``activecampaign://<host>``."""
 
     def list_ids(self) -> list[Any]:
         """The rendered ``list_id`` as a list (a JSON or comma-separated string is accepted too)."""
@@ -129,16 +153,23 @@ class BaseSegmentExportOperator(BaseOperator):
             raise ExportConfigurationError("list_id is empty. Give the id of the target list, or several.")
         return ids
 
-    def _records(self) -> Any:
-        if isinstance(self.records, str):
+    def _records(self, context: Context) -> Any:
+        # Resolved here, not as a template field, so the rows never reach the rendered-fields table.
+        # Row values are data, never rendered as Jinja; only a string (an expression) is.
+        records = self.records
+        if isinstance(records, XComArg):
+            records = records.resolve(context)
+        elif isinstance(records, str):
+            records = self.render_template(records, context)
+        if isinstance(records, str):
             try:
-                return json.loads(self.records)
+                return json.loads(records)
             except ValueError:
                 raise ExportConfigurationError(
                     "records rendered to text that is not JSON. Pass a list of dicts, e.g. an upstream "
                     "task's output (XComArg), or set render_template_as_native_obj=True on the DAG."
                 ) from None
-        return self.records
+        return records
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Run the export and return its report."""
@@ -147,14 +178,15 @@ class BaseSegmentExportOperator(BaseOperator):
                 "field_mapping must be a dict of destination attribute -> source column, "
                 'e.g. {"email": "email", "first_name": "given_name"}.'
             )
-        source = make_source(
+        source = self._source = make_source(
             sql=self.sql,
             sql_conn_id=self.sql_conn_id,
             source_path=self.source_path,
-            records=self._records(),
+            records=self._records(context),
             file_format=self.file_format,
         )
         destination = self.get_destination()
+        self.list_url = self.get_list_url(destination)
         self._exporter = SegmentExporter(
             source,
             destination,
@@ -167,7 +199,28 @@ class BaseSegmentExportOperator(BaseOperator):
             ),
             progress=progress_store(context),
         )
-        return self._exporter.run().as_dict()
+        report = self._report = self._exporter.run().as_dict()
+        if self.outlets:
+            add_report_to_outlet_events(self.outlets, context["outlet_events"], report)
+        return report
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        """OpenLineage: the segment's tables, file or upstream task in; one dataset per list out.
+
+        Needs the ``openlineage`` extra; without it (or if building the lineage fails) there is none.
+        """
+        source, exporter = self._source, self._exporter
+        if source is None or exporter is None:
+            return None
+        upstream = [(self.dag_id, task_id) for task_id in self._records_from]
+        return lineage_or_none(
+            lambda: export_lineage(
+                inputs=segment_inputs(source, upstream),
+                namespace=self.get_lineage_namespace(),
+                list_ids=list(exporter.report.lists),
+                report=self._report,
+            )
+        )
 
     def on_kill(self) -> None:
         """Stop sending; batches already on the wire finish, nothing new is sent."""

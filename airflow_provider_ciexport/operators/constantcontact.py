@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
+from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.hooks.constantcontact_destination import ConstantContactDestination
+from airflow_provider_ciexport.links import ConstantContactListLink, constantcontact_list_url
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 
 
@@ -27,6 +30,7 @@ class ConstantContactSegmentExportOperator(BaseSegmentExportOperator):
     """
 
     ui_color = "#ffe2c6"
+    operator_extra_links = (ConstantContactListLink(),)
 
     def __init__(
         self,
@@ -45,3 +49,11 @@ class ConstantContactSegmentExportOperator(BaseSegmentExportOperator):
     def get_destination(self) -> ConstantContactDestination:
         """The destination for the rendered ``list_id``."""
         return ConstantContactDestination(self.hook, self.list_ids())
+
+    def get_list_url(self, destination: Destination) -> str | None:
+        """The target list's page in the Constant Contact app."""
+        return constantcontact_list_url(self.hook.api_base_url, list(destination.list_ids))
+
+    def get_lineage_namespace(self) -> str:
+        """``constantcontact://<API host>`` (list ids are UUIDs, unique across accounts)."""
+        return f"constantcontact://{urlsplit(self.hook.api_base_url).netloc}"

@@ -223,7 +223,6 @@ def test_templated_fields_are_declared() -> None:
         "list_id",
         "sql",
         "source_path",
-        "records",
         "field_mapping",
         "tags",
     }
