@@ -44,8 +44,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cc-error-shape",
         choices=("list", "object", "documented"),
-        default="list",
-        help="Constant Contact error bodies: a list of objects, one object, or one object for 429 only",
+        default="documented",
+        help="Constant Contact error bodies: a list of objects, one object, or (default) one object for 429 only",
     )
     parser.add_argument(
         "--ac-other-app-imports-per-minute",

@@ -73,8 +73,9 @@ class SandboxConfig:
     #: is not imported, the value is cut to the limit (an over-long email still makes the contact
     #: an error), or the whole request is rejected (400). Every case is a recorded violation.
     cc_overlong_values: CCOverlongMode = "reject_contact"
-    #: The shape of every Constant Contact error body (the real API's varies by endpoint and status).
-    cc_error_shape: CCErrorShape = "list"
+    #: The shape of every Constant Contact error body (the real API's varies by endpoint and status);
+    #: by default as documented: 429 answers as one object, other errors as a list.
+    cc_error_shape: CCErrorShape = "documented"
     #: ``interval`` returned by the device authorization endpoint, seconds.
     cc_device_interval_s: int = 5
 

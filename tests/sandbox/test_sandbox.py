@@ -833,9 +833,11 @@ def test_cc_rate_limits(sb: SandboxServer) -> None:
     ]
     throttled = [r for r in results if r.status_code == 429]
     assert throttled and {r.status_code for r in results} == {200, 429}
-    assert throttled[0].json() == [
-        {"error_key": "throttled", "error_message": throttled[0].json()[0]["error_message"]}
-    ]
+    # As documented: a 429 body is one error object (other errors are lists).
+    assert throttled[0].json() == {
+        "error_key": "throttled",
+        "error_message": throttled[0].json()["error_message"],
+    }
     assert "Retry-After" not in throttled[0].headers
     # The token endpoint is never limited.
     assert all(cc_token(sb) for _ in range(8))
@@ -848,7 +850,7 @@ def test_cc_rate_limits(sb: SandboxServer) -> None:
         for _ in range(4)
     ]
     assert [r.status_code for r in codes] == [200, 200, 200, 429]
-    assert codes[3].json()[0]["error_key"] == "quota_exceeded"
+    assert codes[3].json()["error_key"] == "quota_exceeded"
     assert client.stats()["rate_limit_rejections"] == {"cc_daily_quota": 1}
 
 
@@ -1078,8 +1080,8 @@ def test_fault_limit_shaped_answers(sb: SandboxServer) -> None:
     h = cc_h(cc_token(sb))
     first = requests.get(f"{sb.cc_api_base_url}/contact_lists", headers=h, timeout=TIMEOUT)
     second = requests.get(f"{sb.cc_api_base_url}/contact_lists", headers=h, timeout=TIMEOUT)
-    assert (first.status_code, first.json()[0]["error_key"]) == (429, "quota_exceeded")
-    assert (second.status_code, second.json()[0]["error_key"]) == (429, "throttled")
+    assert (first.status_code, first.json()["error_key"]) == (429, "quota_exceeded")
+    assert (second.status_code, second.json()["error_key"]) == (429, "throttled")
     r = requests.get(f"{sb.url}/api/3/lists", headers=AC_H, timeout=TIMEOUT)
     assert r.status_code == 400 and r.json()["message"] == "Rate limit exceeded."
     r = requests.get(f"{sb.url}/api/3/lists", headers=AC_H, timeout=TIMEOUT)
