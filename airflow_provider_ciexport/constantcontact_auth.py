@@ -656,7 +656,7 @@ def connection_extra(refresh_token: str, endpoints: Endpoints) -> dict[str, str]
     if endpoints.api_base_url.rstrip("/") != CC_API_BASE_URL:
         extra["api_base_url"] = endpoints.api_base_url
     if endpoints.token_url.rstrip("/") != CC_TOKEN_URL:
-        extra["token_url"] = endpoints.token_url
+        extra["oauth_url"] = endpoints.token_url
     return extra
 
 

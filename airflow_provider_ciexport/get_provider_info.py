@@ -100,8 +100,11 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": {
                     "refresh_token": {
                         "label": "Refresh token",
-                        "description": "From the first authorization: run "
-                        "`python -m airflow_provider_ciexport.constantcontact_auth`.",
+                        "description": "The token from the app's first authorization. To get one, run "
+                        "python -m airflow_provider_ciexport.constantcontact_auth --client-id <your API key> "
+                        "on any machine with a browser (or add --flow device); it prints the token. A "
+                        "rotated token is kept by the provider, so this field needs changing only after a "
+                        "new authorization.",
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
                     "api_base_url": {
@@ -109,10 +112,11 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Leave empty for https://api.cc.email/v3; set only for the sandbox.",
                         "schema": {"type": ["string", "null"], "format": "url"},
                     },
-                    "token_url": {
-                        "label": "Token URL",
-                        "description": "Leave empty for Constant Contact's token endpoint; "
-                        "set only for the sandbox.",
+                    "oauth_url": {
+                        "label": "OAuth token endpoint",
+                        "description": "Leave empty for Constant Contact's own; set only for the sandbox "
+                        "(e.g. http://127.0.0.1:8025/oauth2/default/v1/token). The older extra token_url "
+                        "is still read.",
                         "schema": {"type": ["string", "null"], "format": "url"},
                     },
                     "requests_per_second": {

@@ -23,22 +23,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def base_url_problem(url: str, what: str, conn_id: str) -> str | None:
+def base_url_problem(url: str, what: str, conn_id: str | None) -> str | None:
     """What is wrong with an absolute API URL, or ``None``: HTTPS, or plain HTTP only to a loopback host.
 
     :param url: the URL to check.
     :param what: which setting it came from, for the message.
-    :param conn_id: the connection it came from, for the message.
+    :param conn_id: the connection it came from, for the message; ``None`` says "this connection" (a
+        connection test, which Airflow runs under a random temporary id).
     """
+    where = "this connection" if conn_id is None else f"connection '{conn_id}'"
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in url.strip():
         return (
-            f"The {what} of connection '{conn_id}' is not a valid URL. "
+            f"The {what} of {where} is not a valid URL. "
             "Set it to an absolute https:// URL, e.g. https://api.cc.email/v3."
         )
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         return (
-            f"The {what} of connection '{conn_id}' uses plain http:// to a non-local host. "
+            f"The {what} of {where} uses plain http:// to a non-local host. "
             "Use https:// (plain http is only allowed to a local sandbox such as http://127.0.0.1:8025)."
         )
     return None

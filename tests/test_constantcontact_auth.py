@@ -192,7 +192,7 @@ def test_connection_command_and_env_with_sandbox_urls_and_secrets() -> None:
     assert json.loads(opts["--conn-extra"]) == {
         "refresh_token": "rt-123",
         "api_base_url": "http://127.0.0.1:8025/v3",
-        "token_url": "http://127.0.0.1:8025/oauth2/default/v1/token",
+        "oauth_url": "http://127.0.0.1:8025/oauth2/default/v1/token",
     }
     env = format_connection_env("cc_test", "cid", "s3cret", "rt-123", ep, show_secrets=True)
     name, _, value = shlex.split(env.removeprefix("export "))[0].partition("=")
@@ -252,7 +252,7 @@ def test_pkce_flow_end_to_end(sandbox_url: str, tmp_path: Path, capsys: pytest.C
     assert json.loads(opts["--conn-extra"]) == {
         "refresh_token": "<refresh-token>",
         "api_base_url": f"{sandbox_url}/v3",
-        "token_url": f"{sandbox_url}/oauth2/default/v1/token",
+        "oauth_url": f"{sandbox_url}/oauth2/default/v1/token",
     }
     assert _printed_env(out)["extra"]["refresh_token"] == "<refresh-token>"
 

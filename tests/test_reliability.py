@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.sandbox import seed
@@ -322,7 +323,7 @@ def test_two_tasks_rotating_one_refresh_token_at_once_both_finish(
     from airflow.models import Variable
 
     sandbox.configure(cc_rotating_refresh_tokens=True)
-    key = f"{conns['cc']}_refresh_token"
+    key = ConstantContactHook(conns["cc"]).refresh_token_variable
     Variable.delete(key)
     with ThreadPoolExecutor(2) as pool:
         futures = [

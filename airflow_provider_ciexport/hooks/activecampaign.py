@@ -107,7 +107,7 @@ class BulkImportEncoder(ImportEncoder):
 
 
 def normalize_api_url(
-    host: str | None, conn_id: str = "activecampaign_default", port: int | None = None
+    host: str | None, conn_id: str | None = "activecampaign_default", port: int | None = None
 ) -> str:
     """Turn what a user pastes as the ActiveCampaign API URL into the API's base URL.
 
@@ -116,44 +116,41 @@ def normalize_api_url(
     (the local sandbox).
 
     :param host: the connection's host field.
-    :param conn_id: the connection's id, for error messages.
+    :param conn_id: the connection's id, for error messages; ``None`` says "this connection" (a
+        connection test, which Airflow runs under a random temporary id).
     :param port: the connection's port field, if any.
     :raises ExportConfigurationError: if the value is not an ActiveCampaign API URL.
     """
+    where = "this connection" if conn_id is None else f"connection '{conn_id}'"
     how = (
         "Set it to the API URL shown in ActiveCampaign under Settings > Developer, "
         "e.g. https://youraccount.api-us1.com."
     )
     value = (host or "").strip()
     if not value:
-        raise ExportConfigurationError(f"Connection '{conn_id}' has no API URL (host). {how}")
+        raise ExportConfigurationError(f"{where[:1].upper()}{where[1:]} has no API URL (host). {how}")
     if any(ch.isspace() for ch in value):
-        raise ExportConfigurationError(f"The API URL of connection '{conn_id}' contains spaces. {how}")
+        raise ExportConfigurationError(f"The API URL of {where} contains spaces. {how}")
     explicit_scheme = "://" in value
     parts = urlsplit(value if explicit_scheme else f"https://{value}")
     if parts.scheme not in ("http", "https"):
-        raise ExportConfigurationError(
-            f"The API URL of connection '{conn_id}' has the scheme '{parts.scheme}'. {how}"
-        )
+        raise ExportConfigurationError(f"The API URL of {where} has the scheme '{parts.scheme}'. {how}")
     hostname = parts.hostname or ""
     if not hostname or not (_HOSTNAME.match(hostname) or is_loopback(hostname)):
-        raise ExportConfigurationError(f"The API URL of connection '{conn_id}' has no valid host name. {how}")
+        raise ExportConfigurationError(f"The API URL of {where} has no valid host name. {how}")
     if parts.path not in _API_PATHS or parts.query or parts.fragment or parts.username:
         raise ExportConfigurationError(
-            f"The API URL of connection '{conn_id}' points somewhere other than the API "
-            f"(path '{parts.path}'). {how}"
+            f"The API URL of {where} points somewhere other than the API (path '{parts.path}'). {how}"
         )
     if parts.scheme == "http" and not is_loopback(hostname):
         raise ExportConfigurationError(
-            f"The API URL of connection '{conn_id}' uses plain http://. ActiveCampaign is reached over "
+            f"The API URL of {where} uses plain http://. ActiveCampaign is reached over "
             f"https:// only (http is allowed just for a local sandbox such as http://127.0.0.1:8025). {how}"
         )
     try:
         url_port = parts.port
     except ValueError:
-        raise ExportConfigurationError(
-            f"The API URL of connection '{conn_id}' has an invalid port. {how}"
-        ) from None
+        raise ExportConfigurationError(f"The API URL of {where} has an invalid port. {how}") from None
     netloc = hostname if ":" not in hostname else f"[{hostname}]"
     if url_port or port:
         netloc = f"{netloc}:{url_port or port}"
@@ -176,6 +173,8 @@ class ActiveCampaignHook(SegmentApiHook):
     hook_name = "ActiveCampaign"
     destination = "ActiveCampaign"
 
+    address_setting = "API URL (host)"
+
     DEFAULT_REQUESTS_PER_SECOND = 5.0
     DEFAULT_IMPORTS_PER_MINUTE = 100.0
     MAX_PAGE = 100
@@ -185,14 +184,15 @@ class ActiveCampaignHook(SegmentApiHook):
         self.activecampaign_conn_id = activecampaign_conn_id
 
     def _resolve_base_url(self) -> str:
-        return normalize_api_url(self.connection.host, self.activecampaign_conn_id, self.connection.port)
+        conn_id = None if self.testing else self.activecampaign_conn_id
+        return normalize_api_url(self.connection.host, conn_id, self.connection.port)
 
     @cached_property
     def _api_key(self) -> str:
         key = (self.connection.password or "").strip()
         if not key:
             raise ExportConfigurationError(
-                f"Connection '{self.activecampaign_conn_id}' has no API key. Put the key from "
+                f"{self.conn_label[:1].upper()}{self.conn_label[1:]} has no API key. Put the key from "
                 "ActiveCampaign's Settings > Developer in the connection's password (API key) field."
             )
         return key
@@ -230,7 +230,7 @@ class ActiveCampaignHook(SegmentApiHook):
         status = response.status_code
         if status in (401, 403):
             raise DestinationAuthError(
-                f"ActiveCampaign refused the API key of connection '{self.activecampaign_conn_id}' "
+                f"ActiveCampaign refused the API key of {self.conn_label} "
                 f"(HTTP {status}). Copy the key again from Settings > Developer of the account whose "
                 "API URL the connection names."
             )
@@ -428,6 +428,7 @@ class ActiveCampaignHook(SegmentApiHook):
     def test_connection(self) -> tuple[bool, str]:
         """Make one authenticated call and say what is wrong if it fails."""
         attempts, self.max_attempts = self.max_attempts, 2
+        self.testing = True
         try:
             self.call("GET", "lists", params={"limit": 1})
         except ExportConfigurationError as exc:
@@ -440,7 +441,10 @@ class ActiveCampaignHook(SegmentApiHook):
                     "The API URL answered 404: it is not an ActiveCampaign API. Use the API URL from "
                     "Settings > Developer."
                 )
+            if exc.status is None:  # no answer: the message names the host and what to check
+                return False, str(exc)
             return False, f"{exc} Check that the API URL is the one shown under Settings > Developer."
         finally:
             self.max_attempts = attempts
+            self.testing = False
         return True, "Connected to ActiveCampaign."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -13,6 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import requests
@@ -86,12 +88,31 @@ class ImportEncoder(ABC):
         return self.prefix + b",".join(self.encode(c) for c in contacts) + self.suffix
 
 
-def check_base_url(url: str, what: str, conn_id: str) -> str:
+def tls_failure(url: str, where: str, setting: str, exc: Exception) -> ExportConfigurationError:
+    """The error for a TLS handshake that failed: retrying cannot help, the address must change.
+
+    :param url: the URL that was tried.
+    :param where: the connection, as messages name it (``connection 'x'`` or ``this connection``).
+    :param setting: the connection field that holds the address, e.g. ``host``.
+    :param exc: the ``requests`` SSL error.
+    """
+    parts = urlsplit(url)
+    found = re.search(r"\[SSL: [A-Z_]+\] ([^(']+)|(certificate verify failed[^(')]*)", str(exc))
+    reason = (found.group(1) or found.group(2)).strip() if found else "the TLS handshake failed"
+    return ExportConfigurationError(
+        f"Could not open a secure (TLS) connection to {parts.scheme}://{parts.netloc} for {where}: {reason}. "
+        "The server there does not speak HTTPS, or its certificate does not verify. Check the "
+        f"{setting} of {where}: it must be the API's own https:// address (plain http:// is only for "
+        "a local sandbox on 127.0.0.1)."
+    )
+
+
+def check_base_url(url: str, what: str, conn_id: str | None) -> str:
     """Validate an absolute API URL: HTTPS, or plain HTTP only to a loopback host (the sandbox).
 
     :param url: the URL to check.
     :param what: which setting it came from, for the error message.
-    :param conn_id: the connection it came from, for the error message.
+    :param conn_id: the connection it came from, for the error message (``None``: "this connection").
     :return: the URL without a trailing slash.
     :raises ExportConfigurationError: naming the problem and the fix.
     """
@@ -213,6 +234,11 @@ class SegmentApiHook(HttpHook):
 
     #: Name of the destination in messages.
     destination = "the API"
+    #: The connection field that holds the API's address, for messages.
+    address_setting = "host"
+    #: Set while :meth:`test_connection` runs: messages then speak of "this connection" (the UI tests
+    #: a copy of the connection under a random id) and give only advice that applies to a test.
+    testing = False
 
     def __init__(
         self,
@@ -278,6 +304,11 @@ class SegmentApiHook(HttpHook):
         The base handles 429 and 5xx; subclasses add their destination's own quirks.
         """
 
+    @property
+    def conn_label(self) -> str:
+        """The connection as messages name it: ``connection 'x'``, or ``this connection`` in a test."""
+        return "this connection" if self.testing else f"connection '{self.conn_id}'"
+
     @cached_property
     def connection(self) -> Any:
         """The Airflow connection (read once)."""
@@ -299,8 +330,7 @@ class SegmentApiHook(HttpHook):
             number = -1.0
         if number <= 0:
             raise ExportConfigurationError(
-                f"The extra '{name}' of connection '{self.conn_id}' must be a positive number "
-                f"(default {default:g})."
+                f"The extra '{name}' of {self.conn_label} must be a positive number (default {default:g})."
             )
         return number
 
@@ -411,9 +441,16 @@ class SegmentApiHook(HttpHook):
             except RetryableAnswer as exc:
                 faults += 1
                 if faults >= self.max_attempts:
+                    host = urlsplit(self.api_base_url).netloc
+                    advice = (
+                        f"Check that {host} is the right address ({self.address_setting}) and can be "
+                        "reached from here."
+                        if self.testing
+                        else "Check the service's status and retry the task."
+                    )
                     raise DestinationApiError(
-                        f"{self.destination} kept failing for {method} {endpoint} after {self.max_attempts} "
-                        f"attempts (last: {exc.reason}). Check the service's status and retry the task.",
+                        f"{self.destination} at {host} kept failing for {method} {endpoint} after "
+                        f"{self.max_attempts} attempts (last: {exc.reason}). {advice}",
                         status=None,
                     ) from None
                 self.log.warning(
@@ -449,6 +486,8 @@ class SegmentApiHook(HttpHook):
             response = self.run_and_check(
                 session, prepared, {"timeout": self.timeout, "check_response": False}
             )
+        except requests.exceptions.SSLError as exc:
+            raise tls_failure(self.api_base_url, self.conn_label, self.address_setting, exc) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise RetryableAnswer(f"no answer ({type(exc).__name__})") from None
         try:
@@ -511,6 +550,8 @@ class SegmentApiHook(HttpHook):
             for err in payload.get("errors") or []:
                 if isinstance(err, dict):
                     texts.append(str(err.get("title") or err.get("detail") or ""))
+            if "error_key" in payload:  # Constant Contact's single-object error
+                texts.append(str(payload["error_key"]))
         elif isinstance(payload, list):
             for err in payload:
                 if isinstance(err, dict) and "error_key" in err:

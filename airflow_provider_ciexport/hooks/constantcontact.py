@@ -6,6 +6,7 @@ The export's adapter to this API is :mod:`.constantcontact_destination`, beside 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -36,6 +37,7 @@ from airflow_provider_ciexport.hooks.base import (
     checked_contacts,
     encode_json,
     json_or_none,
+    tls_failure,
 )
 from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL
 from airflow_provider_ciexport.variables import get_variable, set_variable
@@ -138,6 +140,29 @@ class JsonImportEncoder(ImportEncoder):
         return encode_json(contact)
 
 
+def error_keys(payload: Any) -> set[str]:
+    """The ``error_key`` values of a Constant Contact error body.
+
+    Most endpoints answer a list of ``{"error_key", "error_message"}`` objects; the documentation shows
+    429 answers as one such object. Both shapes are read, for every answer.
+    """
+    errors = payload if isinstance(payload, list) else [payload]
+    return {str(e["error_key"]) for e in errors if isinstance(e, dict) and e.get("error_key")}
+
+
+def rotated_token_variable(token_url: str, client_id: str, refresh_token: str | None) -> str:
+    """The Variable that holds the rotated successors of a connection's refresh token.
+
+    Its key follows from what the connection holds (token endpoint, client id and its own refresh
+    token, hashed), not from the connection's id: Airflow's UI tests a copy of a connection under a
+    random id, so a test that rotates the token must store the successor exactly where the real
+    connection's tasks look, whichever id, environment variable or secrets backend holds it. A fresh
+    token put in the connection gives a new key, so a stale stored token is never tried again.
+    """
+    identity = "\n".join((token_url, client_id, refresh_token or ""))
+    return f"constantcontact_refresh_token_{hashlib.sha256(identity.encode()).hexdigest()[:24]}"
+
+
 def _mask(secret: str) -> None:
     from airflow.sdk.log import mask_secret
 
@@ -175,7 +200,8 @@ class ConstantContactHook(SegmentApiHook):
 
     The connection's login is the app's client id (API key), its password the client secret, and the
     extra ``refresh_token`` the token from the first authorization (see :mod:`constantcontact_auth`).
-    Optional extras: ``api_base_url`` and ``token_url`` (to point at the sandbox) and
+    Optional extras: ``api_base_url`` and ``oauth_url`` (the token endpoint; formerly ``token_url``, still
+    read), both to point at the sandbox, and
     ``requests_per_second`` (default 4). Access tokens are fetched when missing, about to expire, or
     refused with 401 (the call is then retried once), and registered with Airflow's secret masker.
     Rotating refresh tokens are saved in the Variable named by :attr:`refresh_token_variable`.
@@ -188,6 +214,7 @@ class ConstantContactHook(SegmentApiHook):
     conn_type = "constantcontact"
     hook_name = "Constant Contact"
     destination = "Constant Contact"
+    address_setting = "api_base_url"
 
     DEFAULT_REQUESTS_PER_SECOND = 4.0
     MAX_PAGE = 100
@@ -201,27 +228,36 @@ class ConstantContactHook(SegmentApiHook):
 
     @property
     def refresh_token_variable(self) -> str:
-        """Key of the Airflow Variable that holds a rotated refresh token for this connection."""
-        return f"{self.constantcontact_conn_id}_refresh_token"
+        """Key of the Airflow Variable that holds a rotated refresh token for this connection.
+
+        See :func:`rotated_token_variable`: it depends on the connection's content, not its id.
+        """
+        return rotated_token_variable(self.token_url, self._client[0], self.extra_value("refresh_token"))
 
     @cached_property
     def token_store(self) -> RefreshTokenStore:
         """Where rotated refresh tokens are kept."""
         return RefreshTokenStore(self.refresh_token_variable)
 
+    @cached_property
+    def _legacy_token_store(self) -> RefreshTokenStore:
+        # Earlier versions kept the rotated token under the connection's id: still read, never written.
+        return RefreshTokenStore(f"{self.constantcontact_conn_id}_refresh_token")
+
+    @property
+    def _message_conn_id(self) -> str | None:
+        return None if self.testing else self.constantcontact_conn_id
+
     def _resolve_base_url(self) -> str:
         return check_base_url(
-            self.extra_value("api_base_url") or CC_API_BASE_URL,
-            "api_base_url",
-            self.constantcontact_conn_id,
+            self.extra_value("api_base_url") or CC_API_BASE_URL, "api_base_url", self._message_conn_id
         )
 
     @cached_property
     def token_url(self) -> str:
-        """The OAuth2 token endpoint."""
-        return check_base_url(
-            self.extra_value("token_url") or CC_TOKEN_URL, "token_url", self.constantcontact_conn_id
-        )
+        """The OAuth2 token endpoint: the extra ``oauth_url`` (formerly ``token_url``), or Constant Contact's."""
+        name = "oauth_url" if self.extra_value("oauth_url") else "token_url"
+        return check_base_url(self.extra_value(name) or CC_TOKEN_URL, name, self._message_conn_id)
 
     @cached_property
     def _client(self) -> tuple[str, str]:
@@ -230,7 +266,7 @@ class ConstantContactHook(SegmentApiHook):
         if not client_id or not secret:
             missing = "client id (login)" if not client_id else "client secret (password)"
             raise ExportConfigurationError(
-                f"Connection '{self.constantcontact_conn_id}' has no {missing}. Copy the API key and "
+                f"{self.conn_label[:1].upper()}{self.conn_label[1:]} has no {missing}. Copy the API key and "
                 "client secret of your app from the Constant Contact developer portal."
             )
         return client_id, secret
@@ -268,11 +304,13 @@ class ConstantContactHook(SegmentApiHook):
     def _refresh_access_token(self) -> None:
         conn_token = self.extra_value("refresh_token") or None
         stored = self.token_store.get()
-        token = stored or conn_token
+        legacy = None if stored else self._legacy_token_store.get()
+        token = stored or legacy or conn_token
         if not token:
             raise ExportConfigurationError(
-                f"Connection '{self.constantcontact_conn_id}' has no refresh token. Run `{AUTH_COMMAND}` "
-                "once to authorize the app and put the token in the connection's 'refresh_token' extra."
+                f"{self.conn_label[:1].upper()}{self.conn_label[1:]} has no refresh token. Run "
+                f"{AUTH_COMMAND} once to authorize the app and put the token in the connection's Refresh "
+                "token field (extra 'refresh_token')."
             )
         tried = {token}
         for _ in range(_ROTATION_RETRIES + 1):
@@ -280,16 +318,14 @@ class ConstantContactHook(SegmentApiHook):
             if payload is not None:
                 break
             # Refused: another task may have rotated the token under us (read the newly stored one),
-            # or the stored token is stale after the user put a fresh one in the connection.
+            # or an old stored token is stale while the connection's own one still works.
             newer = self.token_store.get()
-            candidates = [t for t in (newer, conn_token) if t and t not in tried]
+            candidates = [t for t in (newer, legacy, conn_token) if t and t not in tried]
             if not candidates:
                 raise DestinationAuthError(
-                    f"Constant Contact refused the refresh token of connection "
-                    f"'{self.constantcontact_conn_id}' (invalid_grant): it expired (180 days unused), was "
-                    f"revoked, or was already used. Run `{AUTH_COMMAND}`, put the new token in the "
-                    f"connection's 'refresh_token' extra, and delete the Variable "
-                    f"'{self.refresh_token_variable}' if it exists."
+                    f"Constant Contact refused the refresh token of {self.conn_label} (invalid_grant): it "
+                    f"expired (180 days unused), was revoked, or was already used. Run {AUTH_COMMAND} and "
+                    "put the new token in the connection's Refresh token field (extra 'refresh_token')."
                 )
             token = candidates[0]
             tried.add(token)
@@ -309,7 +345,7 @@ class ConstantContactHook(SegmentApiHook):
                 self.refresh_token_variable,
             )
         elif stored and token != stored:
-            # The connection's token worked where the stored one did not: the stored one is stale.
+            # Another token worked where the stored one did not: the stored one is stale.
             self.token_store.set(token)
 
     def _token_request(self, refresh_token: str) -> dict[str, Any] | None:
@@ -334,6 +370,9 @@ class ConstantContactHook(SegmentApiHook):
                             auth=(client_id, secret),
                             timeout=self.timeout,
                         )
+                    except requests.exceptions.SSLError as exc:
+                        setting = "oauth_url" if self.extra_value("oauth_url") else "token_url"
+                        raise tls_failure(self.token_url, self.conn_label, setting, exc) from None
                     except (requests.ConnectionError, requests.Timeout) as exc:
                         raise RetryableAnswer(
                             f"no answer from the token endpoint ({type(exc).__name__})"
@@ -341,8 +380,15 @@ class ConstantContactHook(SegmentApiHook):
                     if response.status_code == 429 or response.status_code >= 500:
                         raise RetryableAnswer(f"token endpoint HTTP {response.status_code}")
         except RetryableAnswer as exc:
+            host = urlsplit(self.token_url).netloc
+            advice = (
+                f"Check that {host} is the right address (extra 'oauth_url'; leave it empty for Constant "
+                "Contact) and can be reached from here."
+                if self.testing
+                else "Retry the task later."
+            )
             raise DestinationApiError(
-                f"Constant Contact's token endpoint kept failing ({exc.reason}). Retry the task later."
+                f"Constant Contact's token endpoint at {host} kept failing ({exc.reason}). {advice}"
             ) from None
         payload = json_or_none(response)
         error = payload.get("error") if isinstance(payload, dict) else None
@@ -352,13 +398,14 @@ class ConstantContactHook(SegmentApiHook):
             return None
         if response.status_code == 401 or error == "invalid_client":
             raise DestinationAuthError(
-                f"Constant Contact refused the client id or client secret of connection "
-                f"'{self.constantcontact_conn_id}' (invalid_client). Copy the API key (login) and client "
+                f"Constant Contact refused the client id or client secret of {self.conn_label} "
+                "(invalid_client). Copy the API key (login) and client "
                 "secret (password) of your app from the Constant Contact developer portal."
             )
         raise DestinationApiError(
             f"Constant Contact's token endpoint answered HTTP {response.status_code}"
-            f"{f' ({error})' if error else ''}. Check the connection's token_url.",
+            f"{f' ({error})' if error else ''}. Check the connection's oauth_url (leave it empty for "
+            "Constant Contact).",
             status=response.status_code,
         )
 
@@ -370,9 +417,9 @@ class ConstantContactHook(SegmentApiHook):
             if retried >= 1:
                 self._local.unauthorized = 0
                 raise DestinationAuthError(
-                    f"Constant Contact refused a freshly issued access token for connection "
-                    f"'{self.constantcontact_conn_id}'. Check that the app's authorization included the "
-                    f"scope 'contact_data', or run `{AUTH_COMMAND}` again."
+                    f"Constant Contact refused a freshly issued access token for {self.conn_label}. Check "
+                    f"that the app's authorization included the scope 'contact_data', or run {AUTH_COMMAND} "
+                    "again."
                 )
             self._local.unauthorized = retried + 1
             self._invalidate(sent)
@@ -380,24 +427,17 @@ class ConstantContactHook(SegmentApiHook):
         self._local.unauthorized = 0
         if status == 403:
             raise DestinationAuthError(
-                f"Constant Contact denied access with connection '{self.constantcontact_conn_id}' (HTTP 403). "
-                f"The authorization needs the scopes 'contact_data offline_access': run `{AUTH_COMMAND}` again."
+                f"Constant Contact denied access with {self.conn_label} (HTTP 403). The authorization "
+                f"needs the scopes 'contact_data offline_access': run {AUTH_COMMAND} again."
             )
-        if status == 429:
-            payload = json_or_none(response)
-            keys = (
-                {e.get("error_key") for e in payload if isinstance(e, dict)}
-                if isinstance(payload, list)
-                else set()
+        if status == 429 and "quota_exceeded" in error_keys(json_or_none(response)):
+            reset = (datetime.now(timezone.utc) + timedelta(days=1)).replace(
+                hour=0, minute=0, second=0, microsecond=0
             )
-            if "quota_exceeded" in keys:
-                reset = (datetime.now(timezone.utc) + timedelta(days=1)).replace(
-                    hour=0, minute=0, second=0, microsecond=0
-                )
-                raise DestinationQuotaError(
-                    "Constant Contact's daily request quota for this API key (10,000 requests) is spent. "
-                    f"It resets at 00:00 UTC ({reset:%Y-%m-%d %H:%M} UTC); retry the task after that."
-                )
+            raise DestinationQuotaError(
+                "Constant Contact's daily request quota for this API key (10,000 requests) is spent. "
+                f"It resets at 00:00 UTC ({reset:%Y-%m-%d %H:%M} UTC); retry the task after that."
+            )
 
     # -- API calls ----------------------------------------------------------------------------
 
@@ -525,17 +565,27 @@ class ConstantContactHook(SegmentApiHook):
         )
 
     def test_connection(self) -> tuple[bool, str]:
-        """Refresh the access token and list one contact list; say what is wrong if that fails."""
+        """Refresh the access token and list one contact list; say what is wrong if that fails.
+
+        A rotating refresh token is rotated by the test like by any task; its successor is stored where
+        the real connection's tasks read it (see :func:`rotated_token_variable`), so testing a copy of
+        the connection (as the UI does) never leaves the connection itself unusable.
+        """
         attempts, self.max_attempts = self.max_attempts, 2
+        self.testing = True
         try:
             self.call("GET", "contact_lists", params={"limit": 1})
         except (ExportConfigurationError, DestinationAuthError, DestinationQuotaError) as exc:
             return False, str(exc)
         except DestinationApiError as exc:
+            if exc.status is None:  # no answer: the message names the host and what to check
+                return False, str(exc)
             return (
                 False,
-                f"{exc} Check the connection's api_base_url and token_url (leave both empty for Constant Contact).",
+                f"{exc} Check the connection's api_base_url and oauth_url (leave both empty for Constant "
+                "Contact).",
             )
         finally:
             self.max_attempts = attempts
+            self.testing = False
         return True, "Connected to Constant Contact."

@@ -52,7 +52,7 @@ def cc_connection(url: str, **extra: Any) -> dict[str, Any]:
         "extra": {
             "refresh_token": SEED.cc_refresh_token,
             "api_base_url": cc_api_base_url(url),
-            "token_url": cc_token_url(url),
+            "oauth_url": cc_token_url(url),
             **extra,
         },
     }

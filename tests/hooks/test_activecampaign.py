@@ -139,6 +139,41 @@ def test_test_connection(ac_conn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "no API URL" in message
 
 
+def test_test_messages_speak_of_this_connection(
+    sandbox: SandboxClient, sandbox_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The UI tests a copy under a random id: naming it would only confuse.
+    bad_key = set_connection(
+        monkeypatch, "Ad7K48Hy", **{**sandbox_server.ac_connection(), "password": "nope"}
+    )
+    ok, message = ActiveCampaignHook(bad_key).test_connection()
+    assert not ok and "API key of this connection" in message and "Ad7K48Hy" not in message
+    unreachable = set_connection(
+        monkeypatch, "Zq3W9xYv", conn_type="activecampaign", host="http://127.0.0.1:9", password="k"
+    )
+    ok, message = ActiveCampaignHook(unreachable).test_connection()
+    assert not ok and "127.0.0.1:9" in message and "API URL (host)" in message
+    assert "Zq3W9xYv" not in message and "task" not in message
+    # Outside a test, a message names the connection.
+    with pytest.raises(DestinationAuthError, match="connection 'Ad7K48Hy'"):
+        ActiveCampaignHook(bad_key).get_list(seed.AC_LIST_VIP)
+
+
+def test_a_server_that_does_not_speak_tls_fails_at_once_naming_the_host(
+    sandbox: SandboxClient, sandbox_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    https = sandbox_server.url.replace("http://", "https://")
+    conn = set_connection(monkeypatch, "ac_tls", **{**sandbox_server.ac_connection(), "host": https})
+    hook = ActiveCampaignHook(conn)
+    with pytest.raises(
+        ExportConfigurationError, match=rf"TLS\) connection to {https} for connection 'ac_tls'"
+    ):
+        hook.get_list(seed.AC_LIST_VIP)
+    assert hook.requests_made == 1  # not retried
+    ok, message = ActiveCampaignHook(conn).test_connection()
+    assert not ok and https in message and "API URL (host) of this connection" in message
+
+
 def test_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, sandbox_server) -> None:
     conn = set_connection(monkeypatch, "ac_nokey", conn_type="activecampaign", host=sandbox_server.url)
     ok, message = ActiveCampaignHook(conn).test_connection()

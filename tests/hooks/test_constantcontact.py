@@ -195,7 +195,15 @@ def test_test_connection_succeeds(cc_conn: str) -> None:
     assert ConstantContactHook(cc_conn).test_connection() == (True, "Connected to Constant Contact.")
 
 
-def test_daily_quota_fails_at_once_with_the_reset_time(cc_conn: str, sandbox: SandboxClient) -> None:
+ERROR_SHAPES = ["list", "object", "documented"]
+
+
+@pytest.mark.parametrize("shape", ERROR_SHAPES)
+def test_daily_quota_fails_at_once_with_the_reset_time(
+    cc_conn: str, sandbox: SandboxClient, shape: str
+) -> None:
+    # Constant Contact documents its 429 bodies as one object, other errors as a list: both are read.
+    sandbox.configure(cc_error_shape=shape)
     hook = ConstantContactHook(cc_conn)
     hook.get_list(VIP)
     sandbox.add_fault(api="cc", kind="quota_exceeded")
@@ -203,15 +211,79 @@ def test_daily_quota_fails_at_once_with_the_reset_time(cc_conn: str, sandbox: Sa
     with pytest.raises(DestinationQuotaError, match="00:00 UTC"):
         hook.get_list(VIP)
     assert hook.requests_made == before + 1
+    ok, message = ConstantContactHook(cc_conn).test_connection()
+    assert not ok and "daily request quota" in message
 
 
+@pytest.mark.parametrize("shape", ERROR_SHAPES)
 @pytest.mark.parametrize(
     "fault", [{"kind": "throttled"}, {"kind": "status", "status": 503}, {"kind": "drop"}]
 )
-def test_throttling_and_outages_are_retried(cc_conn: str, sandbox: SandboxClient, fault: dict) -> None:
+def test_throttling_and_outages_are_retried(
+    cc_conn: str, sandbox: SandboxClient, fault: dict, shape: str
+) -> None:
+    sandbox.configure(cc_error_shape=shape)
     sandbox.add_fault(api="cc", path="/contact_lists/", times=2, **fault)
     hook = ConstantContactHook(cc_conn)
     assert hook.get_list(VIP)["name"] == "VIP customers"
+
+
+def test_a_server_that_does_not_speak_tls_fails_at_once_naming_the_host(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server
+) -> None:
+    https = sandbox_server.url.replace("http://", "https://")
+    host = https.removeprefix("https://")
+    conn = _cc_conn(monkeypatch, sandbox_server.url, extra={"api_base_url": f"{https}/v3"})
+    hook = ConstantContactHook(conn)
+    with pytest.raises(ExportConfigurationError, match=rf"TLS\) connection to https://{host} .*api_base_url"):
+        hook.get_list(VIP)
+    assert hook.requests_made == 2  # the token, then one try: no retries
+    conn = _cc_conn(monkeypatch, sandbox_server.url, extra={"oauth_url": f"{https}/oauth2/default/v1/token"})
+    ok, message = ConstantContactHook(conn).test_connection()
+    assert not ok and f"https://{host}" in message and "oauth_url of this connection" in message
+
+
+def test_no_answer_in_a_test_names_the_host_and_says_nothing_of_tasks(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server
+) -> None:
+    conn = _cc_conn(monkeypatch, sandbox_server.url, extra={"oauth_url": "http://127.0.0.1:9/token"})
+    ok, message = ConstantContactHook(conn).test_connection()
+    assert not ok and "127.0.0.1:9" in message and "oauth_url" in message
+    assert "task" not in message and conn not in message
+    conn = _cc_conn(monkeypatch, sandbox_server.url, extra={"api_base_url": "http://127.0.0.1:9/v3"})
+    ok, message = ConstantContactHook(conn).test_connection()
+    assert not ok and "127.0.0.1:9" in message and "api_base_url" in message
+    assert "task" not in message and conn not in message
+
+
+def test_the_token_url_extra_of_older_connections_still_works(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server
+) -> None:
+    fields = sandbox_server.cc_connection()
+    fields["extra"]["token_url"] = fields["extra"].pop("oauth_url")
+    conn = set_connection(monkeypatch, "cc_old_extra", **fields)
+    assert ConstantContactHook(conn).get_list(VIP)["name"] == "VIP customers"
+
+
+def test_a_token_rotated_by_an_older_version_is_still_read(
+    cc_conn: str, sandbox: SandboxClient, airflow_db: str
+) -> None:
+    """Earlier versions kept the rotated token in the Variable ``<conn_id>_refresh_token``."""
+    from airflow.models import Variable
+
+    sandbox.configure(cc_rotating_refresh_tokens=True)
+    hook = ConstantContactHook(cc_conn)
+    Variable.delete(hook.refresh_token_variable)
+    hook.get_list(VIP)  # rotates: the connection's own token is used up
+    rotated = Variable.get(hook.refresh_token_variable)
+    Variable.delete(hook.refresh_token_variable)
+    Variable.set(f"{cc_conn}_refresh_token", rotated)  # where an older version left it
+    try:
+        assert ConstantContactHook(cc_conn).get_list(VIP)["name"] == "VIP customers"
+        assert Variable.get(hook.refresh_token_variable) == sandbox.cc_refresh_tokens()[0]
+    finally:
+        Variable.delete(f"{cc_conn}_refresh_token")
+        Variable.delete(hook.refresh_token_variable)
 
 
 def test_secrets_never_reach_the_api_or_the_log(
@@ -230,6 +302,6 @@ def test_secrets_never_reach_the_api_or_the_log(
         assert seed.CC_REFRESH_TOKEN not in dumped
         headers = {k.lower(): v for k, v in request["headers"].items()}
         assert headers["authorization"] == f"Bearer {token}"
-        assert "refresh_token" not in headers and "token_url" not in headers
+        assert "refresh_token" not in headers and "oauth_url" not in headers
     for secret in (seed.CC_CLIENT_SECRET, seed.CC_REFRESH_TOKEN, token, "secret-test@example.com"):
         assert secret not in caplog.text

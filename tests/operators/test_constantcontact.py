@@ -14,6 +14,7 @@ from airflow_provider_ciexport.exceptions import (
     ExportConfigurationError,
     ExportIncompleteError,
 )
+from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
@@ -184,12 +185,13 @@ def test_rotating_refresh_token_across_two_task_runs(
     from airflow.models import Variable
 
     sandbox.configure(cc_rotating_refresh_tokens=True)
-    Variable.delete(f"{cc_conn}_refresh_token")
+    key = ConstantContactHook(cc_conn).refresh_token_variable
+    Variable.delete(key)
     first = _export(cc_conn, records=data.ROWS, list_id=VIP)
     second = _export(cc_conn, records=data.ROWS[:4], list_id=LAPSED)
     assert first["accepted"] == len(data.EXPECTED) and second["accepted"] == 3
-    assert Variable.get(f"{cc_conn}_refresh_token") == sandbox.cc_refresh_tokens()[0]
-    Variable.delete(f"{cc_conn}_refresh_token")
+    assert Variable.get(key) == sandbox.cc_refresh_tokens()[0]
+    Variable.delete(key)
 
 
 def test_bad_client_credentials_fail_before_sending(
