@@ -85,7 +85,10 @@ class ACStore:
         self.contacts: dict[str, ACContact] = {}
         self.keys_by_id: list[str] = []
         self.members: dict[int, set[int]] = {lid: set() for lid in self.lists}
-        self.unsubscribed: dict[int, set[int]] = {lid: set() for lid in self.lists}
+        # Status 2 per list: contact id -> who set it, "person" (their own action) or "api".
+        self.unsubscribed: dict[int, dict[int, str]] = {lid: {} for lid in self.lists}
+        #: Addresses put on the exclusion list through the control API (the config holds the rest).
+        self.excluded: set[str] = set()
         self.tags: dict[str, str] = {}
         self.jobs: dict[str, ACJob] = {}
         self._pending: list[tuple[float, int, str]] = []
@@ -179,6 +182,11 @@ class ACStore:
             for lid in self.lists
             if contact.id in self.members[lid] or contact.id in self.unsubscribed[lid]
         }
+        unsubscribed_by = {
+            str(lid): self.unsubscribed[lid][contact.id]
+            for lid in self.lists
+            if contact.id in self.unsubscribed[lid]
+        }
         return {
             "id": contact.id,
             "email": a["email"],
@@ -187,8 +195,46 @@ class ACStore:
             "fields_by_perstag": {perstags.get(k, k): v for k, v in fields.items()},
             "tags": a.get("tags", []),
             "lists": lists,
+            "unsubscribed_by": unsubscribed_by,
+            "excluded": self.is_excluded(a["email"]),
             "sent_keys": sorted(contact.keys),
         }
+
+    def status_on(self, contact: ACContact, list_id: int) -> int | None:
+        """The contact's membership status on a list: 1 active, 2 unsubscribed, ``None`` none."""
+        if contact.id in self.members[list_id]:
+            return 1
+        if contact.id in self.unsubscribed[list_id]:
+            return 2
+        return None
+
+    def unsubscribed_ids(self, list_id: int) -> list[int]:
+        """Contact ids with status 2 on a list, ascending."""
+        return sorted(self.unsubscribed[list_id])
+
+    def contact_lists_json(self, contact: ACContact) -> list[dict[str, Any]]:
+        """``GET /contacts/{id}/contactLists``: the contact's status on every list it has one on."""
+        out = []
+        for lid in self.lists:
+            status = self.status_on(contact, lid)
+            if status is not None:
+                out.append(
+                    {
+                        "contact": str(contact.id),
+                        "list": str(lid),
+                        "status": str(status),
+                        "sdate": SEED_DATE,
+                        "udate": SEED_DATE,
+                        "links": {},
+                        "id": f"{lid}-{contact.id}",
+                    }
+                )
+        return out
+
+    def is_excluded(self, email: str) -> bool:
+        """Whether the address is on the account's exclusion list."""
+        key = email.lower()
+        return key in self.excluded or key in {e.lower() for e in self._config().ac_exclusion_list}
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -236,24 +282,48 @@ class ACStore:
                 self.tags[tag.lower()] = tag
                 self._rec.counters["ac.tags_created"] += 1
 
-    def subscribe(self, contact: ACContact, list_id: int, *, explicit: bool) -> bool:
-        """Put a contact on a list; an import does not bring back someone who unsubscribed."""
-        if contact.id in self.unsubscribed[list_id]:
+    def subscribe(self, contact: ACContact, list_id: int, *, explicit: bool, by_person: bool = False) -> bool:
+        """Put a contact on a list; an import does not bring back someone who unsubscribed.
+
+        An explicit subscription (``contactLists`` status 1) does, as the real API does; when it brings
+        back someone who unsubscribed by their own action, or subscribes an excluded address, that is a
+        consent violation the sandbox records (``ac.violation.resubscribed_*``).
+
+        :param by_person: the person did it (a sign-up form): never a violation.
+        """
+        who = self.unsubscribed[list_id].get(contact.id)
+        if who is not None:
             if not explicit:
                 self._rec.counters["ac.not_resubscribed"] += 1
                 return False
-            self.unsubscribed[list_id].discard(contact.id)
+            if who == "person" and not by_person:
+                self._rec.violation("ac", "resubscribed_person_unsubscribe", list_id=list_id)
+            self._rec.counters["ac.resubscribed_explicitly"] += 1
+            del self.unsubscribed[list_id][contact.id]
+        if explicit and not by_person and self.is_excluded(self.keys_by_id[contact.id - 1]):
+            self._rec.violation("ac", "subscribed_excluded_contact", list_id=list_id)
         if contact.id not in self.members[list_id]:
             self.members[list_id].add(contact.id)
             self._touch(list_id)
         return True
 
-    def unsubscribe(self, contact: ACContact, list_id: int) -> None:
-        """Take a contact off a list for good (imports will not re-add it)."""
+    def unsubscribe(self, contact: ACContact, list_id: int, *, by: str = "api") -> None:
+        """Set status 2 on a list (imports will not re-subscribe it).
+
+        :param by: ``"person"`` (their own action: an unsubscribe link) or ``"api"``. A status 2 that
+            the person set stays theirs when the API sets it again.
+        """
         if contact.id in self.members[list_id]:
             self.members[list_id].discard(contact.id)
             self._touch(list_id)
-        self.unsubscribed[list_id].add(contact.id)
+        if self.unsubscribed[list_id].get(contact.id) != "person":
+            self.unsubscribed[list_id][contact.id] = by
+
+    def unsubscribe_everywhere(self, contact: ACContact) -> None:
+        """The person unsubscribed from all email: status 2 on every list they were subscribed to."""
+        for list_id in self.lists:
+            if contact.id in self.members[list_id]:
+                self.unsubscribe(contact, list_id, by="person")
 
     def ensure_contact(self, email: str) -> ACContact:
         """The contact with this email, created bare (no keys sent) when missing."""
@@ -363,7 +433,7 @@ class ACStore:
             job.state = "failed" if job.fault == "job_failed" else "interrupted"
             self._rec.counters[f"ac.jobs_{job.state}"] += 1
             return
-        excluded = {e.lower() for e in self._config().ac_exclusion_list}
+        excluded = {e.lower() for e in self._config().ac_exclusion_list} | self.excluded
         seen: set[int] = set()
         for item in contacts:
             if item.email.lower() in excluded:

@@ -198,18 +198,36 @@ def build_router(state: SandboxState) -> APIRouter:
         list_id = _int_param(list_param) if list_param is not None else None
         if list_param is not None and (list_id is None or list_id not in ac.lists):
             return errors.json_response({"contacts": [], "meta": _meta(0)})
+        # ``status`` (1 active, 2 unsubscribed) filters by the membership status on ``listid``.
+        status = _int_param(request.query_params.get("status"))
+        wanted = (1, 2) if status not in (1, 2) else (status,)
         found: list[ACContact]
         if email is not None:
             contact = ac.by_email(email)
-            matches = contact is not None and (list_id is None or contact.id in ac.members[list_id])
+            matches = contact is not None and (list_id is None or ac.status_on(contact, list_id) in wanted)
             found = [contact] if matches and contact is not None else []
             total = len(found)
         else:
-            ids: list[int] | range = (
-                ac.member_ids(list_id) if list_id is not None else range(1, len(ac.keys_by_id) + 1)
-            )
+            ids: list[int] | range
+            if list_id is None:
+                ids = range(1, len(ac.keys_by_id) + 1)
+            elif wanted == (2,):
+                ids = ac.unsubscribed_ids(list_id)
+            elif wanted == (1,):
+                ids = ac.member_ids(list_id)
+            else:
+                ids = sorted({*ac.member_ids(list_id), *ac.unsubscribed_ids(list_id)})
             total = len(ids)
             found = [c for c in (ac.by_id(i) for i in ids[offset : offset + limit]) if c is not None]
         return errors.json_response({"contacts": [ac.contact_json(c) for c in found], "meta": _meta(total)})
+
+    @router.get("/contacts/{contact_id}/contactLists")
+    async def get_contact_lists(request: Request) -> Response:
+        raw = request.path_params["contact_id"]
+        contact_id = _int_param(raw)
+        contact = state.ac.by_id(contact_id) if contact_id is not None else None
+        if contact is None:
+            return errors.ac_message(404, f"No Result found for Subscriber with id {raw[:40]}")
+        return errors.json_response({"contactLists": state.ac.contact_lists_json(contact)})
 
     return router

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import heapq
+import io
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -23,6 +25,15 @@ MAX_LISTS_PER_REQUEST = 50
 MAX_CUSTOM_FIELDS_PER_CONTACT = 25
 MAX_CUSTOM_FIELD_VALUE = 255
 MAX_REMOVE_CONTACT_IDS = 500
+#: Fields a ``contact_exports`` activity can write, with their CSV headers in each style.
+EXPORT_FIELDS = {
+    "contact_id": {"snake": "contact_id", "title": "Contact Id"},
+    "email_address": {"snake": "email_address", "title": "Email address"},
+    "first_name": {"snake": "first_name", "title": "First Name"},
+    "last_name": {"snake": "last_name", "title": "Last Name"},
+    "permission_to_send": {"snake": "permission_to_send", "title": "Email Permission Status"},
+}
+EXPORT_STATUSES = ("all", "active", "unsubscribed")
 SEED_TIME = "2024-01-01T00:00:00.000Z"
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _CONTACT_ID_PREFIX = "cccccccc-0000-4000-8000-"
@@ -173,6 +184,9 @@ class CCActivity:
     list_ids: list[str]
     rows: ParsedImport | None = None
     contact_nums: list[int] | None = None
+    #: A contact export's request (``fields``, ``status``) and, once completed, its CSV file id.
+    export: dict[str, Any] | None = None
+    file_id: str | None = None
     fault: str | None = None
     state: str = "pending"
     completed_at: str | None = None
@@ -197,6 +211,8 @@ class CCStore:
         self.keys_by_num: list[str] = []
         self.members: dict[str, set[int]] = {lid: set() for lid in self.lists}
         self.activities: dict[str, CCActivity] = {}
+        #: Completed contact exports' CSV files by file id.
+        self.export_files: dict[str, str] = {}
         self._pending: list[tuple[float, int, str]] = []
         self._seq = 0
         self._keysets: dict[frozenset[str], frozenset[str]] = {}
@@ -300,6 +316,36 @@ class CCStore:
                 if k in a
             ]
         return body
+
+    def nums_with_status(self, status: str, list_ids: tuple[str, ...] = ()) -> list[int]:
+        """Contact numbers on any of ``list_ids`` (every contact when empty) with an email status:
+        ``all``, ``active`` (may be mailed) or ``unsubscribed``."""
+        nums: Sequence[int] = self.member_nums(list_ids) if list_ids else range(1, len(self.keys_by_num) + 1)
+        if status == "all":
+            return list(nums)
+        want = status == "unsubscribed"
+        return [n for n in nums if (c := self.by_num(n)) is not None and c.unsubscribed == want]
+
+    def export_csv(self, nums: Sequence[int], fields: list[str]) -> str:
+        """A ``contact_exports`` CSV of these contacts with these fields (quoted as Excel does)."""
+        style = self._config().cc_export_header_style
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow([EXPORT_FIELDS[f][style] for f in fields])
+        for num in nums:
+            contact = self.by_num(num)
+            if contact is None:
+                continue
+            a = self.attrs(contact)
+            values = {
+                "contact_id": contact_id_of(num),
+                "email_address": a["email"],
+                "first_name": a.get("first_name", ""),
+                "last_name": a.get("last_name", ""),
+                "permission_to_send": "unsubscribed" if contact.unsubscribed else "implicit",
+            }
+            writer.writerow([values[f] for f in fields])
+        return out.getvalue()
 
     def control_json(self, contact: CCContact) -> dict[str, Any]:
         """Everything stored about a contact, for tests."""
@@ -549,6 +595,7 @@ class CCStore:
         fault: str | None,
         rows: ParsedImport | None = None,
         contact_nums: list[int] | None = None,
+        export: dict[str, Any] | None = None,
     ) -> CCActivity:
         """Accept a bulk activity; it is applied when it completes."""
         cfg = self._config()
@@ -561,6 +608,7 @@ class CCStore:
             list_ids=list_ids,
             rows=rows,
             contact_nums=contact_nums,
+            export=export,
             fault=fault,
             items_total=len(rows) if rows is not None else len(contact_nums or []),
         )
@@ -598,6 +646,16 @@ class CCStore:
             activity.errors.append(f"The activity ended as {activity.state}.")
             self._rec.counters[f"cc.activities_{activity.state}"] += 1
             return
+        if activity.kind == "export":
+            spec = activity.export or {}
+            found = self.nums_with_status(spec.get("status", "all"), tuple(activity.list_ids))
+            activity.file_id = str(uuid.uuid4())
+            self.export_files[activity.file_id] = self.export_csv(found, spec.get("fields", []))
+            counts["items_total_count"] = counts["items_completed_count"] = len(found)
+            counts["person_count"] = len(found)
+            activity.state = "completed"
+            self._rec.counters["cc.activities_completed"] += 1
+            return
         if activity.kind == "remove":
             for num in nums:
                 contact = self.by_num(num)
@@ -607,6 +665,7 @@ class CCStore:
         contacts = self.contacts
         members: list[int] = []
         created = 0
+        resubscribes = self._config().cc_import_resubscribes
         for row in parsed.rows:
             if type(row) is tuple:
                 layout, email, flat = row
@@ -631,9 +690,12 @@ class CCStore:
                     continue
                 contact = self.upsert(row.email, row.values, row.custom, row.sent)
             if contact.unsubscribed:
-                counts["cannot_add_to_list_count"] += 1
-                self._rec.counters["cc.unsubscribed_not_added"] += 1
-                continue
+                if not resubscribes:
+                    counts["cannot_add_to_list_count"] += 1
+                    self._rec.counters["cc.unsubscribed_not_added"] += 1
+                    continue
+                contact.unsubscribed = False
+                self._rec.violation("cc", "resubscribed_unsubscribed_contact")
             members.append(contact.num)
         for lid in activity.list_ids:
             self.members[lid].update(members)
@@ -676,6 +738,8 @@ class CCStore:
             "status": status,
             "_links": {"self": {"href": f"/v3/activities/{activity.activity_id}"}},
         }
+        if activity.file_id is not None:
+            body["_links"]["results"] = {"href": f"/v3/contact_exports/{activity.file_id}"}
         if state != "initialized":
             body["started_at"] = activity.created_at
         if activity.completed_at:

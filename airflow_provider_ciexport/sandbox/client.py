@@ -105,11 +105,30 @@ class SandboxClient:
         found = self._call("GET", "/cc/contacts", params={"email": email})["contacts"]
         return found[0] if found else None
 
-    def ac_unsubscribe(self, list_id: int, email: str) -> dict[str, Any]:
-        """Mark a contact unsubscribed from an ActiveCampaign list (created if unknown)."""
-        result: dict[str, Any] = self._call(
-            "POST", "/ac/unsubscribe", json={"list_id": list_id, "email": email}
-        )
+    def ac_unsubscribe(self, list_id: int | None, email: str, by: str = "person") -> dict[str, Any]:
+        """Status 2 for a contact on an ActiveCampaign list (created if unknown).
+
+        :param list_id: the list; ``None`` for "unsubscribe from all email" (every list they are on).
+        :param by: ``"person"`` (their own action, the default) or ``"api"``.
+        """
+        body: dict[str, Any] = {"email": email, "by": by}
+        body.update({"all_lists": True} if list_id is None else {"list_id": list_id})
+        result: dict[str, Any] = self._call("POST", "/ac/unsubscribe", json=body)
+        return result
+
+    def ac_exclude(self, email: str) -> dict[str, Any]:
+        """Put an address on ActiveCampaign's exclusion list (created as a contact if unknown)."""
+        result: dict[str, Any] = self._call("POST", "/ac/exclude", json={"email": email})
+        return result
+
+    def ac_signup(self, list_id: int, email: str) -> dict[str, Any]:
+        """The person subscribes to an ActiveCampaign list through a sign-up form."""
+        result: dict[str, Any] = self._call("POST", "/ac/signup", json={"list_id": list_id, "email": email})
+        return result
+
+    def cc_signup(self, list_id: str, email: str) -> dict[str, Any]:
+        """The person joins a Constant Contact list through a sign-up form."""
+        result: dict[str, Any] = self._call("POST", "/cc/signup", json={"list_id": list_id, "email": email})
         return result
 
     def cc_unsubscribe(self, list_id: str | None, email: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ CCOverlongMode = Literal["reject_contact", "truncate", "reject_request"]
 #: How Constant Contact error bodies look: a list of error objects, a single object, or as documented
 #: (429 answers as one object, every other error as a list).
 CCErrorShape = Literal["list", "object", "documented"]
+CCHeaderStyle = Literal["snake", "title"]
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,13 @@ class SandboxConfig:
     #: The shape of every Constant Contact error body (the real API's varies by endpoint and status);
     #: by default as documented: 429 answers as one object, other errors as a list.
     cc_error_shape: CCErrorShape = "documented"
+    #: The vendor guide's warning made real: a JSON import into a list re-adds a contact who
+    #: unsubscribed (and records the violation ``cc.violation.resubscribed_unsubscribed_contact``)
+    #: instead of counting it in ``cannot_add_to_list_count``.
+    cc_import_resubscribes: bool = False
+    #: Header style of ``contact_exports`` CSV files (unconfirmed upstream): ``snake``
+    #: (``contact_id,email_address``) or ``title`` (``Contact Id,Email address``).
+    cc_export_header_style: CCHeaderStyle = "snake"
     #: ``interval`` returned by the device authorization endpoint, seconds.
     cc_device_interval_s: int = 5
 
@@ -132,6 +140,8 @@ class SandboxConfig:
             raise ConfigError("ac_auth_error_status must be 401 or 403")
         if self.ac_rate_limit_style not in get_args(ACRateLimitStyle):
             raise ConfigError(f"ac_rate_limit_style must be one of {get_args(ACRateLimitStyle)}")
+        if self.cc_export_header_style not in get_args(CCHeaderStyle):
+            raise ConfigError(f"cc_export_header_style must be one of {get_args(CCHeaderStyle)}")
         if self.cc_overlong_values not in get_args(CCOverlongMode):
             raise ConfigError(f"cc_overlong_values must be one of {get_args(CCOverlongMode)}")
         if self.cc_error_shape not in get_args(CCErrorShape):

@@ -14,6 +14,8 @@ from starlette.responses import Response
 
 from airflow_provider_ciexport.sandbox import errors
 from airflow_provider_ciexport.sandbox.cc_store import (
+    EXPORT_FIELDS,
+    EXPORT_STATUSES,
     MAX_IMPORT_BODY_BYTES,
     MAX_IMPORT_CONTACTS,
     MAX_REMOVE_CONTACT_IDS,
@@ -186,6 +188,40 @@ def build_router(state: SandboxState) -> APIRouter:
         activity.items_total = len(ids)
         return errors.json_response(state.cc.activity_json(activity, now), 201)
 
+    @router.post("/activities/contact_exports")
+    async def contact_exports(request: Request) -> Response:
+        data = await errors.json_body(request)
+        if not isinstance(data, dict):
+            return _bad_request("The request body is not a valid JSON object.")
+        list_ids: list[str] = []
+        if data.get("list_ids") is not None:
+            try:
+                list_ids = state.cc.check_list_ids(data.get("list_ids"))
+            except ImportRejected as exc:
+                return _bad_request(str(exc))
+        fields = data.get("fields") or ["contact_id", "email_address"]
+        if not isinstance(fields, list) or not all(f in EXPORT_FIELDS for f in fields):
+            return _bad_request(f"fields may contain only {', '.join(EXPORT_FIELDS)}.")
+        status = data.get("status", "all")
+        if status not in EXPORT_STATUSES:
+            return _bad_request(f"status must be one of {', '.join(EXPORT_STATUSES)}.")
+        now = state.now()
+        activity = state.cc.queue(
+            "export",
+            list_ids,
+            now,
+            request.scope.get(JOB_FAULT_KEY),
+            export={"fields": list(dict.fromkeys(fields)), "status": status},
+        )
+        return errors.json_response(state.cc.activity_json(activity, now), 201)
+
+    @router.get("/contact_exports/{file_id}")
+    async def contact_export_file(request: Request) -> Response:
+        text = state.cc.export_files.get(request.path_params["file_id"])
+        if text is None:
+            return _not_found("export file")
+        return Response(text.encode(), media_type="text/csv")
+
     @router.get("/activities/{activity_id}")
     async def get_activity(request: Request) -> Response:
         now = state.now()
@@ -207,6 +243,9 @@ def build_router(state: SandboxState) -> APIRouter:
         include_param = qp.get("include", cursor.get("include")) or ""
         include = {part.strip() for part in include_param.split(",") if part.strip()}
         offset = int(cursor.get("offset", 0))
+        status = qp.get("status", cursor.get("status")) or "all"
+        if status not in EXPORT_STATUSES:
+            return _bad_request(f"status must be one of {', '.join(EXPORT_STATUSES)}.")
         cc = state.cc
         nums: Sequence[int]
         if email is not None:
@@ -221,8 +260,16 @@ def build_router(state: SandboxState) -> APIRouter:
             nums = cc.member_nums(list_ids)
         else:
             nums = range(1, len(cc.keys_by_num) + 1)
+        if status != "all":
+            want = status == "unsubscribed"
+            nums = [n for n in nums if (c := cc.by_num(n)) is not None and c.unsubscribed == want]
         contacts = [cc.by_num(n) for n in nums[offset : offset + limit]]
-        params = {"email": email, "lists": lists_param, "include": include_param or None}
+        params = {
+            "email": email,
+            "lists": lists_param,
+            "include": include_param or None,
+            "status": None if status == "all" else status,
+        }
         body: dict[str, Any] = {
             "contacts": [cc.contact_json(c, include) for c in contacts if c is not None],
             "_links": _next_link("/v3/contacts", len(nums), offset, limit, params),

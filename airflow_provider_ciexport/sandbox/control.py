@@ -158,6 +158,39 @@ def build_router(state: SandboxState) -> APIRouter:
 
     @router.post("/ac/unsubscribe")
     async def ac_unsubscribe(request: Request) -> Response:
+        """Status 2 on a list, as the person's own action (``by: "person"``, the default) or the API's;
+        ``"all_lists": true`` instead of ``list_id`` is "unsubscribe from all email"."""
+        state.settle()
+        body = await _object_body(request)
+        if body is None or not isinstance(body.get("email"), str):
+            return _error('the body must be {"list_id": <int>, "email": <str>, "by": "person"|"api"}')
+        by = body.get("by", "person")
+        if by not in ("person", "api"):
+            return _error('"by" must be "person" or "api"')
+        contact = state.ac.ensure_contact(body["email"])
+        if body.get("all_lists") is True:
+            state.ac.unsubscribe_everywhere(contact)
+            return json_response(state.ac.control_json(contact))
+        list_id = body.get("list_id")
+        if not isinstance(list_id, int) or list_id not in state.ac.lists:
+            return _error("unknown list", 404)
+        state.ac.unsubscribe(contact, list_id, by=by)
+        return json_response(state.ac.control_json(contact))
+
+    @router.post("/ac/exclude")
+    async def ac_exclude(request: Request) -> Response:
+        """Put an address on the account's exclusion list (created as a contact if unknown)."""
+        state.settle()
+        body = await _object_body(request)
+        if body is None or not isinstance(body.get("email"), str):
+            return _error('the body must be {"email": <str>}')
+        contact = state.ac.ensure_contact(body["email"])
+        state.ac.excluded.add(body["email"].lower())
+        return json_response(state.ac.control_json(contact))
+
+    @router.post("/ac/signup")
+    async def ac_signup(request: Request) -> Response:
+        """The person subscribed to a list through a sign-up form (not through the export)."""
         state.settle()
         body = await _object_body(request)
         if body is None or not isinstance(body.get("email"), str):
@@ -166,8 +199,23 @@ def build_router(state: SandboxState) -> APIRouter:
         if not isinstance(list_id, int) or list_id not in state.ac.lists:
             return _error("unknown list", 404)
         contact = state.ac.ensure_contact(body["email"])
-        state.ac.unsubscribe(contact, list_id)
+        state.ac.subscribe(contact, list_id, explicit=True, by_person=True)
         return json_response(state.ac.control_json(contact))
+
+    @router.post("/cc/signup")
+    async def cc_signup(request: Request) -> Response:
+        """The person joined a list through a sign-up form (not through the export)."""
+        state.settle()
+        body = await _object_body(request)
+        if body is None or not isinstance(body.get("email"), str):
+            return _error('the body must be {"list_id": <uuid>, "email": <str>}')
+        list_id = body.get("list_id")
+        if list_id not in state.cc.lists:
+            return _error("unknown list", 404)
+        contact = state.cc.by_email(body["email"]) or state.cc.upsert(body["email"], {}, {}, frozenset())
+        contact.unsubscribed = False
+        state.cc.add_member(contact, list_id)
+        return json_response(state.cc.control_json(contact))
 
     @router.post("/cc/unsubscribe")
     async def cc_unsubscribe(request: Request) -> Response:
