@@ -1,0 +1,195 @@
+"""The diff between a segment and its sync state: what to send, what to skip, whom to remove.
+
+Vendor-agnostic: it sees normalised emails and encoded contacts, and the state
+(:mod:`~airflow_provider_ciexport.export.state`); destinations only say who opted out and carry out
+sends and removals.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from airflow_provider_ciexport.exceptions import CiExportError
+from airflow_provider_ciexport.export.contacts import EmailSet
+from airflow_provider_ciexport.export.state import MANAGED, REMOVED, SyncState, contact_digest, email_key
+
+NEW = 0
+CHANGED = 1
+UNCHANGED = 2
+READD = 3
+OPTED_OUT = 4
+
+KIND_NAMES = ("new", "changed", "unchanged", "readded", "skipped_unsubscribed")
+
+
+class RemovalLimitError(CiExportError):
+    """Removing the contacts that left the segment would exceed the safety limit."""
+
+
+@dataclass
+class Ledger:
+    """The state entries behind one batch of contacts, kept compactly until its job is confirmed.
+
+    :param indices: each contact's entry in the state (-1: new to it).
+    :param keys: each contact's email key.
+    :param digests: each contact's digest as sent.
+    :param emails: the contacts' emails, newline-joined.
+    """
+
+    indices: array[int] = field(default_factory=lambda: array("q"))
+    keys: array[int] = field(default_factory=lambda: array("Q"))
+    digests: array[int] = field(default_factory=lambda: array("Q"))
+    emails: list[str] = field(default_factory=list)
+
+    def add(self, index: int, key: int, digest: int, email: str) -> None:
+        """Note one contact of the batch."""
+        self.indices.append(index)
+        self.keys.append(key)
+        self.digests.append(digest)
+        self.emails.append(email)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SegmentDiff:
+    """Classifies each contact of a run against the state, and records what the run confirmed.
+
+    :param state: the state read at the start (empty on a first sync).
+    :param full_refresh: send every contact, whatever the state says.
+    :param mirror: the run may remove contacts that left the segment; new memberships are recorded as
+        created by the export (unless ``members_before`` shows they already existed).
+    :param opted_out: people the destination shows as unsubscribed by their own action (or excluded).
+    :param removal_unsubscribes: the destination's removal looks like an opt-out (ActiveCampaign's
+        status 2): a contact the export removed is then not skipped as opted out but re-added.
+    :param members_before: the lists' members before this run (``None``: unknown); a membership that
+        existed before the export sent the contact is not the export's to remove.
+    """
+
+    def __init__(
+        self,
+        state: SyncState,
+        *,
+        full_refresh: bool = False,
+        mirror: bool = False,
+        opted_out: EmailSet | None = None,
+        removal_unsubscribes: bool = False,
+        members_before: EmailSet | None = None,
+    ) -> None:
+        self.state = state
+        self.full_refresh = full_refresh
+        self.mirror = mirror
+        self.opted_out = opted_out if opted_out is not None else EmailSet()
+        self.removal_unsubscribes = removal_unsubscribes
+        self.members_before = members_before
+        self.seen = bytearray(len(state))
+        self.counts = dict.fromkeys(KIND_NAMES, 0)
+        self.readd_emails: list[str] = []
+        self._lock = threading.Lock()
+
+    def classify(self, email: str, encoded: bytes) -> tuple[int, int, int, int]:
+        """What to do with one contact: ``(kind, state index or -1, key, digest)``.
+
+        ``kind`` is :data:`NEW`, :data:`CHANGED`, :data:`UNCHANGED`, :data:`READD` (the export removed
+        it and it is back) or :data:`OPTED_OUT` (skip: the person unsubscribed). Counts as it goes.
+        """
+        state = self.state
+        key = email_key(email)
+        index = state.find(key)
+        if index >= 0:
+            self.seen[index] = 1
+        flags = state.flags[index] if index >= 0 else 0
+        removed_by_export = bool(flags & REMOVED)
+        if email in self.opted_out and not (removed_by_export and self.removal_unsubscribes):
+            kind = OPTED_OUT
+            if index >= 0:
+                state.drop(index)  # the person manages their membership now, not the export
+            self.counts["skipped_unsubscribed"] += 1
+            return kind, index, key, 0
+        digest = contact_digest(encoded)
+        if index < 0:
+            kind = NEW
+        elif removed_by_export:
+            kind = READD
+            self.readd_emails.append(email)
+        elif digest == state.digests[index] and not self.full_refresh:
+            kind = UNCHANGED
+        else:
+            kind = CHANGED
+        self.counts[KIND_NAMES[kind]] += 1
+        return kind, index, key, digest
+
+    def confirm(self, ledger: Ledger, refused: Iterable[str] | None, accepted_all: bool) -> None:
+        """Record a confirmed batch: its contacts are synced, except those the destination refused.
+
+        :param refused: emails the destination refused, when it says which (ActiveCampaign).
+        :param accepted_all: the destination accepted every contact; when it refused some without
+            saying which (Constant Contact's counts), none of the batch is recorded and all are sent
+            again next run.
+        """
+        refused_set = {e.lower() for e in refused} if refused else set()
+        if not accepted_all and not refused_set:
+            return
+        state = self.state
+        for i in range(len(ledger)):
+            email = ledger.emails[i]
+            if email in refused_set:
+                continue
+            index = ledger.indices[i]
+            if index >= 0:
+                old = state.flags[index]
+                # A re-added contact is the export's again; otherwise ownership does not change.
+                flags = MANAGED if old & REMOVED else old
+                state.update(index, ledger.digests[i], flags)
+            else:
+                state.add(ledger.keys[i], ledger.digests[i], self._new_flags(email), email)
+
+    def _new_flags(self, email: str) -> int:
+        if not self.mirror:
+            return 0
+        if self.members_before is not None and email in self.members_before:
+            return 0  # already on the list before the export sent it: not the export's to remove
+        return MANAGED
+
+    def leavers(self) -> list[int]:
+        """State entries the export added that are no longer in the segment (mirror removes them)."""
+        flags, seen = self.state.flags, self.seen
+        return [i for i, f in enumerate(flags) if f & MANAGED and not f & (REMOVED | 0x80) and not seen[i]]
+
+    def check_removals(self, to_remove: int, segment_contacts: int, max_fraction: float) -> None:
+        """Fail before anything is sent or removed if the removals look like a broken segment.
+
+        :raises RemovalLimitError: naming both numbers and the parameter that allows it.
+        """
+        managed = self.state.count(MANAGED)
+        if managed and segment_contacts == 0:
+            raise RemovalLimitError(
+                f"The segment is empty but the sync state holds {managed:,} contacts this export added; "
+                f"mirroring it would remove all {to_remove:,} of them. Nothing was sent or removed. Check "
+                "the segment's query (a broken upstream refresh?). If the list really must be emptied, "
+                "set max_removal_fraction=1.0 for one run."
+            )
+        if managed and to_remove > max_fraction * managed:
+            raise RemovalLimitError(
+                f"{to_remove:,} contacts left the segment, more than max_removal_fraction={max_fraction} of "
+                f"the {managed:,} this export added ({int(max_fraction * managed):,}). Nothing was sent or "
+                "removed. If the segment really shrank that much, raise max_removal_fraction for one run."
+            )
+
+    def removed(self, indices: Iterable[int]) -> None:
+        """Record confirmed removals (digest 0: a contact who comes back is sent again)."""
+        for index in indices:
+            self.state.update(index, 0, REMOVED)
+
+    def forget(self, indices: Iterable[int]) -> None:
+        """Drop entries that no longer need the export (e.g. no longer on the list at all)."""
+        for index in indices:
+            self.state.drop(index)
+
+    def emails(self, indices: Iterable[int]) -> Iterator[tuple[int, str]]:
+        """``(index, email)`` of state entries."""
+        for index in indices:
+            yield index, self.state.email(index)
