@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -26,6 +26,8 @@ class JobResult:
     accepted: int = 0
     rejected: int = 0
     state: str = "completed"
+    #: The emails of the refused contacts, when the destination names them (``None``: it does not).
+    refused: tuple[str, ...] | None = None
 
 
 class Destination(ABC):
@@ -95,3 +97,41 @@ class Destination(ABC):
     @abstractmethod
     def requests_made(self) -> int:
         """API requests made so far (retries and polls included)."""
+
+    # -- keeping lists in sync (``state_path``); a destination without these cannot sync ------------
+
+    #: The destination's own removal looks like an opt-out (ActiveCampaign: status 2 on the list), so
+    #: a contact the export removed is re-added explicitly with :meth:`readd` when it comes back.
+    removal_unsubscribes: bool = False
+    #: Reading the lists' members is cheap enough for every mirror run (one bulk export), so the
+    #: memberships that existed before the export are known on every run, not only the first.
+    members_read_is_cheap: bool = False
+    #: Contacts per removal request.
+    max_removal_batch: int = 500
+
+    def account(self) -> str:
+        """Which account the export writes to (no secret): part of the sync state's identity."""
+        raise NotImplementedError(f"{self.name} exports cannot keep a sync state.")
+
+    def opted_out(self) -> Iterator[str]:
+        """Emails the destination shows as unsubscribed by the person's own action (from a target list
+        or from all email) or excluded: the export never puts them back on a list."""
+        raise NotImplementedError(f"{self.name} exports cannot keep a sync state.")
+
+    def members(self) -> Iterator[tuple[str, str]]:
+        """``(email, contact id)`` of every active member of the target lists now."""
+        raise NotImplementedError(f"{self.name} exports cannot keep a sync state.")
+
+    def submit_removal(self, contacts: Sequence[tuple[str, str]]) -> str:
+        """Start removing ``(email, contact id)`` contacts from every target list; return the job id."""
+        raise NotImplementedError(f"{self.name} exports cannot remove contacts.")
+
+    def poll_removal(self, job_id: str, contacts: Sequence[tuple[str, str]]) -> JobResult | None:
+        """The removal job's final result (``refused``: emails not removed), or ``None`` while it runs."""
+        raise NotImplementedError(f"{self.name} exports cannot remove contacts.")
+
+    def readd(self, emails: Sequence[str]) -> list[str]:
+        """Put back on the target lists contacts the export itself removed, now back in the segment and
+        already sent again; return the emails that were NOT put back because the person opted out
+        since (they are then skipped). Only called when :attr:`removal_unsubscribes`."""
+        return []

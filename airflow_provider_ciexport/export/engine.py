@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,16 @@ from airflow_provider_ciexport.export.ratelimit import RateLimiter
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources import Row, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
+from airflow_provider_ciexport.export.state import (
+    LoadedState,
+    StateIdentity,
+    StateLease,
+    SyncState,
+    email_key,
+    read_state,
+    write_state,
+)
+from airflow_provider_ciexport.export.sync import OPTED_OUT, UNCHANGED, Ledger, SegmentDiff
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,31 @@ class ExportSettings:
     wait_for_completion: bool = True
     max_resubmits: int = 2
     progress_interval_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How an export keeps its lists in sync with the segment (see :mod:`.state` and :mod:`.sync`).
+
+    :param state_path: the sync state's URI (an ``ObjectStoragePath``: ``s3://``, ``file:///``...).
+    :param mode: ``"upsert"`` (send new and changed contacts) or ``"mirror"`` (also remove the contacts
+        the export added that left the segment).
+    :param full_refresh: send every contact once and rebuild the state.
+    :param max_removal_fraction: fail before sending anything if more than this share of the contacts
+        the export added would be removed, or if the segment is empty.
+    :param lease_owner: who this run is, for the lease that keeps a second run out.
+    """
+
+    state_path: str
+    mode: str = "upsert"
+    full_refresh: bool = False
+    max_removal_fraction: float = 0.2
+    lease_owner: str = "this export"
+
+    @property
+    def mirror(self) -> bool:
+        """Whether contacts that left the segment are removed."""
+        return self.mode == "mirror"
 
 
 class ProgressStore(Protocol):
@@ -147,6 +183,7 @@ class SegmentExporter:
     :param settings: limits and switches.
     :param progress: where confirmed batches are saved so that a retried task does not send them
         again (``None``: no resuming).
+    :param sync: keep the lists in sync through a state (``None``: send every contact, remove none).
     """
 
     def __init__(
@@ -156,8 +193,18 @@ class SegmentExporter:
         field_mapping: Mapping[str, str],
         settings: ExportSettings | None = None,
         progress: ProgressStore | None = None,
+        sync: SyncSettings | None = None,
     ) -> None:
         self.source = source
+        self.sync = sync
+        self._diff: SegmentDiff | None = None
+        self._loaded: LoadedState | None = None
+        self._removal_ids: dict[str, str] = {}
+        # Sync: the state entries of contacts handed to the batcher and not yet in a batch, and the
+        # emails the destination refused.
+        self._ledger = Ledger()
+        self._refused: set[str] = set()
+
         self.destination = destination
         self.field_mapping = dict(field_mapping)
         self.settings = settings or ExportSettings()
@@ -210,25 +257,43 @@ class SegmentExporter:
             self.destination.prepare(self.field_mapping)
             total = rows.count
             limit = self.settings.max_profiles
+            spool_used: RowSpool | None = None
             if total is None and limit is not None:
                 spool = stack.enter_context(RowSpool())
                 total = self._spool(chunks, spool, limit)
                 rows.close()  # the source is released before anything is sent
                 chunks = iter(spool)
+                spool_used = spool
             elif total is not None and limit is not None and total > limit:
                 raise ExportConfigurationError(
                     f"The segment has {total:,} rows, more than max_profiles={limit:,}. Nothing was sent. "
                     "Narrow the segment, or raise max_profiles (None for no limit) if this size is intended."
                 )
+            rereadable: RowSpool | None = None
+            if self.sync is not None and self.sync.mirror:
+                # Mirror reads the segment's emails once before sending (the safety limit), so the rows
+                # must be readable twice: from the local spool.
+                if spool_used is not None:
+                    rereadable = spool_used
+                else:
+                    rereadable = stack.enter_context(RowSpool())
+                    total = self._spool(chunks, rereadable, limit if limit is not None else sys.maxsize)
+                    rows.close()
+                    chunks = iter(rereadable)
             self._total = total
-            return self._run(builder, chunks)
+            lease = self._start_sync(builder, rereadable) if self.sync is not None else None
+            try:
+                return self._run(builder, chunks)
+            finally:
+                if lease is not None:
+                    lease.release()
 
     def _spool(self, chunks: Iterator[list[Row]], spool: RowSpool, limit: int) -> int:
         """Read the whole segment onto local disk and count it, failing as soon as it passes ``limit``."""
         log.info(
-            "Reading the %s onto local disk to count its rows before sending anything (max_profiles=%s).",
+            "Reading the %s onto local disk before sending anything (%s).",
             self.source.description,
-            f"{limit:,}",
+            f"max_profiles={limit:,}" if limit < sys.maxsize else "mirror reads it twice",
         )
 
         def progress(rows: int) -> None:
@@ -281,21 +346,34 @@ class SegmentExporter:
         try:
             with sharing:
                 contacts = self._contacts(builder, chunks)
+                if self._diff is not None:
+                    contacts = self._changed(contacts)
                 head = list(itertools.islice(contacts, self.destination.small_segment_max + 1))
+                # A contact the export removed comes back through an import, which names the contacts
+                # it refuses (excluded); single-contact calls do not.
+                readds = (
+                    self._diff is not None
+                    and self._diff.readd_emails
+                    and self.destination.removal_unsubscribes
+                )
                 if (
                     not self.settings.dry_run
                     and self.destination.small_segment_max
                     and len(head) <= self.destination.small_segment_max
+                    and not readds
                 ):
                     self._send_small(head)
                 else:
                     self._send_batches(itertools.chain(head, contacts))
+                if self._diff is not None and not self._stop.is_set() and self._fatal is None:
+                    self._finish_sync(builder)
         except _Stopped:
             pass  # reported below with what was and was not exported
         finally:
             self._sync_counts(builder)
             if self._checkpoint is not None:
                 self._checkpoint.flush()
+            self._save_state()
             report.requests = self.destination.requests_made
             report.duration_s = time.monotonic() - self._started
             log.info("%s export report: %s", self.destination.name, report.summary())
@@ -303,6 +381,209 @@ class SegmentExporter:
         if self._checkpoint is not None:
             self._checkpoint.clear()
         return report
+
+    # -- keeping lists in sync -----------------------------------------------------------------
+
+    def _start_sync(self, builder: ContactBuilder, rows: RowSpool | None) -> StateLease | None:
+        """Read the state, who opted out and (when needed) the lists' members; check the safety
+        limit. Everything here happens before any contact is sent or removed."""
+        sync, destination, report = self.sync, self.destination, self.report
+        assert sync is not None
+        if sync.mode not in ("upsert", "mirror"):
+            raise ExportConfigurationError(f"sync_mode must be 'upsert' or 'mirror', not {sync.mode!r}.")
+        identity = StateIdentity.of(
+            destination.name, destination.account(), destination.list_ids, self.field_mapping
+        )
+        lease = None if self.settings.dry_run else StateLease(sync.state_path, sync.lease_owner)
+        if lease is not None:
+            lease.acquire()
+        try:
+            loaded = read_state(sync.state_path, identity)
+            self._loaded = loaded
+            state = loaded.state
+            reason = loaded.distrust
+            if reason is None and sync.full_refresh:
+                reason = "full_refresh=True"
+            report.sync = {
+                "sync_mode": sync.mode,
+                "state_entries": len(state),
+                "full_refresh_reason": reason,
+                "unchanged": 0,
+                "new": 0,
+                "changed": 0,
+                "readded": 0,
+                "readd_refused": 0,
+                "skipped_unsubscribed": 0,
+                "to_remove": 0,
+                "removed": 0,
+                "removal_refused": 0,
+            }
+            if loaded.distrust:
+                log.warning(
+                    "The sync state is not used: %s. Every contact is sent (a full refresh).", loaded.distrust
+                )
+            opted_out = EmailSet()
+            for email in destination.opted_out():
+                opted_out.add(email.strip().lower())
+            members_before: EmailSet | None = None
+            trusted = len(state) > 0
+            if sync.mirror and (not trusted or destination.members_read_is_cheap):
+                members_before = EmailSet()
+                leaver_emails = (
+                    self._first_pass_leavers(builder, state, opted_out, rows) if trusted else set()
+                )
+                for email, contact_id in destination.members():
+                    email = email.strip().lower()
+                    members_before.add(email)
+                    if email in leaver_emails:
+                        self._removal_ids[email] = contact_id
+            elif sync.mirror and trusted:
+                self._first_pass_leavers(builder, state, opted_out, rows)
+            self._diff = SegmentDiff(
+                state,
+                full_refresh=sync.full_refresh,
+                mirror=sync.mirror,
+                opted_out=opted_out,
+                removal_unsubscribes=destination.removal_unsubscribes,
+                members_before=members_before,
+            )
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        return lease
+
+    def _first_pass_leavers(
+        self, builder: ContactBuilder, state: SyncState, opted_out: EmailSet, rows: RowSpool | None
+    ) -> set[str]:
+        """Read the segment once for its emails alone, and fail (before anything is sent) if mirroring
+        would remove too many contacts; return the emails that would be removed."""
+        assert self.sync is not None
+        probe = ContactBuilder(self.field_mapping, self.destination.schema, builder.columns)
+        probe.seen = EmailSet(capacity=self._total or 0)
+        diff = SegmentDiff(state)
+        seen = diff.seen
+        contacts = 0
+        assert rows is not None, "mirror spools the segment so that it can be read twice"
+        for chunk in rows:
+            for row in chunk:
+                contact = probe.build(row)
+                if contact is not None:
+                    contacts += 1
+                    index = state.find(email_key(contact["email"]))
+                    if index >= 0:
+                        seen[index] = 1
+        leavers = {email for _, email in diff.emails(diff.leavers()) if email not in opted_out}
+        diff.check_removals(len(leavers), contacts, self.sync.max_removal_fraction)
+        return leavers
+
+    def _changed(self, contacts: Iterator[dict[str, str]]) -> Iterator[dict[str, str]]:
+        """Only the contacts that need sending; the rest are counted (unchanged, opted out)."""
+        diff = self._diff
+        assert diff is not None
+        destination = self.destination
+        encode = destination.encode
+        room = destination.max_batch_bytes - sum(len(part) for part in destination.envelope())
+        for contact in contacts:
+            item = encode(contact)
+            if len(item) >= room:
+                yield contact  # too large to send at all: the batcher counts it
+                continue
+            kind, index, key, digest = diff.classify(contact["email"], item)
+            if kind in (UNCHANGED, OPTED_OUT):
+                continue
+            # Read each time: dispatching a batch moves the pending entries into a new ledger.
+            self._ledger.add(index, key, digest, contact["email"])
+            yield contact
+
+    def _finish_sync(self, builder: ContactBuilder) -> None:
+        """After every batch is confirmed: re-add the contacts the export removed that came back, then
+        (mirror) remove the ones the export added that left the segment."""
+        diff, sync, destination, report = self._diff, self.sync, self.destination, self.report
+        assert diff is not None and sync is not None
+        if not self._read_all:
+            return  # a partial read says nothing about who left
+        if destination.removal_unsubscribes and diff.readd_emails and not self.settings.dry_run:
+            # The import refused the excluded; the destination checks the rest for an opt-out since.
+            back = [e for e in diff.readd_emails if e not in self._refused]
+            skipped = set(destination.readd(back))
+            for email in skipped:
+                index = diff.state.find(email_key(email))
+                if index >= 0:
+                    diff.forget([index])
+            refused = len(diff.readd_emails) - len(back) + len(skipped)
+            diff.counts["readded"] -= refused
+            diff.counts["readd_refused"] += refused
+        if not sync.mirror:
+            return
+        leavers = []
+        for index, email in diff.emails(diff.leavers()):
+            if email in diff.opted_out:
+                diff.forget([index])  # the person left the list themselves: not the export's any more
+            else:
+                leavers.append((index, email))
+        report.sync["to_remove"] = len(leavers)
+        segment = sum(diff.counts.values())
+        diff.check_removals(len(leavers), segment, sync.max_removal_fraction, sent=True)
+        if self.settings.dry_run or not leavers:
+            return
+        if destination.members_read_is_cheap:
+            # The contact ids come from the members read before sending; one not there is gone already.
+            found = []
+            for index, email in leavers:
+                if email in self._removal_ids:
+                    found.append((index, email, self._removal_ids[email]))
+                else:
+                    diff.forget([index])
+        else:
+            found = [(index, email, "") for index, email in leavers]
+        self._remove(found)
+
+    def _remove(self, leavers: list[tuple[int, str, str]]) -> None:
+        destination, diff, report = self.destination, self._diff, self.report
+        assert diff is not None
+        poll_limiter = RateLimiter(destination.max_poll_rate, 1.0)
+        size = destination.max_removal_batch
+
+        def remove(chunk: list[tuple[int, str, str]]) -> None:
+            contacts = [(email, contact_id) for _, email, contact_id in chunk]
+            for _attempt in range(self.settings.max_resubmits + 1):
+                job_id = destination.submit_removal(contacts)
+                report.record_job(job_id)
+                interval = destination.poll_interval
+                while True:
+                    if self._stop.wait(interval):
+                        raise _Stopped
+                    poll_limiter.acquire()
+                    result = destination.poll_removal(job_id, contacts)
+                    if result is not None:
+                        break
+                    interval = min(interval * 1.5, destination.max_poll_interval)
+                if result.ok:
+                    refused = {e.lower() for e in result.refused or ()}
+                    done = [index for index, email, _ in chunk if email not in refused]
+                    diff.removed(done)
+                    with self._lock:
+                        report.sync["removed"] += len(done)
+                        report.sync["removal_refused"] += len(chunk) - len(done)
+                    return
+            with self._lock:
+                report.sync["removal_refused"] += len(chunk)
+
+        chunks = [leavers[i : i + size] for i in range(0, len(leavers), size)]
+        if not chunks:
+            return
+        with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
+            for future in [pool.submit(remove, chunk) for chunk in chunks]:
+                future.result()
+
+    def _save_state(self) -> None:
+        """Write the state with what this run confirmed (also after a failure: the confirmed part
+        holds, the rest is sent again next run)."""
+        if self._diff is None or self.sync is None or self.settings.dry_run or self._loaded is None:
+            return
+        diff = self._diff
+        write_state(self.sync.state_path, diff.state, self._loaded.stored_generation)
 
     def _fingerprint(self) -> str:
         """What must be unchanged for an earlier try's confirmations to count."""
@@ -338,6 +619,8 @@ class SegmentExporter:
         report.invalid = builder.invalid + self._too_large
         report.duplicates = builder.duplicates
         report.omitted_too_long = dict(builder.omitted_too_long)
+        if self._diff is not None:
+            report.sync.update(self._diff.counts)
 
     def _send_small(self, contacts: list[dict[str, str]]) -> None:
         report = self.report
@@ -345,6 +628,8 @@ class SegmentExporter:
         if contacts:
             accepted = self.destination.send_small(contacts)
             report.record_outcome(accepted, len(contacts) - accepted)
+            if self._diff is not None:
+                self._diff.confirm(self._ledger, None, accepted == len(contacts))
 
     def _send_batches(self, contacts: Iterator[dict[str, str]]) -> None:
         destination = self.destination
@@ -364,6 +649,9 @@ class SegmentExporter:
         assert checkpoint is not None
 
         def dispatch(batch: Batch) -> None:
+            ledger = None
+            if self._diff is not None:
+                ledger, self._ledger = self._ledger.split(batch.contacts)
             if self.settings.dry_run:
                 report.would_batches += 1
                 report.would_submit += batch.contacts
@@ -375,12 +663,14 @@ class SegmentExporter:
             if earlier is not None:
                 report.resumed_batches += 1
                 report.record_outcome(*earlier)
+                if self._diff is not None and ledger is not None:
+                    self._diff.confirm(ledger, None, earlier[1] == 0)
                 return
             while not slots.acquire(timeout=0.5):
                 if self._stop.is_set():
                     raise _Stopped
             # _deliver records its own fatal error and stops the export; leaving the pool waits for it.
-            pool.submit(self._deliver, batch, digest, slots, submit_gate, poll_limiter)
+            pool.submit(self._deliver, batch, digest, slots, submit_gate, poll_limiter, ledger)
 
         with ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport") as pool:
             try:
@@ -408,6 +698,7 @@ class SegmentExporter:
         slots: threading.BoundedSemaphore,
         submit_gate: threading.BoundedSemaphore,
         poll_limiter: RateLimiter,
+        ledger: Ledger | None = None,
     ) -> None:
         """Submit one batch and follow its job to the end, sending it again if the job fails."""
         destination = self.destination
@@ -428,6 +719,11 @@ class SegmentExporter:
                     self._sent_unconfirmed -= batch.contacts
                 if result.ok:
                     self.report.record_outcome(result.accepted, result.rejected)
+                    if self._diff is not None and ledger is not None:
+                        self._diff.confirm(ledger, result.refused, result.rejected == 0)
+                        if result.refused:
+                            with self._lock:
+                                self._refused.update(e.lower() for e in result.refused)
                     if self._checkpoint is not None:
                         self._checkpoint.confirm(batch, digest, result.accepted, result.rejected)
                     return

@@ -39,6 +39,10 @@ class ExportReport:
     invalid_reasons: dict[str, int] = field(default_factory=dict)
     omitted_too_long: dict[str, int] = field(default_factory=dict)
     waited: bool = True
+    #: Keeping lists in sync (``state_path``): ``sync_mode``, ``unchanged``, ``new``, ``changed``,
+    #: ``readded``, ``skipped_unsubscribed``, ``to_remove``, ``removed``, ``removal_refused``,
+    #: ``full_refresh_reason``; empty without a state.
+    sync: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record_job(self, job_id: str) -> None:
@@ -77,6 +81,7 @@ class ExportReport:
             "requests": self.requests,
             "duration_s": round(self.duration_s, 3),
         }
+        out.update(self.sync)
         out.update({f"invalid.{k}": v for k, v in sorted(self.invalid_reasons.items())})
         out.update({f"omitted_too_long.{k}": v for k, v in sorted(self.omitted_too_long.items())})
         return out

@@ -54,6 +54,12 @@ class Ledger:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def split(self, n: int) -> tuple[Ledger, Ledger]:
+        """The first ``n`` entries (one batch's) and the rest."""
+        head = Ledger(self.indices[:n], self.keys[:n], self.digests[:n], self.emails[:n])
+        tail = Ledger(self.indices[n:], self.keys[n:], self.digests[n:], self.emails[n:])
+        return head, tail
+
 
 class SegmentDiff:
     """Classifies each contact of a run against the state, and records what the run confirmed.
@@ -87,6 +93,8 @@ class SegmentDiff:
         self.members_before = members_before
         self.seen = bytearray(len(state))
         self.counts = dict.fromkeys(KIND_NAMES, 0)
+        #: Re-adds sent that the destination did not put back (excluded, or opted out since).
+        self.counts["readd_refused"] = 0
         self.readd_emails: list[str] = []
         self._lock = threading.Lock()
 
@@ -159,24 +167,33 @@ class SegmentDiff:
         flags, seen = self.state.flags, self.seen
         return [i for i, f in enumerate(flags) if f & MANAGED and not f & (REMOVED | 0x80) and not seen[i]]
 
-    def check_removals(self, to_remove: int, segment_contacts: int, max_fraction: float) -> None:
-        """Fail before anything is sent or removed if the removals look like a broken segment.
+    def check_removals(
+        self, to_remove: int, segment_contacts: int, max_fraction: float, *, sent: bool = False
+    ) -> None:
+        """Fail before anything is removed (and, from the first read, sent) if the removals look like a
+        broken segment.
 
+        :param sent: contacts were sent already (the check after the send): the message says so.
         :raises RemovalLimitError: naming both numbers and the parameter that allows it.
         """
         managed = self.state.count(MANAGED)
+        nothing = (
+            "Nothing was removed (new and changed contacts were sent)."
+            if sent
+            else "Nothing was sent or removed."
+        )
         if managed and segment_contacts == 0:
             raise RemovalLimitError(
                 f"The segment is empty but the sync state holds {managed:,} contacts this export added; "
-                f"mirroring it would remove all {to_remove:,} of them. Nothing was sent or removed. Check "
+                f"mirroring it would remove all {to_remove:,} of them. {nothing} Check "
                 "the segment's query (a broken upstream refresh?). If the list really must be emptied, "
                 "set max_removal_fraction=1.0 for one run."
             )
         if managed and to_remove > max_fraction * managed:
             raise RemovalLimitError(
                 f"{to_remove:,} contacts left the segment, more than max_removal_fraction={max_fraction} of "
-                f"the {managed:,} this export added ({int(max_fraction * managed):,}). Nothing was sent or "
-                "removed. If the segment really shrank that much, raise max_removal_fraction for one run."
+                f"the {managed:,} this export added ({int(max_fraction * managed):,}). {nothing} If the "
+                "segment really shrank that much, raise max_removal_fraction for one run."
             )
 
     def removed(self, indices: Iterable[int]) -> None:

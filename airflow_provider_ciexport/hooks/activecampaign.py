@@ -385,12 +385,14 @@ class ActiveCampaignHook(SegmentApiHook):
         info = self.call("GET", "import/info", params={"batchId": batch_id}).json()
         state = info.get("status")
         if state == "completed":
+            refused = tuple(str(e) for e in info.get("failure") or [])
             return ImportStatus(
                 "completed",
                 done=True,
                 ok=True,
                 accepted=len(info.get("success") or []),
-                rejected=len(info.get("failure") or []),
+                rejected=len(refused),
+                refused=refused,
             )
         return ImportStatus(str(state or "queued"), done=state in FAILED_STATES, ok=False)
 
@@ -417,12 +419,50 @@ class ActiveCampaignHook(SegmentApiHook):
         return int(response.json()["contact"]["id"])
 
     def add_to_list(self, contact_id: int, list_id: int | str) -> None:
-        """Subscribe a contact to a list (``POST /contactLists``)."""
+        """Subscribe a contact to a list (``POST /contactLists``, status 1).
+
+        This re-subscribes even someone who unsubscribed from the list by their own action: check
+        :meth:`list_statuses` first.
+        """
+        self.set_list_status(contact_id, list_id, 1)
+
+    # -- list membership ------------------------------------------------------------------------
+
+    def list_contacts(self, list_id: int | str, status: int) -> Iterator[dict[str, Any]]:
+        """Every contact with a membership ``status`` on a list, 100 a request
+        (``GET /contacts?listid=&status=``).
+
+        :param list_id: the list.
+        :param status: 1 active (subscribed) or 2 unsubscribed.
+        """
         (number,) = parse_list_ids([list_id])
+        yield from self._paginate("contacts", "contacts", {"listid": number, "status": int(status)})
+
+    def find_contact(self, email: str) -> int | None:
+        """The id of the contact with this email (``GET /contacts?email=``), or ``None``."""
+        found = self.call("GET", "contacts", params={"email": email}).json().get("contacts") or []
+        return int(found[0]["id"]) if found else None
+
+    def list_statuses(self, contact_id: int) -> dict[int, int]:
+        """A contact's membership status on every list it has one on: list id -> 1 active or
+        2 unsubscribed (``GET /contacts/{id}/contactLists``)."""
+        response = self.call("GET", f"contacts/{int(contact_id)}/contactLists")
+        items = response.json().get("contactLists") or []
+        return {int(item["list"]): int(item["status"]) for item in items}
+
+    def set_list_status(self, contact_id: int, list_id: int | str, status: int) -> None:
+        """Set a contact's status on a list (``POST /contactLists``): 1 subscribes, 2 unsubscribes.
+
+        Status 1 re-subscribes even someone who unsubscribed by their own action: use it only for a
+        contact whose status 2 the caller itself set.
+        """
+        (number,) = parse_list_ids([list_id])
+        if status not in (1, 2):
+            raise ValueError("status must be 1 (subscribe) or 2 (unsubscribe)")
         self.call(
             "POST",
             "contactLists",
-            json_body={"contactList": {"list": number, "contact": int(contact_id), "status": 1}},
+            json_body={"contactList": {"list": number, "contact": int(contact_id), "status": status}},
         )
 
     def test_connection(self) -> tuple[bool, str]:

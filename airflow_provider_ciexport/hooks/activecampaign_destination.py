@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -18,6 +18,7 @@ from airflow_provider_ciexport.hooks.activecampaign import (
     BulkImportEncoder,
     parse_list_ids,
 )
+from airflow_provider_ciexport.hooks.base import encode_json
 
 
 class ActiveCampaignDestination(Destination):
@@ -40,6 +41,7 @@ class ActiveCampaignDestination(Destination):
         # contact/sync cannot tag; a small segment with tags goes through one bulk import instead.
         self.small_segment_max = 0 if self.tags else SMALL_IMPORT_MAX
         self._encoder = BulkImportEncoder(self._list_ids, self.tags)
+        self._direct: dict[str, tuple[str, ...]] = {}
         imports_per_s = hook.imports_per_minute / 60
         requests_per_s = hook.requests_per_second
         # The import rate sets the pace: enough imports on the wire to hide ~1 s of latency, polls
@@ -76,14 +78,99 @@ class ActiveCampaignDestination(Destination):
             return JobResult(ok=False, state=status.state)
         # Every contact of the body that is not in the failure list was taken.
         rejected = min(status.rejected, batch.contacts)
-        return JobResult(ok=True, accepted=batch.contacts - rejected, rejected=rejected)
+        return JobResult(
+            ok=True, accepted=batch.contacts - rejected, rejected=rejected, refused=status.refused
+        )
 
     def send_small(self, contacts: Sequence[Mapping[str, str]]) -> int:
+        accepted = 0
         for contact in contacts:
             contact_id = self.hook.sync_contact(contact)
+            # contactLists status 1 would bring back someone who unsubscribed (status 2) by their own
+            # action, which a bulk import never does: leave those lists alone and count a refusal.
+            statuses = self.hook.list_statuses(contact_id)
+            refused = False
             for list_id in self._list_ids:
-                self.hook.add_to_list(contact_id, list_id)
-        return len(contacts)
+                if statuses.get(list_id) == 2:
+                    refused = True
+                elif statuses.get(list_id) != 1:
+                    self.hook.add_to_list(contact_id, list_id)
+            accepted += not refused
+        return accepted
+
+    # -- keeping lists in sync ------------------------------------------------------------------
+
+    # Removing is unsubscribing here (status 2), which an import never undoes.
+    removal_unsubscribes = True
+    max_removal_batch = MAX_IMPORT_CONTACTS
+
+    def account(self) -> str:
+        return self.hook.api_base_url
+
+    def opted_out(self) -> Iterator[str]:
+        # Status 2 on a target list: the person's own unsubscribe, or the export's own removal (the
+        # sync state tells those apart). Excluded addresses are refused by every import.
+        for list_id in self._list_ids:
+            for contact in self.hook.list_contacts(list_id, 2):
+                yield str(contact["email"])
+
+    def members(self) -> Iterator[tuple[str, str]]:
+        for list_id in self._list_ids:
+            for contact in self.hook.list_contacts(list_id, 1):
+                yield str(contact["email"]), str(contact["id"])
+
+    def submit_removal(self, contacts: Sequence[tuple[str, str]]) -> str:
+        if len(contacts) <= SMALL_IMPORT_MAX:
+            # A handful is not worth a bulk import (ActiveCampaign asks for single calls under 10).
+            refused = []
+            for email, _ in contacts:
+                contact_id = self.hook.find_contact(email)
+                if contact_id is None:
+                    refused.append(email)
+                    continue
+                for list_id in self._list_ids:
+                    self.hook.set_list_status(contact_id, list_id, 2)
+            job_id = f"direct-{len(self._direct)}"
+            self._direct[job_id] = tuple(refused)
+            return job_id
+        unsubscribe = [{"listid": list_id} for list_id in self._list_ids]
+        body = {"contacts": [{"email": email, "unsubscribe": unsubscribe} for email, _ in contacts]}
+        return self.hook.bulk_import(encode_json(body))
+
+    def poll_removal(self, job_id: str, contacts: Sequence[tuple[str, str]]) -> JobResult | None:
+        if job_id in self._direct:
+            refused = self._direct.pop(job_id)
+            return JobResult(
+                ok=True, accepted=len(contacts) - len(refused), rejected=len(refused), refused=refused
+            )
+        status = self.hook.import_status(job_id)
+        if not status.done:
+            return None
+        if not status.ok:
+            return JobResult(ok=False, state=status.state)
+        refused = status.refused or ()
+        return JobResult(
+            ok=True, accepted=len(contacts) - len(refused), rejected=len(refused), refused=refused
+        )
+
+    def readd(self, emails: Sequence[str]) -> list[str]:
+        skipped: list[str] = []
+        targets = set(self._list_ids)
+        for email in emails:
+            contact_id = self.hook.find_contact(email)
+            if contact_id is None:
+                skipped.append(email)
+                continue
+            statuses = self.hook.list_statuses(contact_id)
+            # Status 2 on a list this export does not manage: the person unsubscribed themselves (e.g.
+            # from all email) after the export removed them. Theirs to decide: never re-subscribe.
+            if any(status == 2 for list_id, status in statuses.items() if list_id not in targets):
+                skipped.append(email)
+                continue
+            for list_id in self._list_ids:
+                if statuses.get(list_id) != 1:
+                    self.hook.set_list_status(contact_id, list_id, 1)
+        return skipped
 
     def share_account(self) -> AbstractContextManager[object]:
         return self.hook.share_account()

@@ -58,6 +58,8 @@ class ImportStatus:
     :param accepted: contacts the destination took (0 until ``ok``).
     :param rejected: contacts it refused: invalid, excluded or unsubscribed (0 until ``ok``).
     :param total: contacts the API says it received, when it says (Constant Contact), else ``None``.
+    :param refused: the emails of the refused contacts, when the API names them (ActiveCampaign's
+        ``failure`` list), else ``None``.
     """
 
     state: str
@@ -66,6 +68,7 @@ class ImportStatus:
     accepted: int = 0
     rejected: int = 0
     total: int | None = None
+    refused: tuple[str, ...] | None = None
 
 
 class ImportEncoder(ABC):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -12,6 +12,7 @@ from airflow_provider_ciexport.export.destination import Destination, JobResult
 from airflow_provider_ciexport.hooks.constantcontact import (
     MAX_IMPORT_BYTES,
     MAX_IMPORT_CONTACTS,
+    MAX_REMOVE_CONTACTS,
     SCHEMA,
     ConstantContactHook,
     JsonImportEncoder,
@@ -93,3 +94,32 @@ class ConstantContactDestination(Destination):
     @property
     def requests_made(self) -> int:
         return self.hook.requests_made
+
+    # -- keeping lists in sync ------------------------------------------------------------------
+
+    # One contact export lists every member with its id: cheap enough for every mirror run.
+    members_read_is_cheap = True
+    max_removal_batch = MAX_REMOVE_CONTACTS
+
+    def account(self) -> str:
+        return f"{self.hook.api_base_url} client {self.hook.connection.login or ''}".strip()
+
+    def opted_out(self) -> Iterator[str]:
+        # Unsubscribing is account-wide here; the guide warns that an import may add them back anyway.
+        for row in self.hook.export_contacts(["email_address"], status="unsubscribed"):
+            yield row["email_address"]
+
+    def members(self) -> Iterator[tuple[str, str]]:
+        for row in self.hook.export_contacts(["contact_id", "email_address"], list_ids=self._list_ids):
+            yield row["email_address"], row["contact_id"]
+
+    def submit_removal(self, contacts: Sequence[tuple[str, str]]) -> str:
+        return self.hook.remove_list_memberships([contact_id for _, contact_id in contacts], self._list_ids)
+
+    def poll_removal(self, job_id: str, contacts: Sequence[tuple[str, str]]) -> JobResult | None:
+        status = self.hook.import_status(job_id)
+        if not status.done:
+            return None
+        if not status.ok:
+            return JobResult(ok=False, state=status.state)
+        return JobResult(ok=True, accepted=len(contacts))

@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator, XComArg
 from airflow_provider_ciexport.asset_events import add_report_to_outlet_events
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.destination import Destination
-from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
+from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter, SyncSettings
 from airflow_provider_ciexport.export.sources import SegmentSource, make_source
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
 from airflow_provider_ciexport.variables import JsonVariable
@@ -72,10 +72,26 @@ class BaseSegmentExportOperator(BaseOperator):
     :param dry_run: check and prepare everything but send nothing; the report shows what would go.
     :param wait_for_completion: follow every import job to its end and report accepted/rejected.
     :param progress_interval: seconds between progress lines in the task log.
+    :param sync_mode: ``"upsert"`` (send new and changed contacts; nobody is removed) or ``"mirror"``
+        (also remove the contacts this export added that left the segment; needs ``state_path``).
+    :param state_path: where the export keeps its record of what it sent (an ``ObjectStoragePath``
+        URI every worker can reach: ``s3://...``, ``gs://...``, ``file:///...``). With it, each run
+        sends only new and changed contacts. It holds email addresses. Templated.
+    :param full_refresh: send every contact once and rebuild the state.
+    :param max_removal_fraction: mirror fails before sending anything if more than this share of the
+        contacts the export added would be removed, or if the segment is empty.
     """
 
     # Not "records": rendered fields are stored in the metadata database and shown in the UI.
-    template_fields: Sequence[str] = ("list_id", "sql", "source_path", "field_mapping", "dry_run")
+    template_fields: Sequence[str] = (
+        "list_id",
+        "sql",
+        "source_path",
+        "field_mapping",
+        "dry_run",
+        "state_path",
+        "full_refresh",
+    )
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql", "field_mapping": "json"}
 
@@ -93,9 +109,33 @@ class BaseSegmentExportOperator(BaseOperator):
         dry_run: bool = False,
         wait_for_completion: bool = True,
         progress_interval: float = 30.0,
+        sync_mode: str = "upsert",
+        state_path: str | None = None,
+        full_refresh: bool = False,
+        max_removal_fraction: float = 0.2,
         **kwargs: Any,
     ) -> None:
+        if state_path:
+            # Two runs of one export must not share its state at once: one at a time by default (a lease
+            # on the state file also stops a second run that gets past this, e.g. from another DAG).
+            kwargs.setdefault("max_active_tis_per_dag", 1)
         super().__init__(**kwargs)
+        if sync_mode not in ("upsert", "mirror"):
+            raise ExportConfigurationError(f"sync_mode must be 'upsert' or 'mirror', not {sync_mode!r}.")
+        if sync_mode == "mirror" and not state_path:
+            raise ExportConfigurationError(
+                "sync_mode='mirror' needs state_path: mirroring removes only the contacts this export "
+                "added, so it must keep a record of them. Set state_path to a URI every worker can reach, "
+                "e.g. 's3://bucket/ciexport/vip.state' or 'file:///shared/ciexport/vip.state'."
+            )
+        if not 0.0 <= max_removal_fraction <= 1.0:
+            raise ExportConfigurationError(
+                f"max_removal_fraction must be between 0 and 1, not {max_removal_fraction!r}."
+            )
+        self.sync_mode = sync_mode
+        self.state_path = state_path
+        self.full_refresh = full_refresh
+        self.max_removal_fraction = max_removal_fraction
         self.list_id = list_id
         self.field_mapping = field_mapping
         self.sql = sql
@@ -198,6 +238,7 @@ class BaseSegmentExportOperator(BaseOperator):
                 progress_interval_s=self.progress_interval,
             ),
             progress=progress_store(context),
+            sync=self._sync_settings(context),
         )
         report = self._report = self._exporter.run().as_dict()
         if self.outlets:
@@ -220,6 +261,29 @@ class BaseSegmentExportOperator(BaseOperator):
                 list_ids=list(exporter.report.lists),
                 report=self._report,
             )
+        )
+
+    def _sync_settings(self, context: Context | Mapping[str, Any]) -> SyncSettings | None:
+        state_path = (self.state_path or "").strip() if isinstance(self.state_path, str) else self.state_path
+        if not state_path:
+            if self.sync_mode == "mirror":
+                raise ExportConfigurationError(
+                    "sync_mode='mirror' needs state_path, and it rendered empty. Set state_path to a URI "
+                    "every worker can reach, e.g. 's3://bucket/ciexport/vip.state'."
+                )
+            return None
+        ti = context.get("ti") if context else None
+        owner = (
+            f"{ti.dag_id}.{ti.task_id} run {ti.run_id} map {getattr(ti, 'map_index', -1)}"
+            if ti is not None
+            else "an export without a task instance"
+        )
+        return SyncSettings(
+            state_path=str(state_path),
+            mode=self.sync_mode,
+            full_refresh=_as_bool(self.full_refresh, "full_refresh"),
+            max_removal_fraction=self.max_removal_fraction,
+            lease_owner=owner,
         )
 
     def on_kill(self) -> None:

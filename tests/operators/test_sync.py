@@ -1,0 +1,266 @@
+"""Keeping lists equal to their segments, against the sandbox over real HTTP: incremental sends,
+mirror removals, and consent that is never overridden, on every path, for both destinations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.export.state import StateBusyError, StateLease
+from airflow_provider_ciexport.export.sync import RemovalLimitError
+from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
+from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
+from airflow_provider_ciexport.sandbox import seed
+from airflow_provider_ciexport.sandbox.client import SandboxClient
+from tests.support import posts
+
+pytestmark = pytest.mark.integration
+
+AC_LIST = seed.AC_LIST_VIP
+CC_LIST = "22222222-2222-4222-8222-222222222222"
+MAPPING = {"email": "email", "first_name": "first"}
+SEGMENT = [{"email": f"person.{i}@example.com", "first": f"P{i}"} for i in range(30)]
+
+
+class Target:
+    """One destination as the tests see it: run an export, read a list, make a person opt out."""
+
+    def __init__(self, name: str, conn: str, sandbox: SandboxClient, state: str) -> None:
+        self.name, self.conn, self.sandbox, self.state = name, conn, sandbox, state
+
+    def run(self, records: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "task_id": "export",
+            "records": records,
+            "field_mapping": MAPPING,
+            "state_path": self.state,
+            "sync_mode": "mirror",
+            **kwargs,
+        }
+        if self.name == "ac":
+            op: Any = ActiveCampaignSegmentExportOperator(
+                list_id=AC_LIST, activecampaign_conn_id=self.conn, **params
+            )
+        else:
+            op = ConstantContactSegmentExportOperator(
+                list_id=CC_LIST, constantcontact_conn_id=self.conn, **params
+            )
+        report: dict[str, Any] = op.execute(context={})
+        _check_invariants(report)
+        return report
+
+    def members(self) -> dict[str, dict[str, Any]]:
+        if self.name == "ac":
+            return {c["email"]: c for c in self.sandbox.ac_list_contacts(AC_LIST)}
+        return {c["email"]: c for c in self.sandbox.cc_list_contacts(CC_LIST)}
+
+    def unsubscribe(self, email: str) -> None:
+        """The person unsubscribes by their own action (AC: from the list; CC: from all email)."""
+        if self.name == "ac":
+            self.sandbox.ac_unsubscribe(AC_LIST, email)
+        else:
+            self.sandbox.cc_unsubscribe(None, email)
+
+    def signup(self, email: str) -> None:
+        if self.name == "ac":
+            self.sandbox.ac_signup(AC_LIST, email)
+        else:
+            self.sandbox.cc_signup(CC_LIST, email)
+
+    def sends(self) -> int:
+        """Import and removal requests made so far."""
+        stats = self.sandbox.stats()
+        api = "ac" if self.name == "ac" else "cc"
+        by_endpoint = stats["requests"].get(api, {}).get("by_endpoint", {})
+        return sum(v["count"] for k, v in by_endpoint.items() if k in _WRITES)
+
+    def violations(self) -> dict[str, int]:
+        counters = self.sandbox.stats()["counters"]
+        return {k: v for k, v in counters.items() if ".violation." in k}
+
+
+_WRITES = {
+    "POST /api/3/import/bulk_import",
+    "POST /api/3/contact/sync",
+    "POST /api/3/contactLists",
+    "POST /v3/activities/contacts_json_import",
+    "POST /v3/activities/remove_list_memberships",
+}
+
+
+def _check_invariants(report: dict[str, Any]) -> None:
+    """What the README promises about every sync report."""
+    assert report["read"] == (
+        report["invalid"]
+        + report["duplicates"]
+        + report["skipped_unsubscribed"]
+        + report["unchanged"]
+        + (report["would_submit"] if report["dry_run"] else report["submitted"])
+    ), report
+    if not report["dry_run"]:
+        assert report["submitted"] == (
+            report["new"] + report["changed"] + report["readded"] + report["readd_refused"]
+        )
+        assert report["submitted"] == report["accepted"] + report["rejected"], report
+    json.dumps(report)
+
+
+@pytest.fixture(params=["ac", "cc"])
+def target(request: pytest.FixtureRequest, sandbox: SandboxClient, tmp_path: Path) -> Target:
+    conn = request.getfixturevalue("ac_conn" if request.param == "ac" else "cc_conn")
+    return Target(request.param, conn, sandbox, f"file://{tmp_path}/state/vip.state")
+
+
+def _with(segment: list[dict[str, Any]], **changes: str) -> list[dict[str, Any]]:
+    return [{**row, "first": changes.get(row["email"], row["first"])} for row in segment]
+
+
+def test_first_sync_then_only_changes_are_sent(target: Target) -> None:
+    first = target.run(SEGMENT)
+    assert (first["new"], first["unchanged"], first["submitted"]) == (30, 0, 30)
+    assert first["full_refresh_reason"] is None and first["state_entries"] == 0
+    assert set(target.members()) == {r["email"] for r in SEGMENT}
+
+    before = target.sends()
+    again = target.run(SEGMENT)
+    assert (again["unchanged"], again["submitted"], again["to_remove"]) == (30, 0, 0)
+    assert target.sends() == before  # an unchanged segment makes no import and no removal request
+
+    segment = [
+        *_with(SEGMENT, **{"person.1@example.com": "Changed"}),
+        {"email": "new@example.com", "first": "N"},
+    ]
+    third = target.run(segment)
+    assert (third["new"], third["changed"], third["unchanged"], third["submitted"]) == (1, 1, 29, 2)
+    members = target.members()
+    assert set(members) == {r["email"] for r in segment}
+    first_name = (
+        members["person.1@example.com"].get("first_name")
+        or members["person.1@example.com"]["attributes"]["first_name"]
+    )
+    assert first_name == "Changed"
+
+
+def test_mirror_removes_only_what_the_export_added_and_readds_who_comes_back(target: Target) -> None:
+    target.signup("form.only@example.com")  # never in the segment
+    target.signup("person.0@example.com")  # joined by a form before the export ever ran
+    target.run(SEGMENT)
+    left = ["person.0@example.com", "person.1@example.com", "person.2@example.com"]
+    report = target.run([r for r in SEGMENT if r["email"] not in left])
+    assert (report["to_remove"], report["removed"]) == (2, 2)
+    members = set(target.members())
+    assert members == {r["email"] for r in SEGMENT[3:]} | {"form.only@example.com", "person.0@example.com"}
+
+    back = target.run(SEGMENT)
+    assert (back["readded"], back["unchanged"], back["to_remove"]) == (2, 28, 0)
+    assert set(target.members()) == {r["email"] for r in SEGMENT} | {"form.only@example.com"}
+    assert target.violations() == {}
+
+
+def test_a_person_who_unsubscribed_is_never_put_back(target: Target) -> None:
+    target.sandbox.configure(cc_import_resubscribes=True)  # the vendor guide's warning, made real
+    target.unsubscribe("person.29@example.com")  # before the first sync
+    first = target.run(SEGMENT)
+    assert first["skipped_unsubscribed"] == 1 and first["new"] == 29
+
+    target.unsubscribe("person.5@example.com")  # after the export added them
+    changed = _with(SEGMENT, **{"person.5@example.com": "Changed", "person.29@example.com": "Changed"})
+    second = target.run(changed)
+    assert second["skipped_unsubscribed"] == 2 and second["submitted"] == 0
+
+    gone = [r for r in changed if r["email"] != "person.5@example.com"]
+    third = target.run(gone)  # they leave the segment: not the export's to remove any more
+    assert third["to_remove"] == 0
+    fourth = target.run(changed)  # and come back
+    assert fourth["skipped_unsubscribed"] == 2 and fourth["readded"] == 0
+    members = set(target.members())
+    assert "person.5@example.com" not in members and "person.29@example.com" not in members
+    assert len(members) == 28
+    assert target.violations() == {}
+
+
+def test_ac_removed_then_unsubscribed_from_all_email_is_not_readded(
+    ac_conn: str, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    target = Target("ac", ac_conn, sandbox, f"file://{tmp_path}/vip.state")
+    sandbox.ac_signup(seed.AC_LIST_NEWSLETTER, "person.3@example.com")
+    target.run(SEGMENT)
+    target.run([r for r in SEGMENT if r["email"] not in ("person.3@example.com", "person.4@example.com")])
+    sandbox.ac_unsubscribe(None, "person.3@example.com")  # unsubscribes from all email meanwhile
+    sandbox.ac_exclude("person.4@example.com")  # and this one is put on the exclusion list
+    back = target.run(SEGMENT)
+    assert (back["readded"], back["readd_refused"]) == (0, 2)
+    members = set(target.members())
+    assert "person.3@example.com" not in members and "person.4@example.com" not in members
+    assert target.violations() == {}
+
+
+def test_the_safety_limit_stops_a_run_before_anything_is_sent_or_removed(target: Target) -> None:
+    target.run(SEGMENT)
+    before = target.sends()
+    shrunk = _with(SEGMENT[:20], **{"person.0@example.com": "Changed"})
+    with pytest.raises(RemovalLimitError, match=r"10 contacts left .*max_removal_fraction=0.2.*30 "):
+        target.run(shrunk)
+    with pytest.raises(RemovalLimitError, match=r"segment is empty.*30 contacts"):
+        target.run([])
+    assert target.sends() == before
+    assert len(target.members()) == 30
+    report = target.run(shrunk, max_removal_fraction=0.5)
+    assert (report["removed"], report["changed"]) == (10, 1)
+    assert set(target.members()) == {r["email"] for r in shrunk}
+
+
+def test_a_state_for_another_mapping_is_not_trusted(target: Target) -> None:
+    target.run(SEGMENT, field_mapping={"email": "email"})
+    report = target.run(SEGMENT)
+    assert report["full_refresh_reason"] == "it was written for another field mapping"
+    assert (report["new"], report["submitted"], report["to_remove"]) == (30, 30, 0)
+    again = target.run(SEGMENT)
+    assert again["full_refresh_reason"] is None and again["unchanged"] == 30
+
+
+def test_dry_run_shows_what_would_happen_and_changes_nothing(target: Target) -> None:
+    target.run(SEGMENT)
+    before = target.sends()
+    segment = [
+        *_with(SEGMENT[2:], **{"person.9@example.com": "Changed"}),
+        {"email": "new@example.com", "first": "N"},
+    ]
+    report = target.run(segment, dry_run=True)
+    assert (report["new"], report["changed"], report["unchanged"], report["to_remove"]) == (1, 1, 27, 2)
+    assert target.sends() == before and len(target.members()) == 30
+    assert target.run(SEGMENT)["unchanged"] == 30  # the state was not touched
+
+
+def test_upsert_with_a_state_sends_changes_and_removes_nobody(target: Target) -> None:
+    target.run(SEGMENT, sync_mode="upsert")
+    report = target.run(SEGMENT[5:], sync_mode="upsert")
+    assert (report["unchanged"], report["to_remove"], report["removed"]) == (25, 0, 0)
+    assert len(target.members()) == 30
+
+
+def test_a_second_run_on_the_same_state_fails_before_sending(target: Target) -> None:
+    lease = StateLease(target.state.removeprefix("file://"), "scheduled run still going")
+    Path(target.state.removeprefix("file://")).parent.mkdir(parents=True, exist_ok=True)
+    lease.acquire()
+    try:
+        with pytest.raises(StateBusyError, match="scheduled run still going"):
+            target.run(SEGMENT)
+    finally:
+        lease.release()
+    assert target.members() == {} and posts(target.sandbox.stats(), target.name) == []
+
+
+def test_mirror_needs_a_state_path() -> None:
+    with pytest.raises(ExportConfigurationError, match="state_path"):
+        ActiveCampaignSegmentExportOperator(
+            task_id="x", list_id=2, records=[], field_mapping=MAPPING, sync_mode="mirror"
+        )
+    op = ActiveCampaignSegmentExportOperator(
+        task_id="x", list_id=2, records=[], field_mapping=MAPPING, state_path="file:///tmp/s"
+    )
+    assert op.max_active_tis_per_dag == 1
