@@ -39,6 +39,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/sync.py $(SYNC_BENCH_ARGS)
 
 sandbox: $(STAMP)
 	@$(PY) -m airflow_provider_ciexport.sandbox --port $(PORT)

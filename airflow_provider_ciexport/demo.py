@@ -3,9 +3,10 @@
 Steps: a fresh Airflow home in ``./.airflow`` (recreated every run), ``airflow db migrate``, 10,000
 generated customer profiles in SQLite, the sandbox (fake ActiveCampaign and Constant Contact) on
 127.0.0.1, the three connections as ``AIRFLOW_CONN_*`` variables, then ``airflow dags test
-ciexport_segment_export``. Afterwards it prints both export tasks' reports (their XCom values) and
-what the sandbox lists hold, checks the lists hold exactly the segment's valid, deduplicated
-addresses, and exits non-zero if anything failed.
+ciexport_segment_export`` twice, with a sync state under ``./.airflow`` (mirror mode) and the segment
+changed in between (some customers join it, some leave, some change). It prints both runs' export
+reports (their XCom values) and what the sandbox lists hold, checks the lists hold exactly the
+segment's valid, deduplicated addresses after the second run, and exits non-zero if anything failed.
 
 Nothing outside ``./.airflow`` is touched: ``AIRFLOW__*`` settings and connections inherited from the
 environment are dropped, so the demo never reaches a real metadata database or a real account.
@@ -47,6 +48,14 @@ REPORT_KEYS = (
     "accepted",
     "rejected",
     "batches",
+    "unchanged",
+    "new",
+    "changed",
+    "readded",
+    "skipped_unsubscribed",
+    "to_remove",
+    "removed",
+    "full_refresh_reason",
     "jobs",
     "requests",
     "duration_s",
@@ -93,6 +102,8 @@ def airflow_env(home: Path, dags_folder: Path) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            # The example DAG keeps each export's sync state here and mirrors the segment.
+            "CIEXPORT_STATE_DIR": f"file://{home / 'ciexport-state'}",
         }
     )
     return env
@@ -172,6 +183,62 @@ def print_list(name: str, emails: Sequence[str], expected: set[str]) -> bool:
     return ok
 
 
+#: How the demo changes the segment between its two runs: (what, SQL on customer_profiles).
+CHANGES = (
+    (
+        "40 VIP customers withdraw their marketing consent (they leave the segment)",
+        "UPDATE customer_profiles SET marketing_opt_in = 0 WHERE customer_id IN (SELECT customer_id "
+        "FROM customer_profiles WHERE marketing_opt_in = 1 AND loyalty_tier IN ('gold', 'platinum') "
+        "ORDER BY customer_id LIMIT 40)",
+    ),
+    (
+        "60 customers reach the gold tier (they join it)",
+        "UPDATE customer_profiles SET loyalty_tier = 'gold' WHERE customer_id IN (SELECT customer_id "
+        "FROM customer_profiles WHERE marketing_opt_in = 1 AND COALESCE(loyalty_tier, '') NOT IN "
+        "('gold', 'platinum') AND COALESCE(lifetime_value, 0) <= 1000 ORDER BY customer_id LIMIT 60)",
+    ),
+    (
+        "50 VIP customers move to another city (their mapped values change)",
+        "UPDATE customer_profiles SET city = 'Springfield' WHERE customer_id IN (SELECT customer_id "
+        "FROM customer_profiles WHERE marketing_opt_in = 1 AND loyalty_tier = 'platinum' "
+        "AND COALESCE(city, '') <> 'Springfield' ORDER BY customer_id DESC LIMIT 50)",
+    ),
+)
+
+
+def change_segment(profiles_db: Path) -> None:
+    """Change the profiles so that the next refresh gives a segment with members new, changed, gone."""
+    with closing(sqlite3.connect(profiles_db)) as conn, conn:
+        for what, sql in CHANGES:
+            conn.execute(sql)
+            print(f"      - {what}", flush=True)
+
+
+def run_dag(
+    airflow: list[str], env: Mapping[str, str], home: Path, workdir: Path, run: int
+) -> tuple[DemoError | None, str | None, dict[str, dict[str, Any]]]:
+    """One ``airflow dags test`` of the example DAG; its error (if any), state and export reports."""
+    log = home / "logs" / f"dags-test-{run}.log"
+    print(f"    airflow dags test {DAG_ID} (task logs in {log.relative_to(workdir)}) ...", flush=True)
+    failed: DemoError | None = None
+    try:
+        run_logged([*airflow, "dags", "test", DAG_ID], env, log, f"airflow dags test {DAG_ID}")
+    except DemoError as exc:
+        failed = exc  # still show whatever the run got done
+    state, task_states, reports = read_run(home / "airflow.db")
+    print(
+        f"    Run {run} finished: {state or 'no run recorded'}; tasks: "
+        + (", ".join(f"{task}={task_state}" for task, task_state in sorted(task_states.items())) or "none")
+    )
+    print(f"\n    Export reports of run {run} (each task's XCom return value):")
+    for task_id in EXPORT_TASKS:
+        if task_id in reports:
+            print_report(task_id, reports[task_id])
+        else:
+            print(f"\n  {task_id}: no report (the task failed or did not run)")
+    return failed, state, reports
+
+
 def run_demo(workdir: Path) -> bool:
     """Every step of the demo; whether the run succeeded and the lists hold what they should."""
     started = time.monotonic()
@@ -196,33 +263,15 @@ def run_demo(workdir: Path) -> bool:
 
     with SandboxServer() as sandbox:
         print(f"3/5 Sandbox (fake ActiveCampaign + Constant Contact) listening on {sandbox.url}.", flush=True)
-        log = home / "logs" / "dags-test.log"
-        print(f"4/5 airflow dags test {DAG_ID} (task logs in {log.relative_to(workdir)}) ...", flush=True)
-        test_failed: DemoError | None = None
-        try:
-            run_logged(
-                [*airflow, "dags", "test", DAG_ID],
-                {**env, **dag_connections(sandbox, profiles_db)},
-                log,
-                f"airflow dags test {DAG_ID}",
-            )
-        except DemoError as exc:
-            test_failed = exc  # still show whatever the run got done
-
-        state, task_states, reports = read_run(home / "airflow.db")
-        print(
-            f"5/5 Run finished: {state or 'no run recorded'}; tasks: "
-            + (
-                ", ".join(f"{task}={task_state}" for task, task_state in sorted(task_states.items()))
-                or "none"
-            )
-        )
-        print("\nExport reports (each task's XCom return value):")
-        for task_id in EXPORT_TASKS:
-            if task_id in reports:
-                print_report(task_id, reports[task_id])
-            else:
-                print(f"\n  {task_id}: no report (the task failed or did not run)")
+        run_env = {**env, **dag_connections(sandbox, profiles_db)}
+        print("4/5 First run: the lists start empty, so every contact of the segment is new.", flush=True)
+        failed, state, reports = run_dag(airflow, run_env, home, workdir, 1)
+        test_failed = failed
+        print("\n5/5 The segment changes, then a second run sends only what changed:", flush=True)
+        change_segment(profiles_db)
+        failed, state2, reports2 = run_dag(airflow, run_env, home, workdir, 2)
+        test_failed = test_failed or failed
+        log = home / "logs" / "dags-test-2.log"
 
         expected = expected_segment_emails(profiles_db, SEGMENT)
         client = sandbox.client
@@ -238,7 +287,12 @@ def run_demo(workdir: Path) -> bool:
             lists_ok &= print_list(f"Constant Contact {cc_list_id[:8]}… {name!r}", emails, wanted)
         client.close()
 
-    ok = test_failed is None and state == "success" and len(reports) == len(EXPORT_TASKS) and lists_ok
+    ok = (
+        test_failed is None
+        and state == state2 == "success"
+        and len(reports) == len(reports2) == len(EXPORT_TASKS)
+        and lists_ok
+    )
     print(f"\nDemo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s.")
     if test_failed is not None:
         print(f"\n{test_failed}", file=sys.stderr)

@@ -17,9 +17,16 @@ The list ids below are those of the provider's sandbox (`make sandbox`); use you
 To use this DAG in your project, copy it together with its `sql/` folder.
 Each export task returns its report (rows read, invalid, duplicates, accepted, rejected, job ids) as its
 XCom value.
+
+With the environment variable `CIEXPORT_STATE_DIR` set where every worker can reach it (e.g.
+`s3://my-bucket/ciexport`; `make demo` uses a directory in its Airflow home), each export keeps a sync
+state there and mirrors the segment: later runs send only new and changed contacts and remove those
+the export added that left the segment. Without it, every run sends the whole segment.
 """
 
 from __future__ import annotations
+
+import os
 
 import pendulum
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
@@ -35,6 +42,9 @@ CC_LISTS = {
     "22222222-2222-4222-8222-222222222222": "VIP customers",
     "33333333-3333-4333-8333-333333333333": "Lapsed customers",
 }
+# Where each export keeps its sync state (see the docstring); read when the DAG file is parsed.
+STATE_DIR = os.environ.get("CIEXPORT_STATE_DIR", "").rstrip("/")
+SYNC_MODE = "mirror" if STATE_DIR else "upsert"
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
@@ -114,6 +124,9 @@ with DAG(
         },
         tags=["segment-{{ params.segment }}"],
         dry_run="{{ params.dry_run }}",
+        # One state per segment and destination (the lists and mapping are checked against it).
+        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-activecampaign.state" if STATE_DIR else None,
+        sync_mode=SYNC_MODE,
     )
 
     export_to_constantcontact = ConstantContactSegmentExportOperator(
@@ -133,6 +146,8 @@ with DAG(
             "cf:city": "city",
         },
         dry_run="{{ params.dry_run }}",
+        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-constantcontact.state" if STATE_DIR else None,
+        sync_mode=SYNC_MODE,
     )
 
     refresh_segments >> [export_to_activecampaign, export_to_constantcontact]
