@@ -126,9 +126,7 @@ def measure_requests(profiles: int) -> dict[str, Any]:
         os.environ["AIRFLOW_HOME"] = tmp
         os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp}/airflow.db"
         os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-        subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True
-        )
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
         os.environ["AIRFLOW_CONN_ACTIVECAMPAIGN_DEFAULT"] = json.dumps(
             sandbox.ac_connection(imports_per_minute=100 * scale, requests_per_second=5 * scale)
         )

@@ -322,8 +322,8 @@ def read_state(uri: str, identity: StateIdentity) -> LoadedState:
             return LoadedState(SyncState(identity))
         with path.open("rb") as f:
             return _parse(f, identity)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, (FileNotFoundError,)):
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, FileNotFoundError):
             return LoadedState(SyncState(identity))
         if isinstance(exc, PermissionError):
             raise ExportConfigurationError(
