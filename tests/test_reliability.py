@@ -222,6 +222,7 @@ def test_no_personal_data_or_secret_in_logs_xcom_or_errors(
 
 KILL_DAG = """
 from __future__ import annotations
+import os
 import pendulum
 from airflow.sdk import DAG
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
@@ -234,6 +235,7 @@ with DAG("ciexport_kill_test", schedule=None, start_date=pendulum.datetime(2026,
         sql_conn_id="people_db",
         field_mapping={"email": "email", "first_name": "first"},
         activecampaign_conn_id="ac_kill",
+        state_path=os.environ.get("CIEXPORT_KILL_STATE") or None,
     )
 
 if __name__ == "__main__":
@@ -243,9 +245,13 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("sig", "with_state"),
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
+    ids=["SIGKILL", "SIGTERM", "SIGKILL-with-state"],
+)
 def test_killed_task_retried_does_not_resend_confirmed_batches(
-    sig: signal.Signals, sandbox: SandboxClient, sandbox_server: Any, tmp_path: Path
+    sig: signal.Signals, with_state: bool, sandbox: SandboxClient, sandbox_server: Any, tmp_path: Path
 ) -> None:
     import sqlite3
 
@@ -269,6 +275,9 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
             sandbox_server.ac_connection(imports_per_minute=200, requests_per_second=10)
         ),
     }
+    if with_state:
+        # The sync state is only written when a run ends; the checkpoint still spares the retry.
+        env["CIEXPORT_KILL_STATE"] = f"file://{tmp_path}/kill.state"
     command = [sys.executable, str(dags / "kill_dag.py")]
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -294,6 +303,16 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         f"k{i}@example.com" for i in range(rows)
     }
     assert _saved_progress() == {}  # removed once the export completed
+    if with_state:
+        # The retry recorded every contact, those the killed try confirmed included: the next run of
+        # the unchanged segment sends nothing.
+        from airflow_provider_ciexport.export.state import StateIdentity, read_state
+
+        identity = StateIdentity.of(
+            "ActiveCampaign", f"{sandbox_server.url}/api/3", ["2"], {"email": "email", "first_name": "first"}
+        )
+        loaded = read_state(env["CIEXPORT_KILL_STATE"], identity)
+        assert loaded.distrust is None and len(loaded.state) == rows
 
 
 def _saved_progress() -> dict[str, Any]:
