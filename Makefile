@@ -12,7 +12,7 @@ CONSTRAINTS ?= -c $(LOCK)
 #: make sandbox PORT=8030
 PORT ?= 8025
 
-.PHONY: install test lint typecheck pytest demo bench sandbox lock test-latest clean
+.PHONY: install test lint typecheck pytest demo bench sandbox lock test-latest ui-test clean
 
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ lock: $(STAMP)
 test-latest:
 	rm -f .venv-latest/.installed
 	$(MAKE) pytest VENV=.venv-latest CONSTRAINTS='--upgrade --refresh'
+
+# The Airflow UI in headless Chromium (installs Debian's chromium and chromium-driver if missing).
+ui-test: $(STAMP)
+	sh tests/ui/install_browser.sh
+	$(UV) pip install --quiet --python $(PY) $(CONSTRAINTS) -e '.[$(EXTRAS),ui]'
+	CIEXPORT_UI_TEST=1 $(VENV)/bin/pytest tests/ui -m ui -n 0 --timeout 900 -p no:cacheprovider $(UI_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-latest .airflow .mypy_cache .ruff_cache .pytest_cache build/ui
