@@ -83,6 +83,14 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "How long to wait for an answer before retrying (default 120).",
                         "schema": {"type": ["number", "null"], "default": 120, "minimum": 1},
                     },
+                    "throttle_timeout": {
+                        "label": "Throttled for at most (seconds)",
+                        "description": (
+                            "Rate-limit answers are waited out; the task fails only when nothing has got "
+                            "through for this long (default 900, 15 minutes)."
+                        ),
+                        "schema": {"type": ["number", "null"], "default": 900, "minimum": 1},
+                    },
                 },
             },
             {
@@ -128,6 +136,14 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Read timeout (seconds)",
                         "description": "How long to wait for an answer before retrying (default 120).",
                         "schema": {"type": ["number", "null"], "default": 120, "minimum": 1},
+                    },
+                    "throttle_timeout": {
+                        "label": "Throttled for at most (seconds)",
+                        "description": (
+                            "Rate-limit answers are waited out; the task fails only when nothing has got "
+                            "through for this long (default 900, 15 minutes)."
+                        ),
+                        "schema": {"type": ["number", "null"], "default": 900, "minimum": 1},
                     },
                 },
             },

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_ciexport.export import ratelimit
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from airflow_provider_ciexport.sandbox.connections import AC_CONN_ID, CC_CONN_ID
 from airflow_provider_ciexport.sandbox.server import SandboxServer
@@ -43,6 +44,14 @@ def airflow_db() -> str:
         env=dict(os.environ),
     )
     return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limiters() -> Iterator[None]:
+    """Each test starts with the documented pace: what an earlier test's refusals taught is forgotten."""
+    ratelimit._registry.clear()
+    yield
+    ratelimit._registry.clear()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,116 @@
+"""Throttling is waited out, never a fault; exports on one account divide its rate."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import DestinationThrottledError, ExportConfigurationError
+from airflow_provider_ciexport.export.sharing import share_variable_key
+from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
+from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
+from airflow_provider_ciexport.sandbox import seed
+from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.variables import JsonVariable
+from tests.support import calls, set_connection
+
+IMPORT = "POST /api/3/import/bulk_import"
+
+
+@pytest.fixture
+def fast_ac(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server) -> str:
+    """An account with 100 times the limits on both sides, so waits take milliseconds."""
+    sandbox.configure(rate_scale=100.0)
+    return set_connection(
+        monkeypatch,
+        "ac_fast",
+        **sandbox_server.ac_connection(requests_per_second=500, imports_per_minute=10_000),
+    )
+
+
+@pytest.fixture
+def fast_cc(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server) -> str:
+    """A Constant Contact API key with 100 times the limits on both sides."""
+    sandbox.configure(rate_scale=100.0)
+    return set_connection(monkeypatch, "cc_fast", **sandbox_server.cc_connection(requests_per_second=400))
+
+
+def _body(email: str) -> bytes:
+    return json.dumps({"contacts": [{"email": email, "subscribe": [{"listid": seed.AC_LIST_VIP}]}]}).encode()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "status", "status": 429},
+        {"kind": "rate_limit_400"},
+        {"kind": "status", "status": 503},
+    ],
+    ids=["429", "400-rate-limit", "503"],
+)
+def test_throttling_does_not_use_up_the_attempts_meant_for_faults(
+    fast_ac: str, sandbox: SandboxClient, fault: dict
+) -> None:
+    sandbox.add_fault(api="ac", path="/import/bulk_import", times=12, **fault)
+    hook = ActiveCampaignHook(fast_ac, max_attempts=3)
+    hook.bulk_import(_body("patient@example.com"))
+    assert calls(sandbox.stats(), "ac", IMPORT) == 13
+
+
+def test_constant_contact_throttled_does_not_use_up_attempts(fast_cc: str, sandbox: SandboxClient) -> None:
+    sandbox.add_fault(api="cc", path="/contact_lists", kind="throttled", times=10)
+    hook = ConstantContactHook(fast_cc, max_attempts=2)
+    assert hook.get_list(seed.CC_LIST_VIP)["name"] == "VIP customers"
+    assert sandbox.stats()["faults_injected"] == {"throttled": 10}
+
+
+def test_faults_still_give_up_after_their_attempts(fast_ac: str, sandbox: SandboxClient) -> None:
+    sandbox.add_fault(api="ac", path="/import/bulk_import", kind="status", status=500)
+    hook = ActiveCampaignHook(fast_ac, max_attempts=3)
+    with pytest.raises(Exception, match="after 3 attempts"):
+        hook.bulk_import(_body("gives-up@example.com"))
+    assert calls(sandbox.stats(), "ac", IMPORT) == 3
+
+
+def test_endless_throttling_fails_after_throttle_timeout_with_a_clear_message(
+    fast_ac: str, sandbox: SandboxClient
+) -> None:
+    sandbox.add_fault(api="ac", path="/import/bulk_import", kind="status", status=429)
+    hook = ActiveCampaignHook(fast_ac, throttle_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(DestinationThrottledError) as err:
+        hook.bulk_import(_body("never@example.com"))
+    assert time.monotonic() - started >= 1.0
+    message = str(err.value)
+    assert "refused every request for its rate limit" in message
+    assert "'throttle_timeout'" in message and "never@example.com" not in message
+    assert calls(sandbox.stats(), "ac", IMPORT) > 3
+
+
+def test_throttle_timeout_comes_from_the_connection(monkeypatch: pytest.MonkeyPatch, sandbox_server) -> None:
+    conn = set_connection(monkeypatch, "ac_patient", **sandbox_server.ac_connection(throttle_timeout="3600"))
+    assert ActiveCampaignHook(conn).throttle_timeout == 3600
+    assert ActiveCampaignHook(conn, throttle_timeout=5).throttle_timeout == 5
+    bad = set_connection(
+        monkeypatch, "ac_bad_timeout", **sandbox_server.ac_connection(throttle_timeout="soon")
+    )
+    with pytest.raises(ExportConfigurationError, match=r"'throttle_timeout'.*positive number"):
+        _ = ActiveCampaignHook(bad).throttle_timeout
+
+
+def test_an_export_on_another_worker_halves_this_ones_rate(ac_conn: str) -> None:
+    hook = ActiveCampaignHook(ac_conn)
+    key = share_variable_key("activecampaign", hook.api_base_url)
+    other = JsonVariable(key, "test")
+    other.save({"leases": {"other-worker": time.time() + 60}})
+    try:
+        with hook.share_account():
+            assert hook._import_limiter.current_rate == pytest.approx(50)
+            assert hook._general_limiter.current_rate == pytest.approx(2.5)
+            assert len(other.load()["leases"]) == 2
+        assert hook._import_limiter.current_rate == pytest.approx(100)
+        assert list(other.load()["leases"]) == ["other-worker"]
+    finally:
+        other.delete()
