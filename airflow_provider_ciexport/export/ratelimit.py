@@ -1,15 +1,16 @@
 """Client-side pacing that learns: shared by everything in a process that talks to one account.
 
-A :class:`RateLimiter` spaces calls evenly at the account's documented rate, times the share of the
-account this process may use (see :mod:`~airflow_provider_ciexport.export.sharing`: other exports on
-the same account, on any worker), times a factor it learns from the API's answers: after repeated
-refusals it slows down, then creeps back up towards the documented rate (additive increase,
-multiplicative decrease, as TCP does), so a budget shared with unknown other apps settles instead of
-storming.
+A :class:`RateLimiter` spaces calls evenly at the account's documented rate, on slots of a grid of
+the wall clock. Exports sharing the account (see :mod:`~airflow_provider_ciexport.export.sharing`:
+in other processes, on other workers) take turns on that grid, and each uses its slots as far as a
+factor it learns from the API's answers allows: after repeated refusals it slows down, then creeps
+back up towards the documented rate (additive increase, multiplicative decrease, as TCP does), so a
+budget shared with unknown other apps settles instead of storming.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -41,38 +42,64 @@ class RateLimiter:
     """Spaces calls evenly so that at most ``rate`` of them start in any ``per`` seconds, and learns.
 
     Even spacing (rather than bursts) keeps every sliding window of the server under its limit, so a
-    well-behaved export sees no throttling answer at all. The pace is ``rate x share x factor``:
-    ``share`` is this process's part of the account (:meth:`set_share`), ``factor`` what it learnt
-    from refusals (:meth:`throttled`, :meth:`succeeded`). Thread-safe.
+    well-behaved export sees no throttling answer at all. Calls start on a grid of the wall clock, one
+    slot every ``per / rate`` seconds (plus headroom). When several exports share the account, each
+    takes every n-th slot (its *lane*, :meth:`set_lanes`): their calls interleave evenly as if one
+    client sent them all, where independently paced exports would bunch up by chance and overrun a
+    strict window. Within its lane an export uses a slot only as often as the ``factor`` it learnt
+    from refusals allows (:meth:`throttled`, :meth:`succeeded`). Thread-safe.
 
     :param rate: how many calls the account is allowed per ``per`` seconds (the documented limit).
     :param per: the window, in seconds.
     :param headroom: how much slower than the limit to go, as a share (0.02 = 2%).
+    :param shared_rate: a lower rate for the whole account while several exports share it (more
+        slack in the server's windows for the timing differences between processes).
     """
 
-    def __init__(self, rate: float, per: float = 1.0, headroom: float = DEFAULT_HEADROOM) -> None:
+    def __init__(
+        self,
+        rate: float,
+        per: float = 1.0,
+        headroom: float = DEFAULT_HEADROOM,
+        shared_rate: float | None = None,
+    ) -> None:
         if rate <= 0 or per <= 0:
             raise ValueError("A rate limit needs a positive rate and window.")
         self.rate = rate
         self.per = per
         self.headroom = headroom
-        self.share = 1.0
+        self.shared_rate = min(rate, shared_rate or rate)
+        self._steps = (per / rate * (1 + headroom), per / self.shared_rate * (1 + headroom))
+        self.lanes = 1
+        self.lane = 0
         self.factor = 1.0
         self.cuts = 0
+        self._credit = 1.0
         self._calls = 0
         self._last_cut_call = 0
         self._refusals: deque[int] = deque()
         self._next = 0.0
         self._lock = threading.Lock()
-        self.interval = self._interval()
 
-    def _interval(self) -> float:
-        return self.per / (self.rate * self.share * self.factor) * (1 + self.headroom)
+    @property
+    def step(self) -> float:
+        """Seconds between two slots of the account's grid (all exports together)."""
+        return self._steps[self.lanes > 1]
+
+    @property
+    def share(self) -> float:
+        """The part of the account's rate left to this process by the other exports."""
+        return 1.0 / self.lanes
+
+    @property
+    def interval(self) -> float:
+        """Average seconds between two calls of this process (share and learning included)."""
+        return self.step * self.lanes / self.factor
 
     @property
     def current_rate(self) -> float:
         """Calls per ``per`` seconds this limiter allows now (share and learning included)."""
-        return self.rate * self.share * self.factor
+        return (self.rate if self.lanes == 1 else self.shared_rate) * self.share * self.factor
 
     @property
     def _window_calls(self) -> float:
@@ -83,11 +110,25 @@ class RateLimiter:
         """Block until the next call may start; return the call's sequence number for :meth:`throttled`."""
         with self._lock:
             now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
+            wall_offset = time.time() - now
+            step, lanes = self.step, self.lanes
+            # The first slot of this lane at or after the earliest allowed moment, on the wall clock
+            # (the grid every process of the account sees alike).
+            slot = math.ceil((max(now, self._next) + wall_offset) / step - 1e-9)
+            slot += (self.lane - slot) % lanes
+            # Learnt slowness: each call earns ``factor`` of a slot per own slot it waits, and skips
+            # slots until it has earned a whole one (at factor 0.9, one slot in ten is skipped). Only a
+            # waiting call earns, so idle time saves nothing up: there is never a burst.
+            credit = self._credit + self.factor
+            while credit < 1.0:
+                slot += lanes
+                credit += self.factor
+            self._credit = credit - 1.0
+            start = slot * step - wall_offset
+            self._next = start + step / 2
             self._calls += 1
             call = self._calls
-        wait = slot - now
+        wait = start - now
         if wait > 0:
             time.sleep(wait)
         return call
@@ -97,13 +138,15 @@ class RateLimiter:
         with self._lock:
             self._next = max(self._next, time.monotonic() + seconds)
 
-    def set_share(self, share: float) -> None:
-        """Use ``share`` (0 to 1] of the account's rate: the part left to this process by the others."""
-        share = min(1.0, max(share, 1e-3))
+    def set_lanes(self, lanes: int, lane: int = 0) -> None:
+        """Share the account with ``lanes`` exports in all, this process taking every ``lane``-th slot.
+
+        :param lanes: how many exports (processes) share the account now, at least 1.
+        :param lane: this process's position among them, ``0 <= lane < lanes``.
+        """
         with self._lock:
-            if share != self.share:
-                self.share = share
-                self.interval = self._interval()
+            self.lanes = max(1, int(lanes))
+            self.lane = int(lane) % self.lanes
 
     def succeeded(self) -> None:
         """A call passed: creep back towards the full rate (additive increase)."""
@@ -112,7 +155,6 @@ class RateLimiter:
         with self._lock:
             step = (1 - DECREASE) / (RECOVERY_WINDOWS * self._window_calls)
             self.factor = min(1.0, self.factor + step)
-            self.interval = self._interval()
 
     def throttled(self, call: int, retry_after: float | None = None) -> bool:
         """A call was refused for the rate: wait as asked and, if refusals repeat, slow down.
@@ -132,7 +174,6 @@ class RateLimiter:
             if call <= self._last_cut_call or len(refusals) < REFUSALS_TO_CUT:
                 return False
             self.factor = max(MIN_FACTOR, self.factor * DECREASE)
-            self.interval = self._interval()
             self._last_cut_call = self._calls
             self.cuts += 1
             refusals.clear()
@@ -144,7 +185,11 @@ _registry_lock = threading.Lock()
 
 
 def shared_limiter(
-    key: Hashable, rate: float, per: float = 1.0, headroom: float = DEFAULT_HEADROOM
+    key: Hashable,
+    rate: float,
+    per: float = 1.0,
+    headroom: float = DEFAULT_HEADROOM,
+    shared_rate: float | None = None,
 ) -> RateLimiter:
     """Return the process-wide limiter for ``key``, creating it on first use.
 
@@ -153,6 +198,6 @@ def shared_limiter(
     """
     with _registry_lock:
         limiter = _registry.get(key)
-        if limiter is None or limiter.rate != rate or limiter.per != per:
-            limiter = _registry[key] = RateLimiter(rate, per, headroom)
+        if limiter is None or (limiter.rate, limiter.per) != (rate, per):
+            limiter = _registry[key] = RateLimiter(rate, per, headroom, shared_rate)
         return limiter

@@ -50,7 +50,8 @@ class AccountShare:
     """This export's lease on an account, kept alive in the background while the export runs.
 
     :param store: the account's lease document.
-    :param on_change: called with the number of live exports whenever it changes (and at start).
+    :param on_change: called with the number of live exports and this one's position among them
+        (``0 <= lane < exports``, by lease id) whenever either changes, and at start.
     :param heartbeat_s: seconds between renewals (with +-20% jitter, so writers drift apart).
     :param ttl_s: a lease not renewed for this long is dropped by the others.
     :param clock: wall-clock seconds (leases are compared across machines).
@@ -59,7 +60,7 @@ class AccountShare:
     def __init__(
         self,
         store: DocumentStore,
-        on_change: Callable[[int], None],
+        on_change: Callable[[int, int], None],
         heartbeat_s: float = HEARTBEAT_S,
         ttl_s: float = TTL_S,
         clock: Callable[[], float] = time.time,
@@ -71,6 +72,7 @@ class AccountShare:
         self.clock = clock
         self.lease_id = uuid.uuid4().hex[:12]
         self.exports = 1
+        self.lane = 0
         self.peak_exports = 1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -128,12 +130,13 @@ class AccountShare:
             self._warn(exc)
             return self.exports
         count = max(1, len(leases))
-        if count != self.exports or self._thread is None:
+        lane = sorted(leases).index(self.lease_id) if self.lease_id in leases else 0
+        if count != self.exports or lane != self.lane or self._thread is None:
             if count != self.exports:
                 log.info("%d export(s) now share this account's rate limits.", count)
-            self.exports = count
+            self.exports, self.lane = count, lane
             self.peak_exports = max(self.peak_exports, count)
-            self.on_change(count)
+            self.on_change(count, lane)
         return count
 
     def _warn(self, exc: Exception) -> None:
@@ -154,16 +157,17 @@ def account_lease(key: str, store: DocumentStore, limiters: Sequence[RateLimiter
     """Hold this process's lease on an account while the block runs; pace ``limiters`` by it.
 
     Exports in one process share the account's limiters already, so they share one lease too (the
-    first takes it, the last gives it back); ``limiters`` run at ``1 / exports`` of the account's rate.
+    first takes it, the last gives it back); ``limiters`` take every ``exports``-th slot of the
+    account's grid (:meth:`RateLimiter.set_lanes`).
 
     :param key: the account's lease Variable (:func:`share_variable_key`).
     :param store: that Variable's document.
     :param limiters: this process's limiters of the account.
     """
 
-    def on_change(exports: int) -> None:
+    def on_change(exports: int, lane: int) -> None:
         for limiter in limiters:
-            limiter.set_share(1 / exports)
+            limiter.set_lanes(exports, lane)
 
     with _leases_lock:
         lease, users = _leases.get(key) or (None, 0)
@@ -181,4 +185,4 @@ def account_lease(key: str, store: DocumentStore, limiters: Sequence[RateLimiter
             else:
                 del _leases[key]
                 lease.stop()
-                on_change(1)
+                on_change(1, 0)

@@ -205,11 +205,26 @@ class ActiveCampaignHook(SegmentApiHook):
         """The bulk import rate limit in use (extra ``imports_per_minute``, default 100)."""
         return self._import_limiter.rate
 
+    @property
+    def requests_per_second(self) -> float:
+        """The account's request rate limit in use (extra ``requests_per_second``, default 5)."""
+        return self.positive_extra("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
+
     @cached_property
     def _general_limiter(self) -> RateLimiter:
-        rate = self.positive_extra("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
+        # Imports count in the requests a second too, but they are paced on their own, slower grid;
+        # every other call gets what they leave (5 - 100/60 a second), so the two together never put
+        # more than the limit in any second, and an import never waits behind a status poll. While
+        # several exports share the account, other calls get about one per import (what the status
+        # polls need): the windows then keep slack for the timing differences between processes.
+        imports_per_s = self.imports_per_minute / 60
+        rate = max(self.requests_per_second - imports_per_s, 0.2 * self.requests_per_second)
         return shared_limiter(
-            ("activecampaign", self.api_base_url, "requests"), rate, 1.0, PER_SECOND_HEADROOM
+            ("activecampaign", self.api_base_url, "requests"),
+            rate,
+            1.0,
+            PER_SECOND_HEADROOM,
+            shared_rate=1.25 * imports_per_s,
         )
 
     @cached_property
@@ -219,7 +234,7 @@ class ActiveCampaignHook(SegmentApiHook):
 
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
         if kind == "import":
-            return (self._import_limiter, self._general_limiter)
+            return (self._import_limiter,)
         return (self._general_limiter,)
 
     def _account(self) -> str:

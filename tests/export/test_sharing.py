@@ -38,7 +38,9 @@ class Clock:
 
 
 def share(store: MemoryStore, clock: Clock, seen: list[int]) -> AccountShare:
-    return AccountShare(store, seen.append, heartbeat_s=3600, ttl_s=15, clock=clock)
+    return AccountShare(
+        store, lambda exports, lane: seen.append(exports), heartbeat_s=3600, ttl_s=15, clock=clock
+    )
 
 
 def test_exports_on_one_account_count_each_other_and_speed_up_when_one_ends() -> None:
@@ -54,6 +56,24 @@ def test_exports_on_one_account_count_each_other_and_speed_up_when_one_ends() ->
     assert a.renew() == 1 and seen_a == [1, 2, 1]
     a.stop()
     assert store.document == {"leases": {}}
+
+
+def test_exports_on_one_account_take_different_lanes() -> None:
+    store, clock = MemoryStore(), Clock()
+    lanes: dict[str, tuple[int, int]] = {}
+    shares = [
+        AccountShare(
+            store, lambda n, lane, i=i: lanes.__setitem__(str(i), (n, lane)), heartbeat_s=3600, clock=clock
+        )
+        for i in range(3)
+    ]
+    for lease in shares:
+        lease.start()
+    for lease in shares:
+        lease.renew()
+    assert sorted(lanes.values()) == [(3, 0), (3, 1), (3, 2)]
+    for lease in shares:
+        lease.stop()
 
 
 def test_a_killed_exports_lease_expires() -> None:
@@ -89,7 +109,7 @@ def test_an_unreachable_store_means_pacing_alone_with_one_warning(caplog: pytest
             raise AssertionError("not reached")
 
     seen: list[int] = []
-    lease = AccountShare(Broken(), seen.append, heartbeat_s=3600)
+    lease = AccountShare(Broken(), lambda exports, lane: seen.append(exports), heartbeat_s=3600)
     with caplog.at_level(logging.WARNING):
         lease.start()
         assert lease.renew() == 1
