@@ -71,12 +71,12 @@ def scheduler_env(env: dict[str, str], db: Path, port: int) -> dict[str, str]:
 
 
 @contextmanager
-def airflow_services(env: dict[str, str], logs: Path) -> Iterator[None]:
+def airflow_services(env: dict[str, str], logs: Path, tag: str) -> Iterator[None]:
     """API server, scheduler and DAG processor, each in its own session, stopped afterwards."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name in ("api-server", "scheduler", "dag-processor"):
-            with (logs / f"{name}.log").open("wb") as out:
+            with (logs / f"{tag}-{name}.log").open("wb") as out:
                 procs.append(
                     subprocess.Popen(  # noqa: S603 - our own interpreter's Airflow CLI
                         [PYTHON, "-m", "airflow", name],
@@ -182,7 +182,7 @@ def run_shared_account(
         flush=True,
     )
     started = time.monotonic()
-    with airflow_services(senv, logs):
+    with airflow_services(senv, logs, f"{dest}-concurrent"):
         wait_for(
             f"the DAG {dag_id} to be parsed",
             lambda: query(db, "SELECT 1 FROM serialized_dag WHERE dag_id = ?", (dag_id,)),

@@ -1,8 +1,12 @@
-"""The benchmark's DAGs: one export task each, reading the first ``params.profiles`` generated profiles.
+"""The benchmark's DAGs, reading the generated profiles.
 
-``benchmarks/run.py`` points ``AIRFLOW__CORE__DAGS_FOLDER`` here and runs one of these DAGs with
-``dag.test(run_conf={"profiles": N})`` in a fresh process per export. The mappings are those of the
-example DAG: e-mail, names, phone and three custom fields.
+``benchmarks/run.py`` points ``AIRFLOW__CORE__DAGS_FOLDER`` here. ``ciexport_bench_ac`` and
+``ciexport_bench_cc`` have one export task each, reading the first ``params.profiles`` profiles, run
+with ``dag.test(run_conf={"profiles": N})`` in a fresh process per export. The ``*_concurrent`` DAGs
+export several segments of ``params.profiles`` profiles each (consecutive ranges of customer ids) to
+different lists of ONE account at once; a real scheduler with the LocalExecutor runs their tasks in
+parallel, in the account's pool. The mappings are those of the example DAG: e-mail, names, phone
+and three custom fields.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from airflow.sdk import DAG, Param
 
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP
+from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, AC_LISTS, CC_LIST_VIP, CC_LISTS
 
 #: The segment: the first N rows of the generated table (N = 0 is the empty task).
 SEGMENT_SQL = "SELECT * FROM customer_profiles WHERE customer_id <= {{ params.profiles | int }}"
@@ -41,6 +45,16 @@ CC_MAPPING = {
     "cf:favorite_store": "favorite_store",
     "cf:city": "city",
 }
+#: The concurrent DAGs' segments: the ``index``-th range of ``params.profiles`` customer ids.
+RANGE_SQL = (
+    "SELECT * FROM customer_profiles WHERE customer_id > {{{{ params.profiles | int * {index} }}}} "
+    "AND customer_id <= {{{{ params.profiles | int * {next} }}}} ORDER BY customer_id"
+)
+#: Pools, one per account, that cap how many exports run on it at once (``run.py`` creates them).
+AC_POOL = "ciexport_bench_activecampaign"
+CC_POOL = "ciexport_bench_constantcontact"
+AC_CONCURRENT_LISTS = sorted(AC_LISTS)
+CC_CONCURRENT_LISTS = sorted(CC_LISTS)[:2]
 #: Where the task's execute-time probes go (set by ``benchmarks/task_runner.py``).
 PROBE_ENV = "CIEXPORT_BENCH_PROBE"
 
@@ -110,3 +124,31 @@ with DAG(dag_id="ciexport_bench_cc", **_COMMON):
         pre_execute=_probe("pre"),
         post_execute=_probe("post"),
     )
+
+with DAG(dag_id="ciexport_bench_ac_concurrent", is_paused_upon_creation=False, **_COMMON):
+    for index, ac_list in enumerate(AC_CONCURRENT_LISTS):
+        ActiveCampaignSegmentExportOperator(
+            task_id=f"export_{index + 1}",
+            activecampaign_conn_id="activecampaign_default",
+            list_id=ac_list,
+            sql_conn_id="profiles_db",
+            sql=RANGE_SQL.format(index=index, next=index + 1),
+            field_mapping=AC_MAPPING,
+            max_profiles=None,
+            progress_interval=15.0,
+            pool=AC_POOL,
+        )
+
+with DAG(dag_id="ciexport_bench_cc_concurrent", is_paused_upon_creation=False, **_COMMON):
+    for index, cc_list in enumerate(CC_CONCURRENT_LISTS):
+        ConstantContactSegmentExportOperator(
+            task_id=f"export_{index + 1}",
+            constantcontact_conn_id="constantcontact_default",
+            list_id=cc_list,
+            sql_conn_id="profiles_db",
+            sql=RANGE_SQL.format(index=index, next=index + 1),
+            field_mapping=CC_MAPPING,
+            max_profiles=None,
+            progress_interval=15.0,
+            pool=CC_POOL,
+        )
