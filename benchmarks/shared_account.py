@@ -220,6 +220,11 @@ def run_shared_account(
         if task_id in tasks and value is not None:
             tasks[task_id]["report"] = json.loads(value)
     log = [e for e in client.requests_log() if e["api"] == dest or (dest == "cc" and e["api"] == "oauth")]
+    # Every request's arrival time, route and status, for a closer look (no headers: they hold keys).
+    keep = ("seq", "time", "api", "method", "path", "status")
+    (logs / f"{dest}-concurrent.requests.json").write_text(
+        json.dumps([{k: e.get(k) for k in keep} for e in log])
+    )
     api = [e for e in log if e["api"] == dest]
     throttled = [e for e in api if e.get("status") == 429]
     posts = [e for e in api if e["method"] == "POST" and e["path"] == IMPORT_PATHS[dest]]
