@@ -212,19 +212,15 @@ class ActiveCampaignHook(SegmentApiHook):
 
     @cached_property
     def _general_limiter(self) -> RateLimiter:
-        # Imports count in the requests a second too, but they are paced on their own, slower grid;
-        # every other call gets what they leave (5 - 100/60 a second), so the two together never put
-        # more than the limit in any second, and an import never waits behind a status poll. While
-        # several exports share the account, other calls get about one per import (what the status
-        # polls need): the windows then keep slack for the timing differences between processes.
-        imports_per_s = self.imports_per_minute / 60
-        rate = max(self.requests_per_second - imports_per_s, 0.2 * self.requests_per_second)
+        # While several exports share the account, imports run on their own slots only and every other
+        # call (status polls, reads) gets about one request per import, what the polls need: the
+        # one-second windows then keep slack for the timing differences between processes.
         return shared_limiter(
             ("activecampaign", self.api_base_url, "requests"),
-            rate,
+            self.requests_per_second,
             1.0,
             PER_SECOND_HEADROOM,
-            shared_rate=1.25 * imports_per_s,
+            shared_rate=1.25 * self.imports_per_minute / 60,
         )
 
     @cached_property
@@ -233,9 +229,12 @@ class ActiveCampaignHook(SegmentApiHook):
         return shared_limiter(("activecampaign", self.api_base_url, "imports"), rate, 60.0)
 
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
-        if kind == "import":
+        if kind != "import":
+            return (self._general_limiter,)
+        if self._general_limiter.lanes > 1:
             return (self._import_limiter,)
-        return (self._general_limiter,)
+        # Alone on the account, an import also takes one of the requests a second.
+        return (self._import_limiter, self._general_limiter)
 
     def _account(self) -> str:
         # The limits are the account's, shared by all its keys; the API URL names the account.
