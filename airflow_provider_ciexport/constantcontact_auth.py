@@ -43,13 +43,17 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import requests
 
+from airflow_provider_ciexport.hooks.constantcontact_oauth import (
+    SCOPES,
+    TokenError,
+    json_body,
+    request_token,
+)
 from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL, base_url_problem
 
 PROG = "python -m airflow_provider_ciexport.constantcontact_auth"
 DEFAULT_AUTHORIZE_URL = "https://authz.constantcontact.com/oauth2/default/v1/authorize"
 DEFAULT_DEVICE_URL = "https://authz.constantcontact.com/oauth2/default/v1/device/authorize"
-#: ``offline_access`` is what makes Constant Contact issue a refresh token.
-SCOPES = "contact_data offline_access"
 DEFAULT_PORT = 8765
 DEFAULT_CONN_ID = "constantcontact_default"
 DEFAULT_TOKEN_FILE = "constantcontact_refresh_token.txt"  # noqa: S105 - a file name, not a secret
@@ -205,70 +209,49 @@ def build_authorize_url(
 # -- token endpoint answers -----------------------------------------------------------------------
 
 
-def _json(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _one_line(text: Any, limit: int = 200) -> str:
     return " ".join(str(text).split())[:limit]
 
 
-def _oauth_error(response: requests.Response) -> tuple[str | None, str]:
-    """The OAuth ``error`` code and a short description (never the rest of the body)."""
-    payload = _json(response)
-    if not isinstance(payload, dict):
-        return None, ""
-    error = payload.get("error")
-    description = payload.get("error_description") or ""
-    return (str(error) if error else None), _one_line(description)
-
-
-def _raise_for_oauth_error(response: requests.Response, step: str, flow: str) -> None:
-    """Turn an OAuth error answer into an :class:`AuthError` that names the fix."""
-    error, description = _oauth_error(response)
-    detail = f" ({description})" if description else ""
-    if error == "invalid_client" or (error is None and response.status_code == 401):
-        raise AuthError(
+def _auth_error(refusal: TokenError, step: str, flow: str) -> AuthError:
+    """Say what to do about a refusal of the token (or device authorization) endpoint."""
+    error, status = refusal.error, refusal.status
+    detail = f" ({refusal.description})" if refusal.description else ""
+    if error == "invalid_client":
+        return AuthError(
             f"Constant Contact refused the client credentials (invalid_client){detail}: check --client-id "
             "(the app's API key) and the client secret in the Constant Contact developer portal."
         )
     if error == "unauthorized_client":
         kind = "Device Flow" if flow == "device" else "Authorization Code Flow with PKCE"
         other = "pkce" if flow == "device" else "device"
-        raise AuthError(
+        return AuthError(
             f"This app may not use the {flow} flow (unauthorized_client){detail}: enable the {kind} for the "
             f"app in the Constant Contact developer portal, or run with --flow {other}."
         )
     if error == "invalid_scope":
-        raise AuthError(
+        return AuthError(
             f"Constant Contact refused the scopes '{SCOPES}' (invalid_scope){detail}: check the app's "
             "settings in the developer portal."
         )
     if error == "invalid_grant":
-        raise AuthError(
+        return AuthError(
             f"Constant Contact refused the {step} (invalid_grant){detail}: it expired, was already used, "
             "or the redirect URI did not match; run the command again."
         )
     if error:
-        raise AuthError(
-            f"Constant Contact's {step} failed with HTTP {response.status_code} ({error}){detail}: "
+        return AuthError(
+            f"Constant Contact's {step} failed with HTTP {status} ({error}){detail}: "
             "run the command again; if it keeps failing, check the app in the developer portal."
         )
-    raise AuthError(
-        f"The token endpoint answered HTTP {response.status_code} without an OAuth error: check --token-url "
+    return AuthError(
+        f"The token endpoint answered HTTP {status} without an OAuth error: check --token-url "
         f"(Constant Contact's is {CC_TOKEN_URL})."
     )
 
 
-def _token_result(response: requests.Response, step: str, flow: str) -> TokenResult:
-    """Read a token answer; insist on a refresh token."""
-    payload = _json(response)
-    if response.status_code != 200 or not isinstance(payload, dict) or not payload.get("access_token"):
-        _raise_for_oauth_error(response, step, flow)
-    assert isinstance(payload, dict)
+def _token_result(payload: Mapping[str, Any]) -> TokenResult:
+    """Keep the refresh token of a token answer; insist on one."""
     scope = str(payload.get("scope") or "")
     refresh_token = payload.get("refresh_token")
     if not refresh_token:
@@ -281,13 +264,17 @@ def _token_result(response: requests.Response, step: str, flow: str) -> TokenRes
     return TokenResult(refresh_token=str(refresh_token), scope=scope)
 
 
+def _unreachable(url: str, what: str, exc: Exception) -> AuthError:
+    return AuthError(
+        f"Could not reach the {what} at {url} ({type(exc).__name__}): check your network and the URL."
+    )
+
+
 def _post(session: requests.Session, url: str, what: str, **kwargs: Any) -> requests.Response:
     try:
         return session.post(url, timeout=HTTP_TIMEOUT, **kwargs)
     except requests.RequestException as exc:
-        raise AuthError(
-            f"Could not reach the {what} at {url} ({type(exc).__name__}): check your network and the URL."
-        ) from None
+        raise _unreachable(url, what, exc) from None
 
 
 # -- authorization code flow with PKCE ------------------------------------------------------------
@@ -314,20 +301,25 @@ def exchange_code(
     :param session: the HTTP session to use.
     :raises AuthError: when the exchange fails or no refresh token was issued.
     """
-    response = _post(
-        session or requests.Session(),
-        token_url,
-        "token endpoint",
-        auth=(client_id, client_secret),
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "code_verifier": code_verifier,
-        },
-        headers={"Accept": "application/json"},
-    )
-    return _token_result(response, "authorization code", "pkce")
+    grant = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "code_verifier": code_verifier,
+    }
+    try:
+        payload = request_token(
+            session or requests.Session(),
+            token_url,
+            grant,
+            client=(client_id, client_secret),
+            timeout=HTTP_TIMEOUT,
+        )
+    except TokenError as refusal:
+        raise _auth_error(refusal, "authorization code", "pkce") from None
+    except requests.RequestException as exc:
+        raise _unreachable(token_url, "token endpoint", exc) from None
+    return _token_result(payload)
 
 
 class _CallbackServer(http.server.ThreadingHTTPServer):
@@ -511,10 +503,9 @@ def start_device_authorization(
         data={"client_id": client_id, "scope": scope},
         headers={"Accept": "application/json"},
     )
-    payload = _json(response)
+    payload = json_body(response)
     if response.status_code != 200 or not isinstance(payload, dict) or not payload.get("device_code"):
-        _raise_for_oauth_error(response, "device authorization", "device")
-    assert isinstance(payload, dict)
+        raise _auth_error(TokenError.from_response(response), "device authorization", "device")
     try:
         return DeviceAuthorization(
             device_code=str(payload["device_code"]),
@@ -568,14 +559,14 @@ def poll_device_token(
         if clock() > deadline:
             raise expired
         try:
-            response = http.post(
+            payload = request_token(
+                http,
                 token_url,
-                data={
+                {
                     "grant_type": DEVICE_GRANT,
                     "device_code": authorization.device_code,
                     "client_id": client_id,
                 },
-                headers={"Accept": "application/json"},
                 timeout=HTTP_TIMEOUT,
             )
         except requests.RequestException as exc:
@@ -586,28 +577,27 @@ def poll_device_token(
                     "network and run the command again."
                 ) from None
             continue
-        if response.status_code == 200:
-            return _token_result(response, "device code", "device")
-        error, description = _oauth_error(response)
-        if error == "authorization_pending":
-            failures = 0
-            continue
-        if error == "slow_down" or response.status_code == 429:
-            interval += 5
-            continue
-        if response.status_code >= 500:
-            failures += 1
-            if failures < _MAX_POLL_FAILURES:
+        except TokenError as refusal:
+            if refusal.error == "authorization_pending":
+                failures = 0
                 continue
-        if error == "expired_token":
-            raise expired
-        if error == "access_denied":
-            detail = f" ({description})" if description else ""
-            raise AuthError(
-                f"The authorization was declined (access_denied){detail}: run the command again and "
-                "click 'Allow' on Constant Contact's page."
-            )
-        _raise_for_oauth_error(response, "device code", "device")
+            if refusal.error == "slow_down" or refusal.status == 429:
+                interval += 5
+                continue
+            if refusal.status >= 500:
+                failures += 1
+                if failures < _MAX_POLL_FAILURES:
+                    continue
+            if refusal.error == "expired_token":
+                raise expired from None
+            if refusal.error == "access_denied":
+                detail = f" ({refusal.description})" if refusal.description else ""
+                raise AuthError(
+                    f"The authorization was declined (access_denied){detail}: run the command again and "
+                    "click 'Allow' on Constant Contact's page."
+                ) from None
+            raise _auth_error(refusal, "device code", "device") from None
+        return _token_result(payload)
 
 
 def device_flow(

@@ -21,6 +21,7 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.export.contacts import ContactSchema
 from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.hooks.base import (
+    HeaderAuth,
     ImportEncoder,
     ImportStatus,
     SegmentApiHook,
@@ -174,6 +175,7 @@ class ActiveCampaignHook(SegmentApiHook):
     destination = "ActiveCampaign"
 
     address_setting = "API URL (host)"
+    import_endpoint = "import/bulk_import"
 
     DEFAULT_REQUESTS_PER_SECOND = 5.0
     DEFAULT_IMPORTS_PER_MINUTE = 100.0
@@ -197,8 +199,10 @@ class ActiveCampaignHook(SegmentApiHook):
             )
         return key
 
-    def _auth_headers(self) -> dict[str, str]:
-        return {"Api-Token": self._api_key}
+    @cached_property
+    def api_auth(self) -> HeaderAuth:
+        """The API key, in the ``Api-Token`` header (and nowhere else)."""
+        return HeaderAuth("Api-Token", lambda: self._api_key)
 
     @property
     def imports_per_minute(self) -> float:
@@ -378,7 +382,7 @@ class ActiveCampaignHook(SegmentApiHook):
         :param body: the serialised request, ``{"contacts": [...]}``: at most 250 contacts and under
             400,000 bytes, every email valid (one bad contact rejects the whole request).
         """
-        response = self.call("POST", "import/bulk_import", body=body, kind="import")
+        response = self.call("POST", self.import_endpoint, body=body)
         payload = json_or_none(response) or {}
         batch_id = payload.get("batchId")
         if not batch_id:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 import requests
+import requests.auth
 from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
 
@@ -146,6 +147,29 @@ class Throttled(RetryableAnswer):
     """
 
 
+class HeaderAuth(requests.auth.AuthBase):
+    """Credentials carried by one header of every API request.
+
+    :param header: the header's name, e.g. ``Api-Token``.
+    :param value: returns the header's value; called for every request, so it may fetch a fresh token.
+    """
+
+    def __init__(self, header: str, value: Callable[[], str]) -> None:
+        self.header = header
+        self.value = value
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers[self.header] = self.value()
+        return request
+
+    def renew(self, refused: requests.PreparedRequest) -> bool:
+        """The API refused the credentials ``refused`` carried (401): drop them if they can be replaced.
+
+        :return: whether sending the request again may succeed (a static API key: never).
+        """
+        return False
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Read a ``Retry-After`` header given in seconds or as an HTTP date."""
     if not value:
@@ -216,16 +240,43 @@ def json_or_none(response: requests.Response) -> Any:
         return None
 
 
+class ApiSession(requests.Session):
+    """A keep-alive session whose every request goes through its hook's :meth:`SegmentApiHook.send`.
+
+    So a request sent on the session itself (``hook.get_conn().get(url)``) gets what the hook's own calls
+    get: credentials (to the API's base URL only), the account's rate limits and the retry policy.
+    """
+
+    def __init__(self, hook: SegmentApiHook) -> None:
+        super().__init__()
+        self.hook = hook
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
+        self.headers.update({"Accept": "application/json"})
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """Send ``request`` through the hook; ``allow_status`` names error statuses the caller handles."""
+        allow_status: Collection[int] = kwargs.pop("allow_status", ())
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.hook.timeout
+        return self.hook.send(
+            request, lambda prepared: super(ApiSession, self).send(prepared, **kwargs), allow_status
+        )
+
+
 class SegmentApiHook(HttpHook):
     """Base of the destination hooks, on top of the http provider's ``HttpHook``.
 
+    Every request (the typed calls, :meth:`call`, :meth:`run`, and requests sent on :meth:`get_conn`'s
+    session) passes :meth:`send`, the one place that applies the credentials (:attr:`api_auth`, to the
+    API's base URL only), the account's shared rate limits (which learn from refusals) and the retry
+    policy. A 5xx or no answer at all is retried with backoff, up to ``max_attempts``; a throttling
+    answer is not a fault: the call waits (as ``Retry-After`` says, or with backoff) and is sent
+    again, without using up an attempt, until nothing has got through for ``throttle_timeout``.
+    Refused credentials are renewed and the call sent again once, when the hook can renew them.
     Unlike a plain ``HttpHook`` it never turns connection extras into request headers and never sends
-    the connection's login and password as Basic auth: subclasses say exactly which headers carry the
-    credentials. Each thread gets its own keep-alive session; every request has connect and read
-    timeouts and passes the account's shared rate limiters, which learn from refusals. A 5xx or no
-    answer at all is retried with backoff, up to ``max_attempts``; a throttling answer is not a fault:
-    the call waits (as ``Retry-After`` says, or with backoff) and is sent again, without using up an
-    attempt, until nothing has got through for ``throttle_timeout``.
+    the connection's login and password as Basic auth.
 
     :param conn_id: the Airflow connection to use.
     :param max_attempts: how many times one call is tried on faults (5xx, no answer) before it fails.
@@ -242,6 +293,8 @@ class SegmentApiHook(HttpHook):
     #: Set while :meth:`test_connection` runs: messages then speak of "this connection" (the UI tests
     #: a copy of the connection under a random id) and give only advice that applies to a test.
     testing = False
+    #: The endpoint (below the base URL) that starts imports: it has its own rate limit.
+    import_endpoint = ""
 
     def __init__(
         self,
@@ -260,30 +313,31 @@ class SegmentApiHook(HttpHook):
         self._local = threading.local()
         self._counter_lock = threading.Lock()
         self._requests = 0
-        self._base_lock = threading.Lock()
 
     # -- what subclasses provide -------------------------------------------------------------
 
-    @abstractmethod
     def _resolve_base_url(self) -> str:
         """Read the connection and return the API's base URL (validated, no trailing slash)."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def _auth_headers(self) -> dict[str, str]:
-        """Headers that authenticate a request."""
+    @cached_property
+    def api_auth(self) -> HeaderAuth:
+        """How requests to the API carry the connection's credentials."""
+        raise NotImplementedError
 
-    @property
-    def requests_per_second(self) -> float:
-        """The account's request rate limit in use (connection extra ``requests_per_second``)."""
-        return self._limiters("general")[0].rate
-
-    @abstractmethod
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
-        """Rate limiters a call of ``kind`` (e.g. ``"general"``, ``"import"``) must pass."""
+        """Rate limiters a call of ``kind`` (``"general"`` or ``"import"``) must pass."""
+        raise NotImplementedError
 
-    @abstractmethod
     def _account(self) -> str:
         """What identifies the account whose limits this connection shares (API URL, client id)."""
+        raise NotImplementedError
+
+    def _check_answer(self, response: requests.Response) -> None:
+        """Raise ``Throttled``, ``RetryableAnswer`` or a final error for an API answer that is not a result.
+
+        :meth:`send` handles 429 and 5xx after this; subclasses map their API's own errors here.
+        """
 
     def share_account(self) -> AbstractContextManager[object]:
         """Hold a lease on the account while an export runs, so concurrent exports divide its rate.
@@ -301,11 +355,7 @@ class SegmentApiHook(HttpHook):
         limiters = list(dict.fromkeys(lim for kind in ("general", "import") for lim in self._limiters(kind)))
         return account_lease(key, store, limiters)
 
-    def _check_answer(self, response: requests.Response) -> None:
-        """Raise ``RetryableAnswer`` or a final error for answers that are not plain results.
-
-        The base handles 429 and 5xx; subclasses add their destination's own quirks.
-        """
+    # -- the connection ------------------------------------------------------------------------
 
     @property
     def conn_label(self) -> str:
@@ -352,36 +402,80 @@ class SegmentApiHook(HttpHook):
             self._timeout = (min(DEFAULT_TIMEOUT[0], read), read)
         return self._timeout
 
-    # -- HttpHook overrides ------------------------------------------------------------------
-
-    def get_conn(
-        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
-    ) -> requests.Session:
-        """Return this thread's session: keep-alive, no auth, no connection extras as headers."""
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            session.headers.update({"Accept": "application/json"})
-            self._local.session = session
-        if headers:
-            session.headers.update(headers)
-        return session
-
     @property
+    def requests_per_second(self) -> float:
+        """The account's request rate limit in use (connection extra ``requests_per_second``)."""
+        return self._limiters("general")[0].rate
+
+    @cached_property
     def api_base_url(self) -> str:
         """The validated base URL of the API (read from the connection once)."""
-        with self._base_lock:
-            if not self._base_url_initialized:
-                self.base_url = self._resolve_base_url()
-                self._base_url_initialized = True
-        return self.base_url
+        return self._resolve_base_url()
 
     def url_from_endpoint(self, endpoint: str | None) -> str:
         """Join the API base URL and ``endpoint``."""
         return f"{self.api_base_url}/{(endpoint or '').lstrip('/')}"
+
+    # -- HttpHook's public methods, made safe ---------------------------------------------------
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """Return this thread's keep-alive session; what is sent on it passes :meth:`send`.
+
+        :param headers: headers added to every later request of this thread's session.
+        :param extra_options: not supported: timeouts come from the connection's extra ``timeout``.
+        """
+        if extra_options:
+            raise ValueError(
+                f"{type(self).__name__} takes no extra_options ({', '.join(extra_options)}): set the read "
+                "timeout in the connection's extra 'timeout'; retries and rate limits are built in."
+            )
+        session: ApiSession | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = ApiSession(self)
+        if headers:
+            session.headers.update(headers)
+        return session
+
+    def run(
+        self,
+        endpoint: str | None = None,
+        data: dict[str, Any] | str | None = None,
+        headers: dict[str, Any] | None = None,
+        extra_options: dict[str, Any] | None = None,
+        **request_kwargs: Any,
+    ) -> requests.Response:
+        """Call ``endpoint`` with the hook's ``method``, as ``HttpHook.run`` does, through :meth:`send`.
+
+        :param endpoint: the path below the API's base URL, e.g. ``lists``.
+        :param data: query parameters for ``GET``; otherwise a JSON-serialisable body (or its text).
+        :param headers: extra headers of this request.
+        :param extra_options: not supported (see :meth:`get_conn`).
+        :param request_kwargs: ``json=`` (a body) is accepted; nothing else.
+        :return: the 2xx response.
+        """
+        unsupported = set(request_kwargs) - {"json"}
+        if extra_options or unsupported:
+            raise ValueError(
+                f"{type(self).__name__}.run() takes endpoint, data, headers and json= only, not "
+                f"{', '.join(sorted(set(extra_options or {}) | unsupported))}."
+            )
+        method = self.method
+        if method in ("GET", "HEAD", "DELETE"):
+            return self.call(method, endpoint or "", params=data, headers=headers)  # type: ignore[arg-type]
+        body = request_kwargs.get("json", data)
+        if isinstance(body, str):
+            return self.call(method, endpoint or "", body=body.encode(), headers=headers)
+        return self.call(method, endpoint or "", json_body=body, headers=headers)
+
+    def run_with_advanced_retry(self, _retry_args: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        """Refused: the hook already retries every call with its own policy (see :meth:`send`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} retries every call itself (throttling, 5xx, no answer; Retry-After "
+            "honoured), so tenacity's retries would multiply its attempts: call run() or a typed method "
+            "instead, and set max_attempts on the hook to change how often it tries."
+        )
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -398,36 +492,93 @@ class SegmentApiHook(HttpHook):
         json_body: Any = None,
         body: bytes | None = None,
         params: Mapping[str, Any] | None = None,
-        kind: str = "general",
+        headers: Mapping[str, str] | None = None,
         allow_status: Collection[int] = (),
     ) -> requests.Response:
-        """Send one API call, waiting for the rate limits and retrying what is worth retrying.
+        """Send one API call through :meth:`send`.
 
         :param method: HTTP method.
         :param endpoint: path below the API base URL.
         :param json_body: a JSON-serialisable body.
         :param body: an already serialised JSON body (sent as is).
         :param params: query parameters.
-        :param kind: which rate limits apply, as the subclass defines them.
+        :param headers: extra headers of this request.
         :param allow_status: error statuses the caller handles itself (e.g. 404 for "no such list").
         :return: the response (2xx, or a status in ``allow_status``).
         """
         if json_body is not None:
             body = json.dumps(json_body, separators=(",", ":")).encode()
+        request_headers = dict(headers or {})
+        if body is not None:
+            request_headers.setdefault("Content-Type", "application/json")
+        session = self.get_conn()
+        request = requests.Request(
+            method, self.url_from_endpoint(endpoint), data=body, params=params, headers=request_headers
+        )
+        prepared = session.prepare_request(request)
+        settings = session.merge_environment_settings(prepared.url, {}, None, None, None)
+        return session.send(prepared, allow_redirects=False, allow_status=allow_status, **settings)
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        transport: Callable[[requests.PreparedRequest], requests.Response],
+        allow_status: Collection[int] = (),
+    ) -> requests.Response:
+        """Send one request with the credentials, the rate limits and the retry policy: the one loop.
+
+        A request to the API's base URL gets the credentials and passes the account's rate limiters;
+        its answer is read by the destination's error mapping (:meth:`_check_answer`). Any other URL (an
+        OAuth token endpoint) is sent as it is and only retried when it is throttled or unanswered.
+
+        :param request: the prepared request.
+        :param transport: sends one prepared request and returns the answer.
+        :param allow_status: error statuses returned to the caller instead of raised.
+        :return: the response (2xx, a status in ``allow_status``, or any answer of a non-API URL).
+        """
+        api = self._is_api_url(request.url or "")
+        limiters = self._limiters(self._kind(request)) if api else ()
         started = time.monotonic()
+        renewed = False
         faults = throttles = 0
         while True:
+            tickets = [limiter.acquire() for limiter in limiters]
+            prepared = request.copy()
+            if api:
+                self.api_auth(prepared)
+            with self._counter_lock:
+                self._requests += 1
             try:
-                return self._send_once(method, endpoint, body, params, kind, allow_status)
-            except Throttled as exc:
+                try:
+                    response = transport(prepared)
+                except requests.exceptions.SSLError as exc:
+                    setting = self._address_setting(request.url or "")
+                    raise tls_failure(request.url or "", self.conn_label, setting, exc) from None
+                except (requests.ConnectionError, requests.Timeout) as exc:
+                    raise RetryableAnswer(f"no answer ({type(exc).__name__})") from None
+                status = response.status_code
+                if status not in allow_status:
+                    if api and status == 401 and not renewed and self.api_auth.renew(prepared):
+                        # Expired or revoked credentials: renewed once, then the call is sent again.
+                        renewed = True
+                        continue
+                    if api:
+                        self._check_answer(response)
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    if status == 429:
+                        raise Throttled(f"HTTP {status}", retry_after)
+                    if status >= 500:
+                        raise RetryableAnswer(f"HTTP {status}", retry_after)
+            except Throttled as answer:
                 throttles += 1
+                self._slow_down(limiters, tickets, answer)
                 stalled = time.monotonic() - max(started, self._last_progress)
                 if stalled >= self.throttle_timeout:
                     raise DestinationThrottledError(
                         f"{self.destination} refused every request for its rate limit for "
-                        f"{stalled / 60:.0f} minutes, with nothing getting through (last: {exc.reason} to "
-                        f"{method} {endpoint}). Another app may be spending the account's whole budget. "
-                        f"Retry the task later, or wait longer with the connection extra "
+                        f"{stalled / 60:.0f} minutes, with nothing getting through (last: {answer.reason} to "
+                        f"{request.method} {self._path(request)}). Another app may be spending the account's "
+                        "whole budget. Retry the task later, or wait longer with the connection extra "
                         f"'throttle_timeout' (seconds, now {self.throttle_timeout:g}).",
                         status=429,
                     ) from None
@@ -436,111 +587,71 @@ class SegmentApiHook(HttpHook):
                         "%s asked to slow down (%s) for %s %s; waiting and sending it again "
                         "(not counted as a failure; %d time(s) for this call).",
                         self.destination,
-                        exc.reason,
-                        method,
-                        endpoint,
+                        answer.reason,
+                        request.method,
+                        self._path(request),
                         throttles,
                     )
-            except RetryableAnswer as exc:
+                if not limiters:
+                    # Nothing paces a request outside the API (a token endpoint): wait here.
+                    time.sleep(answer.retry_after or 0.0)
+                continue
+            except RetryableAnswer as answer:
                 faults += 1
                 if faults >= self.max_attempts:
-                    host = urlsplit(self.api_base_url).netloc
+                    host = urlsplit(request.url or "").netloc
                     advice = (
-                        f"Check that {host} is the right address ({self.address_setting}) and can be "
+                        f"Check that {host} is the right address "
+                        f"({self._address_setting(request.url or '')}) and can be "
                         "reached from here."
                         if self.testing
                         else "Check the service's status and retry the task."
                     )
                     raise DestinationApiError(
-                        f"{self.destination} at {host} kept failing for {method} {endpoint} after "
-                        f"{self.max_attempts} attempts (last: {exc.reason}). {advice}",
+                        f"{self.destination} at {host} kept failing for {request.method} {self._path(request)} "
+                        f"after {self.max_attempts} attempts (last: {answer.reason}). {advice}",
                         status=None,
                     ) from None
                 self.log.warning(
                     "%s: %s, retrying (attempt %d of %d)",
                     self.destination,
-                    exc,
+                    answer.reason,
                     faults + 1,
                     self.max_attempts,
                 )
-                time.sleep(self._backoff(faults, exc.retry_after))
-
-    def _send_once(
-        self,
-        method: str,
-        endpoint: str,
-        body: bytes | None,
-        params: Mapping[str, Any] | None,
-        kind: str,
-        allow_status: Collection[int],
-    ) -> requests.Response:
-        limiters = self._limiters(kind)
-        calls = [limiter.acquire() for limiter in limiters]
-        headers = {**self._auth_headers()}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        session = self.get_conn()
-        request = requests.Request(method, self.url_from_endpoint(endpoint), data=body, params=params)
-        prepared = session.prepare_request(request)
-        prepared.headers.update(headers)
-        with self._counter_lock:
-            self._requests += 1
-        try:
-            response = self.run_and_check(
-                session, prepared, {"timeout": self.timeout, "check_response": False}
-            )
-        except requests.exceptions.SSLError as exc:
-            raise tls_failure(self.api_base_url, self.conn_label, self.address_setting, exc) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise RetryableAnswer(f"no answer ({type(exc).__name__})") from None
-        try:
-            if response.status_code in allow_status:
-                return self._progressed(response, limiters)
-            self._check_answer(response)
-            status = response.status_code
-            if status == 429:
-                raise Throttled(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
-            if status >= 500:
-                raise RetryableAnswer(
-                    f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
-                )
-            if status >= 400:
+                time.sleep(self._backoff(faults, answer.retry_after))
+                continue
+            if api and status >= 400 and status not in allow_status:
                 raise DestinationApiError(
-                    f"{self.destination} answered HTTP {status} to {method} {endpoint}: "
+                    f"{self.destination} answered HTTP {status} to {request.method} {self._path(request)}: "
                     f"{self._error_text(response)}",
                     status=status,
                 )
-            return self._progressed(response, limiters)
-        except Throttled as exc:
-            self._slow_down(limiters, calls, exc)
-            raise
+            # An answer got through: the export is making progress and the pace may creep back up.
+            self._last_progress = time.monotonic()
+            for limiter in limiters:
+                limiter.succeeded()
+            return response
 
-    def _progressed(self, response: requests.Response, limiters: Sequence[RateLimiter]) -> requests.Response:
-        """An answer got through: the export is making progress and the pace may creep back up."""
-        self._last_progress = time.monotonic()
-        for limiter in limiters:
-            limiter.succeeded()
-        return response
+    def _address_setting(self, url: str) -> str:
+        """The connection field that holds the address of ``url``, for messages."""
+        return self.address_setting
 
-    @staticmethod
-    def _slow_down(limiters: Sequence[RateLimiter], calls: Sequence[int], exc: Throttled) -> None:
-        """Hold the account back as the API asked, and teach the limiter that binds this call."""
-        # The limit a refusal is about is the tightest one the call passed (imports: the imports a
-        # minute, not the requests a second); the API does not always say which.
-        index = max(range(len(limiters)), key=lambda i: limiters[i].interval)
-        limiter = limiters[index]
-        if exc.retry_after is None:
-            # No Retry-After (Constant Contact's `throttled`, ActiveCampaign's 400): back off by a few
-            # of the limiter's own intervals, growing while refusals repeat.
-            exc.retry_after = min(MAX_THROTTLE_WAIT_S, limiter.interval * (2 + 4 * random.random()))
-        limiter.throttled(calls[index], exc.retry_after)
+    def _is_api_url(self, url: str) -> bool:
+        base = self.api_base_url
+        return url == base or url.startswith((f"{base}/", f"{base}?"))
 
-    @staticmethod
-    def _backoff(faults: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter after the ``faults``-th fault, or what the server asked."""
-        if retry_after is not None:
-            return max(retry_after, 0.05)
-        return min(MAX_BACKOFF_S, 0.5 * 2 ** (faults - 1)) * (0.5 + random.random() / 2)
+    def _path(self, request: requests.PreparedRequest) -> str:
+        """The request's path below the API's base URL, without the query (no data in messages)."""
+        url = (request.url or "").split("?", 1)[0]
+        base = self.api_base_url
+        return url[len(base) + 1 :] if url.startswith(f"{base}/") else urlsplit(url).path
+
+    def _kind(self, request: requests.PreparedRequest) -> str:
+        """``"import"`` for a request that starts an import, else ``"general"``."""
+        if self.import_endpoint and request.method == "POST" and self._path(request) == self.import_endpoint:
+            return "import"
+        return "general"
 
     @staticmethod
     def _error_text(response: requests.Response) -> str:
@@ -560,3 +671,27 @@ class SegmentApiHook(HttpHook):
                 if isinstance(err, dict) and "error_key" in err:
                     texts.append(str(err.get("error_key")))
         return "; ".join(t for t in texts if t)[:300] or "no details"
+
+    @staticmethod
+    def _slow_down(limiters: Sequence[RateLimiter], tickets: Sequence[int], answer: Throttled) -> None:
+        """Hold the account back as the API asked, and teach the limiter that binds this call."""
+        if not limiters:
+            if answer.retry_after is None:
+                answer.retry_after = min(MAX_THROTTLE_WAIT_S, 1.0 + 2 * random.random())
+            return
+        # The limit a refusal is about is the tightest one the call passed (imports: the imports a
+        # minute, not the requests a second); the API does not always say which.
+        index = max(range(len(limiters)), key=lambda i: limiters[i].interval)
+        limiter = limiters[index]
+        if answer.retry_after is None:
+            # No Retry-After (Constant Contact's `throttled`, ActiveCampaign's 400): back off by a few
+            # of the limiter's own intervals, growing while refusals repeat.
+            answer.retry_after = min(MAX_THROTTLE_WAIT_S, limiter.interval * (2 + 4 * random.random()))
+        limiter.throttled(tickets[index], answer.retry_after)
+
+    @staticmethod
+    def _backoff(faults: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter after the ``faults``-th fault, or what the server asked."""
+        if retry_after is not None:
+            return max(retry_after, 0.05)
+        return min(MAX_BACKOFF_S, 0.5 * 2 ** (faults - 1)) * (0.5 + random.random() / 2)

@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-import tenacity
 
 from airflow_provider_ciexport.exceptions import (
     DestinationApiError,
@@ -31,15 +30,20 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.export.contacts import ContactSchema
 from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.hooks.base import (
+    HeaderAuth,
     ImportEncoder,
     ImportStatus,
-    RetryableAnswer,
     SegmentApiHook,
     check_base_url,
     checked_contacts,
     encode_json,
     json_or_none,
-    tls_failure,
+)
+from airflow_provider_ciexport.hooks.constantcontact_oauth import (
+    SCOPES,
+    TokenError,
+    refresh_grant,
+    request_token,
 )
 from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL
 from airflow_provider_ciexport.variables import get_variable, set_variable
@@ -171,6 +175,19 @@ def _loose(name: str) -> str:
     return name.replace("_", "").replace(" ", "").lower()
 
 
+class _BearerAuth(HeaderAuth):
+    """The hook's current access token in the ``Authorization`` header; renewable after a 401."""
+
+    def __init__(self, hook: ConstantContactHook) -> None:
+        super().__init__("Authorization", lambda: f"Bearer {hook.get_access_token()}")
+        self.hook = hook
+
+    def renew(self, refused: requests.PreparedRequest) -> bool:
+        sent = str(refused.headers.get("Authorization", "")).removeprefix("Bearer ")
+        self.hook.invalidate_access_token(sent)
+        return True
+
+
 def _mask(secret: str) -> None:
     from airflow.sdk.log import mask_secret
 
@@ -223,6 +240,8 @@ class ConstantContactHook(SegmentApiHook):
     hook_name = "Constant Contact"
     destination = "Constant Contact"
     address_setting = "api_base_url"
+
+    import_endpoint = "activities/contacts_json_import"
 
     DEFAULT_REQUESTS_PER_SECOND = 4.0
     MAX_PAGE = 100
@@ -293,8 +312,10 @@ class ConstantContactHook(SegmentApiHook):
 
     # -- OAuth2 ---------------------------------------------------------------------------------
 
-    def _auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.get_access_token()}"}
+    @cached_property
+    def api_auth(self) -> HeaderAuth:
+        """The access token as a Bearer token; a refused one is dropped, so the next call gets a new one."""
+        return _BearerAuth(self)
 
     def get_access_token(self) -> str:
         """Return a valid access token, refreshing it when missing or about to expire."""
@@ -304,7 +325,8 @@ class ConstantContactHook(SegmentApiHook):
             assert self._access_token is not None
             return self._access_token
 
-    def _invalidate(self, token: str) -> None:
+    def invalidate_access_token(self, token: str) -> None:
+        """Forget ``token`` (the API refused it) unless another thread already replaced it."""
         with self._token_lock:
             if self._access_token == token:
                 self._access_token = None
@@ -358,85 +380,55 @@ class ConstantContactHook(SegmentApiHook):
 
     def _token_request(self, refresh_token: str) -> dict[str, Any] | None:
         """Exchange a refresh token; ``None`` when it was refused with ``invalid_grant``."""
-        client_id, secret = self._client
         _mask(refresh_token)
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
-            wait=tenacity.wait_exponential(multiplier=0.5, max=30),
-            retry=tenacity.retry_if_exception_type(RetryableAnswer),
-            reraise=True,
-        )
         try:
-            for attempt in retrying:
-                with attempt:
-                    with self._counter_lock:
-                        self._requests += 1
-                    try:
-                        response = self.get_conn().post(
-                            self.token_url,
-                            data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-                            auth=(client_id, secret),
-                            timeout=self.timeout,
-                        )
-                    except requests.exceptions.SSLError as exc:
-                        setting = "oauth_url" if self.extra_value("oauth_url") else "token_url"
-                        raise tls_failure(self.token_url, self.conn_label, setting, exc) from None
-                    except (requests.ConnectionError, requests.Timeout) as exc:
-                        raise RetryableAnswer(
-                            f"no answer from the token endpoint ({type(exc).__name__})"
-                        ) from None
-                    if response.status_code == 429 or response.status_code >= 500:
-                        raise RetryableAnswer(f"token endpoint HTTP {response.status_code}")
-        except RetryableAnswer as exc:
-            host = urlsplit(self.token_url).netloc
-            advice = (
-                f"Check that {host} is the right address (extra 'oauth_url'; leave it empty for Constant "
-                "Contact) and can be reached from here."
-                if self.testing
-                else "Retry the task later."
+            return request_token(
+                self.get_conn(),
+                self.token_url,
+                refresh_grant(refresh_token),
+                client=self._client,
+                timeout=self.timeout,
             )
-            raise DestinationApiError(
-                f"Constant Contact's token endpoint at {host} kept failing ({exc.reason}). {advice}"
-            ) from None
-        payload = json_or_none(response)
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if response.status_code == 200 and isinstance(payload, dict) and payload.get("access_token"):
-            return payload
-        if error == "invalid_grant":
-            return None
-        if response.status_code == 401 or error == "invalid_client":
-            raise DestinationAuthError(
+        except TokenError as refusal:
+            if refusal.error == "invalid_grant":
+                return None
+            raise self._token_error(refusal) from None
+
+    def _address_setting(self, url: str) -> str:
+        if url.startswith(self.token_url):
+            return "oauth_url" if self.extra_value("oauth_url") else "token_url"
+        return self.address_setting
+
+    # -- error mapping: every answer of this API that is not a plain result ----------------------
+
+    def _token_error(self, refusal: TokenError) -> Exception:
+        """The error for a refusal of the token endpoint (other than ``invalid_grant``)."""
+        if refusal.error == "invalid_client":
+            return DestinationAuthError(
                 f"Constant Contact refused the client id or client secret of {self.conn_label} "
                 "(invalid_client). Copy the API key (login) and client "
                 "secret (password) of your app from the Constant Contact developer portal."
             )
-        raise DestinationApiError(
-            f"Constant Contact's token endpoint answered HTTP {response.status_code}"
-            f"{f' ({error})' if error else ''}. Check the connection's oauth_url (leave it empty for "
-            "Constant Contact).",
-            status=response.status_code,
+        return DestinationApiError(
+            f"Constant Contact's token endpoint answered HTTP {refusal.status}"
+            f"{f' ({refusal.error})' if refusal.error else ''}. Check the connection's oauth_url (leave it "
+            "empty for Constant Contact).",
+            status=refusal.status,
         )
 
     def _check_answer(self, response: requests.Response) -> None:
         status = response.status_code
         if status == 401:
-            sent = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
-            retried = getattr(self._local, "unauthorized", 0)
-            if retried >= 1:
-                self._local.unauthorized = 0
-                raise DestinationAuthError(
-                    f"Constant Contact refused a freshly issued access token for {self.conn_label}. Check "
-                    f"that the app's authorization included the scope 'contact_data', or run {AUTH_COMMAND} "
-                    "again."
-                )
-            self._local.unauthorized = retried + 1
-            self._invalidate(sent)
-            raise RetryableAnswer("access token expired", retry_after=0.0)
-        self._local.unauthorized = 0
+            # send() already renewed the access token once and sent the call again.
+            raise DestinationAuthError(
+                f"Constant Contact refused a freshly issued access token for {self.conn_label}. Check "
+                f"that the app's authorization included the scope 'contact_data', or run {AUTH_COMMAND} "
+                "again."
+            )
         if status == 403:
             raise DestinationAuthError(
                 f"Constant Contact denied access with {self.conn_label} (HTTP 403). The authorization "
-                f"needs the scopes 'contact_data offline_access': run {AUTH_COMMAND} again."
+                f"needs the scopes '{SCOPES}': run {AUTH_COMMAND} again."
             )
         if status == 429 and "quota_exceeded" in error_keys(json_or_none(response)):
             reset = (datetime.now(timezone.utc) + timedelta(days=1)).replace(
@@ -537,7 +529,7 @@ class ConstantContactHook(SegmentApiHook):
         :param body: the serialised ``{"import_data": [...], "list_ids": [...]}``: fewer than 40,000
             contacts and under 4 MB (the API silently drops whatever lies past 4 MB).
         """
-        response = self.call("POST", "activities/contacts_json_import", body=body, kind="import")
+        response = self.call("POST", self.import_endpoint, body=body)
         activity_id = (json_or_none(response) or {}).get("activity_id")
         if not activity_id:
             raise DestinationApiError(
