@@ -9,31 +9,72 @@ CLI, tests) the metadata database is used directly.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
+
+from airflow_provider_ciexport.exceptions import CiExportError
+
+#: Reads of a Variable that exists but came back empty are tried this many times in all.
+READ_ATTEMPTS = 3
 
 
 def _in_task() -> bool:
+    """Whether this code runs inside a task (where Variables go through the Task SDK)."""
+    from airflow.sdk import get_current_context
+
     try:
-        from airflow.sdk.execution_time import task_runner
-    except ImportError:  # pragma: no cover - the task SDK ships with Airflow 3
+        get_current_context()
+    except RuntimeError:
         return False
-    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+    return True
+
+
+def _read(key: str, in_task: bool) -> str | None:
+    if in_task:
+        from airflow.sdk import Variable
+
+        value = Variable.get(key, default=None)
+    else:
+        from airflow.models import Variable as DbVariable
+
+        value = DbVariable.get(key, default_var=None)
+    return None if value is None else str(value)
+
+
+def _exists(key: str, in_task: bool) -> bool:
+    """Whether the metadata database holds ``key``; a failure to tell raises."""
+    if in_task:
+        from airflow.sdk import Variable
+
+        return key in Variable.keys(prefix=key)
+    from airflow.models import Variable as DbVariable
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(select(DbVariable.key).where(DbVariable.key == key)) is not None
 
 
 def get_variable(key: str) -> str | None:
-    """The Variable's value, or ``None`` when it is not set (or no metadata database is reachable)."""
-    try:
-        if _in_task():
-            from airflow.sdk import Variable
+    """The Variable's value, or ``None`` when it is not set.
 
-            value = Variable.get(key, default=None)
-        else:
-            from airflow.models import Variable as DbVariable
+    Airflow's own ``Variable.get`` answers "not set" when a secrets backend or the execution API fails
+    to answer too, so an empty answer is checked against the list of stored keys: a Variable that exists
+    but could not be read is read again, and never passes for one that is not set.
 
-            value = DbVariable.get(key, default_var=None)
-    except Exception:
-        return None
-    return None if value is None else str(value)
+    :raises CiExportError: when the Variable exists but could not be read.
+    """
+    in_task = _in_task()
+    for attempt in range(READ_ATTEMPTS):
+        value = _read(key, in_task)
+        if value is not None or not _exists(key, in_task):
+            return value
+        if attempt + 1 < READ_ATTEMPTS:
+            time.sleep(0.5 * 2**attempt)
+    raise CiExportError(
+        f"The Airflow Variable '{key}' exists but could not be read ({READ_ATTEMPTS} tries): the metadata "
+        "database or the API server did not answer. Retry the task; the task log shows Airflow's error."
+    )
 
 
 def set_variable(key: str, value: str, description: str) -> None:

@@ -60,11 +60,6 @@ class Batcher:
         """Items added but not yet returned in a batch."""
         return len(self._items)
 
-    @property
-    def batches_made(self) -> int:
-        """How many batches have been returned so far."""
-        return self._number
-
     def fits_alone(self, item: bytes) -> bool:
         """Whether ``item`` can be sent at all: a body holding only it is under ``max_bytes``.
 

@@ -412,11 +412,3 @@ class ContactBuilder:
                 continue
             contact[attr] = text
         return contact
-
-    def build_many(self, rows: Iterable[Sequence[Any]]) -> list[dict[str, str]]:
-        """Build the contacts of many rows (e.g. one source chunk), skipping invalid and duplicate ones.
-
-        :param rows: source rows, in ``columns`` order.
-        :return: the contacts, in row order.
-        """
-        return [contact for contact in map(self.build, rows) if contact is not None]

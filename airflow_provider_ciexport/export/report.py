@@ -32,7 +32,6 @@ class ExportReport:
     resubmitted_batches: int = 0
     resumed_batches: int = 0
     failed_batches: int = 0
-    unconfirmed: int = 0
     jobs: list[str] = field(default_factory=list)
     requests: int = 0
     duration_s: float = 0.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -160,9 +159,9 @@ class BaseSegmentExportOperator(BaseOperator):
         #: The target list in the vendor's app, once known; the extra link shows it.
         self.list_url: str | None = None
 
-    @abstractmethod
     def get_destination(self) -> Destination:
-        """Build the destination for the (rendered) parameters."""
+        """Build the destination for the (rendered) parameters; each operator provides it."""
+        raise NotImplementedError
 
     @abstractmethod
     def get_list_url(self, destination: Destination) -> str | None:

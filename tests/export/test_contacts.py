@@ -287,23 +287,6 @@ def test_duplicates_by_normalised_email_keep_the_first_row() -> None:
     assert b.duplicates == 1 and b.invalid == 0
 
 
-def test_build_many_gives_the_same_contacts_and_counts_as_build() -> None:
-    rows: list[list[Any]] = [
-        [f"User{i % 700}@Example.com" if i % 13 else "bad", f"n{i}", None, 4155550000.0 + i, "x" * (i % 40)]
-        for i in range(1000)
-    ]
-    one, many = builder(), builder()
-    expected = [c for c in map(one.build, rows) if c is not None]
-
-    assert many.build_many(rows[:500]) + many.build_many(rows[500:]) == expected
-    assert (many.invalid, many.duplicates, many.invalid_reasons, many.omitted_too_long) == (
-        one.invalid,
-        one.duplicates,
-        one.invalid_reasons,
-        one.omitted_too_long,
-    )
-
-
 def test_a_pre_seeded_email_set_skips_addresses_already_exported() -> None:
     seen = EmailSet()
     seen.update(["ann@example.com"])

@@ -452,7 +452,7 @@ def test_a_sql_segment_builds_clean_contacts(profiles_db: str) -> None:
         {"email": "email", "first_name": "first_name", "phone": "phone"}, schema, columns_of(source)
     )
 
-    contacts = [c for chunk in chunks_of(source) for c in builder.build_many(chunk)]
+    contacts = [c for chunk in chunks_of(source) for row in chunk if (c := builder.build(row)) is not None]
 
     assert len(contacts) == 12_344
     assert builder.invalid_reasons == {"missing": 1}
