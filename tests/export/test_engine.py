@@ -1,0 +1,298 @@
+"""The export engine on its own, with an in-memory destination: no HTTP, no Airflow task."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import (
+    DestinationAuthError,
+    ExportConfigurationError,
+    ExportIncompleteError,
+)
+from airflow_provider_ciexport.export.batcher import Batch
+from airflow_provider_ciexport.export.contacts import ContactSchema
+from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
+from airflow_provider_ciexport.export.sources import RecordsSegmentSource
+
+MAPPING = {"email": "email", "first_name": "first"}
+
+
+def rows(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"email": f"User{i}@Example.com", "first": f"F{i}"} for i in range(start, start + n)]
+
+
+class FakeDestination(Destination):
+    """Takes batches of up to 3 contacts; jobs fail as scripted, otherwise complete at once.
+
+    :param failures: batch number -> how many of its jobs end failed before one completes.
+    :param rejected: batch number -> how many of its contacts the job refuses.
+    """
+
+    name = "Fake"
+    schema = ContactSchema("Fake", {"email": 254, "first_name": 50}, "x:")
+    max_batch_contacts = 3
+    max_batch_bytes = 10_000
+    max_in_flight = 2
+    max_unconfirmed = 4
+    poll_interval = 0.001
+    max_poll_interval = 0.005
+    max_poll_rate = 10_000.0
+
+    def __init__(self, failures: Mapping[int, int] | None = None, rejected: Mapping[int, int] | None = None):
+        self.failures = dict(failures or {})
+        self.rejected = dict(rejected or {})
+        self.prepared_with: dict[str, str] | None = None
+        self.submitted: list[Batch] = []
+        self.small: list[Mapping[str, str]] = []
+        self.polls = 0
+        self._lock = threading.Lock()
+
+    @property
+    def list_ids(self) -> Sequence[str]:
+        return ["L1"]
+
+    def prepare(self, field_mapping: Mapping[str, str]) -> None:
+        self.prepared_with = dict(field_mapping)
+
+    def envelope(self) -> tuple[bytes, bytes]:
+        return b"[", b"]"
+
+    def encode(self, contact: Mapping[str, str]) -> bytes:
+        return json.dumps(contact).encode()
+
+    def submit(self, batch: Batch) -> str:
+        with self._lock:
+            self.submitted.append(batch)
+            return f"job-{len(self.submitted)}"
+
+    def poll(self, job_id: str, batch: Batch) -> JobResult | None:
+        with self._lock:
+            self.polls += 1
+            if self.failures.get(batch.number, 0) > 0:
+                self.failures[batch.number] -= 1
+                return JobResult(ok=False, state="failed")
+        refused = self.rejected.get(batch.number, 0)
+        return JobResult(ok=True, accepted=batch.contacts - refused, rejected=refused)
+
+    def send_small(self, contacts: Sequence[Mapping[str, str]]) -> int:
+        self.small.extend(contacts)
+        return len(contacts)
+
+    @property
+    def requests_made(self) -> int:
+        return len(self.submitted) + self.polls
+
+    def emails_sent(self) -> list[str]:
+        """Every e-mail in every body, in order, resubmissions included."""
+        return [c["email"] for batch in self.submitted for c in json.loads(batch.body)]
+
+
+class MemoryStore:
+    """A progress store in memory, as a Variable would keep it across tries."""
+
+    def __init__(self) -> None:
+        self.document: Any = None
+        self.saves = 0
+
+    def load(self) -> Any:
+        return self.document
+
+    def save(self, document: Any) -> None:
+        self.document = json.loads(json.dumps(document))
+        self.saves += 1
+
+    def delete(self) -> None:
+        self.document = None
+
+
+def export(
+    records: list[dict[str, Any]],
+    destination: Destination,
+    store: MemoryStore | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    exporter = SegmentExporter(
+        RecordsSegmentSource(records), destination, MAPPING, ExportSettings(**settings), progress=store
+    )
+    return exporter.run().as_dict()
+
+
+def test_every_row_is_accounted_for_and_each_valid_contact_sent_once() -> None:
+    records = [
+        *rows(7),
+        {"email": "not an email", "first": "x"},
+        {"email": None, "first": "y"},
+        {"email": " USER3@example.com ", "first": "again"},  # a duplicate of User3
+        {"email": "blank@example.com", "first": "   "},
+    ]
+    destination = FakeDestination(rejected={2: 1})
+    report = export(records, destination)
+
+    assert report["read"] == 11
+    assert (report["invalid"], report["invalid.malformed"], report["invalid.missing"]) == (2, 1, 1)
+    assert report["duplicates"] == 1
+    assert report["submitted"] == 8
+    assert report["read"] == report["invalid"] + report["duplicates"] + report["submitted"]
+    assert (report["accepted"], report["rejected"]) == (7, 1)
+    assert report["submitted"] == report["accepted"] + report["rejected"]
+    assert report["batches"] == 3 and sorted(report["jobs"]) == ["job-1", "job-2", "job-3"]
+    assert destination.emails_sent() == [f"user{i}@example.com" for i in range(7)] + ["blank@example.com"]
+    assert json.loads(destination.submitted[-1].body)[-1] == {"email": "blank@example.com"}  # no blank sent
+    assert destination.prepared_with == MAPPING
+    assert report["requests"] == destination.requests_made
+
+
+def test_a_failed_job_is_sent_again_with_the_same_body() -> None:
+    destination = FakeDestination(failures={2: 1})
+    report = export(rows(9), destination)
+
+    assert report["resubmitted_batches"] == 1 and report["failed_batches"] == 0
+    assert report["accepted"] == 9 and len(report["jobs"]) == 4
+    bodies = [b.body for b in destination.submitted if b.number == 2]
+    assert len(bodies) == 2 and bodies[0] == bodies[1]
+
+
+def test_jobs_that_keep_failing_fail_the_export_saying_what_was_exported() -> None:
+    destination = FakeDestination(failures={1: 3})
+    with pytest.raises(ExportIncompleteError) as err:
+        export(rows(7), destination)
+
+    message = str(err.value)
+    assert "3 contacts in 1 batch(es) were NOT exported" in message
+    assert "ended 'failed' 3 times" in message
+    assert "4 of 7 contacts were confirmed as exported to Fake list(s) L1" in message
+    assert "Retry the task" in message
+    assert len([b for b in destination.submitted if b.number == 1]) == 3
+
+
+def test_a_fatal_error_keeps_its_type_and_says_how_far_the_export_got() -> None:
+    class Refusing(FakeDestination):
+        def submit(self, batch: Batch) -> str:
+            if batch.number == 2:
+                raise DestinationAuthError("The API key was refused.")
+            return super().submit(batch)
+
+    with pytest.raises(DestinationAuthError) as err:
+        export(rows(9), Refusing(), max_resubmits=0)
+    assert re.fullmatch(
+        r"The API key was refused\. So far \d of \d contacts were confirmed as exported to Fake list\(s\) L1"
+        r"(; \d more were accepted by the API but not yet confirmed)? \(9 rows read of 9\)\.",
+        str(err.value),
+    )
+
+
+def test_stop_sends_nothing_more_and_says_so() -> None:
+    exporter: SegmentExporter
+
+    class Stopping(FakeDestination):
+        def submit(self, batch: Batch) -> str:
+            job = super().submit(batch)
+            if batch.number == 1:
+                exporter.stop()  # as on_kill does, from another thread, while the first import is out
+            return job
+
+    destination = Stopping()
+    exporter = SegmentExporter(RecordsSegmentSource(rows(30)), destination, MAPPING, ExportSettings())
+    with pytest.raises(ExportIncompleteError, match="The export was stopped") as err:
+        exporter.run()
+    assert len(destination.submitted) <= destination.max_in_flight
+    assert "Retry the task to finish it" in str(err.value)
+
+
+def test_a_retried_export_skips_the_batches_an_earlier_try_confirmed() -> None:
+    store = MemoryStore()
+    with pytest.raises(ExportIncompleteError):
+        export(rows(9), FakeDestination(failures={3: 3}), store)
+    assert set(store.document["done"]) == {"1", "2"}
+
+    second = FakeDestination()
+    report = export(rows(9), second, store)
+
+    assert report["resumed_batches"] == 2
+    assert [b.number for b in second.submitted] == [3]
+    assert (report["submitted"], report["accepted"], report["batches"]) == (9, 9, 3)
+    assert store.document is None  # the export completed: nothing left to resume
+
+
+def test_a_changed_segment_is_sent_again_rather_than_resumed() -> None:
+    store = MemoryStore()
+    with pytest.raises(ExportIncompleteError):
+        export(rows(9), FakeDestination(failures={3: 3}), store)
+
+    changed = FakeDestination()
+    report = export(rows(9, start=1), changed, store)  # every batch's body differs now
+    assert report["resumed_batches"] == 0
+    assert [b.number for b in changed.submitted] == [1, 2, 3]
+
+
+def test_progress_is_not_kept_for_another_mapping() -> None:
+    store = MemoryStore()
+    with pytest.raises(ExportIncompleteError):
+        export(rows(9), FakeDestination(failures={3: 3}), store)
+    exporter = SegmentExporter(
+        RecordsSegmentSource(rows(9)), FakeDestination(), {"email": "email"}, ExportSettings(), progress=store
+    )
+    assert exporter.run().resumed_batches == 0
+
+
+def test_progress_lines_count_without_personal_data(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="airflow_provider_ciexport.export.engine")
+    export(rows(12), FakeDestination(), progress_interval_s=0.0)
+
+    lines = [r.getMessage() for r in caplog.records if "export progress" in r.getMessage()]
+    assert lines and all("rows read" in line and "ETA" in line for line in lines)
+    assert "12/12 rows read (100%)" in lines[-1]
+    assert "@example.com" not in caplog.text
+    (summary,) = [r.getMessage() for r in caplog.records if "export report" in r.getMessage()]
+    assert "read=12" in summary and "accepted=12" in summary
+
+
+def test_dry_run_prepares_and_counts_but_sends_nothing() -> None:
+    destination = FakeDestination()
+    report = export(rows(7), destination, dry_run=True)
+    assert destination.prepared_with == MAPPING and destination.submitted == []
+    assert (report["submitted"], report["batches"], report["accepted"], report["dry_run"]) == (
+        7,
+        3,
+        None,
+        True,
+    )
+
+
+def test_without_waiting_jobs_are_started_but_never_polled() -> None:
+    destination = FakeDestination()
+    report = export(rows(7), destination, wait_for_completion=False)
+    assert len(destination.submitted) == 3 and destination.polls == 0
+    assert report["accepted"] is None and report["rejected"] is None
+
+
+def test_a_small_segment_goes_contact_by_contact() -> None:
+    destination = FakeDestination()
+    destination.small_segment_max = 5
+    report = export(rows(4), destination)
+    assert [c["email"] for c in destination.small] == [f"user{i}@example.com" for i in range(4)]
+    assert destination.submitted == [] and report["accepted"] == 4
+
+
+def test_a_contact_too_large_for_any_request_is_counted_invalid() -> None:
+    destination = FakeDestination()
+    destination.max_batch_bytes = 200
+    records = [*rows(2), {"email": "big@example.com", "first": "x" * 300}]
+    destination.schema = ContactSchema("Fake", {"email": 254, "first_name": None}, "x:")
+    report = export(records, destination)
+    assert report["invalid.too_large"] == 1 and report["submitted"] == 2
+
+
+def test_too_many_rows_fail_before_anything_is_sent() -> None:
+    destination = FakeDestination()
+    with pytest.raises(ExportConfigurationError, match=r"more than max_profiles=5\. Nothing was sent"):
+        export(rows(6), destination, max_profiles=5)
+    assert destination.submitted == []
