@@ -34,6 +34,16 @@ from tests.support import set_connection
 collect_ignore = [] if os.environ.get("CIEXPORT_UI_TEST") else ["ui"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts the shared sandbox is an integration test (``-m "not integration"``).
+
+    Modules that start a sandbox of their own say so with ``pytestmark = pytest.mark.integration``.
+    """
+    for item in items:
+        if "sandbox_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def airflow_db() -> str:
     """A migrated metadata database in the throwaway AIRFLOW_HOME, as every deployment has."""

@@ -11,8 +11,6 @@ from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from tests.support import calls
 
-pytestmark = pytest.mark.integration
-
 
 def _api_token_headers(sandbox: SandboxClient, path: str) -> list[str | None]:
     """The ``Api-Token`` header of every logged request to ``path``."""

@@ -14,7 +14,6 @@ from airflow_provider_ciexport.exceptions import (
     ExportConfigurationError,
     ExportIncompleteError,
 )
-from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
@@ -177,21 +176,6 @@ def test_access_tokens_expiring_during_the_export_are_renewed(cc_conn: str, sand
     assert report["accepted"] == 30_000
     assert len(sandbox.cc_list_contacts(VIP)) == 30_000
     assert calls(sandbox.stats(), "oauth", "POST /oauth2/default/v1/token") >= 2
-
-
-def test_rotating_refresh_token_across_two_task_runs(
-    cc_conn: str, sandbox: SandboxClient, airflow_db: str
-) -> None:
-    from airflow.models import Variable
-
-    sandbox.configure(cc_rotating_refresh_tokens=True)
-    key = ConstantContactHook(cc_conn).refresh_token_variable
-    Variable.delete(key)
-    first = _export(cc_conn, records=data.ROWS, list_id=VIP)
-    second = _export(cc_conn, records=data.ROWS[:4], list_id=LAPSED)
-    assert first["accepted"] == len(data.EXPECTED) and second["accepted"] == 3
-    assert Variable.get(key) == sandbox.cc_refresh_tokens()[0]
-    Variable.delete(key)
 
 
 def test_bad_client_credentials_fail_before_sending(
