@@ -259,12 +259,8 @@ def test_dry_run_prepares_and_counts_but_sends_nothing() -> None:
     destination = FakeDestination()
     report = export(rows(7), destination, dry_run=True)
     assert destination.prepared_with == MAPPING and destination.submitted == []
-    assert (report["submitted"], report["batches"], report["accepted"], report["dry_run"]) == (
-        7,
-        3,
-        None,
-        True,
-    )
+    assert (report["would_submit"], report["would_batches"], report["dry_run"]) == (7, 3, True)
+    assert (report["submitted"], report["batches"], report["accepted"]) == (0, 0, None)
 
 
 def test_without_waiting_jobs_are_started_but_never_polled() -> None:

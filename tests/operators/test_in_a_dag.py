@@ -100,7 +100,7 @@ def test_a_dry_run_from_the_trigger_form_sends_nothing(dag_folder: Path, sandbox
     report = run_dag(dag_folder, {"dry_run": True})
 
     assert report is not None and report["dry_run"] is True
-    assert report["submitted"] == len(data.EXPECTED) and report["accepted"] is None
+    assert report["would_submit"] == len(data.EXPECTED) and report["submitted"] == 0
     assert posts(sandbox.stats(), "cc") == []
 
 
