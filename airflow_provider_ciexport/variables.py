@@ -19,14 +19,15 @@ READ_ATTEMPTS = 3
 
 
 def _in_task() -> bool:
-    """Whether this code runs inside a task (where Variables go through the Task SDK)."""
-    from airflow.sdk import get_current_context
+    """Whether the Task SDK's supervisor channel is up, so Variables must go through it.
 
-    try:
-        get_current_context()
-    except RuntimeError:
-        return False
-    return True
+    This is the test the Task SDK makes itself to choose its secrets backends
+    (``airflow.sdk.execution_time.supervisor.ensure_secrets_backend_loaded``); a task context alone is
+    not enough (a task run in-process without a supervisor has one, but ``Variable.set`` would fail).
+    """
+    from airflow.sdk.execution_time import task_runner
+
+    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
 
 
 def _read(key: str, in_task: bool) -> str | None:
