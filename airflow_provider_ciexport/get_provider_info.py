@@ -9,6 +9,24 @@ from airflow_provider_ciexport import __version__
 _AC = "ActiveCampaign"
 _CC = "Constant Contact"
 
+# The extras both hooks read the same way (hooks/base.py): how long to wait for an answer, and for
+# throttling to end.
+_WAIT_FIELDS: dict[str, Any] = {
+    "timeout": {
+        "label": "Read timeout (seconds)",
+        "description": "How long to wait for an answer before retrying (default 120).",
+        "schema": {"type": ["number", "null"], "default": 120, "minimum": 1},
+    },
+    "throttle_timeout": {
+        "label": "Throttled for at most (seconds)",
+        "description": (
+            "Rate-limit answers are waited out; the task fails only when nothing has got "
+            "through for this long (default 900, 15 minutes)."
+        ),
+        "schema": {"type": ["number", "null"], "default": 900, "minimum": 1},
+    },
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider metadata that Airflow validates against its provider-info schema."""
@@ -78,19 +96,7 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Multi-contact bulk imports per minute (ActiveCampaign allows 100).",
                         "schema": {"type": ["number", "null"], "default": 100, "minimum": 1},
                     },
-                    "timeout": {
-                        "label": "Read timeout (seconds)",
-                        "description": "How long to wait for an answer before retrying (default 120).",
-                        "schema": {"type": ["number", "null"], "default": 120, "minimum": 1},
-                    },
-                    "throttle_timeout": {
-                        "label": "Throttled for at most (seconds)",
-                        "description": (
-                            "Rate-limit answers are waited out; the task fails only when nothing has got "
-                            "through for this long (default 900, 15 minutes)."
-                        ),
-                        "schema": {"type": ["number", "null"], "default": 900, "minimum": 1},
-                    },
+                    **_WAIT_FIELDS,
                 },
             },
             {
@@ -132,19 +138,7 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Request rate per API key (Constant Contact allows 4/s).",
                         "schema": {"type": ["number", "null"], "default": 4, "minimum": 0.1},
                     },
-                    "timeout": {
-                        "label": "Read timeout (seconds)",
-                        "description": "How long to wait for an answer before retrying (default 120).",
-                        "schema": {"type": ["number", "null"], "default": 120, "minimum": 1},
-                    },
-                    "throttle_timeout": {
-                        "label": "Throttled for at most (seconds)",
-                        "description": (
-                            "Rate-limit answers are waited out; the task fails only when nothing has got "
-                            "through for this long (default 900, 15 minutes)."
-                        ),
-                        "schema": {"type": ["number", "null"], "default": 900, "minimum": 1},
-                    },
+                    **_WAIT_FIELDS,
                 },
             },
         ],
