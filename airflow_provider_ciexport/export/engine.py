@@ -24,7 +24,7 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
 from airflow_provider_ciexport.export.contacts import ContactBuilder, EmailSet
 from airflow_provider_ciexport.export.destination import Destination, JobResult
-from airflow_provider_ciexport.export.ratelimit import RateLimiter
+from airflow_provider_ciexport.export.ratelimit import RateLimiter, steady_collector
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources import Row, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
@@ -243,6 +243,7 @@ class SegmentExporter:
         """
         self._started = self._last_progress = time.monotonic()
         with contextlib.ExitStack() as stack:
+            stack.enter_context(steady_collector())
             rows = stack.enter_context(self.source.read())
             chunks: Iterator[list[Row]] = iter(rows)
             columns = rows.columns

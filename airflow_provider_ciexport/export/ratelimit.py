@@ -10,11 +10,13 @@ budget shared with unknown other apps settles instead of storming.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 
 # Servers count requests by arrival, so network jitter can squeeze an exact schedule into an
 # occasional 429. Headroom is a share of the window: 2% of a minute is over a second of tolerance,
@@ -36,6 +38,8 @@ REFUSALS_TO_CUT = 2
 #: at most 100 calls (ActiveCampaign's 100 imports a minute), and an account with raised limits (or a
 #: sandbox that scales time) has more calls per window length, not more per window.
 MAX_WINDOW_CALLS = 100.0
+#: How many times a call that woke up late takes a new slot before it goes anyway.
+MAX_RESLOTS = 3
 
 
 class RateLimiter:
@@ -109,6 +113,22 @@ class RateLimiter:
     def acquire(self) -> int:
         """Block until the next call may start; return the call's sequence number for :meth:`throttled`."""
         with self._lock:
+            self._calls += 1
+            call = self._calls
+        for _ in range(MAX_RESLOTS + 1):
+            start = self._take_slot()
+            wait = start - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            # Woken a slot or more late (the process stalled: a garbage collection, a busy CPU), every
+            # call due meanwhile would go out at once, a burst a strict window refuses: take a new slot.
+            if time.monotonic() - start < self.step:
+                break
+        return call
+
+    def _take_slot(self) -> float:
+        """Reserve this lane's next slot the learnt factor allows; return its start (monotonic)."""
+        with self._lock:
             now = time.monotonic()
             wall_offset = time.time() - now
             step, lanes = self.step, self.lanes
@@ -126,12 +146,7 @@ class RateLimiter:
             self._credit = credit - 1.0
             start = slot * step - wall_offset
             self._next = start + step / 2
-            self._calls += 1
-            call = self._calls
-        wait = start - now
-        if wait > 0:
-            time.sleep(wait)
-        return call
+            return start
 
     def pause(self, seconds: float) -> None:
         """Hold every caller back for ``seconds`` (the server asked us to slow down)."""
@@ -201,3 +216,31 @@ def shared_limiter(
         if limiter is None or (limiter.rate, limiter.per) != (rate, per):
             limiter = _registry[key] = RateLimiter(rate, per, headroom, shared_rate)
         return limiter
+
+
+_frozen = 0
+_frozen_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def steady_collector() -> Iterator[None]:
+    """Keep the garbage collector's full collections short while an export runs.
+
+    A task process holds Airflow's own objects, hundreds of thousands of them, and every full
+    collection walks them all with every thread stopped: 300-400 ms, once a minute or so, during which
+    no call goes out on time. Objects that exist when the export starts live as long as the process
+    anyway, so they are frozen out of collections (as Airflow's own executors freeze theirs) until the
+    last export of the process ends.
+    """
+    global _frozen
+    with _frozen_lock:
+        if _frozen == 0:
+            gc.freeze()
+        _frozen += 1
+    try:
+        yield
+    finally:
+        with _frozen_lock:
+            _frozen -= 1
+            if _frozen == 0:
+                gc.unfreeze()

@@ -132,3 +132,42 @@ def test_sharing_with_an_unknown_app_it_settles_near_what_is_left(clock: FakeTim
     assert 60 <= result["per_window"] <= 70.5
     assert result["refused"] / 3000 < 0.05
     assert limiter.cuts >= 1
+
+
+def test_a_call_woken_late_by_a_stall_takes_a_fresh_slot(
+    clock: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process stalls (a garbage collection, a busy CPU) while calls wait for their slots: woken
+    # late, they must not all go out at once (a burst a strict window refuses), but each on a slot of
+    # its own again.
+    limiter = RateLimiter(100, 60.0, headroom=0.0)
+    limiter.acquire()
+    stalls = [2.5 * limiter.step]
+
+    def stalled_sleep(seconds: float) -> None:
+        clock.now += seconds + (stalls.pop() if stalls else 0.0)
+
+    monkeypatch.setattr(clock, "sleep", stalled_sleep)
+    woke = clock.now + limiter.step + 2.5 * limiter.step
+    limiter.acquire()
+    assert clock.now > woke  # it waited for a new slot, not gone out at once
+    slot = clock.time() / limiter.step
+    assert slot == pytest.approx(round(slot))  # on the account's grid
+    starts = [clock.time()]
+    for _ in range(5):
+        limiter.acquire()
+        starts.append(clock.time())
+    assert all(b - a == pytest.approx(limiter.step) for a, b in itertools.pairwise(starts))
+
+
+def test_an_export_leaves_the_garbage_collector_as_it_found_it() -> None:
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    with ratelimit.steady_collector():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0  # the process's existing objects are out of the collections' way
+        with ratelimit.steady_collector():  # two exports in one process
+            pass
+        assert gc.get_freeze_count() >= frozen
+    assert gc.get_freeze_count() == 0
