@@ -571,7 +571,14 @@ class SegmentApiHook(HttpHook):
                         raise RetryableAnswer(f"HTTP {status}", retry_after)
             except Throttled as answer:
                 throttles += 1
-                self._slow_down(limiters, tickets, answer)
+                if self._slow_down(limiters, tickets, answer):
+                    self.log.info(
+                        "%s keeps refusing requests for its rate limit: the account's budget seems shared "
+                        "(another export or app). Pacing at %.0f%% of the documented rate for now; it "
+                        "creeps back up while requests get through.",
+                        self.destination,
+                        100 * min(limiter.factor for limiter in limiters),
+                    )
                 stalled = time.monotonic() - max(started, self._last_progress)
                 if stalled >= self.throttle_timeout:
                     raise DestinationThrottledError(
@@ -673,12 +680,15 @@ class SegmentApiHook(HttpHook):
         return "; ".join(t for t in texts if t)[:300] or "no details"
 
     @staticmethod
-    def _slow_down(limiters: Sequence[RateLimiter], tickets: Sequence[int], answer: Throttled) -> None:
-        """Hold the account back as the API asked, and teach the limiter that binds this call."""
+    def _slow_down(limiters: Sequence[RateLimiter], tickets: Sequence[int], answer: Throttled) -> bool:
+        """Hold the account back as the API asked, and teach the limiter that binds this call.
+
+        :return: whether the limiter cut its pace (refusals repeat).
+        """
         if not limiters:
             if answer.retry_after is None:
                 answer.retry_after = min(MAX_THROTTLE_WAIT_S, 1.0 + 2 * random.random())
-            return
+            return False
         # The limit a refusal is about is the tightest one the call passed (imports: the imports a
         # minute, not the requests a second); the API does not always say which.
         index = max(range(len(limiters)), key=lambda i: limiters[i].interval)
@@ -687,7 +697,7 @@ class SegmentApiHook(HttpHook):
             # No Retry-After (Constant Contact's `throttled`, ActiveCampaign's 400): back off by a few
             # of the limiter's own intervals, growing while refusals repeat.
             answer.retry_after = min(MAX_THROTTLE_WAIT_S, limiter.interval * (2 + 4 * random.random()))
-        limiter.throttled(tickets[index], answer.retry_after)
+        return limiter.throttled(tickets[index], answer.retry_after)
 
     @staticmethod
     def _backoff(faults: int, retry_after: float | None) -> float:

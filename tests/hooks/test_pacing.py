@@ -115,3 +115,15 @@ def test_an_export_on_another_worker_halves_this_ones_rate(ac_conn: str) -> None
         assert list(other.load()["leases"]) == ["other-worker"]
     finally:
         other.delete()
+
+
+def test_the_task_log_says_when_refusals_slow_the_export_down(
+    fast_ac: str, sandbox: SandboxClient, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.add_fault(api="ac", path="/import/bulk_import", kind="status", status=429, times=4)
+    hook = ActiveCampaignHook(fast_ac)
+    hook.bulk_import(_body("slowed@example.com"))
+    out = "".join(capfd.readouterr())
+    slowed = [line for line in out.splitlines() if "Pacing at" in line]
+    assert slowed and "% of the documented rate" in slowed[0] and "budget seems shared" in slowed[0]
+    assert "slowed@example.com" not in out
