@@ -83,6 +83,9 @@ class RateLimiter:
         self._last_cut_call = 0
         self._refusals: deque[int] = deque()
         self._next = 0.0
+        #: Bumped when reserved slots stop being valid (a pause, a new share of the account).
+        self._epoch = 0
+        self._paused_until = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -115,19 +118,26 @@ class RateLimiter:
         with self._lock:
             self._calls += 1
             call = self._calls
-        for _ in range(MAX_RESLOTS + 1):
-            start = self._take_slot()
+        late = 0
+        while True:
+            start, epoch = self._take_slot()
             wait = start - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            if epoch != self._epoch:
+                # Paused, or the account's share changed, while waiting: the slot was reserved under
+                # rules that no longer hold (calls queue seconds ahead at full speed).
+                continue
             # Woken a slot or more late (the process stalled: a garbage collection, a busy CPU), every
             # call due meanwhile would go out at once, a burst a strict window refuses: take a new slot.
-            if time.monotonic() - start < self.step:
+            if time.monotonic() - start < self.step or late >= MAX_RESLOTS:
                 break
+            late += 1
         return call
 
-    def _take_slot(self) -> float:
-        """Reserve this lane's next slot the learnt factor allows; return its start (monotonic)."""
+    def _take_slot(self) -> tuple[float, int]:
+        """Reserve this lane's next slot the learnt factor allows; return its start (monotonic) and
+        the epoch it belongs to."""
         with self._lock:
             now = time.monotonic()
             wall_offset = time.time() - now
@@ -146,12 +156,15 @@ class RateLimiter:
             self._credit = credit - 1.0
             start = slot * step - wall_offset
             self._next = start + step / 2
-            return start
+            return start, self._epoch
 
     def pause(self, seconds: float) -> None:
-        """Hold every caller back for ``seconds`` (the server asked us to slow down)."""
+        """Hold every caller back for ``seconds`` (the server asked us to slow down), the calls already
+        waiting for a slot included: they queue again behind the pause."""
         with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            self._next = self._paused_until
+            self._epoch += 1
 
     def set_lanes(self, lanes: int, lane: int = 0) -> None:
         """Share the account with ``lanes`` exports in all, this process taking every ``lane``-th slot.
@@ -160,8 +173,13 @@ class RateLimiter:
         :param lane: this process's position among them, ``0 <= lane < lanes``.
         """
         with self._lock:
-            self.lanes = max(1, int(lanes))
-            self.lane = int(lane) % self.lanes
+            lanes = max(1, int(lanes))
+            lane = int(lane) % lanes
+            if (lanes, lane) != (self.lanes, self.lane):
+                self.lanes, self.lane = lanes, lane
+                # Slots reserved for waiting calls were on the old share: queue them again on the new.
+                self._next = self._paused_until
+                self._epoch += 1
 
     def succeeded(self) -> None:
         """A call passed: creep back towards the full rate (additive increase)."""

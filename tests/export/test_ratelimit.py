@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -171,3 +172,28 @@ def test_an_export_leaves_the_garbage_collector_as_it_found_it() -> None:
             pass
         assert gc.get_freeze_count() >= frozen
     assert gc.get_freeze_count() == 0
+
+
+def test_a_pause_holds_back_the_calls_already_waiting_for_a_slot() -> None:
+    # Retry-After holds every call to the account back, not only the ones that ask for a slot later:
+    # calls queue seconds ahead when many threads send (imports in flight).
+    import threading
+
+    limiter = RateLimiter(10, 1.0, headroom=0.0)
+    limiter.acquire()
+    started: list[float] = []
+
+    def call() -> None:
+        limiter.acquire()
+        started.append(time.monotonic())
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    while limiter._next < time.monotonic() + 4 * limiter.step:  # all five hold a slot
+        time.sleep(0.001)
+    paused_at = time.monotonic()
+    limiter.pause(1.0)
+    for thread in threads:
+        thread.join()
+    assert len(started) == 5 and min(started) >= paused_at + 1.0
