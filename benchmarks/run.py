@@ -91,7 +91,19 @@ GOALS: dict[str, tuple[str, float, str]] = {
     ),
     "ac_shared_throttled_share": ("<=", 0.02, "AC exports on one account: requests answered 429 / all"),
     "cc_shared_throttled_share": ("<=", 0.02, "CC exports on one API key: requests answered 429 / all"),
+    "ac_other_app_left_ratio": (
+        ">=",
+        0.85,
+        "AC export beside another app: its imports/min over what the other app leaves",
+    ),
+    "ac_other_app_refused_share": (
+        "<=",
+        0.05,
+        "AC export beside another app: its import requests answered 429 / all",
+    ),
 }
+#: ``--other-app``: profiles of the export that shares the account with a simulated other app.
+OTHER_APP_PROFILES = 200_000
 
 
 # -- profiles -----------------------------------------------------------------------------------------
@@ -340,6 +352,8 @@ def run_exports(
     jobs: Sequence[tuple[str, int]],
     scale: float,
     py_spy: bool = False,
+    config: dict[str, Any] | None = None,
+    tag_suffix: str = "",
 ) -> list[Export]:
     """Reset the sandbox, run export tasks side by side (a fresh process each) and collect both sides' records.
 
@@ -351,10 +365,12 @@ def run_exports(
     """
     largest = max(profiles for _, profiles in jobs)
     sandbox.client.reset(request_log_size=len(jobs) * max(5000, largest // AC_BATCH * 6 + 5000))
+    if config:
+        sandbox.client.configure(**config)
     expected = max(expected_seconds(dest, profiles, scale) for dest, profiles in jobs)
     names = " and ".join(f"{dest.upper()} {profiles:,}" for dest, profiles in jobs)
     print(f"  {names} profiles: running (about {expected + 15:.0f} s) ...", flush=True)
-    tags = [f"{dest}-{profiles}" for dest, profiles in jobs]
+    tags = [f"{dest}-{profiles}{tag_suffix}" for dest, profiles in jobs]
     spy: subprocess.Popen[bytes] | None = None
     cmds: list[list[str]] = []
     for (dest, profiles), tag in zip(jobs, tags, strict=True):
@@ -490,6 +506,29 @@ def analyse_ac(export: Export, scale: float) -> dict[str, Any]:
     return out
 
 
+def analyse_other_app(export: Export, scale: float, other_per_min: float) -> dict[str, Any]:
+    """The export's steady import rate against what the other app leaves of the ceiling."""
+    if not export.ok:
+        return {"error": export.outcome.get("error") or export.outcome.get("task_state")}
+    info = analyse_ac(export, scale)
+    left = (100 - other_per_min) * scale
+    per_min = info["steady_state"]["per_min"]
+    other = (export.stats.get("other_app") or {}).get("ac_imports_per_minute") or {}
+    return {
+        "profiles": export.profiles,
+        "other_app_imports_per_min": other_per_min,
+        "left_imports_per_min": left,
+        "per_min": per_min,
+        "left_ratio": per_min / left if per_min else None,
+        "import_requests": info["import_requests"],
+        "import_requests_throttled": info["import_requests_throttled"],
+        "refused_share": info["refused_share"],
+        "other_app_admitted": other.get("admitted"),
+        "other_app_refused": other.get("refused"),
+        "export_duration_s": export.report.get("duration_s"),
+    }
+
+
 def analyse_cc(export: Export, floor: dict[str, Any] | None) -> dict[str, Any]:
     """Requests ratio and the floor ratio; checks that the bodies sent are the floor's bodies."""
     report = export.report
@@ -577,6 +616,7 @@ def summarise(
     destinations: Sequence[str],
     total_s: float,
     shared: dict[str, dict[str, Any]],
+    other_app: dict[str, Any],
 ) -> dict[str, Any]:
     """Every figure of the run as one JSON-ready dict."""
     profiles = args.profiles
@@ -642,6 +682,8 @@ def summarise(
         "cc_shared_throttled_share": goal(
             "cc_shared_throttled_share", (shared.get("cc") or {}).get("throttled_share")
         ),
+        "ac_other_app_left_ratio": goal("ac_other_app_left_ratio", other_app.get("left_ratio")),
+        "ac_other_app_refused_share": goal("ac_other_app_refused_share", other_app.get("refused_share")),
     }
     return {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -663,6 +705,7 @@ def summarise(
         "all_goals_met": all(g["met"] for g in goals.values() if g["met"] is not None),
         "by_destination": per_dest,
         "shared_account": shared,
+        "other_app": other_app,
         "cc_floor": {k: v for k, v in (floor or {}).items() if k != "body_sizes"} or None,
         "runs": [
             {
@@ -784,6 +827,18 @@ def print_tables(summary: dict[str, Any], runs: dict[tuple[str, int], Export]) -
                 f"(first to last import {_fmt(info.get('first_to_last_ratio'))})"
             )
         notes[f"{dest}_shared_throttled_share"] = outcome
+    other = summary["other_app"]
+    if other.get("per_min"):
+        notes["ac_other_app_left_ratio"] = (
+            f"{_fmt(other['per_min'], '.0f')}/min of the {_fmt(other['left_imports_per_min'], '.0f')} the other app "
+            f"({_fmt(other['other_app_imports_per_min'], 'g')} imports/min unscaled) leaves; "
+            f"{_fmt(other['profiles'])} profiles"
+        )
+        notes["ac_other_app_refused_share"] = (
+            f"{_fmt(other['import_requests_throttled'])} of {_fmt(other['import_requests'])} imports answered 429; "
+            f"the other app's: {_fmt(other.get('other_app_admitted'))} admitted, "
+            f"{_fmt(other.get('other_app_refused'))} refused and tried again"
+        )
     head = f"{'goal':<26}{'value':>7}  {'target':<9}{'':<6}  detail"
     print(head)
     print("-" * 100)
@@ -842,6 +897,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=100_000,
         help="profiles per export of the concurrent scenario: 3 AC / 2 CC exports to one account under a "
         "real scheduler (default 100,000; 0 skips it)",
+    )
+    parser.add_argument(
+        "--other-app",
+        type=float,
+        default=30.0,
+        help="imports a minute (unscaled) another app spends on the ActiveCampaign account while an export "
+        f"of {OTHER_APP_PROFILES:,} profiles runs beside it (default 30; 0 skips it)",
     )
     parser.add_argument("--regenerate", action="store_true", help="generate the profiles even if cached")
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary AIRFLOW_HOME")
@@ -902,6 +964,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             if bracket:
                 floor_runs += run_floor(db, args.profiles, env, args.floor_repeats, "after")
         floor = fastest_floor(floor_runs)
+        other_app: dict[str, Any] = {}
+        if args.other_app and "ac" in destinations:
+            print(
+                f"Another app spending {args.other_app:g} of ActiveCampaign's 100 imports a minute (and 1 "
+                "request a second) beside an export"
+            )
+            profiles = min(args.profiles, OTHER_APP_PROFILES)
+            config = {
+                "ac_other_app_imports_per_minute": args.other_app,
+                "ac_other_app_requests_per_second": 1.0,
+            }
+            (beside,) = run_exports(
+                sandbox, envs, [("ac", profiles)], args.scale, args.py_spy, config, "-other-app"
+            )
+            other_app = analyse_other_app(beside, args.scale, args.other_app)
+            sandbox.client.configure(
+                ac_other_app_imports_per_minute=0.0, ac_other_app_requests_per_second=0.0
+            )
         shared: dict[str, dict[str, Any]] = {}
         if args.concurrent:
             print(
@@ -915,7 +995,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except RuntimeError as exc:
                     print(f"    {dest.upper()}: FAILED ({exc})")
                     shared[dest] = {"error": str(exc), "all_succeeded": False, "all_exact": False}
-    summary = summarise(args, runs, floor, destinations, time.monotonic() - started, shared)
+    summary = summarise(args, runs, floor, destinations, time.monotonic() - started, shared, other_app)
     print_tables(summary, runs)
     text = json.dumps(summary, indent=2, default=str) + "\n"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -926,7 +1006,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(text)
     print(f"Wrote {', '.join(str(p.relative_to(ROOT)) for p in written)}")
     shared_ok = all(info.get("all_succeeded") and info.get("all_exact") for info in shared.values())
-    return 0 if all(e.ok for e in runs.values()) and shared_ok else 1
+    other_ok = "error" not in other_app
+    return 0 if all(e.ok for e in runs.values()) and shared_ok and other_ok else 1
 
 
 if __name__ == "__main__":
