@@ -68,11 +68,13 @@ class RowSpool:
     def __iter__(self) -> Iterator[list[Row]]:
         """Read the chunks back, in the order they were written."""
         self._file.seek(0)
-        # Only this process's own anonymous file is unpickled: nobody else can write to it.
-        load = pickle.Unpickler(self._file)  # noqa: S301
         while True:
+            # A fresh unpickler per chunk, as the writer clears its memo after each one: from protocol 4
+            # on, each object a chunk memoizes takes the next free slot of the reader's memo, so a memo
+            # kept from the chunks before would point the next one's back-references at other objects.
+            # Only this process's own anonymous file is unpickled: nobody else can write to it.
             try:
-                chunk: Any = load.load()
+                chunk: Any = pickle.Unpickler(self._file).load()  # noqa: S301
             except EOFError:
                 return
             yield chunk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ class RecordingDestination(Destination):
 
     def __init__(self) -> None:
         self.sent: list[int] = []
+        self.bodies: list[bytes] = []
         self.prepared = False
 
     @property
@@ -50,6 +52,7 @@ class RecordingDestination(Destination):
 
     def submit(self, batch: Batch) -> str:
         self.sent.append(batch.contacts)
+        self.bodies.append(batch.body)
         return f"job-{batch.number}"
 
     def poll(self, job_id: str, batch: Batch) -> JobResult | None:
@@ -106,6 +109,35 @@ def test_a_sql_segment_is_queried_once(profiles_db: str, max_profiles: int | Non
     assert sum(destination.sent) == 1000
 
 
+def test_every_contact_of_a_spooled_sql_segment_is_sent_with_its_own_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blank values are one shared object in every chunk (the empty string): the spool must give each
+    # chunk back as it was read, not only the first one.
+    path = tmp_path / "blanks.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE segment (id INTEGER, email TEXT, first_name TEXT)")
+    conn.executemany(
+        "INSERT INTO segment VALUES (?, ?, ?)",
+        ((i, f"user{i}@example.com", "" if i % 3 == 0 else f"Name{i}") for i in range(1000)),
+    )
+    conn.commit()
+    conn.close()
+    conn_id = set_connection(monkeypatch, "blanks_db", conn_type="sqlite", host=str(path))
+    source = make_source(
+        sql="SELECT email, first_name FROM segment ORDER BY id", sql_conn_id=conn_id, chunk_size=100
+    )
+    destination = RecordingDestination()
+
+    SegmentExporter(source, destination, MAPPING, ExportSettings(max_profiles=1000)).run()
+
+    sent = [contact for body in destination.bodies for contact in json.loads(body)]
+    assert sent == [
+        {"email": f"user{i}@example.com", **({"first_name": f"Name{i}"} if i % 3 else {})}
+        for i in range(1000)
+    ]
+
+
 def test_a_sql_segment_over_max_profiles_sends_nothing_and_stops_reading(profiles_db: str) -> None:
     source = make_source(
         sql="SELECT email, first_name FROM segment ORDER BY id", sql_conn_id=profiles_db, chunk_size=100
@@ -126,7 +158,6 @@ def test_a_file_segment_is_opened_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, content: str
 ) -> None:
     import gzip
-    import json
 
     rows = [{"email": f"user{i}@example.com", "first_name": f"N{i}"} for i in range(300)]
     if content == "csv":
