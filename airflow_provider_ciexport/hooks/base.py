@@ -494,6 +494,7 @@ class SegmentApiHook(HttpHook):
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         allow_status: Collection[int] = (),
+        stream: bool = False,
     ) -> requests.Response:
         """Send one API call through :meth:`send`.
 
@@ -504,6 +505,7 @@ class SegmentApiHook(HttpHook):
         :param params: query parameters.
         :param headers: extra headers of this request.
         :param allow_status: error statuses the caller handles itself (e.g. 404 for "no such list").
+        :param stream: leave a 2xx answer's body unread, for the caller to read in pieces (and close).
         :return: the response (2xx, or a status in ``allow_status``).
         """
         if json_body is not None:
@@ -517,6 +519,7 @@ class SegmentApiHook(HttpHook):
         )
         prepared = session.prepare_request(request)
         settings = session.merge_environment_settings(prepared.url, {}, None, None, None)
+        settings["stream"] = stream
         return session.send(prepared, allow_redirects=False, allow_status=allow_status, **settings)
 
     def send(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,6 +83,81 @@ def test_import_contacts_lands_in_the_lists(cc_conn: str, sandbox: SandboxClient
     assert got["ann@example.com"]["attributes"]["first_name"] == "Ann"
     assert got["ann@example.com"]["custom_fields"]["loyalty_tier"] == "gold"
     assert got["cy@example.net"]["attributes"]["job_title"] == "CTO"
+
+
+@pytest.mark.parametrize("style", ["snake", "title"])  # contact_id, email_address / Contact Id, Email address
+def test_a_contact_export_is_read_whatever_its_headers_and_quoting(
+    cc_conn: str, sandbox: SandboxClient, style: str
+) -> None:
+    sandbox.configure(cc_export_header_style=style)
+    hook = ConstantContactHook(cc_conn)
+    people = [
+        {"email": "ann@example.com", "first_name": 'Ann "Annie", Jr.', "last_name": "Smith"},
+        {"email": "bob@example.org", "first_name": "Bob\non two lines", "last_name": "O'Neil"},
+        {"email": "zoe@example.net", "first_name": "Zoë", "last_name": "Ågren, Dr"},
+        *({"email": f"member{i}@example.com"} for i in range(500)),
+    ]
+    assert _wait_activity(hook, hook.import_contacts(people, [VIP])).accepted == len(people)
+    sandbox.cc_signup(NEWSLETTER, "elsewhere@example.com")
+
+    rows = list(
+        hook.export_contacts(["contact_id", "email_address", "first_name", "last_name"], list_ids=[VIP])
+    )
+
+    # Keyed by the API's field names, whatever the file's header says.
+    assert {tuple(row) for row in rows} == {("contact_id", "email_address", "first_name", "last_name")}
+    got = {row["email_address"]: row for row in rows}
+    assert set(got) == {p["email"] for p in people}
+    for person in people[:3]:
+        assert (got[person["email"]]["first_name"], got[person["email"]]["last_name"]) == (
+            person["first_name"],
+            person["last_name"],
+        )
+    members = {c["email"]: c["contact_id"] for c in sandbox.cc_list_contacts(VIP)}
+    assert {email: row["contact_id"] for email, row in got.items()} == members
+    assert calls(sandbox.stats(), "cc", "GET /v3/contact_exports/{file_id}") == 1
+
+
+@pytest.fixture
+def sandbox_apart(tmp_path: Path) -> Iterator[str]:
+    """A sandbox in a process of its own (its URL): memory traced here is then the hook's alone."""
+    ready = tmp_path / "ready"
+    command = [sys.executable, "-m", "airflow_provider_ciexport.sandbox", "--port", "0", "--ready-file"]
+    proc = subprocess.Popen([*command, str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the sandbox did not start"
+            time.sleep(0.05)
+        yield ready.read_text().strip()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.mark.integration
+def test_a_large_contact_export_is_read_in_pieces_not_held_in_memory(
+    sandbox_apart: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = ConstantContactHook(set_connection(monkeypatch, "cc_apart", **cc_connection(sandbox_apart)))
+    for start in (0, 30_000):
+        people = [{"email": f"member.number{i}@example.com"} for i in range(start, start + 30_000)]
+        assert _wait_activity(hook, hook.import_contacts(people, [VIP])).accepted == 30_000
+
+    tracemalloc.start()
+    try:
+        rows = size = 0
+        for row in hook.export_contacts(["contact_id", "email_address"], list_ids=[VIP]):
+            rows += 1
+            size += len(row["contact_id"]) + len(row["email_address"]) + 3  # a comma and CRLF
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert rows == 60_000
+    assert size > 4_000_000
+    # The whole file in memory takes its size at least once (six times over as bytes, text and StringIO).
+    assert peak < size / 3, (peak, size)
 
 
 @pytest.mark.parametrize(
