@@ -215,14 +215,14 @@ class SyncState:
         with self._lock:
             new_order = _order(self._new_keys)
             keys = self.keys
+            if not keys:
+                self._write_new_only(new_order, write)
+                return
             # (old index, 0 insert before it / 1 drop it, rank among the new entries)
             events = [(i, 1, 0) for i in sorted(set(self._dropped))]
-            if keys:
-                new_keys = self._new_keys
-                events += [(bisect_left(keys, new_keys[j]), 0, rank) for rank, j in enumerate(new_order)]
-                events.sort()
-            elif new_order:
-                events = [(0, 0, rank) for rank in range(len(new_order))]
+            new_keys = self._new_keys
+            events += [(bisect_left(keys, new_keys[j]), 0, rank) for rank, j in enumerate(new_order)]
+            events.sort()
             old_parts: tuple[Any, ...] = (self.keys, self.digests, self.flags, self._lengths)
             new_parts: tuple[Any, ...] = (
                 self._new_keys,
@@ -258,6 +258,21 @@ class SyncState:
                 else:
                     prev = index + 1
             write(blob[offsets[prev] :])
+
+    def _write_new_only(
+        self, order: array[int], write: Callable[[bytes | bytearray | memoryview | array[int]], Any]
+    ) -> None:
+        """A state with no old entries (a first sync): the new ones in key order, without a list of
+        a million insert events."""
+        for new in (self._new_keys, self._new_digests, self._new_flags, self._new_lengths):
+            picked = map(new.__getitem__, order)
+            out = array(new.typecode, picked) if isinstance(new, array) else bytearray(picked)
+            write(_little(out))
+            del out
+        offsets = array("Q", accumulate(self._new_lengths, initial=0))
+        blob = memoryview(self._new_blob)
+        for k in order:
+            write(blob[offsets[k] : offsets[k + 1]])
 
     def _old_offsets(self) -> array[int]:
         if self._offsets is None:
