@@ -11,6 +11,13 @@
    re-export. The sandbox counts every request; the churn run's counts are scaled to 1,000,000
    contacts and turned into minutes at the real, unscaled limits (ActiveCampaign 100 imports a minute
    and 5 requests a second; Constant Contact 4 requests a second).
+3. **memory**: the export's peak RSS in a real Airflow task (``dag.test()`` in a fresh process, as
+   ``benchmarks/run.py`` measures it, with its machinery) for a mirror re-export of ``--memory-profiles``
+   profiles (default 1,000,000) with a state, after 2% churn, to both destinations of a sandbox at
+   ``--scale`` (default 20) over HTTP, minus the peak RSS of an empty-segment task. The first sync
+   that writes the state and fills the lists is a real task too, with the sandbox's and the
+   connections' limits raised (``--first-sync-scale``, default 200) and no import latency: it only
+   sets the scene, nothing of it is measured.
 """
 
 from __future__ import annotations
@@ -20,14 +27,19 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sync.json"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "sync.json"
+#: The memory goal: the re-export's peak RSS over an empty task, MB.
+RSS_GOAL_MB = 150.0
 IDENTITY_ARGS = (
     "ActiveCampaign",
     "https://bench.api-us1.com/api/3",
@@ -220,10 +232,150 @@ def _writes(requests: dict[str, int]) -> int:
     return sum(v for k, v in requests.items() if k.startswith("POST") and k.endswith(writes))
 
 
+def _tasks(
+    sandbox: Any, env: dict[str, dict[str, str]], jobs: list[tuple[str, str, int, dict[str, Any]]], tag: str
+) -> dict[str, dict[str, Any]]:
+    """Run one export task per destination side by side (a fresh ``dag.test()`` process each, as
+    ``run.py`` runs them); per destination: its peak RSS, outcome and the requests the sandbox counted."""
+    import run as bench
+
+    before = {dest: _requests(sandbox, dest) for dest, *_ in jobs}
+    results: dict[str, Any] = {}
+
+    def one(dest: str, dag: str, profiles: int, conf: dict[str, Any]) -> None:
+        out = bench.RUNS / f"sync-{tag}-{dest}.json"
+        out.unlink(missing_ok=True)
+        cmd = [bench.PYTHON, str(HERE / "task_runner.py"), dag, str(profiles), str(out), json.dumps(conf)]
+        child = bench.run_child(cmd, env[dest], bench.RUNS / f"sync-{tag}-{dest}.log", timeout_s=1800)
+        outcome = json.loads(out.read_text()) if out.exists() else {"error": "no result written"}
+        results[dest] = (child, outcome)
+
+    threads = [threading.Thread(target=one, args=job) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    measured: dict[str, dict[str, Any]] = {}
+    for dest, *_ in jobs:
+        child, outcome = results[dest]
+        report = outcome.get("report") if isinstance(outcome.get("report"), dict) else None
+        if child.returncode != 0 or outcome.get("task_state") != "success" or report is None:
+            why = "timed out" if child.timed_out else outcome.get("error") or outcome.get("task_state")
+            log = bench.RUNS / f"sync-{tag}-{dest}.log"
+            raise RuntimeError(f"the {dest.upper()} {tag} task failed ({why}); see {log}")
+        after = _requests(sandbox, dest)
+        pre = (outcome.get("probes") or {}).get("pre", {}).get("maxrss_kb")
+        measured[dest] = {
+            "peak_rss_mb": round(child.maxrss_kb / 1024, 1),
+            "peak_rss_before_execute_mb": round(pre / 1024, 1) if pre else None,
+            "process_wall_s": round(child.wall_s, 1),
+            "cpu_s": round(child.cpu_s, 1),
+            "report": {k: v for k, v in report.items() if k != "jobs"},
+            "requests": {
+                k: after[k] - before[dest].get(k, 0) for k in after if after[k] != before[dest].get(k)
+            },
+        }
+    return measured
+
+
+def measure_memory(profiles: int, scale: float, first_scale: float) -> dict[str, Any]:
+    """Peak RSS over an empty task of a mirror re-export of ``profiles`` with a state, per destination.
+
+    Reuses ``run.py``: its profiles, its sandbox process, its Airflow home, environment and children.
+    """
+    import run as bench
+
+    from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP
+
+    started = time.monotonic()
+    bench.RUNS.mkdir(parents=True, exist_ok=True)
+    db = bench.ensure_profiles(profiles + profiles // 100, False)
+    dests = ("ac", "cc")
+    out: dict[str, Any] = {"profiles": profiles, "scale": scale, "first_sync_scale": first_scale}
+    with bench.airflow_home(False) as home, bench.Sandbox(scale, home) as sandbox:
+        print(f"Sync memory: sandbox {sandbox.url}, rate_scale={scale:g}", flush=True)
+        bench.migrate(bench.airflow_env(home, db, sandbox.url, scale))
+
+        def envs(rate_scale: float) -> dict[str, dict[str, str]]:
+            env = bench.airflow_env(home, db, sandbox.url, rate_scale)
+            # Each destination its own metadata DB: two dag.test() processes on one DB collide.
+            return {
+                d: {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow-{d}.db"}
+                for d in dests
+            }
+
+        for dest in dests:
+            shutil.copyfile(home / "airflow.db", home / f"airflow-{dest}.db")
+        states = {dest: f"file://{home}/{dest}.state" for dest in dests}
+        print("  empty tasks (the idle baseline), side by side ...", flush=True)
+        idle = _tasks(sandbox, envs(scale), [(d, d, 0, {}) for d in dests], "idle")
+        print(
+            f"  first syncs of {profiles:,} profiles (limits x{first_scale:g}), side by side ...", flush=True
+        )
+        sandbox.client.configure(rate_scale=first_scale, import_latency_s=0.0)
+        first_conf = {"churn": False}
+        first = _tasks(
+            sandbox,
+            envs(first_scale),
+            [(d, f"{d}_sync", profiles, {**first_conf, "state_path": states[d]}) for d in dests],
+            "first",
+        )
+        sandbox.client.configure(rate_scale=scale, import_latency_s=bench.IMPORT_LATENCY_S)
+        lists = sandbox.client.stats()["store"]
+        members = {
+            "ac": lists["ac"]["list_members"].get(str(AC_LIST_VIP)),
+            "cc": lists["cc"]["list_members"].get(CC_LIST_VIP),
+        }
+        print(f"  mirror re-exports after 2% churn (limits x{scale:g}), side by side ...", flush=True)
+        churn = _tasks(
+            sandbox,
+            envs(scale),
+            [(d, f"{d}_sync", profiles, {"churn": True, "state_path": states[d]}) for d in dests],
+            "churn",
+        )
+        for dest in dests:
+            report = churn[dest]["report"]
+            out[dest] = {
+                "rss_over_idle_mb": round(churn[dest]["peak_rss_mb"] - idle[dest]["peak_rss_mb"], 1),
+                "idle_peak_rss_mb": idle[dest]["peak_rss_mb"],
+                "peak_rss_mb": churn[dest]["peak_rss_mb"],
+                "peak_rss_before_execute_mb": churn[dest]["peak_rss_before_execute_mb"],
+                "first_sync_rss_over_idle_mb": round(
+                    first[dest]["peak_rss_mb"] - idle[dest]["peak_rss_mb"], 1
+                ),
+                "list_members_after_first_sync": members[dest],
+                "state_entries": report.get("state_entries"),
+                "export_duration_s": report.get("duration_s"),
+                "report": report,
+                "requests": churn[dest]["requests"],
+                "process_wall_s": churn[dest]["process_wall_s"],
+                "first_sync_wall_s": first[dest]["process_wall_s"],
+            }
+    out["wall_s"] = round(time.monotonic() - started, 1)
+    worst = max(out[d]["rss_over_idle_mb"] for d in dests)
+    out["goal"] = {"value": worst, "goal": f"<= {RSS_GOAL_MB:g}", "met": worst <= RSS_GOAL_MB}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/sync.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-contacts", type=int, default=1_000_000)
     parser.add_argument("--profiles", type=int, default=20_000, help="contacts of the request measurement")
+    parser.add_argument(
+        "--memory-profiles",
+        type=int,
+        default=1_000_000,
+        help="profiles of the memory measurement: a real mirror re-export task per destination (0 skips it)",
+    )
+    parser.add_argument(
+        "--scale", type=float, default=20.0, help="rate-limit scale of the re-export (as run.py)"
+    )
+    parser.add_argument(
+        "--first-sync-scale",
+        type=float,
+        default=200.0,
+        help="rate-limit scale of the first sync (setup only)",
+    )
     parser.add_argument("--state-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.state_child:
@@ -232,15 +384,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     state = measure_state(args.state_contacts)
     requests = measure_requests(args.profiles)
-    summary = {"state": state, "requests": requests}
+    memory = (
+        measure_memory(args.memory_profiles, args.scale, args.first_sync_scale)
+        if args.memory_profiles
+        else None
+    )
+    summary = {"state": state, "requests": requests, "memory": memory}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     p = requests["projection_1m"]
     print("\nKeeping lists in sync (daily re-export, 1M profiles, 2% churn, mirror):")
     print(
         f"  state read + diff + write at {state['contacts']:,}: {state['cpu_s']} s CPU (goal < 10), "
-        f"peak {state['rss_over_start_mb']} MB over the start (goal <= 150), file {state['state_mb']} MB"
+        f"peak {state['rss_over_start_mb']} MB over the start of a bare process, file {state['state_mb']} MB"
     )
+    if memory is not None:
+        ac, cc = memory["ac"], memory["cc"]
+        r = ac["report"]
+        verdict = "PASS" if memory["goal"]["met"] else "FAIL"
+        print(
+            f"  peak RSS of a {memory['profiles']:,}-profile mirror re-export with a state (a real task over "
+            f"HTTP) over an empty task: ActiveCampaign {ac['rss_over_idle_mb']:.0f} MB, Constant Contact "
+            f"{cc['rss_over_idle_mb']:.0f} MB (goal <= {RSS_GOAL_MB:g}: {verdict})"
+        )
+        print(
+            f"    {r['read']:,} rows read: {r['new']:,} new, {r['changed']:,} changed, {r['removed']:,} removed, "
+            f"{r['unchanged']:,} unchanged; export {ac['export_duration_s']:.0f} s / {cc['export_duration_s']:.0f} s "
+            f"at limits x{memory['scale']:g}. The first sync (no state yet, limits x{memory['first_sync_scale']:g}) "
+            f"peaked {ac['first_sync_rss_over_idle_mb']:.0f} / {cc['first_sync_rss_over_idle_mb']:.0f} MB over "
+            f"idle. {memory['wall_s']:.0f} s in all"
+        )
     print(
         f"  ActiveCampaign: {p['ac_imports']} imports, {p['ac_requests']} requests in all: "
         f"{p['ac_minutes']} min at the real limits (goal < 2); the next run reads "

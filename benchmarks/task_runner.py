@@ -5,7 +5,8 @@ The parent (``run.py``) prepares the environment: ``AIRFLOW_HOME`` with a migrat
 variables. The task runs in this process, as ``dag.test()`` runs tasks, so this process's peak RSS
 and CPU time are those of the export (plus Airflow's own, which the empty-task run measures).
 
-Usage: ``python benchmarks/task_runner.py {ac|cc} PROFILES RESULT_JSON``
+Usage: ``python benchmarks/task_runner.py {ac|cc}[_VARIANT] PROFILES RESULT_JSON [CONF_JSON]``: runs
+``ciexport_bench_ac``, ``ciexport_bench_cc_sync``, ...; ``CONF_JSON`` adds to the run's conf.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ TASK_ID = "export"
 PROBE_ENV = "CIEXPORT_BENCH_PROBE"
 
 
-def run(destination: str, profiles: int) -> dict[str, Any]:
-    """Parse the benchmark DAGs, run ``ciexport_bench_<destination>`` once and collect its outcome."""
+def run(destination: str, profiles: int, conf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parse the benchmark DAGs, run ``ciexport_bench_<destination>`` once and collect its outcome.
+
+    :param destination: ``ac`` or ``cc``, or one of their variants (``ac_sync``).
+    :param conf: more of the run's conf (the DAG's params) besides ``profiles``.
+    """
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
@@ -35,7 +40,7 @@ def run(destination: str, profiles: int) -> dict[str, Any]:
     if bag.import_errors:
         raise RuntimeError(f"the benchmark DAG file does not import: {bag.import_errors}")
     started = time.monotonic()
-    dag_run = bag.dags[dag_id].test(run_conf={"profiles": profiles})
+    dag_run = bag.dags[dag_id].test(run_conf={"profiles": profiles, **(conf or {})})
     test_wall_s = time.monotonic() - started
     with create_session() as session:
         ti = (
@@ -63,12 +68,13 @@ def run(destination: str, profiles: int) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """Run the export named on the command line; the JSON result says whether it succeeded."""
     destination, profiles, result_path = argv[0], int(argv[1]), Path(argv[2])
+    conf = json.loads(argv[3]) if len(argv) > 3 else None
     probe_path = result_path.with_suffix(".probe")
     probe_path.unlink(missing_ok=True)
     os.environ[PROBE_ENV] = str(probe_path)
     outcome: dict[str, Any]
     try:
-        outcome = run(destination, profiles)
+        outcome = run(destination, profiles, conf)
     except Exception as exc:  # reported to the parent, which prints it
         outcome = {"destination": destination, "profiles": profiles, "error": f"{type(exc).__name__}: {exc}"}
     if probe_path.exists():

@@ -5,8 +5,10 @@
 with ``dag.test(run_conf={"profiles": N})`` in a fresh process per export. The ``*_concurrent`` DAGs
 export several segments of ``params.profiles`` profiles each (consecutive ranges of customer ids) to
 different lists of ONE account at once; a real scheduler with the LocalExecutor runs their tasks in
-parallel, in the account's pool. The mappings are those of the example DAG: e-mail, names, phone
-and three custom fields.
+parallel, in the account's pool. The ``*_sync`` DAGs mirror the first ``params.profiles`` profiles
+into a list with a sync state at ``params.state_path``; with ``params.churn`` the segment has changed
+by 2% since (``SYNC_SQL``). The mappings are those of the example DAG: e-mail, names, phone and three
+custom fields.
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ RANGE_SQL = (
     "SELECT * FROM customer_profiles WHERE customer_id > {{{{ params.profiles | int * {index} }}}} "
     "AND customer_id <= {{{{ params.profiles | int * {next} }}}} ORDER BY customer_id"
 )
+#: The mirrored segment: the first N rows, or with ``churn`` the daily 2% change of them: every 200th
+#: row left the segment, the next one's loyalty tier changed, and N/100 rows past the end are new.
+SYNC_SQL = """
+{%- set n = params.profiles | int %}{% set churn = params.churn %}
+SELECT customer_id, email, first_name, last_name, phone, city, favorite_store,
+       {% if churn %}CASE WHEN customer_id % 200 = 1 THEN 'Changed' ELSE loyalty_tier END{% else %}loyalty_tier{% endif %}
+       AS loyalty_tier
+FROM customer_profiles
+WHERE customer_id <= {{ n + n // 100 if churn else n }}{% if churn %} AND customer_id % 200 != 0{% endif %}
+ORDER BY customer_id
+"""
 #: Pools, one per account, that cap how many exports run on it at once (``run.py`` creates them).
 AC_POOL = "ciexport_bench_activecampaign"
 CC_POOL = "ciexport_bench_constantcontact"
@@ -121,6 +134,47 @@ with DAG(dag_id="ciexport_bench_cc", **_COMMON):
         field_mapping=CC_MAPPING,
         max_profiles=None,
         progress_interval=15.0,
+        pre_execute=_probe("pre"),
+        post_execute=_probe("post"),
+    )
+
+_SYNC: dict[str, Any] = {
+    **_COMMON,
+    "params": {
+        "profiles": Param(0, type="integer", minimum=0),
+        "churn": Param(False, type="boolean"),
+        "state_path": Param("", type="string"),
+    },
+}
+
+with DAG(dag_id="ciexport_bench_ac_sync", **_SYNC):
+    ActiveCampaignSegmentExportOperator(
+        task_id="export",
+        activecampaign_conn_id="activecampaign_default",
+        list_id=AC_LIST_VIP,
+        sql_conn_id="profiles_db",
+        sql=SYNC_SQL,
+        field_mapping=AC_MAPPING,
+        max_profiles=None,
+        progress_interval=15.0,
+        sync_mode="mirror",
+        state_path="{{ params.state_path }}",
+        pre_execute=_probe("pre"),
+        post_execute=_probe("post"),
+    )
+
+with DAG(dag_id="ciexport_bench_cc_sync", **_SYNC):
+    ConstantContactSegmentExportOperator(
+        task_id="export",
+        constantcontact_conn_id="constantcontact_default",
+        list_id=CC_LIST_VIP,
+        sql_conn_id="profiles_db",
+        sql=SYNC_SQL,
+        field_mapping=CC_MAPPING,
+        max_profiles=None,
+        progress_interval=15.0,
+        sync_mode="mirror",
+        state_path="{{ params.state_path }}",
         pre_execute=_probe("pre"),
         post_execute=_probe("post"),
     )
