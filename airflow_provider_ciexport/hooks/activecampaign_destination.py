@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.destination import JobResult
 from airflow_provider_ciexport.hooks.activecampaign import (
     MAX_IMPORT_BYTES,
     MAX_IMPORT_CONTACTS,
@@ -18,10 +17,11 @@ from airflow_provider_ciexport.hooks.activecampaign import (
     BulkImportEncoder,
     parse_list_ids,
 )
-from airflow_provider_ciexport.hooks.base import encode_json
+from airflow_provider_ciexport.hooks.base import ImportStatus, encode_json
+from airflow_provider_ciexport.hooks.destination import HookDestination
 
 
-class ActiveCampaignDestination(Destination):
+class ActiveCampaignDestination(HookDestination):
     """ActiveCampaign's side of an export: bulk imports of up to 250 contacts, followed to the end.
 
     :param hook: the hook to talk through.
@@ -29,6 +29,7 @@ class ActiveCampaignDestination(Destination):
     :param tags: tags added to every contact (created if unknown).
     """
 
+    hook: ActiveCampaignHook
     name = "ActiveCampaign"
     schema = SCHEMA
     max_batch_contacts = MAX_IMPORT_CONTACTS
@@ -61,21 +62,10 @@ class ActiveCampaignDestination(Destination):
         self.hook.require_lists(self._list_ids)
         self._encoder = BulkImportEncoder(self._list_ids, self.tags, self.hook.field_ids(field_mapping))
 
-    def envelope(self) -> tuple[bytes, bytes]:
-        return self._encoder.prefix, self._encoder.suffix
-
-    def encode(self, contact: Mapping[str, str]) -> bytes:
-        return self._encoder.encode(contact)
-
     def submit(self, batch: Batch) -> str:
         return self.hook.bulk_import(batch.body)
 
-    def poll(self, job_id: str, batch: Batch) -> JobResult | None:
-        status = self.hook.import_status(job_id)
-        if not status.done:
-            return None
-        if not status.ok:
-            return JobResult(ok=False, state=status.state)
+    def completed(self, status: ImportStatus, batch: Batch) -> JobResult:
         # Every contact of the body that is not in the failure list was taken.
         rejected = min(status.rejected, batch.contacts)
         return JobResult(
@@ -138,20 +128,14 @@ class ActiveCampaignDestination(Destination):
         return self.hook.bulk_import(encode_json(body))
 
     def poll_removal(self, job_id: str, contacts: Sequence[tuple[str, str]]) -> JobResult | None:
-        if job_id in self._direct:
-            refused = self._direct.pop(job_id)
+        def removed(refused: tuple[str, ...]) -> JobResult:
             return JobResult(
                 ok=True, accepted=len(contacts) - len(refused), rejected=len(refused), refused=refused
             )
-        status = self.hook.import_status(job_id)
-        if not status.done:
-            return None
-        if not status.ok:
-            return JobResult(ok=False, state=status.state)
-        refused = status.refused or ()
-        return JobResult(
-            ok=True, accepted=len(contacts) - len(refused), rejected=len(refused), refused=refused
-        )
+
+        if job_id in self._direct:
+            return removed(self._direct.pop(job_id))
+        return self.job_result(job_id, lambda status: removed(status.refused or ()))
 
     def readd(self, emails: Sequence[str]) -> list[str]:
         skipped: list[str] = []
@@ -171,10 +155,3 @@ class ActiveCampaignDestination(Destination):
                 if statuses.get(list_id) != 1:
                     self.hook.set_list_status(contact_id, list_id, 1)
         return skipped
-
-    def share_account(self) -> AbstractContextManager[object]:
-        return self.hook.share_account()
-
-    @property
-    def requests_made(self) -> int:
-        return self.hook.requests_made

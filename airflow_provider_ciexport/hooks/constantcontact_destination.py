@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.destination import JobResult
+from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import (
     MAX_IMPORT_BYTES,
     MAX_IMPORT_CONTACTS,
@@ -18,17 +18,19 @@ from airflow_provider_ciexport.hooks.constantcontact import (
     JsonImportEncoder,
     parse_list_ids,
 )
+from airflow_provider_ciexport.hooks.destination import HookDestination
 
 log = logging.getLogger(__name__)
 
 
-class ConstantContactDestination(Destination):
+class ConstantContactDestination(HookDestination):
     """Constant Contact's side of an export: JSON imports sized by bytes, followed to the end.
 
     :param hook: the hook to talk through.
     :param list_ids: lists every contact is added to (UUIDs, 1 to 50).
     """
 
+    hook: ConstantContactHook
     name = "Constant Contact"
     schema = SCHEMA
     max_batch_contacts = MAX_IMPORT_CONTACTS
@@ -62,21 +64,10 @@ class ConstantContactDestination(Destination):
         self.hook.require_lists(self._list_ids)
         self.hook.require_custom_fields(field_mapping)
 
-    def envelope(self) -> tuple[bytes, bytes]:
-        return self._encoder.prefix, self._encoder.suffix
-
-    def encode(self, contact: Mapping[str, str]) -> bytes:
-        return self._encoder.encode(contact)
-
     def submit(self, batch: Batch) -> str:
         return self.hook.json_import(batch.body)
 
-    def poll(self, job_id: str, batch: Batch) -> JobResult | None:
-        status = self.hook.import_status(job_id)
-        if not status.done:
-            return None
-        if not status.ok:
-            return JobResult(ok=False, state=status.state)
+    def completed(self, status: ImportStatus, batch: Batch) -> JobResult:
         rejected = status.rejected
         if status.total is not None and status.total < batch.contacts:
             # Contacts the API never saw (a truncated body) must not pass as exported.
@@ -91,13 +82,6 @@ class ConstantContactDestination(Destination):
             rejected += missing
         rejected = min(rejected, batch.contacts)
         return JobResult(ok=True, accepted=batch.contacts - rejected, rejected=rejected)
-
-    def share_account(self) -> AbstractContextManager[object]:
-        return self.hook.share_account()
-
-    @property
-    def requests_made(self) -> int:
-        return self.hook.requests_made
 
     # -- keeping lists in sync ------------------------------------------------------------------
 
@@ -121,9 +105,4 @@ class ConstantContactDestination(Destination):
         return self.hook.remove_list_memberships([contact_id for _, contact_id in contacts], self._list_ids)
 
     def poll_removal(self, job_id: str, contacts: Sequence[tuple[str, str]]) -> JobResult | None:
-        status = self.hook.import_status(job_id)
-        if not status.done:
-            return None
-        if not status.ok:
-            return JobResult(ok=False, state=status.state)
-        return JobResult(ok=True, accepted=len(contacts))
+        return self.job_result(job_id, lambda status: JobResult(ok=True, accepted=len(contacts)))
