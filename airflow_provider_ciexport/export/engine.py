@@ -343,13 +343,24 @@ class SegmentExporter:
             ", ".join(report.lists),
             " (dry run: nothing is sent)" if self.settings.dry_run else "",
         )
-        sharing = nullcontext() if self.settings.dry_run else self.destination.share_account()
+        destination = self.destination
+        prefix, suffix = destination.envelope()
+        batcher = Batcher(
+            max_contacts=destination.max_batch_contacts,
+            max_bytes=destination.max_batch_bytes,
+            prefix=prefix,
+            suffix=suffix,
+        )
+        sharing = nullcontext() if self.settings.dry_run else destination.share_account()
         try:
             with sharing:
-                contacts = self._contacts(builder, chunks)
+                # Each contact is encoded once: the sync diff's digest and the request body use the same bytes.
+                items: Iterator[tuple[dict[str, str], bytes]] = (
+                    (contact, destination.encode(contact)) for contact in self._contacts(builder, chunks)
+                )
                 if self._diff is not None:
-                    contacts = self._changed(contacts)
-                head = list(itertools.islice(contacts, self.destination.small_segment_max + 1))
+                    items = self._changed(items, batcher)
+                head = list(itertools.islice(items, destination.small_segment_max + 1))
                 # A contact the export removed comes back through an import, which names the contacts
                 # it refuses (excluded); single-contact calls do not.
                 readds = (
@@ -363,9 +374,9 @@ class SegmentExporter:
                     and len(head) <= self.destination.small_segment_max
                     and not readds
                 ):
-                    self._send_small(head)
+                    self._send_small([contact for contact, _ in head])
                 else:
-                    self._send_batches(itertools.chain(head, contacts))
+                    self._send_batches(itertools.chain(head, items), batcher)
                 if self._diff is not None and not self._stop.is_set() and self._fatal is None:
                     self._finish_sync(builder)
         except _Stopped:
@@ -478,24 +489,22 @@ class SegmentExporter:
         diff.check_removals(len(leavers), contacts, self.sync.max_removal_fraction)
         return leavers
 
-    def _changed(self, contacts: Iterator[dict[str, str]]) -> Iterator[dict[str, str]]:
+    def _changed(
+        self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher
+    ) -> Iterator[tuple[dict[str, str], bytes]]:
         """Only the contacts that need sending; the rest are counted (unchanged, opted out)."""
         diff = self._diff
         assert diff is not None
-        destination = self.destination
-        encode = destination.encode
-        room = destination.max_batch_bytes - sum(len(part) for part in destination.envelope())
-        for contact in contacts:
-            item = encode(contact)
-            if len(item) >= room:
-                yield contact  # too large to send at all: the batcher counts it
+        for contact, item in items:
+            if not batcher.fits_alone(item):
+                yield contact, item  # too large to send at all: counted where the batches are made
                 continue
             kind, index, key, digest = diff.classify(contact["email"], item)
             if kind in (UNCHANGED, OPTED_OUT):
                 continue
             # Read each time: dispatching a batch moves the pending entries into a new ledger.
             self._ledger.add(index, key, digest, contact["email"])
-            yield contact
+            yield contact, item
 
     def _finish_sync(self, builder: ContactBuilder) -> None:
         """After every batch is confirmed: re-add the contacts the export removed that came back, then
@@ -632,15 +641,8 @@ class SegmentExporter:
             if self._diff is not None:
                 self._diff.confirm(self._ledger, None, accepted == len(contacts))
 
-    def _send_batches(self, contacts: Iterator[dict[str, str]]) -> None:
+    def _send_batches(self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher) -> None:
         destination = self.destination
-        prefix, suffix = destination.envelope()
-        batcher = Batcher(
-            max_contacts=destination.max_batch_contacts,
-            max_bytes=destination.max_batch_bytes,
-            prefix=prefix,
-            suffix=suffix,
-        )
         report = self.report
         slots = threading.BoundedSemaphore(destination.max_unconfirmed)
         submit_gate = threading.BoundedSemaphore(destination.max_in_flight)
@@ -675,10 +677,9 @@ class SegmentExporter:
 
         with ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport") as pool:
             try:
-                for contact in contacts:
+                for _, item in items:
                     if self._stop.is_set():
                         raise _Stopped
-                    item = destination.encode(contact)
                     if not batcher.fits_alone(item):
                         # One contact larger than a whole request: the API could never take it.
                         self._too_large += 1
