@@ -24,6 +24,7 @@ import pendulum
 from airflow.sdk import DAG, Param
 
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
+from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, AC_LISTS, CC_LIST_VIP, CC_LISTS
 
@@ -120,34 +121,6 @@ _COMMON: dict[str, Any] = {
     "params": {"profiles": Param(0, type="integer", minimum=0)},
 }
 
-with DAG(dag_id="ciexport_bench_ac", **_COMMON):
-    ActiveCampaignSegmentExportOperator(
-        task_id="export",
-        activecampaign_conn_id="activecampaign_default",
-        list_id=AC_LIST_VIP,
-        sql_conn_id="profiles_db",
-        sql=SEGMENT_SQL,
-        field_mapping=AC_MAPPING,
-        max_profiles=None,
-        progress_interval=15.0,
-        pre_execute=_probe("pre"),
-        post_execute=_probe("post"),
-    )
-
-with DAG(dag_id="ciexport_bench_cc", **_COMMON):
-    ConstantContactSegmentExportOperator(
-        task_id="export",
-        constantcontact_conn_id="constantcontact_default",
-        list_id=CC_LIST_VIP,
-        sql_conn_id="profiles_db",
-        sql=SEGMENT_SQL,
-        field_mapping=CC_MAPPING,
-        max_profiles=None,
-        progress_interval=15.0,
-        pre_execute=_probe("pre"),
-        post_execute=_probe("post"),
-    )
-
 _SYNC: dict[str, Any] = {
     **_COMMON,
     "params": {
@@ -157,62 +130,40 @@ _SYNC: dict[str, Any] = {
     },
 }
 
-with DAG(dag_id="ciexport_bench_ac_sync", **_SYNC):
-    ActiveCampaignSegmentExportOperator(
-        task_id="export",
-        activecampaign_conn_id="activecampaign_default",
-        list_id=AC_LIST_VIP,
-        sql_conn_id="profiles_db",
-        sql=SYNC_SQL,
-        field_mapping=AC_MAPPING,
-        max_profiles=None,
-        progress_interval=15.0,
-        sync_mode="mirror",
-        state_path="{{ params.state_path }}",
-        pre_execute=_probe("pre"),
-        post_execute=_probe("post"),
-    )
+#: Per destination: the operator, the list of the single and sync exports, the mapping, the lists of
+#: the concurrent exports and their pool. Every task uses the connection's default id.
+_DESTINATIONS: dict[str, tuple[type[BaseSegmentExportOperator], Any, dict[str, str], list[Any], str]] = {
+    "ac": (ActiveCampaignSegmentExportOperator, AC_LIST_VIP, AC_MAPPING, AC_CONCURRENT_LISTS, AC_POOL),
+    "cc": (ConstantContactSegmentExportOperator, CC_LIST_VIP, CC_MAPPING, CC_CONCURRENT_LISTS, CC_POOL),
+}
+_TASK: dict[str, Any] = {"sql_conn_id": "profiles_db", "max_profiles": None, "progress_interval": 15.0}
 
-with DAG(dag_id="ciexport_bench_cc_sync", **_SYNC):
-    ConstantContactSegmentExportOperator(
-        task_id="export",
-        constantcontact_conn_id="constantcontact_default",
-        list_id=CC_LIST_VIP,
-        sql_conn_id="profiles_db",
-        sql=SYNC_SQL,
-        field_mapping=CC_MAPPING,
-        max_profiles=None,
-        progress_interval=15.0,
-        sync_mode="mirror",
-        state_path="{{ params.state_path }}",
-        pre_execute=_probe("pre"),
-        post_execute=_probe("post"),
-    )
-
-with DAG(dag_id="ciexport_bench_ac_concurrent", is_paused_upon_creation=False, **_COMMON):
-    for index, ac_list in enumerate(AC_CONCURRENT_LISTS):
-        ActiveCampaignSegmentExportOperator(
-            task_id=f"export_{index + 1}",
-            activecampaign_conn_id="activecampaign_default",
-            list_id=ac_list,
-            sql_conn_id="profiles_db",
-            sql=RANGE_SQL.format(index=index, next=index + 1),
-            field_mapping=AC_MAPPING,
-            max_profiles=None,
-            progress_interval=15.0,
-            pool=AC_POOL,
+for dest, (operator, vip_list, mapping, concurrent_lists, pool) in _DESTINATIONS.items():
+    probes: dict[str, Any] = {"pre_execute": _probe("pre"), "post_execute": _probe("post")}
+    with DAG(dag_id=f"ciexport_bench_{dest}", **_COMMON):
+        operator(
+            task_id="export", list_id=vip_list, sql=SEGMENT_SQL, field_mapping=mapping, **_TASK, **probes
         )
 
-with DAG(dag_id="ciexport_bench_cc_concurrent", is_paused_upon_creation=False, **_COMMON):
-    for index, cc_list in enumerate(CC_CONCURRENT_LISTS):
-        ConstantContactSegmentExportOperator(
-            task_id=f"export_{index + 1}",
-            constantcontact_conn_id="constantcontact_default",
-            list_id=cc_list,
-            sql_conn_id="profiles_db",
-            sql=RANGE_SQL.format(index=index, next=index + 1),
-            field_mapping=CC_MAPPING,
-            max_profiles=None,
-            progress_interval=15.0,
-            pool=CC_POOL,
+    with DAG(dag_id=f"ciexport_bench_{dest}_sync", **_SYNC):
+        operator(
+            task_id="export",
+            list_id=vip_list,
+            sql=SYNC_SQL,
+            field_mapping=mapping,
+            sync_mode="mirror",
+            state_path="{{ params.state_path }}",
+            **_TASK,
+            **probes,
         )
+
+    with DAG(dag_id=f"ciexport_bench_{dest}_concurrent", is_paused_upon_creation=False, **_COMMON):
+        for index, list_id in enumerate(concurrent_lists):
+            operator(
+                task_id=f"export_{index + 1}",
+                list_id=list_id,
+                sql=RANGE_SQL.format(index=index, next=index + 1),
+                field_mapping=mapping,
+                pool=pool,
+                **_TASK,
+            )

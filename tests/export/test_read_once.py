@@ -4,64 +4,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, ExportIncompleteError
-from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.contacts import ContactSchema
-from airflow_provider_ciexport.export.destination import Destination, JobResult
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
 from airflow_provider_ciexport.export.sources import FileSegmentSource, SqlSegmentSource, make_source
 from airflow_provider_ciexport.export.spool import RowSpool
-from airflow_provider_ciexport.hooks.base import encode_json
+from tests.export.fakes import FakeDestination
 from tests.support import set_connection
-
-
-class RecordingDestination(Destination):
-    """Takes every batch at once and remembers what it was sent."""
-
-    name = "Test"
-    schema = ContactSchema("Test", {"email": 254, "first_name": 50}, "cf:")
-    max_batch_contacts = 100
-    max_batch_bytes = 100_000
-    poll_interval = 0.0
-    max_poll_interval = 0.0
-    max_poll_rate = 1000.0
-
-    def __init__(self) -> None:
-        self.sent: list[int] = []
-        self.bodies: list[bytes] = []
-        self.prepared = False
-
-    @property
-    def list_ids(self) -> Sequence[str]:
-        return ["1"]
-
-    def prepare(self, field_mapping: Mapping[str, str]) -> None:
-        self.prepared = True
-
-    def envelope(self) -> tuple[bytes, bytes]:
-        return b"[", b"]"
-
-    def encode(self, contact: Mapping[str, str]) -> bytes:
-        return encode_json(dict(contact))
-
-    def submit(self, batch: Batch) -> str:
-        self.sent.append(batch.contacts)
-        self.bodies.append(batch.body)
-        return f"job-{batch.number}"
-
-    def poll(self, job_id: str, batch: Batch) -> JobResult | None:
-        return JobResult(ok=True, accepted=batch.contacts)
-
-    @property
-    def requests_made(self) -> int:
-        return 2 * len(self.sent)
-
 
 MAPPING = {"email": "email", "first_name": "first_name"}
 
@@ -100,13 +54,13 @@ def test_a_sql_segment_is_queried_once(profiles_db: str, max_profiles: int | Non
     source = make_source(sql="SELECT email, first_name FROM segment ORDER BY id", sql_conn_id=profiles_db)
     assert isinstance(source, SqlSegmentSource)
     statements = traced(source)
-    destination = RecordingDestination()
+    destination = FakeDestination(batch_contacts=100)
 
     report = SegmentExporter(source, destination, MAPPING, ExportSettings(max_profiles=max_profiles)).run()
 
     assert statements == ["SELECT email, first_name FROM segment ORDER BY id"]
     assert (report.read, report.submitted, report.accepted) == (1000, 1000, 1000)
-    assert sum(destination.sent) == 1000
+    assert sum(batch.contacts for batch in destination.submitted) == 1000
 
 
 def test_every_contact_of_a_spooled_sql_segment_is_sent_with_its_own_values(
@@ -127,11 +81,11 @@ def test_every_contact_of_a_spooled_sql_segment_is_sent_with_its_own_values(
     source = make_source(
         sql="SELECT email, first_name FROM segment ORDER BY id", sql_conn_id=conn_id, chunk_size=100
     )
-    destination = RecordingDestination()
+    destination = FakeDestination(batch_contacts=100)
 
     SegmentExporter(source, destination, MAPPING, ExportSettings(max_profiles=1000)).run()
 
-    sent = [contact for body in destination.bodies for contact in json.loads(body)]
+    sent = destination.contacts_sent()
     assert sent == [
         {"email": f"user{i}@example.com", **({"first_name": f"Name{i}"} if i % 3 else {})}
         for i in range(1000)
@@ -144,12 +98,12 @@ def test_a_sql_segment_over_max_profiles_sends_nothing_and_stops_reading(profile
     )
     assert isinstance(source, SqlSegmentSource)
     statements = traced(source)
-    destination = RecordingDestination()
+    destination = FakeDestination(batch_contacts=100)
 
     with pytest.raises(ExportConfigurationError, match=r"more than max_profiles=250 rows.*Nothing was sent"):
         SegmentExporter(source, destination, MAPPING, ExportSettings(max_profiles=250)).run()
 
-    assert destination.sent == []
+    assert destination.submitted == []
     assert statements == ["SELECT email, first_name FROM segment ORDER BY id"]
 
 
@@ -174,7 +128,7 @@ def test_a_file_segment_is_opened_once(
         return open_binary(self)
 
     monkeypatch.setattr(FileSegmentSource, "_open_binary", counting)
-    destination = RecordingDestination()
+    destination = FakeDestination(batch_contacts=100)
 
     report = SegmentExporter(
         make_source(source_path=str(tmp_path / name), chunk_size=50), destination, MAPPING
@@ -187,32 +141,32 @@ def test_a_file_segment_is_opened_once(
 def test_a_csv_over_max_profiles_fails_before_anything_is_sent(tmp_path: Path) -> None:
     path = tmp_path / "s.csv"
     path.write_text("email\n" + "".join(f"u{i}@example.com\n" for i in range(101)))
-    destination = RecordingDestination()
+    destination = FakeDestination(batch_contacts=100)
 
     with pytest.raises(ExportConfigurationError, match="more than max_profiles=100"):
         SegmentExporter(
             make_source(source_path=str(path)), destination, {"email": "email"}, ExportSettings(100)
         ).run()
 
-    assert destination.sent == []
+    assert destination.submitted == []
 
 
 def test_records_over_max_profiles_are_refused_with_their_count() -> None:
     records = [{"email": f"u{i}@example.com"} for i in range(11)]
-    destination = RecordingDestination()
+    destination = FakeDestination(batch_contacts=100)
 
     with pytest.raises(ExportConfigurationError, match="has 11 rows, more than max_profiles=10"):
         SegmentExporter(
             make_source(records=records), destination, {"email": "email"}, ExportSettings(10)
         ).run()
 
-    assert destination.sent == []
+    assert destination.submitted == []
 
 
 def test_a_stop_while_counting_sends_nothing(tmp_path: Path) -> None:
     path = tmp_path / "s.csv"
     path.write_text("email\n" + "".join(f"u{i}@example.com\n" for i in range(500)))
-    destination = RecordingDestination()
+    destination = FakeDestination(batch_contacts=100)
     exporter = SegmentExporter(
         make_source(source_path=str(path), chunk_size=10), destination, {"email": "email"}
     )
@@ -221,7 +175,7 @@ def test_a_stop_while_counting_sends_nothing(tmp_path: Path) -> None:
     with pytest.raises(ExportIncompleteError, match=r"stopped while reading the segment\. Nothing was sent"):
         exporter.run()
 
-    assert destination.sent == []
+    assert destination.submitted == []
 
 
 def test_the_spool_gives_back_exactly_what_it_was_given() -> None:
