@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-EXTRAS := test,demo,parquet,sandbox,openlineage
+EXTRAS := test,demo,parquet,sandbox,openlineage,docs
 # Exact versions of everything installed, for every supported Python: a new upstream release cannot
 # change what a fresh clone installs. `make lock` refreshes it; `make test-latest` tries the newest.
 LOCK := constraints/constraints.txt
@@ -12,7 +12,7 @@ CONSTRAINTS ?= -c $(LOCK)
 #: make sandbox PORT=8030
 PORT ?= 8025
 
-.PHONY: install test lint typecheck pytest demo bench sandbox lock test-latest ui-test clean
+.PHONY: install test lint typecheck pytest docs demo bench sandbox lock test-latest ui-test clean
 
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(VENV)/bin/pytest
 
-test: lint typecheck pytest
+test: lint typecheck pytest docs
 
+# The documentation site (docs/, Sphinx + MyST) into build/docs; every warning, broken cross-reference
+# included, fails the build.
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -b html -E -W --keep-going -n -q docs build/docs
+	@echo "Documentation: build/docs/index.html"
+
+#: make demo DEMO_ARGS=--full (every report key)
 demo: $(STAMP)
-	$(PY) -m airflow_provider_ciexport.demo
+	$(PY) -m airflow_provider_ciexport.demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
@@ -61,6 +68,6 @@ ui-test: $(STAMP)
 	CIEXPORT_UI_TEST=1 $(VENV)/bin/pytest tests/ui -m ui -n 0 --timeout 900 -p no:cacheprovider $(UI_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-latest .airflow .mypy_cache .ruff_cache .pytest_cache build/ui
+	rm -rf $(VENV) .venv-latest .airflow .mypy_cache .ruff_cache .pytest_cache build/ui build/docs
 
 comma := ,

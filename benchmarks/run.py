@@ -758,24 +758,11 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def print_tables(summary: dict[str, Any], runs: dict[tuple[str, int], Export]) -> None:
-    """The runs, then the goals."""
-    print()
-    head = f"{'export':<14}{'valid':>10}{'export s':>10}{'task s':>9}{'imports':>9}{'requests':>10}"
-    head += f"{'peak RSS MB':>13}{'CPU s':>8}{'exec CPU s':>12}{'sandbox CPU s':>15}"
-    print(head)
-    print("-" * len(head))
-    for export in sorted(runs.values(), key=lambda e: (e.destination, e.profiles)):
-        report = export.report
-        imports = len(import_posts(export)) if export.ok else None
-        print(
-            f"{export.destination.upper() + ' ' + format(export.profiles, ','):<14}"
-            f"{_fmt(report.get('submitted')):>10}{_fmt(report.get('duration_s'), '.1f'):>10}"
-            f"{_fmt(export.outcome.get('task_duration_s'), '.1f'):>9}{_fmt(imports):>9}"
-            f"{_fmt(len(export.log) if export.ok else None):>10}{export.rss_mb:>13.0f}"
-            f"{export.child.cpu_s:>8.1f}{_fmt(export.execute_cpu_s, '.1f'):>12}{export.sandbox_cpu_s:>15.1f}"
-        )
-    print()
+def goal_notes(summary: dict[str, Any]) -> dict[str, str]:
+    """What stands behind each goal's value, in words (the table's detail column; the docs use it too).
+
+    :param summary: the content of ``benchmarks/results/latest.json``.
+    """
     ac = summary["by_destination"].get("ac", {})
     cc = summary["by_destination"].get("cc", {})
     notes = {
@@ -839,18 +826,62 @@ def print_tables(summary: dict[str, Any], runs: dict[tuple[str, int], Export]) -
             f"the other app's: {_fmt(other.get('other_app_admitted'))} admitted, "
             f"{_fmt(other.get('other_app_refused'))} refused and tried again"
         )
+    return notes
+
+
+def goal_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The goals table: (goal, value, target, PASS/FAIL/-, detail) per goal, then the CPU figure.
+
+    :param summary: the content of ``benchmarks/results/latest.json``.
+    """
+    notes = goal_notes(summary)
+    rows = [
+        (
+            name,
+            _fmt(g["value"], ".3f"),
+            g["goal"],
+            "-" if g["met"] is None else "PASS" if g["met"] else "FAIL",
+            notes.get(name, ""),
+        )
+        for name, g in summary["goals"].items()
+    ]
+    cpu = summary["cpu_s_per_1k"]
+    rows.append(
+        (
+            "cpu_s_per_1k",
+            "",
+            "",
+            "",
+            " / ".join(f"{d.upper()} {_fmt(v, '.3f')}" for d, v in cpu.items())
+            + " (client CPU of execute(), all threads, per 1,000 profiles)",
+        )
+    )
+    return rows
+
+
+def print_tables(summary: dict[str, Any], runs: dict[tuple[str, int], Export]) -> None:
+    """The runs, then the goals."""
+    print()
+    head = f"{'export':<14}{'valid':>10}{'export s':>10}{'task s':>9}{'imports':>9}{'requests':>10}"
+    head += f"{'peak RSS MB':>13}{'CPU s':>8}{'exec CPU s':>12}{'sandbox CPU s':>15}"
+    print(head)
+    print("-" * len(head))
+    for export in sorted(runs.values(), key=lambda e: (e.destination, e.profiles)):
+        report = export.report
+        imports = len(import_posts(export)) if export.ok else None
+        print(
+            f"{export.destination.upper() + ' ' + format(export.profiles, ','):<14}"
+            f"{_fmt(report.get('submitted')):>10}{_fmt(report.get('duration_s'), '.1f'):>10}"
+            f"{_fmt(export.outcome.get('task_duration_s'), '.1f'):>9}{_fmt(imports):>9}"
+            f"{_fmt(len(export.log) if export.ok else None):>10}{export.rss_mb:>13.0f}"
+            f"{export.child.cpu_s:>8.1f}{_fmt(export.execute_cpu_s, '.1f'):>12}{export.sandbox_cpu_s:>15.1f}"
+        )
+    print()
     head = f"{'goal':<26}{'value':>7}  {'target':<9}{'':<6}  detail"
     print(head)
     print("-" * 100)
-    for name, g in summary["goals"].items():
-        verdict = "-" if g["met"] is None else "PASS" if g["met"] else "FAIL"
-        print(f"{name:<26}{_fmt(g['value'], '.3f'):>7}  {g['goal']:<9}{verdict:<6}  {notes.get(name, '')}")
-    cpu = summary["cpu_s_per_1k"]
-    print(
-        f"{'cpu_s_per_1k':<26}{'':>7}  {'':<9}{'':<6}  "
-        + " / ".join(f"{d.upper()} {_fmt(v, '.3f')}" for d, v in cpu.items())
-        + " (client CPU of execute(), all threads, per 1,000 profiles)"
-    )
+    for name, value, target, verdict, detail in goal_rows(summary):
+        print(f"{name:<26}{value:>7}  {target:<9}{verdict:<6}  {detail}")
     print(
         f"\n{summary['profiles']:,} profiles, scale N={summary['scale']:g}, bench took {summary['bench_wall_s']:.0f} s"
     )
