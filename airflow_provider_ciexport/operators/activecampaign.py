@@ -29,7 +29,7 @@ class ActiveCampaignSegmentExportOperator(BaseSegmentExportOperator):
     :param tags: tags to add to every exported contact. Templated.
     :param activecampaign_conn_id: the ``activecampaign`` connection.
 
-    The source and run parameters are those of :class:`BaseSegmentExportOperator`.
+    The source and run parameters are those of :class:`~airflow_provider_ciexport.operators.base.BaseSegmentExportOperator`.
     """
 
     template_fields: Sequence[str] = (*BaseSegmentExportOperator.template_fields, "tags")

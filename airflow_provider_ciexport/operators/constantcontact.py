@@ -26,7 +26,7 @@ class ConstantContactSegmentExportOperator(BaseSegmentExportOperator):
         import attributes, and custom fields as ``cf:<name>`` (at most 25). Templated.
     :param constantcontact_conn_id: the ``constantcontact`` connection.
 
-    The source and run parameters are those of :class:`BaseSegmentExportOperator`.
+    The source and run parameters are those of :class:`~airflow_provider_ciexport.operators.base.BaseSegmentExportOperator`.
     """
 
     ui_color = "#ffe2c6"
