@@ -102,8 +102,6 @@ def airflow_env(home: Path, dags_folder: Path) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            # The example DAG keeps each export's sync state here and mirrors the segment.
-            "CIEXPORT_STATE_DIR": f"file://{home / 'ciexport-state'}",
         }
     )
     return env

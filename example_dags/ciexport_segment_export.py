@@ -18,15 +18,15 @@ To use this DAG in your project, copy it together with its `sql/` folder.
 Each export task returns its report (rows read, invalid, duplicates, accepted, rejected, job ids) as its
 XCom value.
 
-With the environment variable `CIEXPORT_STATE_DIR` set where every worker can reach it (e.g.
-`s3://my-bucket/ciexport`; `make demo` uses a directory in its Airflow home), each export keeps a sync
-state there and mirrors the segment: later runs send only new and changed contacts and remove those
-the export added that left the segment. Without it, every run sends the whole segment.
+Each export mirrors the segment with a sync state kept under `STATE_DIR` (set at the top of the file):
+the first run sends every contact, later runs send only new and changed contacts and remove from
+the lists the contacts this export added that left the segment (never anyone who unsubscribed).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pendulum
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
@@ -35,6 +35,16 @@ from airflow.sdk import DAG, Param
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 
+# The one setting to change when you copy this DAG: where each export keeps its sync state, the
+# record of what it sent (it holds email addresses: keep it private). Use a URI every worker can
+# reach, e.g. "s3://my-bucket/ciexport" or "gs://my-bucket/ciexport". This default, a folder in the
+# Airflow home, works only while every task runs on this one machine (LocalExecutor, `airflow dags
+# test`, `make demo`). Move the state files along if you change it later: without them the next run
+# is a first sync again (it sends everything and takes the lists' members as ones it did not add).
+STATE_DIR = (
+    Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser().resolve() / "ciexport-state"
+).as_uri()
+
 # Sandbox list ids: ActiveCampaign uses the number in the list's URL, Constant Contact the list's UUID.
 AC_LISTS = {"1": "Newsletter (1)", "2": "VIP customers (2)", "3": "Lapsed customers (3)"}
 CC_LISTS = {
@@ -42,9 +52,6 @@ CC_LISTS = {
     "22222222-2222-4222-8222-222222222222": "VIP customers",
     "33333333-3333-4333-8333-333333333333": "Lapsed customers",
 }
-# Where each export keeps its sync state (see the docstring); read when the DAG file is parsed.
-STATE_DIR = os.environ.get("CIEXPORT_STATE_DIR", "").rstrip("/")
-SYNC_MODE = "mirror" if STATE_DIR else "upsert"
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
@@ -106,6 +113,7 @@ with DAG(
         split_statements=True,
     )
 
+    # [START howto_operator_ciexport_activecampaign]
     export_to_activecampaign = ActiveCampaignSegmentExportOperator(
         task_id="export_to_activecampaign",
         activecampaign_conn_id="activecampaign_default",
@@ -125,10 +133,12 @@ with DAG(
         tags=["segment-{{ params.segment }}"],
         dry_run="{{ params.dry_run }}",
         # One state per segment and destination (the lists and mapping are checked against it).
-        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-activecampaign.state" if STATE_DIR else None,
-        sync_mode=SYNC_MODE,
+        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-activecampaign.state",
+        sync_mode="mirror",
     )
+    # [END howto_operator_ciexport_activecampaign]
 
+    # [START howto_operator_ciexport_constantcontact]
     export_to_constantcontact = ConstantContactSegmentExportOperator(
         task_id="export_to_constantcontact",
         constantcontact_conn_id="constantcontact_default",
@@ -146,8 +156,9 @@ with DAG(
             "cf:city": "city",
         },
         dry_run="{{ params.dry_run }}",
-        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-constantcontact.state" if STATE_DIR else None,
-        sync_mode=SYNC_MODE,
+        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-constantcontact.state",
+        sync_mode="mirror",
     )
+    # [END howto_operator_ciexport_constantcontact]
 
     refresh_segments >> [export_to_activecampaign, export_to_constantcontact]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,35 @@ def test_segment_export_refreshes_then_exports(dagbag: DagBag) -> None:
         assert task.field_mapping["email"] == "email"
     # Manual runs only: unpausing it (as the trigger dialog does) never starts an export by itself.
     assert dag.schedule is None
+
+
+def test_a_copied_example_mirrors_with_a_state_in_the_airflow_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Copied into a project as the docs say (the file and its sql/ folder), with nothing else set.
+    shutil.copy(EXAMPLE_DAGS / "ciexport_segment_export.py", tmp_path)
+    shutil.copytree(EXAMPLE_DAGS / "sql", tmp_path / "sql")
+    home = tmp_path / "airflow-home"
+    monkeypatch.setenv("AIRFLOW_HOME", str(home))
+    bag = DagBag(dag_folder=str(tmp_path))
+    assert bag.import_errors == {}
+    dag = bag.dags["ciexport_segment_export"]
+
+    paths = set()
+    for task_id in EXPORT_TASKS:
+        task = _export_task(dag, task_id).prepare_for_execution()
+        assert isinstance(task, BaseSegmentExportOperator)
+        assert task.sync_mode == "mirror"
+        task.render_template_fields({"params": dag.params.validate()}, jinja_env=dag.get_template_env())
+        assert task.state_path is not None
+        paths.add(task.state_path)
+    # One state per segment and destination, in the one setting the file names at its top.
+    assert paths == {
+        (home / "ciexport-state" / "vip-activecampaign.state").as_uri(),
+        (home / "ciexport-state" / "vip-constantcontact.state").as_uri(),
+    }
+    source = (EXAMPLE_DAGS / "ciexport_segment_export.py").read_text()
+    assert source.index("STATE_DIR = ") < source.index("with DAG(")
 
 
 def test_trigger_form_defaults_are_valid(dagbag: DagBag) -> None:
