@@ -68,6 +68,9 @@ nitpick_ignore = [
     ("py:meth", "_check_answer"),
 ]
 
+# Keep "--profiles" and quotes in generated text as written.
+smartquotes = False
+
 html_theme = "furo"
 html_title = f"airflow-provider-ciexport {release}"
 html_static_path: list[str] = []
