@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.redaction import looks_like_a_header
 
 #: RFC 5321 limit on a whole address, also PHP's ``FILTER_VALIDATE_EMAIL`` limit.
 MAX_EMAIL_LENGTH = 254
@@ -234,12 +235,16 @@ class EmailSet:
 
 
 def _describe_columns(columns: Sequence[str]) -> str:
-    # A file without a header row turns its first data row into "column names": never echo an address.
-    parts = ["<hidden>" if "@" in name else repr(name) for name in columns]
-    text = ", ".join(parts) or "(none)"
-    if "<hidden>" in parts:
-        text += " (names containing '@' are hidden: is the first row data instead of a header?)"
-    return text
+    """A sentence naming the columns when they look like names, else giving only their count.
+
+    A file without a header row turns its first data row into "column names": never echo it.
+    """
+    if not looks_like_a_header(columns):
+        return (
+            f"Its {len(columns)} column names look like data, not names, so they are not shown: is the "
+            "first line a data row instead of a header row?"
+        )
+    return f"Its columns are: {', '.join(repr(name) for name in columns) or '(none)'}."
 
 
 class ContactBuilder:
@@ -356,10 +361,11 @@ class ContactBuilder:
             if len(candidates) == 1:
                 resolved[attr] = candidates[0]
             elif candidates:
+                matching = [columns[i] for i in candidates]
                 raise ExportConfigurationError(
                     f"field_mapping column {column!r} (for {attr!r}) is not a column, and "
                     f"{len(candidates)} columns match it ignoring case and spaces: "
-                    f"{_describe_columns([columns[i] for i in candidates])}. Use the exact column name."
+                    f"{', '.join(repr(name) for name in matching)}. Use the exact column name."
                 )
             else:
                 missing.append(column)
@@ -367,7 +373,7 @@ class ContactBuilder:
             names = ", ".join(repr(name) for name in dict.fromkeys(missing))
             raise ExportConfigurationError(
                 f"field_mapping names column(s) {names} that the segment does not have. "
-                f"Its columns are: {_describe_columns(columns)}. Fix field_mapping or the source."
+                f"{_describe_columns(columns)} Fix field_mapping or the source."
             )
         # ``email`` first so contacts always start with it.
         return {"email": resolved["email"], **{a: i for a, i in resolved.items() if a != "email"}}

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
+from airflow_provider_ciexport.redaction import driver_error, looks_like_a_header
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -38,6 +39,7 @@ _FORMATS = {
 }
 _FORMAT_NAMES = {"csv": "CSV", "jsonl": "JSON Lines", "parquet": "Parquet"}
 _PARQUET_EXTRA = "pip install 'airflow-provider-ciexport[parquet]'"
+_DRIVER_TEXT_HIDDEN = "(The driver's own message is not shown: it can quote row values.)"
 
 
 class SegmentRows:
@@ -110,8 +112,13 @@ def _check_unique(names: Sequence[str], where: str) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
+            shown = (
+                repr(name)
+                if looks_like_a_header(names)
+                else "name (not shown: the names look like data; is the first line a data row instead of a header row?)"
+            )
             raise SegmentSourceError(
-                f"{where} has the column {name!r} more than once, so rows cannot be read by name. "
+                f"{where} has the column {shown} more than once, so rows cannot be read by name. "
                 "Rename or drop the duplicate column."
             )
         seen.add(name)
@@ -160,10 +167,11 @@ class SqlSegmentSource(SegmentSource):
         return self._hook
 
     def _failed(self, err: Exception) -> SegmentSourceError:
-        # Driver messages describe the SQL or the server, never row values, so they are worth showing.
+        # Raised `from None`: drivers quote row values in their messages, also in a chained traceback.
         return SegmentSourceError(
-            f"The segment query failed on connection {self.conn_id!r}: {type(err).__name__}: {err}. "
-            "Fix the SQL (try it in a SQL client against the same database)."
+            f"The segment query failed on connection {self.conn_id!r}: {driver_error(err)}. "
+            f"{_DRIVER_TEXT_HIDDEN} Fix the SQL (run it in a SQL client against the same database to "
+            "see the driver's message)."
         )
 
     def get_db_hook(self) -> DbApiHook:
@@ -184,9 +192,10 @@ class SqlSegmentSource(SegmentSource):
             except Exception as err:
                 raise SegmentSourceError(
                     f"Could not connect to the database of connection {self.conn_id!r} for the segment "
-                    f"query: {type(err).__name__}: {err}. Check the connection's host, credentials and "
-                    "network access from this worker."
-                ) from err
+                    f"query: {driver_error(err)}. {_DRIVER_TEXT_HIDDEN} Check the connection's host, "
+                    "credentials and network access from this worker (e.g. with the connection's Test "
+                    "button)."
+                ) from None
             yield cursor
 
     def _names(self, cursor: Any) -> list[str]:
@@ -202,7 +211,7 @@ class SqlSegmentSource(SegmentSource):
                 cursor.execute(self.sql)
                 rows = cursor.fetchmany(size)
             except Exception as err:
-                raise self._failed(err) from err
+                raise self._failed(err) from None
             # Read after the first fetch: server-side cursors only describe their columns then.
             yield self._names(cursor)
             while rows:
@@ -211,7 +220,7 @@ class SqlSegmentSource(SegmentSource):
                 try:
                     rows = cursor.fetchmany(size)
                 except Exception as err:
-                    raise self._failed(err) from err
+                    raise self._failed(err) from None
 
 
 def _as_tuples(rows: Sequence[Any]) -> list[Row]:
@@ -233,6 +242,24 @@ def _server_side_cursor(conn: Any) -> Any | None:
 
         return conn.cursor(pymysql.cursors.SSCursor)
     return None
+
+
+def _os_error(err: BaseException) -> str:
+    """What went wrong opening or reading a file, without anything read from it.
+
+    ``BadGzipFile``'s message quotes the file's first bytes, so only fixed texts are shown: the
+    operating system's ``strerror`` or a description of the compression error.
+    """
+    if isinstance(err, gzip.BadGzipFile):
+        return "BadGzipFile: not gzip-compressed data"
+    if isinstance(err, EOFError):
+        return "EOFError: the compressed data ends early"
+    if isinstance(err, zlib.error):
+        return "zlib.error: corrupt compressed data"
+    strerror = getattr(err, "strerror", None)
+    return (
+        f"{type(err).__name__}: {strerror}" if isinstance(strerror, str) and strerror else type(err).__name__
+    )
 
 
 def _shown(location: str) -> str:
@@ -279,18 +306,18 @@ class FileSegmentSource(SegmentSource):
                     raw.seek(0)
             except Exception as err:
                 raise SegmentSourceError(
-                    f"Cannot open the {self.description} at {_shown(self.path)!r}: "
-                    f"{type(err).__name__}. Check that the path exists and this worker may read it."
-                ) from err
+                    f"Cannot open the {self.description} at {_shown(self.path)!r}: {_os_error(err)}. "
+                    "Check that the path exists and this worker may read it."
+                ) from None
             if compressed:
                 raw = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))  # type: ignore[arg-type]
             try:
                 yield raw
             except (OSError, EOFError, zlib.error) as err:
                 raise SegmentSourceError(
-                    f"The {self.description} could not be read ({type(err).__name__}: {err}). Check "
+                    f"The {self.description} could not be read ({_os_error(err)}). Check "
                     "that the file is complete (and really gzip-compressed if it is named .gz)."
-                ) from err
+                ) from None
 
     def _not_utf8(self, line_no: int, offset: int) -> SegmentSourceError:
         return SegmentSourceError(
@@ -316,13 +343,14 @@ class CsvSegmentSource(FileSegmentSource):
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
             try:
                 yield csv.reader(text)
-            except UnicodeDecodeError as err:
-                raise self._locate_decode_error() from err
+            except UnicodeDecodeError:
+                raise self._locate_decode_error() from None
             except csv.Error as err:
+                # The csv module's messages are fixed texts ("line contains NUL"), never the line.
                 raise SegmentSourceError(
                     f"The {self.description} is not valid CSV: {err}. Fix the file (quotes, line breaks "
                     "inside fields, field size) or export it again."
-                ) from err
+                ) from None
             finally:
                 text.detach()
 
@@ -378,13 +406,13 @@ class JsonLinesSegmentSource(FileSegmentSource):
             try:
                 obj = json.loads(line)
             except UnicodeDecodeError as err:
-                raise self._not_utf8(line_no, start + err.start) from err
+                raise self._not_utf8(line_no, start + err.start) from None
             except ValueError as err:
                 raise SegmentSourceError(
                     f"Line {line_no} of the {self.description} is not valid JSON "
                     f"({type(err).__name__} at column {getattr(err, 'colno', '?')}). Write one JSON "
                     "object per line (JSON Lines), not a JSON array or pretty-printed JSON."
-                ) from err
+                ) from None
             if type(obj) is not dict:
                 raise SegmentSourceError(
                     f"Line {line_no} of the {self.description} is a JSON {type(obj).__name__}, not an "
@@ -439,14 +467,15 @@ class ParquetSegmentSource(FileSegmentSource):
                 raise SegmentSourceError(
                     f"The {self.description} is not a readable Parquet file ({type(err).__name__}). "
                     "Check the file, or write it again."
-                ) from err
+                ) from None
             try:
                 yield parquet
-            except pa.ArrowException as err:
+            except (pa.ArrowException, ValueError, OverflowError) as err:
+                # Arrow's and Python's conversion errors can quote a value ("year 60000 is out of range").
                 raise SegmentSourceError(
-                    f"The {self.description} could not be read ({type(err).__name__}: {err}). "
+                    f"The {self.description} could not be read ({type(err).__name__}). "
                     "Check the file, or write it again."
-                ) from err
+                ) from None
             finally:
                 parquet.close()
 

@@ -30,6 +30,7 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.export.contacts import ContactBuilder, ContactSchema
 from airflow_provider_ciexport.export.ratelimit import RateLimiter
 from airflow_provider_ciexport.export.sharing import account_lease, share_variable_key
+from airflow_provider_ciexport.redaction import request_values, vendor_error_text
 from airflow_provider_ciexport.urls import base_url_problem
 
 #: Connect and read timeouts of every request, in seconds. Imports of several MB take a while to
@@ -665,22 +666,10 @@ class SegmentApiHook(HttpHook):
 
     @staticmethod
     def _error_text(response: requests.Response) -> str:
-        """A short, data-free description of an error answer (the API's message, not its payload)."""
-        payload = json_or_none(response)
-        texts: list[str] = []
-        if isinstance(payload, dict):
-            if isinstance(payload.get("message"), str):
-                texts.append(payload["message"])
-            for err in payload.get("errors") or []:
-                if isinstance(err, dict):
-                    texts.append(str(err.get("title") or err.get("detail") or ""))
-            if "error_key" in payload:  # Constant Contact's single-object error
-                texts.append(str(payload["error_key"]))
-        elif isinstance(payload, list):
-            for err in payload:
-                if isinstance(err, dict) and "error_key" in err:
-                    texts.append(str(err.get("error_key")))
-        return "; ".join(t for t in texts if t)[:300] or "no details"
+        """A short description of an error answer without personal data or secrets: the documented
+        codes and keys, and the API's free text only with every value the request carried removed
+        (see :func:`~airflow_provider_ciexport.redaction.vendor_error_text`)."""
+        return vendor_error_text(json_or_none(response), request_values(response.request))
 
     @staticmethod
     def _slow_down(limiters: Sequence[RateLimiter], tickets: Sequence[int], answer: Throttled) -> bool:

@@ -98,6 +98,56 @@ def cc_quota_exceeded(shape: str) -> Response:
     )
 
 
+def _first_contact(body: bytes) -> dict[str, Any]:
+    """The first contact of a request body (an import's or a single contact's), or ``{}``."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    for key in ("contacts", "import_data"):
+        items = data.get(key)
+        if isinstance(items, list) and items and isinstance(items[0], dict):
+            return items[0]
+    contact = data.get("contact")
+    return contact if isinstance(contact, dict) else {}
+
+
+def quoting_error(api: str, status: int, path: str, body: bytes, cc_shape: str) -> Response:
+    """A validation error whose text quotes the request's first contact, as real APIs' messages do
+    ("Contact ann@example.com (Ann Lee, +1 415 555 0100) is invalid"), in the API's error shape."""
+    contact = _first_contact(body)
+    email = str(contact.get("email") or contact.get("email_address") or "")
+    name = " ".join(
+        str(contact[k]) for k in ("first_name", "firstName", "last_name", "lastName") if contact.get(k)
+    )
+    phone = str(contact.get("phone") or "")
+    quoted = f"Contact {email} ({', '.join(p for p in (name, phone) if p)}) is invalid"
+    if api == "cc":
+        return cc_error(status, "contacts.api.validation.error", quoted, shape=cc_shape)
+    if path.endswith("/import/bulk_import"):
+        return ac_bulk_error(
+            status,
+            f"{quoted}. The import was not queued for processing.",
+            [{"contact": 0, "failureReason": f"Field' email' incorrect format: {email}"}],
+        )
+    return json_response(
+        {
+            "errors": [
+                {
+                    "status": status,
+                    "title": quoted,
+                    "detail": f"{name} <{email}> {phone}".strip(),
+                    "code": "field_invalid",
+                    "source": {"pointer": "/data/attributes/email"},
+                }
+            ]
+        },
+        status,
+    )
+
+
 def oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> Response:
     """OAuth 2 ``{"error", "error_description"}``."""
     return json_response({"error": error, "error_description": description}, status, headers)

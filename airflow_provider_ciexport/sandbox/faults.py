@@ -15,9 +15,9 @@ JOB_KINDS = {
 COMBINABLE_KINDS = frozenset({"slow", "drop_after"}) | JOB_KINDS["ac"] | JOB_KINDS["cc"]
 #: Kinds allowed per API.
 KINDS_BY_API = {
-    "ac": frozenset({"status", "drop", "drop_after", "slow", "throttled", "rate_limit_400"})
+    "ac": frozenset({"status", "drop", "drop_after", "slow", "throttled", "rate_limit_400", "quoting_error"})
     | JOB_KINDS["ac"],
-    "cc": frozenset({"status", "drop", "drop_after", "slow", "throttled", "quota_exceeded"})
+    "cc": frozenset({"status", "drop", "drop_after", "slow", "throttled", "quota_exceeded", "quoting_error"})
     | JOB_KINDS["cc"],
     "oauth": frozenset({"status", "drop", "drop_after", "slow"}),
 }
@@ -68,7 +68,8 @@ class FaultRule:
         method = data.get("method")
         every = data.get("every", 1)
         times = data.get("times")
-        status = data.get("status", 503)
+        # A validation error that quotes the refused contact is a 400 unless the rule says otherwise.
+        status = data.get("status", 400 if kind == "quoting_error" else 503)
         delay_s = data.get("delay_s", 5.0)
         retry_after = data.get("retry_after")
         if method is not None and not isinstance(method, str):

@@ -135,6 +135,11 @@ class SandboxGate:
                     delay += rule.delay_s
                 elif rule.kind in JOB_KINDS.get(api, frozenset()):
                     job_fault = rule.kind
+                elif rule.kind == "quoting_error":
+                    body = await _read_body(receive)
+                    answer = errors.quoting_error(api, rule.status, scope["path"], body, cfg.cc_error_shape)
+                    await answer(scope, receive, send)
+                    return
                 else:
                     await _fault_response(rule, cfg)(scope, receive, send)
                     return

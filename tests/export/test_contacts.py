@@ -178,11 +178,28 @@ def test_missing_columns_are_named_and_the_existing_ones_listed() -> None:
     assert "'email', 'fname', 'lname', 'phone', 'tier'" in message
 
 
-def test_a_header_less_file_does_not_leak_addresses_in_the_error() -> None:
-    # The first data row became the "header": it must not be echoed into logs.
-    message = config_error({"email": "email"}, columns=["jane.doe@example.com", "Jane", "Doe"])
-    assert "jane.doe" not in message
-    assert "'Jane'" in message and "is the first row data" in message
+@pytest.mark.parametrize(
+    "first_row",
+    [
+        ["jane.doe@example.com", "Jane", "Doe"],
+        ["Jane", "Doe", "+1 415 555 0100"],
+        ["Jane", "Doe", "1985-04-12"],
+        ["1043", "Jane", "Doe"],
+    ],
+)
+def test_a_header_less_file_shows_no_value_of_its_first_row(first_row: list[str]) -> None:
+    # The first data row became the "header": none of its values may be echoed into logs.
+    message = config_error({"email": "email"}, columns=first_row)
+    for value in first_row:
+        assert value not in message
+    assert "Its 3 column names look like data" in message
+    assert "is the first line a data row instead of a header row?" in message
+
+
+def test_real_header_names_are_shown() -> None:
+    columns = ["E-mail Address", "First Name", "zip_code", "Phone 2", "Date of birth (YYYY-MM-DD)"]
+    message = config_error({"email": "email"}, columns=columns)
+    assert "Its columns are: " + ", ".join(repr(c) for c in columns) + "." in message
 
 
 def test_columns_match_ignoring_case_and_surrounding_spaces_when_unambiguous() -> None:

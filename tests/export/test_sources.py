@@ -6,6 +6,7 @@ import gzip
 import json
 import sqlite3
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,13 @@ def test_a_duplicated_header_names_the_duplicate(tmp_path: Path) -> None:
     path = write(tmp_path / "dup.csv", "email,Phone, Phone \na@example.com,1,2\n")
     with pytest.raises(SegmentSourceError, match="'Phone' more than once"):
         columns_of(make_source(source_path=path))
+
+
+def test_a_header_less_file_with_a_repeated_value_does_not_show_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "noheader.csv", "ann@example.com,Lee,Lee\nbob@example.com,Roe,Roe\n")
+    with pytest.raises(SegmentSourceError, match="the names look like data") as info:
+        columns_of(make_source(source_path=path))
+    assert "Lee" not in str(info.value) and "ann@" not in str(info.value)
 
 
 def test_non_utf8_csv_says_where_and_how_to_fix_without_the_value(tmp_path: Path) -> None:
@@ -403,13 +411,100 @@ def test_sql_empty_result_is_an_empty_segment(profiles_db: str) -> None:
     assert chunks_of(source) == []
 
 
-def test_a_failing_query_names_the_connection_and_the_driver_error(profiles_db: str) -> None:
+def _shown_in_the_task_log(err: BaseException) -> str:
+    """The error as the task log shows it: the traceback, with every chained exception."""
+    return "".join(traceback.format_exception(err))
+
+
+def test_a_failing_query_names_the_connection_and_the_driver_code_not_its_text(profiles_db: str) -> None:
     source = make_source(sql="SELECT email FROM no_such_table", sql_conn_id=profiles_db)
     with pytest.raises(SegmentSourceError) as info:
         source.read()
     message = str(info.value)
-    assert "failed on connection 'profiles_db'" in message
-    assert "OperationalError: no such table: no_such_table" in message
+    assert "failed on connection 'profiles_db': OperationalError, SQLITE_ERROR." in message
+    assert "not shown" in message and "SQL client" in message
+    assert "no such table" not in _shown_in_the_task_log(info.value)
+
+
+def test_a_driver_error_quoting_a_row_value_shows_no_value(profiles_db: str) -> None:
+    # SQLite's real message here is "JSON path error near 'User1@Example.com'".
+    source = make_source(
+        sql="SELECT json_extract('{}', email) AS email FROM profiles WHERE id = 1", sql_conn_id=profiles_db
+    )
+    with pytest.raises(SegmentSourceError) as info:
+        chunks_of(source)
+    shown = _shown_in_the_task_log(info.value)
+    assert "OperationalError, SQLITE_ERROR" in shown
+    assert "example.com" not in shown.lower() and "json path" not in shown.lower()
+
+
+class _DriverError(Exception):
+    """An exception shaped like a driver's: a message quoting the row, and its code."""
+
+    def __init__(self, message: str, **codes: Any) -> None:
+        super().__init__(*((codes.pop("errno_arg"), message) if "errno_arg" in codes else (message,)))
+        for name, value in codes.items():
+            setattr(self, name, value)
+
+
+class _FailingHook:
+    def __init__(self, error: BaseException, on: str) -> None:
+        self.error, self.on = error, on
+
+    def get_conn(self) -> Any:
+        if self.on == "connect":
+            raise self.error
+        hook = self
+
+        class Cursor:
+            description = (("email",),)
+
+            def execute(self, sql: str) -> None:
+                raise hook.error
+
+            def close(self) -> None:
+                pass
+
+        class Connection:
+            def cursor(self) -> Cursor:
+                return Cursor()
+
+            def close(self) -> None:
+                pass
+
+        return Connection()
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (  # psycopg2
+            _DriverError('invalid input syntax for type integer: "ann@example.com"', pgcode="22P02"),
+            "_DriverError, SQLSTATE 22P02 (data exception: a value does not fit its type or function)",
+        ),
+        (  # psycopg 3
+            _DriverError('column "ann@example.com" does not exist', sqlstate="42703"),
+            "_DriverError, SQLSTATE 42703 (syntax error or access rule violation: a misspelt name or a "
+            "missing permission)",
+        ),
+        (  # MySQLdb, PyMySQL
+            _DriverError("Incorrect integer value: 'ann@example.com' for column 'id'", errno_arg=1366),
+            "_DriverError, error 1366",
+        ),
+        (_DriverError("bad value ann@example.com"), "_DriverError"),
+    ],
+    ids=["pgcode", "sqlstate", "mysql", "no-code"],
+)
+@pytest.mark.parametrize("on", ["execute", "connect"])
+def test_driver_errors_show_their_code_only(error: BaseException, code: str, on: str) -> None:
+    source = SqlSegmentSource("SELECT email FROM segment", "db")
+    source._hook = _FailingHook(error, on)  # type: ignore[assignment]
+    with pytest.raises(SegmentSourceError) as info:
+        source.read()
+    text = _shown_in_the_task_log(info.value)
+    where = "failed on connection 'db'" if on == "execute" else "of connection 'db' for the segment query"
+    assert f"{where}: {code}. (The driver's own message is not shown" in text
+    assert "ann@example.com" not in text and "Incorrect" not in text
 
 
 def test_duplicate_result_columns_ask_for_aliases(profiles_db: str) -> None:

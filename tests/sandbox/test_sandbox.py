@@ -1091,6 +1091,36 @@ def test_fault_limit_shaped_answers(sb: SandboxServer) -> None:
     assert stats["faults_injected"] == {"quota_exceeded": 1, "throttled": 2, "rate_limit_400": 1}
 
 
+def test_fault_quoting_error_quotes_the_first_contact_in_each_shape(sb: SandboxServer) -> None:
+    client = ctl(sb)
+    person = {"email": "ann@example.com", "first_name": "Ann", "last_name": "Lee", "phone": "+1 415 555 0100"}
+    quote = "Contact ann@example.com (Ann Lee, +1 415 555 0100) is invalid"
+    client.add_fault(api="ac", kind="quoting_error", path="bulk_import", times=1)
+    client.add_fault(api="ac", kind="quoting_error", path="contact/sync", status=422, times=1)
+    client.add_fault(api="cc", kind="quoting_error", times=1)
+    bulk = ac_import(sb, [person, *contacts(3)])
+    assert bulk.status_code == 400 and bulk.json()["success"] == 0
+    assert bulk.json()["message"].startswith(quote)
+    assert bulk.json()["failureReasons"] == [
+        {"contact": 0, "failureReason": "Field' email' incorrect format: ann@example.com"}
+    ]
+    sync = requests.post(
+        f"{sb.url}/api/3/contact/sync",
+        headers=AC_H,
+        json={"contact": {"email": "ann@example.com", "firstName": "Ann", "lastName": "Lee"}},
+        timeout=TIMEOUT,
+    )
+    (error,) = sync.json()["errors"]
+    assert sync.status_code == 422 and error["title"] == "Contact ann@example.com (Ann Lee) is invalid"
+    assert error["code"] == "field_invalid" and error["source"] == {"pointer": "/data/attributes/email"}
+    cc = cc_import(sb, cc_token(sb), [person])
+    assert cc.status_code == 400
+    assert cc.json() == [{"error_key": "contacts.api.validation.error", "error_message": quote}]
+    # Refused before anything was stored.
+    assert client.ac_contact("ann@example.com") is None and client.cc_contact("ann@example.com") is None
+    assert client.stats()["faults_injected"] == {"quoting_error": 3}
+
+
 def test_fault_rules_are_validated(sb: SandboxServer) -> None:
     for rule in (
         {"api": "ac", "kind": "explode"},

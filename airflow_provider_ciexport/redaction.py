@@ -1,0 +1,266 @@
+"""What may be shown of text that came from outside: a vendor's error answer, a driver's error.
+
+Such text is written by someone else and may quote the data it was about ("Contact ann@example.com
+(Ann, +1 415 555 0100) is invalid", ``invalid input syntax for type integer: "<value>"``). Messages
+and log lines of the provider keep only what is documented and data-free (HTTP status, error codes
+and keys, SQLSTATE) and show a vendor's free text only through :func:`scrub`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+#: How much of one vendor text is looked at (and at most shown).
+MAX_TEXT = 300
+#: The longest stretch of text compared with the values a request carried.
+_MAX_VALUE = 120
+
+_EMAIL = re.compile(r"[^\s@<>()\[\]{}\"',;:]*(?:@|%40)[^\s<>()\[\]{}\"',;:]*")
+# A run of digits and the separators phone numbers, dates and long numbers are written with.
+_NUMBERISH = re.compile(r"\+?\(?\d[\d\s().+\-/]*\d")
+_KEY = re.compile(r"[A-Za-z0-9_.:/\[\]\-]{1,100}")
+_TOKEN = re.compile(r"\S+")
+_WORD = re.compile(r"\w+")
+#: Request headers whose values (credentials) must never come back in a message.
+_SECRET_HEADERS = ("api-token", "authorization")
+
+
+def scrub(text: str, carried: Iterable[str] = ()) -> str:
+    """``text`` without anything that may be personal data or a secret, on one line, shortened.
+
+    Removed: what looks like an e-mail address (``<email>``), a phone number, a date or any other
+    run of seven or more digits (``<number>``), and every value of ``carried`` (``<value>``),
+    compared ignoring case, also word by word for a value of several words.
+
+    :param text: text written by someone else (a vendor's message).
+    :param carried: the values the request carried (see :func:`request_values`); read once.
+    """
+    text = " ".join(str(text).split())[: MAX_TEXT * 2]
+    text = _EMAIL.sub("<email>", text)
+    text = _NUMBERISH.sub(lambda m: "<number>" if sum(c.isdigit() for c in m[0]) >= 7 else m[0], text)
+    return _replace_carried(text, carried)[:MAX_TEXT]
+
+
+def _replace_carried(text: str, carried: Iterable[str]) -> str:
+    # Every stretch of the text that starts and ends at a token or word boundary is a candidate; the
+    # carried values (maybe a 4 MB import's) are streamed past the candidates, never held.
+    starts = sorted({m.start() for m in _TOKEN.finditer(text)} | {m.start() for m in _WORD.finditer(text)})
+    ends = sorted({m.end() for m in _TOKEN.finditer(text)} | {m.end() for m in _WORD.finditer(text)})
+    candidates: dict[str, list[tuple[int, int]]] = {}
+    for start in starts:
+        for end in ends:
+            if start < end <= start + _MAX_VALUE:
+                candidates.setdefault(text[start:end].lower(), []).append((start, end))
+    if not candidates:
+        return text
+    found: set[str] = set()
+    for value in carried:
+        normal = " ".join(value.split()).lower()
+        if len(normal) < 2:
+            continue
+        if normal in candidates:
+            found.add(normal)
+        if " " in normal:
+            found.update(word for word in normal.split(" ") if len(word) >= 3 and word in candidates)
+    if not found:
+        return text
+    spans = sorted(
+        (span for value in found for span in candidates[value]), key=lambda span: (span[0], -span[1])
+    )
+    parts: list[str] = []
+    position = 0
+    for start, end in spans:
+        if start >= position:
+            parts.append(text[position:start])
+            parts.append("<value>")
+            position = end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def request_values(request: Any) -> Iterator[str]:
+    """Every value a ``requests.PreparedRequest`` carried: query values, credentials, body strings.
+
+    A JSON body is walked for its strings and numbers (not its keys); a form body for its values.
+    """
+    if request is None:
+        return
+    for _, value in parse_qsl(urlsplit(str(getattr(request, "url", "") or "")).query):
+        yield value
+    headers: Mapping[str, str] = getattr(request, "headers", None) or {}
+    for name in _SECRET_HEADERS:
+        secret = headers.get(name)
+        if secret:
+            yield str(secret)
+            yield from str(secret).split()
+    body = getattr(request, "body", None)
+    if isinstance(body, str):
+        body = body.encode()
+    if not isinstance(body, bytes) or not body:
+        return
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        for _, value in parse_qsl(body.decode("utf-8", "replace")):
+            yield value
+        return
+    yield from _json_values(payload)
+
+
+def _json_values(payload: Any) -> Iterator[str]:
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            yield str(item)
+
+
+def _key(value: Any, carried: list[str]) -> str | None:
+    """A documented error code or key (``contacts.api.validation.error``, ``field_invalid``), if it is one."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    return text if _KEY.fullmatch(text) and scrub(text, carried) == text else None
+
+
+def vendor_error_text(payload: Any, carried: Iterable[str] = ()) -> str:
+    """A short description of a vendor's error body that holds no personal data or secret.
+
+    Kept: Constant Contact's ``error_key``, ActiveCampaign's ``code`` and ``source`` (field names) and
+    the position of a refused contact in a bulk import; the free text (``message``, ``title``,
+    ``detail``, ``failureReason``, ``error_message``) only through :func:`scrub`.
+
+    :param payload: the answer's JSON body.
+    :param carried: the values the request carried.
+    """
+    values = list(dict.fromkeys(carried))
+    texts: list[str] = []
+
+    def free(text: Any) -> None:
+        if isinstance(text, str) and text.strip():
+            texts.append(scrub(text, values))
+
+    errors: list[Any] = payload if isinstance(payload, list) else [payload]
+    for error in errors:
+        if not isinstance(error, dict):
+            continue
+        key = _key(error.get("error_key"), values)
+        if key:  # Constant Contact
+            texts.append(key)
+        free(error.get("error_message"))
+        free(error.get("message"))  # ActiveCampaign
+        for item in error.get("errors") or []:
+            if not isinstance(item, dict):
+                continue
+            source = item.get("source")
+            source = source if isinstance(source, dict) else {}
+            keys = [_key(item.get("code"), values), *(_key(v, values) for v in source.values())]
+            texts.extend(k for k in keys if k)
+            free(item.get("title"))
+            free(item.get("detail"))
+        for reason in (error.get("failureReasons") or [])[:3]:
+            if isinstance(reason, dict):
+                position = reason.get("contact")
+                text = reason.get("failureReason")
+                if isinstance(text, str) and text.strip():
+                    shown = scrub(text, values)
+                    is_position = isinstance(position, int) and not isinstance(position, bool)
+                    texts.append(f"contact {position}: {shown}" if is_position else shown)
+            else:
+                free(reason)
+    return "; ".join(dict.fromkeys(t for t in texts if t))[:MAX_TEXT] or "no details"
+
+
+#: What the class (first two characters) of an SQLSTATE means (ISO/IEC 9075, used by PostgreSQL,
+#: MySQL, Snowflake, ...): enough to tell where to look, with nothing from the failing row.
+_SQLSTATE_CLASSES = {
+    "08": "connection exception",
+    "0A": "feature not supported",
+    "22": "data exception: a value does not fit its type or function",
+    "23": "integrity constraint violation",
+    "25": "invalid transaction state",
+    "28": "invalid authorization",
+    "3D": "unknown database",
+    "3F": "unknown schema",
+    "40": "transaction rolled back",
+    "42": "syntax error or access rule violation: a misspelt name or a missing permission",
+    "53": "insufficient resources",
+    "54": "program limit exceeded",
+    "57": "operator intervention: the query was cancelled",
+    "58": "system error",
+    "XX": "internal error",
+}
+_CODE = re.compile(r"[A-Za-z0-9_]{1,32}")
+
+
+def driver_error(err: BaseException) -> str:
+    """A database driver's error without its text: the type and the SQLSTATE or driver code.
+
+    Drivers quote values in their messages (PostgreSQL's ``invalid input syntax for type integer:
+    "<value>"``, SQLite's ``JSON path error near '<value>'``), so the message is never shown. Read:
+    ``sqlstate`` (psycopg 3, mysql-connector, Snowflake), ``pgcode`` (psycopg2), ``sqlite_errorname``
+    (sqlite3), a MySQL error number (``args[0]`` of MySQLdb and PyMySQL, ``errno``), also on the
+    driver error a wrapper keeps in ``orig`` (SQLAlchemy).
+
+    :return: e.g. ``"DataError, SQLSTATE 22P02 (data exception: ...)"`` or ``"OperationalError
+        (SQLITE_ERROR)"``.
+    """
+    parts = [type(err).__name__]
+    for source in (err, getattr(err, "orig", None)):
+        if source is None:
+            continue
+        state = getattr(source, "sqlstate", None) or getattr(source, "pgcode", None)
+        if isinstance(state, str) and _CODE.fullmatch(state):
+            meaning = _SQLSTATE_CLASSES.get(state[:2].upper())
+            parts.append(f"SQLSTATE {state}" + (f" ({meaning})" if meaning else ""))
+            break
+        name = getattr(source, "sqlite_errorname", None)
+        if isinstance(name, str) and _CODE.fullmatch(name):
+            parts.append(name)
+            break
+        number = getattr(source, "errno", None)
+        args = getattr(source, "args", ())
+        if number is None and args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            number = args[0]
+        if isinstance(number, int) and not isinstance(number, bool):
+            parts.append(f"error {number}")
+            break
+    return ", ".join(parts)
+
+
+#: Longest text that passes for a column name, and most words in one.
+_MAX_NAME = 64
+_MAX_NAME_WORDS = 6
+
+
+def looks_like_a_name(text: str) -> bool:
+    """Whether ``text`` could be a column name rather than a value: short, a letter in it, no ``@``,
+    fewer than seven digits ("First Name", "zip_code", "Phone 2"; not "ann@example.com",
+    "+1 415 555 0100", "1985-04-12" or a sentence)."""
+    return (
+        len(text) <= _MAX_NAME
+        and len(text.split()) <= _MAX_NAME_WORDS
+        and "@" not in text
+        and "%40" not in text
+        and any(c.isalpha() for c in text)
+        and sum(c.isdigit() for c in text) < 7
+        and text.isprintable()
+    )
+
+
+def looks_like_a_header(names: Iterable[str]) -> bool:
+    """Whether every one of ``names`` could be a column name (see :func:`looks_like_a_name`).
+
+    A file without a header row turns its first data row into "column names"; one value that does not
+    look like a name (an address, a phone number) makes the whole line data, so that no value of
+    that row (a first name next to the address) is shown either.
+    """
+    return all(looks_like_a_name(name.strip()) for name in names if name.strip())

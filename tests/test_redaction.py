@@ -1,0 +1,91 @@
+"""What is shown of a vendor's error text: its codes and keys, never a value the request carried."""
+
+from __future__ import annotations
+
+import json
+
+import requests
+
+from airflow_provider_ciexport.redaction import request_values, scrub, vendor_error_text
+
+CARRIED = ["ann@example.com", "Ann", "Lee-Smith", "+1 415 555 0100", "San Francisco", "Gold"]
+
+
+def test_scrub_removes_addresses_numbers_and_what_the_request_carried() -> None:
+    text = (
+        "Contact ANN@example.com (Ann, +1 415 555 0100) is invalid; city 'San  Francisco', "
+        "tier Gold, born 1985-04-12, other Bob.Roe@example.org; Lee-Smith is too long"
+    )
+    assert scrub(text, CARRIED) == (
+        "Contact <email> (<value>, <number>) is invalid; city '<value>', tier <value>, born <number>, "
+        "other <email>; <value> is too long"
+    )
+
+
+def test_scrub_keeps_what_is_about_the_request_not_its_data() -> None:
+    text = "No Result found for _List with id 7. Up to 100 imports may be requested per minute."
+    assert scrub(text, CARRIED) == text
+
+
+def test_scrub_finds_one_word_of_a_value_of_several() -> None:
+    assert scrub("The city Francisco is unknown", CARRIED) == "The city <value> is unknown"
+
+
+def test_scrub_shortens_and_keeps_one_line() -> None:
+    shown = scrub("line one\nline two " + "x" * 1000)
+    assert "\n" not in shown and len(shown) == 300
+
+
+def _prepared(**kwargs: object) -> requests.PreparedRequest:
+    return requests.Request(**kwargs).prepare()  # type: ignore[arg-type]
+
+
+def test_request_values_read_query_credentials_and_json_body() -> None:
+    request = _prepared(
+        method="POST",
+        url="https://x.api-us1.com/api/3/contacts?email=ann%40example.com",
+        headers={"Api-Token": "secret-key-123", "Authorization": "Bearer tok-456"},
+        data=json.dumps({"contacts": [{"email": "bob@example.com", "phone": 4155550100, "x": True}]}),
+    )
+    values = set(request_values(request))
+    assert {"ann@example.com", "secret-key-123", "tok-456", "bob@example.com", "4155550100"} <= values
+    assert "True" not in values and "contacts" not in values  # keys and flags are not data
+
+
+def test_a_vendor_echoing_the_credential_shows_no_credential() -> None:
+    request = _prepared(
+        method="GET", url="https://x/api/3/lists", headers={"Api-Token": "k3y-0f-the-account"}
+    )
+    text = vendor_error_text({"message": "Key k3y-0f-the-account is not valid"}, request_values(request))
+    assert "k3y" not in text and text == "Key <value> is not valid"
+
+
+def test_vendor_error_text_keeps_codes_keys_and_positions() -> None:
+    cc = [{"error_key": "contacts.api.validation.error", "error_message": "Contact ann@example.com is bad"}]
+    assert vendor_error_text(cc) == "contacts.api.validation.error; Contact <email> is bad"
+    ac = {
+        "errors": [
+            {
+                "title": "Contact Ann is invalid",
+                "detail": "",
+                "code": "field_invalid",
+                "source": {"pointer": "/data/attributes/email"},
+            }
+        ]
+    }
+    assert (
+        vendor_error_text(ac, CARRIED) == "field_invalid; /data/attributes/email; Contact <value> is invalid"
+    )
+    bulk = {
+        "success": 0,
+        "message": "JSON payload did not pass validation.",
+        "failureReasons": [{"contact": 230, "failureReason": "Field' email' incorrect format: Ann"}],
+    }
+    assert vendor_error_text(bulk, CARRIED) == (
+        "JSON payload did not pass validation.; contact 230: Field' email' incorrect format: <value>"
+    )
+
+
+def test_a_key_that_is_a_value_is_not_shown_as_a_key() -> None:
+    assert vendor_error_text([{"error_key": "Gold"}], CARRIED) == "no details"
+    assert vendor_error_text(None) == "no details"
