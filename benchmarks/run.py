@@ -204,7 +204,6 @@ class Sandbox:
             repr(self.scale),
             "--import-latency",
             repr(IMPORT_LATENCY_S),
-            "--no-record-bodies",
         ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
         log.close()

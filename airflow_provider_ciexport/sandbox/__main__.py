@@ -65,7 +65,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="simulate another app spending this many of the API key's requests a second",
     )
-    parser.add_argument("--no-record-bodies", action="store_true", help="keep request bodies out of the log")
+    parser.add_argument(
+        "--record-bodies",
+        action="store_true",
+        help="keep request bodies (emails, refresh tokens) in /_sandbox/requests; off by default",
+    )
     parser.add_argument("--ready-file", type=Path, help="write the base URL here once listening")
     return parser.parse_args(argv)
 
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ac_other_app_imports_per_minute": args.ac_other_app_imports_per_minute,
                 "ac_other_app_requests_per_second": args.ac_other_app_requests_per_second,
                 "cc_other_app_requests_per_second": args.cc_other_app_requests_per_second,
-                "record_bodies": not args.no_record_bodies,
+                "record_bodies": args.record_bodies,
             }
         )
     except ConfigError as exc:

@@ -33,8 +33,9 @@ class SandboxConfig:
     latency_s: float = 0.0
     #: Added to ``latency_s`` for the two import POSTs.
     import_latency_s: float = 0.0
-    #: Keep request bodies (truncated to 64 KB) in the request log.
-    record_bodies: bool = True
+    #: Keep request bodies (truncated to 64 KB) in the request log. Off by default: import bodies
+    #: carry the segment's emails and token requests the refresh token.
+    record_bodies: bool = False
     #: How many requests the log keeps.
     request_log_size: int = 5000
     #: Bodies in the log are dropped, oldest first, beyond this many bytes in total.

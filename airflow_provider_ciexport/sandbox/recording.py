@@ -1,18 +1,42 @@
-"""What the sandbox saw: request counts, limit violations, rejections and a request log."""
+"""What the sandbox saw: request counts, limit violations, rejections and a request log.
+
+The log never holds a credential: ``Api-Token``, ``Authorization`` (Bearer, Basic, ...) and the other
+headers in :data:`CREDENTIAL_HEADERS` are replaced by :func:`redact_credential`'s fingerprint, since
+a client pointed at the sandbox by mistake may send real keys. Request bodies (segment emails,
+refresh tokens in token requests) are kept only when ``record_bodies`` is on.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections import Counter, defaultdict, deque
 from typing import Any
 
 BODY_LOG_LIMIT = 64 * 1024
 MAX_VIOLATIONS_KEPT = 1000
+#: Request headers (lowercase) whose values are credentials: logged only as a fingerprint.
+CREDENTIAL_HEADERS = frozenset({"api-token", "authorization", "proxy-authorization", "cookie"})
+
+
+def redact_credential(value: str) -> str:
+    """What the request log shows for a credential header's ``value``.
+
+    The scheme of an ``Authorization`` value stays (``Bearer``, ``Basic``); the credential becomes the
+    first 12 hex digits of its SHA-256, enough for a test to tell which credential arrived
+    (``redact_credential(f"Bearer {token}")``) and too little to recover it.
+    """
+    scheme, space, credential = value.strip().partition(" ")
+    if not space or not scheme.isalpha():
+        scheme, credential = "", value.strip()
+    digest = hashlib.sha256(credential.strip().encode()).hexdigest()[:12]
+    return f"{scheme} <redacted sha256:{digest}>".lstrip()
 
 
 class Recorder:
-    """Counters and the bounded request log. Holds no contact data apart from logged bodies."""
+    """Counters and the bounded request log. Holds no credential, and no contact data apart from the
+    bodies it logs when ``record_bodies`` is on."""
 
     def __init__(self, log_size: int, record_bodies: bool, body_budget: int) -> None:
         self.record_bodies = record_bodies
@@ -60,7 +84,11 @@ class Recorder:
         headers: dict[str, str],
         body: bytes,
     ) -> dict[str, Any]:
-        """Append a request to the log and return its entry (the status is filled in later)."""
+        """Append a request to the log and return its entry (the status is filled in later).
+
+        Credential headers are logged as :func:`redact_credential` fingerprints; the body only when
+        ``record_bodies`` is on.
+        """
         self._seq += 1
         kept: bytes | None = None
         if self.record_bodies and body:
@@ -72,7 +100,10 @@ class Recorder:
             "method": method,
             "path": path,
             "query": query,
-            "headers": headers,
+            "headers": {
+                name: redact_credential(value) if name.lower() in CREDENTIAL_HEADERS else value
+                for name, value in headers.items()
+            },
             "body": kept,
             "body_bytes": len(body),
             "body_truncated": kept is not None and len(kept) < len(body),

@@ -17,6 +17,7 @@ from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.sandbox.recording import redact_credential
 from tests.support import calls, set_connection
 
 
@@ -252,7 +253,7 @@ def test_secrets_reach_only_their_own_header(
         headers = {k.lower(): v for k, v in request["headers"].items()}
         assert "authorization" not in headers
         assert "note" not in headers and "requests_per_second" not in headers
-        assert headers["api-token"] == seed.AC_API_KEY
+        assert headers["api-token"] == redact_credential(seed.AC_API_KEY)
         assert "s3cr3t-extra-value" not in json.dumps(request)
     assert seed.AC_API_KEY not in caplog.text
     assert "p@example.com" not in caplog.text

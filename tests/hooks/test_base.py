@@ -9,6 +9,7 @@ from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.sandbox.recording import redact_credential
 from tests.support import calls
 
 
@@ -27,7 +28,10 @@ def test_run_carries_the_key_and_retries(ac_conn: str, sandbox: SandboxClient) -
     hook.method = "GET"
     assert hook.run(f"lists/{seed.AC_LIST_VIP}").json()["list"]["name"] == "VIP customers"
     assert hook.requests_made == 3
-    assert _api_token_headers(sandbox, f"/api/3/lists/{seed.AC_LIST_VIP}") == [seed.AC_API_KEY] * 3
+    assert (
+        _api_token_headers(sandbox, f"/api/3/lists/{seed.AC_LIST_VIP}")
+        == [redact_credential(seed.AC_API_KEY)] * 3
+    )
 
 
 def test_run_posts_json(ac_conn: str, sandbox: SandboxClient) -> None:
@@ -46,7 +50,10 @@ def test_the_session_of_get_conn_carries_the_key_limits_and_retries(
     response = hook.get_conn().get(f"{hook.api_base_url}/lists/{seed.AC_LIST_VIP}")
     assert response.json()["list"]["name"] == "VIP customers"
     assert hook.requests_made == 2
-    assert _api_token_headers(sandbox, f"/api/3/lists/{seed.AC_LIST_VIP}") == [seed.AC_API_KEY] * 2
+    assert (
+        _api_token_headers(sandbox, f"/api/3/lists/{seed.AC_LIST_VIP}")
+        == [redact_credential(seed.AC_API_KEY)] * 2
+    )
 
 
 def test_the_key_never_leaves_the_api_base_url(ac_conn: str, sandbox: SandboxClient) -> None:

@@ -23,6 +23,7 @@ from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.sandbox.recording import redact_credential
 from airflow_provider_ciexport.sandbox.connections import cc_connection
 from tests.support import calls, set_connection
 
@@ -381,7 +382,7 @@ def test_secrets_never_reach_the_api_or_the_log(
         assert seed.CC_CLIENT_SECRET not in dumped
         assert seed.CC_REFRESH_TOKEN not in dumped
         headers = {k.lower(): v for k, v in request["headers"].items()}
-        assert headers["authorization"] == f"Bearer {token}"
+        assert headers["authorization"] == redact_credential(f"Bearer {token}")
         assert "refresh_token" not in headers and "oauth_url" not in headers
     for secret in (seed.CC_CLIENT_SECRET, seed.CC_REFRESH_TOKEN, token, "secret-test@example.com"):
         assert secret not in caplog.text

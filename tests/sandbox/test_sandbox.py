@@ -20,6 +20,7 @@ import requests
 
 from airflow_provider_ciexport.sandbox import SEED, SandboxClient, SandboxConfig, SandboxServer
 from airflow_provider_ciexport.sandbox.emails import is_valid_ac_email, is_valid_cc_email
+from airflow_provider_ciexport.sandbox.recording import redact_credential
 from airflow_provider_ciexport.sandbox.seed import (
     AC_LIST_NEWSLETTER,
     AC_LIST_VIP,
@@ -1152,26 +1153,40 @@ def test_slow_import_does_not_block_other_requests(sb: SandboxServer) -> None:
     assert result["import"] == 200
 
 
-def test_request_log_proves_no_secret_reaches_the_apis(sb: SandboxServer) -> None:
+def test_request_log_keeps_no_credential_and_no_body_by_default(sb: SandboxServer) -> None:
     token = cc_token(sb)
     cc_import(sb, token, contacts(2))
     requests.get(f"{sb.url}/api/3/lists", headers=AC_H, params={"limit": 5}, timeout=TIMEOUT)
     log = ctl(sb).requests_log()
     assert [e["api"] for e in log] == ["oauth", "cc", "ac"]
     token_call, cc_call, ac_call = log
-    assert token_call["headers"]["authorization"].startswith("Basic ")
-    assert "refresh_token=sandbox-refresh-token" in token_call["body"]
-    assert cc_call["headers"]["authorization"] == f"Bearer {token}"
-    assert json.loads(cc_call["body"])["import_data"][0]["email"] == "user0@example.com"
-    assert ac_call["query"] == "limit=5" and ac_call["headers"]["api-token"] == SEED.ac_api_key
-    for entry in (cc_call, ac_call):
-        text = json.dumps(entry)
-        assert SEED.cc_client_secret not in text and SEED.cc_refresh_token not in text
-    assert SEED.ac_api_key not in json.dumps({k: v for k, v in ac_call.items() if k != "headers"})
+    basic = base64.b64encode(f"{SEED.cc_client_id}:{SEED.cc_client_secret}".encode()).decode()
+    # Which credential arrived is still visible, as a fingerprint; the credential itself is not.
+    assert token_call["headers"]["authorization"] == redact_credential(f"Basic {basic}")
+    assert token_call["headers"]["authorization"].startswith("Basic <redacted sha256:")
+    assert cc_call["headers"]["authorization"] == redact_credential(f"Bearer {token}")
+    assert ac_call["headers"]["api-token"] == redact_credential(SEED.ac_api_key)
+    assert ac_call["query"] == "limit=5"
+    assert all(e["body"] is None for e in log) and cc_call["body_bytes"] > 0
+    text = json.dumps(log)
+    for secret in (SEED.cc_client_secret, SEED.cc_refresh_token, SEED.ac_api_key, basic, token):
+        assert secret not in text
+    assert "user0@example.com" not in text
     assert [e["api"] for e in ctl(sb).requests_log(api="cc")] == ["cc"]
 
 
+def test_request_log_bodies_only_when_asked(sb: SandboxServer) -> None:
+    ctl(sb).reset(record_bodies=True)
+    token = cc_token(sb)
+    cc_import(sb, token, contacts(2))
+    token_call, cc_call = ctl(sb).requests_log()
+    assert "refresh_token=sandbox-refresh-token" in token_call["body"]
+    assert json.loads(cc_call["body"])["import_data"][0]["email"] == "user0@example.com"
+    assert token not in json.dumps(cc_call)  # bodies on, credential headers still redacted
+
+
 def test_request_log_bodies_truncated_or_off(sb: SandboxServer) -> None:
+    ctl(sb).reset(record_bodies=True)
     ac_import(sb, contacts(250, first_name="x" * 300))
     entry = ctl(sb).requests_log(limit=1)[0]
     assert entry["body_truncated"] and len(entry["body"].encode()) == 64 * 1024
