@@ -46,10 +46,11 @@ import requests
 from airflow_provider_ciexport.hooks.constantcontact_oauth import (
     SCOPES,
     TokenError,
+    TokenRedirect,
     json_body,
     request_token,
 )
-from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL, base_url_problem
+from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL, base_url_problem, redirect_target
 
 PROG = "python -m airflow_provider_ciexport.constantcontact_auth"
 DEFAULT_AUTHORIZE_URL = "https://authz.constantcontact.com/oauth2/default/v1/authorize"
@@ -217,6 +218,12 @@ def _auth_error(refusal: TokenError, step: str, flow: str) -> AuthError:
     """Say what to do about a refusal of the token (or device authorization) endpoint."""
     error, status = refusal.error, refusal.status
     detail = f" ({refusal.description})" if refusal.description else ""
+    if isinstance(refusal, TokenRedirect):
+        return AuthError(
+            f"The token endpoint answered HTTP {status}, a redirect to {refusal.target}; token requests "
+            "never follow redirects (they carry the code or refresh token and the client secret): pass "
+            f"the token endpoint itself as --token-url (Constant Contact's is {CC_TOKEN_URL})."
+        )
     if error == "invalid_client":
         return AuthError(
             f"Constant Contact refused the client credentials (invalid_client){detail}: check --client-id "
@@ -270,11 +277,19 @@ def _unreachable(url: str, what: str, exc: Exception) -> AuthError:
     )
 
 
-def _post(session: requests.Session, url: str, what: str, **kwargs: Any) -> requests.Response:
+def _post(session: requests.Session, url: str, what: str, option: str, **kwargs: Any) -> requests.Response:
+    """POST to an OAuth endpoint without following redirects; ``option`` names where its URL is set."""
     try:
-        return session.post(url, timeout=HTTP_TIMEOUT, **kwargs)
+        response = session.post(url, timeout=HTTP_TIMEOUT, allow_redirects=False, **kwargs)
     except requests.RequestException as exc:
         raise _unreachable(url, what, exc) from None
+    if 300 <= response.status_code < 400:
+        target = redirect_target(url, response.headers.get("Location"))
+        raise AuthError(
+            f"The {what} answered HTTP {response.status_code}, a redirect to {target}, which is not "
+            f"followed: pass the endpoint itself as {option}."
+        )
+    return response
 
 
 # -- authorization code flow with PKCE ------------------------------------------------------------
@@ -500,6 +515,7 @@ def start_device_authorization(
         session or requests.Session(),
         device_url,
         "device authorization endpoint",
+        "--device-url",
         data={"client_id": client_id, "scope": scope},
         headers={"Accept": "application/json"},
     )

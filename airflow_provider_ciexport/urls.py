@@ -7,7 +7,7 @@ start at once instead of after Airflow's several seconds of imports.
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 CC_API_BASE_URL = "https://api.cc.email/v3"
 CC_TOKEN_URL = "https://authz.constantcontact.com/oauth2/default/v1/token"  # noqa: S105
@@ -44,3 +44,12 @@ def base_url_problem(url: str, what: str, conn_id: str | None) -> str | None:
             "Use https:// (plain http is only allowed to a local sandbox such as http://127.0.0.1:8025)."
         )
     return None
+
+
+def redirect_target(request_url: str | None, location: str | None) -> str:
+    """Where a redirect answered to ``request_url`` points, as ``scheme://host[:port]``.
+
+    The path and query are left out of messages: they may carry data. ``location`` may be relative.
+    """
+    parts = urlsplit(urljoin(request_url or "", location or ""))
+    return f"{parts.scheme}://{parts.netloc}" if location and parts.netloc else "an address it did not give"

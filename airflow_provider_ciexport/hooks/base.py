@@ -31,7 +31,7 @@ from airflow_provider_ciexport.export.contacts import ContactBuilder, ContactSch
 from airflow_provider_ciexport.export.ratelimit import RateLimiter
 from airflow_provider_ciexport.export.sharing import account_lease, share_variable_key
 from airflow_provider_ciexport.redaction import request_values, vendor_error_text
-from airflow_provider_ciexport.urls import base_url_problem
+from airflow_provider_ciexport.urls import base_url_problem, redirect_target
 
 #: Connect and read timeouts of every request, in seconds. Imports of several MB take a while to
 #: upload and to be acknowledged, so the read timeout is generous; a hung server still cannot stall a
@@ -246,6 +246,12 @@ class ApiSession(requests.Session):
 
     So a request sent on the session itself (``hook.get_conn().get(url)``) gets what the hook's own calls
     get: credentials (to the API's base URL only), the account's rate limits and the retry policy.
+
+    It never follows a redirect, whatever the caller asks: a redirect is answered to the caller (an
+    error for an API call). Stripping the credential on a hop off the API's host (``rebuild_auth`` /
+    ``should_strip_auth``) would not do: ``requests`` strips only ``Authorization``, a 307 re-sends the
+    body (the segment's contacts, a refresh token) to the new host, and the API's own address must be
+    fixed in the connection anyway.
     """
 
     def __init__(self, hook: SegmentApiHook) -> None:
@@ -259,6 +265,7 @@ class ApiSession(requests.Session):
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """Send ``request`` through the hook; ``allow_status`` names error statuses the caller handles."""
         allow_status: Collection[int] = kwargs.pop("allow_status", ())
+        kwargs["allow_redirects"] = False
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.hook.timeout
         return self.hook.send(
@@ -632,6 +639,15 @@ class SegmentApiHook(HttpHook):
                 )
                 time.sleep(self._backoff(faults, answer.retry_after))
                 continue
+            if api and 300 <= status < 400 and status not in allow_status:
+                target = redirect_target(request.url, response.headers.get("Location"))
+                raise DestinationApiError(
+                    f"{self.destination} answered HTTP {status} to {request.method} {self._path(request)}, "
+                    f"a redirect to {target}. Redirects are not followed, so the "
+                    f"credentials of {self.conn_label} go to its own address only: set its "
+                    f"{self._address_setting(request.url or '')} to the API's address itself.",
+                    status=status,
+                )
             if api and status >= 400 and status not in allow_status:
                 raise DestinationApiError(
                     f"{self.destination} answered HTTP {status} to {request.method} {self._path(request)}: "

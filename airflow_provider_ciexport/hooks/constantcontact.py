@@ -43,6 +43,7 @@ from airflow_provider_ciexport.hooks.base import (
 from airflow_provider_ciexport.hooks.constantcontact_oauth import (
     SCOPES,
     TokenError,
+    TokenRedirect,
     refresh_grant,
     request_token,
 )
@@ -399,13 +400,26 @@ class ConstantContactHook(SegmentApiHook):
 
     def _address_setting(self, url: str) -> str:
         if url.startswith(self.token_url):
-            return "oauth_url" if self.extra_value("oauth_url") else "token_url"
+            return (
+                "token_url"
+                if self.extra_value("token_url") and not self.extra_value("oauth_url")
+                else "oauth_url"
+            )
         return self.address_setting
 
     # -- error mapping: every answer of this API that is not a plain result ----------------------
 
     def _token_error(self, refusal: TokenError) -> Exception:
         """The error for a refusal of the token endpoint (other than ``invalid_grant``)."""
+        if isinstance(refusal, TokenRedirect):
+            setting = self._address_setting(self.token_url)
+            return DestinationApiError(
+                f"Constant Contact's token endpoint answered HTTP {refusal.status}, a redirect to "
+                f"{refusal.target}. Token requests never follow redirects (they carry the refresh token "
+                f"and the client secret): set the {setting} of {self.conn_label} to the token endpoint "
+                "itself, or leave it empty for Constant Contact's.",
+                status=refusal.status,
+            )
         if refusal.error == "invalid_client":
             return DestinationAuthError(
                 f"Constant Contact refused the client id or client secret of {self.conn_label} "

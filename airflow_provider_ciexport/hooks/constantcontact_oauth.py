@@ -12,6 +12,8 @@ from typing import Any
 
 import requests
 
+from airflow_provider_ciexport.urls import redirect_target
+
 #: The scopes the provider needs; without ``offline_access`` Constant Contact issues no refresh token.
 SCOPES = "contact_data offline_access"
 
@@ -44,6 +46,27 @@ class TokenError(Exception):
         return cls(response.status_code, str(error) if error else None, description)
 
 
+class TokenRedirect(TokenError):
+    """The token endpoint answered a redirect, which a token request never follows.
+
+    The request carries the refresh token or code and the client credentials; following the redirect
+    would hand them to whatever host it names.
+
+    :param status: the 3xx status.
+    :param target: where it pointed, as ``scheme://host[:port]`` (no path or query).
+    """
+
+    def __init__(self, status: int, target: str) -> None:
+        super().__init__(status, None)
+        self.target = target
+
+    @classmethod
+    def from_redirect(cls, response: requests.Response) -> TokenRedirect:
+        """Read where a 3xx answer pointed (its host only)."""
+        request_url = response.request.url if response.request is not None else None
+        return cls(response.status_code, redirect_target(request_url, response.headers.get("Location")))
+
+
 def json_body(response: requests.Response) -> Any:
     """The JSON body of ``response``, or ``None`` when it has none."""
     try:
@@ -55,8 +78,11 @@ def json_body(response: requests.Response) -> Any:
 def token_payload(response: requests.Response) -> dict[str, Any]:
     """The token endpoint's answer when it issued an access token.
 
+    :raises TokenRedirect: for a 3xx answer.
     :raises TokenError: for any other answer.
     """
+    if 300 <= response.status_code < 400:
+        raise TokenRedirect.from_redirect(response)
     payload = json_body(response)
     if response.status_code == 200 and isinstance(payload, dict) and payload.get("access_token"):
         return payload
@@ -73,17 +99,25 @@ def request_token(
 ) -> dict[str, Any]:
     """Send one token request (form-encoded, client credentials as HTTP Basic) and read the answer.
 
+    Redirects are never followed (see :class:`TokenRedirect`).
+
     :param session: the HTTP session to send it with.
     :param token_url: the token endpoint.
     :param data: the grant, e.g. :func:`refresh_grant`.
     :param client: ``(client_id, client_secret)``, or ``None`` for a public client (device flow).
     :param timeout: connect and read timeouts, in seconds.
     :return: the token answer (``access_token``, ``expires_in``, maybe ``refresh_token``, ``scope``).
+    :raises TokenRedirect: when the endpoint answered a redirect.
     :raises TokenError: when the endpoint refused.
     :raises requests.RequestException: when no answer arrived.
     """
     response = session.post(
-        token_url, data=dict(data), auth=client, headers={"Accept": "application/json"}, timeout=timeout
+        token_url,
+        data=dict(data),
+        auth=client,
+        headers={"Accept": "application/json"},
+        timeout=timeout,
+        allow_redirects=False,
     )
     return token_payload(response)
 

@@ -15,12 +15,18 @@ JOB_KINDS = {
 COMBINABLE_KINDS = frozenset({"slow", "drop_after"}) | JOB_KINDS["ac"] | JOB_KINDS["cc"]
 #: Kinds allowed per API.
 KINDS_BY_API = {
-    "ac": frozenset({"status", "drop", "drop_after", "slow", "throttled", "rate_limit_400", "quoting_error"})
+    "ac": frozenset(
+        {"status", "drop", "drop_after", "slow", "throttled", "rate_limit_400", "quoting_error", "redirect"}
+    )
     | JOB_KINDS["ac"],
-    "cc": frozenset({"status", "drop", "drop_after", "slow", "throttled", "quota_exceeded", "quoting_error"})
+    "cc": frozenset(
+        {"status", "drop", "drop_after", "slow", "throttled", "quota_exceeded", "quoting_error", "redirect"}
+    )
     | JOB_KINDS["cc"],
-    "oauth": frozenset({"status", "drop", "drop_after", "slow"}),
+    "oauth": frozenset({"status", "drop", "drop_after", "slow", "redirect"}),
 }
+#: Statuses a ``redirect`` rule may answer (``Location`` set to the rule's ``location``).
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class FaultRuleError(ValueError):
@@ -29,7 +35,11 @@ class FaultRuleError(ValueError):
 
 @dataclass
 class FaultRule:
-    """One rule: on every ``every``-th matching request, at most ``times`` times, do ``kind``."""
+    """One rule: on every ``every``-th matching request, at most ``times`` times, do ``kind``.
+
+    ``redirect`` answers ``status`` (302 unless given) with ``Location: <location>``: a load balancer
+    or an account move sending the client to another host, which must not get the credentials.
+    """
 
     id: int
     api: str
@@ -41,6 +51,7 @@ class FaultRule:
     status: int = 503
     delay_s: float = 5.0
     retry_after: int | None = None
+    location: str | None = None
     matched: int = 0
     fired: int = 0
     _regex: re.Pattern[str] | None = field(default=None, repr=False)
@@ -51,7 +62,18 @@ class FaultRule:
 
         :raises FaultRuleError: when a field is missing, unknown or out of range.
         """
-        allowed = {"api", "kind", "path", "method", "every", "times", "status", "delay_s", "retry_after"}
+        allowed = {
+            "api",
+            "kind",
+            "path",
+            "method",
+            "every",
+            "times",
+            "status",
+            "delay_s",
+            "retry_after",
+            "location",
+        }
         unknown = set(data) - allowed
         if unknown:
             raise FaultRuleError(f"unknown rule fields: {sorted(unknown)}")
@@ -69,7 +91,15 @@ class FaultRule:
         every = data.get("every", 1)
         times = data.get("times")
         # A validation error that quotes the refused contact is a 400 unless the rule says otherwise.
-        status = data.get("status", 400 if kind == "quoting_error" else 503)
+        status = data.get("status", 400 if kind == "quoting_error" else 302 if kind == "redirect" else 503)
+        location = data.get("location")
+        if kind == "redirect":
+            if status not in REDIRECT_STATUSES:
+                raise FaultRuleError(f"a redirect's status must be one of {sorted(REDIRECT_STATUSES)}")
+            if not isinstance(location, str) or not location.strip():
+                raise FaultRuleError("a redirect needs a location (the URL it points to)")
+        elif location is not None:
+            raise FaultRuleError("location is only for kind 'redirect'")
         delay_s = data.get("delay_s", 5.0)
         retry_after = data.get("retry_after")
         if method is not None and not isinstance(method, str):
@@ -95,6 +125,7 @@ class FaultRule:
             status=status,
             delay_s=float(delay_s),
             retry_after=retry_after,
+            location=location,
             _regex=regex,
         )
 
@@ -111,6 +142,7 @@ class FaultRule:
             "status": self.status,
             "delay_s": self.delay_s,
             "retry_after": self.retry_after,
+            "location": self.location,
             "matched": self.matched,
             "fired": self.fired,
         }

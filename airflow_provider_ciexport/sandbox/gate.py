@@ -253,6 +253,9 @@ def _fault_response(rule: FaultRule, config: SandboxConfig) -> Response:
         return errors.cc_quota_exceeded(config.cc_error_shape)
     if rule.kind == "rate_limit_400":
         return errors.ac_rate_limited("400", 1.0, imports=True)
+    if rule.kind == "redirect":
+        assert rule.location is not None
+        return Response(status_code=rule.status, headers={"Location": rule.location})
     return errors.generic_status(rule.api, rule.status, rule.retry_after, config.cc_error_shape)
 
 

@@ -23,8 +23,8 @@ from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.recording import redact_credential
 from airflow_provider_ciexport.sandbox.connections import cc_connection
+from airflow_provider_ciexport.sandbox.recording import redact_credential
 from tests.support import calls, set_connection
 
 VIP = seed.CC_LIST_VIP

@@ -1122,12 +1122,28 @@ def test_fault_quoting_error_quotes_the_first_contact_in_each_shape(sb: SandboxS
     assert client.stats()["faults_injected"] == {"quoting_error": 3}
 
 
+def test_fault_redirect_answers_a_location_and_follows_nothing(sb: SandboxServer) -> None:
+    ctl(sb).add_fault(api="ac", kind="redirect", path="/lists$", location="http://127.0.0.1:9/api/3/lists")
+    ctl(sb).add_fault(
+        api="oauth", kind="redirect", status=307, location="https://elsewhere.example/t", times=1
+    )
+    r = requests.get(f"{sb.url}/api/3/lists", headers=AC_H, timeout=TIMEOUT, allow_redirects=False)
+    assert (r.status_code, r.headers["Location"]) == (302, "http://127.0.0.1:9/api/3/lists")
+    r = requests.post(f"{sb.url}/oauth2/default/v1/token", timeout=TIMEOUT, allow_redirects=False)
+    assert (r.status_code, r.headers["Location"]) == (307, "https://elsewhere.example/t")
+    assert ctl(sb).stats()["faults_injected"] == {"redirect": 2}
+    assert cc_token(sb)  # times=1: the token endpoint answers again
+
+
 def test_fault_rules_are_validated(sb: SandboxServer) -> None:
     for rule in (
         {"api": "ac", "kind": "explode"},
         {"api": "oauth", "kind": "job_failed"},
         {"api": "cc", "kind": "status", "path": "("},
         {"api": "cc", "kind": "status", "every": 0},
+        {"api": "ac", "kind": "redirect"},
+        {"api": "ac", "kind": "redirect", "location": "http://127.0.0.1:9/", "status": 200},
+        {"api": "cc", "kind": "status", "location": "http://127.0.0.1:9/"},
     ):
         r = requests.post(f"{sb.url}/_sandbox/faults", json=rule, timeout=TIMEOUT)
         assert r.status_code == 400, rule
