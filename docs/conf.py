@@ -47,7 +47,9 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
-autodoc_class_signature = "separated"
+# Class names without their module path in headings (the page says which module).
+add_module_names = False
+toc_object_entries_show_parents = "hide"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 
 # Every cross-reference must resolve (sphinx-build -n), except to the libraries the signatures
