@@ -4,9 +4,10 @@ Steps: a fresh Airflow home in ``./.airflow`` (recreated every run), ``airflow d
 generated customer profiles in SQLite, the sandbox (fake ActiveCampaign and Constant Contact) on
 127.0.0.1, the three connections as ``AIRFLOW_CONN_*`` variables, then ``airflow dags test
 ciexport_segment_export`` twice, with a sync state under ``./.airflow`` (mirror mode) and the segment
-changed in between (some customers join it, some leave, some change). It prints both runs' export
-reports (their XCom values) and what the sandbox lists hold, checks the lists hold exactly the
-segment's valid, deduplicated addresses after the second run, and exits non-zero if anything failed.
+changed in between (some customers join it, some leave, some change). Each run prints a line per export
+saying what it did (contacts new, changed, removed, unchanged, refused), checked against what the demo
+knows must have happened; ``--full`` prints every report whole. Then it checks that the sandbox lists
+hold exactly the segment's valid, deduplicated addresses, and exits non-zero if anything failed.
 
 Nothing outside ``./.airflow`` is touched: ``AIRFLOW__*`` settings and connections inherited from the
 environment are dropped, so the demo never reaches a real metadata database or a real account.
@@ -14,6 +15,8 @@ environment are dropped, so the demo never reaches a real metadata database or a
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
 import os
 import re
@@ -22,14 +25,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow_provider_ciexport.sandbox import SandboxServer
 from airflow_provider_ciexport.sandbox.connections import AC_CONN_ID, CC_CONN_ID, connection_env
-from airflow_provider_ciexport.sandbox.profiles import expected_segment_emails, generate_profiles
+from airflow_provider_ciexport.sandbox.emails import is_valid_ac_email, is_valid_cc_email
+from airflow_provider_ciexport.sandbox.profiles import expected_segment_emails, generate_profiles, in_segment
 from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP, CC_LISTS, SEED
 
 DAG_ID = "ciexport_segment_export"
@@ -181,41 +187,223 @@ def print_list(name: str, emails: Sequence[str], expected: set[str]) -> bool:
     return ok
 
 
-#: How the demo changes the segment between its two runs: (what, SQL on customer_profiles).
+@dataclass(frozen=True)
+class SegmentChange:
+    """One change the demo makes to the profiles between its runs, and the report key it shows in."""
+
+    #: ``to_remove``, ``new`` or ``changed``: where the second run's reports count these contacts.
+    outcome: str
+    what: str
+    column: str
+    value: Any
+    customer_ids: tuple[int, ...]
+
+    def describe(self) -> str:
+        """E.g. ``40 VIP customers withdraw their marketing consent (they leave the segment)``."""
+        return self.what.format(n=len(self.customer_ids))
+
+
+#: (outcome, what, column set, value, how many) of each change; ``{n}`` is the number picked.
 CHANGES = (
     (
-        "40 VIP customers withdraw their marketing consent (they leave the segment)",
-        "UPDATE customer_profiles SET marketing_opt_in = 0 WHERE customer_id IN (SELECT customer_id "
-        "FROM customer_profiles WHERE marketing_opt_in = 1 AND loyalty_tier IN ('gold', 'platinum') "
-        "ORDER BY customer_id LIMIT 40)",
+        "to_remove",
+        "{n} VIP customers withdraw their marketing consent (they leave the segment)",
+        "marketing_opt_in",
+        0,
+        40,
     ),
+    ("new", "{n} customers reach the gold tier (they join it)", "loyalty_tier", "gold", 60),
     (
-        "60 customers reach the gold tier (they join it)",
-        "UPDATE customer_profiles SET loyalty_tier = 'gold' WHERE customer_id IN (SELECT customer_id "
-        "FROM customer_profiles WHERE marketing_opt_in = 1 AND COALESCE(loyalty_tier, '') NOT IN "
-        "('gold', 'platinum') AND COALESCE(lifetime_value, 0) <= 1000 ORDER BY customer_id LIMIT 60)",
-    ),
-    (
-        "50 VIP customers move to another city (their mapped values change)",
-        "UPDATE customer_profiles SET city = 'Springfield' WHERE customer_id IN (SELECT customer_id "
-        "FROM customer_profiles WHERE marketing_opt_in = 1 AND loyalty_tier = 'platinum' "
-        "AND COALESCE(city, '') <> 'Springfield' ORDER BY customer_id DESC LIMIT 50)",
+        "changed",
+        "{n} VIP customers move to another city (their mapped values change)",
+        "city",
+        "Springfield",
+        50,
     ),
 )
 
 
-def change_segment(profiles_db: Path) -> None:
-    """Change the profiles so that the next refresh gives a segment with members new, changed, gone."""
+class _Profile(NamedTuple):
+    customer_id: int
+    email: str
+    loyalty_tier: str | None
+    lifetime_value: float | None
+    last_order_date: str | None
+    marketing_opt_in: int
+    city: str | None
+
+    @property
+    def member(self) -> bool:
+        return in_segment(
+            SEGMENT, self.loyalty_tier, self.lifetime_value, self.last_order_date, self.marketing_opt_in
+        )
+
+
+def plan_changes(profiles_db: Path) -> list[SegmentChange]:
+    """Pick the customers each change applies to, so that the reports count exactly what is announced.
+
+    Only customers whose address is valid and belongs to no other profile are picked: a change to a
+    row the export skips (an invalid address) or that shares its address with another row (which
+    may stay in the segment, or win the deduplication instead) would not show in the counts one for
+    one. Each customer is picked for one change at most.
+
+    :param profiles_db: the SQLite file holding ``customer_profiles``.
+    """
+    with closing(sqlite3.connect(profiles_db)) as conn:
+        rows = [
+            _Profile(*row)
+            for row in conn.execute(
+                f"SELECT {', '.join(_Profile._fields)} FROM customer_profiles ORDER BY customer_id"
+            )
+        ]
+    owners = Counter(row.email.strip().lower() for row in rows if isinstance(row.email, str))
+    eligible = [
+        row
+        for row in rows
+        if isinstance(row.email, str)
+        and owners[email := row.email.strip().lower()] == 1
+        and is_valid_ac_email(email)
+        and is_valid_cc_email(email)
+    ]
+    wanted: dict[str, Callable[[_Profile], bool]] = {
+        "to_remove": lambda row: row.member and row.loyalty_tier in ("gold", "platinum"),
+        # Opted in but not a member: the gold tier makes them one.
+        "new": lambda row: row.marketing_opt_in == 1 and not row.member,
+        "changed": lambda row: row.member and row.loyalty_tier == "platinum" and row.city != "Springfield",
+    }
+    taken: set[int] = set()
+    changes = []
+    for outcome, what, column, value, count in CHANGES:
+        # The movers from the other end of the table, as far from the leavers as can be.
+        candidates = reversed(eligible) if outcome == "changed" else eligible
+        picked = tuple(
+            itertools.islice(
+                (r.customer_id for r in candidates if r.customer_id not in taken and wanted[outcome](r)),
+                count,
+            )
+        )
+        taken.update(picked)
+        changes.append(SegmentChange(outcome, what, column, value, picked))
+    return changes
+
+
+def change_segment(profiles_db: Path, changes: Sequence[SegmentChange]) -> None:
+    """Apply ``changes`` to the profiles, so that the next refresh gives a segment with members new, changed, gone."""
     with closing(sqlite3.connect(profiles_db)) as conn, conn:
-        for what, sql in CHANGES:
-            conn.execute(sql)
-            print(f"      - {what}", flush=True)
+        for change in changes:
+            # The column names are this module's constants, never input.
+            conn.executemany(
+                f"UPDATE customer_profiles SET {change.column} = ? WHERE customer_id = ?",
+                [(change.value, customer_id) for customer_id in change.customer_ids],
+            )
+            print(f"      - {change.describe()}", flush=True)
+
+
+#: The counts of an export's summary line, in its order: report key -> what the line calls it.
+SUMMARY_COUNTS = {
+    "new": "new",
+    "changed": "changed",
+    "removed": "removed",
+    "unchanged": "unchanged",
+    "rejected": "refused",
+}
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def summarise(report: Mapping[str, Any]) -> str:
+    """One line saying what an export did: its contacts new, changed, removed, unchanged and refused.
+
+    The rows it skipped and the requests it made follow in brackets; counts that are rare (contacts
+    skipped as unsubscribed, removals refused, ...) only when they are not zero.
+
+    :param report: the export task's report (its XCom value).
+    """
+    counts = ", ".join(f"{report.get(key) or 0:,} {label}" for key, label in SUMMARY_COUNTS.items())
+    rare = [
+        f"{report[key]:,} {key.replace('_', ' ')}"
+        for key in ("skipped_unsubscribed", "readded", "readd_refused", "removal_refused", "failed_batches")
+        if report.get(key)
+    ]
+    details = (
+        f"{report.get('read', 0):,} rows read: {report.get('invalid', 0):,} invalid, "
+        f"{report.get('duplicates', 0):,} duplicates; {_plural(report.get('batches', 0), 'import')}, "
+        f"{_plural(report.get('requests', 0), 'request')}, {report.get('duration_s', 0):.1f} s"
+    )
+    return f"{counts}{''.join(', ' + r for r in rare)}  ({details})"
+
+
+def expected_counts(report: Mapping[str, Any], expected: Mapping[str, int]) -> str | None:
+    """``None`` if the report counts what ``expected`` says; otherwise what differs, in words.
+
+    :param report: an export's report.
+    :param expected: report key -> the count the demo's own changes make certain.
+    """
+    wrong = [
+        f"{key} {report.get(key) or 0:,} (expected {value:,})"
+        for key, value in expected.items()
+        if (report.get(key) or 0) != value
+    ]
+    return "; ".join(wrong) or None
+
+
+def print_run(
+    run: int,
+    state: str | None,
+    task_states: Mapping[str, str],
+    reports: Mapping[str, Mapping[str, Any]],
+    expected: Mapping[str, int],
+    full: bool,
+) -> bool:
+    """A run's outcome and a line per export saying what it did; whether all went as expected.
+
+    :param run: the run's number.
+    :param state: the DAG run's state, ``None`` if none was recorded.
+    :param task_states: task id -> state.
+    :param reports: export task id -> its report.
+    :param expected: report key -> the count each export must report (the demo knows what changed).
+    :param full: print every export's whole report too.
+    """
+    not_ok = sorted(task for task, task_state in task_states.items() if task_state != "success")
+    print(
+        f"    Run {run}: {state or 'no run recorded'}"
+        + (f" (not successful: {', '.join(f'{t}={task_states[t]}' for t in not_ok)})" if not_ok else "")
+    )
+    ok = state == "success"
+    for task_id in EXPORT_TASKS:
+        report = reports.get(task_id)
+        if report is None:
+            print(f"      {task_id}: no report (the task failed or did not run)")
+            ok = False
+            continue
+        wrong = expected_counts(report, expected)
+        ok &= wrong is None
+        verdict = "" if wrong is None else f"\n        NOT AS EXPECTED: {wrong}"
+        print(f"      {report.get('destination', task_id):<17} {summarise(report)}{verdict}")
+    if full:
+        for task_id, report in reports.items():
+            print_report(task_id, report)
+        print()
+    return ok
 
 
 def run_dag(
-    airflow: list[str], env: Mapping[str, str], home: Path, workdir: Path, run: int
-) -> tuple[DemoError | None, str | None, dict[str, dict[str, Any]]]:
-    """One ``airflow dags test`` of the example DAG; its error (if any), state and export reports."""
+    airflow: list[str],
+    env: Mapping[str, str],
+    home: Path,
+    workdir: Path,
+    run: int,
+    expected: Mapping[str, int],
+    full: bool,
+) -> tuple[DemoError | None, bool, dict[str, dict[str, Any]]]:
+    """One ``airflow dags test`` of the example DAG, a line per export saying what it did.
+
+    :param expected: report key -> the count each export must report (the demo knows what changed).
+    :param full: print every export's whole report too.
+    :return: the run's error (if any), whether it succeeded with the expected counts, the reports.
+    """
     log = home / "logs" / f"dags-test-{run}.log"
     print(f"    airflow dags test {DAG_ID} (task logs in {log.relative_to(workdir)}) ...", flush=True)
     failed: DemoError | None = None
@@ -224,21 +412,17 @@ def run_dag(
     except DemoError as exc:
         failed = exc  # still show whatever the run got done
     state, task_states, reports = read_run(home / "airflow.db")
-    print(
-        f"    Run {run} finished: {state or 'no run recorded'}; tasks: "
-        + (", ".join(f"{task}={task_state}" for task, task_state in sorted(task_states.items())) or "none")
-    )
-    print(f"\n    Export reports of run {run} (each task's XCom return value):")
-    for task_id in EXPORT_TASKS:
-        if task_id in reports:
-            print_report(task_id, reports[task_id])
-        else:
-            print(f"\n  {task_id}: no report (the task failed or did not run)")
-    return failed, state, reports
+    ok = print_run(run, state, task_states, reports, expected, full) and failed is None
+    return failed, ok, reports
 
 
-def run_demo(workdir: Path) -> bool:
-    """Every step of the demo; whether the run succeeded and the lists hold what they should."""
+def run_demo(workdir: Path, profiles: int = PROFILE_COUNT, full: bool = False) -> bool:
+    """Every step of the demo; whether the runs succeeded and the lists hold what they should.
+
+    :param workdir: where ``.airflow`` goes.
+    :param profiles: how many customer profiles to generate.
+    :param full: print every export's whole report, not only its summary line.
+    """
     started = time.monotonic()
     home = workdir / ".airflow"
     dags_folder = find_example_dags()
@@ -251,47 +435,60 @@ def run_demo(workdir: Path) -> bool:
     run_logged([*airflow, "db", "migrate"], env, home / "logs" / "db-migrate.log", "airflow db migrate")
 
     profiles_db = home / "profiles.db"
-    stats = generate_profiles(profiles_db, count=PROFILE_COUNT)
+    stats = generate_profiles(profiles_db, count=profiles)
     print(
         f"2/5 Generated {stats.count:,} customer profiles in {profiles_db.name}: "
         f"{stats.invalid_emails} invalid and {stats.duplicate_emails} repeated addresses, "
         f"{stats.blank_values:,} blank values, {stats.long_values} over-long values.",
         flush=True,
     )
+    members = len(expected_segment_emails(profiles_db, SEGMENT))
 
     with SandboxServer() as sandbox:
         print(f"3/5 Sandbox (fake ActiveCampaign + Constant Contact) listening on {sandbox.url}.", flush=True)
         run_env = {**env, **dag_connections(sandbox, profiles_db)}
-        print("4/5 First run: the lists start empty, so every contact of the segment is new.", flush=True)
-        failed, state, reports = run_dag(airflow, run_env, home, workdir, 1)
-        test_failed = failed
-        print("\n5/5 The segment changes, then a second run sends only what changed:", flush=True)
-        change_segment(profiles_db)
-        failed, state2, reports2 = run_dag(airflow, run_env, home, workdir, 2)
+        print(
+            f"4/5 First run: the lists start empty, so each of the segment's {members:,} valid, distinct "
+            "contacts is new.",
+            flush=True,
+        )
+        first = {"new": members, "changed": 0, "removed": 0, "unchanged": 0, "rejected": 0}
+        test_failed, ok, _ = run_dag(airflow, run_env, home, workdir, 1, first, full)
+        print(
+            "\n5/5 The segment changes, then a second run sends only what changed and removes who left:",
+            flush=True,
+        )
+        changes = plan_changes(profiles_db)
+        change_segment(profiles_db, changes)
+        count = {change.outcome: len(change.customer_ids) for change in changes}
+        second = {
+            "new": count["new"],
+            "changed": count["changed"],
+            "removed": count["to_remove"],
+            "unchanged": members - count["to_remove"] - count["changed"],
+            "rejected": 0,
+        }
+        failed, ok2, _ = run_dag(airflow, run_env, home, workdir, 2, second, full)
         test_failed = test_failed or failed
+        ok &= ok2
         log = home / "logs" / "dags-test-2.log"
 
         expected = expected_segment_emails(profiles_db, SEGMENT)
         client = sandbox.client
         print(f"\nSandbox lists now (the {SEGMENT} segment has {len(expected):,} valid distinct addresses):")
-        lists_ok = True
         for list_id, name in SEED.ac_lists.items():
             emails = [c["email"].lower() for c in client.ac_list_contacts(list_id)]
             wanted = expected if list_id == AC_LIST_VIP else set()
-            lists_ok &= print_list(f"ActiveCampaign {list_id} {name!r}", emails, wanted)
+            ok &= print_list(f"ActiveCampaign {list_id} {name!r}", emails, wanted)
         for cc_list_id, name in CC_LISTS.items():
             emails = [c["email"].lower() for c in client.cc_list_contacts(cc_list_id)]
             wanted = expected if cc_list_id == CC_LIST_VIP else set()
-            lists_ok &= print_list(f"Constant Contact {cc_list_id[:8]}… {name!r}", emails, wanted)
+            ok &= print_list(f"Constant Contact {cc_list_id[:8]}… {name!r}", emails, wanted)
         client.close()
 
-    ok = (
-        test_failed is None
-        and state == state2 == "success"
-        and len(reports) == len(reports2) == len(EXPORT_TASKS)
-        and lists_ok
-    )
     print(f"\nDemo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s.")
+    if not full:
+        print("Every export's full report: make demo DEMO_ARGS=--full")
     if test_failed is not None:
         print(f"\n{test_failed}", file=sys.stderr)
     elif not ok:
@@ -299,10 +496,26 @@ def run_demo(workdir: Path) -> bool:
     return ok
 
 
-def main() -> int:
-    """Entry point of ``python -m airflow_provider_ciexport.demo``."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m airflow_provider_ciexport.demo``.
+
+    :param argv: the command line arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_ciexport.demo",
+        description="Run the example DAG twice against the local sandbox and say what each export did.",
+    )
+    parser.add_argument("--full", action="store_true", help="print every export's full report too")
+    parser.add_argument(
+        "--profiles",
+        type=int,
+        default=PROFILE_COUNT,
+        metavar="N",
+        help=f"customer profiles to generate (default {PROFILE_COUNT:,})",
+    )
+    args = parser.parse_args(argv)
     try:
-        return 0 if run_demo(Path.cwd()) else 1
+        return 0 if run_demo(Path.cwd(), profiles=args.profiles, full=args.full) else 1
     except DemoError as exc:
         print(f"\nDemo FAILED: {exc}", file=sys.stderr)
         return 1

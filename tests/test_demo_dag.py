@@ -8,6 +8,7 @@ answering over HTTP on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -250,3 +251,48 @@ def test_triggered_run_exports_the_chosen_segment_to_the_chosen_lists(
     assert cc_emails(sandbox, CC_LIST_VIP) == []
     assert reports["export_to_activecampaign"]["accepted"] == len(expected)
     assert reports["export_to_constantcontact"]["accepted"] == len(expected)
+
+
+def test_make_demo_says_in_a_line_per_export_what_each_run_did(tmp_path: Path) -> None:
+    # What `make demo` runs, with fewer profiles: a fresh Airflow home, two runs, the list check.
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_ciexport.demo", "--profiles", "1000"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    out = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = re.compile(
+        r"^ {6}(ActiveCampaign|Constant Contact) +([\d,]+) new, ([\d,]+) changed, ([\d,]+) removed, "
+        r"([\d,]+) unchanged, ([\d,]+) refused  \(.*rows read.*\)$"
+    )
+    lines = [m for m in map(summary.match, out) if m]
+    # One line per export and run; nothing of the reports' other keys unless asked (--full).
+    assert [m[1] for m in lines] == ["ActiveCampaign", "Constant Contact"] * 2
+    assert not [line for line in out if re.match(r"^ +(read|submitted|jobs|duration_s) ", line)]
+    assert len(out) < 35, "\n".join(out)
+
+    def announced(pattern: str) -> int:
+        found = re.search(pattern, result.stdout)
+        assert found, pattern
+        return int(found[1].replace(",", ""))
+
+    members = announced(r"each of the segment's ([\d,]+) valid")
+    left = announced(r"- (\d+) VIP customers withdraw")
+    joined = announced(r"- (\d+) customers reach the gold tier")
+    moved = announced(r"- (\d+) VIP customers move")
+
+    def numbers(m: re.Match[str]) -> tuple[int, ...]:
+        return tuple(int(g.replace(",", "")) for g in m.groups()[1:])
+
+    for first, second in zip(lines[:2], lines[2:], strict=True):
+        assert numbers(first) == (members, 0, 0, 0, 0)
+        # The second run counts exactly the announced changes.
+        assert numbers(second) == (joined, moved, left, members - left - moved, 0)
+    assert "NOT AS EXPECTED" not in result.stdout
+    assert sum("[OK]" in line for line in out) == 6
+    assert "make demo DEMO_ARGS=--full" in result.stdout

@@ -440,8 +440,13 @@ def refresh_segments(db_path: str | Path, segments: Sequence[str] = SEGMENTS) ->
     return sizes
 
 
-def _in_segment(segment: str, tier: Any, lifetime_value: Any, last_order: Any, opt_in: Any) -> bool:
-    # The segment rules again, in Python: a check on the SQL, not a copy of it.
+def in_segment(segment: str, tier: Any, lifetime_value: Any, last_order: Any, opt_in: Any) -> bool:
+    """Whether a profile with these values belongs to ``segment``.
+
+    The segment rules again, in Python: a check on the SQL, not a copy of it.
+
+    :param segment: ``vip`` or ``lapsed``.
+    """
     if opt_in != 1:
         return False
     if segment == "vip":
@@ -466,7 +471,7 @@ def expected_segment_emails(db_path: str | Path, segment: str) -> set[str]:
             f"SELECT email, loyalty_tier, lifetime_value, last_order_date, marketing_opt_in FROM {TABLE}"
         )
         for raw, tier, lifetime_value, last_order, opt_in in rows:
-            if not isinstance(raw, str) or not _in_segment(segment, tier, lifetime_value, last_order, opt_in):
+            if not isinstance(raw, str) or not in_segment(segment, tier, lifetime_value, last_order, opt_in):
                 continue
             email = raw.strip().lower()
             if email and is_valid_ac_email(email) and is_valid_cc_email(email):
