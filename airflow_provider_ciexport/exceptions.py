@@ -12,6 +12,19 @@ class CiExportError(AirflowException):
     """Base class of every error the provider raises; Airflow may retry the task."""
 
 
+#: What an error raised before any contact was sent (or removed) says, so the user knows a retry after
+#: the fix starts from a clean slate.
+NOTHING_SENT = "Nothing was sent."
+
+
+def say_nothing_was_sent(error: CiExportError) -> CiExportError:
+    """Add "Nothing was sent." to the message of ``error`` (once), raised before anything was sent."""
+    message = str(error)
+    if "nothing was sent" not in message.lower():
+        error.args = (f"{message.rstrip()} {NOTHING_SENT}",)
+    return error
+
+
 class ExportConfigurationError(AirflowFailException, CiExportError):
     """The task's parameters, the source's shape or the connection are wrong; a retry cannot help."""
 

@@ -7,11 +7,13 @@ segment in memory. A second read would cost another warehouse scan and could dis
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import gzip
 import io
 import json
+import logging
 import os
 import zlib
 from abc import ABC, abstractmethod
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
 Row = tuple[Any, ...]
 
+log = logging.getLogger(__name__)
+
 _GZIP_MAGIC = b"\x1f\x8b"
 _FORMATS = {
     "csv": "csv",
@@ -39,6 +43,13 @@ _FORMATS = {
 }
 _FORMAT_NAMES = {"csv": "CSV", "jsonl": "JSON Lines", "parquet": "Parquet"}
 _PARQUET_EXTRA = "pip install 'airflow-provider-ciexport[parquet]'"
+#: The longest line of a CSV or JSON Lines file read by default: a contact's row is a few hundred
+#: characters; this much is still read in flat memory.
+DEFAULT_MAX_LINE_LENGTH = 1024 * 1024
+#: Delimiters a CSV file's header line is searched for, the first winning a tie.
+CSV_DELIMITERS = (",", ";", "\t", "|")
+#: What ``csv_options`` may set.
+CSV_OPTIONS = ("delimiter", "quotechar", "encoding")
 _DRIVER_TEXT_HIDDEN = "(The driver's own message is not shown: it can quote row values.)"
 
 
@@ -279,13 +290,22 @@ class FileSegmentSource(SegmentSource):
 
     :param path: local path or URI.
     :param chunk_size: rows per chunk.
+    :param max_line_length: the longest line (a CSV record) read, in characters (JSON Lines: bytes);
+        a longer one fails before it is held in memory.
     """
 
     kind = "file"
 
-    def __init__(self, path: str | os.PathLike[str], chunk_size: int = 5000) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        chunk_size: int = 5000,
+        *,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
         self.path = os.fspath(path)
         self.chunk_size = chunk_size
+        self.max_line_length = max_line_length
         self.name = self.path.rstrip("/").rsplit("/", 1)[-1]
         self.description = f"{self.kind} file {self.name}"
 
@@ -319,53 +339,145 @@ class FileSegmentSource(SegmentSource):
                     "that the file is complete (and really gzip-compressed if it is named .gz)."
                 ) from None
 
-    def _not_utf8(self, line_no: int, offset: int) -> SegmentSourceError:
+    def _not_utf8(self, line_no: int, offset: int, hint: str = "") -> SegmentSourceError:
         return SegmentSourceError(
             f"The {self.description} is not valid UTF-8: line {line_no}, byte {offset} of the "
-            f"(decompressed) file. Re-encode it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) and run again."
+            f"(decompressed) file. Re-encode it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) and run again"
+            f"{hint}."
+        )
+
+    def _too_long(self, line_no: int, what: str = "is longer than") -> SegmentSourceError:
+        unit = "bytes" if isinstance(self, JsonLinesSegmentSource) else "characters"
+        return SegmentSourceError(
+            f"Line {line_no} of the {self.description} {what} {self.max_line_length:,} {unit} "
+            "(max_line_length), far more than a contact's row, so it was not read further: the file is "
+            "damaged or not a segment. Fix the file; if rows this long are intended, raise the "
+            "operator's max_line_length."
         )
 
 
 class CsvSegmentSource(FileSegmentSource):
-    """A CSV file with a header row, read with the ``csv`` module as UTF-8 (a BOM is skipped).
+    """A CSV file with a header row, read with the ``csv`` module, UTF-8 by default (a BOM is skipped).
 
-    Header names are stripped of surrounding spaces; empty header cells are named ``column_<n>``
-    (1-based position) so that trailing commas do not produce duplicate names. Blank lines are
-    skipped; rows shorter than the header are padded with ``None`` and longer rows are cut to the
-    header's width. Values are strings.
+    The delimiter is the one given, or else the one of ``,`` ``;`` tab ``|`` that the header line
+    holds most often outside quotes (a comma when it holds none): spreadsheets set to a European
+    locale save with ``;``. Header names are stripped of surrounding spaces; empty header cells are
+    named ``column_<n>`` (1-based position) so that trailing commas do not produce duplicate names.
+    Blank lines are skipped; rows shorter than the header are padded with ``None`` and longer rows
+    are cut to the header's width. Values are strings.
+
+    :param delimiter: the field delimiter (one character), or ``None`` to detect it.
+    :param quotechar: the quote character (one character).
+    :param encoding: the file's text encoding (a Python codec name); UTF-8 skips a BOM.
     """
 
     kind = "CSV"
 
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        chunk_size: int = 5000,
+        *,
+        delimiter: str | None = None,
+        quotechar: str = '"',
+        encoding: str = "utf-8",
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        super().__init__(path, chunk_size, max_line_length=max_line_length)
+        self.delimiter = delimiter
+        self.quotechar = quotechar
+        self.encoding = encoding
+        #: The delimiter used by the last read, given or detected.
+        self.used_delimiter: str | None = None
+
+    @property
+    def _utf8(self) -> bool:
+        return codecs.lookup(self.encoding).name in ("utf-8", "utf-8-sig")
+
+    def _lines(self, text: IO[str]) -> Iterator[str]:
+        """The file's lines, each at most ``max_line_length`` characters, and so each record: a quoted
+        value that stays open line after line is counted as one line."""
+        limit = self.max_line_length
+        quote = self.quotechar
+        readline = text.readline
+        line_no = opened = record = 0
+        inside = False
+        while line := readline(limit):
+            line_no += 1
+            if not inside:
+                opened, record = line_no, 0
+            record += len(line)
+            if quote in line and line.count(quote) & 1:
+                inside = not inside
+            if record >= limit and (inside or line[-1] not in "\r\n"):
+                if opened < line_no:
+                    raise self._too_long(opened, "opens a quoted value still open after")
+                raise self._too_long(line_no)
+            yield line
+
+    def _detect(self, header: str) -> str:
+        if self.delimiter is not None:
+            return self.delimiter
+        outside = "".join(header.split(self.quotechar)[::2])
+        counts = {d: outside.count(d) for d in CSV_DELIMITERS}
+        best = max(CSV_DELIMITERS, key=counts.__getitem__)  # the first of a tie: a comma
+        return best if counts[best] else ","
+
     @contextlib.contextmanager
     def _reader(self) -> Iterator[Iterator[list[str]]]:
+        encoding = "utf-8-sig" if self._utf8 else self.encoding
         with self._open_binary() as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            text = io.TextIOWrapper(raw, encoding=encoding, newline="")
+            reader: Any = None
             try:
-                yield csv.reader(text)
+                lines = self._lines(text)
+                header = next(lines, "")
+                delimiter = self.used_delimiter = self._detect(header)
+                if self.delimiter is None and delimiter != ",":
+                    log.info(
+                        "Reading the %s with the delimiter %r, found in its header line.",
+                        self.description,
+                        delimiter,
+                    )
+                reader = csv.reader(chain([header], lines), delimiter=delimiter, quotechar=self.quotechar)
+                yield reader
             except UnicodeDecodeError:
                 raise self._locate_decode_error() from None
             except csv.Error as err:
                 # The csv module's messages are fixed texts ("line contains NUL"), never the line.
+                where = f"line {reader.line_num}" if reader is not None else "its first line"
                 raise SegmentSourceError(
-                    f"The {self.description} is not valid CSV: {err}. Fix the file (quotes, line breaks "
-                    "inside fields, field size) or export it again."
+                    f"The {self.description} is not valid CSV at {where}: {err}. Fix the file (quotes, "
+                    "line breaks inside fields, field size) or export it again."
                 ) from None
             finally:
                 text.detach()
 
     def _locate_decode_error(self) -> SegmentSourceError:
+        hint = (
+            "; or, if the file is in another encoding (Excel on Windows saves 'cp1252'), pass it as "
+            "csv_options={'encoding': ...}"
+        )
+        if not self._utf8:
+            return SegmentSourceError(
+                f"The {self.description} is not valid {self.encoding} text. Check the encoding in "
+                "csv_options (e.g. 'utf-8', 'cp1252', 'latin-1', 'utf-16') or re-encode the file."
+            )
         # Decoding happens in large blocks, so the position the decoder reports is not the line. Find
-        # the line again with a slow binary pass (only on this error path).
-        offset = 0
+        # the line again with a slow binary pass (only on this error path), a capped piece at a time.
+        offset, line_no = 0, 1
         with self._open_binary() as raw:
-            for line_no, line in enumerate(raw, start=1):
+            while piece := raw.readline(self.max_line_length):
                 try:
-                    line.decode("utf-8")
+                    piece.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    return self._not_utf8(line_no, offset + err.start)
-                offset += len(line)
-        return self._not_utf8(0, offset)
+                    # A character cut at the end of a capped piece is not an error.
+                    cut = err.end == len(piece) and err.reason == "unexpected end of data"
+                    if not (cut and not piece.endswith(b"\n")):
+                        return self._not_utf8(line_no, offset + err.start, hint)
+                offset += len(piece)
+                line_no += piece.endswith(b"\n")
+        return self._not_utf8(0, offset, hint)
 
     def _read(self) -> Generator[Any, None, None]:
         """The header row's names, stripped of surrounding spaces, then the data rows as tuples of strings."""
@@ -397,14 +509,25 @@ class JsonLinesSegmentSource(FileSegmentSource):
     kind = "JSON Lines"
 
     def _objects(self, raw: IO[bytes]) -> Iterator[dict[str, Any]]:
-        offset = 0
-        for line_no, line in enumerate(raw, start=1):
+        offset = line_no = 0
+        limit = self.max_line_length
+        readline = raw.readline
+        # Read a capped piece at a time: a hostile file's one huge line is never held whole.
+        while line := readline(limit):
+            line_no += 1
+            if len(line) >= limit and not line.endswith(b"\n"):
+                raise self._too_long(line_no)
             start = offset
             offset += len(line)
             if line.isspace():
                 continue
             try:
                 obj = json.loads(line)
+            except RecursionError:
+                raise SegmentSourceError(
+                    f"Line {line_no} of the {self.description} nests its values deeper than can be read "
+                    "(RecursionError). A contact is one flat JSON object per line: fix the file."
+                ) from None
             except UnicodeDecodeError as err:
                 raise self._not_utf8(line_no, start + err.start) from None
             except ValueError as err:
@@ -555,6 +678,42 @@ def _file_format(path: str, file_format: str | None) -> str:
     return fmt
 
 
+def _csv_dialect(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``csv_options`` checked: a one-character delimiter and quote character, a known encoding."""
+    if not isinstance(options, Mapping):
+        raise ExportConfigurationError(
+            f"csv_options must be a dict, e.g. {{'delimiter': ';'}}, not {type(options).__name__}."
+        )
+    unknown = [key for key in options if key not in CSV_OPTIONS]
+    if unknown:
+        raise ExportConfigurationError(
+            f"csv_options has {', '.join(map(repr, unknown))}; it takes {', '.join(map(repr, CSV_OPTIONS))}."
+        )
+    dialect: dict[str, Any] = {}
+    for key in ("delimiter", "quotechar"):
+        value = options.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) != 1 or value in "\r\n":
+            raise ExportConfigurationError(
+                f"csv_options {key} must be one character (e.g. ';' or '\\t' for a tab), not {value!r}."
+            )
+        dialect[key] = value
+    if dialect.get("delimiter") is not None and dialect.get("delimiter") == dialect.get("quotechar"):
+        raise ExportConfigurationError("csv_options delimiter and quotechar must differ.")
+    encoding = options.get("encoding")
+    if encoding is not None:
+        try:
+            codecs.lookup(str(encoding))
+        except LookupError:
+            raise ExportConfigurationError(
+                f"csv_options encoding {encoding!r} is not a known encoding. Use e.g. 'utf-8', 'cp1252', "
+                "'latin-1' or 'utf-16'."
+            ) from None
+        dialect["encoding"] = str(encoding)
+    return dialect
+
+
 def make_source(
     *,
     sql: str | None = None,
@@ -563,6 +722,8 @@ def make_source(
     records: Sequence[Mapping[str, Any]] | None = None,
     file_format: str | None = None,
     chunk_size: int = 5000,
+    csv_options: Mapping[str, Any] | None = None,
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
 ) -> SegmentSource:
     """Build the segment source from an operator's parameters; exactly one source must be given.
 
@@ -574,6 +735,10 @@ def make_source(
     :param records: rows given directly, as mappings.
     :param file_format: ``"csv"``, ``"jsonl"`` or ``"parquet"``; by default from the extension.
     :param chunk_size: rows per chunk.
+    :param csv_options: how a CSV file is written: ``delimiter`` (detected from the header line when
+        not given), ``quotechar`` (``"``) and ``encoding`` (``utf-8``).
+    :param max_line_length: the longest line a CSV or JSON Lines file may have (characters; bytes for
+        JSON Lines).
     :raises ExportConfigurationError: if the parameters do not describe exactly one usable source.
     """
     given = [
@@ -594,6 +759,16 @@ def make_source(
         raise ExportConfigurationError(
             f"chunk_size must be a positive integer, got {chunk_size!r}. Use e.g. 5000."
         )
+    if isinstance(max_line_length, bool) or not isinstance(max_line_length, int) or max_line_length < 2:
+        raise ExportConfigurationError(
+            f"max_line_length must be a whole number of characters, got {max_line_length!r}. The default "
+            f"is {DEFAULT_MAX_LINE_LENGTH:,}."
+        )
+    if csv_options is not None and (source_path is None or _file_format(source_path, file_format) != "csv"):
+        raise ExportConfigurationError(
+            "csv_options is given but the segment is not a CSV file. Drop csv_options, or point "
+            "source_path at a .csv file (or pass file_format='csv')."
+        )
     if sql is not None:
         if not sql.strip():
             raise ExportConfigurationError("sql is empty. Pass the query that selects the segment.")
@@ -608,9 +783,11 @@ def make_source(
             raise ExportConfigurationError("source_path is empty. Pass the path or URI of the file.")
         fmt = _file_format(path, file_format)
         if fmt == "csv":
-            return CsvSegmentSource(path, chunk_size)
+            return CsvSegmentSource(
+                path, chunk_size, max_line_length=max_line_length, **_csv_dialect(csv_options or {})
+            )
         if fmt == "jsonl":
-            return JsonLinesSegmentSource(path, chunk_size)
+            return JsonLinesSegmentSource(path, chunk_size, max_line_length=max_line_length)
         return ParquetSegmentSource(path, chunk_size)
     assert records is not None
     if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):

@@ -63,8 +63,8 @@ def parse_list_ids(values: Iterable[Any]) -> list[int]:
         text = str(value).strip()
         if isinstance(value, bool) or not text.isdigit() or int(text) <= 0:
             raise ExportConfigurationError(
-                f"ActiveCampaign list id {value!r} is not a positive whole number. Use the number in the "
-                "list's URL in ActiveCampaign (Contacts > Lists), e.g. list_id=3."
+                f"ActiveCampaign list id {value!r} is not a positive whole number. Nothing was sent. Use "
+                "the number in the list's URL in ActiveCampaign (Contacts > Lists), e.g. list_id=3."
             )
         if int(text) not in ids:
             ids.append(int(text))
@@ -370,7 +370,7 @@ class ActiveCampaignHook(SegmentApiHook):
         if len(body) >= MAX_IMPORT_BYTES:
             raise ExportConfigurationError(
                 f"These {len(cleaned)} contacts make a {len(body):,}-byte import; ActiveCampaign takes under "
-                f"{MAX_IMPORT_BYTES:,}. Send fewer at once."
+                f"{MAX_IMPORT_BYTES:,}. Nothing was sent; send fewer at once."
             )
         return self.bulk_import(body)
 

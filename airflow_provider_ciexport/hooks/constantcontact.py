@@ -47,6 +47,7 @@ from airflow_provider_ciexport.hooks.constantcontact_oauth import (
     refresh_grant,
     request_token,
 )
+from airflow_provider_ciexport.redaction import looks_like_a_header
 from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL
 from airflow_provider_ciexport.variables import get_variable, set_variable
 
@@ -117,15 +118,15 @@ def parse_list_ids(values: Iterable[Any]) -> list[str]:
             list_id = str(uuid.UUID(str(value).strip()))
         except ValueError:
             raise ExportConfigurationError(
-                f"Constant Contact list id {value!r} is not a UUID. Copy the list's id from its URL in "
-                "Constant Contact (e.g. 1f2e3d4c-5b6a-4789-8abc-def012345678)."
+                f"Constant Contact list id {value!r} is not a UUID. Nothing was sent. Copy the list's id "
+                "from its URL in Constant Contact (e.g. 1f2e3d4c-5b6a-4789-8abc-def012345678)."
             ) from None
         if list_id not in ids:
             ids.append(list_id)
     if len(ids) > MAX_LISTS:
         raise ExportConfigurationError(
             f"{len(ids)} Constant Contact lists were given; one import accepts at most {MAX_LISTS}. "
-            "Split the export into several tasks."
+            "Nothing was sent. Split the export into several tasks."
         )
     return ids
 
@@ -534,7 +535,8 @@ class ConstantContactHook(SegmentApiHook):
             # Past 4 MB the API would silently drop contacts: refuse instead.
             raise ExportConfigurationError(
                 f"These {len(cleaned):,} contacts make a {len(body):,}-byte import; Constant Contact takes "
-                f"under {MAX_IMPORT_BYTES:,} (and drops the rest silently). Send fewer at once."
+                f"under {MAX_IMPORT_BYTES:,} (and drops the rest silently). Nothing was sent; send fewer "
+                "at once."
             )
         return self.json_import(body)
 
@@ -655,9 +657,15 @@ class ConstantContactHook(SegmentApiHook):
             names = [wanted.get(_loose(column), column) for column in header]
             missing = [name for name in fields if name not in names]
             if missing:
+                # The vendor's file: its first line is shown only when it reads as column names.
+                shown = (
+                    ", ".join(header[:20])
+                    if looks_like_a_header(header)
+                    else "not shown: they look like data"
+                )
                 raise DestinationApiError(
                     f"Constant Contact's contact export has no column for {', '.join(missing)} "
-                    f"(columns: {', '.join(header[:20])})."
+                    f"(columns: {shown})."
                 )
             for row in reader:
                 if row:

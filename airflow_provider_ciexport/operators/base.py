@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, XComArg
 
 from airflow_provider_ciexport.asset_events import add_report_to_outlet_events
-from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError, say_nothing_was_sent
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter, SyncSettings
-from airflow_provider_ciexport.export.sources import SegmentSource, make_source
+from airflow_provider_ciexport.export.sources import DEFAULT_MAX_LINE_LENGTH, SegmentSource, make_source
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
 from airflow_provider_ciexport.variables import JsonVariable
 
@@ -67,6 +67,10 @@ class BaseSegmentExportOperator(BaseOperator):
         Resolved when the task runs but deliberately not a templated field: Airflow stores rendered
         fields in its database and shows them in the UI, and these rows are personal data.
     :param file_format: ``csv``, ``jsonl`` or ``parquet`` when the file extension does not say.
+    :param csv_options: how a CSV file is written: ``delimiter`` (by default found in the header
+        line: ``,`` ``;`` tab or ``|``), ``quotechar`` (``"``) and ``encoding`` (``utf-8``). Templated.
+    :param max_line_length: the longest line a CSV or JSON Lines file may have, in characters (bytes
+        for JSON Lines); a longer one fails the task before it is held in memory.
     :param max_profiles: fail before sending if the segment has more rows (``None``: no limit).
     :param dry_run: check and prepare everything but send nothing; the report shows what would go.
     :param wait_for_completion: follow every import job to its end and report accepted/rejected.
@@ -90,9 +94,10 @@ class BaseSegmentExportOperator(BaseOperator):
         "dry_run",
         "state_path",
         "full_refresh",
+        "csv_options",
     )
     template_ext: Sequence[str] = (".sql",)
-    template_fields_renderers = {"sql": "sql", "field_mapping": "json"}
+    template_fields_renderers = {"sql": "sql", "field_mapping": "json", "csv_options": "json"}
 
     def __init__(
         self,
@@ -104,6 +109,8 @@ class BaseSegmentExportOperator(BaseOperator):
         source_path: str | None = None,
         records: Any = None,
         file_format: str | None = None,
+        csv_options: Mapping[str, str] | None = None,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         max_profiles: int | None = 1_000_000,
         dry_run: bool = False,
         wait_for_completion: bool = True,
@@ -147,6 +154,8 @@ class BaseSegmentExportOperator(BaseOperator):
             XComArg.apply_upstream_relationship(self, records)
             self._records_from = [operator.task_id for operator, _ in records.iter_references()]
         self.file_format = file_format
+        self.csv_options = csv_options
+        self.max_line_length = max_line_length
         self.max_profiles = max_profiles
         # Shadows BaseOperator.dry_run(), a legacy template-rendering helper that Airflow 3 never calls;
         # the public parameter name matters more. Templated, so a trigger form's Param can set it.
@@ -211,7 +220,19 @@ class BaseSegmentExportOperator(BaseOperator):
         return records
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Run the export and return its report."""
+        """Run the export and return its report.
+
+        An error raised before any contact was sent or removed says "Nothing was sent."
+        """
+        try:
+            return self._execute(context)
+        except CiExportError as error:
+            report = self._exporter.report if self._exporter is not None else None
+            if report is None or (report.submitted == 0 and not report.jobs):
+                say_nothing_was_sent(error)
+            raise
+
+    def _execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.field_mapping, Mapping):
             raise ExportConfigurationError(
                 "field_mapping must be a dict of destination attribute -> source column, "
@@ -223,6 +244,8 @@ class BaseSegmentExportOperator(BaseOperator):
             source_path=self.source_path,
             records=self._records(context),
             file_format=self.file_format,
+            csv_options=self.csv_options,
+            max_line_length=self.max_line_length,
         )
         destination = self.get_destination()
         self.list_url = self.get_list_url(destination)

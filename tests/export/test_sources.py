@@ -7,6 +7,7 @@ import json
 import sqlite3
 import sys
 import traceback
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,151 @@ def test_non_utf8_json_lines_say_where(tmp_path: Path) -> None:
     with pytest.raises(SegmentSourceError, match=r"not valid UTF-8: line 2, byte 40 ") as info:
         rows_of(make_source(source_path=path))
     assert "Jos" not in str(info.value)
+
+
+# -- hostile files ---------------------------------------------------------------------------------
+
+
+def _gzip_with_one_huge_line(path: Path, header: bytes, megabytes: int, prefix: bytes = b"") -> str:
+    """A small .gz whose second line expands to ``megabytes`` MB, written without holding it."""
+    with gzip.open(path, "wb", compresslevel=6) as out:
+        out.write(header + prefix)
+        block = b"a" * (1 << 20)
+        for _ in range(megabytes):
+            out.write(block)
+        out.write(b"\n")
+    return str(path)
+
+
+def _peak_while(read: Any) -> tuple[BaseException, int]:
+    tracemalloc.start()
+    try:
+        with pytest.raises(SegmentSourceError) as info:
+            read()
+        return info.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "prefix", "unit"),
+    [
+        ("bomb.csv.gz", b"email,name\n", b"", "characters"),
+        ("bomb.jsonl.gz", b'{"email": "a@example.com"}\n', b'{"email": "', "bytes"),
+    ],
+)
+def test_a_small_gzip_expanding_to_one_huge_line_fails_in_flat_memory(
+    tmp_path: Path, name: str, header: bytes, prefix: bytes, unit: str
+) -> None:
+    path = _gzip_with_one_huge_line(tmp_path / name, header, 64, prefix)
+    assert Path(path).stat().st_size < 400_000
+    error, peak = _peak_while(lambda: rows_of(make_source(source_path=path)))
+    assert (
+        f"Line 2 of the {name.split('.')[1].replace('jsonl', 'JSON Lines').replace('csv', 'CSV')} file"
+        in str(error)
+    )
+    assert f"longer than 1,048,576 {unit} (max_line_length)" in str(error)
+    assert "raise the operator's max_line_length" in str(error)
+    # The 64 MB line is never held: a few times the limit at most, where reading it whole took 130 MB.
+    assert peak < 8 * 1024 * 1024
+
+
+def test_max_line_length_is_the_limit(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.csv", "email,note\na@example.com," + "x" * 150 + "\n")
+    with pytest.raises(SegmentSourceError, match=r"Line 2 .* longer than 100 characters"):
+        rows_of(make_source(source_path=path, max_line_length=100))
+    assert rows_of(make_source(source_path=path, max_line_length=200)) == [("a@example.com", "x" * 150)]
+    path = write(tmp_path / "s.jsonl", '{"email": "a@example.com", "note": "' + "x" * 150 + '"}\n')
+    with pytest.raises(SegmentSourceError, match=r"Line 1 .* longer than 100 bytes"):
+        rows_of(make_source(source_path=path, max_line_length=100))
+
+
+def test_a_quote_that_never_closes_fails_at_the_limit_naming_where_it_opened(tmp_path: Path) -> None:
+    lines = ["email,note", 'a@example.com,"an open quote'] + ["more text" for _ in range(100)]
+    path = write(tmp_path / "s.csv", "\n".join(lines) + "\n")
+    with pytest.raises(
+        SegmentSourceError, match=r"Line 2 of the CSV file s\.csv opens a quoted value still open after 500"
+    ):
+        rows_of(make_source(source_path=path, max_line_length=500))
+
+
+def test_deeply_nested_json_names_the_line(tmp_path: Path) -> None:
+    nested = '{"email": "b@example.com", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = write(tmp_path / "s.jsonl", '{"email": "a@example.com"}\n' + nested + "\n")
+    with pytest.raises(
+        SegmentSourceError, match=r"Line 2 of the JSON Lines file s.jsonl nests its values deeper"
+    ):
+        rows_of(make_source(source_path=path))
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "1000", True])
+def test_max_line_length_must_be_a_whole_number(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(ExportConfigurationError, match="max_line_length must be a whole number"):
+        make_source(source_path=str(tmp_path / "s.csv"), max_line_length=bad)
+
+
+# -- CSV dialects ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "delimiter"),
+    [
+        ('Email;First Name;"Note; with semicolon"\na@example.com;Ann;"x, y; z"\n', ";"),
+        ("Email\tFirst Name\tNote\na@example.com\tAnn\tx, y; z\n", "\t"),
+        ("Email|First Name|Note\na@example.com|Ann|x, y; z\n", "|"),
+        ('Email,First Name,"Note, with; comma"\na@example.com,Ann,"x, y; z"\n', ","),
+        ("email\na@example.com\n", ","),
+    ],
+    ids=["semicolon", "tab", "pipe", "comma", "one-column"],
+)
+def test_the_delimiter_is_found_in_the_header_line(tmp_path: Path, text: str, delimiter: str) -> None:
+    source = make_source(source_path=write(tmp_path / "s.csv", text))
+    rows = rows_of(source)
+    assert source.used_delimiter == delimiter  # type: ignore[attr-defined]
+    assert rows[0][:2] == ("a@example.com", "Ann") if len(rows[0]) > 1 else rows == [("a@example.com",)]
+    if len(rows[0]) == 3:
+        assert rows[0][2] == "x, y; z"
+
+
+def test_csv_options_set_the_dialect_and_the_encoding(tmp_path: Path) -> None:
+    path = write(tmp_path / "excel.csv", "Email;Name;Note\na@example.com;José;'it;s'\n", encoding="cp1252")
+    source = make_source(
+        source_path=path, csv_options={"delimiter": ";", "quotechar": "'", "encoding": "cp1252"}
+    )
+    assert columns_of(source) == ["Email", "Name", "Note"]
+    assert rows_of(source) == [("a@example.com", "José", "it;s")]
+    # A given delimiter wins over the header line's.
+    forced = make_source(source_path=path, csv_options={"delimiter": ",", "encoding": "cp1252"})
+    assert columns_of(forced) == ["Email;Name;Note"]
+
+
+def test_a_wrong_encoding_says_how_to_set_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "excel.csv", "email,name\na@example.com,José\n", encoding="cp1252")
+    with pytest.raises(SegmentSourceError, match=r"line 2, byte 28 .*csv_options=\{'encoding'") as info:
+        rows_of(make_source(source_path=path))
+    assert "Jos" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delimiter": ";;"}, "delimiter must be one character"),
+        ({"quotechar": ""}, "quotechar must be one character"),
+        ({"delimiter": "\n"}, "delimiter must be one character"),
+        ({"delimiter": "'", "quotechar": "'"}, "must differ"),
+        ({"encoding": "klingon"}, "'klingon' is not a known encoding"),
+        ({"sep": ";"}, "csv_options has 'sep'; it takes 'delimiter', 'quotechar', 'encoding'"),
+        ("delimiter=;", "csv_options must be a dict"),
+    ],
+)
+def test_bad_csv_options_are_refused(tmp_path: Path, options: Any, message: str) -> None:
+    with pytest.raises(ExportConfigurationError, match=message):
+        make_source(source_path=str(tmp_path / "s.csv"), csv_options=options)
+
+
+def test_csv_options_for_a_file_that_is_not_csv_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ExportConfigurationError, match="not a CSV file"):
+        make_source(source_path=str(tmp_path / "s.jsonl"), csv_options={"delimiter": ";"})
 
 
 # -- Parquet ---------------------------------------------------------------------------------------

@@ -227,3 +227,36 @@ def test_templated_fields_are_declared() -> None:
         "tags",
     }
     assert ".sql" in ActiveCampaignSegmentExportOperator.template_ext
+
+
+def test_a_semicolon_csv_from_a_european_spreadsheet_is_exported(
+    ac_conn: str, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    # Excel in a European locale: ';' between fields, ',' in numbers, a BOM, a quoted ';'.
+    path = tmp_path / "segment.csv"
+    lines = [
+        "E-mail;First Name;Last Name",
+        'anna@example.com;Anna;"Rossi; Bianchi"',
+        "lukas@example.com;Lukas;Müller",
+    ]
+    path.write_bytes("\r\n".join(lines).encode("utf-8-sig") + b"\r\n")
+    mapping = {"email": "E-mail", "first_name": "First Name", "last_name": "Last Name"}
+    report = _export(ac_conn, source_path=str(path), field_mapping=mapping, list_id=seed.AC_LIST_VIP)
+    assert report["accepted"] == 2
+    contacts = {c["email"]: c for c in sandbox.ac_list_contacts(seed.AC_LIST_VIP)}
+    assert contacts["anna@example.com"]["last_name"] == "Rossi; Bianchi"
+    assert contacts["lukas@example.com"]["last_name"] == "Müller"
+    # The same file with a cp1252 encoding, named in csv_options.
+    path.write_bytes("\r\n".join(lines).encode("cp1252") + b"\r\n")
+    sandbox.reset()
+    report = _export(
+        ac_conn,
+        source_path=str(path),
+        field_mapping=mapping,
+        list_id=seed.AC_LIST_VIP,
+        csv_options={"delimiter": ";", "encoding": "cp1252"},
+    )
+    assert {c["email"]: c["last_name"] for c in sandbox.ac_list_contacts(seed.AC_LIST_VIP)} == {
+        "anna@example.com": "Rossi; Bianchi",
+        "lukas@example.com": "Müller",
+    }
