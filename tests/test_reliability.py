@@ -354,6 +354,23 @@ def test_two_tasks_rotating_one_refresh_token_at_once_both_finish(
     Variable.delete(key)
 
 
+def test_access_tokens_expiring_every_few_requests_under_load_still_end_exact(
+    sandbox: SandboxClient, sandbox_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each token answers two requests; with eight imports in flight a freshly issued one is often
+    used up by the other calls before the renewed call gets to use it (a 401 right after a renewal)."""
+    from airflow_provider_ciexport.hooks.constantcontact_destination import ConstantContactDestination
+
+    monkeypatch.setattr(ConstantContactDestination, "max_batch_contacts", 250)  # 16 batches at once
+    sandbox.configure(rate_scale=5, cc_access_token_max_requests=2)
+    conn = set_connection(monkeypatch, "cc_load", **sandbox_server.cc_connection(requests_per_second=20))
+    report = _run("cc", conn, records=_people(4000))
+    assert (report["accepted"], report["rejected"], report["batches"]) == (4000, 0, 16)
+    assert _emails(sandbox, "cc") == {f"member.{i}@example.com" for i in range(4000)}
+    counters = sandbox.stats()["counters"]
+    assert counters["cc.access_token_expired"] >= 10  # the tokens really ran out under the export
+
+
 def test_quota_spent_mid_export_says_what_was_exported_and_when_it_resets(
     conns: dict[str, str], sandbox: SandboxClient
 ) -> None:

@@ -140,6 +140,20 @@ class RetryableAnswer(Exception):
         self.retry_after = retry_after
 
 
+class Unauthorized(RetryableAnswer):
+    """A 401 again after the credentials were renewed: a fault worth retrying with a new renewal.
+
+    Tokens expiring under load, or a revocation racing another worker's refresh, make a freshly issued
+    token fail once in a while; only a 401 to every attempt of a call is a refusal of the credentials.
+
+    :param response: the 401 answer, for the destination's own error message once attempts run out.
+    """
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__("HTTP 401 after a renewal of the credentials")
+        self.response = response
+
+
 class Throttled(RetryableAnswer):
     """The API asked us to slow down (429, a rate-limit body): not a fault, no attempt is used up.
 
@@ -282,7 +296,9 @@ class SegmentApiHook(HttpHook):
     policy. A 5xx or no answer at all is retried with backoff, up to ``max_attempts``; a throttling
     answer is not a fault: the call waits (as ``Retry-After`` says, or with backoff) and is sent
     again, without using up an attempt, until nothing has got through for ``throttle_timeout``.
-    Refused credentials are renewed and the call sent again once, when the hook can renew them.
+    Refused credentials (401) are renewed and the call sent again at once, when the hook can renew
+    them; a 401 again after a renewal is a fault retried with backoff and a new renewal, and only a
+    401 to every attempt fails as refused credentials.
     Unlike a plain ``HttpHook`` it never turns connection extras into request headers and never sends
     the connection's login and password as Basic auth.
 
@@ -550,8 +566,7 @@ class SegmentApiHook(HttpHook):
         api = self._is_api_url(request.url or "")
         limiters = self._limiters(self._kind(request)) if api else ()
         started = time.monotonic()
-        renewed = False
-        faults = throttles = 0
+        faults = throttles = unauthorized = 0
         while True:
             tickets = [limiter.acquire() for limiter in limiters]
             prepared = request.copy()
@@ -569,9 +584,14 @@ class SegmentApiHook(HttpHook):
                     raise RetryableAnswer(f"no answer ({type(exc).__name__})") from None
                 status = response.status_code
                 if status not in allow_status:
-                    if api and status == 401 and not renewed and self.api_auth.renew(prepared):
-                        # Expired or revoked credentials: renewed once, then the call is sent again.
-                        renewed = True
+                    if api and status == 401 and self.api_auth.renew(prepared):
+                        # Expired or revoked credentials: renewed, and the call is sent again at once.
+                        # Refused again after a renewal, it is a fault (backoff, a new renewal) that
+                        # counts against max_attempts like a 5xx.
+                        unauthorized += 1
+                        if unauthorized > 1:
+                            raise Unauthorized(response)
+                        faults += 1
                         continue
                     if api:
                         self._check_answer(response)
@@ -617,6 +637,9 @@ class SegmentApiHook(HttpHook):
             except RetryableAnswer as answer:
                 faults += 1
                 if faults >= self.max_attempts:
+                    if isinstance(answer, Unauthorized) and unauthorized == faults:
+                        # 401 to every attempt, each with freshly renewed credentials: refused.
+                        self._check_answer(answer.response)
                     host = urlsplit(request.url or "").netloc
                     advice = (
                         f"Check that {host} is the right address "

@@ -233,7 +233,7 @@ class ConstantContactHook(SegmentApiHook):
     Optional extras: ``api_base_url`` and ``oauth_url`` (the token endpoint; formerly ``token_url``, still
     read), both to point at the sandbox, and
     ``requests_per_second`` (default 4). Access tokens are fetched when missing, about to expire, or
-    refused with 401 (the call is then retried once), and registered with Airflow's secret masker.
+    refused with 401 (the call is then sent again with a new one), and registered with Airflow's secret masker.
     Rotating refresh tokens are saved in the Variable named by :attr:`refresh_token_variable`.
 
     :param constantcontact_conn_id: the Airflow connection to use.
@@ -437,11 +437,11 @@ class ConstantContactHook(SegmentApiHook):
     def _check_answer(self, response: requests.Response) -> None:
         status = response.status_code
         if status == 401:
-            # send() already renewed the access token once and sent the call again.
+            # send() renewed the access token after every 401 and tried max_attempts times.
             raise DestinationAuthError(
-                f"Constant Contact refused a freshly issued access token for {self.conn_label}. Check "
-                f"that the app's authorization included the scope 'contact_data', or run {AUTH_COMMAND} "
-                "again."
+                f"Constant Contact refused the access token for {self.conn_label} on each of "
+                f"{self.max_attempts} attempts, every time freshly issued. Check that the app's "
+                f"authorization included the scope 'contact_data', or run {AUTH_COMMAND} again."
             )
         if status == 403:
             raise DestinationAuthError(

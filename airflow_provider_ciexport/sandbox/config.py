@@ -62,6 +62,9 @@ class SandboxConfig:
     cc_job_duration_s: float = 0.5
     #: Access token lifetime (scaled).
     cc_access_token_ttl_s: float = 86400.0
+    #: An access token answers this many API requests, then 401 (0: no limit): tokens expiring under
+    #: load, or revoked while another worker refreshes, so that a freshly issued one can be refused.
+    cc_access_token_max_requests: int = 0
     #: Each refresh returns a new refresh token and invalidates the old one.
     cc_rotating_refresh_tokens: bool = False
     cc_requests_per_second: int = 4
@@ -137,6 +140,8 @@ class SandboxConfig:
                 raise ConfigError(f"{name} must be >= 0")
         if self.cc_job_duration_s < 0 or self.cc_access_token_ttl_s <= 0:
             raise ConfigError("cc durations must be positive")
+        if self.cc_access_token_max_requests < 0:
+            raise ConfigError("cc_access_token_max_requests must be >= 0")
         if self.ac_auth_error_status not in (401, 403):
             raise ConfigError("ac_auth_error_status must be 401 or 403")
         if self.ac_rate_limit_style not in get_args(ACRateLimitStyle):

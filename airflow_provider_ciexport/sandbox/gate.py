@@ -187,7 +187,9 @@ class SandboxGate:
                 )
         elif api == "cc":
             scheme, _, token = headers.get("authorization", "").partition(" ")
-            record = st.oauth.access_status(token.strip(), now) if scheme.lower() == "bearer" else "unknown"
+            max_uses = st.config.cc_access_token_max_requests
+            bearer = scheme.lower() == "bearer"
+            record = st.oauth.access_status(token.strip(), now, max_uses) if bearer else "unknown"
             if isinstance(record, str):
                 st.recorder.auth_failures["cc"] += 1
                 st.recorder.counters[f"cc.access_token_{record}"] += 1

@@ -37,6 +37,8 @@ class AccessToken:
     client_id: str
     scope: str
     expires_at: float
+    #: API requests this token has answered.
+    uses: int = 0
 
 
 @dataclass
@@ -81,13 +83,19 @@ class OAuthStore:
             return False
         return secret is None or secrets.compare_digest(expected.encode(), secret.encode())
 
-    def access_status(self, token: str, now: float) -> AccessToken | str:
-        """The token's record, or ``"unknown"`` / ``"expired"``."""
+    def access_status(self, token: str, now: float, max_uses: int = 0) -> AccessToken | str:
+        """The token's record (counting one more use), or ``"unknown"`` / ``"expired"``.
+
+        :param max_uses: a token answers this many requests, then expires (0: no limit).
+        """
         record = self.access_tokens.get(token)
         if record is None:
             return "unknown"
+        if max_uses and record.uses >= max_uses:
+            record.expires_at = 0.0
         if now >= record.expires_at:
             return "expired"
+        record.uses += 1
         return record
 
     def expire_all(self) -> int:

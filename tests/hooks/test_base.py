@@ -73,14 +73,26 @@ def test_advanced_retry_and_extra_options_are_refused_clearly(ac_conn: str) -> N
         hook.run("lists", stream=True)
 
 
-def test_a_refused_access_token_is_renewed_once_then_fails(cc_conn: str, sandbox: SandboxClient) -> None:
+def test_an_access_token_refused_on_every_attempt_fails_as_refused(
+    cc_conn: str, sandbox: SandboxClient
+) -> None:
     sandbox.add_fault(api="cc", path="/contact_lists/", kind="status", status=401)
-    hook = ConstantContactHook(cc_conn)
-    with pytest.raises(DestinationAuthError, match="freshly issued access token"):
+    hook = ConstantContactHook(cc_conn, max_attempts=3)
+    with pytest.raises(DestinationAuthError, match="on each of 3 attempts, every time freshly issued"):
         hook.get_list(seed.CC_LIST_VIP)
     stats = sandbox.stats()
-    assert calls(stats, "cc", "GET /v3/contact_lists/{list_id}") == 2
-    assert calls(stats, "oauth", "POST /oauth2/default/v1/token") == 2
-    # The next call starts afresh: one renewal again, not a failure carried over.
+    assert calls(stats, "cc", "GET /v3/contact_lists/{list_id}") == 3
+    assert calls(stats, "oauth", "POST /oauth2/default/v1/token") == 3  # a new token for every attempt
+    # The next call starts afresh: no failure carried over.
     sandbox.reset()
     assert hook.get_list(seed.CC_LIST_VIP) is not None
+
+
+def test_a_401_again_right_after_a_renewal_is_retried(cc_conn: str, sandbox: SandboxClient) -> None:
+    """Two 401s in a row (a revocation racing another worker's refresh) are not a refusal."""
+    sandbox.add_fault(api="cc", path="/contact_lists/", kind="status", status=401, times=2)
+    hook = ConstantContactHook(cc_conn)
+    assert hook.get_list(seed.CC_LIST_VIP) is not None
+    stats = sandbox.stats()
+    assert calls(stats, "cc", "GET /v3/contact_lists/{list_id}") == 3
+    assert calls(stats, "oauth", "POST /oauth2/default/v1/token") == 3

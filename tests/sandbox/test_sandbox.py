@@ -503,6 +503,17 @@ def test_cc_access_token_ttl_is_scaled(sb: SandboxServer) -> None:
     assert ctl(sb).stats()["counters"]["cc.access_token_expired"] == 1
 
 
+def test_cc_access_token_expires_after_a_few_requests(sb: SandboxServer) -> None:
+    ctl(sb).reset(cc_access_token_max_requests=3)
+    url = f"{sb.cc_api_base_url}/contact_lists"
+    token = cc_token(sb)
+    answers = [requests.get(url, headers=cc_h(token), timeout=TIMEOUT).status_code for _ in range(5)]
+    assert answers == [200, 200, 200, 401, 401]
+    assert ctl(sb).stats()["counters"]["cc.access_token_expired"] == 2
+    fresh = cc_token(sb)  # a new token answers its own three requests
+    assert requests.get(url, headers=cc_h(fresh), timeout=TIMEOUT).status_code == 200
+
+
 def test_cc_lists_and_custom_fields(sb: SandboxServer) -> None:
     h = cc_h(cc_token(sb))
     base = sb.cc_api_base_url
