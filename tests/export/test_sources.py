@@ -245,6 +245,14 @@ def test_a_corrupt_gzip_is_a_source_error(tmp_path: Path) -> None:
         rows_of(make_source(source_path=str(path)))
 
 
+def test_a_file_named_gz_that_is_not_gzip_shows_none_of_its_bytes(tmp_path: Path) -> None:
+    # gzip's own message is "Not a gzipped file (b'an')": the file's first bytes.
+    path = write(tmp_path / "plain.csv.gz", "ann@example.com,Ann\n")
+    with pytest.raises(SegmentSourceError, match="BadGzipFile: not gzip-compressed data") as info:
+        rows_of(make_source(source_path=path))
+    assert "b'an'" not in _shown_in_the_task_log(info.value)
+
+
 # -- JSON Lines ------------------------------------------------------------------------------------
 
 
@@ -487,6 +495,19 @@ def test_a_file_that_is_not_parquet_is_a_source_error(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     with pytest.raises(SegmentSourceError, match="not a readable Parquet file"):
         columns_of(make_source(source_path=write(tmp_path / "fake.parquet", "email\na@example.com\n")))
+
+
+def test_a_parquet_value_python_cannot_read_is_a_source_error_without_the_value(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "odd.parquet"
+    # A string column holding bytes that are not UTF-8: Python's error quotes them.
+    names = pa.array([b"Jos\xe9"], type=pa.binary()).cast(pa.string(), safe=False)
+    pq.write_table(pa.table({"email": ["a@example.com"], "name": names}), path)
+    with pytest.raises(SegmentSourceError, match=r"could not be read \(UnicodeDecodeError\)") as info:
+        rows_of(make_source(source_path=str(path)))
+    shown = _shown_in_the_task_log(info.value)
+    assert "0xe9" not in shown and "Jos" not in shown
 
 
 # -- records ---------------------------------------------------------------------------------------
