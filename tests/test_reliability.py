@@ -305,11 +305,13 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         # The retry recorded every contact, those the killed try confirmed included: the next run of
         # the unchanged segment sends nothing.
         from airflow_provider_ciexport.export.state import StateIdentity, read_state
+        from airflow_provider_ciexport.state_keys import state_keys
 
         identity = StateIdentity.of(
             "ActiveCampaign", f"{sandbox_server.url}/api/3", ["2"], {"email": "email", "first_name": "first"}
         )
-        loaded = read_state(env["CIEXPORT_KILL_STATE"], identity)
+        # Signed with the key the task derived from the fernet key both processes share.
+        loaded = read_state(env["CIEXPORT_KILL_STATE"], identity, state_keys())
         assert loaded.distrust is None and len(loaded.state) == rows
 
 

@@ -29,12 +29,16 @@ from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources import Row, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
 from airflow_provider_ciexport.export.state import (
+    MAX_REMOVAL_WINDOWS,
     LoadedState,
+    StateBusyError,
     StateIdentity,
+    StateKeys,
     StateLease,
     SyncState,
     email_key,
     read_state,
+    remove_stale_copies,
     write_state,
 )
 from airflow_provider_ciexport.export.sync import OPTED_OUT, UNCHANGED, Ledger, SegmentDiff
@@ -70,7 +74,11 @@ class SyncSettings:
     :param full_refresh: send every contact once and rebuild the state.
     :param max_removal_fraction: fail before sending anything if more than this share of the contacts
         the export added would be removed, or if the segment is empty.
-    :param lease_owner: who this run is, for the lease that keeps a second run out.
+    :param lease_owner: who this try is (DAG, task, run, map index, try number), for the lease that
+        keeps any other try out.
+    :param keys: the keys that authenticate the state (``None``: from
+        :func:`~airflow_provider_ciexport.state_keys.state_keys`, the default connection or Airflow's
+        fernet key).
     """
 
     state_path: str
@@ -78,6 +86,7 @@ class SyncSettings:
     full_refresh: bool = False
     max_removal_fraction: float = 0.2
     lease_owner: str = "this export"
+    keys: StateKeys | None = None
 
     @property
     def mirror(self) -> bool:
@@ -200,6 +209,8 @@ class SegmentExporter:
         self._diff: SegmentDiff | None = None
         self._loaded: LoadedState | None = None
         self._removal_ids: dict[str, str] = {}
+        self._lease: StateLease | None = None
+        self._keys: StateKeys | None = None
         # Sync: the state entries of contacts handed to the batcher and not yet in a batch, and the
         # emails the destination refused.
         self._ledger = Ledger()
@@ -243,6 +254,10 @@ class SegmentExporter:
         """
         self._started = self._last_progress = time.monotonic()
         with contextlib.ExitStack() as stack:
+            # The lease first: a second run fails before it reads (or spools) a single row.
+            self._lease = self._take_lease()
+            if self._lease is not None:
+                stack.callback(self._lease.release)
             stack.enter_context(steady_collector())
             rows = stack.enter_context(self.source.read())
             chunks: Iterator[list[Row]] = iter(rows)
@@ -282,12 +297,9 @@ class SegmentExporter:
                     rows.close()
                     chunks = iter(rereadable)
             self._total = total
-            lease = self._start_sync(builder, rereadable) if self.sync is not None else None
-            try:
-                return self._run(builder, chunks)
-            finally:
-                if lease is not None:
-                    lease.release()
+            if self.sync is not None:
+                self._start_sync(builder, rereadable)
+            return self._run(builder, chunks)
 
     def _spool(self, chunks: Iterator[list[Row]], spool: RowSpool, limit: int) -> int:
         """Read the whole segment onto local disk and count it, failing as soon as it passes ``limit``."""
@@ -396,74 +408,89 @@ class SegmentExporter:
 
     # -- keeping lists in sync -----------------------------------------------------------------
 
-    def _start_sync(self, builder: ContactBuilder, rows: RowSpool | None) -> StateLease | None:
+    def _take_lease(self) -> StateLease | None:
+        """Check the sync settings and take the state's lease (not for a dry run, which writes nothing);
+        then delete the temporary copies that killed writes left. Nothing is read before this."""
+        sync = self.sync
+        if sync is None:
+            return None
+        if sync.mode not in ("upsert", "mirror"):
+            raise ExportConfigurationError(f"sync_mode must be 'upsert' or 'mirror', not {sync.mode!r}.")
+        if sync.keys is not None:
+            self._keys = sync.keys
+        else:
+            from airflow_provider_ciexport.state_keys import state_keys
+
+            self._keys = state_keys()
+        if self.settings.dry_run:
+            return None
+        lease = StateLease(sync.state_path, sync.lease_owner)
+        lease.acquire()
+        try:
+            remove_stale_copies(sync.state_path, keep=lease.tag)
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+    def _start_sync(self, builder: ContactBuilder, rows: RowSpool | None) -> None:
         """Read the state, who opted out and (when needed) the lists' members; check the safety
         limit. Everything here happens before any contact is sent or removed."""
         sync, destination, report = self.sync, self.destination, self.report
-        assert sync is not None
-        if sync.mode not in ("upsert", "mirror"):
-            raise ExportConfigurationError(f"sync_mode must be 'upsert' or 'mirror', not {sync.mode!r}.")
+        assert sync is not None and self._keys is not None
         identity = StateIdentity.of(
             destination.name, destination.account(), destination.list_ids, self.field_mapping
         )
-        lease = None if self.settings.dry_run else StateLease(sync.state_path, sync.lease_owner)
-        if lease is not None:
-            lease.acquire()
-        try:
-            loaded = read_state(sync.state_path, identity)
-            self._loaded = loaded
-            state = loaded.state
-            reason = loaded.distrust
-            if reason is None and sync.full_refresh:
-                reason = "full_refresh=True"
-            report.sync = {
-                "sync_mode": sync.mode,
-                "state_entries": len(state),
-                "full_refresh_reason": reason,
-                "unchanged": 0,
-                "new": 0,
-                "changed": 0,
-                "readded": 0,
-                "readd_refused": 0,
-                "skipped_unsubscribed": 0,
-                "to_remove": 0,
-                "removed": 0,
-                "removal_refused": 0,
-            }
-            if loaded.distrust:
-                log.warning(
-                    "The sync state is not used: %s. Every contact is sent (a full refresh).", loaded.distrust
-                )
-            opted_out = EmailSet()
-            for email in destination.opted_out():
-                opted_out.add(email.strip().lower())
-            members_before: EmailSet | None = None
-            trusted = len(state) > 0
-            if sync.mirror and (not trusted or destination.members_read_is_cheap):
-                members_before = EmailSet()
-                leaver_emails = (
-                    self._first_pass_leavers(builder, state, opted_out, rows) if trusted else set()
-                )
-                for email, contact_id in destination.members():
-                    email = email.strip().lower()
-                    members_before.add(email)
-                    if email in leaver_emails:
-                        self._removal_ids[email] = contact_id
-            elif sync.mirror and trusted:
-                self._first_pass_leavers(builder, state, opted_out, rows)
-            self._diff = SegmentDiff(
-                state,
-                full_refresh=sync.full_refresh,
-                mirror=sync.mirror,
-                opted_out=opted_out,
-                removal_unsubscribes=destination.removal_unsubscribes,
-                members_before=members_before,
+        loaded = read_state(sync.state_path, identity, self._keys)
+        self._loaded = loaded
+        state = loaded.state
+        reason = loaded.distrust
+        if reason is None and sync.full_refresh:
+            reason = "full_refresh=True"
+        report.sync = {
+            "sync_mode": sync.mode,
+            "state_entries": len(state),
+            "full_refresh_reason": reason,
+            "state_authenticated": loaded.authenticated,
+            "unchanged": 0,
+            "new": 0,
+            "changed": 0,
+            "readded": 0,
+            "readd_refused": 0,
+            "skipped_unsubscribed": 0,
+            "to_remove": 0,
+            "removed": 0,
+            "removal_refused": 0,
+        }
+        if loaded.distrust:
+            log.warning(
+                "The sync state is not used: %s. Every contact is sent (a full refresh); nobody is "
+                "removed or re-subscribed on its account.",
+                loaded.distrust,
             )
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            raise
-        return lease
+        opted_out = EmailSet()
+        for email in destination.opted_out():
+            opted_out.add(email.strip().lower())
+        members_before: EmailSet | None = None
+        trusted = len(state) > 0
+        if sync.mirror and (not trusted or destination.members_read_is_cheap):
+            members_before = EmailSet()
+            leaver_emails = self._first_pass_leavers(builder, state, opted_out, rows) if trusted else set()
+            for email, contact_id in destination.members():
+                email = email.strip().lower()
+                members_before.add(email)
+                if email in leaver_emails:
+                    self._removal_ids[email] = contact_id
+        elif sync.mirror and trusted:
+            self._first_pass_leavers(builder, state, opted_out, rows)
+        self._diff = SegmentDiff(
+            state,
+            full_refresh=sync.full_refresh,
+            mirror=sync.mirror,
+            opted_out=opted_out,
+            removal_unsubscribes=destination.removal_unsubscribes,
+            members_before=members_before,
+        )
 
     def _first_pass_leavers(
         self, builder: ContactBuilder, state: SyncState, opted_out: EmailSet, rows: RowSpool | None
@@ -514,9 +541,12 @@ class SegmentExporter:
         if not self._read_all:
             return  # a partial read says nothing about who left
         if destination.removal_unsubscribes and diff.readd_emails and not self.settings.dry_run:
-            # The import refused the excluded; the destination checks the rest for an opt-out since.
+            if self._lease is not None:
+                self._lease.check("re-subscribing the contacts it removed that came back")
+            # The import refused the excluded; the destination checks the rest for an opt-out since,
+            # and that its own record shows the export's removal as the last change.
             back = [e for e in diff.readd_emails if e not in self._refused]
-            skipped = set(destination.readd(back))
+            skipped = set(destination.readd(back, diff.state.removals))
             for email in skipped:
                 index = diff.state.find(email_key(email))
                 if index >= 0:
@@ -547,6 +577,8 @@ class SegmentExporter:
                     diff.forget([index])
         else:
             found = [(index, email, "") for index, email in leavers]
+        if self._lease is not None:
+            self._lease.check("removing contacts (new and changed contacts were sent)")
         self._remove(found)
 
     def _remove(self, leavers: list[tuple[int, str, str]]) -> None:
@@ -583,17 +615,40 @@ class SegmentExporter:
         chunks = [leavers[i : i + size] for i in range(0, len(leavers), size)]
         if not chunks:
             return
-        with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
-            for future in [pool.submit(remove, chunk) for chunk in chunks]:
-                future.result()
+        # When this run removed: a membership the destination shows as changed at another time was
+        # not changed by this export (the re-subscribe check of :meth:`Destination.readd`).
+        window = [time.time(), 0.0]
+        diff.state.removals.append(window)
+        del diff.state.removals[:-MAX_REMOVAL_WINDOWS]
+        try:
+            with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
+                for future in [pool.submit(remove, chunk) for chunk in chunks]:
+                    future.result()
+        finally:
+            window[1] = time.time()
 
     def _save_state(self) -> None:
         """Write the state with what this run confirmed (also after a failure: the confirmed part
         holds, the rest is sent again next run)."""
         if self._diff is None or self.sync is None or self.settings.dry_run or self._loaded is None:
             return
-        diff = self._diff
-        write_state(self.sync.state_path, diff.state, self._loaded.stored_generation)
+        assert self._keys is not None
+        lease = self._lease
+        if lease is not None:
+            try:
+                lease.check("writing the sync state (its confirmed contacts are sent again next run)")
+            except StateBusyError as exc:
+                with self._lock:
+                    if self._fatal is None:
+                        self._fatal = exc
+                return
+        write_state(
+            self.sync.state_path,
+            self._diff.state,
+            self._loaded.stored_generation,
+            self._keys,
+            tag=lease.tag if lease is not None else None,
+        )
 
     def _fingerprint(self) -> str:
         """What must be unchanged for an earlier try's confirmations to count."""

@@ -7,27 +7,33 @@ did it remove it) and the email itself (removal needs it). Held as flat arrays, 
 46 bytes a contact, so 1,000,000 contacts take some 46 MB in memory and on disk, where a dict of
 strings would take several times that.
 
-A header names what the state was written for (destination, account, lists, field mapping): a state
-written for anything else is never trusted. Writes replace the file whole (a temporary sibling, then a
-rename), after checking that no other run wrote it since it was read (its ``generation``), and a lease
-file keeps two runs of the same export from using one state at once.
+The envelope: a header names what the state was written for (destination, account, lists, field
+mapping), and an HMAC-SHA256 under a key only the workers hold (:class:`StateKeys`) covers the whole
+file, header included. A state written for anything else, under a key the workers do not hold, or
+changed by anyone else is never trusted. Writes replace the file whole (a temporary sibling, then a
+rename; local files are created ``0600`` in folders created ``0700``), after checking that no other run
+wrote it since it was read (its ``generation``), and a lease file keeps two runs of the same export
+from using one state at once.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
+import secrets
 import socket
 import sys
 import threading
 import time
-import uuid
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import accumulate
@@ -38,7 +44,11 @@ from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurat
 log = logging.getLogger(__name__)
 
 MAGIC = b"CIEXPORT-SYNC-STATE\n"
-FORMAT = 1
+#: 2: the whole file is authenticated with HMAC-SHA256 (format 1 had an unkeyed checksum).
+FORMAT = 2
+_TAG_BYTES = 32
+#: How many removal runs the state remembers (see :attr:`SyncState.removals`).
+MAX_REMOVAL_WINDOWS = 10_000
 
 #: The export created this list membership (it was not there before): mirror mode may remove it.
 MANAGED = 1
@@ -55,6 +65,74 @@ class StateBusyError(CiExportError):
 
 class StateConflictError(CiExportError):
     """The state was written by another run since this run read it."""
+
+
+class StateKeys:
+    """The keys that authenticate sync states with HMAC-SHA256.
+
+    The first key signs what is written; every key is accepted when reading, so a key is rotated by
+    putting the new one first and keeping the old one until every state was written again. Keys are
+    derived (HKDF-SHA256) from the secrets given, so the same secret used elsewhere (Airflow's fernet
+    key) never signs a state as is. Neither the secrets nor the keys appear in ``repr``.
+
+    :param secrets: the secrets, newest first (at least one).
+    :param source: where they come from, for messages (never a secret itself).
+    """
+
+    def __init__(self, secrets: Sequence[str | bytes], source: str) -> None:
+        if not secrets:
+            raise ValueError("StateKeys needs at least one secret")
+        self.source = source
+        self._keys = tuple(derive_state_key(s) for s in secrets)
+        self._ids = tuple(_key_id(k) for k in self._keys)
+
+    def __repr__(self) -> str:
+        return f"StateKeys({len(self._keys)} key(s) from {self.source})"
+
+    @property
+    def signing(self) -> tuple[str, bytes]:
+        """``(key id, key)`` that signs what is written."""
+        return self._ids[0], self._keys[0]
+
+    def find(self, key_id: Any) -> bytes | None:
+        """The key with this id, or ``None`` when these keys do not include it."""
+        for kid, key in zip(self._ids, self._keys, strict=True):
+            if isinstance(key_id, str) and hmac.compare_digest(kid, key_id):
+                return key
+        return None
+
+
+_KDF_SALT = b"airflow-provider-ciexport sync state"
+_KDF_INFO = b"sync-state hmac-sha256 v1"
+
+
+def derive_state_key(secret: str | bytes) -> bytes:
+    """A 32-byte key for the state's HMAC from a secret (HKDF-SHA256, one block, RFC 5869)."""
+    material = secret.encode() if isinstance(secret, str) else secret
+    prk = hmac.new(_KDF_SALT, material, hashlib.sha256).digest()
+    return hmac.new(prk, _KDF_INFO + b"\x01", hashlib.sha256).digest()
+
+
+def _key_id(key: bytes) -> str:
+    """A public name of a key (which one signed a state), from which the key cannot be found."""
+    return hmac.new(key, b"key id", hashlib.sha256).hexdigest()[:16]
+
+
+def fernet_secrets(value: str | None) -> list[str]:
+    """The valid Fernet keys in an Airflow ``[core] fernet_key`` value (comma-separated, newest first).
+
+    Anything that is not a Fernet key (empty, or the ``{FERNET_KEY}`` placeholder Airflow's Task SDK
+    shows when no key is configured) is left out: it is no secret.
+    """
+    found = []
+    for part in (value or "").split(","):
+        part = part.strip()
+        try:
+            if len(base64.urlsafe_b64decode(part.encode())) == 32:
+                found.append(part)
+        except ValueError:
+            continue
+    return found
 
 
 def email_key(email: str) -> int:
@@ -148,6 +226,9 @@ class SyncState:
         self._new_blob = bytearray()
         self._dropped: list[int] = []
         self._lock = threading.Lock()
+        #: ``[start, end]`` (Unix seconds) of the runs that removed contacts, oldest first: a membership
+        #: the destination shows as last changed outside all of them was not the export's removal.
+        self.removals: list[list[float]] = []
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -302,6 +383,33 @@ def _little(data: array[int] | bytearray) -> array[int] | bytearray:
     return data
 
 
+_ENCODED_DOTS = re.compile(r"%2e", re.IGNORECASE)
+
+
+def check_state_path(uri: str) -> None:
+    """Refuse a (rendered) ``state_path`` that could reach outside its folder, before anything is read.
+
+    A ``..`` segment (also percent-encoded), a backslash or a control character is refused: a Param
+    rendered into ``state_path`` must not choose where the export writes.
+
+    :raises ExportConfigurationError: naming the problem and the fix.
+    """
+    text = _ENCODED_DOTS.sub(".", uri)
+    if "\\" in text or "%5c" in text.lower() or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ExportConfigurationError(
+            "state_path holds a backslash or a control character, which could make it point elsewhere than "
+            "it reads; nothing was read. Nothing was sent. Use '/' between folders; if a Param is rendered "
+            "into state_path, give it an 'enum' or a 'pattern' such as '^[a-z0-9_-]+$'."
+        )
+    _, _, rest = text.rpartition("://")
+    if ".." in rest.split("/"):
+        raise ExportConfigurationError(
+            "state_path has a '..' segment, so it could point outside its folder (e.g. a Param rendered into "
+            "it); nothing was read. Nothing was sent. Write the path without '..'; if a Param is rendered "
+            "into state_path, give it an 'enum' or a 'pattern' such as '^[a-z0-9_-]+$'."
+        )
+
+
 @dataclass
 class LoadedState:
     """What :func:`read_state` found.
@@ -310,11 +418,15 @@ class LoadedState:
     :param distrust: why a stored state is not used (``None``: it is used, or there was none).
     :param stored_generation: the generation of the file as read (``None``: there was no file); a
         write checks that it is still the same.
+    :param authenticated: ``True`` when a stored state passed the authentication check, ``False``
+        when one failed it (another key, another format, changed by someone else), ``None`` when no
+        state was read that far (none, or not a sync state at all).
     """
 
     state: SyncState
     distrust: str | None = None
     stored_generation: int | None = None
+    authenticated: bool | None = None
 
 
 def _path(uri: str) -> Any:
@@ -323,11 +435,17 @@ def _path(uri: str) -> Any:
     return ObjectStoragePath(uri)
 
 
-def read_state(uri: str, identity: StateIdentity) -> LoadedState:
-    """Read the state at ``uri`` for an export with ``identity``.
+def _local(path: Any) -> str | None:
+    """The OS path of a local ``ObjectStoragePath`` (``file://`` or a plain path), else ``None``."""
+    return str(path.path) if getattr(path.fs, "local_file", False) else None
 
-    A missing file gives an empty state; an unreadable one, or one written for another identity, gives
-    an empty state and the reason (the run then sends everything and writes a new one).
+
+def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedState:
+    """Read the state at ``uri`` for an export with ``identity``, checking it with ``keys``.
+
+    A missing file gives an empty state; an unreadable one, one that fails the authentication check or
+    one written for another identity gives an empty state and the reason (the run then sends
+    everything, removes and re-subscribes nobody, and writes a new one).
 
     :raises ExportConfigurationError: if the URI cannot be used at all.
     """
@@ -336,7 +454,7 @@ def read_state(uri: str, identity: StateIdentity) -> LoadedState:
         if not path.exists():
             return LoadedState(SyncState(identity))
         with path.open("rb") as f:
-            return _parse(f, identity)
+            return _parse(f, identity, keys)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, FileNotFoundError):
             return LoadedState(SyncState(identity))
@@ -350,52 +468,78 @@ def read_state(uri: str, identity: StateIdentity) -> LoadedState:
         )
 
 
-def _read_exact(f: IO[bytes], n: int, checksum: Any) -> bytes:
+def _read_exact(f: IO[bytes], n: int, mac: Any) -> bytes:
     data = f.read(n)
     if len(data) != n:
         raise ValueError("truncated")
-    checksum.update(data)
+    mac.update(data)
     return data
 
 
-def _parse(f: IO[bytes], identity: StateIdentity) -> LoadedState:
+def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedState:
     if f.read(len(MAGIC)) != MAGIC:
         return LoadedState(SyncState(identity), distrust="the file at state_path is not a sync state")
-    size = int.from_bytes(f.read(8), "little")
+    size_bytes = f.read(8)
+    size = int.from_bytes(size_bytes, "little")
     if not 0 < size < 1_000_000:
         raise ValueError("bad header size")
-    header = json.loads(f.read(size))
+    header_bytes = f.read(size)
+    # Nothing of the header is used before the tag is checked, except to find the key and the sizes.
+    header = json.loads(header_bytes)
     generation = int(header.get("generation", 0))
+    empty = SyncState(identity)
     if header.get("format") != FORMAT:
         return LoadedState(
-            SyncState(identity), f"the stored state has format {header.get('format')!r}", generation
+            empty,
+            f"the stored state has format {header.get('format')!r}, not {FORMAT} (it is not authenticated)",
+            generation,
+            authenticated=False,
+        )
+    key = keys.find(header.get("key_id"))
+    if key is None:
+        return LoadedState(
+            empty,
+            f"the stored state is signed with a key these workers do not hold (keys: {keys.source})",
+            generation,
+            authenticated=False,
+        )
+    mac = hmac.new(key, MAGIC + size_bytes + header_bytes, hashlib.sha256)
+    n = int(header["count"])
+    keys_: array[int] = array("Q")
+    keys_.frombytes(_read_exact(f, 8 * n, mac))
+    digests: array[int] = array("Q")
+    digests.frombytes(_read_exact(f, 8 * n, mac))
+    if sys.byteorder != "little":
+        keys_.byteswap()
+        digests.byteswap()
+    flags = bytearray(_read_exact(f, n, mac))
+    lengths = _read_exact(f, n, mac)
+    blob = _read_exact(f, int(header["blob_bytes"]), mac)
+    if not hmac.compare_digest(f.read(_TAG_BYTES), mac.digest()) or f.read(1):
+        return LoadedState(
+            empty,
+            "the stored state failed its authentication check (changed outside the export, or damaged)",
+            generation,
+            authenticated=False,
         )
     reason = identity.mismatch(header.get("identity"))
     if reason is not None:
-        return LoadedState(SyncState(identity), reason, generation)
-    n = int(header["count"])
-    checksum = hashlib.blake2b(digest_size=16)
-    keys: array[int] = array("Q")
-    keys.frombytes(_read_exact(f, 8 * n, checksum))
-    digests: array[int] = array("Q")
-    digests.frombytes(_read_exact(f, 8 * n, checksum))
-    if sys.byteorder != "little":
-        keys.byteswap()
-        digests.byteswap()
-    flags = bytearray(_read_exact(f, n, checksum))
-    lengths = _read_exact(f, n, checksum)
-    blob = _read_exact(f, int(header["blob_bytes"]), checksum)
-    if f.read(16) != checksum.digest() or f.read(1):
-        return LoadedState(SyncState(identity), "the stored state is damaged (checksum)", generation)
-    state = SyncState(identity, generation, keys, digests, flags, lengths, blob)
-    return LoadedState(state, None, generation)
+        return LoadedState(empty, reason, generation, authenticated=True)
+    state = SyncState(identity, generation, keys_, digests, flags, lengths, blob)
+    state.removals = [[float(a), float(b)] for a, b in header.get("removals") or []]
+    return LoadedState(state, None, generation, authenticated=True)
 
 
-def write_state(uri: str, state: SyncState, expected_generation: int | None) -> int:
-    """Replace the state at ``uri`` with ``state`` merged with this run's changes; return its generation.
+def write_state(
+    uri: str, state: SyncState, expected_generation: int | None, keys: StateKeys, *, tag: str | None = None
+) -> int:
+    """Replace the state at ``uri`` with ``state`` merged with this run's changes, signed with the
+    newest of ``keys``; return its generation.
 
     :param expected_generation: the generation the file had when this run read it (``None``: there
         was no file). If another run wrote it since, nothing is written.
+    :param tag: names the temporary copy (``<state>.tmp-<tag>``): the writer's lease tag, so that
+        :func:`remove_stale_copies` knows the copies of writers that no longer hold the lease.
     :raises StateConflictError: when the file changed since it was read.
     """
     path = _path(uri)
@@ -408,40 +552,72 @@ def write_state(uri: str, state: SyncState, expected_generation: int | None) -> 
         )
     generation = (current or 0) + 1
     count, blob_bytes = state.merged_size()
+    key_id, key = keys.signing
     header = json.dumps(
         {
             "format": FORMAT,
+            "key_id": key_id,
             "identity": state.identity.as_dict(),
             "generation": generation,
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "count": count,
             "blob_bytes": blob_bytes,
+            "removals": state.removals[-MAX_REMOVAL_WINDOWS:],
         }
     ).encode()
-    with contextlib.suppress(OSError, ValueError):  # object stores have no directories
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _path(f"{uri}.tmp-{uuid.uuid4().hex[:12]}")
+    make_parents(path)
+    tmp = _path(f"{uri}.tmp-{tag or secrets.token_hex(6)}")
     try:
-        with tmp.open("wb") as f:
-            f.write(MAGIC)
-            f.write(len(header).to_bytes(8, "little"))
-            f.write(header)
-            checksum = hashlib.blake2b(digest_size=16)
+        with open_new(tmp) as f:
+            mac = hmac.new(key, digestmod=hashlib.sha256)
 
             def write(data: Any) -> None:
-                checksum.update(data)
+                mac.update(data)
                 f.write(data)
 
+            write(MAGIC)
+            write(len(header).to_bytes(8, "little"))
+            write(header)
             state.write_sections(write)
-            f.write(checksum.digest())
-        tmp.rename(path)
+            f.write(mac.digest())
+        local = _local(tmp)
+        if local is not None:
+            os.replace(local, _local(path) or "")
+        else:
+            tmp.rename(path)
     finally:
-        try:
+        with contextlib.suppress(OSError):
             if tmp.exists():
                 tmp.unlink()
-        except OSError:
-            pass
     return generation
+
+
+def make_parents(path: Any) -> None:
+    """Create the folders above ``path`` that are missing: ``0700`` on local disk (the state holds
+    emails), whatever the umask. Object stores have no folders."""
+    local = _local(path)
+    if local is None:
+        with contextlib.suppress(OSError, ValueError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    missing = []
+    parent = os.path.dirname(local)
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+
+
+def open_new(path: Any) -> IO[bytes]:
+    """Open a file that must not exist yet for writing: ``0600`` on local disk, never through a
+    symbolic link."""
+    local = _local(path)
+    if local is None:
+        return path.open("wb")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    return os.fdopen(os.open(local, flags, 0o600), "wb")
 
 
 def _stored_generation(path: Any) -> int | None:
@@ -459,70 +635,176 @@ def _stored_generation(path: Any) -> int | None:
         return -1
 
 
+def remove_stale_copies(uri: str, keep: str) -> int:
+    """Delete the temporary copies of the state that killed writes left (``<state>.tmp-<tag>``, with
+    the emails in them), except the one tagged ``keep``; return how many were deleted.
+
+    Only call it while holding the state's lease: every writer holds it while it writes, so a copy with
+    another tag belongs to a write that can no longer finish. Files not named exactly so are left alone.
+    """
+    path = _path(uri)
+    pattern = re.compile(re.escape(path.name) + r"\.tmp-[0-9a-f]{12}")
+    removed = 0
+    try:
+        siblings = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    except (OSError, ValueError):
+        return 0
+    for sibling in siblings:
+        if sibling.name.endswith(f".tmp-{keep}"):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            sibling.unlink()
+            removed += 1
+    if removed:
+        log.info("Deleted %d temporary copies of the sync state left by interrupted writes.", removed)
+    return removed
+
+
+#: What a lease file says it is, so that a ``.lock`` file this provider did not write is never touched.
+LEASE_KIND = "airflow-provider-ciexport/sync-state-lease"
+
+
+class _Foreign:
+    """A ``.lock`` file that is not a lease of this provider."""
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _gone(pid: Any) -> bool:
+    """Whether no process with this id runs in this pid namespace."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 @dataclass
 class StateLease:
     """A lease file (``<state>.lock``) that keeps two runs of one export from using a state at once.
 
-    The lease is renewed every ``ttl_s / 3`` seconds while held; one older than ``ttl_s`` belongs to a
-    run that died and is taken over. A retry of the same task instance (same ``owner``) takes its own
-    lease back at once.
+    Each try of a task holds its own lease: ``owner`` names it (DAG, task, run, map index, try number)
+    and a random token tells it apart from any other, so a zombie try and its retry never both hold
+    it. The lease is renewed every ``ttl_s / 3`` seconds while held, each renewal first checking that
+    it is still this try's; one older than ``ttl_s`` belongs to a try that died and is taken over, and
+    so is one written on this machine by a process that no longer exists. :meth:`check` tells, before
+    removals and before the state is written, whether it is still held.
 
     :param uri: the state's URI.
-    :param owner: who holds it (DAG, task, run, map index), shown to the run that has to wait.
+    :param owner: who holds it, shown to the run that has to wait.
     :param ttl_s: how long a lease lives without renewal.
     """
 
     uri: str
     owner: str
     ttl_s: float = 600.0
+    token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lost: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
-    _token: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
+    _holder: str = field(default="", repr=False)
 
     @property
     def path(self) -> Any:
         return _path(f"{self.uri}.lock")
 
-    def _read(self) -> dict[str, Any] | None:
+    @property
+    def tag(self) -> str:
+        """Names this try's temporary copy of the state (see :func:`remove_stale_copies`)."""
+        return self.token[:12]
+
+    def _read(self) -> dict[str, Any] | _Foreign | None:
+        """The lease as stored; ``None`` when there is none, ``_Foreign`` when the file is not one."""
         try:
             data = json.loads(self.path.read_bytes())
-            return data if isinstance(data, dict) else None
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return None
+        except ValueError:
+            return _Foreign()
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("token"), str)
+            and isinstance(data.get("owner"), str)
+            and isinstance(data.get("renewed_at"), (int, float))
+            and data.get("kind", LEASE_KIND) == LEASE_KIND
+        ):
+            return data
+        return _Foreign()
+
+    def _foreign_error(self) -> ExportConfigurationError:
+        return ExportConfigurationError(
+            "A file named like the sync state's lease ('<state_path>.lock') exists and is not a lease of "
+            "this provider; it was left untouched. Nothing was sent. Choose another state_path, or "
+            "remove that file if it is not needed."
+        )
 
     def _write(self) -> None:
         body = {
+            "kind": LEASE_KIND,
             "owner": self.owner,
-            "token": self._token,
+            "token": self.token,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pid_namespace": _pid_namespace(),
             "renewed_at": time.time(),
         }
-        with self.path.open("wb") as f:
-            f.write(json.dumps(body).encode())
+        data = json.dumps(body).encode()
+        local = _local(self.path)
+        if local is None:
+            with self.path.open("wb") as f:
+                f.write(data)
+            return
+        # Replaced whole through a private temporary sibling: 0600, never through a symbolic link.
+        tmp = f"{local}.{self.tag}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        with open_new(_path(tmp)) as f:
+            f.write(data)
+        os.replace(tmp, local)
+
+    def _dead_here(self, held: dict[str, Any]) -> bool:
+        """The lease was written on this machine, in this pid namespace, by a process now gone."""
+        ns = _pid_namespace()
+        return (
+            ns is not None
+            and held.get("host") == socket.gethostname()
+            and held.get("pid_namespace") == ns
+            and _gone(held.get("pid"))
+        )
 
     def acquire(self) -> None:
         """Take the lease, or fail naming the run that holds it.
 
-        :raises StateBusyError: when another live run holds it.
+        :raises StateBusyError: when another live try holds it.
+        :raises ExportConfigurationError: when the ``.lock`` file is not a lease of this provider.
         """
         held = self._read()
-        if held is not None and held.get("owner") != self.owner:
-            age = time.time() - float(held.get("renewed_at", 0))
+        if isinstance(held, _Foreign):
+            raise self._foreign_error()
+        if held is not None and held["token"] != self.token and not self._dead_here(held):
+            age = time.time() - float(held["renewed_at"])
             if age < self.ttl_s:
                 raise StateBusyError(
-                    f"Another run of this export ({held.get('owner')}) is using the sync state at "
+                    f"Another run of this export ({held['owner']}) is using the sync state at "
                     f"state_path (its lease was renewed {age:.0f} s ago). Nothing was sent. Wait for it to "
                     f"finish; if it died, its lease expires {self.ttl_s - age:.0f} s from now, or delete "
                     "the state's '.lock' file."
                 )
-        with contextlib.suppress(OSError, ValueError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_parents(self.path)
         self._write()
         # Two runs that wrote at the same moment: the last write wins, the other sees it and yields.
         time.sleep(0.05)
         mine = self._read()
-        if mine is None or mine.get("token") != self._token:
+        if not isinstance(mine, dict) or mine["token"] != self.token:
             raise StateBusyError(
                 "Another run of this export took the sync state's lease at the same moment. Nothing was "
                 "sent. Retry this task once that run has finished."
@@ -530,19 +812,56 @@ class StateLease:
         self._thread = threading.Thread(target=self._renew, name="ciexport-state-lease", daemon=True)
         self._thread.start()
 
+    def _still_mine(self) -> bool:
+        try:
+            held = self._read()
+        except OSError:
+            return not self._lost.is_set()  # cannot tell now: the next check tries again
+        if isinstance(held, dict) and held["token"] == self.token:
+            return True
+        self._holder = held["owner"] if isinstance(held, dict) else "nobody: the lease file is gone"
+        self._lost.set()
+        return False
+
+    def renew(self) -> bool:
+        """Renew the lease if it is still this try's (never rewriting another's); return whether it is."""
+        if not self._still_mine():
+            log.warning(
+                "The sync state's lease is no longer this run's (now: %s); this run stops renewing it and "
+                "will neither remove contacts nor write the state.",
+                self._holder,
+            )
+            return False
+        try:
+            self._write()
+        except OSError:
+            log.warning("Could not renew the sync state's lease; another run may take it over.")
+        return True
+
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
-            try:
-                self._write()
-            except OSError:
-                log.warning("Could not renew the sync state's lease; another run may take it over.")
+            if not self.renew():
+                return
+
+    def check(self, before: str) -> None:
+        """Fail unless the lease is still this try's.
+
+        :param before: what the run was about to do, and what it means that it does not (for the message).
+        :raises StateBusyError: when another run took it over (or it was deleted).
+        """
+        if self._lost.is_set() or not self._still_mine():
+            raise StateBusyError(
+                f"This run no longer holds the sync state's lease (now: {self._holder}), so it stopped "
+                f"before {before}. Another run may be using the state: let it finish, and check that two "
+                "exports do not share one state_path."
+            )
 
     def release(self) -> None:
-        """Give the lease back (only if it is still this run's)."""
+        """Give the lease back (only if it is still this try's)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        held = self._read()
-        if held is not None and held.get("token") == self._token:
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            held = self._read()
+            if isinstance(held, dict) and held["token"] == self.token:
                 self.path.unlink()

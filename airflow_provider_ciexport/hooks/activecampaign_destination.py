@@ -137,7 +137,7 @@ class ActiveCampaignDestination(HookDestination):
             return removed(self._direct.pop(job_id))
         return self.job_result(job_id, lambda status: removed(status.refused or ()))
 
-    def readd(self, emails: Sequence[str]) -> list[str]:
+    def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float]] = ()) -> list[str]:
         skipped: list[str] = []
         targets = set(self._list_ids)
         for email in emails:

@@ -14,7 +14,9 @@ from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurat
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter, SyncSettings
 from airflow_provider_ciexport.export.sources import DEFAULT_MAX_LINE_LENGTH, SegmentSource, make_source
+from airflow_provider_ciexport.export.state import check_state_path
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
+from airflow_provider_ciexport.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
 from airflow_provider_ciexport.variables import JsonVariable
 
 if TYPE_CHECKING:
@@ -81,6 +83,9 @@ class BaseSegmentExportOperator(BaseOperator):
         URI every worker can reach: ``s3://...``, ``gs://...``, ``file:///...``). With it, each run
         sends only new and changed contacts. It holds email addresses. Templated.
     :param full_refresh: send every contact once and rebuild the state.
+    :param state_key_conn_id: the connection whose password holds the key(s) that authenticate the
+        state (newest first); without that connection, a key derived from Airflow's
+        ``[core] fernet_key`` is used. See the Security page.
     :param max_removal_fraction: mirror fails before sending anything if more than this share of the
         contacts the export added would be removed, or if the segment is empty.
     """
@@ -119,6 +124,7 @@ class BaseSegmentExportOperator(BaseOperator):
         state_path: str | None = None,
         full_refresh: bool = False,
         max_removal_fraction: float = 0.2,
+        state_key_conn_id: str = DEFAULT_STATE_KEY_CONN_ID,
         **kwargs: Any,
     ) -> None:
         if state_path:
@@ -142,6 +148,7 @@ class BaseSegmentExportOperator(BaseOperator):
         self.state_path = state_path
         self.full_refresh = full_refresh
         self.max_removal_fraction = max_removal_fraction
+        self.state_key_conn_id = state_key_conn_id
         self.list_id = list_id
         self.field_mapping = field_mapping
         self.sql = sql
@@ -238,6 +245,8 @@ class BaseSegmentExportOperator(BaseOperator):
                 "field_mapping must be a dict of destination attribute -> source column, "
                 'e.g. {"email": "email", "first_name": "given_name"}.'
             )
+        # First, before anything is read: a state_path that a Param made point elsewhere is refused.
+        sync = self._sync_settings(context)
         source = self._source = make_source(
             sql=self.sql,
             sql_conn_id=self.sql_conn_id,
@@ -260,7 +269,7 @@ class BaseSegmentExportOperator(BaseOperator):
                 progress_interval_s=self.progress_interval,
             ),
             progress=progress_store(context),
-            sync=self._sync_settings(context),
+            sync=sync,
         )
         report = self._report = self._exporter.run().as_dict()
         if self.outlets:
@@ -294,9 +303,11 @@ class BaseSegmentExportOperator(BaseOperator):
                     "every worker can reach, e.g. 's3://bucket/ciexport/vip.state'."
                 )
             return None
+        check_state_path(str(state_path))
         ti = context.get("ti") if context else None
         owner = (
-            f"{ti.dag_id}.{ti.task_id} run {ti.run_id} map {getattr(ti, 'map_index', -1)}"
+            f"{ti.dag_id}.{ti.task_id} run {ti.run_id} map {getattr(ti, 'map_index', -1)} "
+            f"try {getattr(ti, 'try_number', '?')}"
             if ti is not None
             else "an export without a task instance"
         )
@@ -306,6 +317,7 @@ class BaseSegmentExportOperator(BaseOperator):
             full_refresh=_as_bool(self.full_refresh, "full_refresh"),
             max_removal_fraction=self.max_removal_fraction,
             lease_owner=owner,
+            keys=state_keys(self.state_key_conn_id),
         )
 
     def on_kill(self) -> None:

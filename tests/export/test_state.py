@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
+import sys
 import threading
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.contacts import EmailSet
 from airflow_provider_ciexport.export.state import (
     MANAGED,
@@ -15,11 +21,14 @@ from airflow_provider_ciexport.export.state import (
     StateBusyError,
     StateConflictError,
     StateIdentity,
+    StateKeys,
     StateLease,
     SyncState,
+    check_state_path,
     contact_digest,
     email_key,
     read_state,
+    remove_stale_copies,
     write_state,
 )
 from airflow_provider_ciexport.export.sync import (
@@ -32,7 +41,9 @@ from airflow_provider_ciexport.export.sync import (
     RemovalLimitError,
     SegmentDiff,
 )
+from tests.export.forgery import forge_flags, format_1_state
 
+KEYS = StateKeys(["the workers' secret"], "a test")
 IDENTITY = StateIdentity.of("ActiveCampaign", "https://acct.api-us1.com/api/3", [2], {"email": "email"})
 
 
@@ -54,8 +65,8 @@ def _first_sync(
 
 
 def _write_read(tmp_path: Path, state: SyncState, expected: int | None = None) -> SyncState:
-    write_state(_uri(tmp_path), state, expected)
-    loaded = read_state(_uri(tmp_path), IDENTITY)
+    write_state(_uri(tmp_path), state, expected, KEYS)
+    loaded = read_state(_uri(tmp_path), IDENTITY, KEYS)
     assert loaded.distrust is None
     return loaded.state
 
@@ -77,12 +88,12 @@ def test_a_large_first_sync_is_written_in_key_order_without_a_copy_per_entry(tmp
 
     tracemalloc.start()
     try:
-        write_state(_uri(tmp_path), diff.state, None)
+        write_state(_uri(tmp_path), diff.state, None, KEYS)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
-    state = read_state(_uri(tmp_path), IDENTITY).state
+    state = read_state(_uri(tmp_path), IDENTITY, KEYS).state
     assert list(state.keys) == sorted(state.keys)
     assert {state.email(i): state.digests[i] for i in range(len(state))} == digests
     assert all(state.keys[i] == email_key(state.email(i)) for i in range(len(state)))
@@ -206,51 +217,196 @@ def test_safety_limit_names_both_numbers_and_the_parameter(tmp_path: Path) -> No
 
 def test_mismatching_or_damaged_state_is_never_trusted(tmp_path: Path) -> None:
     uri = _uri(tmp_path)
-    write_state(uri, _first_sync(["a@example.com"]).state, None)
+    write_state(uri, _first_sync(["a@example.com"]).state, None, KEYS)
     other = StateIdentity.of("ActiveCampaign", "https://acct.api-us1.com/api/3", [3], {"email": "mail"})
-    loaded = read_state(uri, other)
+    loaded = read_state(uri, other, KEYS)
     assert len(loaded.state) == 0 and loaded.stored_generation == 1
     assert loaded.distrust == "it was written for another lists, field mapping"
     path = Path(f"{tmp_path}/states/vip.state")
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert read_state(uri, IDENTITY).distrust == "the stored state is damaged (checksum)"
+    assert read_state(uri, IDENTITY, KEYS).distrust == (
+        "the stored state failed its authentication check (changed outside the export, or damaged)"
+    )
     path.write_bytes(b"name,email\n")
-    assert read_state(uri, IDENTITY).distrust == "the file at state_path is not a sync state"
-    assert read_state(f"file://{tmp_path}/none.state", IDENTITY).distrust is None
+    assert read_state(uri, IDENTITY, KEYS).distrust == "the file at state_path is not a sync state"
+    assert read_state(f"file://{tmp_path}/none.state", IDENTITY, KEYS).distrust is None
 
 
 def test_a_write_never_overwrites_another_runs_state(tmp_path: Path) -> None:
     uri = _uri(tmp_path)
-    write_state(uri, _first_sync(["a@example.com"]).state, None)
-    first = read_state(uri, IDENTITY)
-    second = read_state(uri, IDENTITY)
-    write_state(uri, second.state, second.stored_generation)
+    write_state(uri, _first_sync(["a@example.com"]).state, None, KEYS)
+    first = read_state(uri, IDENTITY, KEYS)
+    second = read_state(uri, IDENTITY, KEYS)
+    write_state(uri, second.state, second.stored_generation, KEYS)
     with pytest.raises(StateConflictError, match="another run"):
-        write_state(uri, first.state, first.stored_generation)
-    assert read_state(uri, IDENTITY).state.generation == 2
+        write_state(uri, first.state, first.stored_generation, KEYS)
+    assert read_state(uri, IDENTITY, KEYS).state.generation == 2
     assert [p.name for p in Path(f"{tmp_path}/states").iterdir()] == ["vip.state"]  # no temporary left
 
 
 def test_the_lease_keeps_a_second_run_out(tmp_path: Path) -> None:
     uri = _uri(tmp_path)
     Path(f"{tmp_path}/states").mkdir()
-    first = StateLease(uri, "dag.task run=scheduled__1")
+    first = StateLease(uri, "dag.task run=scheduled__1 try 1")
     first.acquire()
-    with pytest.raises(StateBusyError, match=r"scheduled__1.*Nothing was sent"):
-        StateLease(uri, "dag.task run=manual__2").acquire()
-    retry = StateLease(uri, "dag.task run=scheduled__1")  # the same task instance, retried
-    retry.acquire()
-    retry.release()
+    with pytest.raises(StateBusyError, match=r"scheduled__1 try 1.*Nothing was sent"):
+        StateLease(uri, "dag.task run=manual__2 try 1").acquire()
     first.release()
-    stale = StateLease(uri, "dag.task run=manual__2", ttl_s=0.0)
-    later = StateLease(uri, "dag.task run=scheduled__3")
+    stale = StateLease(uri, "dag.task run=manual__2 try 1", ttl_s=0.0)
+    later = StateLease(uri, "dag.task run=scheduled__3 try 1")
     stale.acquire()
     stale.release()
     later.acquire()
     later.release()
     assert not Path(f"{tmp_path}/states/vip.state.lock").exists()
+
+
+def test_a_retry_does_not_share_the_lease_with_its_zombie_try(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    zombie = StateLease(uri, "dag.task run=scheduled__1 map -1 try 1")
+    zombie.acquire()
+    try:
+        # The same task instance, retried while its first try still runs (and renews).
+        with pytest.raises(StateBusyError, match=r"try 1\)"):
+            StateLease(uri, "dag.task run=scheduled__1 map -1 try 2").acquire()
+        # Even a lease with the very same owner text is another try's: each holds its own token.
+        with pytest.raises(StateBusyError):
+            StateLease(uri, "dag.task run=scheduled__1 map -1 try 1").acquire()
+    finally:
+        zombie.release()
+
+
+def test_a_lease_left_by_a_process_that_died_on_this_machine_is_taken_over(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    lease = StateLease(uri, "dag.task run=1 try 1")
+    lease.acquire()
+    lease._stop.set()  # the try was killed: nothing renews or releases its lease
+    body = json.loads(Path(f"{uri.removeprefix('file://')}.lock").read_text())
+    body["pid"] = int(dead.stdout)
+    Path(f"{uri.removeprefix('file://')}.lock").write_text(json.dumps(body))
+    retry = StateLease(uri, "dag.task run=1 try 2")
+    retry.acquire()
+    retry.release()
+
+
+def test_a_renewal_never_rewrites_a_lease_another_run_took(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    lock = Path(f"{tmp_path}/states/vip.state.lock")
+    mine = StateLease(uri, "dag.task run=1 try 1")
+    mine.acquire()
+    mine.check("removing contacts")  # still this try's
+    # Its renewals stalled past the expiry (a long pause), and another run took the lease over.
+    other = StateLease(uri, "dag.task run=2 try 1")
+    other._write()
+    assert mine.renew() is False
+    assert json.loads(lock.read_text())["token"] == other.token
+    with pytest.raises(StateBusyError, match=r"no longer holds .*run=2 try 1.*before removing contacts"):
+        mine.check("removing contacts")
+    mine.release()  # gives back only its own
+    assert json.loads(lock.read_text())["token"] == other.token
+
+
+def test_a_lock_file_that_is_not_a_lease_is_never_overwritten_or_deleted(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    Path(f"{tmp_path}/states").mkdir()
+    lock = Path(f"{tmp_path}/states/vip.state.lock")
+    for content in ("someone else's lock: pid 4242\n", '{"pid": 4242}'):
+        lock.write_text(content)
+        with pytest.raises(ExportConfigurationError, match=r"not a lease of this provider.*Nothing was sent"):
+            StateLease(uri, "dag.task run=1 try 1").acquire()
+        assert lock.read_text() == content
+
+
+def test_keys_rotate_without_distrusting_the_states_written_under_the_old_one(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    old, new = StateKeys(["old secret"], "old"), StateKeys(["new secret", "old secret"], "rotated")
+    write_state(uri, _first_sync(["a@example.com"]).state, None, old)
+    loaded = read_state(uri, IDENTITY, new)
+    assert loaded.distrust is None and loaded.authenticated is True and len(loaded.state) == 1
+    write_state(uri, loaded.state, loaded.stored_generation, new)  # signed with the newest now
+    assert read_state(uri, IDENTITY, StateKeys(["new secret"], "new only")).distrust is None
+    stale = read_state(uri, IDENTITY, old)
+    assert stale.authenticated is False and len(stale.state) == 0
+    assert stale.distrust == "the stored state is signed with a key these workers do not hold (keys: old)"
+    assert "secret" not in repr(new)
+
+
+def test_a_state_forged_without_the_key_is_not_trusted(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    write_state(uri, _first_sync(["a@example.com", "b@example.com"]).state, None, KEYS)
+    path = Path(f"{tmp_path}/states/vip.state")
+    forge_flags(path, {"a@example.com": REMOVED})
+    loaded = read_state(uri, IDENTITY, KEYS)
+    assert loaded.authenticated is False and len(loaded.state) == 0
+    assert "authentication check" in (loaded.distrust or "")
+
+
+def test_a_state_in_the_unauthenticated_format_1_is_not_trusted(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    path = Path(f"{tmp_path}/states/vip.state")
+    path.parent.mkdir()
+    path.write_bytes(format_1_state(["a@example.com"], REMOVED))
+    loaded = read_state(uri, IDENTITY, KEYS)
+    assert (len(loaded.state), loaded.stored_generation, loaded.authenticated) == (0, 3, False)
+    assert loaded.distrust == "the stored state has format 1, not 2 (it is not authenticated)"
+    write_state(uri, _first_sync(["a@example.com"]).state, loaded.stored_generation, KEYS)
+    assert read_state(uri, IDENTITY, KEYS).distrust is None
+
+
+def test_state_files_and_folders_are_private_and_killed_writes_are_cleaned_up(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/a/b/vip.state"
+    old = os.umask(0o022)
+    try:
+        write_state(uri, _first_sync(["a@example.com"]).state, None, KEYS)
+        lease = StateLease(uri, "dag.task run=1 try 1")
+        lease.acquire()
+        assert stat.S_IMODE(os.stat(f"{tmp_path}/a/b/vip.state.lock").st_mode) == 0o600
+        lease.release()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(f"{tmp_path}/a").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(f"{tmp_path}/a/b").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(f"{tmp_path}/a/b/vip.state").st_mode) == 0o600
+    folder = Path(f"{tmp_path}/a/b")
+    for name in (
+        "vip.state.tmp-0123456789ab",
+        "vip.state.tmp-ba9876543210",
+        "vip.state.tmp-notes",
+        "x.tmp-0123456789ab",
+    ):
+        (folder / name).write_bytes(b"emails")
+    assert remove_stale_copies(uri, keep="ba9876543210") == 1
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "vip.state",
+        "vip.state.tmp-ba9876543210",
+        "vip.state.tmp-notes",
+        "x.tmp-0123456789ab",
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "file:///data/states/../victim/x.state",
+        "file:///data/states/%2e%2E/victim/x.state",
+        "file:///data/states/.%2e/x.state",
+        "s3://bucket/states/../../other/x.state",
+        "file:///data/states/..\\victim\\x.state",
+        "file:///data/states/x%5c..%5cy.state",
+        "file:///data/states/x\n.state",
+    ],
+)
+def test_a_state_path_that_could_leave_its_folder_is_refused(path: str) -> None:
+    with pytest.raises(ExportConfigurationError, match=r"nothing was read. Nothing was sent.*'enum' or a 'pattern'"):
+        check_state_path(path)
+
+
+def test_ordinary_state_paths_are_accepted() -> None:
+    for path in ("s3://bucket/ciexport/vip.state", "file:///data/ciexport/a..b/vip.v2.state", "/tmp/x.state"):
+        check_state_path(path)
 
 
 def test_concurrent_confirmations_are_all_recorded(tmp_path: Path) -> None:

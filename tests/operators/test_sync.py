@@ -4,18 +4,25 @@ mirror removals, and consent that is never overridden, on every path, for both d
 from __future__ import annotations
 
 import json
+import logging
+import os
+import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
-from airflow_provider_ciexport.export.state import StateBusyError, StateLease
+from airflow_provider_ciexport.export.state import MANAGED, REMOVED, StateBusyError, StateLease
 from airflow_provider_ciexport.export.sync import RemovalLimitError
+from airflow_provider_ciexport.hooks.activecampaign_destination import ActiveCampaignDestination
+from airflow_provider_ciexport.hooks.constantcontact_destination import ConstantContactDestination
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
+from tests.export.forgery import forge_flags, format_1_state
 from tests.support import posts
 
 pytestmark = pytest.mark.integration
@@ -32,7 +39,15 @@ class Target:
     def __init__(self, name: str, conn: str, sandbox: SandboxClient, state: str) -> None:
         self.name, self.conn, self.sandbox, self.state = name, conn, sandbox, state
 
-    def run(self, records: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    def run(
+        self, records: list[dict[str, Any]] | None, context: dict[str, Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        op = self.operator(records, **kwargs)
+        report: dict[str, Any] = op.execute(context=context or {})
+        _check_invariants(report)
+        return report
+
+    def operator(self, records: list[dict[str, Any]] | None, **kwargs: Any) -> Any:
         params: dict[str, Any] = {
             "task_id": "export",
             "records": records,
@@ -49,9 +64,16 @@ class Target:
             op = ConstantContactSegmentExportOperator(
                 list_id=CC_LIST, constantcontact_conn_id=self.conn, **params
             )
-        report: dict[str, Any] = op.execute(context={})
-        _check_invariants(report)
-        return report
+        return op
+
+    @property
+    def file(self) -> Path:
+        """The state file on local disk."""
+        return Path(self.state.removeprefix("file://"))
+
+    @property
+    def destination_class(self) -> type[Any]:
+        return ActiveCampaignDestination if self.name == "ac" else ConstantContactDestination
 
     def members(self) -> dict[str, dict[str, Any]]:
         if self.name == "ac":
@@ -264,3 +286,156 @@ def test_mirror_needs_a_state_path() -> None:
         task_id="x", list_id=2, records=[], field_mapping=MAPPING, state_path="file:///tmp/s"
     )
     assert op.max_active_tis_per_dag == 1
+
+
+# -- the state's protection (issue 19, items 10 to 13) -------------------------------------------
+
+
+def test_a_state_forged_to_remove_a_sign_up_is_not_trusted(target: Target) -> None:
+    target.signup("person.0@example.com")  # on the list by their own sign-up before the first run
+    target.run(SEGMENT)
+    # Someone who can write the bucket (but holds no key) marks that membership as the export's.
+    forge_flags(target.file, {"person.0@example.com": MANAGED})
+    report = target.run(SEGMENT[1:])  # and the person leaves the segment
+    assert "person.0@example.com" in target.members()
+    assert (report["removed"], report["to_remove"], report["state_authenticated"]) == (0, 0, False)
+    assert "authentication check" in report["full_refresh_reason"]
+    assert target.violations() == {}
+    assert target.run(SEGMENT[1:])["state_authenticated"] is True  # the next run trusts its own state
+
+
+def test_ac_a_state_forged_to_resubscribe_someone_who_unsubscribed_is_not_trusted(
+    ac_conn: str, sandbox: SandboxClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Target("ac", ac_conn, sandbox, f"file://{tmp_path}/vip.state")
+    target.run(SEGMENT)
+    target.unsubscribe("person.3@example.com")  # their own action
+    forge_flags(target.file, {"person.3@example.com": REMOVED})  # "the export removed them"
+    report = target.run(SEGMENT)
+    assert "person.3@example.com" not in target.members()
+    assert target.violations() == {}
+    assert (report["readded"], report["skipped_unsubscribed"], report["state_authenticated"]) == (0, 1, False)
+    warning = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "sync state" in r.getMessage()
+    ]
+    assert warning and "authentication check" in warning[0] and "@" not in warning[0]
+
+
+def test_a_state_of_the_unauthenticated_old_format_is_a_full_refresh_that_removes_nobody(
+    target: Target,
+) -> None:
+    target.run(SEGMENT)
+    header = json.loads(
+        target.file.read_bytes()[28 : 28 + int.from_bytes(target.file.read_bytes()[20:28], "little")]
+    )
+    target.signup("signed.up@example.com")
+    emails = [r["email"] for r in SEGMENT] + ["signed.up@example.com"]
+    target.file.write_bytes(format_1_state(emails, MANAGED, header["identity"]))
+    report = target.run(SEGMENT)
+    assert report["full_refresh_reason"] == "the stored state has format 1, not 2 (it is not authenticated)"
+    assert (report["new"], report["removed"], report["state_authenticated"]) == (30, 0, False)
+    assert "signed.up@example.com" in target.members()
+    assert target.run(SEGMENT)["unchanged"] == 30
+
+
+def test_the_state_is_private_and_a_killed_writes_copy_is_deleted(target: Target, tmp_path: Path) -> None:
+    target.state = f"file://{tmp_path}/private/deeper/vip.state"
+    old = os.umask(0o022)
+    try:
+        target.run(SEGMENT)
+        assert stat.S_IMODE(os.stat(tmp_path / "private").st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(tmp_path / "private/deeper").st_mode) == 0o700
+        assert stat.S_IMODE(target.file.stat().st_mode) == 0o600
+        folder = tmp_path / "private/deeper"
+        (folder / "vip.state.tmp-0123456789ab").write_bytes(b"every email of a killed write")
+        (folder / "vip.state.tmp-notes.txt").write_bytes(b"not the export's")
+        target.run(SEGMENT)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in folder.iterdir()) == ["vip.state", "vip.state.tmp-notes.txt"]
+    assert stat.S_IMODE(target.file.stat().st_mode) == 0o600
+
+
+def test_a_param_cannot_make_state_path_leave_its_folder(target: Target, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "x.state.lock").write_text("another program's lock\n")
+    target.state = f"file://{tmp_path}/states/{{{{ params.seg }}}}.state"
+    for seg in ("../victim/x", "%2e%2e/victim/x", "..\\victim\\x"):
+        op = target.operator(SEGMENT)
+        context: dict[str, Any] = {"params": {"seg": seg}}
+        op.render_template_fields(context)
+        assert "{{" not in op.state_path
+        with pytest.raises(ExportConfigurationError, match=r"state_path .*nothing was read. Nothing was sent"):
+            op.execute(context)
+    assert sorted(p.name for p in victim.iterdir()) == ["x.state.lock"]
+    assert (victim / "x.state.lock").read_text() == "another program's lock\n"
+    assert target.members() == {} and posts(target.sandbox.stats(), target.name) == []
+
+
+def test_a_lock_file_that_is_not_the_exports_lease_is_left_alone(target: Target) -> None:
+    target.file.parent.mkdir(parents=True)
+    lock = target.file.parent / "vip.state.lock"
+    lock.write_text("another program's lock\n")
+    with pytest.raises(ExportConfigurationError, match="not a lease of this provider"):
+        target.run(SEGMENT)
+    assert lock.read_text() == "another program's lock\n"
+    assert target.members() == {} and posts(target.sandbox.stats(), target.name) == []
+
+
+def test_a_second_run_fails_on_the_lease_before_it_reads_the_segment(
+    target: Target, caplog: pytest.LogCaptureFixture
+) -> None:
+    target.file.parent.mkdir(parents=True)
+    holder = StateLease(target.state, "ciexport.vip run scheduled__1 map -1 try 1")
+    holder.acquire()
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="airflow_provider_ciexport"),
+            pytest.raises(StateBusyError, match="scheduled__1"),
+        ):
+            target.run(SEGMENT)
+    finally:
+        holder.release()
+    assert not [r for r in caplog.records if "Reading the" in r.getMessage()]  # not spooled first
+    assert target.members() == {} and posts(target.sandbox.stats(), target.name) == []
+
+
+def test_a_retry_fails_while_its_zombie_try_still_holds_the_lease(target: Target) -> None:
+    def ti(try_number: int) -> SimpleNamespace:
+        return SimpleNamespace(
+            dag_id="ciexport", task_id="export", run_id="scheduled__1", map_index=-1, try_number=try_number
+        )
+
+    # Try 1 lost its heartbeat but still runs: it holds (and renews) the lease as the operator took it.
+    settings = target.operator(SEGMENT)._sync_settings({"ti": ti(1)})
+    target.file.parent.mkdir(parents=True)
+    zombie = StateLease(target.state, settings.lease_owner)
+    zombie.acquire()
+    try:
+        with pytest.raises(StateBusyError, match="try 1"):
+            target.run(SEGMENT, context={"ti": ti(2)})
+    finally:
+        zombie.release()
+    assert target.members() == {} and posts(target.sandbox.stats(), target.name) == []
+
+
+def test_a_run_that_lost_its_lease_removes_nobody_and_does_not_write_the_state(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target.run(SEGMENT)
+    before = target.file.read_bytes()
+    cls = target.destination_class
+    read_opt_outs = cls.opted_out
+
+    def taken_meanwhile(self: Any) -> Any:
+        # Another run took the lease over while this one ran (e.g. after its renewals stalled).
+        StateLease(target.state, "ciexport.vip run manual__2 map -1 try 1")._write()
+        yield from read_opt_outs(self)
+
+    monkeypatch.setattr(cls, "opted_out", taken_meanwhile)
+    with pytest.raises(StateBusyError, match=r"no longer holds .*manual__2.*before removing contacts"):
+        target.run(_with(SEGMENT[3:], **{"person.9@example.com": "Changed"}))
+    assert len(target.members()) == 30  # the 3 that left are still there: nothing was removed
+    assert target.file.read_bytes() == before
+    assert target.violations() == {}

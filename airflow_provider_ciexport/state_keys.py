@@ -1,0 +1,80 @@
+"""Where the key that authenticates the sync state comes from (see :class:`.StateKeys`).
+
+1. The Airflow connection named by the operator's ``state_key_conn_id`` (default
+   ``ciexport_state_key``, any connection type): its password holds the key, or several separated by
+   spaces, commas or new lines, newest first. Connections come from the secrets backend, the
+   environment (``AIRFLOW_CONN_CIEXPORT_STATE_KEY``) or the metadata database; every worker can read
+   them, and Airflow masks their password.
+2. When that connection does not exist (and ``state_key_conn_id`` was left at its default): Airflow's
+   own ``[core] fernet_key`` as the workers see it, every key in it (Airflow's own rotation list,
+   newest first). A key is derived from it, so the fernet key itself never signs anything.
+3. Neither: the export fails before anything is read or sent.
+"""
+
+from __future__ import annotations
+
+import re
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.export.state import StateKeys, fernet_secrets
+
+#: The connection whose password holds the state's key(s), unless the operator names another.
+DEFAULT_STATE_KEY_CONN_ID = "ciexport_state_key"
+
+
+def _mask(secret: str) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(secret)
+
+
+def _connection_secrets(conn_id: str) -> list[str] | None:
+    """The keys in the connection's password; ``None`` when there is no such connection."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return [part for part in re.split(r"[\s,]+", conn.password or "") if part]
+
+
+def _fernet_setting() -> str:
+    from airflow.sdk.configuration import conf
+
+    return str(conf.get("core", "fernet_key", fallback="") or "")
+
+
+def state_keys(conn_id: str | None = DEFAULT_STATE_KEY_CONN_ID) -> StateKeys:
+    """The keys that sign and check this export's sync state, registered with Airflow's secrets masker.
+
+    :param conn_id: the connection holding the key(s); ``None`` or the default falls back to
+        ``[core] fernet_key`` when no such connection exists.
+    :raises ExportConfigurationError: when there is no key at all, or the connection named has none.
+    """
+    name = conn_id or DEFAULT_STATE_KEY_CONN_ID
+    found = _connection_secrets(name)
+    if found is not None:
+        if not found:
+            raise ExportConfigurationError(
+                f"The connection '{name}' holds no key for the sync state: put a long random secret in its "
+                "password (e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`). "
+                "Nothing was sent."
+            )
+        for secret in found:
+            _mask(secret)
+        return StateKeys(found, f"the connection '{name}'")
+    if conn_id and conn_id != DEFAULT_STATE_KEY_CONN_ID:
+        raise ExportConfigurationError(
+            f"state_key_conn_id names the connection '{conn_id}', which does not exist. Create it with the "
+            "sync state's key in its password, or leave state_key_conn_id at its default. Nothing was sent."
+        )
+    fernet = fernet_secrets(_fernet_setting())
+    if fernet:
+        return StateKeys(fernet, "Airflow's [core] fernet_key")
+    raise ExportConfigurationError(
+        "The sync state needs a key that only the workers hold, and there is none: create the connection "
+        f"'{DEFAULT_STATE_KEY_CONN_ID}' with a long random secret in its password (every worker must see "
+        "it), or give the workers Airflow's [core] fernet_key. Nothing was sent."
+    )
