@@ -400,7 +400,9 @@ def test_state_files_and_folders_are_private_and_killed_writes_are_cleaned_up(tm
     ],
 )
 def test_a_state_path_that_could_leave_its_folder_is_refused(path: str) -> None:
-    with pytest.raises(ExportConfigurationError, match=r"nothing was read. Nothing was sent.*'enum' or a 'pattern'"):
+    with pytest.raises(
+        ExportConfigurationError, match=r"nothing was read. Nothing was sent.*'enum' or a 'pattern'"
+    ):
         check_state_path(path)
 
 

@@ -366,7 +366,9 @@ def test_a_param_cannot_make_state_path_leave_its_folder(target: Target, tmp_pat
         context: dict[str, Any] = {"params": {"seg": seg}}
         op.render_template_fields(context)
         assert "{{" not in op.state_path
-        with pytest.raises(ExportConfigurationError, match=r"state_path .*nothing was read. Nothing was sent"):
+        with pytest.raises(
+            ExportConfigurationError, match=r"state_path .*nothing was read. Nothing was sent"
+        ):
             op.execute(context)
     assert sorted(p.name for p in victim.iterdir()) == ["x.state.lock"]
     assert (victim / "x.state.lock").read_text() == "another program's lock\n"
