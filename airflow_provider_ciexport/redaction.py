@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -39,47 +39,55 @@ def scrub(text: str, carried: Iterable[str] = ()) -> str:
     :param text: text written by someone else (a vendor's message).
     :param carried: the values the request carried (see :func:`request_values`); read once.
     """
-    text = " ".join(str(text).split())[: MAX_TEXT * 2]
-    text = _EMAIL.sub("<email>", text)
-    text = _NUMBERISH.sub(lambda m: "<number>" if sum(c.isdigit() for c in m[0]) >= 7 else m[0], text)
-    return _replace_carried(text, carried)[:MAX_TEXT]
+    (shown,) = scrub_many([text], carried)
+    return shown
 
 
-def _replace_carried(text: str, carried: Iterable[str]) -> str:
-    # Every stretch of the text that starts and ends at a token or word boundary is a candidate; the
-    # carried values (maybe a 4 MB import's) are streamed past the candidates, never held.
-    starts = sorted({m.start() for m in _TOKEN.finditer(text)} | {m.start() for m in _WORD.finditer(text)})
-    ends = sorted({m.end() for m in _TOKEN.finditer(text)} | {m.end() for m in _WORD.finditer(text)})
-    candidates: dict[str, list[tuple[int, int]]] = {}
-    for start in starts:
-        for end in ends:
-            if start < end <= start + _MAX_VALUE:
-                candidates.setdefault(text[start:end].lower(), []).append((start, end))
-    if not candidates:
-        return text
+def scrub_many(texts: Sequence[str], carried: Iterable[str] = ()) -> list[str]:
+    """:func:`scrub` for several texts, reading ``carried`` (maybe a 4 MB import's values) once."""
+    prepared = [
+        _NUMBERISH.sub(_long_number, _EMAIL.sub("<email>", " ".join(str(t).split())[: MAX_TEXT * 2]))
+        for t in texts
+    ]
+    # Every stretch of a text that starts and ends at a token or word boundary is a candidate; the
+    # carried values are streamed past the candidates, never held.
+    candidates: dict[str, list[tuple[int, int, int]]] = {}
+    for index, text in enumerate(prepared):
+        bounds = [*_TOKEN.finditer(text), *_WORD.finditer(text)]
+        starts = sorted({m.start() for m in bounds})
+        ends = sorted({m.end() for m in bounds})
+        for start in starts:
+            for end in ends:
+                if start < end <= start + _MAX_VALUE:
+                    candidates.setdefault(text[start:end].lower(), []).append((index, start, end))
     found: set[str] = set()
-    for value in carried:
-        normal = " ".join(value.split()).lower()
-        if len(normal) < 2:
-            continue
-        if normal in candidates:
-            found.add(normal)
-        if " " in normal:
-            found.update(word for word in normal.split(" ") if len(word) >= 3 and word in candidates)
-    if not found:
-        return text
+    if candidates:
+        for value in carried:
+            normal = " ".join(value.split()).lower()
+            if len(normal) < 2:
+                continue
+            if normal in candidates:
+                found.add(normal)
+            if " " in normal:
+                found.update(word for word in normal.split(" ") if len(word) >= 3 and word in candidates)
     spans = sorted(
-        (span for value in found for span in candidates[value]), key=lambda span: (span[0], -span[1])
+        (span for value in found for span in candidates[value]), key=lambda span: (span[0], span[1], -span[2])
     )
-    parts: list[str] = []
-    position = 0
-    for start, end in spans:
-        if start >= position:
-            parts.append(text[position:start])
-            parts.append("<value>")
-            position = end
-    parts.append(text[position:])
-    return "".join(parts)
+    shown: list[str] = []
+    for index, text in enumerate(prepared):
+        parts: list[str] = []
+        position = 0
+        for _, start, end in (span for span in spans if span[0] == index):
+            if start >= position:
+                parts += [text[position:start], "<value>"]
+                position = end
+        parts.append(text[position:])
+        shown.append("".join(parts)[:MAX_TEXT])
+    return shown
+
+
+def _long_number(match: re.Match[str]) -> str:
+    return "<number>" if sum(c.isdigit() for c in match[0]) >= 7 else match[0]
 
 
 def request_values(request: Any) -> Iterator[str]:
@@ -125,58 +133,71 @@ def _json_values(payload: Any) -> Iterator[str]:
             yield str(item)
 
 
-def _key(value: Any, carried: list[str]) -> str | None:
-    """A documented error code or key (``contacts.api.validation.error``, ``field_invalid``), if it is one."""
+def _key(value: Any) -> str | None:
+    """A documented error code or key (``contacts.api.validation.error``, ``field_invalid``), if it
+    has the form of one."""
     text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
-    return text if _KEY.fullmatch(text) and scrub(text, carried) == text else None
+    return text if _KEY.fullmatch(text) else None
+
+
+#: How many errors of one answer are described, and of a bulk import's refused contacts.
+_MAX_ERRORS = 5
+_MAX_REASONS = 3
 
 
 def vendor_error_text(payload: Any, carried: Iterable[str] = ()) -> str:
     """A short description of a vendor's error body that holds no personal data or secret.
 
     Kept: Constant Contact's ``error_key``, ActiveCampaign's ``code`` and ``source`` (field names) and
-    the position of a refused contact in a bulk import; the free text (``message``, ``title``,
-    ``detail``, ``failureReason``, ``error_message``) only through :func:`scrub`.
+    the position of a refused contact in a bulk import, each unless it is a value the request
+    carried; the free text (``message``, ``title``, ``detail``, ``failureReason``,
+    ``error_message``) only through :func:`scrub`.
 
     :param payload: the answer's JSON body.
     :param carried: the values the request carried.
     """
-    values = list(dict.fromkeys(carried))
-    texts: list[str] = []
+    # (prefix, text, is a key): gathered first, so that the carried values are read once.
+    entries: list[tuple[str, str, bool]] = []
 
-    def free(text: Any) -> None:
+    def key(value: Any) -> None:
+        text = _key(value)
+        if text:
+            entries.append(("", text, True))
+
+    def free(text: Any, prefix: str = "") -> None:
         if isinstance(text, str) and text.strip():
-            texts.append(scrub(text, values))
+            entries.append((prefix, text, False))
 
     errors: list[Any] = payload if isinstance(payload, list) else [payload]
-    for error in errors:
+    for error in errors[:_MAX_ERRORS]:
         if not isinstance(error, dict):
             continue
-        key = _key(error.get("error_key"), values)
-        if key:  # Constant Contact
-            texts.append(key)
+        key(error.get("error_key"))  # Constant Contact
         free(error.get("error_message"))
         free(error.get("message"))  # ActiveCampaign
-        for item in error.get("errors") or []:
+        for item in (error.get("errors") or [])[:_MAX_ERRORS]:
             if not isinstance(item, dict):
                 continue
             source = item.get("source")
-            source = source if isinstance(source, dict) else {}
-            keys = [_key(item.get("code"), values), *(_key(v, values) for v in source.values())]
-            texts.extend(k for k in keys if k)
+            key(item.get("code"))
+            for value in (source if isinstance(source, dict) else {}).values():
+                key(value)
             free(item.get("title"))
             free(item.get("detail"))
-        for reason in (error.get("failureReasons") or [])[:3]:
+        for reason in (error.get("failureReasons") or [])[:_MAX_REASONS]:
             if isinstance(reason, dict):
                 position = reason.get("contact")
-                text = reason.get("failureReason")
-                if isinstance(text, str) and text.strip():
-                    shown = scrub(text, values)
-                    is_position = isinstance(position, int) and not isinstance(position, bool)
-                    texts.append(f"contact {position}: {shown}" if is_position else shown)
+                is_position = isinstance(position, int) and not isinstance(position, bool)
+                free(reason.get("failureReason"), f"contact {position}: " if is_position else "")
             else:
                 free(reason)
-    return "; ".join(dict.fromkeys(t for t in texts if t))[:MAX_TEXT] or "no details"
+    shown = scrub_many([text for _, text, _ in entries], carried)
+    texts = [
+        f"{prefix}{scrubbed}"
+        for (prefix, text, is_key), scrubbed in zip(entries, shown, strict=True)
+        if scrubbed and (not is_key or scrubbed == text)  # a key that is a value is not shown at all
+    ]
+    return "; ".join(dict.fromkeys(texts))[:MAX_TEXT] or "no details"
 
 
 #: What the class (first two characters) of an SQLSTATE means (ISO/IEC 9075, used by PostgreSQL,

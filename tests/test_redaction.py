@@ -89,3 +89,19 @@ def test_vendor_error_text_keeps_codes_keys_and_positions() -> None:
 def test_a_key_that_is_a_value_is_not_shown_as_a_key() -> None:
     assert vendor_error_text([{"error_key": "Gold"}], CARRIED) == "no details"
     assert vendor_error_text(None) == "no details"
+
+
+def test_the_values_of_a_large_import_are_read_once_for_every_text() -> None:
+    # 40,000 contacts, as a Constant Contact import may carry; the vendor quotes two of them.
+    body = {
+        "import_data": [{"email": f"p{i}@example.com", "first_name": f"Name{i:05d}"} for i in range(40_000)]
+    }
+    request = _prepared(
+        method="POST", url="https://api.cc.email/v3/activities/contacts_json_import", json=body
+    )
+    once = iter(request_values(request))  # a second pass would find nothing
+    payload = [
+        {"error_key": "contacts.api.validation.error", "error_message": "Contact Name00017 is invalid"},
+        {"error_key": "contacts.api.validation.error", "error_message": "Contact Name39999 is invalid"},
+    ]
+    assert vendor_error_text(payload, once) == "contacts.api.validation.error; Contact <value> is invalid"

@@ -80,9 +80,11 @@ def test_activecampaign_error_quoting_the_contact_is_not_copied(
     assert sandbox.stats()["faults_injected"] == {"quoting_error": 1}
 
 
+@pytest.mark.parametrize("shape", ["list", "object"])
 def test_constantcontact_error_quoting_the_contact_is_not_copied(
-    cc_conn: str, sandbox: SandboxClient, caplog: pytest.LogCaptureFixture
+    cc_conn: str, sandbox: SandboxClient, caplog: pytest.LogCaptureFixture, shape: str
 ) -> None:
+    sandbox.configure(cc_error_shape=shape)
     sandbox.add_fault(api="cc", kind="quoting_error", path="contacts_json_import")
     operator = ConstantContactSegmentExportOperator(
         task_id="export",
