@@ -8,6 +8,8 @@ and keys, SQLSTATE) and show a vendor's free text only through :func:`scrub`.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -104,7 +106,11 @@ def request_values(request: Any) -> Iterator[str]:
         secret = headers.get(name)
         if secret:
             yield str(secret)
-            yield from str(secret).split()
+            scheme, _, credential = str(secret).partition(" ")
+            yield credential
+            if scheme.lower() == "basic":
+                with contextlib.suppress(ValueError):
+                    yield from base64.b64decode(credential).decode("utf-8").split(":", 1)
     body = getattr(request, "body", None)
     if isinstance(body, str):
         body = body.encode()
@@ -133,9 +139,9 @@ def _json_values(payload: Any) -> Iterator[str]:
             yield str(item)
 
 
-def _key(value: Any) -> str | None:
-    """A documented error code or key (``contacts.api.validation.error``, ``field_invalid``), if it
-    has the form of one."""
+def as_key(value: Any) -> str | None:
+    """``value`` if it has the form of a documented error code or key (``invalid_grant``,
+    ``contacts.api.validation.error``, ``field_invalid``), else ``None``."""
     text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     return text if _KEY.fullmatch(text) else None
 
@@ -160,7 +166,7 @@ def vendor_error_text(payload: Any, carried: Iterable[str] = ()) -> str:
     entries: list[tuple[str, str, bool]] = []
 
     def key(value: Any) -> None:
-        text = _key(value)
+        text = as_key(value)
         if text:
             entries.append(("", text, True))
 

@@ -105,3 +105,29 @@ def test_the_values_of_a_large_import_are_read_once_for_every_text() -> None:
         {"error_key": "contacts.api.validation.error", "error_message": "Contact Name39999 is invalid"},
     ]
     assert vendor_error_text(payload, once) == "contacts.api.validation.error; Contact <value> is invalid"
+
+
+def test_a_token_endpoint_echoing_the_grant_shows_neither_the_token_nor_the_client() -> None:
+    from airflow_provider_ciexport.hooks.constantcontact_oauth import TokenError
+
+    request = _prepared(
+        method="POST",
+        url="https://authz.example.com/oauth2/default/v1/token",
+        data={"grant_type": "refresh_token", "refresh_token": "rt-SECRET-42"},
+        auth=("client-id-7", "client-secret-9"),
+    )
+    response = requests.Response()
+    response.status_code = 400
+    response._content = json.dumps(
+        {
+            "error": "invalid_grant",
+            "error_description": "Refresh token rt-SECRET-42 of client client-id-7 (owner ann@example.com) expired",
+        }
+    ).encode()
+    response.request = request
+    refusal = TokenError.from_response(response)
+    assert refusal.error == "invalid_grant"
+    assert refusal.description == "Refresh token <value> of client <value> (owner <email>) expired"
+    odd = requests.Response()
+    odd.status_code, odd._content, odd.request = 400, b'{"error": "not a code: ann@example.com"}', request
+    assert TokenError.from_response(odd).error is None

@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+from airflow_provider_ciexport.redaction import as_key, request_values, scrub
 from airflow_provider_ciexport.urls import redirect_target
 
 #: The scopes the provider needs; without ``offline_access`` Constant Contact issues no refresh token.
@@ -37,13 +38,18 @@ class TokenError(Exception):
 
     @classmethod
     def from_response(cls, response: requests.Response) -> TokenError:
-        """Read the OAuth ``error`` and ``error_description`` of an answer (never the rest of it)."""
+        """Read the OAuth ``error`` and ``error_description`` of an answer (never the rest of it).
+
+        The description is the server's free text: it is kept only without anything the request
+        carried (the refresh token or code, the client credentials) or that looks like an address.
+        """
         payload = json_body(response)
         if not isinstance(payload, dict):
             return cls(response.status_code, None)
-        error = payload.get("error")
-        description = " ".join(str(payload.get("error_description") or "").split())[:200]
-        return cls(response.status_code, str(error) if error else None, description)
+        error = as_key(payload.get("error"))
+        raw = payload.get("error_description")
+        description = scrub(raw, request_values(response.request))[:200] if isinstance(raw, str) else ""
+        return cls(response.status_code, error, description)
 
 
 class TokenRedirect(TokenError):
