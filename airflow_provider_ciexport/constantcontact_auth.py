@@ -818,6 +818,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
     """The endpoints chosen on the command line (``--sandbox-url`` first, then single overrides)."""
+    if args.sandbox_url:
+        problem = base_url_problem(args.sandbox_url, "sandbox URL (--sandbox-url)", args.conn_id)
+        if problem is not None:
+            raise AuthError(problem)
     base = Endpoints.sandbox(args.sandbox_url) if args.sandbox_url else Endpoints()
     return Endpoints(
         authorize_url=args.authorize_url or base.authorize_url,

@@ -469,6 +469,25 @@ def test_plain_http_to_a_remote_host_is_refused(capsys: pytest.CaptureFixture[st
     assert "https://" in err and "token URL" in err
 
 
+@pytest.mark.parametrize(
+    ("option", "url"),
+    [
+        ("--token-url", "http://other-host:8000\\@127.0.0.1/token"),
+        ("--authorize-url", "http://me@127.0.0.1:8025/authorize"),
+        ("--device-url", "http://127.0.0.1:8025/device\\"),
+        ("--api-base-url", "http://127.0.0.1:8025/v3\x7f"),
+        ("--sandbox-url", "http://other-host:8000\\@127.0.0.1"),
+    ],
+)
+def test_an_endpoint_read_two_ways_is_refused_naming_the_option(
+    option: str, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--client-id", CLIENT_ID, "--client-secret-env", SECRET_ENV, option, url]) == 1
+    err = capsys.readouterr().err
+    assert "Nothing was sent" in err
+    assert option in err
+
+
 def test_missing_secret_env_var(sandbox_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_cli(sandbox_url, "--client-secret-env", "CC_AUTH_TEST_UNSET_VAR")) == 1
     assert "CC_AUTH_TEST_UNSET_VAR" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from airflow_provider_ciexport.hooks.base import (
     json_or_none,
     parse_retry_after,
 )
-from airflow_provider_ciexport.urls import is_loopback
+from airflow_provider_ciexport.urls import is_loopback, unsafe_character
 
 #: One bulk import takes at most 250 contacts, in a body under 400,000 bytes.
 MAX_IMPORT_CONTACTS = 250
@@ -130,12 +130,20 @@ def normalize_api_url(
     value = (host or "").strip()
     if not value:
         raise ExportConfigurationError(f"{where[:1].upper()}{where[1:]} has no API URL (host). {how}")
-    if any(ch.isspace() for ch in value):
-        raise ExportConfigurationError(f"The API URL of {where} contains spaces. {how}")
+    bad = unsafe_character(value)
+    if bad is not None:
+        raise ExportConfigurationError(
+            f"The API URL (host) of {where} contains {bad}. Nothing was sent. {how}"
+        )
     explicit_scheme = "://" in value
     parts = urlsplit(value if explicit_scheme else f"https://{value}")
     if parts.scheme not in ("http", "https"):
         raise ExportConfigurationError(f"The API URL of {where} has the scheme '{parts.scheme}'. {how}")
+    if "@" in parts.netloc:
+        raise ExportConfigurationError(
+            f"The API URL (host) of {where} contains a user name or password (before '@'); the API key "
+            f"goes in the password field, never in the address. Nothing was sent. {how}"
+        )
     hostname = parts.hostname or ""
     if not hostname or not (_HOSTNAME.match(hostname) or is_loopback(hostname)):
         raise ExportConfigurationError(f"The API URL of {where} has no valid host name. {how}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
+from urllib3.util import parse_url
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.hooks.activecampaign import normalize_api_url
@@ -47,6 +50,12 @@ def test_loopback_http_is_honoured_and_ports_kept(pasted: str, expected: str) ->
         (None, "no API URL"),
         ("   ", "no API URL"),
         ("youracct api-us1.com", "spaces"),
+        ("https://youracct.api-us1.com\\@127.0.0.1", "backslash"),
+        ("https://youracct.api-us1.com\\", "backslash"),
+        ("https://me:pw@youracct.api-us1.com", "user name or password"),
+        ("https://youracct.api-us1.com@127.0.0.1", "user name or password"),
+        ("https://youracct.api-us1.com\x00", "control character"),
+        ("https://youracct.api-us1.com/\u200b", "control character"),
         ("https://youracct.api-us1.com/admin/", "somewhere other than the API"),
         ("https://youracct.api-us1.com/api/1", "somewhere other than the API"),
         ("http://youracct.api-us1.com", "plain http://"),
@@ -74,3 +83,28 @@ def test_constant_contact_urls_must_be_https_or_loopback(url: str) -> None:
 
 def test_constant_contact_loopback_http_allowed() -> None:
     assert check_base_url("http://127.0.0.1:9/v3/", "api_base_url", "cc") == "http://127.0.0.1:9/v3"
+
+
+#: Each is read as loopback by ``urlsplit`` while urllib3, which connects, reads another host (or
+#: cannot tell): the check refuses them instead of guessing.
+AMBIGUOUS = [
+    "http://other-host:8000\\@127.0.0.1/token",
+    "http://127.0.0.1\\@other-host/token",
+    "http://user@127.0.0.1:8025/token",
+    "http://other-host:8000@127.0.0.1/token",
+    "http://127.0.0.1:8025/tok\ten",
+    "http://127.0.0.1:8025/token\r\nHost: other-host",
+]
+
+
+def test_the_ambiguous_address_of_the_issue_names_another_host_for_the_client() -> None:
+    url = AMBIGUOUS[0]
+    assert urlsplit(url).hostname == "127.0.0.1" and parse_url(url).host == "other-host"
+
+
+@pytest.mark.parametrize("what", ["api_base_url", "oauth_url"])
+@pytest.mark.parametrize("url", AMBIGUOUS)
+def test_an_address_read_two_ways_is_refused_naming_the_field(url: str, what: str) -> None:
+    with pytest.raises(ExportConfigurationError, match=f"The {what} of connection 'cc' contains") as err:
+        check_base_url(url, what, "cc")
+    assert "Nothing was sent" in str(err.value)

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 import pytest
 
 from airflow_provider_ciexport.constantcontact_auth import AuthError, Endpoints, exchange_code
-from airflow_provider_ciexport.exceptions import DestinationApiError
+from airflow_provider_ciexport.exceptions import DestinationApiError, ExportConfigurationError
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from airflow_provider_ciexport.sandbox.server import SandboxServer
-from tests.support import ForeignHost
+from tests.support import ForeignHost, set_connection
 
 TOKEN_PATH = "/oauth2/default/v1/token"
 
@@ -102,3 +102,20 @@ def test_the_authorization_command_does_not_follow_a_redirect_of_the_token_endpo
         )
     assert foreign.received == []
     assert "--token-url" in str(caught.value) and f"redirect to {foreign.url}" in str(caught.value)
+
+
+def test_a_token_endpoint_read_as_loopback_but_reaching_another_host_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox_server: SandboxServer,
+    sandbox: SandboxClient,
+    foreign: ForeignHost,
+) -> None:
+    # urlsplit reads the host 127.0.0.1 (the sandbox); urllib3 connects to the foreign host's port.
+    port = foreign.url.rsplit(":", 1)[1]
+    sandbox_netloc = sandbox_server.url.removeprefix("http://")
+    fields = sandbox_server.cc_connection()
+    fields["extra"]["oauth_url"] = f"http://localhost:{port}\\@{sandbox_netloc}{TOKEN_PATH}"
+    conn_id = set_connection(monkeypatch, "cc_ambiguous", **fields)
+    with pytest.raises(ExportConfigurationError, match="The oauth_url of connection 'cc_ambiguous' contains"):
+        ConstantContactHook(conn_id).get_list(seed.CC_LIST_VIP)
+    assert foreign.received == []
