@@ -5,9 +5,12 @@ instructions. Two OAuth2 flows are offered, both asking for the scopes ``contact
 (without ``offline_access`` Constant Contact silently issues no refresh token):
 
 ``pkce`` (default)
-    Authorization code with PKCE (S256). A one-shot web server on ``127.0.0.1:<port>`` receives the
+    Authorization code with PKCE (S256). A one-shot web server on ``localhost:<port>`` (both loopback
+    addresses, 127.0.0.1 and ::1, since a browser may resolve ``localhost`` to either) receives the
     browser's redirect to ``http://localhost:<port>/callback``; that redirect URI must be registered for
-    the app in the Constant Contact developer portal.
+    the app in the Constant Contact developer portal, exactly so (Constant Contact compares it
+    character for character). A redirect whose ``state`` is not this run's is answered 400 and
+    ignored: the command keeps waiting for the real one.
 ``device``
     Device authorization: open the printed link on any device, sign in and approve; the command polls
     the token endpoint until you did.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import errno
 import getpass
 import hashlib
 import html
@@ -31,6 +35,8 @@ import json
 import os
 import secrets
 import shlex
+import socket
+import socketserver
 import sys
 import threading
 import time
@@ -337,20 +343,77 @@ def exchange_code(
     return _token_result(payload)
 
 
+class _Callback:
+    """What the callback servers share: the state expected, and the first redirect that carried it.
+
+    :param expected_state: the ``state`` of this run's authorization request.
+    """
+
+    def __init__(self, expected_state: str) -> None:
+        self.expected_state = expected_state
+        self.params: dict[str, str] | None = None
+        self.received = threading.Event()
+        self.lock = threading.Lock()
+        #: Redirects that carried another state (a stale tab, a forged request), answered 400.
+        self.ignored = 0
+
+    def belongs(self, params: Mapping[str, str]) -> bool:
+        """Whether a redirect carries this run's state (compared in constant time)."""
+        return secrets.compare_digest(params.get("state", "").encode(), self.expected_state.encode())
+
+
 class _CallbackServer(http.server.ThreadingHTTPServer):
-    """A web server on 127.0.0.1 that keeps the first redirect to :data:`CALLBACK_PATH`.
+    """A web server on one loopback address that hands redirects to :data:`CALLBACK_PATH` to ``callback``.
 
     Threaded, so a browser's idle speculative connection cannot hold up the real redirect.
     """
 
     daemon_threads = True
 
-    def __init__(self, port: int, expected_state: str) -> None:
-        super().__init__(("127.0.0.1", port), _CallbackHandler)
-        self.expected_state = expected_state
-        self.params: dict[str, str] | None = None
-        self.received = threading.Event()
-        self.lock = threading.Lock()
+    def __init__(self, host: str, port: int, callback: _Callback) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), _CallbackHandler)
+        self.callback = callback
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's name (a DNS query): not needed for a callback.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", int(self.server_address[1])
+
+
+def _listen(port: int, callback: _Callback) -> list[_CallbackServer]:
+    """Listen on ``localhost:port``: 127.0.0.1 and, where this machine has it, ::1 on the same port.
+
+    A browser may resolve ``localhost`` to either address; both must be this command's, or another
+    program listening on the other one could receive the authorization code.
+
+    :param port: the port; 0 picks one that is free on both addresses.
+    :raises AuthError: when an address cannot be listened on.
+    """
+    for attempt in range(5 if port == 0 else 1):
+        try:
+            v4 = _CallbackServer("127.0.0.1", port, callback)
+        except OSError as exc:
+            raise _cannot_listen(f"127.0.0.1:{port}", exc) from None
+        chosen = v4.server_address[1]
+        try:
+            v6 = _CallbackServer("::1", chosen, callback)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or not socket.has_ipv6:
+                return [v4]  # no IPv6 loopback here: localhost can only be 127.0.0.1
+            v4.server_close()
+            if port == 0 and attempt < 4:
+                continue  # the free IPv4 port is taken on ::1: pick another
+            raise _cannot_listen(f"[::1]:{chosen}", exc) from None
+        return [v4, v6]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _cannot_listen(address: str, exc: OSError) -> AuthError:
+    return AuthError(
+        f"Cannot listen on {address} ({exc.strerror or exc}): pass a free --port and register "
+        f"http://localhost:<port>{CALLBACK_PATH} as a redirect URI of the app in the developer portal."
+    )
 
 
 class _CallbackHandler(http.server.BaseHTTPRequestHandler):
@@ -363,21 +426,32 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
             self._page(404, "Not found", "This server only waits for Constant Contact's redirect.")
             return
         params = {key: values[0] for key, values in parse_qs(parts.query).items()}
-        with self.server.lock:
-            first = self.server.params is None
+        callback = self.server.callback
+        if not callback.belongs(params):
+            # Not this run's redirect (a stale tab, or a request forged to abort the flow): ignored,
+            # the command goes on waiting for the real one.
+            with callback.lock:
+                callback.ignored += 1
+            self._page(
+                400,
+                "Not this authorization",
+                "The state did not match the authorization the command is waiting for: this request was "
+                "ignored. Use the link the command printed.",
+            )
+            return
+        with callback.lock:
+            first = callback.params is None
             if first:
-                self.server.params = params
+                callback.params = params
         if not first:
             self._page(409, "Already handled", "The authorization was already received. Close this tab.")
         elif "error" in params:
             reason = params.get("error_description") or params["error"]
             self._page(400, "Authorization failed", f"{reason}. See the terminal for what to do.")
-        elif params.get("state") != self.server.expected_state:
-            self._page(400, "Authorization rejected", "The state did not match. See the terminal.")
         else:
             self._page(200, "Authorization received", "You can close this tab and return to the terminal.")
         if first:
-            self.server.received.set()
+            callback.received.set()
 
     def _page(self, status: int, title: str, text: str) -> None:
         body = (
@@ -443,7 +517,9 @@ def run_pkce_flow(
     scope: str = SCOPES,
     session: requests.Session | None = None,
 ) -> TokenResult:
-    """Run the authorization code flow with PKCE through a one-shot server on ``127.0.0.1:port``.
+    """Run the authorization code flow with PKCE through a one-shot server on ``localhost:port``.
+
+    Redirects that do not carry this run's ``state`` are answered 400 and ignored.
 
     :param client_id: the app's client id.
     :param client_secret: the app's client secret.
@@ -459,19 +535,18 @@ def run_pkce_flow(
     """
     state = secrets.token_urlsafe(24)
     verifier, challenge = pkce_pair()
-    try:
-        server = _CallbackServer(port, state)
-    except OSError as exc:
-        raise AuthError(
-            f"Cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}): pass a free --port and register "
-            f"http://localhost:<port>{CALLBACK_PATH} as a redirect URI of the app in the developer portal."
-        ) from None
-    redirect_uri = redirect_uri_for(server.server_address[1])
+    callback = _Callback(state)
+    servers = _listen(port, callback)
+    redirect_uri = redirect_uri_for(servers[0].server_address[1])
     url = build_authorize_url(endpoints.authorize_url, client_id, redirect_uri, state, challenge, scope)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="cc-oauth-callback", daemon=True
-    )
-    thread.start()
+    threads = [
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="cc-oauth-callback", daemon=True
+        )
+        for server in servers
+    ]
+    for thread in threads:
+        thread.start()
     try:
         echo(
             f"The redirect URI {redirect_uri} must be registered for this app in the Constant Contact "
@@ -480,18 +555,25 @@ def run_pkce_flow(
         echo(f"Open this URL in a browser, sign in and click 'Allow':\n\n  {url}\n")
         echo(f"Waiting up to {wait_s:g} s for Constant Contact to redirect to {redirect_uri} ...")
         open_url(url)
-        if not server.received.wait(wait_s):
+        if not callback.received.wait(wait_s):
+            ignored = (
+                f" ({callback.ignored} request(s) with another state were ignored)"
+                if callback.ignored
+                else ""
+            )
             raise AuthError(
-                f"No redirect arrived within {wait_s:g} s: finish signing in within the time limit; if "
-                f"Constant Contact reported a redirect_uri problem, register {redirect_uri} for the app in "
-                "the developer portal and run the command again."
+                f"No redirect arrived within {wait_s:g} s{ignored}: finish signing in within the time "
+                f"limit; if Constant Contact reported a redirect_uri problem, register {redirect_uri} for "
+                "the app in the developer portal and run the command again."
             )
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-    assert server.params is not None
-    code = _check_redirect(server.params, state, redirect_uri)
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join(timeout=5)
+    assert callback.params is not None
+    code = _check_redirect(callback.params, state, redirect_uri)
     return exchange_code(
         endpoints.token_url, client_id, client_secret, code, redirect_uri, verifier, session=session
     )
@@ -551,6 +633,7 @@ def poll_device_token(
     session: requests.Session | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    wait_s: float | None = None,
 ) -> TokenResult:
     """Poll the token endpoint until the user approved the device authorization (RFC 8628).
 
@@ -560,10 +643,14 @@ def poll_device_token(
     :param session: the HTTP session to use.
     :param sleep: waits between polls (replaceable in tests).
     :param clock: a monotonic clock (replaceable in tests).
-    :raises AuthError: when the user declined, the code expired, or the endpoint failed.
+    :param wait_s: the longest wait, in seconds (``--timeout``); by default until the code expires.
+    :raises AuthError: when the user declined, the code expired, the wait ran out, or the endpoint
+        failed.
     """
     http = session or requests.Session()
-    deadline = clock() + authorization.expires_in
+    started = clock()
+    deadline = started + authorization.expires_in
+    give_up = deadline if wait_s is None else min(deadline, started + wait_s)
     interval = authorization.interval
     failures = 0
     expired = AuthError(
@@ -572,8 +659,14 @@ def poll_device_token(
     )
     while True:
         sleep(interval)
-        if clock() > deadline:
+        now = clock()
+        if now > deadline:
             raise expired
+        if now > give_up:
+            raise AuthError(
+                f"No approval arrived within --timeout {wait_s:g} s: run the command again and approve "
+                "sooner, or pass a longer --timeout."
+            )
         try:
             payload = request_token(
                 http,
@@ -624,6 +717,7 @@ def device_flow(
     scope: str = SCOPES,
     session: requests.Session | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    wait_s: float | None = None,
 ) -> TokenResult:
     """Run the device authorization flow: show the link and code, then wait for the approval.
 
@@ -633,6 +727,8 @@ def device_flow(
     :param scope: the scopes to request.
     :param session: the HTTP session to use.
     :param sleep: waits between polls (replaceable in tests).
+    :param wait_s: the longest wait for the approval, in seconds (``--timeout``); by default until
+        the device code expires.
     :raises AuthError: when the authorization fails.
     """
     http = session or requests.Session()
@@ -649,8 +745,11 @@ def device_flow(
             f"Open {authorization.verification_uri} on any device, sign in, enter the code "
             f"{authorization.user_code} and click 'Allow'."
         )
-    echo(f"Waiting up to {authorization.expires_in:g} s for the approval ...")
-    return poll_device_token(endpoints.token_url, client_id, authorization, session=http, sleep=sleep)
+    waiting = authorization.expires_in if wait_s is None else min(wait_s, authorization.expires_in)
+    echo(f"Waiting up to {waiting:g} s for the approval ...")
+    return poll_device_token(
+        endpoints.token_url, client_id, authorization, session=http, sleep=sleep, wait_s=wait_s
+    )
 
 
 # -- the Airflow connection -----------------------------------------------------------------------
@@ -738,15 +837,27 @@ def format_connection_env(
 def write_token_file(path: Path, refresh_token: str) -> Path:
     """Write the refresh token to ``path`` readable and writable by the owner only (mode 0600).
 
+    The token goes into a new file beside ``path`` (created exclusively, never through a symbolic
+    link) that then replaces ``path``: a symbolic link or a file someone else prepared at ``path`` is
+    replaced, never written through, and no other program can have the file open.
+
     :return: the absolute path written.
     """
     path = path.expanduser().absolute()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(temporary, flags, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # the file may have existed with looser permissions
-        os.write(fd, f"{refresh_token}\n".encode())
-    finally:
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, f"{refresh_token}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -762,9 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Airflow connection that holds the resulting refresh token."
         ),
         epilog=(
-            f"Before using the pkce flow, register http://localhost:{DEFAULT_PORT}{CALLBACK_PATH} (with your "
-            "--port) as a Redirect URI of the app in the Constant Contact developer portal (My Applications "
-            "> your app). The device flow needs no redirect URI but must be enabled for the app. "
+            f"Before using the pkce flow, register exactly http://localhost:{DEFAULT_PORT}{CALLBACK_PATH} (with "
+            "your --port) as a Redirect URI of the app in the Constant Contact developer portal (My "
+            "Applications > your app). The device flow needs no redirect URI but must be enabled for the app. "
             "Exit status: 0 on success, 1 on failure (the message says what to fix), 2 on bad arguments."
         ),
     )
@@ -810,8 +921,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=DEFAULT_WAIT_S,
-        help=f"seconds to wait for the browser's redirect (default {DEFAULT_WAIT_S:g})",
+        help=(
+            f"seconds to wait for the approval: the browser's redirect (pkce, default {DEFAULT_WAIT_S:g}) "
+            "or the device approval (device, default: until the device code expires)"
+        ),
     )
     return parser
 
@@ -879,8 +992,9 @@ def _report(args: argparse.Namespace, client_secret: str, result: TokenResult, e
             "(or run again with --show-secrets to have them printed)."
         )
     print(
-        f"If the connection had an older token, also delete the Variable '{args.conn_id}_refresh_token' "
-        f"(where rotated tokens are kept) if it exists: airflow variables delete {args.conn_id}_refresh_token"
+        "If the connection had an older token, replacing it is all there is to do: tokens that Constant "
+        "Contact rotates are kept in a Variable keyed by the connection's own token "
+        "(constantcontact_refresh_token_<hash>), so the new token is used from the next task on."
     )
 
 
@@ -899,13 +1013,13 @@ def main(argv: Sequence[str] | None = None, *, open_url: OpenUrl | None = None) 
             raise AuthError("--client-id is empty: copy the app's API key from the developer portal.")
         if not 0 <= args.port <= 65535:
             raise AuthError(f"--port {args.port} is not a port number: pass one between 1 and 65535.")
-        if args.timeout <= 0:
+        if args.timeout is not None and args.timeout <= 0:
             raise AuthError("--timeout must be a positive number of seconds.")
         client_id = args.client_id.strip()
         client_secret = _client_secret(args.client_secret_env)
         with requests.Session() as session:
             if args.flow == "device":
-                result = device_flow(client_id, endpoints, session=session)
+                result = device_flow(client_id, endpoints, session=session, wait_s=args.timeout)
             else:
                 opener: OpenUrl = open_url or ((lambda url: None) if args.no_browser else _open_browser)
                 result = run_pkce_flow(
@@ -914,7 +1028,7 @@ def main(argv: Sequence[str] | None = None, *, open_url: OpenUrl | None = None) 
                     endpoints,
                     port=args.port,
                     open_url=opener,
-                    wait_s=args.timeout,
+                    wait_s=DEFAULT_WAIT_S if args.timeout is None else args.timeout,
                     session=session,
                 )
         args.client_id = client_id

@@ -32,6 +32,7 @@ from airflow_provider_ciexport.constantcontact_auth import (
     pkce_pair,
     poll_device_token,
     run_pkce_flow,
+    write_token_file,
 )
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from airflow_provider_ciexport.sandbox.config import SandboxConfig
@@ -243,6 +244,8 @@ def test_pkce_flow_end_to_end(sandbox_url: str, tmp_path: Path, capsys: pytest.C
     assert str(token_file) in out
     assert "Success" in out
     assert "/callback" in out and "developer portal" in out
+    # As the docs say: no Variable to delete after re-authorizing.
+    assert "variables delete" not in out and "constantcontact_refresh_token_<hash>" in out
 
     args = _printed_command(out)
     opts = dict(zip(args[4::2], args[5::2], strict=True))
@@ -292,17 +295,54 @@ def test_default_token_file_is_private_even_if_it_existed(
     assert refresh(sandbox_url, token)["access_token"]
 
 
-def test_pkce_flow_rejects_a_state_mismatch(endpoints: Endpoints) -> None:
-    def forged_browser(url: str) -> None:
-        # The redirect comes back with a state this run did not issue.
-        response = _session().get(_with_query(url, state="forged-state"), timeout=10)
-        assert response.status_code == 400
-        assert "state" in response.text
+def test_a_forged_callback_is_ignored_and_the_real_redirect_still_completes(
+    sandbox_url: str, endpoints: Endpoints
+) -> None:
+    def attacker_then_browser(url: str) -> None:
+        # Before the user's browser comes back, someone sends the callback a request with another
+        # state (and a code of their own): it is refused with a 400 page and changes nothing.
+        callback = f"{parse_qs(urlsplit(url).query)['redirect_uri'][0]}?code=forged-code&state=forged-state"
+        forged = _session().get(callback, timeout=10)
+        assert forged.status_code == 400 and "ignored" in forged.text
+        browser(url)
 
-    with pytest.raises(AuthError, match="state did not match"):
-        run_pkce_flow(
-            CLIENT_ID, CLIENT_SECRET, endpoints, port=0, open_url=forged_browser, echo=lambda _: None
-        )
+    result = run_pkce_flow(
+        CLIENT_ID, CLIENT_SECRET, endpoints, port=0, open_url=attacker_then_browser, echo=lambda _: None
+    )
+    assert refresh(sandbox_url, result.refresh_token)["access_token"]
+
+
+def test_a_redirect_to_localhost_is_received_whichever_address_it_resolves_to(
+    sandbox_url: str, endpoints: Endpoints
+) -> None:
+    """The redirect URI says localhost; a browser may resolve it to ::1, where the server listens too."""
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+
+    def ipv6_browser(url: str) -> None:
+        answer = _session().get(url, timeout=10, allow_redirects=False)
+        callback = answer.headers["Location"]
+        assert urlsplit(callback).hostname == "localhost"
+        assert _session().get(callback.replace("//localhost:", "//[::1]:", 1), timeout=10).status_code == 200
+
+    result = run_pkce_flow(
+        CLIENT_ID, CLIENT_SECRET, endpoints, port=0, open_url=ipv6_browser, echo=lambda _: None
+    )
+    assert refresh(sandbox_url, result.refresh_token)["access_token"]
+
+
+def test_the_token_file_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    link = tmp_path / "token.txt"
+    link.symlink_to(victim)
+    assert write_token_file(link, "the-token") == link
+    assert victim.read_text() == "precious\n"
+    assert not link.is_symlink() and link.read_text() == "the-token\n"
+    assert stat.S_IMODE(link.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token.txt", "victim.txt"]  # no temporary left
 
 
 def test_pkce_flow_reports_access_denied(
@@ -412,6 +452,35 @@ class _FakeTokenEndpoint:
 
 
 _DEVICE = DeviceAuthorization("dev-code", "ABCD-EFGH", "https://x/activate", None, 600, 5)
+
+
+def test_device_polling_gives_up_after_the_timeout() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    fake = _FakeTokenEndpoint([(400, {"error": "authorization_pending"})] * 200)
+    with pytest.raises(AuthError, match=r"within --timeout 30 s"):
+        poll_device_token(
+            "https://x/token",
+            CLIENT_ID,
+            _DEVICE,  # the code lives 600 s; --timeout says 30
+            session=fake,  # type: ignore[arg-type]
+            sleep=sleep,
+            clock=lambda: now[0],
+            wait_s=30,
+        )
+    assert 25 <= now[0] <= 40 and len(fake.polls) == 6
+
+
+def test_the_device_flow_of_the_command_honours_timeout(
+    sandbox_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nobody approves; the sandbox's device code lives 600 s.
+    assert main(_cli(sandbox_url, "--flow", "device", "--timeout", "1.5")) == 1
+    out, err = capsys.readouterr()
+    assert "Waiting up to 1.5 s" in out and "--timeout 1.5 s" in err
 
 
 def test_device_polling_backs_off_on_slow_down() -> None:

@@ -271,11 +271,6 @@ class ConstantContactHook(SegmentApiHook):
         """Where rotated refresh tokens are kept."""
         return RefreshTokenStore(self.refresh_token_variable)
 
-    @cached_property
-    def _legacy_token_store(self) -> RefreshTokenStore:
-        # Earlier versions kept the rotated token under the connection's id: still read, never written.
-        return RefreshTokenStore(f"{self.constantcontact_conn_id}_refresh_token")
-
     @property
     def _message_conn_id(self) -> str | None:
         return None if self.testing else self.constantcontact_conn_id
@@ -339,8 +334,7 @@ class ConstantContactHook(SegmentApiHook):
     def _refresh_access_token(self) -> None:
         conn_token = self.extra_value("refresh_token") or None
         stored = self.token_store.get()
-        legacy = None if stored else self._legacy_token_store.get()
-        token = stored or legacy or conn_token
+        token = stored or conn_token
         if not token:
             raise ExportConfigurationError(
                 f"{self.conn_label[:1].upper()}{self.conn_label[1:]} has no refresh token. Run "
@@ -355,7 +349,7 @@ class ConstantContactHook(SegmentApiHook):
             # Refused: another task may have rotated the token under us (read the newly stored one),
             # or an old stored token is stale while the connection's own one still works.
             newer = self.token_store.get()
-            candidates = [t for t in (newer, legacy, conn_token) if t and t not in tried]
+            candidates = [t for t in (newer, conn_token) if t and t not in tried]
             if not candidates:
                 raise DestinationAuthError(
                     f"Constant Contact refused the refresh token of {self.conn_label} (invalid_grant): it "

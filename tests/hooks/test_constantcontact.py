@@ -346,22 +346,23 @@ def test_the_token_url_extra_of_older_connections_still_works(
     assert ConstantContactHook(conn).get_list(VIP)["name"] == "VIP customers"
 
 
-def test_a_token_rotated_by_an_older_version_is_still_read(
+def test_a_variable_named_after_the_connection_id_is_not_read(
     cc_conn: str, sandbox: SandboxClient, airflow_db: str
 ) -> None:
-    """Earlier versions kept the rotated token in the Variable ``<conn_id>_refresh_token``."""
+    """A ``<conn_id>_refresh_token`` Variable (an unreleased version's) never overrides the connection.
+
+    It was read before the connection's own token, so a fresh token put in the connection after
+    re-authorizing lost to whatever that Variable held, whichever token endpoint it came from.
+    """
     from airflow.models import Variable
 
-    sandbox.configure(cc_rotating_refresh_tokens=True)
     hook = ConstantContactHook(cc_conn)
     Variable.delete(hook.refresh_token_variable)
-    hook.get_list(VIP)  # rotates: the connection's own token is used up
-    rotated = Variable.get(hook.refresh_token_variable)
-    Variable.delete(hook.refresh_token_variable)
-    Variable.set(f"{cc_conn}_refresh_token", rotated)  # where an older version left it
+    Variable.set(f"{cc_conn}_refresh_token", "stale-token-of-another-authorization")
     try:
         assert ConstantContactHook(cc_conn).get_list(VIP)["name"] == "VIP customers"
-        assert Variable.get(hook.refresh_token_variable) == sandbox.cc_refresh_tokens()[0]
+        # Only the connection's own token was presented: no refused refresh on the way.
+        assert sandbox.stats()["counters"].get("oauth.invalid_refresh_token", 0) == 0
     finally:
         Variable.delete(f"{cc_conn}_refresh_token")
         Variable.delete(hook.refresh_token_variable)
