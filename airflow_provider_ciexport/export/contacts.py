@@ -24,10 +24,12 @@ MAX_LOCAL_PART_LENGTH = 64
 # ActiveCampaign uses: a dot-atom local part (no quoted strings), two or more hostname labels, an
 # alphabetic (or punycode) TLD of two or more characters, no IP literals. Applied after lowercasing.
 _ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
-# Runs of letters/digits joined by hyphens: no leading or trailing hyphen. Possessive quantifiers keep
-# the regex from backtracking; label lengths (<= 63) are checked outside it.
-_LABEL = r"[a-z0-9]++(?:-++[a-z0-9]++)*+"
-_EMAIL_RE = re.compile(rf"{_ATEXT}++(?:\.{_ATEXT}++)*+@(?:{_LABEL}\.)++(?:[a-z]{{2,63}}|xn--{_LABEL})")
+# Runs of letters/digits joined by hyphens: no leading or trailing hyphen; label lengths (<= 63) are
+# checked outside the regex. Every repeated part ends at a character its class excludes ("." "-" "@"),
+# so an address splits one way only and a failing match gives up in linear time, without Python
+# 3.11's possessive quantifiers (the provider supports 3.10).
+_LABEL = r"[a-z0-9]+(?:-+[a-z0-9]+)*"
+_EMAIL_RE = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--{_LABEL})")
 _email_match = _EMAIL_RE.fullmatch
 
 
