@@ -7,12 +7,25 @@ STAMP := $(VENV)/.installed
 EXTRAS := test,demo,parquet,sandbox,openlineage,docs
 # Exact versions of everything installed, for every supported Python: a new upstream release cannot
 # change what a fresh clone installs. `make lock` refreshes it; `make test-latest` tries the newest.
-LOCK := constraints/constraints.txt
+LOCK ?= constraints/constraints.txt
 CONSTRAINTS ?= -c $(LOCK)
+# Extras that are locked but not installed by `make install`: the object stores users need for a
+# state or a segment file (`pip install -c constraints/constraints.txt '.[s3]'` resolves).
+LOCK_EXTRAS := $(EXTRAS),ui,s3,gcs
+# The oldest supported Airflow: 3.3.0, the floor in setup.cfg (the providers' policy would allow 3.2,
+# but the provider needs Task SDK 1.3's Variable.keys; see docs/installation.md), with everything
+# else as it was the day after its release (what Airflow's own constraints for it pin), in a lock of
+# its own for `make test-oldest`.
+AIRFLOW_OLDEST := 3.3.0
+AIRFLOW_OLDEST_DAY := 2026-07-07
+LOCK_OLDEST := constraints/constraints-oldest.txt
+# `make test-oldest` runs on the oldest supported Python too, where the machine has one.
+PYTHON_OLDEST ?= $(firstword $(foreach p,python3.10 $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10),\
+    $(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)) $(PYTHON))
 #: make sandbox PORT=8030
 PORT ?= 8025
 
-.PHONY: install test lint typecheck pytest docs demo bench sandbox lock test-latest ui-test clean
+.PHONY: install test lint typecheck pytest docs demo bench sandbox lock test-latest test-oldest ui-test clean
 
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -51,15 +64,25 @@ bench: $(STAMP)
 sandbox: $(STAMP)
 	@$(PY) -m airflow_provider_ciexport.sandbox --port $(PORT)
 
-# Re-resolve every dependency to its newest release (for Python 3.10 and up) and pin the result.
+# Re-resolve every dependency to its newest release (for Python 3.10 and up) and pin the result;
+# then the oldest supported Airflow with the releases of its day.
 lock: $(STAMP)
-	$(UV) pip compile --quiet --universal --python-version 3.10 --upgrade \
-	    $(foreach extra,$(subst $(comma), ,$(EXTRAS)) ui,--extra $(extra)) setup.cfg -o $(LOCK)
+	$(UV) pip compile --quiet --universal --python-version 3.10 --upgrade --custom-compile-command 'make lock' \
+	    $(foreach extra,$(subst $(comma), ,$(LOCK_EXTRAS)),--extra $(extra)) setup.cfg -o $(LOCK)
+	echo 'apache-airflow==$(AIRFLOW_OLDEST)' > $(VENV)/airflow-oldest.txt
+	$(UV) pip compile --quiet --universal --python-version 3.10 --upgrade --custom-compile-command 'make lock' \
+	    --exclude-newer $(AIRFLOW_OLDEST_DAY)T00:00:00Z -c $(VENV)/airflow-oldest.txt \
+	    $(foreach extra,$(subst $(comma), ,$(EXTRAS)),--extra $(extra)) setup.cfg -o $(LOCK_OLDEST)
 
 # The test suite against the newest releases of everything, in a venv of its own (.venv-latest).
 test-latest:
 	rm -f .venv-latest/.installed
 	$(MAKE) pytest VENV=.venv-latest CONSTRAINTS='--upgrade --refresh'
+
+# The test suite against the oldest supported Airflow and Python, pinned, in .venv-oldest.
+test-oldest:
+	@$(PYTHON_OLDEST) -c 'import sys; v = sys.version_info[:2]; print("test-oldest: Airflow $(AIRFLOW_OLDEST) on Python %d.%d" % v + ("" if v == (3, 10) else " (no Python 3.10 on this machine)"))'
+	$(MAKE) pytest VENV=.venv-oldest LOCK=$(LOCK_OLDEST) PYTHON=$(PYTHON_OLDEST)
 
 # The Airflow UI in headless Chromium (installs Debian's chromium and chromium-driver if missing).
 ui-test: $(STAMP)
@@ -68,6 +91,6 @@ ui-test: $(STAMP)
 	CIEXPORT_UI_TEST=1 $(VENV)/bin/pytest tests/ui -m ui -n 0 --timeout 900 -p no:cacheprovider $(UI_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-latest .airflow .mypy_cache .ruff_cache .pytest_cache build/ui build/docs
+	rm -rf $(VENV) .venv-latest .venv-oldest .airflow .mypy_cache .ruff_cache .pytest_cache build/ui build/docs
 
 comma := ,
