@@ -22,6 +22,7 @@ from airflow_provider_ciexport.exceptions import (
     ExportIncompleteError,
 )
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
+from airflow_provider_ciexport.export.claims import ClaimJournal
 from airflow_provider_ciexport.export.contacts import ContactBuilder, EmailSet
 from airflow_provider_ciexport.export.destination import Destination, JobResult
 from airflow_provider_ciexport.export.ratelimit import RateLimiter, steady_collector
@@ -215,6 +216,10 @@ class SegmentExporter:
         # emails the destination refused.
         self._ledger = Ledger()
         self._refused: set[str] = set()
+        # The ledgers of batches handed to the destination and not yet confirmed (by batch number), and
+        # where the memberships they may create are saved before they are sent (mirror mode).
+        self._inflight: dict[int, Ledger] = {}
+        self._journal: ClaimJournal | None = None
 
         self.destination = destination
         self.field_mapping = dict(field_mapping)
@@ -444,12 +449,24 @@ class SegmentExporter:
         loaded = read_state(sync.state_path, identity, self._keys)
         self._loaded = loaded
         state = loaded.state
+        first_sync = len(state) == 0
+        if sync.mirror and loaded.distrust is None:
+            # What an earlier try that died put on the list stays the export's (see .claims).
+            journal = ClaimJournal(sync.state_path, identity, loaded.stored_generation or 0, self._keys)
+            state, claimed = journal.fold_into(state, destination.removal_unsubscribes)
+            self._journal = journal
+            if claimed:
+                log.info(
+                    "An earlier try of this export may have added %s contacts it did not confirm "
+                    "(a partial state next to the state): they stay the export's and are sent again.",
+                    f"{claimed:,}",
+                )
         reason = loaded.distrust
         if reason is None and sync.full_refresh:
             reason = "full_refresh=True"
         report.sync = {
             "sync_mode": sync.mode,
-            "state_entries": len(state),
+            "state_entries": len(loaded.state),
             "full_refresh_reason": reason,
             "state_authenticated": loaded.authenticated,
             "unchanged": 0,
@@ -472,16 +489,15 @@ class SegmentExporter:
         for email in destination.opted_out():
             opted_out.add(email.strip().lower())
         members_before: EmailSet | None = None
-        trusted = len(state) > 0
-        if sync.mirror and (not trusted or destination.members_read_is_cheap):
+        if sync.mirror and (first_sync or destination.members_read_is_cheap):
             members_before = EmailSet()
-            leaver_emails = self._first_pass_leavers(builder, state, opted_out, rows) if trusted else set()
+            leaver_emails = self._first_pass_leavers(builder, state, opted_out, rows) if len(state) else set()
             for email, contact_id in destination.members():
                 email = email.strip().lower()
                 members_before.add(email)
                 if email in leaver_emails:
                     self._removal_ids[email] = contact_id
-        elif sync.mirror and trusted:
+        elif sync.mirror and len(state):
             self._first_pass_leavers(builder, state, opted_out, rows)
         self._diff = SegmentDiff(
             state,
@@ -642,6 +658,11 @@ class SegmentExporter:
                     if self._fatal is None:
                         self._fatal = exc
                 return
+        # Batches sent (or about to be) but never confirmed: what they may have added is the export's.
+        with self._lock:
+            unconfirmed, self._inflight = list(self._inflight.values()), {}
+        for ledger in unconfirmed:
+            self._diff.claim(ledger)
         write_state(
             self.sync.state_path,
             self._diff.state,
@@ -649,6 +670,18 @@ class SegmentExporter:
             self._keys,
             tag=lease.tag if lease is not None else None,
         )
+        if self._journal is not None:
+            self._journal.discard()  # the state now holds every claim they made
+
+    def _claim_ahead(self, ledger: Ledger) -> int:
+        """Add to the partial state the contacts whose membership sending ``ledger`` makes the export's;
+        return the ticket to wait for before sending (0: nothing to save)."""
+        if self._journal is None or self._diff is None or self.settings.dry_run:
+            return 0
+        owned = self._diff.owned_by_sending(ledger)
+        if not owned:
+            return 0
+        return self._journal.add([(ledger.keys[i], ledger.emails[i]) for i in owned])
 
     def _fingerprint(self) -> str:
         """What must be unchanged for an earlier try's confirmations to count."""
@@ -691,10 +724,19 @@ class SegmentExporter:
         report = self.report
         report.submitted = len(contacts)
         if contacts:
+            ledger = self._ledger
+            if self._diff is not None:
+                with self._lock:
+                    self._inflight[0] = ledger  # batch numbers start at 1
+                ticket = self._claim_ahead(ledger)
+                if ticket and self._journal is not None:
+                    self._journal.wait(ticket)
             accepted = self.destination.send_small(contacts)
             report.record_outcome(accepted, len(contacts) - accepted)
             if self._diff is not None:
-                self._diff.confirm(self._ledger, None, accepted == len(contacts))
+                with self._lock:
+                    self._inflight.pop(0, None)
+                self._diff.confirm(ledger, None, accepted == len(contacts))
 
     def _send_batches(self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher) -> None:
         destination = self.destination
@@ -727,8 +769,13 @@ class SegmentExporter:
             while not slots.acquire(timeout=0.5):
                 if self._stop.is_set():
                     raise _Stopped
+            ticket = 0
+            if ledger is not None:
+                with self._lock:
+                    self._inflight[batch.number] = ledger
+                ticket = self._claim_ahead(ledger)
             # _deliver records its own fatal error and stops the export; leaving the pool waits for it.
-            pool.submit(self._deliver, batch, digest, slots, submit_gate, poll_limiter, ledger)
+            pool.submit(self._deliver, batch, digest, slots, submit_gate, poll_limiter, ledger, ticket)
 
         with ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport") as pool:
             try:
@@ -756,10 +803,16 @@ class SegmentExporter:
         submit_gate: threading.BoundedSemaphore,
         poll_limiter: RateLimiter,
         ledger: Ledger | None = None,
+        ticket: int = 0,
     ) -> None:
-        """Submit one batch and follow its job to the end, sending it again if the job fails."""
+        """Submit one batch and follow its job to the end, sending it again if the job fails.
+
+        :param ticket: the batch's claims in the partial state, saved before it is sent (0: none).
+        """
         destination = self.destination
         try:
+            if ticket and self._journal is not None:
+                self._journal.wait(ticket)
             for attempt in range(self.settings.max_resubmits + 1):
                 if self._stop.is_set():
                     raise _Stopped
@@ -777,6 +830,8 @@ class SegmentExporter:
                 if result.ok:
                     self.report.record_outcome(result.accepted, result.rejected)
                     if self._diff is not None and ledger is not None:
+                        with self._lock:
+                            self._inflight.pop(batch.number, None)
                         self._diff.confirm(ledger, result.refused, result.rejected == 0)
                         if result.refused:
                             with self._lock:
@@ -797,6 +852,11 @@ class SegmentExporter:
                 self.report.failed_batches += 1
                 self._failed_contacts += batch.contacts
                 self._failed_state = result.state
+            # A job that ended failed may still have added part of the batch: owned, not confirmed.
+            if self._diff is not None and ledger is not None:
+                with self._lock:
+                    self._inflight.pop(batch.number, None)
+                self._diff.claim(ledger)
         except BaseException as exc:
             with self._lock:
                 if self._fatal is None and not isinstance(exc, _Stopped):

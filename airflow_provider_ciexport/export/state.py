@@ -340,6 +340,29 @@ class SyncState:
                     prev = index + 1
             write(blob[offsets[prev] :])
 
+    def folded(self) -> SyncState:
+        """A copy with this run's changes so far folded in: new entries findable, dropped ones gone.
+
+        For a state that gains entries before the run starts (a partial state left by a try that
+        died, see :mod:`.claims`); it costs one copy of the state.
+        """
+        count, _ = self.merged_size()
+        parts: list[bytes] = []
+        self.write_sections(lambda data: parts.append(bytes(memoryview(data).cast("B"))))
+        data = b"".join(parts)
+        keys: array[int] = array("Q")
+        keys.frombytes(data[: 8 * count])
+        digests: array[int] = array("Q")
+        digests.frombytes(data[8 * count : 16 * count])
+        if sys.byteorder != "little":
+            keys.byteswap()
+            digests.byteswap()
+        flags = bytearray(data[16 * count : 17 * count])
+        lengths = data[17 * count : 18 * count]
+        folded = SyncState(self.identity, self.generation, keys, digests, flags, lengths, data[18 * count :])
+        folded.removals = self.removals
+        return folded
+
     def _write_new_only(
         self, order: array[int], write: Callable[[bytes | bytearray | memoryview | array[int]], Any]
     ) -> None:

@@ -118,7 +118,8 @@ class SegmentDiff:
             self.counts["skipped_unsubscribed"] += 1
             return kind, index, key, 0
         digest = contact_digest(encoded)
-        if index < 0:
+        if index < 0 or (state.digests[index] == 0 and not removed_by_export):
+            # Never confirmed: not in the state, or owned but not yet confirmed (digest 0).
             kind = NEW
         elif removed_by_export:
             kind = READD
@@ -133,13 +134,15 @@ class SegmentDiff:
     def confirm(self, ledger: Ledger, refused: Iterable[str] | None, accepted_all: bool) -> None:
         """Record a confirmed batch: its contacts are synced, except those the destination refused.
 
-        :param refused: emails the destination refused, when it says which (ActiveCampaign).
+        :param refused: emails the destination refused, when it says which (ActiveCampaign, or a
+            Constant Contact activity whose messages name every refused contact).
         :param accepted_all: the destination accepted every contact; when it refused some without
-            saying which (Constant Contact's counts), none of the batch is recorded and all are sent
-            again next run.
+            saying which (Constant Contact's counts), the batch is only :meth:`claim`-ed: owned, not
+            confirmed, so every contact of it is sent again next run and removed if it leaves.
         """
         refused_set = {e.lower() for e in refused} if refused else set()
         if not accepted_all and not refused_set:
+            self.claim(ledger)
             return
         state = self.state
         for i in range(len(ledger)):
@@ -154,6 +157,39 @@ class SegmentDiff:
                 state.update(index, ledger.digests[i], flags)
             else:
                 state.add(ledger.keys[i], ledger.digests[i], self._new_flags(email), email)
+
+    def claim(self, ledger: Ledger) -> None:
+        """Record that a batch may have created its memberships, without confirming its values.
+
+        For a batch that was sent but not confirmed (refusals the destination did not name, a job
+        that failed, a run stopped while it was in flight): each contact is the export's where it
+        would have been on confirmation, and its digest is 0, so it is sent again next run and, in
+        mirror mode, removed if it leaves the segment. Ownership and confirmation are recorded apart.
+        """
+        state = self.state
+        for i in range(len(ledger)):
+            index = ledger.indices[i]
+            if index >= 0:
+                flags = state.flags[index]
+                if flags & REMOVED and not self.removal_unsubscribes:
+                    flags = MANAGED  # the import may have put the removed contact back
+                state.update(index, 0, flags)
+            else:
+                state.add(ledger.keys[i], 0, self._new_flags(ledger.emails[i]), ledger.emails[i])
+
+    def owned_by_sending(self, ledger: Ledger) -> list[int]:
+        """Positions in ``ledger`` whose membership becomes the export's by sending them (and was not
+        the export's in the state read at the start): what a retry must know if this try dies."""
+        flags = self.state.flags
+        out = []
+        for i in range(len(ledger)):
+            index = ledger.indices[i]
+            if index < 0:
+                if self._new_flags(ledger.emails[i]) & MANAGED:
+                    out.append(i)
+            elif flags[index] & REMOVED and not self.removal_unsubscribes:
+                out.append(i)
+        return out
 
     def _new_flags(self, email: str) -> int:
         if not self.mirror:

@@ -62,6 +62,8 @@ class ImportStatus:
     :param total: contacts the API says it received, when it says (Constant Contact), else ``None``.
     :param refused: the emails of the refused contacts, when the API names them (ActiveCampaign's
         ``failure`` list), else ``None``.
+    :param messages: the job's own error messages (Constant Contact's ``activity_errors``): free
+        text that may quote a contact, read to tell which contact was refused, never logged.
     """
 
     state: str
@@ -71,6 +73,7 @@ class ImportStatus:
     rejected: int = 0
     total: int | None = None
     refused: tuple[str, ...] | None = None
+    messages: tuple[str, ...] = ()
 
 
 class ImportEncoder(ABC):

@@ -556,7 +556,8 @@ class ConstantContactHook(SegmentApiHook):
 
         The state is ``initialized`` or ``processing`` while it runs, then ``completed``, or ``failed``,
         ``cancelled`` or ``timed_out``. ``rejected`` is ``error_count + cannot_add_to_list_count``
-        (bad data, unsubscribed); ``total`` is how many contacts the API received.
+        (bad data, unsubscribed); ``total`` is how many contacts the API received; ``messages`` are
+        the ``activity_errors`` (free text, never to be logged).
 
         :param activity_id: what :meth:`import_contacts` or :meth:`json_import` returned.
         """
@@ -568,6 +569,12 @@ class ConstantContactHook(SegmentApiHook):
         total = status.get("items_total_count")
         rejected = int(status.get("error_count") or 0) + int(status.get("cannot_add_to_list_count") or 0)
         accepted = max(0, int(total) - rejected) if total is not None else 0
+        # Strings in the spec's activity status, {"message": ...} objects in its generic activity.
+        messages = tuple(
+            str(m.get("message") if isinstance(m, dict) else m)
+            for m in activity.get("activity_errors") or []
+            if isinstance(m, (str, dict))
+        )
         return ImportStatus(
             state,
             done=True,
@@ -575,6 +582,7 @@ class ConstantContactHook(SegmentApiHook):
             accepted=accepted,
             rejected=rejected,
             total=None if total is None else int(total),
+            messages=messages,
         )
 
     # -- list membership ------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +23,40 @@ from airflow_provider_ciexport.hooks.constantcontact import (
 from airflow_provider_ciexport.hooks.destination import HookDestination
 
 log = logging.getLogger(__name__)
+
+
+#: How an activity message may name a contact: its place in the request body (``import_data[7]``),
+#: or its address. The API documents ``activity_errors`` as free text only.
+_POSITION = re.compile(r"import_data\[(\d+)\]")
+_ADDRESS = re.compile(r"[^\s\"'<>()\[\],;:]+@[^\s\"'<>()\[\],;:]+")
+
+
+def named_refusals(messages: Sequence[str], batch: Batch, rejected: int) -> tuple[str, ...] | None:
+    """The emails of a batch's refused contacts, when the activity's messages name every one of them.
+
+    A message may name a contact by its position in the import (``import_data[<n>]``) or by quoting its
+    address; the API documents neither, and counts contacts who unsubscribed (``cannot_add_to_list``)
+    with no message at all. Only when the messages name exactly ``rejected`` distinct contacts of the
+    batch are they taken as the refused ones; otherwise ``None``: the batch's refusals are unnamed.
+    Nothing of a message is logged or kept.
+    """
+    if not messages:
+        return None
+    rows = json.loads(batch.body).get("import_data") or []
+    emails = [str(row.get("email", "")).lower() for row in rows if isinstance(row, dict)]
+    if len(emails) != batch.contacts:
+        return None
+    in_batch = set(emails)
+    named: set[str] = set()
+    for message in messages:
+        positions = [int(n) for n in _POSITION.findall(message)]
+        if positions:
+            if any(p >= len(emails) for p in positions):
+                return None  # names something that is not in this batch: do not trust any of it
+            named.update(emails[p] for p in positions)
+        else:
+            named.update(a.lower() for a in _ADDRESS.findall(message) if a.lower() in in_batch)
+    return tuple(sorted(named)) if len(named) == rejected else None
 
 
 class ConstantContactDestination(HookDestination):
@@ -81,7 +117,8 @@ class ConstantContactDestination(HookDestination):
             )
             rejected += missing
         rejected = min(rejected, batch.contacts)
-        return JobResult(ok=True, accepted=batch.contacts - rejected, rejected=rejected)
+        refused = named_refusals(status.messages, batch, rejected) if rejected else None
+        return JobResult(ok=True, accepted=batch.contacts - rejected, rejected=rejected, refused=refused)
 
     # -- keeping lists in sync ------------------------------------------------------------------
 

@@ -666,6 +666,7 @@ class CCStore:
         members: list[int] = []
         created = 0
         resubscribes = self._config().cc_import_resubscribes
+        name_rows = self._config().cc_activity_errors_name_rows
         for row in parsed.rows:
             if type(row) is tuple:
                 layout, email, flat = row
@@ -686,7 +687,8 @@ class CCStore:
                     counts["error_count"] += 1
                     counts["correctable_count"] += int(row.correctable)
                     if len(activity.errors) < 100:
-                        activity.errors.append(f"import_data[{row.index}]: {row.problem}")
+                        where = f"import_data[{row.index}]: " if name_rows else ""
+                        activity.errors.append(f"{where}{row.problem}")
                     continue
                 contact = self.upsert(row.email, row.values, row.custom, row.sent)
             if contact.unsubscribed:

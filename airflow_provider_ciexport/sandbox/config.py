@@ -85,6 +85,10 @@ class SandboxConfig:
     #: unsubscribed (and records the violation ``cc.violation.resubscribed_unsubscribed_contact``)
     #: instead of counting it in ``cannot_add_to_list_count``.
     cc_import_resubscribes: bool = False
+    #: Whether an import's ``activity_errors`` messages say which contact they are about
+    #: (``import_data[<n>]: ...``); the spec documents them as free text only, so a client must cope
+    #: with messages that do not (and with unsubscribed contacts, counted with no message at all).
+    cc_activity_errors_name_rows: bool = True
     #: Header style of ``contact_exports`` CSV files (unconfirmed upstream): ``snake``
     #: (``contact_id,email_address``) or ``title`` (``Contact Id,Email address``).
     cc_export_header_style: CCHeaderStyle = "snake"

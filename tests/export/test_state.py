@@ -172,13 +172,16 @@ def test_refused_and_unconfirmed_contacts_are_sent_again(tmp_path: Path) -> None
     assert set(recorded) == {"a@example.com", "b@example.com", "c@example.com"}
     b = state.find(email_key("b@example.com"))
     assert recorded["b@example.com"] == old[b]  # its old digest: it counts as changed next run
-    # Refusals without names (Constant Contact's counts): nothing of the batch is recorded.
+    # Refusals without names (Constant Contact's counts): the batch is owned, not confirmed.
     diff = SegmentDiff(after, mirror=True)
     ledger = Ledger()
     _, index, key, digest = diff.classify("z@example.com", b"{}")
     ledger.add(index, key, digest, "z@example.com")
     diff.confirm(ledger, refused=None, accepted_all=False)
-    assert after.added == 0
+    assert after.added == 1
+    again = _write_read(tmp_path, after, expected=2)
+    z = again.find(email_key("z@example.com"))
+    assert (again.flags[z], again.digests[z]) == (MANAGED, 0)
 
 
 def test_opted_out_people_are_skipped_and_forgotten_unless_the_export_removed_them(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +24,7 @@ from airflow_provider_ciexport.operators.constantcontact import ConstantContactS
 from airflow_provider_ciexport.sandbox import seed
 from airflow_provider_ciexport.sandbox.client import SandboxClient
 from tests.export.forgery import forge_flags, format_1_state
-from tests.support import posts
+from tests.support import posts, set_connection
 
 pytestmark = pytest.mark.integration
 
@@ -441,3 +442,92 @@ def test_a_run_that_lost_its_lease_removes_nobody_and_does_not_write_the_state(
     assert len(target.members()) == 30  # the 3 that left are still there: nothing was removed
     assert target.file.read_bytes() == before
     assert target.violations() == {}
+
+
+# -- ownership apart from confirmation (issue 19, items 14 and 15) --------------------------------
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["activity-names-it", "activity-does-not-say"])
+def test_cc_a_refused_contact_does_not_orphan_its_batch(
+    named: bool, cc_conn: str, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    """An import that could not add one contact added the rest all the same: they are the export's,
+    so when they leave the segment they are removed, whether or not the activity says which failed."""
+    target = Target("cc", cc_conn, sandbox, f"file://{tmp_path}/vip.state")
+    sandbox.configure(cc_email_max_length=50, cc_activity_errors_name_rows=named)
+    refused = {"email": f"{'x' * 50}@example.com", "first": "Long"}  # valid here, too long for the import
+    first = target.run([*SEGMENT, refused])
+    assert (first["accepted"], first["rejected"]) == (30, 1)
+    assert set(target.members()) == {r["email"] for r in SEGMENT}
+
+    stayed = SEGMENT[5:]
+    second = target.run([*stayed, refused])
+    assert (second["to_remove"], second["removed"]) == (5, 5)
+    # Named: only the refused contact is sent again; not named: its whole batch, unconfirmed.
+    assert second["submitted"] == (1 if named else 26)
+    assert set(target.members()) == {r["email"] for r in stayed}
+    third = target.run(stayed)  # the refused contact leaves too: nothing of it is on the list
+    assert set(target.members()) == {r["email"] for r in stayed}
+    assert third["removal_refused"] == 0
+
+
+@pytest.mark.parametrize("name", ["ac", "cc"])
+def test_a_mirror_export_killed_mid_way_and_retried_keeps_what_it_added(
+    name: str,
+    sandbox: SandboxClient,
+    sandbox_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The first try dies after six imports, before it could write a state (as under SIGKILL); the
+    retry must not take what that try added for members that were there before the export."""
+    from airflow_provider_ciexport.export import engine
+    from airflow_provider_ciexport.hooks.activecampaign_destination import ActiveCampaignDestination
+    from airflow_provider_ciexport.hooks.constantcontact_destination import ConstantContactDestination
+
+    sandbox.configure(rate_scale=5)
+    cls: Any
+    if name == "ac":
+        extras = {"requests_per_second": 25, "imports_per_minute": 500}
+        conn = set_connection(monkeypatch, "ac_fast", **sandbox_server.ac_connection(**extras))
+        cls = ActiveCampaignDestination
+    else:
+        conn = set_connection(monkeypatch, "cc_fast", **sandbox_server.cc_connection(requests_per_second=20))
+        cls = ConstantContactDestination
+        monkeypatch.setattr(cls, "max_batch_contacts", 250)  # AC's batch size: 12 batches
+    target = Target(name, conn, sandbox, f"file://{tmp_path}/vip.state")
+    people = [{"email": f"k{i}@example.com", "first": f"K{i}"} for i in range(3000)]
+    target.signup("k5@example.com")  # on the list before the export ever ran (a sign-up form)
+
+    real_submit = cls.submit
+    submitted: list[int] = []
+
+    def dying_submit(self: Any, batch: Any) -> str:
+        if len(submitted) >= 6:
+            raise RuntimeError("the worker was lost")
+        submitted.append(batch.number)
+        return str(real_submit(self, batch))
+
+    def killed(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("killed before the state was written")
+
+    with monkeypatch.context() as dying:
+        dying.setattr(cls, "submit", dying_submit)
+        dying.setattr(engine, "write_state", killed)
+        with pytest.raises(RuntimeError, match="killed before the state"):
+            target.run(people)
+    time.sleep(1.0)  # the imports the dead try sent finish on the server
+    added_by_dead_try = len(target.members())
+    assert 1500 <= added_by_dead_try < 3000
+
+    retry = target.run(people)
+    assert retry["state_entries"] == 0 and retry["full_refresh_reason"] is None
+    assert set(target.members()) == {p["email"] for p in people}
+
+    # Churn: 250 leave (among them contacts only the dead try sent, and the sign-up), 50 join.
+    churned = [p for i, p in enumerate(people) if not (i < 150 or 2000 <= i < 2100)]
+    churned += [{"email": f"j{i}@example.com", "first": "J"} for i in range(50)]
+    report = target.run(churned)
+    assert (report["to_remove"], report["removed"], report["new"]) == (249, 249, 50)
+    assert set(target.members()) == {p["email"] for p in churned} | {"k5@example.com"}
+    assert not list(tmp_path.glob("vip.state.partial-*"))  # the state holds every claim now

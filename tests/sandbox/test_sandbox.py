@@ -609,6 +609,26 @@ def test_cc_import_lifecycle_and_counts(sb: SandboxServer) -> None:
     assert r.status_code == 404
 
 
+def test_cc_import_reports_a_contact_it_could_not_add_with_or_without_saying_which(
+    sb: SandboxServer,
+) -> None:
+    client = ctl(sb)
+    client.reset(cc_email_max_length=50)  # the import's own limit in the spec (80 elsewhere)
+    token = cc_token(sb)
+    client.cc_unsubscribe(None, "gone@example.com")
+    rows = [{"email": "ok@example.com"}, {"email": f"{'x' * 50}@example.com"}, {"email": "gone@example.com"}]
+    act = cc_wait(sb, token, cc_import(sb, token, rows).json()["activity_id"])
+    assert (act["status"]["error_count"], act["status"]["cannot_add_to_list_count"]) == (1, 1)
+    # The over-long address is named by its place in the body; the unsubscribed one has no message.
+    assert act["activity_errors"] == ["import_data[1]: email exceeds the maximum length"]
+    client.configure(cc_activity_errors_name_rows=False)
+    act = cc_wait(sb, token, cc_import(sb, token, rows).json()["activity_id"])
+    assert act["status"]["error_count"] == 1
+    assert act["activity_errors"] == ["email exceeds the maximum length"]
+    members = {c["email"] for c in client.cc_list_contacts(CC_LIST_NEWSLETTER)}
+    assert "ok@example.com" in members and "gone@example.com" not in members
+
+
 def test_cc_import_stores_every_row_shape_alike(sb: SandboxServer) -> None:
     # Plain text rows take the sandbox's fast path, the others its key-by-key checks: same results.
     client = ctl(sb)
