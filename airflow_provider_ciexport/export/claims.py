@@ -9,8 +9,9 @@ export, reads and folds into the state: those contacts are the export's, unconfi
 and removed when they leave the segment).
 
 Each file (``<state_path>.partial-g<generation>-<n>``) is in the state's own format (and has its
-protection): about 30 bytes a contact, rewritten whole (a temporary file, then a rename) with each
-stretch of claims until it holds :data:`PART_CLAIMS`, then the next one starts. Files belong to the state generation they were made on, so once a
+protection): about 43 bytes a contact, rewritten whole (a temporary file, then a rename) with each
+stretch of claims until it holds :data:`PART_CLAIMS` (or more, when one batch claims more), then
+the next one starts. Files belong to the state generation they were made on, so once a
 state is written with them folded in they no longer apply; they are deleted then.
 """
 
@@ -37,8 +38,9 @@ from airflow_provider_ciexport.export.state import (
 log = logging.getLogger(__name__)
 
 #: A partial state is rewritten with each new stretch of claims until it holds this many, then the
-#: next one starts: a few dozen files for a million contacts, whatever the batch size.
-PART_CLAIMS = 10_000
+#: next one starts: bounded rewriting (ActiveCampaign's batches of 250 fill one in 8 writes) and a
+#: file per 2,000 contacts at most (Constant Contact's batches of up to 40,000 take one file each).
+PART_CLAIMS = 2_000
 
 
 def part_uri(uri: str, generation: int, number: int) -> str:
@@ -62,8 +64,8 @@ class ClaimJournal:
         self.keys = keys
         self._parts: list[str] = []
         self._pending: list[tuple[int, str]] = []
-        # The part being filled: its claims and its generation as a file (None: not written yet).
-        self._current: list[tuple[int, str]] = []
+        # The part being filled and its generation as a file (None: not written yet).
+        self._current = SyncState(identity)
         self._current_generation: int | None = None
         self._ticket = 0
         self._durable = 0
@@ -127,15 +129,18 @@ class ClaimJournal:
                 self._writing = True
                 entries, self._pending = self._pending, []
                 upto = self._ticket
-                if not self._current or len(self._current) + len(entries) > PART_CLAIMS:
+                current = self._current
+                if not current.added or current.added + len(entries) > PART_CLAIMS:
                     self._parts.append(part_uri(self.uri, self.generation, len(self._parts)))
-                    self._current, self._current_generation = [], None
-                self._current.extend(entries)
-                uri, claims, expected = self._parts[-1], self._current, self._current_generation
+                    current = self._current = SyncState(self.identity)
+                    self._current_generation = None
+                uri, expected = self._parts[-1], self._current_generation
                 self._cond.release()
                 written = False
                 try:
-                    self._current_generation = self._write(uri, claims, expected)
+                    for key, email in entries:
+                        current.add(key, 0, MANAGED, email)
+                    self._current_generation = write_state(uri, current, expected, self.keys)
                     written = True
                 finally:
                     self._cond.acquire()
@@ -145,12 +150,6 @@ class ClaimJournal:
                     if written:
                         self._durable = upto
                     self._cond.notify_all()
-
-    def _write(self, uri: str, entries: Sequence[tuple[int, str]], expected: int | None) -> int:
-        part = SyncState(self.identity)
-        for key, email in entries:
-            part.add(key, 0, MANAGED, email)
-        return write_state(uri, part, expected, self.keys)
 
     def discard(self) -> None:
         """Delete the partial states (the state now holds their claims), older generations' left by a
