@@ -469,12 +469,19 @@ class ActiveCampaignHook(SegmentApiHook):
         found = self.call("GET", "contacts", params={"email": email}).json().get("contacts") or []
         return int(found[0]["id"]) if found else None
 
+    def list_memberships(self, contact_id: int) -> dict[int, dict[str, Any]]:
+        """A contact's membership record on every list it has one on, by list id
+        (``GET /contacts/{id}/contactLists``): ``status`` (1 active, 2 unsubscribed), ``udate`` (when
+        it last changed), and what an unsubscribe left on it (``campaign``, ``message``,
+        ``unsubreason``, ``unsubscribeAutomation``)."""
+        response = self.call("GET", f"contacts/{int(contact_id)}/contactLists")
+        items = response.json().get("contactLists") or []
+        return {int(item["list"]): item for item in items}
+
     def list_statuses(self, contact_id: int) -> dict[int, int]:
         """A contact's membership status on every list it has one on: list id -> 1 active or
         2 unsubscribed (``GET /contacts/{id}/contactLists``)."""
-        response = self.call("GET", f"contacts/{int(contact_id)}/contactLists")
-        items = response.json().get("contactLists") or []
-        return {int(item["list"]): int(item["status"]) for item in items}
+        return {list_id: int(item["status"]) for list_id, item in self.list_memberships(contact_id).items()}
 
     def set_list_status(self, contact_id: int, list_id: int | str, status: int) -> None:
         """Set a contact's status on a list (``POST /contactLists``): 1 subscribes, 2 unsubscribes.

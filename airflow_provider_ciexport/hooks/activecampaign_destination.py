@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from airflow_provider_ciexport.export.batcher import Batch
@@ -145,13 +146,54 @@ class ActiveCampaignDestination(HookDestination):
             if contact_id is None:
                 skipped.append(email)
                 continue
-            statuses = self.hook.list_statuses(contact_id)
+            records = self.hook.list_memberships(contact_id)
+            statuses = {list_id: _status(record) for list_id, record in records.items()}
             # Status 2 on a list this export does not manage: the person unsubscribed themselves (e.g.
             # from all email) after the export removed them. Theirs to decide: never re-subscribe.
             if any(status == 2 for list_id, status in statuses.items() if list_id not in targets):
                 skipped.append(email)
                 continue
-            for list_id in self._list_ids:
-                if statuses.get(list_id) != 1:
-                    self.hook.set_list_status(contact_id, list_id, 1)
+            back = [list_id for list_id in self._list_ids if statuses.get(list_id) != 1]
+            # The state says the export removed them; the destination's own record must agree that the
+            # export's removal is the last change to each membership, or someone else's is.
+            if not all(removed_by_export(records.get(list_id), removals) for list_id in back):
+                skipped.append(email)
+                continue
+            for list_id in back:
+                self.hook.set_list_status(contact_id, list_id, 1)
         return skipped
+
+
+#: How far ActiveCampaign's clock (a membership's ``udate``) may be from the workers' clock.
+CLOCK_SKEW_S = 300.0
+#: What an unsubscribe that was not the API's leaves on the membership: a campaign's unsubscribe link
+#: (``campaign``, ``message``, and ``unsubreason`` when the person gave one), an automation's
+#: "unsubscribe" action (``unsubscribeAutomation``).
+_NOT_THE_API = ("campaign", "message", "unsubreason", "unsubscribeAutomation")
+
+
+def _status(record: Mapping[str, Any]) -> int:
+    try:
+        return int(record.get("status") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def removed_by_export(record: Mapping[str, Any] | None, removals: Sequence[Sequence[float]]) -> bool:
+    """Whether a ``contactLists`` record shows the export's own removal as the last change to the
+    membership: status 2, nothing a campaign's unsubscribe link or an automation leaves, and last
+    changed (``udate``) while this export was removing contacts (``removals``: its ``[start, end]``
+    windows, in Unix seconds). A record that cannot tell (no such record, no date) is not the export's.
+    """
+    if record is None or _status(record) != 2:
+        return False
+    if any(record.get(key) not in (None, "", "0", 0) for key in _NOT_THE_API):
+        return False
+    try:
+        changed = datetime.fromisoformat(str(record.get("udate")))
+    except ValueError:
+        return False
+    if changed.tzinfo is None:
+        return False
+    at = changed.timestamp()
+    return any(start - CLOCK_SKEW_S <= at <= end + CLOCK_SKEW_S for start, end in removals)

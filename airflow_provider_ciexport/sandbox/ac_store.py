@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import heapq
+import time
 import uuid
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow_provider_ciexport.sandbox.config import SandboxConfig
@@ -21,6 +23,15 @@ STRING_KEYS = ("first_name", "last_name", "phone", "customer_acct_name")
 BULK_KEYS = frozenset({"email", *STRING_KEYS, "tags", "fields", "subscribe", "unsubscribe"})
 SYNC_KEY_MAP = {"email": "email", "firstName": "first_name", "lastName": "last_name", "phone": "phone"}
 SEED_DATE = "2024-01-01T00:00:00-06:00"
+#: The account's time zone: ActiveCampaign shows dates in it, with their offset.
+ACCOUNT_TZ = timezone(timedelta(hours=-6))
+#: Who set a status 2 (the sandbox's bookkeeping; the API shows only what each leaves on the record):
+#: the person (an unsubscribe link of a campaign: ``campaign`` and ``message`` set), an automation's
+#: "unsubscribe" action (``unsubscribeAutomation`` set), the API (the export, through the endpoints),
+#: or another app through the API (``app``: the same record as ``api``, only ``udate`` tells them apart).
+UNSUBSCRIBED_BY = ("person", "automation", "api", "app")
+#: The campaign and message whose unsubscribe link a person used, and the automation that unsubscribed.
+UNSUBSCRIBE_CAMPAIGN, UNSUBSCRIBE_MESSAGE, UNSUBSCRIBE_AUTOMATION = "7", "11", "3"
 BAD_EMAIL_REASON = "Field' email' incorrect format"
 _PACKER = Packer(
     {
@@ -85,8 +96,10 @@ class ACStore:
         self.contacts: dict[str, ACContact] = {}
         self.keys_by_id: list[str] = []
         self.members: dict[int, set[int]] = {lid: set() for lid in self.lists}
-        # Status 2 per list: contact id -> who set it, "person" (their own action) or "api".
+        # Status 2 per list: contact id -> who set it (one of UNSUBSCRIBED_BY).
         self.unsubscribed: dict[int, dict[int, str]] = {lid: {} for lid in self.lists}
+        # When each membership last changed (its ``udate``), per list, indexed by contact id; 0: never.
+        self._udate: dict[int, array[float]] = {lid: array("d") for lid in self.lists}
         #: Addresses put on the exclusion list through the control API (the config holds the rest).
         self.excluded: set[str] = set()
         self.tags: dict[str, str] = {}
@@ -213,23 +226,58 @@ class ACStore:
         return sorted(self.unsubscribed[list_id])
 
     def contact_lists_json(self, contact: ACContact) -> list[dict[str, Any]]:
-        """``GET /contacts/{id}/contactLists``: the contact's status on every list it has one on."""
-        out = []
+        """``GET /contacts/{id}/contactLists``: the contact's membership record on every list it has one
+        on, with the fields the API shows (``udate`` when it last changed, in the account's time zone;
+        what an unsubscribe link or an automation leaves on it)."""
+        out: list[dict[str, Any]] = []
         for lid in self.lists:
             status = self.status_on(contact, lid)
-            if status is not None:
-                out.append(
-                    {
-                        "contact": str(contact.id),
-                        "list": str(lid),
-                        "status": str(status),
-                        "sdate": SEED_DATE,
-                        "udate": SEED_DATE,
-                        "links": {},
-                        "id": f"{lid}-{contact.id}",
-                    }
-                )
+            if status is None:
+                continue
+            who = self.unsubscribed[lid].get(contact.id) if status == 2 else None
+            by_link = who == "person"
+            out.append(
+                {
+                    "contact": str(contact.id),
+                    "list": str(lid),
+                    "form": None,
+                    "seriesid": "0",
+                    "sdate": SEED_DATE,
+                    "udate": self.udate(lid, contact.id),
+                    "status": str(status),
+                    "responder": "1",
+                    "sync": "0",
+                    "unsubreason": None,
+                    "campaign": UNSUBSCRIBE_CAMPAIGN if by_link else None,
+                    "message": UNSUBSCRIBE_MESSAGE if by_link else None,
+                    "first_name": "",
+                    "last_name": "",
+                    "ip4Sub": "0",
+                    "sourceid": "0",
+                    "autosyncLog": None,
+                    "ip4_last": "0",
+                    "ip4Unsub": "2130706433" if by_link else "0",
+                    "unsubscribeAutomation": UNSUBSCRIBE_AUTOMATION if who == "automation" else None,
+                    "links": {},
+                    "id": f"{lid}-{contact.id}",
+                    "automation": None,
+                }
+            )
         return out
+
+    def udate(self, list_id: int, contact_id: int) -> str:
+        """When a membership last changed, as the API writes dates (``2024-01-01T00:00:00-06:00``)."""
+        times = self._udate[list_id]
+        at = times[contact_id] if contact_id < len(times) else 0.0
+        if not at:
+            return SEED_DATE
+        return datetime.fromtimestamp(at, ACCOUNT_TZ).isoformat(timespec="seconds")
+
+    def _changed(self, list_id: int, contact_id: int, at: float | None = None) -> None:
+        times = self._udate[list_id]
+        if contact_id >= len(times):
+            times.extend([0.0] * (contact_id + 1 - len(times)))
+        times[contact_id] = time.time() if at is None else at
 
     def is_excluded(self, email: str) -> bool:
         """Whether the address is on the account's exclusion list."""
@@ -282,7 +330,15 @@ class ACStore:
                 self.tags[tag.lower()] = tag
                 self._rec.counters["ac.tags_created"] += 1
 
-    def subscribe(self, contact: ACContact, list_id: int, *, explicit: bool, by_person: bool = False) -> bool:
+    def subscribe(
+        self,
+        contact: ACContact,
+        list_id: int,
+        *,
+        explicit: bool,
+        by_person: bool = False,
+        at: float | None = None,
+    ) -> bool:
         """Put a contact on a list; an import does not bring back someone who unsubscribed.
 
         An explicit subscription (``contactLists`` status 1) does, as the real API does; when it brings
@@ -290,40 +346,50 @@ class ACStore:
         consent violation the sandbox records (``ac.violation.resubscribed_*``).
 
         :param by_person: the person did it (a sign-up form): never a violation.
+        :param at: when (Unix seconds; default now).
         """
         who = self.unsubscribed[list_id].get(contact.id)
         if who is not None:
             if not explicit:
                 self._rec.counters["ac.not_resubscribed"] += 1
                 return False
-            if who == "person" and not by_person:
-                self._rec.violation("ac", "resubscribed_person_unsubscribe", list_id=list_id)
+            if who != "api" and not by_person:
+                # Someone else's unsubscribe: the person's own, an automation's, another app's.
+                kind = {"person": "person", "automation": "automation", "app": "other_app"}[who]
+                self._rec.violation("ac", f"resubscribed_{kind}_unsubscribe", list_id=list_id)
             self._rec.counters["ac.resubscribed_explicitly"] += 1
             del self.unsubscribed[list_id][contact.id]
+            self._changed(list_id, contact.id, at)
         if explicit and not by_person and self.is_excluded(self.keys_by_id[contact.id - 1]):
             self._rec.violation("ac", "subscribed_excluded_contact", list_id=list_id)
         if contact.id not in self.members[list_id]:
             self.members[list_id].add(contact.id)
             self._touch(list_id)
+            self._changed(list_id, contact.id, at)
         return True
 
-    def unsubscribe(self, contact: ACContact, list_id: int, *, by: str = "api") -> None:
+    def unsubscribe(
+        self, contact: ACContact, list_id: int, *, by: str = "api", at: float | None = None
+    ) -> None:
         """Set status 2 on a list (imports will not re-subscribe it).
 
-        :param by: ``"person"`` (their own action: an unsubscribe link) or ``"api"``. A status 2 that
-            the person set stays theirs when the API sets it again.
+        :param by: who (one of :data:`UNSUBSCRIBED_BY`): ``"person"`` (their own action: an unsubscribe
+            link), ``"automation"``, ``"api"`` or ``"app"`` (another app through the API). A status 2
+            that the person set stays theirs (its record unchanged) when anything sets it again.
+        :param at: when (Unix seconds; default now).
         """
         if contact.id in self.members[list_id]:
             self.members[list_id].discard(contact.id)
             self._touch(list_id)
         if self.unsubscribed[list_id].get(contact.id) != "person":
             self.unsubscribed[list_id][contact.id] = by
+            self._changed(list_id, contact.id, at)
 
-    def unsubscribe_everywhere(self, contact: ACContact) -> None:
+    def unsubscribe_everywhere(self, contact: ACContact, at: float | None = None) -> None:
         """The person unsubscribed from all email: status 2 on every list they were subscribed to."""
         for list_id in self.lists:
             if contact.id in self.members[list_id]:
-                self.unsubscribe(contact, list_id, by="person")
+                self.unsubscribe(contact, list_id, by="person", at=at)
 
     def ensure_contact(self, email: str) -> ACContact:
         """The contact with this email, created bare (no keys sent) when missing."""

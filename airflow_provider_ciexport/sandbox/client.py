@@ -105,13 +105,19 @@ class SandboxClient:
         found = self._call("GET", "/cc/contacts", params={"email": email})["contacts"]
         return found[0] if found else None
 
-    def ac_unsubscribe(self, list_id: int | None, email: str, by: str = "person") -> dict[str, Any]:
+    def ac_unsubscribe(
+        self, list_id: int | None, email: str, by: str = "person", at: float | None = None
+    ) -> dict[str, Any]:
         """Status 2 for a contact on an ActiveCampaign list (created if unknown).
 
         :param list_id: the list; ``None`` for "unsubscribe from all email" (every list they are on).
-        :param by: ``"person"`` (their own action, the default) or ``"api"``.
+        :param by: ``"person"`` (their own action, the default), ``"automation"``, ``"api"`` or
+            ``"app"`` (another app through the API).
+        :param at: when it happened (Unix seconds; default now).
         """
         body: dict[str, Any] = {"email": email, "by": by}
+        if at is not None:
+            body["at"] = at
         body.update({"all_lists": True} if list_id is None else {"list_id": list_id})
         result: dict[str, Any] = self._call("POST", "/ac/unsubscribe", json=body)
         return result
@@ -121,9 +127,13 @@ class SandboxClient:
         result: dict[str, Any] = self._call("POST", "/ac/exclude", json={"email": email})
         return result
 
-    def ac_signup(self, list_id: int, email: str) -> dict[str, Any]:
-        """The person subscribes to an ActiveCampaign list through a sign-up form."""
-        result: dict[str, Any] = self._call("POST", "/ac/signup", json={"list_id": list_id, "email": email})
+    def ac_signup(self, list_id: int, email: str, at: float | None = None) -> dict[str, Any]:
+        """The person subscribes to an ActiveCampaign list through a sign-up form (``at``: when, in Unix
+        seconds; default now)."""
+        body: dict[str, Any] = {"list_id": list_id, "email": email}
+        if at is not None:
+            body["at"] = at
+        result: dict[str, Any] = self._call("POST", "/ac/signup", json=body)
         return result
 
     def cc_signup(self, list_id: str, email: str) -> dict[str, Any]:

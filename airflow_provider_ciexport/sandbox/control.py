@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from airflow_provider_ciexport.sandbox.ac_store import UNSUBSCRIBED_BY
 from airflow_provider_ciexport.sandbox.config import ConfigError
 from airflow_provider_ciexport.sandbox.errors import json_response
 from airflow_provider_ciexport.sandbox.faults import FaultRuleError
@@ -158,23 +159,31 @@ def build_router(state: SandboxState) -> APIRouter:
 
     @router.post("/ac/unsubscribe")
     async def ac_unsubscribe(request: Request) -> Response:
-        """Status 2 on a list, as the person's own action (``by: "person"``, the default) or the API's;
-        ``"all_lists": true`` instead of ``list_id`` is "unsubscribe from all email"."""
+        """Status 2 on a list, as the person's own action (``by: "person"``, the default: a campaign's
+        unsubscribe link), an automation's (``"automation"``), the API's (``"api"``) or another app's
+        through the API (``"app"``); ``"all_lists": true`` instead of ``list_id`` is "unsubscribe from
+        all email". ``"at"`` (Unix seconds) says when it happened (default now)."""
         state.settle()
         body = await _object_body(request)
         if body is None or not isinstance(body.get("email"), str):
-            return _error('the body must be {"list_id": <int>, "email": <str>, "by": "person"|"api"}')
+            return _error(
+                'the body must be {"list_id": <int>, "email": <str>, "by": "person"|"automation"|"api"|"app", '
+                '"at": <seconds>}'
+            )
         by = body.get("by", "person")
-        if by not in ("person", "api"):
-            return _error('"by" must be "person" or "api"')
+        if by not in UNSUBSCRIBED_BY:
+            return _error('"by" must be "person", "automation", "api" or "app"')
+        at = body.get("at")
+        if at is not None and not isinstance(at, (int, float)):
+            return _error('"at" must be a number of seconds since 1970')
         contact = state.ac.ensure_contact(body["email"])
         if body.get("all_lists") is True:
-            state.ac.unsubscribe_everywhere(contact)
+            state.ac.unsubscribe_everywhere(contact, at=at)
             return json_response(state.ac.control_json(contact))
         list_id = body.get("list_id")
         if not isinstance(list_id, int) or list_id not in state.ac.lists:
             return _error("unknown list", 404)
-        state.ac.unsubscribe(contact, list_id, by=by)
+        state.ac.unsubscribe(contact, list_id, by=by, at=at)
         return json_response(state.ac.control_json(contact))
 
     @router.post("/ac/exclude")
@@ -198,8 +207,11 @@ def build_router(state: SandboxState) -> APIRouter:
         list_id = body.get("list_id")
         if not isinstance(list_id, int) or list_id not in state.ac.lists:
             return _error("unknown list", 404)
+        at = body.get("at")
+        if at is not None and not isinstance(at, (int, float)):
+            return _error('"at" must be a number of seconds since 1970')
         contact = state.ac.ensure_contact(body["email"])
-        state.ac.subscribe(contact, list_id, explicit=True, by_person=True)
+        state.ac.subscribe(contact, list_id, explicit=True, by_person=True, at=at)
         return json_response(state.ac.control_json(contact))
 
     @router.post("/cc/signup")

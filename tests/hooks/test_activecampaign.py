@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -257,3 +258,36 @@ def test_secrets_reach_only_their_own_header(
         assert "s3cr3t-extra-value" not in json.dumps(request)
     assert seed.AC_API_KEY not in caplog.text
     assert "p@example.com" not in caplog.text
+
+
+def _membership(udate: str | None, **fields: Any) -> dict[str, Any]:
+    return {"status": "2", "udate": udate, "campaign": None, "message": None, **fields}
+
+
+# The export removed contacts between 12:00:00 and 12:10:00 UTC on 2026-03-02 (Unix seconds).
+_WINDOW = [(1772452800.0, 1772453400.0)]
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (_membership("2026-03-02T06:05:00-06:00"), True),  # during the removal, in the account's zone
+        (_membership("2026-03-02T12:14:00+00:00"), True),  # within the clock skew allowed
+        (_membership("2026-03-02T13:05:00+00:00"), False),  # an hour later: someone else's change
+        (_membership("2026-03-02T11:50:00+00:00"), False),  # before the export's removal
+        (_membership("2026-03-02T06:05:00-06:00", campaign="7", message="11"), False),  # a link
+        (_membership("2026-03-02T06:05:00-06:00", unsubscribeAutomation="3"), False),  # an automation
+        (_membership("2026-03-02T06:05:00-06:00", unsubreason="Too many emails"), False),
+        ({**_membership("2026-03-02T06:05:00-06:00"), "status": "1"}, False),
+        (_membership("2026-03-02 12:05:00"), False),  # no time zone: cannot tell
+        (_membership(None), False),
+        (None, False),
+    ],
+)
+def test_a_resubscribe_needs_the_destinations_record_to_show_the_exports_removal_last(
+    record: dict[str, Any] | None, expected: bool
+) -> None:
+    from airflow_provider_ciexport.hooks.activecampaign_destination import removed_by_export
+
+    assert removed_by_export(record, _WINDOW) is expected
+    assert removed_by_export(record, []) is False  # no removal run known: never

@@ -531,3 +531,24 @@ def test_a_mirror_export_killed_mid_way_and_retried_keeps_what_it_added(
     assert (report["to_remove"], report["removed"], report["new"]) == (249, 249, 50)
     assert set(target.members()) == {p["email"] for p in churned} | {"k5@example.com"}
     assert not list(tmp_path.glob("vip.state.partial-*"))  # the state holds every claim now
+
+
+@pytest.mark.parametrize("by", ["app", "automation"])
+def test_ac_re_subscribes_only_when_its_own_removal_is_the_last_change(
+    by: str, ac_conn: str, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    target = Target("ac", ac_conn, sandbox, f"file://{tmp_path}/vip.state")
+    target.run(SEGMENT)
+    gone = ("person.3@example.com", "person.4@example.com")
+    target.run([r for r in SEGMENT if r["email"] not in gone])  # the export removes both (status 2)
+    # person.3 signs up again by a form, and later another app (or an automation) unsubscribes them:
+    # the state still says "removed by the export", but that removal is no longer the last change.
+    later = time.time() + 3600
+    sandbox.ac_signup(AC_LIST, "person.3@example.com", at=later - 60)
+    sandbox.ac_unsubscribe(AC_LIST, "person.3@example.com", by=by, at=later)
+    back = target.run(SEGMENT)
+    members = set(target.members())
+    assert "person.3@example.com" not in members
+    assert "person.4@example.com" in members  # the export's own removal: put back
+    assert (back["readded"], back["readd_refused"]) == (1, 1)
+    assert target.violations() == {}

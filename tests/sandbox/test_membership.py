@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from typing import Any
 
 import pytest
@@ -213,3 +214,43 @@ def test_cc_signup_and_removal_leave_other_lists(sb: SandboxServer) -> None:
     }
     user0 = client.cc_contact("user0@example.com")
     assert user0["lists"] == [CC_LIST_NEWSLETTER] and user0["unsubscribed"] is False
+
+
+def test_ac_a_membership_record_tells_when_and_how_it_last_changed(sb: SandboxServer) -> None:
+    from datetime import datetime
+
+    client = ctl(sb)
+    ac_wait(sb, ac_import(sb, contacts(4, subscribe=[{"listid": AC_LIST_VIP}])).json()["batchId"])
+    before = time.time()
+    removal = [{"email": "user0@example.com", "unsubscribe": [{"listid": AC_LIST_VIP}]}]
+    ac_wait(sb, ac_import(sb, removal).json()["batchId"])  # the API's removal
+    client.ac_unsubscribe(AC_LIST_VIP, "user1@example.com")  # a campaign's unsubscribe link
+    client.ac_unsubscribe(AC_LIST_VIP, "user2@example.com", by="automation")
+    client.ac_unsubscribe(AC_LIST_VIP, "user3@example.com", by="app", at=before + 3600)  # another app, later
+    ids = {c["email"]: c["id"] for c in _ac_get(sb, "contacts", listid=AC_LIST_VIP, status=2)["contacts"]}
+
+    def record(email: str) -> dict[str, Any]:
+        items: list[dict[str, Any]] = _ac_get(sb, f"contacts/{ids[email]}/contactLists")["contactLists"]
+        (item,) = items
+        return item
+
+    api, link, automation, app = (record(f"user{i}@example.com") for i in range(4))
+    for item in (api, link, automation, app):
+        assert item["status"] == "2" and item["udate"].endswith("-06:00")  # the account's time zone
+    assert before - 1 <= datetime.fromisoformat(api["udate"]).timestamp() <= time.time() + 1
+    assert (api["campaign"], api["message"], api["unsubscribeAutomation"], api["unsubreason"]) == (None,) * 4
+    assert link["campaign"] and link["message"] and link["unsubscribeAutomation"] is None
+    assert automation["unsubscribeAutomation"] and automation["campaign"] is None
+    # Another app's removal looks like the API's own: only the time tells them apart.
+    assert {k: v for k, v in app.items() if k not in ("udate", "contact", "id")} == {
+        k: v for k, v in api.items() if k not in ("udate", "contact", "id")
+    }
+    assert datetime.fromisoformat(app["udate"]).timestamp() == int(before + 3600)
+    # A sign-up brings them back and changes the record; re-subscribing another app's or an
+    # automation's status 2 through the API is a recorded violation, as the person's is.
+    assert _ac_status(sb, ids["user3@example.com"], AC_LIST_VIP, 1).status_code == 200
+    assert _ac_status(sb, ids["user2@example.com"], AC_LIST_VIP, 1).status_code == 200
+    assert _violations(sb) == {
+        "ac.violation.resubscribed_other_app_unsubscribe": 1,
+        "ac.violation.resubscribed_automation_unsubscribe": 1,
+    }
