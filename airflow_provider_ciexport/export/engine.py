@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -633,7 +634,7 @@ class SegmentExporter:
             return
         # When this run removed: a membership the destination shows as changed at another time was
         # not changed by this export (the re-subscribe check of :meth:`Destination.readd`).
-        window = [time.time(), 0.0]
+        window = [float(math.floor(time.time())), 0.0]
         diff.state.removals.append(window)
         del diff.state.removals[:-MAX_REMOVAL_WINDOWS]
         try:
@@ -641,7 +642,7 @@ class SegmentExporter:
                 for future in [pool.submit(remove, chunk) for chunk in chunks]:
                     future.result()
         finally:
-            window[1] = time.time()
+            window[1] = float(math.ceil(time.time()))
 
     def _save_state(self) -> None:
         """Write the state with what this run confirmed (also after a failure: the confirmed part

@@ -442,8 +442,8 @@ class LoadedState:
     :param stored_generation: the generation of the file as read (``None``: there was no file); a
         write checks that it is still the same.
     :param authenticated: ``True`` when a stored state passed the authentication check, ``False``
-        when one failed it (another key, another format, changed by someone else), ``None`` when no
-        state was read that far (none, or not a sync state at all).
+        when a file at the path failed it (another key, another format, changed by someone else,
+        unreadable, not a sync state at all), ``None`` when there was none.
     """
 
     state: SyncState
@@ -487,7 +487,9 @@ def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedStat
                 "read and write access to it, or choose another state_path."
             ) from None
         return LoadedState(
-            SyncState(identity), distrust=f"the stored state is unreadable ({type(exc).__name__})"
+            SyncState(identity),
+            distrust=f"the stored state is unreadable ({type(exc).__name__})",
+            authenticated=False,
         )
 
 
@@ -501,7 +503,9 @@ def _read_exact(f: IO[bytes], n: int, mac: Any) -> bytes:
 
 def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedState:
     if f.read(len(MAGIC)) != MAGIC:
-        return LoadedState(SyncState(identity), distrust="the file at state_path is not a sync state")
+        return LoadedState(
+            SyncState(identity), distrust="the file at state_path is not a sync state", authenticated=False
+        )
     size_bytes = f.read(8)
     size = int.from_bytes(size_bytes, "little")
     if not 0 < size < 1_000_000:
@@ -835,11 +839,16 @@ class StateLease:
         self._thread = threading.Thread(target=self._renew, name="ciexport-state-lease", daemon=True)
         self._thread.start()
 
-    def _still_mine(self) -> bool:
+    def _still_mine(self, strict: bool = False) -> bool:
+        """Whether the lease file still holds this try's token; when it cannot be read, a renewal
+        tries again later, a check (``strict``) takes it as lost."""
         try:
             held = self._read()
-        except OSError:
-            return not self._lost.is_set()  # cannot tell now: the next check tries again
+        except OSError as exc:
+            if strict:
+                self._holder = f"unknown: the lease could not be read ({type(exc).__name__})"
+                return False
+            return not self._lost.is_set()
         if isinstance(held, dict) and held["token"] == self.token:
             return True
         self._holder = held["owner"] if isinstance(held, dict) else "nobody: the lease file is gone"
@@ -872,7 +881,7 @@ class StateLease:
         :param before: what the run was about to do, and what it means that it does not (for the message).
         :raises StateBusyError: when another run took it over (or it was deleted).
         """
-        if self._lost.is_set() or not self._still_mine():
+        if self._lost.is_set() or not self._still_mine(strict=True):
             raise StateBusyError(
                 f"This run no longer holds the sync state's lease (now: {self._holder}), so it stopped "
                 f"before {before}. Another run may be using the state: let it finish, and check that two "

@@ -430,3 +430,14 @@ def test_concurrent_confirmations_are_all_recorded(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert len(_write_read(tmp_path, diff.state)) == 2000
+
+
+def test_the_removal_runs_are_kept_with_the_state_and_only_the_last_ones(tmp_path: Path) -> None:
+    from airflow_provider_ciexport.export.state import MAX_REMOVAL_WINDOWS
+
+    state = _first_sync(["a@example.com"]).state
+    state.removals = [[float(i), float(i + 1)] for i in range(MAX_REMOVAL_WINDOWS + 5)]
+    kept = _write_read(tmp_path, state).removals
+    assert (
+        len(kept) == MAX_REMOVAL_WINDOWS and kept[0] == [5.0, 6.0] and kept[-1][0] == MAX_REMOVAL_WINDOWS + 4
+    )
