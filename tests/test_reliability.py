@@ -234,6 +234,7 @@ with DAG("ciexport_kill_test", schedule=None, start_date=pendulum.datetime(2026,
         field_mapping={"email": "email", "first_name": "first"},
         activecampaign_conn_id="ac_kill",
         state_path=os.environ.get("CIEXPORT_KILL_STATE") or None,
+        sync_mode=os.environ.get("CIEXPORT_KILL_MODE") or "upsert",
     )
 
 if __name__ == "__main__":
@@ -244,13 +245,19 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize(
-    ("sig", "with_state"),
-    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
-    ids=["SIGKILL", "SIGTERM", "SIGKILL-with-state"],
+    ("sig", "sync_mode"),
+    [(signal.SIGKILL, None), (signal.SIGTERM, None), (signal.SIGKILL, "upsert"), (signal.SIGKILL, "mirror")],
+    ids=["SIGKILL", "SIGTERM", "SIGKILL-with-state", "SIGKILL-mirror"],
 )
 def test_killed_task_retried_does_not_resend_confirmed_batches(
-    sig: signal.Signals, with_state: bool, sandbox: SandboxClient, sandbox_server: Any, tmp_path: Path
+    sig: signal.Signals,
+    sync_mode: str | None,
+    sandbox: SandboxClient,
+    sandbox_server: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    with_state = sync_mode is not None
     import sqlite3
 
     rows = 5000  # 20 batches of 250
@@ -278,6 +285,7 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
     if with_state:
         # The sync state is only written when a run ends; the checkpoint still spares the retry.
         env["CIEXPORT_KILL_STATE"] = f"file://{tmp_path}/kill.state"
+        env["CIEXPORT_KILL_MODE"] = sync_mode or ""
     command = [sys.executable, str(dags / "kill_dag.py")]
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -315,6 +323,30 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         # Signed with the key the task derived from the fernet key both processes share.
         loaded = read_state(env["CIEXPORT_KILL_STATE"], identity, state_keys())
         assert loaded.distrust is None and len(loaded.state) == rows
+    if sync_mode == "mirror":
+        # What the killed try added is the export's: when it leaves the segment it is removed. 200 of
+        # the leavers are in the batches only the killed try sent (the retry resumed them).
+        conn = set_connection(
+            monkeypatch,
+            "ac_churn",
+            **sandbox_server.ac_connection(imports_per_minute=200, requests_per_second=10),
+        )
+        churned = [
+            {"email": f"k{i}@example.com", "first": f"K{i}"} for i in range(rows) if not 200 <= i < 400
+        ]
+        churned = [row for row in churned if not row["email"].startswith("k49")]  # k49, k490-k499, k4900-...
+        churned += [{"email": f"j{i}@example.com", "first": "J"} for i in range(50)]
+        report = ActiveCampaignSegmentExportOperator(
+            task_id="export",
+            list_id=AC_LIST,
+            records=churned,
+            field_mapping={"email": "email", "first_name": "first"},
+            activecampaign_conn_id=conn,
+            state_path=env["CIEXPORT_KILL_STATE"],
+            sync_mode="mirror",
+        ).execute(context={})  # type: ignore[arg-type]
+        assert (report["removed"], report["new"]) == (rows + 50 - len(churned), 50)
+        assert {c["email"] for c in sandbox.ac_list_contacts(AC_LIST)} == {r["email"] for r in churned}
 
 
 def _saved_progress() -> dict[str, Any]:
