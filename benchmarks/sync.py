@@ -58,10 +58,17 @@ def _body(i: int, changed: bool = False) -> bytes:
 
 def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
     """One side of the state measurement, in its own process (``--state-child``)."""
-    from airflow_provider_ciexport.export.state import StateIdentity, SyncState, read_state, write_state
+    from airflow_provider_ciexport.export.state import (
+        StateIdentity,
+        StateKeys,
+        SyncState,
+        read_state,
+        write_state,
+    )
     from airflow_provider_ciexport.export.sync import UNCHANGED, Ledger, SegmentDiff
 
     identity = StateIdentity.of(*IDENTITY_ARGS)
+    keys = StateKeys(["the bench's state key"], "the bench")
     if mode == "first":
         diff = SegmentDiff(SyncState(identity), mirror=True)
         ledger = Ledger()
@@ -73,11 +80,11 @@ def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
                 diff.confirm(ledger, None, True)
                 ledger = Ledger()
         diff.confirm(ledger, None, True)
-        write_state(uri, diff.state, None)
+        write_state(uri, diff.state, None, keys)
         return {}
     rss_before = _rss_mb()
     cpu = time.process_time()
-    loaded = read_state(uri, identity)
+    loaded = read_state(uri, identity, keys)
     diff = SegmentDiff(loaded.state, mirror=True)
     ledger = Ledger()
     # 0.5% left (every 200th), 0.5% changed (the next one), 1% new (past the end).
@@ -90,7 +97,7 @@ def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
             ledger.add(index, key, digest, email)
     diff.confirm(ledger, None, True)
     diff.removed(diff.leavers())
-    write_state(uri, loaded.state, loaded.stored_generation)
+    write_state(uri, loaded.state, loaded.stored_generation, keys)
     cpu = time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
