@@ -30,8 +30,8 @@ from airflow_provider_ciexport.export.state import (
     StateIdentity,
     StateKeys,
     SyncState,
-    _path,
     read_state,
+    storage_path,
     write_state,
 )
 
@@ -84,7 +84,7 @@ class ClaimJournal:
         number = 0
         while True:
             uri = part_uri(self.uri, self.generation, number)
-            if not _path(uri).exists():
+            if not storage_path(uri).exists():
                 break
             self._parts.append(uri)
             number += 1
@@ -155,12 +155,12 @@ class ClaimJournal:
         """Delete the partial states (the state now holds their claims), older generations' left by a
         failed delete and temporary copies left by a killed write included. Only while holding the
         state's lease; files named otherwise are left alone."""
-        state = _path(self.uri)
+        state = storage_path(self.uri)
         pattern = re.compile(re.escape(state.name) + r"\.partial-g\d+-\d{5}(\.tmp-[0-9a-f]{12})?")
         found: list[Any] = []
         with contextlib.suppress(OSError, ValueError):
             found = [p for p in state.parent.iterdir() if pattern.fullmatch(p.name)]
-        for path in [*found, *(_path(uri) for uri in reversed(self._parts))]:
+        for path in [*found, *(storage_path(uri) for uri in reversed(self._parts))]:
             with contextlib.suppress(OSError, ValueError):
                 if path.exists():
                     path.unlink()

@@ -452,7 +452,8 @@ class LoadedState:
     authenticated: bool | None = None
 
 
-def _path(uri: str) -> Any:
+def storage_path(uri: str) -> Any:
+    """The ``ObjectStoragePath`` of ``uri`` (local or object storage), for the state and its companions."""
     from airflow.sdk import ObjectStoragePath
 
     return ObjectStoragePath(uri)
@@ -472,7 +473,7 @@ def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedStat
 
     :raises ExportConfigurationError: if the URI cannot be used at all.
     """
-    path = _path(uri)
+    path = storage_path(uri)
     try:
         if not path.exists():
             return LoadedState(SyncState(identity))
@@ -569,7 +570,7 @@ def write_state(
         :func:`remove_stale_copies` knows the copies of writers that no longer hold the lease.
     :raises StateConflictError: when the file changed since it was read.
     """
-    path = _path(uri)
+    path = storage_path(uri)
     current = _stored_generation(path)
     if current != expected_generation:
         raise StateConflictError(
@@ -593,7 +594,7 @@ def write_state(
         }
     ).encode()
     make_parents(path)
-    tmp = _path(f"{uri}.tmp-{tag or secrets.token_hex(6)}")
+    tmp = storage_path(f"{uri}.tmp-{tag or secrets.token_hex(6)}")
     try:
         with open_new(tmp) as f:
             mac = hmac.new(key, digestmod=hashlib.sha256)
@@ -669,7 +670,7 @@ def remove_stale_copies(uri: str, keep: str) -> int:
     Only call it while holding the state's lease: every writer holds it while it writes, so a copy with
     another tag belongs to a write that can no longer finish. Files not named exactly so are left alone.
     """
-    path = _path(uri)
+    path = storage_path(uri)
     pattern = re.compile(re.escape(path.name) + r"\.tmp-[0-9a-f]{12}")
     removed = 0
     try:
@@ -742,7 +743,7 @@ class StateLease:
 
     @property
     def path(self) -> Any:
-        return _path(f"{self.uri}.lock")
+        return storage_path(f"{self.uri}.lock")
 
     @property
     def tag(self) -> str:
@@ -794,7 +795,7 @@ class StateLease:
         tmp = f"{local}.{self.tag}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        with open_new(_path(tmp)) as f:
+        with open_new(storage_path(tmp)) as f:
             f.write(data)
         os.replace(tmp, local)
 
