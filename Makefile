@@ -55,14 +55,14 @@ docs: $(STAMP)
 
 #: make demo DEMO_ARGS=--full (every report key)
 demo: $(STAMP)
-	$(PY) -m airflow_provider_ciexport.demo $(DEMO_ARGS)
+	$(PY) -m airflow_provider_ciexport.tools.demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/sync.py $(SYNC_BENCH_ARGS)
 
 sandbox: $(STAMP)
-	@$(PY) -m airflow_provider_ciexport.sandbox --port $(PORT)
+	@$(PY) -m airflow_provider_ciexport.tools.sandbox --port $(PORT)
 
 # Re-resolve every dependency to its newest release (for Python 3.10 and up) and pin the result;
 # then the oldest supported Airflow with the releases of its day.

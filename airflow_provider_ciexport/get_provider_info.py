@@ -115,7 +115,7 @@ def get_provider_info() -> dict[str, Any]:
                     "refresh_token": {
                         "label": "Refresh token",
                         "description": "The token from the app's first authorization. To get one, run "
-                        "python -m airflow_provider_ciexport.constantcontact_auth --client-id <your API key> "
+                        "python -m airflow_provider_ciexport.tools.constantcontact_auth --client-id <your API key> "
                         "on any machine with a browser (or add --flow device); it prints the token. A "
                         "rotated token is kept by the provider, so this field needs changing only after a "
                         "new authorization.",

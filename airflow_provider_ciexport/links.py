@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
-from airflow_provider_ciexport.urls import is_loopback
+from airflow_provider_ciexport.core.urls import is_loopback
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_ciexport.export.contacts import ContactBuilder
+from airflow_provider_ciexport.core.contacts import ContactBuilder
 from airflow_provider_ciexport.hooks.constantcontact import MAX_IMPORT_BYTES, MAX_IMPORT_CONTACTS
 from airflow_provider_ciexport.hooks.constantcontact import SCHEMA as CC_SCHEMA
-from airflow_provider_ciexport.sandbox.seed import CC_LIST_VIP
+from airflow_provider_ciexport.tools.sandbox.seed import CC_LIST_VIP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dags"))
 from ciexport_bench import CC_MAPPING

@@ -5,7 +5,7 @@ What it does, in order:
 
 1. Generates the profiles (SQLite, the package's deterministic generator), cached in
    ``benchmarks/results/profiles.db`` while the generator and the seed are unchanged.
-2. Starts the sandbox in its own process (``python -m airflow_provider_ciexport.sandbox``) with every
+2. Starts the sandbox in its own process (``python -m airflow_provider_ciexport.tools.sandbox``) with every
    documented rate limit enforced and scaled by ``--scale N``, request bodies not recorded, and one
    second of latency on every import request (not scaled: real APIs take that long whatever the rate).
    The connections' extras carry the same scaled limits (ActiveCampaign ``requests_per_second=5N``,
@@ -72,7 +72,7 @@ MB = 1024 * 1024
 #: ``--sandbox-no-gc``: the sandbox's own ``__main__`` with Python's cyclic garbage collector disabled.
 SANDBOX_WITHOUT_GC = (
     "import gc, runpy; gc.disable(); "
-    "runpy.run_module('airflow_provider_ciexport.sandbox', run_name='__main__', alter_sys=True)"
+    "runpy.run_module('airflow_provider_ciexport.tools.sandbox', run_name='__main__', alter_sys=True)"
 )
 
 #: name -> (comparison, target, what it means)
@@ -111,7 +111,7 @@ OTHER_APP_PROFILES = 200_000
 
 def ensure_profiles(count: int, regenerate: bool) -> Path:
     """A SQLite file with at least ``count`` generated profiles (row *n* never depends on the count)."""
-    from airflow_provider_ciexport.sandbox import profiles
+    from airflow_provider_ciexport.tools.sandbox import profiles
 
     db = RESULTS / "profiles.db"
     meta_path = RESULTS / "profiles.json"
@@ -187,12 +187,16 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         import psutil
 
-        from airflow_provider_ciexport.sandbox.client import SandboxClient
+        from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 
         ready = self.workdir / "sandbox.ready"
         log = (RESULTS / "sandbox.log").open("wb")
-        # ``python -m airflow_provider_ciexport.sandbox``, or the same module with the GC off (diagnosis).
-        start = ["-m", "airflow_provider_ciexport.sandbox"] if self.gc_enabled else ["-c", SANDBOX_WITHOUT_GC]
+        # ``python -m airflow_provider_ciexport.tools.sandbox``, or the same module with the GC off (diagnosis).
+        start = (
+            ["-m", "airflow_provider_ciexport.tools.sandbox"]
+            if self.gc_enabled
+            else ["-c", SANDBOX_WITHOUT_GC]
+        )
         cmd = [
             PYTHON,
             *start,
@@ -242,7 +246,7 @@ class Sandbox:
 
 def airflow_env(home: Path, db: Path, sandbox_url: str, scale: float) -> dict[str, str]:
     """The environment of every child: a throwaway AIRFLOW_HOME and the three connections."""
-    from airflow_provider_ciexport.sandbox.connections import (
+    from airflow_provider_ciexport.tools.sandbox.connections import (
         AC_CONN_ID,
         CC_CONN_ID,
         ac_connection,

@@ -134,7 +134,7 @@ def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
 
 def expected_emails(profiles_db: Path, first_id: int, last_id: int) -> set[str]:
     """The addresses a correct export of customer ids ``first_id..last_id`` leaves in its list."""
-    from airflow_provider_ciexport.sandbox.emails import is_valid_ac_email, is_valid_cc_email
+    from airflow_provider_ciexport.tools.sandbox.emails import is_valid_ac_email, is_valid_cc_email
 
     emails: set[str] = set()
     with closing(sqlite3.connect(profiles_db)) as conn:

@@ -131,7 +131,7 @@ def _churned(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def measure_requests(profiles: int) -> dict[str, Any]:
     """First sync, 2% churn, unchanged: requests per destination, as the sandbox counted them."""
-    from airflow_provider_ciexport.sandbox import SandboxConfig, SandboxServer
+    from airflow_provider_ciexport.tools.sandbox import SandboxConfig, SandboxServer
 
     rows = [{"email": f"person.{i}@example.com", "first": f"P{i}"} for i in range(profiles)]
     scale = 50.0
@@ -291,7 +291,7 @@ def measure_memory(profiles: int, scale: float, first_scale: float) -> dict[str,
     """
     import run as bench
 
-    from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP
+    from airflow_provider_ciexport.tools.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP
 
     started = time.monotonic()
     bench.RUNS.mkdir(parents=True, exist_ok=True)

@@ -63,8 +63,8 @@ nitpick_ignore_regex = [
 # Internal targets some docstrings name for readers of the code (private methods, modules outside the
 # reference); they have no page of their own.
 nitpick_ignore = [
-    ("py:mod", "constantcontact_auth"),
-    ("py:mod", "airflow_provider_ciexport.export.sharing"),
+    ("py:mod", "airflow_provider_ciexport.tools.constantcontact_auth"),
+    ("py:mod", "airflow_provider_ciexport.core.sharing"),
     ("py:func", "rotated_token_variable"),
     ("py:meth", "test_connection"),
     ("py:meth", "_check_answer"),

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_ciexport.export import ratelimit
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.connections import AC_CONN_ID, CC_CONN_ID
-from airflow_provider_ciexport.sandbox.server import SandboxServer
+from airflow_provider_ciexport.core import ratelimit
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.connections import AC_CONN_ID, CC_CONN_ID
+from airflow_provider_ciexport.tools.sandbox.server import SandboxServer
 from tests.support import set_connection
 
 # The browser test (tests/ui) runs only through `make ui-test`: it needs Chromium and Selenium.

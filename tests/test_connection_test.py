@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from airflow_provider_ciexport.hooks.constantcontact import rotated_token_variable
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.seed import CC_LIST_VIP, SEED
-from airflow_provider_ciexport.sandbox.server import SandboxServer
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.seed import CC_LIST_VIP, SEED
+from airflow_provider_ciexport.tools.sandbox.server import SandboxServer
 from tests.support import set_connection
 
 pytestmark = [

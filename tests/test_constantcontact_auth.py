@@ -19,8 +19,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import pytest
 import requests
 
-from airflow_provider_ciexport import constantcontact_auth as auth
-from airflow_provider_ciexport.constantcontact_auth import (
+from airflow_provider_ciexport.core.urls import CC_API_BASE_URL, CC_TOKEN_URL
+from airflow_provider_ciexport.tools import constantcontact_auth as auth
+from airflow_provider_ciexport.tools.constantcontact_auth import (
     AuthError,
     DeviceAuthorization,
     Endpoints,
@@ -34,10 +35,9 @@ from airflow_provider_ciexport.constantcontact_auth import (
     run_pkce_flow,
     write_token_file,
 )
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.config import SandboxConfig
-from airflow_provider_ciexport.sandbox.server import SandboxServer
-from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.tools.sandbox.server import SandboxServer
 
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
@@ -219,7 +219,7 @@ def test_the_command_does_not_wait_for_airflow_to_import() -> None:
     # Importing Airflow takes seconds; signing in to Constant Contact needs none of it.
     code = (
         "import sys\n"
-        "from airflow_provider_ciexport.constantcontact_auth import build_parser\n"
+        "from airflow_provider_ciexport.tools.constantcontact_auth import build_parser\n"
         "build_parser().format_help()\n"
         "print(sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')))"
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ciexport import demo
+from airflow_provider_ciexport.tools import demo
 
 REPORT: dict[str, Any] = {
     "destination": "ActiveCampaign",

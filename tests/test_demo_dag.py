@@ -25,9 +25,9 @@ from airflow.models.dagrun import DagRun
 from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
 
-from airflow_provider_ciexport.sandbox import SandboxServer
-from airflow_provider_ciexport.sandbox.profiles import expected_segment_emails, generate_profiles
-from airflow_provider_ciexport.sandbox.seed import (
+from airflow_provider_ciexport.tools.sandbox import SandboxServer
+from airflow_provider_ciexport.tools.sandbox.profiles import expected_segment_emails, generate_profiles
+from airflow_provider_ciexport.tools.sandbox.seed import (
     AC_LIST_LAPSED,
     AC_LIST_NEWSLETTER,
     AC_LIST_VIP,
@@ -256,7 +256,7 @@ def test_triggered_run_exports_the_chosen_segment_to_the_chosen_lists(
 def test_make_demo_says_in_a_line_per_export_what_each_run_did(tmp_path: Path) -> None:
     # What `make demo` runs, with fewer profiles: a fresh Airflow home, two runs, the list check.
     result = subprocess.run(
-        [sys.executable, "-m", "airflow_provider_ciexport.demo", "--profiles", "1000"],
+        [sys.executable, "-m", "airflow_provider_ciexport.tools.demo", "--profiles", "1000"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -21,8 +21,8 @@ from airflow_provider_ciexport.hooks.constantcontact import parse_list_ids as pa
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox.profiles import SEGMENTS, segment_refresh_sql
-from airflow_provider_ciexport.sandbox.seed import AC_LISTS, CC_LIST_VIP, CC_LISTS
+from airflow_provider_ciexport.tools.sandbox.profiles import SEGMENTS, segment_refresh_sql
+from airflow_provider_ciexport.tools.sandbox.seed import AC_LISTS, CC_LIST_VIP, CC_LISTS
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "example_dags"
 EXPORT_TASKS = {"export_to_activecampaign", "export_to_constantcontact"}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_ciexport.sandbox import profiles
-from airflow_provider_ciexport.sandbox.profiles import (
+from airflow_provider_ciexport.tools.sandbox import profiles
+from airflow_provider_ciexport.tools.sandbox.profiles import (
     PROFILE_COLUMNS,
     REFRESH_SEGMENTS_SQL,
     expected_segment_emails,

@@ -6,7 +6,7 @@ import json
 
 import requests
 
-from airflow_provider_ciexport.redaction import request_values, scrub, vendor_error_text
+from airflow_provider_ciexport.core.redaction import request_values, scrub, vendor_error_text
 
 CARRIED = ["ann@example.com", "Ann", "Lee-Smith", "+1 415 555 0100", "San Francisco", "Gold"]
 

@@ -20,8 +20,8 @@ from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
 from tests.support import posts, set_connection
 
@@ -315,7 +315,7 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         # The retry recorded every contact, those the killed try confirmed included: the next run of
         # the unchanged segment sends nothing.
         from airflow_provider_ciexport.export.state import StateIdentity, read_state
-        from airflow_provider_ciexport.state_keys import state_keys
+        from airflow_provider_ciexport.export.state_keys import state_keys
 
         identity = StateIdentity.of(
             "ActiveCampaign", f"{sandbox_server.url}/api/3", ["2"], {"email": "email", "first_name": "first"}
@@ -395,7 +395,7 @@ def test_access_tokens_expiring_every_few_requests_under_load_still_end_exact(
 ) -> None:
     """Each token answers two requests; with eight imports in flight a freshly issued one is often
     used up by the other calls before the renewed call gets to use it (a 401 right after a renewal)."""
-    from airflow_provider_ciexport.hooks.constantcontact_destination import ConstantContactDestination
+    from airflow_provider_ciexport.destinations.constantcontact import ConstantContactDestination
 
     monkeypatch.setattr(ConstantContactDestination, "max_batch_contacts", 250)  # 16 batches at once
     sandbox.configure(rate_scale=5, cc_access_token_max_requests=2)

@@ -15,7 +15,7 @@ from airflow_provider_ciexport.export.state import (
     read_state,
     write_state,
 )
-from airflow_provider_ciexport.state_keys import state_keys
+from airflow_provider_ciexport.export.state_keys import state_keys
 from tests.support import set_connection
 
 IDENTITY = StateIdentity.of("ActiveCampaign", "https://acct.api-us1.com/api/3", [2], {"email": "email"})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_provider_ciexport.core.variables import JsonVariable, get_variable, set_variable
 from airflow_provider_ciexport.exceptions import CiExportError
-from airflow_provider_ciexport.variables import JsonVariable, get_variable, set_variable
 
 
 def test_values_round_trip_and_missing_ones_read_as_none(airflow_db: str) -> None:
@@ -33,7 +33,7 @@ def test_a_stored_value_that_cannot_be_read_is_an_error(
         return default_var
 
     monkeypatch.setattr(Variable, "get", staticmethod(failing_get))
-    monkeypatch.setattr("airflow_provider_ciexport.variables.time.sleep", lambda s: None)
+    monkeypatch.setattr("airflow_provider_ciexport.core.variables.time.sleep", lambda s: None)
     with pytest.raises(CiExportError, match="exists but could not be read"):
         get_variable("ciexport_test_unreadable")
     assert len(reads) == 3

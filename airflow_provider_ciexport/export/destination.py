@@ -7,8 +7,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+from airflow_provider_ciexport.core.contacts import ContactSchema
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.contacts import ContactSchema
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
+from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.exceptions import (
     CiExportError,
     ExportConfigurationError,
@@ -24,9 +26,8 @@ from airflow_provider_ciexport.exceptions import (
 )
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
 from airflow_provider_ciexport.export.claims import ClaimJournal
-from airflow_provider_ciexport.export.contacts import ContactBuilder, EmailSet
+from airflow_provider_ciexport.export.collector import steady_collector
 from airflow_provider_ciexport.export.destination import Destination, JobResult
-from airflow_provider_ciexport.export.ratelimit import RateLimiter, steady_collector
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources import Row, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
@@ -79,7 +80,7 @@ class SyncSettings:
     :param lease_owner: who this try is (DAG, task, run, map index, try number), for the lease that
         keeps any other try out.
     :param keys: the keys that authenticate the state (``None``: from
-        :func:`~airflow_provider_ciexport.state_keys.state_keys`, the default connection or Airflow's
+        :func:`~airflow_provider_ciexport.export.state_keys.state_keys`, the default connection or Airflow's
         fernet key).
     """
 
@@ -425,7 +426,7 @@ class SegmentExporter:
         if sync.keys is not None:
             self._keys = sync.keys
         else:
-            from airflow_provider_ciexport.state_keys import state_keys
+            from airflow_provider_ciexport.export.state_keys import state_keys
 
             self._keys = state_keys()
         if self.settings.dry_run:

@@ -22,8 +22,8 @@ from itertools import chain, islice
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_ciexport.core.redaction import driver_error, looks_like_a_header
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
-from airflow_provider_ciexport.redaction import driver_error, looks_like_a_header
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook

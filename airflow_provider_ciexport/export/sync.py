@@ -12,8 +12,8 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.exceptions import CiExportError
-from airflow_provider_ciexport.export.contacts import EmailSet
 from airflow_provider_ciexport.export.state import MANAGED, REMOVED, SyncState, contact_digest, email_key
 
 NEW = 0

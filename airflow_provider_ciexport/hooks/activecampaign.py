@@ -1,6 +1,6 @@
 """The ActiveCampaign API v3: its hook (a complete client), payload shapes, limits and status vocabulary.
 
-The export's adapter to this API is :mod:`.activecampaign_destination`, beside this module.
+The export's adapter to this API is :mod:`airflow_provider_ciexport.destinations.activecampaign`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from urllib.parse import urlsplit
 
 import requests
 
+from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
+from airflow_provider_ciexport.core.urls import is_loopback, unsafe_character
 from airflow_provider_ciexport.exceptions import (
     DestinationApiError,
     DestinationAuthError,
     ExportConfigurationError,
 )
-from airflow_provider_ciexport.export.contacts import ContactSchema
-from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.hooks.base import (
     HeaderAuth,
     ImportEncoder,
@@ -31,7 +32,6 @@ from airflow_provider_ciexport.hooks.base import (
     json_or_none,
     parse_retry_after,
 )
-from airflow_provider_ciexport.urls import is_loopback, unsafe_character
 
 #: One bulk import takes at most 250 contacts, in a body under 400,000 bytes.
 MAX_IMPORT_CONTACTS = 250

@@ -22,16 +22,16 @@ import requests.auth
 from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
 
+from airflow_provider_ciexport.core.contacts import ContactBuilder, ContactSchema
+from airflow_provider_ciexport.core.ratelimit import RateLimiter
+from airflow_provider_ciexport.core.redaction import request_values, vendor_error_text
+from airflow_provider_ciexport.core.sharing import account_lease, share_variable_key
+from airflow_provider_ciexport.core.urls import base_url_problem, redirect_target
 from airflow_provider_ciexport.exceptions import (
     DestinationApiError,
     DestinationThrottledError,
     ExportConfigurationError,
 )
-from airflow_provider_ciexport.export.contacts import ContactBuilder, ContactSchema
-from airflow_provider_ciexport.export.ratelimit import RateLimiter
-from airflow_provider_ciexport.export.sharing import account_lease, share_variable_key
-from airflow_provider_ciexport.redaction import request_values, vendor_error_text
-from airflow_provider_ciexport.urls import base_url_problem, redirect_target
 
 #: Connect and read timeouts of every request, in seconds. Imports of several MB take a while to
 #: upload and to be acknowledged, so the read timeout is generous; a hung server still cannot stall a
@@ -370,10 +370,10 @@ class SegmentApiHook(HttpHook):
         """Hold a lease on the account while an export runs, so concurrent exports divide its rate.
 
         The lease lives in the Airflow Variable ``ciexport_share_<destination>_<hash>`` that every
-        worker sees (see :mod:`~airflow_provider_ciexport.export.sharing`); this process's limiters of
+        worker sees (see :mod:`~airflow_provider_ciexport.core.sharing`); this process's limiters of
         the account pace at its rate divided by the exports holding a lease.
         """
-        from airflow_provider_ciexport.variables import JsonVariable
+        from airflow_provider_ciexport.core.variables import JsonVariable
 
         key = share_variable_key(self.conn_type, self._account())
         store = JsonVariable(
@@ -710,7 +710,7 @@ class SegmentApiHook(HttpHook):
     def _error_text(response: requests.Response) -> str:
         """A short description of an error answer without personal data or secrets: the documented
         codes and keys, and the API's free text only with every value the request carried removed
-        (see :func:`~airflow_provider_ciexport.redaction.vendor_error_text`)."""
+        (see :func:`~airflow_provider_ciexport.core.redaction.vendor_error_text`)."""
         return vendor_error_text(json_or_none(response), request_values(response.request))
 
     @staticmethod

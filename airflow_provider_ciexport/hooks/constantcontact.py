@@ -1,7 +1,7 @@
 """The Constant Contact V3 API: its hook (a complete client, OAuth2 with a refresh token), payload
 shapes, limits and status vocabulary.
 
-The export's adapter to this API is :mod:`.constantcontact_destination`, beside this module.
+The export's adapter to this API is :mod:`airflow_provider_ciexport.destinations.constantcontact`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ from urllib.parse import urlsplit
 
 import requests
 
+from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
+from airflow_provider_ciexport.core.redaction import looks_like_a_header
+from airflow_provider_ciexport.core.urls import CC_API_BASE_URL, CC_TOKEN_URL
+from airflow_provider_ciexport.core.variables import get_variable, set_variable
 from airflow_provider_ciexport.exceptions import (
     DestinationApiError,
     DestinationAuthError,
     DestinationQuotaError,
     ExportConfigurationError,
 )
-from airflow_provider_ciexport.export.contacts import ContactSchema
-from airflow_provider_ciexport.export.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.hooks.base import (
     HeaderAuth,
     ImportEncoder,
@@ -47,11 +50,8 @@ from airflow_provider_ciexport.hooks.constantcontact_oauth import (
     refresh_grant,
     request_token,
 )
-from airflow_provider_ciexport.redaction import looks_like_a_header
-from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL
-from airflow_provider_ciexport.variables import get_variable, set_variable
 
-AUTH_COMMAND = "python -m airflow_provider_ciexport.constantcontact_auth"
+AUTH_COMMAND = "python -m airflow_provider_ciexport.tools.constantcontact_auth"
 # Refresh a little before the expiry the server announced, so a token never dies mid-request.
 _EXPIRY_MARGIN_S = 60.0
 _ROTATION_RETRIES = 3
@@ -229,7 +229,7 @@ class ConstantContactHook(SegmentApiHook):
     """Talks to the Constant Contact V3 API with a ``constantcontact`` connection.
 
     The connection's login is the app's client id (API key), its password the client secret, and the
-    extra ``refresh_token`` the token from the first authorization (see :mod:`constantcontact_auth`).
+    extra ``refresh_token`` the token from the first authorization (see :mod:`airflow_provider_ciexport.tools.constantcontact_auth`).
     Optional extras: ``api_base_url`` and ``oauth_url`` (the token endpoint; formerly ``token_url``, still
     read), both to point at the sandbox, and
     ``requests_per_second`` (default 4). Access tokens are fetched when missing, about to expire, or

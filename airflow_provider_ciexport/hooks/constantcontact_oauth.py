@@ -1,7 +1,7 @@
 """Constant Contact's OAuth2 token endpoint: the token request and how its answers read.
 
 Shared by :class:`~airflow_provider_ciexport.hooks.constantcontact.ConstantContactHook` (refresh grant)
-and the authorization command :mod:`airflow_provider_ciexport.constantcontact_auth` (authorization code
+and the authorization command :mod:`airflow_provider_ciexport.tools.constantcontact_auth` (authorization code
 and device grants). Nothing here imports Airflow, so the command starts at once.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import requests
 
-from airflow_provider_ciexport.redaction import as_key, request_values, scrub
-from airflow_provider_ciexport.urls import redirect_target
+from airflow_provider_ciexport.core.redaction import as_key, request_values, scrub
+from airflow_provider_ciexport.core.urls import redirect_target
 
 #: The scopes the provider needs; without ``offline_access`` Constant Contact issues no refresh token.
 SCOPES = "contact_data offline_access"

@@ -7,9 +7,9 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_ciexport.destinations.activecampaign import ActiveCampaignDestination
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
-from airflow_provider_ciexport.hooks.activecampaign_destination import ActiveCampaignDestination
 from airflow_provider_ciexport.links import ActiveCampaignListLink, activecampaign_list_url
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, XComArg
 
 from airflow_provider_ciexport.asset_events import add_report_to_outlet_events
+from airflow_provider_ciexport.core.variables import JsonVariable
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError, say_nothing_was_sent
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter, SyncSettings
 from airflow_provider_ciexport.export.sources import DEFAULT_MAX_LINE_LENGTH, SegmentSource, make_source
 from airflow_provider_ciexport.export.state import check_state_path
+from airflow_provider_ciexport.export.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
-from airflow_provider_ciexport.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
-from airflow_provider_ciexport.variables import JsonVariable
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage

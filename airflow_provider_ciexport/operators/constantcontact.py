@@ -6,9 +6,9 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_ciexport.destinations.constantcontact import ConstantContactDestination
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
-from airflow_provider_ciexport.hooks.constantcontact_destination import ConstantContactDestination
 from airflow_provider_ciexport.links import ConstantContactListLink, constantcontact_list_url
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 

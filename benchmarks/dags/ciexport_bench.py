@@ -26,7 +26,7 @@ from airflow.sdk import DAG, Param
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, AC_LISTS, CC_LIST_VIP, CC_LISTS
+from airflow_provider_ciexport.tools.sandbox.seed import AC_LIST_VIP, AC_LISTS, CC_LIST_VIP, CC_LISTS
 
 #: The segment: the first N rows of the generated table (N = 0 is the empty task).
 SEGMENT_SQL = "SELECT * FROM customer_profiles WHERE customer_id <= {{ params.profiles | int }}"

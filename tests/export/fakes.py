@@ -6,8 +6,8 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 
+from airflow_provider_ciexport.core.contacts import ContactSchema
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.contacts import ContactSchema
 from airflow_provider_ciexport.export.destination import Destination, JobResult
 
 

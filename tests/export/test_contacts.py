@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ciexport.exceptions import ExportConfigurationError
-from airflow_provider_ciexport.export.contacts import (
+from airflow_provider_ciexport.core.contacts import (
     ContactBuilder,
     ContactSchema,
     EmailSet,
     normalize_email,
     to_text,
 )
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
 
 AC = ContactSchema(
     destination="ActiveCampaign",

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_ciexport.core.contacts import EmailSet
+from airflow_provider_ciexport.destinations.constantcontact import named_refusals
 from airflow_provider_ciexport.export import claims
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.export.claims import ClaimJournal, part_uri
-from airflow_provider_ciexport.export.contacts import EmailSet
 from airflow_provider_ciexport.export.state import (
     MANAGED,
     REMOVED,
@@ -24,7 +25,6 @@ from airflow_provider_ciexport.export.state import (
     write_state,
 )
 from airflow_provider_ciexport.export.sync import NEW, Ledger, SegmentDiff
-from airflow_provider_ciexport.hooks.constantcontact_destination import named_refusals
 
 KEYS = StateKeys(["the workers' secret"], "a test")
 IDENTITY = StateIdentity.of("Constant Contact", "http://127.0.0.1 client x", ["l"], {"email": "email"})

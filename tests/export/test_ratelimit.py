@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ciexport.export import ratelimit
-from airflow_provider_ciexport.export.ratelimit import DECREASE, RateLimiter
-from airflow_provider_ciexport.sandbox.ratelimit import SlidingWindow
+from airflow_provider_ciexport.core import ratelimit
+from airflow_provider_ciexport.core.ratelimit import DECREASE, RateLimiter
+from airflow_provider_ciexport.tools.sandbox.ratelimit import SlidingWindow
 
 
 class FakeTime:
@@ -159,21 +159,6 @@ def test_a_call_woken_late_by_a_stall_takes_a_fresh_slot(
         limiter.acquire()
         starts.append(clock.time())
     assert all(b - a == pytest.approx(limiter.step) for a, b in itertools.pairwise(starts))
-
-
-def test_an_export_leaves_the_garbage_collector_as_it_found_it() -> None:
-    import gc
-
-    assert gc.get_freeze_count() == 0
-    with ratelimit.steady_collector():
-        frozen = gc.get_freeze_count()
-        assert frozen > 0  # the process's existing objects are out of the collections' way
-        with ratelimit.steady_collector():  # two exports in one process
-            pass
-        # The first export still runs, so its objects stay frozen (the count itself may drop: a frozen
-        # object is still freed when nothing refers to it any more).
-        assert gc.get_freeze_count() > 0
-    assert gc.get_freeze_count() == 0
 
 
 def test_a_pause_holds_back_the_calls_already_waiting_for_a_slot() -> None:

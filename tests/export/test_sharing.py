@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ciexport.export.sharing import AccountShare, share_variable_key
+from airflow_provider_ciexport.core.sharing import AccountShare, share_variable_key
 
 
 class MemoryStore:

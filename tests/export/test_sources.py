@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_ciexport.core.contacts import ContactBuilder, ContactSchema
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
-from airflow_provider_ciexport.export.contacts import ContactBuilder, ContactSchema
 from airflow_provider_ciexport.export.sources import (
     CsvSegmentSource,
     JsonLinesSegmentSource,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
-from airflow_provider_ciexport.export.contacts import EmailSet
 from airflow_provider_ciexport.export.state import (
     MANAGED,
     REMOVED,

@@ -16,9 +16,9 @@ from airflow_provider_ciexport.exceptions import (
 )
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.base import ImportStatus
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.recording import redact_credential
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.recording import redact_credential
 from tests.support import calls, set_connection
 
 
@@ -287,7 +287,7 @@ _WINDOW = [(1772452800.0, 1772453400.0)]
 def test_a_resubscribe_needs_the_destinations_record_to_show_the_exports_removal_last(
     record: dict[str, Any] | None, expected: bool
 ) -> None:
-    from airflow_provider_ciexport.hooks.activecampaign_destination import removed_by_export
+    from airflow_provider_ciexport.destinations.activecampaign import removed_by_export
 
     assert removed_by_export(record, _WINDOW) is expected
     assert removed_by_export(record, []) is False  # no removal run known: never

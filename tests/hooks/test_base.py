@@ -7,9 +7,9 @@ import pytest
 from airflow_provider_ciexport.exceptions import DestinationAuthError
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.recording import redact_credential
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.recording import redact_credential
 from tests.support import calls
 
 

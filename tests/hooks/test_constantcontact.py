@@ -21,10 +21,10 @@ from airflow_provider_ciexport.exceptions import (
 )
 from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.connections import cc_connection
-from airflow_provider_ciexport.sandbox.recording import redact_credential
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.connections import cc_connection
+from airflow_provider_ciexport.tools.sandbox.recording import redact_credential
 from tests.support import calls, set_connection
 
 VIP = seed.CC_LIST_VIP
@@ -123,7 +123,7 @@ def test_a_contact_export_is_read_whatever_its_headers_and_quoting(
 def sandbox_apart(tmp_path: Path) -> Iterator[str]:
     """A sandbox in a process of its own (its URL): memory traced here is then the hook's alone."""
     ready = tmp_path / "ready"
-    command = [sys.executable, "-m", "airflow_provider_ciexport.sandbox", "--port", "0", "--ready-file"]
+    command = [sys.executable, "-m", "airflow_provider_ciexport.tools.sandbox", "--port", "0", "--ready-file"]
     proc = subprocess.Popen([*command, str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

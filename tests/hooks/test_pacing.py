@@ -7,13 +7,13 @@ import time
 
 import pytest
 
+from airflow_provider_ciexport.core.sharing import share_variable_key
+from airflow_provider_ciexport.core.variables import JsonVariable
 from airflow_provider_ciexport.exceptions import DestinationThrottledError, ExportConfigurationError
-from airflow_provider_ciexport.export.sharing import share_variable_key
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.variables import JsonVariable
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.support import calls, set_connection
 
 IMPORT = "POST /api/3/import/bulk_import"

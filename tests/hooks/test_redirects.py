@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_ciexport.constantcontact_auth import AuthError, Endpoints, exchange_code
 from airflow_provider_ciexport.exceptions import DestinationApiError, ExportConfigurationError
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.server import SandboxServer
+from airflow_provider_ciexport.tools.constantcontact_auth import AuthError, Endpoints, exchange_code
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.server import SandboxServer
 from tests.support import ForeignHost, set_connection
 
 TOKEN_PATH = "/oauth2/default/v1/token"

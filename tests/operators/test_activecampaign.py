@@ -10,8 +10,8 @@ import pytest
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, ExportIncompleteError
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
 from tests.support import calls, posts
 

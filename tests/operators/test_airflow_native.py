@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox import SandboxServer, seed
+from airflow_provider_ciexport.tools.sandbox import SandboxServer, seed
 from tests.support import set_connection
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from airflow_provider_ciexport.exceptions import (
     ExportIncompleteError,
 )
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
 from tests.support import calls, posts, set_connection
 

@@ -15,8 +15,8 @@ from airflow.utils.session import create_session
 from airflow.utils.state import DagRunState
 
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
 from tests.support import posts, set_connection
 

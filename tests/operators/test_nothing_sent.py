@@ -11,9 +11,9 @@ import pytest
 from airflow_provider_ciexport.exceptions import CiExportError
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.server import SandboxServer
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.server import SandboxServer
 from tests.support import posts, set_connection
 
 CC_VIP = "22222222-2222-4222-8222-222222222222"

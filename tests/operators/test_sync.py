@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_ciexport.destinations.activecampaign import ActiveCampaignDestination
+from airflow_provider_ciexport.destinations.constantcontact import ConstantContactDestination
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.state import MANAGED, REMOVED, StateBusyError, StateLease
 from airflow_provider_ciexport.export.sync import RemovalLimitError
-from airflow_provider_ciexport.hooks.activecampaign_destination import ActiveCampaignDestination
-from airflow_provider_ciexport.hooks.constantcontact_destination import ConstantContactDestination
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
-from airflow_provider_ciexport.sandbox import seed
-from airflow_provider_ciexport.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.export.forgery import forge_flags, format_1_state
 from tests.support import posts, set_connection
 
@@ -481,9 +481,9 @@ def test_a_mirror_export_killed_mid_way_and_retried_keeps_what_it_added(
 ) -> None:
     """The first try dies after six imports, before it could write a state (as under SIGKILL); the
     retry must not take what that try added for members that were there before the export."""
+    from airflow_provider_ciexport.destinations.activecampaign import ActiveCampaignDestination
+    from airflow_provider_ciexport.destinations.constantcontact import ConstantContactDestination
     from airflow_provider_ciexport.export import engine
-    from airflow_provider_ciexport.hooks.activecampaign_destination import ActiveCampaignDestination
-    from airflow_provider_ciexport.hooks.constantcontact_destination import ConstantContactDestination
 
     sandbox.configure(rate_scale=5)
     cls: Any

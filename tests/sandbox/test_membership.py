@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_ciexport.sandbox import SandboxServer
-from airflow_provider_ciexport.sandbox.seed import (
+from airflow_provider_ciexport.tools.sandbox import SandboxServer
+from airflow_provider_ciexport.tools.sandbox.seed import (
     AC_LIST_NEWSLETTER,
     AC_LIST_VIP,
     CC_LIST_NEWSLETTER,

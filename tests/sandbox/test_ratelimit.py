@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from airflow_provider_ciexport.sandbox import SEED, SandboxConfig, SandboxServer
-from airflow_provider_ciexport.sandbox.config import ConfigError
-from airflow_provider_ciexport.sandbox.ratelimit import SlidingWindow
+from airflow_provider_ciexport.tools.sandbox import SEED, SandboxConfig, SandboxServer
+from airflow_provider_ciexport.tools.sandbox.config import ConfigError
+from airflow_provider_ciexport.tools.sandbox.ratelimit import SlidingWindow
 
 
 def admit(window: SlidingWindow, now: float) -> bool:

@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from airflow_provider_ciexport.sandbox import SEED, SandboxClient, SandboxConfig, SandboxServer
-from airflow_provider_ciexport.sandbox.emails import is_valid_ac_email, is_valid_cc_email
-from airflow_provider_ciexport.sandbox.recording import redact_credential
-from airflow_provider_ciexport.sandbox.seed import (
+from airflow_provider_ciexport.tools.sandbox import SEED, SandboxClient, SandboxConfig, SandboxServer
+from airflow_provider_ciexport.tools.sandbox.emails import is_valid_ac_email, is_valid_cc_email
+from airflow_provider_ciexport.tools.sandbox.recording import redact_credential
+from airflow_provider_ciexport.tools.sandbox.seed import (
     AC_LIST_NEWSLETTER,
     AC_LIST_VIP,
     CC_LIST_NEWSLETTER,
@@ -1281,7 +1281,7 @@ def test_command_line_writes_ready_file(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "airflow_provider_ciexport.sandbox",
+            "airflow_provider_ciexport.tools.sandbox",
             "--port",
             "0",
             "--ready-file",

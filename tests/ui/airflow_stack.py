@@ -26,8 +26,8 @@ from typing import IO, Any
 import requests
 from cryptography.fernet import Fernet
 
-from airflow_provider_ciexport.sandbox import SandboxServer
-from airflow_provider_ciexport.sandbox.profiles import generate_profiles
+from airflow_provider_ciexport.tools.sandbox import SandboxServer
+from airflow_provider_ciexport.tools.sandbox.profiles import generate_profiles
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"

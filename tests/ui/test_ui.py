@@ -27,7 +27,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from airflow_provider_ciexport.get_provider_info import get_provider_info
-from airflow_provider_ciexport.sandbox import seed
+from airflow_provider_ciexport.tools.sandbox import seed
 from tests.ui.airflow_stack import AirflowStack
 from tests.ui.conftest import screenshot
 

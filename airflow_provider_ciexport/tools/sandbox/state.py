@@ -6,13 +6,13 @@ import time
 from collections import deque
 from typing import Any
 
-from airflow_provider_ciexport.sandbox.ac_store import ACStore
-from airflow_provider_ciexport.sandbox.cc_store import CCStore
-from airflow_provider_ciexport.sandbox.config import SandboxConfig
-from airflow_provider_ciexport.sandbox.faults import FaultInjector
-from airflow_provider_ciexport.sandbox.oauth_store import OAuthStore
-from airflow_provider_ciexport.sandbox.ratelimit import SlidingWindow
-from airflow_provider_ciexport.sandbox.recording import Recorder
+from airflow_provider_ciexport.tools.sandbox.ac_store import ACStore
+from airflow_provider_ciexport.tools.sandbox.cc_store import CCStore
+from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.tools.sandbox.faults import FaultInjector
+from airflow_provider_ciexport.tools.sandbox.oauth_store import OAuthStore
+from airflow_provider_ciexport.tools.sandbox.ratelimit import SlidingWindow
+from airflow_provider_ciexport.tools.sandbox.recording import Recorder
 
 DAY_S = 86400.0
 

@@ -9,7 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from airflow_provider_ciexport.sandbox.seed import (
+from airflow_provider_ciexport.tools.sandbox.seed import (
     CC_CLIENT_ID,
     CC_CLIENT_SECRET,
     CC_REFRESH_TOKEN,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from airflow_provider_ciexport.sandbox import activecampaign, constantcontact, control, oauth
-from airflow_provider_ciexport.sandbox.config import SandboxConfig
-from airflow_provider_ciexport.sandbox.gate import SandboxGate
-from airflow_provider_ciexport.sandbox.state import SandboxState
+from airflow_provider_ciexport.tools.sandbox import activecampaign, constantcontact, control, oauth
+from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.tools.sandbox.gate import SandboxGate
+from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 
 def create_app(state: SandboxState | None = None, config: SandboxConfig | None = None) -> SandboxGate:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_provider_ciexport.sandbox.config import SandboxConfig
-from airflow_provider_ciexport.sandbox.emails import is_valid_cc_email
-from airflow_provider_ciexport.sandbox.packing import Packer
-from airflow_provider_ciexport.sandbox.recording import Recorder
-from airflow_provider_ciexport.sandbox.seed import CC_CUSTOM_FIELDS, CC_LISTS, CCFieldSeed
+from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.tools.sandbox.emails import is_valid_cc_email
+from airflow_provider_ciexport.tools.sandbox.packing import Packer
+from airflow_provider_ciexport.tools.sandbox.recording import Recorder
+from airflow_provider_ciexport.tools.sandbox.seed import CC_CUSTOM_FIELDS, CC_LISTS, CCFieldSeed
 
 MAX_IMPORT_CONTACTS = 40_000  # the import must have fewer
 MAX_IMPORT_BODY_BYTES = 4_000_000  # beyond this the body is silently cut

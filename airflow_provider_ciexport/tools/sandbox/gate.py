@@ -10,11 +10,11 @@ from typing import Any
 from starlette.responses import Response
 from starlette.routing import Match, Router
 
-from airflow_provider_ciexport.sandbox import errors
-from airflow_provider_ciexport.sandbox.config import SandboxConfig
-from airflow_provider_ciexport.sandbox.faults import JOB_KINDS, FaultRule
-from airflow_provider_ciexport.sandbox.seed import AC_API_KEY
-from airflow_provider_ciexport.sandbox.state import SandboxState
+from airflow_provider_ciexport.tools.sandbox import errors
+from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.tools.sandbox.faults import JOB_KINDS, FaultRule
+from airflow_provider_ciexport.tools.sandbox.seed import AC_API_KEY
+from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

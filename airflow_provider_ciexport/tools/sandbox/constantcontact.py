@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from airflow_provider_ciexport.sandbox import errors
-from airflow_provider_ciexport.sandbox.cc_store import (
+from airflow_provider_ciexport.tools.sandbox import errors
+from airflow_provider_ciexport.tools.sandbox.cc_store import (
     EXPORT_FIELDS,
     EXPORT_STATUSES,
     MAX_IMPORT_BODY_BYTES,
@@ -24,8 +24,8 @@ from airflow_provider_ciexport.sandbox.cc_store import (
     contact_num_of,
     count_rows_within,
 )
-from airflow_provider_ciexport.sandbox.gate import JOB_FAULT_KEY
-from airflow_provider_ciexport.sandbox.state import SandboxState
+from airflow_provider_ciexport.tools.sandbox.gate import JOB_FAULT_KEY
+from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 VALIDATION = "contacts.api.validation.error"
 

@@ -1,7 +1,7 @@
 """Client-side pacing that learns: shared by everything in a process that talks to one account.
 
 A :class:`RateLimiter` spaces calls evenly at the account's documented rate, on slots of a grid of
-the wall clock. Exports sharing the account (see :mod:`~airflow_provider_ciexport.export.sharing`:
+the wall clock. Exports sharing the account (see :mod:`~airflow_provider_ciexport.core.sharing`:
 in other processes, on other workers) take turns on that grid, and each uses its slots as far as a
 factor it learns from the API's answers allows: after repeated refusals it slows down, then creeps
 back up towards the documented rate (additive increase, multiplicative decrease, as TCP does), so a
@@ -10,13 +10,11 @@ budget shared with unknown other apps settles instead of storming.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 
 # Servers count requests by arrival, so network jitter can squeeze an exact schedule into an
 # occasional 429. Headroom is a share of the window: 2% of a minute is over a second of tolerance,
@@ -234,31 +232,3 @@ def shared_limiter(
         if limiter is None or (limiter.rate, limiter.per) != (rate, per):
             limiter = _registry[key] = RateLimiter(rate, per, headroom, shared_rate)
         return limiter
-
-
-_frozen = 0
-_frozen_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def steady_collector() -> Iterator[None]:
-    """Keep the garbage collector's full collections short while an export runs.
-
-    A task process holds Airflow's own objects, hundreds of thousands of them, and every full
-    collection walks them all with every thread stopped: 300-400 ms, once a minute or so, during which
-    no call goes out on time. Objects that exist when the export starts live as long as the process
-    anyway, so they are frozen out of collections (as Airflow's own executors freeze theirs) until the
-    last export of the process ends.
-    """
-    global _frozen
-    with _frozen_lock:
-        if _frozen == 0:
-            gc.freeze()
-        _frozen += 1
-    try:
-        yield
-    finally:
-        with _frozen_lock:
-            _frozen -= 1
-            if _frozen == 0:
-                gc.unfreeze()

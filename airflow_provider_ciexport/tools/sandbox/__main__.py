@@ -1,4 +1,4 @@
-"""``python -m airflow_provider_ciexport.sandbox``: run the sandbox in the foreground."""
+"""``python -m airflow_provider_ciexport.tools.sandbox``: run the sandbox in the foreground."""
 
 from __future__ import annotations
 
@@ -12,21 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from airflow_provider_ciexport.sandbox.config import ConfigError, SandboxConfig
-from airflow_provider_ciexport.sandbox.connections import (
+from airflow_provider_ciexport.tools.sandbox.config import ConfigError, SandboxConfig
+from airflow_provider_ciexport.tools.sandbox.connections import (
     AC_CONN_ID,
     CC_CONN_ID,
     ac_connection,
     cc_connection,
     connection_env,
 )
-from airflow_provider_ciexport.sandbox.server import PortUnavailableError, SandboxServer
+from airflow_provider_ciexport.tools.sandbox.server import PortUnavailableError, SandboxServer
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_ciexport.sandbox",
+        prog="python -m airflow_provider_ciexport.tools.sandbox",
         description="Local fake of the ActiveCampaign and Constant Contact APIs.",
     )
     parser.add_argument("--port", type=int, default=8025, help="port on 127.0.0.1 (0 = any free one)")

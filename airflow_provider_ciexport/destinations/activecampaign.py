@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from airflow_provider_ciexport.destinations.base import HookDestination
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.export.destination import JobResult
 from airflow_provider_ciexport.hooks.activecampaign import (
@@ -19,7 +20,6 @@ from airflow_provider_ciexport.hooks.activecampaign import (
     parse_list_ids,
 )
 from airflow_provider_ciexport.hooks.base import ImportStatus, encode_json
-from airflow_provider_ciexport.hooks.destination import HookDestination
 
 
 class ActiveCampaignDestination(HookDestination):

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from airflow_provider_ciexport.sandbox.seed import SEED
+from airflow_provider_ciexport.tools.sandbox.seed import SEED
 
 #: The connection ids the provider's operators use by default (and the example DAGs use).
 AC_CONN_ID = "activecampaign_default"

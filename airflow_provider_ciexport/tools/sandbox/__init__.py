@@ -6,7 +6,7 @@ One FastAPI app on 127.0.0.1 serves ActiveCampaign under ``/api/3``, Constant Co
 ``docs/api-notes.md``: limits, error shapes, job lifecycles, rate limits and quirks such as the
 silent 4 MB truncation of Constant Contact imports.
 
-Seeded state (see :mod:`airflow_provider_ciexport.sandbox.seed`): ActiveCampaign key
+Seeded state (see :mod:`airflow_provider_ciexport.tools.sandbox.seed`): ActiveCampaign key
 ``sandbox-ac-key``, lists 1 "Newsletter", 2 "VIP customers", 3 "Lapsed customers", fields 1
 ``LOYALTY_TIER``, 2 ``FAVORITE_STORE``, 3 ``CITY``; Constant Contact client
 ``sandbox-client-id``/``sandbox-client-secret``, refresh token ``sandbox-refresh-token``, lists
@@ -21,7 +21,7 @@ Usage::
         ...  # point connections at server.url, server.cc_api_base_url, server.cc_token_url
         server.client.stats()
 
-or ``python -m airflow_provider_ciexport.sandbox --port 8025``.
+or ``python -m airflow_provider_ciexport.tools.sandbox --port 8025``.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow_provider_ciexport.sandbox.client import SandboxClient
-    from airflow_provider_ciexport.sandbox.config import SandboxConfig
-    from airflow_provider_ciexport.sandbox.seed import SEED, Seed
-    from airflow_provider_ciexport.sandbox.server import SandboxServer
+    from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+    from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
+    from airflow_provider_ciexport.tools.sandbox.seed import SEED, Seed
+    from airflow_provider_ciexport.tools.sandbox.server import SandboxServer
 
 __all__ = ["SEED", "SandboxClient", "SandboxConfig", "SandboxServer", "Seed"]
 

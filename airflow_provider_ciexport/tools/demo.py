@@ -32,11 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from airflow_provider_ciexport.sandbox import SandboxServer
-from airflow_provider_ciexport.sandbox.connections import AC_CONN_ID, CC_CONN_ID, connection_env
-from airflow_provider_ciexport.sandbox.emails import is_valid_ac_email, is_valid_cc_email
-from airflow_provider_ciexport.sandbox.profiles import expected_segment_emails, generate_profiles, in_segment
-from airflow_provider_ciexport.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP, CC_LISTS, SEED
+from airflow_provider_ciexport.tools.sandbox import SandboxServer
+from airflow_provider_ciexport.tools.sandbox.connections import AC_CONN_ID, CC_CONN_ID, connection_env
+from airflow_provider_ciexport.tools.sandbox.emails import is_valid_ac_email, is_valid_cc_email
+from airflow_provider_ciexport.tools.sandbox.profiles import (
+    expected_segment_emails,
+    generate_profiles,
+    in_segment,
+)
+from airflow_provider_ciexport.tools.sandbox.seed import AC_LIST_VIP, CC_LIST_VIP, CC_LISTS, SEED
 
 DAG_ID = "ciexport_segment_export"
 EXPORT_TASKS = ("export_to_activecampaign", "export_to_constantcontact")
@@ -86,7 +90,7 @@ def mask_email(email: str) -> str:
 
 def find_example_dags() -> Path:
     """The repository's ``example_dags`` folder (next to the package, or in the current directory)."""
-    for candidate in (Path(__file__).resolve().parents[1] / "example_dags", Path.cwd() / "example_dags"):
+    for candidate in (Path(__file__).resolve().parents[2] / "example_dags", Path.cwd() / "example_dags"):
         if (candidate / f"{DAG_ID}.py").is_file():
             return candidate
     raise DemoError(
@@ -497,12 +501,12 @@ def run_demo(workdir: Path, profiles: int = PROFILE_COUNT, full: bool = False) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m airflow_provider_ciexport.demo``.
+    """Entry point of ``python -m airflow_provider_ciexport.tools.demo``.
 
     :param argv: the command line arguments (default: ``sys.argv[1:]``).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_ciexport.demo",
+        prog="python -m airflow_provider_ciexport.tools.demo",
         description="Run the example DAG twice against the local sandbox and say what each export did.",
     )
     parser.add_argument("--full", action="store_true", help="print every export's full report too")

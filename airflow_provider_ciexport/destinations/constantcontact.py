@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from airflow_provider_ciexport.destinations.base import HookDestination
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.export.destination import JobResult
 from airflow_provider_ciexport.hooks.base import ImportStatus
@@ -20,7 +21,6 @@ from airflow_provider_ciexport.hooks.constantcontact import (
     JsonImportEncoder,
     parse_list_ids,
 )
-from airflow_provider_ciexport.hooks.destination import HookDestination
 
 log = logging.getLogger(__name__)
 

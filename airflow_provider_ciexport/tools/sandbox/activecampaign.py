@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from airflow_provider_ciexport.sandbox import errors
-from airflow_provider_ciexport.sandbox.ac_store import (
+from airflow_provider_ciexport.tools.sandbox import errors
+from airflow_provider_ciexport.tools.sandbox.ac_store import (
     MAX_CONTACTS_PER_IMPORT,
     MAX_IMPORT_BODY_BYTES,
     ACContact,
 )
-from airflow_provider_ciexport.sandbox.gate import JOB_FAULT_KEY
-from airflow_provider_ciexport.sandbox.state import SandboxState
+from airflow_provider_ciexport.tools.sandbox.gate import JOB_FAULT_KEY
+from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20

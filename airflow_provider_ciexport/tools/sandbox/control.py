@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from airflow_provider_ciexport.sandbox.ac_store import UNSUBSCRIBED_BY
-from airflow_provider_ciexport.sandbox.config import ConfigError
-from airflow_provider_ciexport.sandbox.errors import json_response
-from airflow_provider_ciexport.sandbox.faults import FaultRuleError
-from airflow_provider_ciexport.sandbox.state import SandboxState
+from airflow_provider_ciexport.tools.sandbox.ac_store import UNSUBSCRIBED_BY
+from airflow_provider_ciexport.tools.sandbox.config import ConfigError
+from airflow_provider_ciexport.tools.sandbox.errors import json_response
+from airflow_provider_ciexport.tools.sandbox.faults import FaultRuleError
+from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 
 def _error(message: str, status: int = 400) -> Response:

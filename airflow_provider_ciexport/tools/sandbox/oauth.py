@@ -10,9 +10,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from airflow_provider_ciexport.sandbox import errors
-from airflow_provider_ciexport.sandbox.oauth_store import pkce_s256
-from airflow_provider_ciexport.sandbox.state import SandboxState
+from airflow_provider_ciexport.tools.sandbox import errors
+from airflow_provider_ciexport.tools.sandbox.oauth_store import pkce_s256
+from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 KNOWN_SCOPES = frozenset(
     {"contact_data", "offline_access", "campaign_data", "account_read", "account_update", "openid", "profile"}

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from airflow_provider_ciexport.export.ratelimit import RateLimiter
+from airflow_provider_ciexport.core.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

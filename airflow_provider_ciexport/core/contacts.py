@@ -12,8 +12,8 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+from airflow_provider_ciexport.core.redaction import looks_like_a_header
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
-from airflow_provider_ciexport.redaction import looks_like_a_header
 
 #: RFC 5321 limit on a whole address, also PHP's ``FILTER_VALIDATE_EMAIL`` limit.
 MAX_EMAIL_LENGTH = 254

@@ -15,7 +15,7 @@ fictional 555-01xx range, so nothing here is anyone's personal data.
 
 Command line::
 
-    python -m airflow_provider_ciexport.sandbox.profiles profiles.db --count 1000000 --refresh-segments
+    python -m airflow_provider_ciexport.tools.sandbox.profiles profiles.db --count 1000000 --refresh-segments
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_ciexport.sandbox.emails import is_valid_ac_email, is_valid_cc_email
+from airflow_provider_ciexport.tools.sandbox.emails import is_valid_ac_email, is_valid_cc_email
 
 TABLE = "customer_profiles"
 
@@ -484,7 +484,7 @@ def expected_segment_emails(db_path: str | Path, segment: str) -> set[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point: generate profiles into a SQLite file."""
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_ciexport.sandbox.profiles",
+        prog="python -m airflow_provider_ciexport.tools.sandbox.profiles",
         description="Write deterministic customer profiles to a SQLite file (table customer_profiles).",
     )
     parser.add_argument("path", type=Path, help="SQLite file to create or update")

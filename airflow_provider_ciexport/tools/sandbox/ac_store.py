@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow_provider_ciexport.sandbox.config import SandboxConfig
-from airflow_provider_ciexport.sandbox.emails import is_valid_ac_email
-from airflow_provider_ciexport.sandbox.packing import Packer
-from airflow_provider_ciexport.sandbox.recording import Recorder
-from airflow_provider_ciexport.sandbox.seed import AC_FIELDS, AC_LISTS, ACFieldSeed
+from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.tools.sandbox.emails import is_valid_ac_email
+from airflow_provider_ciexport.tools.sandbox.packing import Packer
+from airflow_provider_ciexport.tools.sandbox.recording import Recorder
+from airflow_provider_ciexport.tools.sandbox.seed import AC_FIELDS, AC_LISTS, ACFieldSeed
 
 MAX_CONTACTS_PER_IMPORT = 250
 MAX_IMPORT_BODY_BYTES = 400_000  # the body must be strictly smaller

@@ -11,11 +11,11 @@ from typing import Any
 
 import uvicorn
 
-from airflow_provider_ciexport.sandbox import connections
-from airflow_provider_ciexport.sandbox.app import create_app
-from airflow_provider_ciexport.sandbox.client import SandboxClient
-from airflow_provider_ciexport.sandbox.config import SandboxConfig
-from airflow_provider_ciexport.sandbox.state import SandboxState
+from airflow_provider_ciexport.tools.sandbox import connections
+from airflow_provider_ciexport.tools.sandbox.app import create_app
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
+from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
+from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 log = logging.getLogger(__name__)
 

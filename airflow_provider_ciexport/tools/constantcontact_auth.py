@@ -1,6 +1,6 @@
 """Get the refresh token a ``constantcontact`` Airflow connection needs, without writing code.
 
-Run ``python -m airflow_provider_ciexport.constantcontact_auth --client-id <API key>`` and follow the
+Run ``python -m airflow_provider_ciexport.tools.constantcontact_auth --client-id <API key>`` and follow the
 instructions. Two OAuth2 flows are offered, both asking for the scopes ``contact_data offline_access``
 (without ``offline_access`` Constant Contact silently issues no refresh token):
 
@@ -49,6 +49,12 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import requests
 
+from airflow_provider_ciexport.core.urls import (
+    CC_API_BASE_URL,
+    CC_TOKEN_URL,
+    base_url_problem,
+    redirect_target,
+)
 from airflow_provider_ciexport.hooks.constantcontact_oauth import (
     SCOPES,
     TokenError,
@@ -56,9 +62,8 @@ from airflow_provider_ciexport.hooks.constantcontact_oauth import (
     json_body,
     request_token,
 )
-from airflow_provider_ciexport.urls import CC_API_BASE_URL, CC_TOKEN_URL, base_url_problem, redirect_target
 
-PROG = "python -m airflow_provider_ciexport.constantcontact_auth"
+PROG = "python -m airflow_provider_ciexport.tools.constantcontact_auth"
 DEFAULT_AUTHORIZE_URL = "https://authz.constantcontact.com/oauth2/default/v1/authorize"
 DEFAULT_DEVICE_URL = "https://authz.constantcontact.com/oauth2/default/v1/device/authorize"
 DEFAULT_PORT = 8765
