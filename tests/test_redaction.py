@@ -32,8 +32,22 @@ def test_scrub_finds_one_word_of_a_value_of_several() -> None:
 
 
 def test_scrub_shortens_and_keeps_one_line() -> None:
-    shown = scrub("line one\nline two " + "x" * 1000)
-    assert "\n" not in shown and len(shown) == 300
+    shown = scrub("line one\nline two " + "word " * 200)
+    assert "\n" not in shown and 290 <= len(shown) <= 300 and shown.endswith("word")
+
+
+def test_a_value_cut_by_the_shortening_shows_no_part_of_itself() -> None:
+    # A carried value that straddles where the text is cut: what is left of it is no longer the value
+    # (so it cannot be recognised) and must not be shown either.
+    for filler in range(560, 620):
+        text = "x" * filler + " Zebulon-Marchetti is on the list"
+        assert "Zebulon" not in scrub(text, ["Zebulon-Marchetti"]), filler
+    # Values replaced by shorter markers bring the cut within what is shown: it still is not shown.
+    value = "Lee-Smith-Lee-Smith-Lee-Smith"
+    for filler in range(10, 35):
+        text = "x" * filler + " " + f"{value} " * 19 + "Zebulon-Marchetti is on the list"
+        shown = scrub(text, [value, "Zebulon-Marchetti"])
+        assert "<value>" in shown and "Zeb" not in shown and "Lee" not in shown, filler
 
 
 def _prepared(**kwargs: object) -> requests.PreparedRequest:

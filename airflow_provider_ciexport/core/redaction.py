@@ -16,8 +16,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-#: How much of one vendor text is looked at (and at most shown).
+#: How much of one vendor text is shown at most.
 MAX_TEXT = 300
+#: How much of one vendor text is looked at: values are matched here, before the text is shortened.
+_WINDOW = MAX_TEXT * 2
 #: The longest stretch of text compared with the values a request carried.
 _MAX_VALUE = 120
 
@@ -48,7 +50,7 @@ def scrub(text: str, carried: Iterable[str] = ()) -> str:
 def scrub_many(texts: Sequence[str], carried: Iterable[str] = ()) -> list[str]:
     """:func:`scrub` for several texts, reading ``carried`` (maybe a 4 MB import's values) once."""
     prepared = [
-        _NUMBERISH.sub(_long_number, _EMAIL.sub("<email>", " ".join(str(t).split())[: MAX_TEXT * 2]))
+        _NUMBERISH.sub(_long_number, _EMAIL.sub("<email>", shorten(" ".join(str(t).split()), _WINDOW)))
         for t in texts
     ]
     # Every stretch of a text that starts and ends at a token or word boundary is a candidate; the
@@ -84,8 +86,19 @@ def scrub_many(texts: Sequence[str], carried: Iterable[str] = ()) -> list[str]:
                 parts += [text[position:start], "<value>"]
                 position = end
         parts.append(text[position:])
-        shown.append("".join(parts)[:MAX_TEXT])
+        shown.append(shorten("".join(parts), MAX_TEXT))
     return shown
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, without the token the cut would go through.
+
+    A value cut in two is no longer the value the request carried, so it would not be recognised;
+    the part before the cut is left out instead of shown.
+    """
+    if len(text) <= limit:
+        return text
+    return text[: limit + 1].rpartition(" ")[0].rstrip()
 
 
 def _long_number(match: re.Match[str]) -> str:
@@ -203,7 +216,7 @@ def vendor_error_text(payload: Any, carried: Iterable[str] = ()) -> str:
         for (prefix, text, is_key), scrubbed in zip(entries, shown, strict=True)
         if scrubbed and (not is_key or scrubbed == text)  # a key that is a value is not shown at all
     ]
-    return "; ".join(dict.fromkeys(texts))[:MAX_TEXT] or "no details"
+    return shorten("; ".join(dict.fromkeys(texts)), MAX_TEXT) or "no details"
 
 
 #: What the class (first two characters) of an SQLSTATE means (ISO/IEC 9075, used by PostgreSQL,
