@@ -393,6 +393,11 @@ class ConstantContactHook(SegmentApiHook):
                 return None
             raise self._token_error(refusal) from None
 
+    def _is_api_url(self, url: str) -> bool:
+        # The token endpoint may lie under the API's base URL (a gateway): it must never get the bearer
+        # auth, which would wait for the token lock that the refresh sending it already holds.
+        return url.split("?", 1)[0] != self.token_url and super()._is_api_url(url)
+
     def _address_setting(self, url: str) -> str:
         if url.startswith(self.token_url):
             return (

@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -344,6 +345,26 @@ def test_the_token_url_extra_of_older_connections_still_works(
     fields["extra"]["token_url"] = fields["extra"].pop("oauth_url")
     conn = set_connection(monkeypatch, "cc_old_extra", **fields)
     assert ConstantContactHook(conn).get_list(VIP)["name"] == "VIP customers"
+
+
+def test_a_token_endpoint_under_the_api_base_url_gets_no_bearer_token(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server
+) -> None:
+    """A gateway (or the sandbox's root) as ``api_base_url``, with the token endpoint below it.
+
+    The token request used to get the API's bearer auth, whose callback waits for the token lock the
+    refresh already holds: the first refresh hung for ever.
+    """
+    fields = sandbox_server.cc_connection()
+    fields["extra"]["api_base_url"] = sandbox_server.url
+    conn = set_connection(monkeypatch, "cc_gateway", **fields)
+    hook = ConstantContactHook(conn)
+    got: list[str] = []
+    refresh = threading.Thread(target=lambda: got.append(hook.get_access_token()), daemon=True)
+    refresh.start()
+    refresh.join(60)
+    assert not refresh.is_alive(), "the token refresh waited on itself"
+    assert got and got[0]
 
 
 def test_a_variable_named_after_the_connection_id_is_not_read(
