@@ -26,7 +26,7 @@ from airflow_provider_ciexport.core.contacts import ContactBuilder, ContactSchem
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.core.redaction import request_values, vendor_error_text
 from airflow_provider_ciexport.core.sharing import account_lease, share_variable_key
-from airflow_provider_ciexport.core.urls import base_url_problem, redirect_target
+from airflow_provider_ciexport.core.urls import base_url_problem, is_loopback, redirect_target
 from airflow_provider_ciexport.exceptions import (
     DestinationApiError,
     DestinationThrottledError,
@@ -437,7 +437,19 @@ class SegmentApiHook(HttpHook):
     @cached_property
     def api_base_url(self) -> str:
         """The validated base URL of the API (read from the connection once)."""
-        return self._resolve_base_url()
+        url = self._resolve_base_url()
+        host = urlsplit(url).hostname
+        if host and is_loopback(host):
+            # Said once per hook (an export has one): a production DAG pointed at the sandbox by
+            # mistake would otherwise succeed with no word that nothing reached the vendor.
+            self.log.warning(
+                "%s points at %s on this machine: a local sandbox, not %s. Nothing sent here reaches a "
+                "real list.",
+                self.conn_label[:1].upper() + self.conn_label[1:],
+                urlsplit(url).netloc,
+                self.hook_name,
+            )
+        return url
 
     def url_from_endpoint(self, endpoint: str | None) -> str:
         """Join the API base URL and ``endpoint``."""

@@ -108,3 +108,32 @@ def test_an_address_read_two_ways_is_refused_naming_the_field(url: str, what: st
     with pytest.raises(ExportConfigurationError, match=f"The {what} of connection 'cc' contains") as err:
         check_base_url(url, what, "cc")
     assert "Nothing was sent" in str(err.value)
+
+
+def test_a_connection_to_a_loopback_sandbox_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A production DAG pointed at the sandbox by mistake would otherwise succeed with no word.
+    from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
+    from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
+    from airflow_provider_ciexport.tools.sandbox.connections import ac_connection, cc_connection
+    from tests.support import set_connection
+
+    hooks = [
+        ActiveCampaignHook(set_connection(monkeypatch, "ac_local", **ac_connection("http://127.0.0.1:8025"))),
+        ConstantContactHook(
+            set_connection(monkeypatch, "cc_local", **cc_connection("http://localhost:8025"))
+        ),
+    ]
+    capfd.readouterr()
+    for hook in hooks:
+        assert hook.api_base_url == hook.api_base_url
+    said = [line for line in "".join(capfd.readouterr()).splitlines() if "local sandbox" in line]
+    assert len(said) == 2
+    assert "Connection 'ac_local' points at 127.0.0.1:8025" in said[0] and "not ActiveCampaign" in said[0]
+    assert "localhost:8025" in said[1] and "not Constant Contact" in said[1]
+    real = set_connection(
+        monkeypatch, "ac_real", conn_type="activecampaign", host="https://acct.api-us1.com", password="k"
+    )
+    ActiveCampaignHook(real).api_base_url  # noqa: B018
+    assert "local sandbox" not in "".join(capfd.readouterr())

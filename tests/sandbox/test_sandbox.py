@@ -1336,3 +1336,38 @@ def test_cc_error_bodies_come_in_the_configured_shape(sb: SandboxServer, shape: 
         error = body if as_object else body[0]
         assert error["error_key"] == key and error["error_message"], (key, body)
     assert answers["quota_exceeded"].status_code == answers["throttled"].status_code == 429
+
+
+# -- what a web page may send --------------------------------------------------------------------
+
+
+def test_a_request_for_another_host_name_is_refused(sb: SandboxServer) -> None:
+    # DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example.
+    for path in ("/_sandbox/config", f"/_sandbox/ac/lists/{AC_LIST_VIP}/contacts", "/api/3/lists"):
+        r = requests.get(f"{sb.url}{path}", headers={"Host": "evil.example:8025", **AC_H}, timeout=TIMEOUT)
+        assert r.status_code == 403 and "loopback" in r.json()["error"], path
+    r = requests.post(
+        f"{sb.url}/_sandbox/reset",
+        headers={"Host": "evil.example"},
+        json={"latency_s": 0.25},
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 403 and ctl(sb).config()["latency_s"] != 0.25
+    for host in ("127.0.0.1", "localhost:1", "[::1]:8025", "127.0.0.2"):
+        r = requests.get(f"{sb.url}/_sandbox/health", headers={"Host": host}, timeout=TIMEOUT)
+        assert r.status_code == 200, host
+
+
+def test_a_control_call_without_a_json_body_is_refused(sb: SandboxServer) -> None:
+    # What a cross-site form or a text/plain fetch can send without a CORS preflight.
+    ctl(sb).add_fault(api="cc", kind="drop", times=1)
+    for headers, body in (
+        ({"Content-Type": "text/plain"}, '{"latency_s": 0.25}'),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, "latency_s=0.25"),
+        ({}, ""),
+    ):
+        r = requests.post(f"{sb.url}/_sandbox/reset", headers=headers, data=body, timeout=TIMEOUT)
+        assert r.status_code == 415 and "application/json" in r.json()["error"], headers
+    assert ctl(sb).config()["latency_s"] != 0.25 and ctl(sb).faults()
+    r = requests.post(f"{sb.url}/_sandbox/reset", json={}, timeout=TIMEOUT)
+    assert r.status_code == 200 and ctl(sb).faults() == []

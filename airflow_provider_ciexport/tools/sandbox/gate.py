@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.responses import Response
 from starlette.routing import Match, Router
 
+from airflow_provider_ciexport.core.urls import is_loopback
 from airflow_provider_ciexport.tools.sandbox import errors
 from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
 from airflow_provider_ciexport.tools.sandbox.faults import JOB_KINDS, FaultRule
@@ -47,6 +49,33 @@ def classify(path: str) -> str:
     return "other"
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for raw_name, raw_value in scope["headers"]:
+        if raw_name.lower() == name:
+            return str(raw_value.decode("latin-1"))
+    return None
+
+
+def _foreign_request(scope: Scope) -> tuple[int, str] | None:
+    """``(status, why)`` for a request a web page may have made, else ``None``.
+
+    The control API has no credentials, so what a browser can send must be refused: a request
+    whose ``Host`` is not a loopback name (a DNS-rebinding page) and a control call whose body is not
+    declared JSON (a form or a ``text/plain`` post needs no CORS preflight).
+    """
+    host = _header(scope, b"host")
+    if host is not None and not is_loopback(urlsplit(f"//{host}").hostname or ""):
+        return (
+            403,
+            "the sandbox answers only requests addressed to a loopback host (127.0.0.1, localhost, [::1])",
+        )
+    if classify(scope["path"]) == "control" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return 415, "control calls take a JSON body (Content-Type: application/json), even an empty {}"
+    return None
+
+
 class SandboxGate:
     """Wraps the FastAPI app; the control API passes straight through."""
 
@@ -56,6 +85,10 @@ class SandboxGate:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = _foreign_request(scope) if scope["type"] == "http" else None
+        if refusal is not None:
+            await errors.json_response({"error": refusal[1]}, refusal[0])(scope, receive, send)
+            return
         if scope["type"] != "http" or classify(scope["path"]) == "control":
             await self.app(scope, receive, send)
             return
