@@ -132,3 +132,20 @@ def test_a_failing_lineage_builder_never_fails_the_task(caplog: pytest.LogCaptur
 
     assert lineage_or_none(broken) is None
     assert "Could not build the OpenLineage lineage" in caplog.text
+
+
+def test_full_task_info_carries_no_row_of_a_literal_records_list() -> None:
+    # [openlineage] include_full_task_info writes every attribute of the operator into the event.
+    from airflow.providers.openlineage.utils.utils import TaskInfoComplete
+    from openlineage.client.serde import Serde
+
+    from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
+
+    rows = [{"email": "zebulon@example.com", "first_name": "Zebulon"}]
+    op = ActiveCampaignSegmentExportOperator(
+        task_id="export", list_id=2, records=rows, field_mapping={"email": "email"}
+    )
+    assert op.records is rows
+    text = Serde.to_json(TaskInfoComplete(op))
+    assert "task_id" in text and "export" in text
+    assert "zebulon" not in text.lower()

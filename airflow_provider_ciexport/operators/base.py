@@ -36,6 +36,22 @@ def _as_bool(value: Any, name: str) -> bool:
     return bool(value)
 
 
+class _HeldRecords:
+    """The ``records`` parameter, out of sight of what serializes an operator's attributes.
+
+    OpenLineage's opt-in ``include_full_task_info`` writes every attribute of the operator into the
+    lineage event, a list as its full text: a literal list of profiles would leave with it.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<records>"
+
+
 def progress_store(context: Context | Mapping[str, Any]) -> JsonVariable | None:
     """The Variable where this task instance keeps its export's progress across tries.
 
@@ -174,6 +190,15 @@ class BaseSegmentExportOperator(BaseOperator):
         self._report: dict[str, Any] | None = None
         #: The target list in the vendor's app, once known; the extra link shows it.
         self.list_url: str | None = None
+
+    @property
+    def records(self) -> Any:
+        """The ``records`` parameter, as given."""
+        return self._held_records.value
+
+    @records.setter
+    def records(self, value: Any) -> None:
+        self._held_records = _HeldRecords(value)
 
     def get_destination(self) -> Destination:
         """Build the destination for the (rendered) parameters; each operator provides it."""
