@@ -26,12 +26,11 @@ from airflow_provider_ciexport.hooks.base import (
     ImportEncoder,
     ImportStatus,
     SegmentApiHook,
-    Throttled,
     checked_contacts,
     encode_json,
     json_or_none,
-    parse_retry_after,
 )
+from airflow_provider_ciexport.hooks.retry import Throttled, parse_retry_after
 
 #: One bulk import takes at most 250 contacts, in a body under 400,000 bytes.
 MAX_IMPORT_CONTACTS = 250

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
 import random
 import re
@@ -32,16 +31,20 @@ from airflow_provider_ciexport.exceptions import (
     DestinationThrottledError,
     ExportConfigurationError,
 )
+from airflow_provider_ciexport.hooks.retry import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_THROTTLE_TIMEOUT_S,
+    CallRetries,
+    RetryableAnswer,
+    Throttled,
+    Unauthorized,
+    parse_retry_after,
+)
 
 #: Connect and read timeouts of every request, in seconds. Imports of several MB take a while to
 #: upload and to be acknowledged, so the read timeout is generous; a hung server still cannot stall a
 #: task forever.
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 120.0)
-DEFAULT_MAX_ATTEMPTS = 8
-MAX_BACKOFF_S = 60.0
-#: How long a call may go on being refused for the rate limit, with no answer getting through on this
-#: hook, before the task fails (connection extra ``throttle_timeout``, seconds).
-DEFAULT_THROTTLE_TIMEOUT_S = 900.0
 #: Longest wait between two tries of a throttled call when the API does not say how long to wait.
 MAX_THROTTLE_WAIT_S = 30.0
 
@@ -130,41 +133,6 @@ def check_base_url(url: str, what: str, conn_id: str | None) -> str:
     return url.strip().rstrip("/")
 
 
-class RetryableAnswer(Exception):
-    """An answer worth trying again (5xx, no answer): it uses up one of the call's attempts.
-
-    :param reason: what happened, without personal data.
-    :param retry_after: how long the server asked us to wait, in seconds, if it said.
-    """
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class Unauthorized(RetryableAnswer):
-    """A 401 again after the credentials were renewed: a fault worth retrying with a new renewal.
-
-    Tokens expiring under load, or a revocation racing another worker's refresh, make a freshly issued
-    token fail once in a while; only a 401 to every attempt of a call is a refusal of the credentials.
-
-    :param response: the 401 answer, for the destination's own error message once attempts run out.
-    """
-
-    def __init__(self, response: requests.Response) -> None:
-        super().__init__("HTTP 401 after a renewal of the credentials")
-        self.response = response
-
-
-class Throttled(RetryableAnswer):
-    """The API asked us to slow down (429, a rate-limit body): not a fault, no attempt is used up.
-
-    The call is sent again after the wait, for as long as the hook keeps getting other answers
-    through (see ``throttle_timeout``).
-    """
-
-
 class HeaderAuth(requests.auth.AuthBase):
     """Credentials carried by one header of every API request.
 
@@ -186,21 +154,6 @@ class HeaderAuth(requests.auth.AuthBase):
         :return: whether sending the request again may succeed (a static API key: never).
         """
         return False
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Read a ``Retry-After`` header given in seconds or as an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def checked_contacts(
@@ -580,123 +533,157 @@ class SegmentApiHook(HttpHook):
         """
         api = self._is_api_url(request.url or "")
         limiters = self._limiters(self._kind(request)) if api else ()
-        started = time.monotonic()
-        faults = throttles = unauthorized = 0
+        retries = CallRetries(self.max_attempts, self.throttle_timeout)
         while True:
             tickets = [limiter.acquire() for limiter in limiters]
-            prepared = request.copy()
-            if api:
-                self.api_auth(prepared)
-            with self._counter_lock:
-                self._requests += 1
             try:
-                try:
-                    response = transport(prepared)
-                except requests.exceptions.SSLError as exc:
-                    setting = self._address_setting(request.url or "")
-                    raise tls_failure(request.url or "", self.conn_label, setting, exc) from None
-                except (requests.ConnectionError, requests.Timeout) as exc:
-                    raise RetryableAnswer(f"no answer ({type(exc).__name__})") from None
-                status = response.status_code
-                if status not in allow_status:
-                    if api and status == 401 and self.api_auth.renew(prepared):
-                        # Expired or revoked credentials: renewed, and the call is sent again at once.
-                        # Refused again after a renewal, it is a fault (backoff, a new renewal) that
-                        # counts against max_attempts like a 5xx.
-                        unauthorized += 1
-                        if unauthorized > 1:
-                            raise Unauthorized(response)
-                        faults += 1
-                        continue
-                    if api:
-                        self._check_answer(response)
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    if status == 429:
-                        raise Throttled(f"HTTP {status}", retry_after)
-                    if status >= 500:
-                        raise RetryableAnswer(f"HTTP {status}", retry_after)
+                response = self._attempt(request, transport, api, allow_status, retries)
             except Throttled as answer:
-                throttles += 1
-                if self._slow_down(limiters, tickets, answer):
-                    self.log.info(
-                        "%s keeps refusing requests for its rate limit: the account's budget seems shared "
-                        "(another export or app). Pacing at %.0f%% of the documented rate for now; it "
-                        "creeps back up while requests get through.",
-                        self.destination,
-                        100 * min(limiter.factor for limiter in limiters),
-                    )
-                stalled = time.monotonic() - max(started, self._last_progress)
-                if stalled >= self.throttle_timeout:
-                    raise DestinationThrottledError(
-                        f"{self.destination} refused every request for its rate limit for "
-                        f"{stalled / 60:.0f} minutes, with nothing getting through (last: {answer.reason} to "
-                        f"{request.method} {self._path(request)}). Another app may be spending the account's "
-                        "whole budget. Retry the task later, or wait longer with the connection extra "
-                        f"'throttle_timeout' (seconds, now {self.throttle_timeout:g}).",
-                        status=429,
-                    ) from None
-                if throttles == 1 or throttles % 20 == 0:
-                    self.log.info(
-                        "%s asked to slow down (%s) for %s %s; waiting and sending it again "
-                        "(not counted as a failure; %d time(s) for this call).",
-                        self.destination,
-                        answer.reason,
-                        request.method,
-                        self._path(request),
-                        throttles,
-                    )
-                if not limiters:
-                    # Nothing paces a request outside the API (a token endpoint): wait here.
-                    time.sleep(answer.retry_after or 0.0)
+                self._wait_out_throttling(request, limiters, tickets, answer, retries)
                 continue
             except RetryableAnswer as answer:
-                faults += 1
-                if faults >= self.max_attempts:
-                    if isinstance(answer, Unauthorized) and unauthorized == faults:
-                        # 401 to every attempt, each with freshly renewed credentials: refused.
-                        self._check_answer(answer.response)
-                    host = urlsplit(request.url or "").netloc
-                    advice = (
-                        f"Check that {host} is the right address "
-                        f"({self._address_setting(request.url or '')}) and can be "
-                        "reached from here."
-                        if self.testing
-                        else "Check the service's status and retry the task."
-                    )
-                    raise DestinationApiError(
-                        f"{self.destination} at {host} kept failing for {request.method} {self._path(request)} "
-                        f"after {self.max_attempts} attempts (last: {answer.reason}). {advice}",
-                        status=None,
-                    ) from None
-                self.log.warning(
-                    "%s: %s, retrying (attempt %d of %d)",
-                    self.destination,
-                    answer.reason,
-                    faults + 1,
-                    self.max_attempts,
-                )
-                time.sleep(self._backoff(faults, answer.retry_after))
+                self._wait_after_fault(request, answer, retries)
                 continue
-            if api and 300 <= status < 400 and status not in allow_status:
-                target = redirect_target(request.url, response.headers.get("Location"))
-                raise DestinationApiError(
-                    f"{self.destination} answered HTTP {status} to {request.method} {self._path(request)}, "
-                    f"a redirect to {target}. Redirects are not followed, so the "
-                    f"credentials of {self.conn_label} go to its own address only: set its "
-                    f"{self._address_setting(request.url or '')} to the API's address itself.",
-                    status=status,
-                )
-            if api and status >= 400 and status not in allow_status:
-                raise DestinationApiError(
-                    f"{self.destination} answered HTTP {status} to {request.method} {self._path(request)}: "
-                    f"{self._error_text(response)}",
-                    status=status,
-                )
+            if response is None:
+                continue  # the credentials were renewed: sent again at once
+            if api and response.status_code not in allow_status:
+                self._raise_for_final_status(request, response)
             # An answer got through: the export is making progress and the pace may creep back up.
             self._last_progress = time.monotonic()
             for limiter in limiters:
                 limiter.succeeded()
             return response
+
+    def _attempt(
+        self,
+        request: requests.PreparedRequest,
+        transport: Callable[[requests.PreparedRequest], requests.Response],
+        api: bool,
+        allow_status: Collection[int],
+        retries: CallRetries,
+    ) -> requests.Response | None:
+        """Send ``request`` once: its answer, ``None`` to send it again at once, or a retryable answer.
+
+        :raises Throttled: the API asked to slow down.
+        :raises RetryableAnswer: a fault (5xx, no answer, a 401 after a renewal).
+        """
+        prepared = request.copy()
+        if api:
+            self.api_auth(prepared)
+        with self._counter_lock:
+            self._requests += 1
+        try:
+            response = transport(prepared)
+        except requests.exceptions.SSLError as exc:
+            setting = self._address_setting(request.url or "")
+            raise tls_failure(request.url or "", self.conn_label, setting, exc) from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise RetryableAnswer(f"no answer ({type(exc).__name__})") from None
+        status = response.status_code
+        if status in allow_status:
+            return response
+        if api and status == 401 and self.api_auth.renew(prepared):
+            # Expired or revoked credentials: renewed, and the call is sent again at once. Refused
+            # again after a renewal, it is a fault (backoff, a new renewal) like a 5xx.
+            retries.renewed(response)
+            return None
+        if api:
+            self._check_answer(response)
+        if status == 429:
+            raise Throttled(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+        if status >= 500:
+            raise RetryableAnswer(f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After")))
+        return response
+
+    def _wait_out_throttling(
+        self,
+        request: requests.PreparedRequest,
+        limiters: Sequence[RateLimiter],
+        tickets: Sequence[int],
+        answer: Throttled,
+        retries: CallRetries,
+    ) -> None:
+        """Slow down as the API asked, or fail once nothing has got through for ``throttle_timeout``."""
+        if self._slow_down(limiters, tickets, answer):
+            self.log.info(
+                "%s keeps refusing requests for its rate limit: the account's budget seems shared "
+                "(another export or app). Pacing at %.0f%% of the documented rate for now; it "
+                "creeps back up while requests get through.",
+                self.destination,
+                100 * min(limiter.factor for limiter in limiters),
+            )
+        stalled = retries.throttled(self._last_progress)
+        if stalled is not None:
+            raise DestinationThrottledError(
+                f"{self.destination} refused every request for its rate limit for "
+                f"{stalled / 60:.0f} minutes, with nothing getting through (last: {answer.reason} to "
+                f"{request.method} {self._path(request)}). Another app may be spending the account's "
+                "whole budget. Retry the task later, or wait longer with the connection extra "
+                f"'throttle_timeout' (seconds, now {self.throttle_timeout:g}).",
+                status=429,
+            ) from None
+        if retries.worth_logging:
+            self.log.info(
+                "%s asked to slow down (%s) for %s %s; waiting and sending it again "
+                "(not counted as a failure; %d time(s) for this call).",
+                self.destination,
+                answer.reason,
+                request.method,
+                self._path(request),
+                retries.throttles,
+            )
+        if not limiters:
+            # Nothing paces a request outside the API (a token endpoint): wait here.
+            time.sleep(answer.retry_after or 0.0)
+
+    def _wait_after_fault(
+        self, request: requests.PreparedRequest, answer: RetryableAnswer, retries: CallRetries
+    ) -> None:
+        """Back off before the next attempt, or fail when the call has used up its attempts."""
+        wait = retries.fault(answer)
+        if wait is None:
+            if isinstance(answer, Unauthorized) and retries.refused_every_time():
+                # 401 to every attempt, each with freshly renewed credentials: refused.
+                self._check_answer(answer.response)
+            host = urlsplit(request.url or "").netloc
+            advice = (
+                f"Check that {host} is the right address ({self._address_setting(request.url or '')}) "
+                "and can be reached from here."
+                if self.testing
+                else "Check the service's status and retry the task."
+            )
+            raise DestinationApiError(
+                f"{self.destination} at {host} kept failing for {request.method} {self._path(request)} "
+                f"after {self.max_attempts} attempts (last: {answer.reason}). {advice}",
+                status=None,
+            ) from None
+        self.log.warning(
+            "%s: %s, retrying (attempt %d of %d)",
+            self.destination,
+            answer.reason,
+            retries.faults + 1,
+            self.max_attempts,
+        )
+        time.sleep(wait)
+
+    def _raise_for_final_status(self, request: requests.PreparedRequest, response: requests.Response) -> None:
+        """Fail on a redirect (never followed) or an error answer of the API that no retry can mend."""
+        status = response.status_code
+        if 300 <= status < 400:
+            target = redirect_target(request.url, response.headers.get("Location"))
+            raise DestinationApiError(
+                f"{self.destination} answered HTTP {status} to {request.method} {self._path(request)}, "
+                f"a redirect to {target}. Redirects are not followed, so the "
+                f"credentials of {self.conn_label} go to its own address only: set its "
+                f"{self._address_setting(request.url or '')} to the API's address itself.",
+                status=status,
+            )
+        if status >= 400:
+            raise DestinationApiError(
+                f"{self.destination} answered HTTP {status} to {request.method} {self._path(request)}: "
+                f"{self._error_text(response)}",
+                status=status,
+            )
 
     def _address_setting(self, url: str) -> str:
         """The connection field that holds the address of ``url``, for messages."""
@@ -744,10 +731,3 @@ class SegmentApiHook(HttpHook):
             # of the limiter's own intervals, growing while refusals repeat.
             answer.retry_after = min(MAX_THROTTLE_WAIT_S, limiter.interval * (2 + 4 * random.random()))
         return limiter.throttled(tickets[index], answer.retry_after)
-
-    @staticmethod
-    def _backoff(faults: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter after the ``faults``-th fault, or what the server asked."""
-        if retry_after is not None:
-            return max(retry_after, 0.05)
-        return min(MAX_BACKOFF_S, 0.5 * 2 ** (faults - 1)) * (0.5 + random.random() / 2)

@@ -1,0 +1,113 @@
+"""The retry policy of one call, and ``SegmentApiHook.send`` over it, driven without HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import pytest
+import requests
+
+from airflow_provider_ciexport.exceptions import DestinationApiError, DestinationAuthError
+from airflow_provider_ciexport.hooks import retry
+from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
+from airflow_provider_ciexport.hooks.retry import CallRetries, RetryableAnswer, Unauthorized
+from tests.support import set_connection
+
+
+def _answer(status: int, headers: dict[str, str] | None = None) -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response._content = b"{}"
+    response.headers.update(headers or {})
+    return response
+
+
+def test_faults_are_counted_until_the_last_attempt() -> None:
+    retries = CallRetries(max_attempts=3, throttle_timeout=60.0)
+    waits = [retries.fault(RetryableAnswer("HTTP 502")) for _ in range(3)]
+    assert waits[0] is not None and waits[1] is not None and waits[1] > 0
+    assert waits[2] is None  # the third fault of three ends the call
+
+
+def test_a_server_s_retry_after_is_the_wait() -> None:
+    retries = CallRetries(max_attempts=5, throttle_timeout=60.0)
+    assert retries.fault(RetryableAnswer("HTTP 502", retry_after=7.0)) == 7.0
+
+
+def test_a_renewal_is_free_once_then_a_fault() -> None:
+    retries = CallRetries(max_attempts=5, throttle_timeout=60.0)
+    retries.renewed(_answer(401))
+    with pytest.raises(Unauthorized) as again:
+        retries.renewed(_answer(401))
+    retries.fault(again.value)
+    assert retries.refused_every_time() and retries.faults == 2
+
+
+def test_throttling_fails_only_once_nothing_got_through_for_the_timeout() -> None:
+    now = time.monotonic()
+    retries = CallRetries(max_attempts=5, throttle_timeout=60.0, started=now - 120)
+    assert retries.throttled(last_progress=now - 10) is None  # another call got through lately
+    stalled = retries.throttled(last_progress=now - 90)
+    assert stalled is not None and stalled >= 60
+    assert retries.throttles == 2 and not retries.worth_logging
+
+
+# -- send, over a transport that answers from a script -------------------------------------------
+
+
+@pytest.fixture
+def hook(monkeypatch: pytest.MonkeyPatch) -> ActiveCampaignHook:
+    monkeypatch.setattr(retry, "backoff", lambda faults, retry_after: 0.0)
+    conn = set_connection(
+        monkeypatch,
+        "ac_scripted",
+        conn_type="activecampaign",
+        host="https://acct.api-us1.com",
+        password="key",
+        extra={"requests_per_second": 1000},
+    )
+    return ActiveCampaignHook(conn, max_attempts=3)
+
+
+def _send(hook: ActiveCampaignHook, statuses: Iterable[int]) -> tuple[requests.Response, list[str]]:
+    script = iter(statuses)
+    sent: list[str] = []
+
+    def transport(prepared: requests.PreparedRequest) -> requests.Response:
+        sent.append(str(prepared.headers.get("Api-Token")))
+        response = _answer(next(script), {"Retry-After": "0", "Location": "https://elsewhere.example/x"})
+        response.request = prepared
+        return response
+
+    request = requests.Request("GET", hook.url_from_endpoint("lists/1")).prepare()
+    return hook.send(request, transport), sent
+
+
+def test_a_fault_is_sent_again_with_the_credentials(hook: ActiveCampaignHook) -> None:
+    response, sent = _send(hook, [502, 500, 200])
+    assert response.status_code == 200 and sent == ["key", "key", "key"]
+
+
+def test_the_last_attempt_s_fault_fails_the_call(hook: ActiveCampaignHook) -> None:
+    with pytest.raises(DestinationApiError, match=r"after 3 attempts \(last: HTTP 502\)"):
+        _send(hook, [502, 502, 502, 200])
+
+
+def test_throttling_uses_up_no_attempt(hook: ActiveCampaignHook) -> None:
+    response, sent = _send(hook, [429, 503, 429, 429, 502, 200])
+    assert response.status_code == 200 and len(sent) == 6
+
+
+def test_an_error_or_a_redirect_is_final(hook: ActiveCampaignHook) -> None:
+    with pytest.raises(DestinationApiError, match="HTTP 404") as error:
+        _send(hook, [404, 200])
+    assert error.value.status == 404
+    with pytest.raises(DestinationApiError, match=r"a redirect to https://elsewhere\.example"):
+        _send(hook, [302, 200])
+
+
+def test_refused_credentials_fail_at_once_when_they_cannot_be_renewed(hook: ActiveCampaignHook) -> None:
+    # An API key cannot be renewed: its 401 is the destination's own error, not retried.
+    with pytest.raises(DestinationAuthError, match="refused the API key"):
+        _send(hook, [401, 200])
