@@ -344,8 +344,21 @@ class SegmentApiHook(HttpHook):
 
     @cached_property
     def connection(self) -> Any:
-        """The Airflow connection (read once)."""
-        return self.get_connection(self.conn_id)
+        """The Airflow connection (read once).
+
+        :raises ExportConfigurationError: when no connection has that id, naming it and the fix.
+        """
+        from airflow.exceptions import AirflowNotFoundException
+
+        try:
+            return self.get_connection(self.conn_id)
+        except AirflowNotFoundException:
+            raise ExportConfigurationError(
+                f"There is no Airflow connection '{self.conn_id}' (the {self.conn_name_attr} of this "
+                f"{self.hook_name} export or hook). Create it (Admin > Connections in the UI, "
+                f"'airflow connections add', an AIRFLOW_CONN_{self.conn_id.upper()} environment variable "
+                f"or your secrets backend), or set {self.conn_name_attr} to the id of an existing one."
+            ) from None
 
     def extra_value(self, name: str) -> Any:
         """A connection extra, stripped if it is text."""

@@ -130,3 +130,23 @@ def test_an_error_after_sending_does_not_say_nothing_was_sent(ac_conn: str, sand
         operator.execute(context={})
     assert "nothing was sent" not in str(err.value).lower()
     assert "So far 0 of 30 contacts were confirmed" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("operator_class", "parameter", "list_id"),
+    [
+        (ActiveCampaignSegmentExportOperator, "activecampaign_conn_id", seed.AC_LIST_VIP),
+        (ConstantContactSegmentExportOperator, "constantcontact_conn_id", CC_VIP),
+    ],
+)
+def test_a_connection_that_does_not_exist_is_named_with_the_fix(
+    operator_class: Any, parameter: str, list_id: Any
+) -> None:
+    operator = operator_class(
+        task_id="export", list_id=list_id, records=ROWS, field_mapping=MAPPING, **{parameter: "no_such_conn"}
+    )
+    with pytest.raises(CiExportError) as err:
+        operator.execute(context={})
+    message = str(err.value)
+    assert "There is no Airflow connection 'no_such_conn'" in message and parameter in message
+    assert "AIRFLOW_CONN_NO_SUCH_CONN" in message and message.endswith("Nothing was sent.")
