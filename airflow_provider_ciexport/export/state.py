@@ -558,6 +558,11 @@ def _section_sizes(header: dict[str, Any], available: int) -> tuple[int, int] | 
     return (count, blob) if 18 * count + blob + _TAG_BYTES == available else None
 
 
+def _format_name(value: Any) -> str:
+    """The stored format as messages may quote it: only a format this provider ever wrote."""
+    return f"format {value}" if type(value) is int and 0 < value < FORMAT else "an unknown format"
+
+
 def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedState:
     empty = SyncState(identity)
     try:
@@ -574,7 +579,7 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedStat
     if header.get("format") != FORMAT:
         return LoadedState(
             empty,
-            f"the stored state has format {header.get('format')!r}, not {FORMAT} (it is not authenticated)",
+            f"the stored state has {_format_name(header.get('format'))}, not {FORMAT} (it is not authenticated)",
             generation,
             authenticated=False,
         )
@@ -779,6 +784,18 @@ class _Foreign:
     """A ``.lock`` file that is not a lease of this provider."""
 
 
+#: What a lease's owner looks like (DAG, task, run id, map index, try number: Airflow's ids are at most
+#: 250 characters of these), so that only such a text is quoted into logs, errors and the XCom.
+_OWNER_SHAPE = re.compile(r"[A-Za-z0-9 _.~:+=@,/-]{1,800}")
+
+
+def _shown_owner(owner: Any) -> str:
+    """A lease's owner as messages may quote it (the file is not authenticated)."""
+    if isinstance(owner, str) and _OWNER_SHAPE.fullmatch(owner):
+        return owner
+    return "a run whose lease names it in an unexpected form"
+
+
 def _pid_namespace() -> int | None:
     try:
         return os.stat("/proc/self/ns/pid").st_ino
@@ -905,7 +922,7 @@ class StateLease:
             age = time.time() - float(held["renewed_at"])
             if age < self.ttl_s:
                 raise StateBusyError(
-                    f"Another run of this export ({held['owner']}) is using the sync state at "
+                    f"Another run of this export ({_shown_owner(held['owner'])}) is using the sync state at "
                     f"state_path (its lease was renewed {age:.0f} s ago). Nothing was sent. Wait for it to "
                     f"finish; if it died, its lease expires {self.ttl_s - age:.0f} s from now, or delete "
                     "the state's '.lock' file."
@@ -935,7 +952,9 @@ class StateLease:
             return not self._lost.is_set()
         if isinstance(held, dict) and held["token"] == self.token:
             return True
-        self._holder = held["owner"] if isinstance(held, dict) else "nobody: the lease file is gone"
+        self._holder = (
+            _shown_owner(held["owner"]) if isinstance(held, dict) else "nobody: the lease file is gone"
+        )
         self._lost.set()
         return False
 

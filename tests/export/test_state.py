@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -522,3 +523,45 @@ def test_the_state_is_on_disk_before_and_after_the_rename(
     monkeypatch.setattr(state_module.os, "replace", replace)
     write_state(_uri(tmp_path), _first_sync(["a@example.com"]).state, None, KEYS)
     assert events == ["fsync file", "rename", "fsync folder"]
+
+
+@pytest.mark.parametrize("stored", ["x" * 900_000, "3\nFORGED LOG LINE", [1] * 50, 99, True, None])
+def test_the_format_of_an_unauthenticated_header_is_quoted_only_when_known(
+    tmp_path: Path, stored: object
+) -> None:
+    uri = _uri(tmp_path)
+    path = Path(f"{tmp_path}/states/vip.state")
+    path.parent.mkdir()
+    header = json.dumps({"format": stored, "generation": 4, "count": 0, "blob_bytes": 0}).encode()
+    path.write_bytes(MAGIC + len(header).to_bytes(8, "little") + header + bytes(32))
+    loaded = read_state(uri, IDENTITY, KEYS)
+    assert loaded.distrust == "the stored state has an unknown format, not 2 (it is not authenticated)"
+    assert loaded.stored_generation == 4
+
+
+@pytest.mark.parametrize(
+    "owner",
+    ["x" * 900_000, "run 1\nERROR everything is fine", "run <script>", "owner\x1b[31m"],
+)
+def test_a_lease_owner_is_quoted_only_in_its_expected_shape(tmp_path: Path, owner: str) -> None:
+    uri = _uri(tmp_path)
+    Path(f"{tmp_path}/states").mkdir()
+    other = StateLease(uri, owner)
+    other._write()
+    with pytest.raises(StateBusyError) as busy:
+        StateLease(uri, "dag.task run manual__2 map -1 try 1").acquire()
+    assert owner not in str(busy.value) and "an unexpected form" in str(busy.value)
+    assert len(str(busy.value)) < 1000
+    mine = StateLease(uri, "dag.task run manual__2 map -1 try 1")
+    with pytest.raises(StateBusyError) as lost:
+        mine.check("removing contacts")
+    assert owner not in str(lost.value) and "an unexpected form" in str(lost.value)
+
+
+def test_an_ordinary_lease_owner_is_named(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    Path(f"{tmp_path}/states").mkdir()
+    owner = "ciexport.vip run manual__2026-12-07T02:31:07.123+00:00 map -1 try 2"
+    StateLease(uri, owner)._write()
+    with pytest.raises(StateBusyError, match=re.escape(f"({owner})")):
+        StateLease(uri, "dag.task run=1 try 1").acquire()
