@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -16,8 +18,11 @@ from airflow_provider_ciexport.export.state import (
     write_state,
 )
 from airflow_provider_ciexport.export.state_keys import state_keys
+from tests.export.forgery import hkdf_v1_state
 from tests.support import set_connection
 
+NEW_KEY = "kN3w-0f8f1d0Q2c7a9e4b6d8f0a1c3e5b7d9f"
+OLD_KEY = "kOld-7a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d"
 IDENTITY = StateIdentity.of("ActiveCampaign", "https://acct.api-us1.com/api/3", [2], {"email": "email"})
 
 
@@ -34,12 +39,72 @@ def test_the_connection_holds_the_keys_newest_first_and_they_are_masked(
 ) -> None:
     from airflow.sdk.log import redact
 
-    set_connection(monkeypatch, "ciexport_state_key", conn_type="generic", password="new-Key-1 old-Key-0")
+    new, old = NEW_KEY, OLD_KEY
+    set_connection(monkeypatch, "ciexport_state_key", conn_type="generic", password=f"{new}\n {old} \n")
     keys = state_keys()
     assert keys.source == "the connection 'ciexport_state_key'"
-    uri = _written_with(tmp_path, StateKeys(["old-Key-0"], "the old key"))
+    assert keys.signing == StateKeys([new], "new").signing
+    uri = _written_with(tmp_path, StateKeys([old], "the old key"))
     assert read_state(uri, IDENTITY, keys).distrust is None  # the old key still reads
-    assert redact("new-Key-1") == "***" and redact("old-Key-0") == "***"
+    assert redact(new) == "***" and redact(old) == "***"
+
+
+@pytest.mark.parametrize("password", ["x", "1234", "correct horse battery staple", f"{NEW_KEY}\nqZ7 wV9"])
+def test_a_key_too_short_to_resist_guessing_is_refused_without_quoting_it(
+    monkeypatch: pytest.MonkeyPatch, password: str
+) -> None:
+    set_connection(monkeypatch, "ciexport_state_key", conn_type="generic", password=password)
+    with pytest.raises(ExportConfigurationError, match=r"shorter than 32 characters") as refused:
+        state_keys()
+    message = str(refused.value)
+    assert 'python -c "import secrets; print(secrets.token_urlsafe(32))"' in message
+    assert "Nothing was sent" in message
+    for line in password.splitlines():
+        assert len(line) == 1 or line not in message  # "x": a letter any message holds
+
+
+def test_a_passphrase_is_one_key_used_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    passphrase = "correct horse battery staple, and a mule"
+    set_connection(monkeypatch, "ciexport_state_key", conn_type="generic", password=passphrase)
+    keys = state_keys()
+    assert keys.signing == StateKeys([passphrase], "whole").signing
+    assert keys.find(StateKeys(["correct"], "first word").signing[0]) is None
+
+
+def test_a_state_signed_under_the_old_derivation_is_distrusted_once_and_replaced(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/vip.state"
+    Path(f"{tmp_path}/vip.state").write_bytes(hkdf_v1_state(["a@example.com"], NEW_KEY))
+    keys = StateKeys([NEW_KEY], "the same secret")
+    loaded = read_state(uri, IDENTITY, keys)
+    assert (len(loaded.state), loaded.authenticated, loaded.stored_generation) == (0, False, 5)
+    assert loaded.distrust == (
+        "the stored state is signed under an older key derivation of this provider (this run replaces it)"
+    )
+    state = SyncState(IDENTITY)
+    state.add(1, 2, 0, "a@example.com")
+    assert write_state(uri, state, loaded.stored_generation, keys) == 6
+    assert read_state(uri, IDENTITY, keys).distrust is None
+
+
+def test_a_guess_costs_a_scrypt_and_each_key_is_derived_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hashlib
+
+    import airflow_provider_ciexport.export.state as state_module
+
+    calls: list[int] = []
+    real = hashlib.scrypt
+
+    def scrypt(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(kwargs["n"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(state_module.hashlib, "scrypt", scrypt)
+    secret = secrets.token_urlsafe(32)
+    first = state_module.derive_state_key(secret)
+    assert state_module.derive_state_key(secret) == first and StateKeys([secret], "again").signing[1] == first
+    assert calls == [2**15]
 
 
 def test_without_the_connection_the_key_comes_from_the_fernet_key_and_follows_its_rotation(

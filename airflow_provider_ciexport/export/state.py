@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -72,8 +73,9 @@ class StateKeys:
 
     The first key signs what is written; every key is accepted when reading, so a key is rotated by
     putting the new one first and keeping the old one until every state was written again. Keys are
-    derived (HKDF-SHA256) from the secrets given, so the same secret used elsewhere (Airflow's fernet
-    key) never signs a state as is. Neither the secrets nor the keys appear in ``repr``.
+    derived (scrypt, see :func:`derive_state_key`) from the secrets given, so the same secret used
+    elsewhere (Airflow's fernet key) never signs a state as is, and each guess at a secret from a copy
+    of a state costs a scrypt computation. Neither the secrets nor the keys appear in ``repr``.
 
     :param secrets: the secrets, newest first (at least one).
     :param source: where they come from, for messages (never a secret itself).
@@ -103,14 +105,23 @@ class StateKeys:
 
 
 _KDF_SALT = b"airflow-provider-ciexport sync state"
-_KDF_INFO = b"sync-state hmac-sha256 v1"
+#: Names the derivation in the header: a state signed under another (HKDF before it) is not trusted.
+KDF = "scrypt-n32768-r8-p1"
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
+
+
+@functools.lru_cache(maxsize=32)
+def _scrypt(material: bytes) -> bytes:
+    return hashlib.scrypt(
+        material, salt=_KDF_SALT, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32
+    )
 
 
 def derive_state_key(secret: str | bytes) -> bytes:
-    """A 32-byte key for the state's HMAC from a secret (HKDF-SHA256, one block, RFC 5869)."""
-    material = secret.encode() if isinstance(secret, str) else secret
-    prk = hmac.new(_KDF_SALT, material, hashlib.sha256).digest()
-    return hmac.new(prk, _KDF_INFO + b"\x01", hashlib.sha256).digest()
+    """A 32-byte key for the state's HMAC from a secret: scrypt (N=2^15, r=8: 32 MiB and some 75 ms),
+    so that guessing a secret from a copy of a state costs that much per guess. Computed once per
+    secret in a process."""
+    return _scrypt(secret.encode() if isinstance(secret, str) else secret)
 
 
 def _key_id(key: bytes) -> str:
@@ -583,6 +594,13 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedStat
             generation,
             authenticated=False,
         )
+    if header.get("kdf") != KDF:
+        return LoadedState(
+            empty,
+            "the stored state is signed under an older key derivation of this provider (this run replaces it)",
+            generation,
+            authenticated=False,
+        )
     key = keys.find(header.get("key_id"))
     if key is None:
         return LoadedState(
@@ -656,6 +674,7 @@ def write_state(
     header = json.dumps(
         {
             "format": FORMAT,
+            "kdf": KDF,
             "key_id": key_id,
             "identity": state.identity.as_dict(),
             "generation": generation,
