@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +141,38 @@ def test_a_named_connection_must_exist_and_hold_a_key(monkeypatch: pytest.Monkey
     set_connection(monkeypatch, "vip_state_key", conn_type="generic", login="only a login")
     with pytest.raises(ExportConfigurationError, match=r"holds no key.*Nothing was sent"):
         state_keys("vip_state_key")
+
+
+_FIRST_COMMAND = """
+import airflow.configuration as core
+
+core.write_default_airflow_configuration_if_needed()  # what the `airflow` command does first
+from airflow_provider_ciexport.export.state_keys import state_keys
+
+print(state_keys().source)
+"""
+
+
+def test_the_first_command_in_a_new_airflow_home_uses_the_fernet_key_it_generated(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__CORE__FERNET", "AIRFLOW_CONN_"))
+    }
+    env["AIRFLOW_HOME"] = str(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_COMMAND], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert (tmp_path / "airflow.cfg").exists()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("Airflow's [core] fernet_key")
+
+
+def test_airflow_cores_key_is_read_only_when_the_sdks_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    generated, configured = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    core = types.ModuleType("airflow.configuration")
+    core.conf = types.SimpleNamespace(get=lambda *args, **kwargs: generated)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "airflow.configuration", core)
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "{FERNET_KEY}")
+    assert state_keys().signing == StateKeys([generated], "generated").signing
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", configured)
+    assert state_keys().signing == StateKeys([configured], "configured").signing

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.state import StateKeys, fernet_secrets
 
@@ -57,7 +59,20 @@ def _check_lengths(found: list[str], name: str) -> None:
 def _fernet_setting() -> str:
     from airflow.sdk.configuration import conf
 
-    return str(conf.get("core", "fernet_key", fallback="") or "")
+    value = str(conf.get("core", "fernet_key", fallback="") or "")
+    if fernet_secrets(value):
+        return value
+    # A brand-new AIRFLOW_HOME: the command running this task (``airflow dags test``) has just
+    # generated the key into airflow.cfg and holds it in Airflow core's configuration, while the Task
+    # SDK's, read before, shows the template's ``{FERNET_KEY}``. Core is consulted only when this
+    # process loaded it already: importing it here could write an airflow.cfg.
+    core = getattr(sys.modules.get("airflow.configuration"), "conf", None)
+    if core is not None:
+        try:
+            return str(core.get("core", "fernet_key", fallback="") or "")
+        except Exception:  # any configuration error of core's: the SDK's value stands
+            return value
+    return value
 
 
 def state_keys(conn_id: str | None = DEFAULT_STATE_KEY_CONN_ID) -> StateKeys:
