@@ -574,6 +574,25 @@ def _format_name(value: Any) -> str:
     return f"format {value}" if type(value) is int and 0 < value < FORMAT else "an unknown format"
 
 
+def _signing_key(header: dict[str, Any], keys: StateKeys) -> tuple[bytes | None, str]:
+    """The key among ``keys`` that signed a state with this (unauthenticated) header, or ``None`` and
+    why the state cannot be checked."""
+    if header.get("format") != FORMAT:
+        return (
+            None,
+            f"the stored state has {_format_name(header.get('format'))}, not {FORMAT} (it is not authenticated)",
+        )
+    if header.get("kdf") != KDF:
+        return (
+            None,
+            "the stored state is signed under an older key derivation of this provider (this run replaces it)",
+        )
+    key = keys.find(header.get("key_id"))
+    if key is None:
+        return None, f"the stored state is signed with a key these workers do not hold (keys: {keys.source})"
+    return key, ""
+
+
 def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedState:
     empty = SyncState(identity)
     try:
@@ -587,28 +606,9 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedStat
             empty, "the stored state is damaged (its header is unreadable)", -1, authenticated=False
         )
     # Nothing of the header is used before the tag is checked, except to find the key and the sizes.
-    if header.get("format") != FORMAT:
-        return LoadedState(
-            empty,
-            f"the stored state has {_format_name(header.get('format'))}, not {FORMAT} (it is not authenticated)",
-            generation,
-            authenticated=False,
-        )
-    if header.get("kdf") != KDF:
-        return LoadedState(
-            empty,
-            "the stored state is signed under an older key derivation of this provider (this run replaces it)",
-            generation,
-            authenticated=False,
-        )
-    key = keys.find(header.get("key_id"))
+    key, why = _signing_key(header, keys)
     if key is None:
-        return LoadedState(
-            empty,
-            f"the stored state is signed with a key these workers do not hold (keys: {keys.source})",
-            generation,
-            authenticated=False,
-        )
+        return LoadedState(empty, why, generation, authenticated=False)
     sizes = _section_sizes(header, _remaining(f))
     if sizes is None:
         return LoadedState(
@@ -704,16 +704,22 @@ def write_state(
                 # On disk before the rename makes it the state, or a crash leaves an empty state file.
                 f.flush()
                 os.fsync(f.fileno())
-        if local is not None:
-            os.replace(local, _local(path) or "")
-            _fsync_folder(os.path.dirname(local))
-        else:
-            tmp.rename(path)
+        _put_in_place(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             if tmp.exists():
                 tmp.unlink()
     return generation
+
+
+def _put_in_place(tmp: Any, path: Any) -> None:
+    """Rename the written copy over the state: on local disk, durably (the folder is synced after)."""
+    local = _local(tmp)
+    if local is None:
+        tmp.rename(path)  # an object store's rename (a copy and a delete) is as durable as it gets
+        return
+    os.replace(local, _local(path) or "")
+    _fsync_folder(os.path.dirname(local))
 
 
 def _fsync_folder(folder: str) -> None:
