@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -72,8 +73,9 @@ class StateKeys:
 
     The first key signs what is written; every key is accepted when reading, so a key is rotated by
     putting the new one first and keeping the old one until every state was written again. Keys are
-    derived (HKDF-SHA256) from the secrets given, so the same secret used elsewhere (Airflow's fernet
-    key) never signs a state as is. Neither the secrets nor the keys appear in ``repr``.
+    derived (scrypt, see :func:`derive_state_key`) from the secrets given, so the same secret used
+    elsewhere (Airflow's fernet key) never signs a state as is, and each guess at a secret from a copy
+    of a state costs a scrypt computation. Neither the secrets nor the keys appear in ``repr``.
 
     :param secrets: the secrets, newest first (at least one).
     :param source: where they come from, for messages (never a secret itself).
@@ -103,14 +105,23 @@ class StateKeys:
 
 
 _KDF_SALT = b"airflow-provider-ciexport sync state"
-_KDF_INFO = b"sync-state hmac-sha256 v1"
+#: Names the derivation in the header: a state signed under another (HKDF before it) is not trusted.
+KDF = "scrypt-n32768-r8-p1"
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
+
+
+@functools.lru_cache(maxsize=32)
+def _scrypt(material: bytes) -> bytes:
+    return hashlib.scrypt(
+        material, salt=_KDF_SALT, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32
+    )
 
 
 def derive_state_key(secret: str | bytes) -> bytes:
-    """A 32-byte key for the state's HMAC from a secret (HKDF-SHA256, one block, RFC 5869)."""
-    material = secret.encode() if isinstance(secret, str) else secret
-    prk = hmac.new(_KDF_SALT, material, hashlib.sha256).digest()
-    return hmac.new(prk, _KDF_INFO + b"\x01", hashlib.sha256).digest()
+    """A 32-byte key for the state's HMAC from a secret: scrypt (N=2^15, r=8: 32 MiB and some 75 ms),
+    so that guessing a secret from a copy of a state costs that much per guess. Computed once per
+    secret in a process."""
+    return _scrypt(secret.encode() if isinstance(secret, str) else secret)
 
 
 def _key_id(key: bytes) -> str:
@@ -467,9 +478,10 @@ def _local(path: Any) -> str | None:
 def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedState:
     """Read the state at ``uri`` for an export with ``identity``, checking it with ``keys``.
 
-    A missing file gives an empty state; an unreadable one, one that fails the authentication check or
-    one written for another identity gives an empty state and the reason (the run then sends
-    everything, removes and re-subscribes nobody, and writes a new one).
+    A missing file gives an empty state; an unreadable or damaged one, one that fails the
+    authentication check or one written for another identity gives an empty state and the reason (the
+    run then sends everything, removes and re-subscribes nobody, and writes a new one). Whatever the
+    file holds, ``stored_generation`` is what :func:`write_state` will find, so that write replaces it.
 
     :raises ExportConfigurationError: if the URI cannot be used at all.
     """
@@ -479,17 +491,18 @@ def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedStat
             return LoadedState(SyncState(identity))
         with path.open("rb") as f:
             return _parse(f, identity, keys)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            return LoadedState(SyncState(identity))
-        if isinstance(exc, PermissionError):
-            raise ExportConfigurationError(
-                f"The sync state at state_path cannot be read ({type(exc).__name__}). Give the workers "
-                "read and write access to it, or choose another state_path."
-            ) from None
+    except FileNotFoundError:
+        return LoadedState(SyncState(identity))
+    except PermissionError as exc:
+        raise ExportConfigurationError(
+            f"The sync state at state_path cannot be read ({type(exc).__name__}). Give the workers "
+            "read and write access to it, or choose another state_path."
+        ) from None
+    except OSError as exc:
         return LoadedState(
             SyncState(identity),
             distrust=f"the stored state is unreadable ({type(exc).__name__})",
+            stored_generation=-1,
             authenticated=False,
         )
 
@@ -502,54 +515,131 @@ def _read_exact(f: IO[bytes], n: int, mac: Any) -> bytes:
     return data
 
 
-def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedState:
+#: A header is smaller than this (its identity and removal windows).
+_MAX_HEADER_BYTES = 1_000_000
+_MAX_GENERATION = 2**53
+
+
+class _NotAState(ValueError):
+    """The file does not start like a sync state."""
+
+
+def _read_header(f: IO[bytes]) -> tuple[bytes, bytes, dict[str, Any], int]:
+    """``(size field, header bytes, header, generation)`` of a state file, nothing of it authenticated.
+
+    The generation is -1 when the header holds none that is usable.
+
+    :raises ValueError: when the file has no readable header (:class:`_NotAState`: not a state at all).
+    """
     if f.read(len(MAGIC)) != MAGIC:
-        return LoadedState(
-            SyncState(identity), distrust="the file at state_path is not a sync state", authenticated=False
-        )
+        raise _NotAState("not a sync state")
     size_bytes = f.read(8)
     size = int.from_bytes(size_bytes, "little")
-    if not 0 < size < 1_000_000:
+    if len(size_bytes) != 8 or not 0 < size < _MAX_HEADER_BYTES:
         raise ValueError("bad header size")
     header_bytes = f.read(size)
-    # Nothing of the header is used before the tag is checked, except to find the key and the sizes.
-    header = json.loads(header_bytes)
-    generation = int(header.get("generation", 0))
-    empty = SyncState(identity)
+    if len(header_bytes) != size:
+        raise ValueError("truncated header")
+    try:
+        header = json.loads(header_bytes)
+    except RecursionError:
+        raise ValueError("header nested too deeply") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not an object")
+    generation = header.get("generation", 0)
+    if type(generation) is not int or not 0 <= generation <= _MAX_GENERATION:
+        generation = -1
+    return size_bytes, header_bytes, header, generation
+
+
+def _remaining(f: IO[bytes]) -> int:
+    """How many bytes of ``f`` are left to read."""
+    here = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(here)
+    return int(end - here)
+
+
+def _section_sizes(header: dict[str, Any], available: int) -> tuple[int, int] | None:
+    """``(count, blob_bytes)`` from an unauthenticated header, or ``None`` unless they describe exactly
+    the ``available`` bytes that follow it (so nothing is sized by a number the file cannot back)."""
+    count, blob = header.get("count"), header.get("blob_bytes")
+    if type(count) is not int or type(blob) is not int or count < 0 or blob < 0:
+        return None
+    return (count, blob) if 18 * count + blob + _TAG_BYTES == available else None
+
+
+def _format_name(value: Any) -> str:
+    """The stored format as messages may quote it: only a format this provider ever wrote."""
+    return f"format {value}" if type(value) is int and 0 < value < FORMAT else "an unknown format"
+
+
+def _signing_key(header: dict[str, Any], keys: StateKeys) -> tuple[bytes | None, str]:
+    """The key among ``keys`` that signed a state with this (unauthenticated) header, or ``None`` and
+    why the state cannot be checked."""
     if header.get("format") != FORMAT:
-        return LoadedState(
-            empty,
-            f"the stored state has format {header.get('format')!r}, not {FORMAT} (it is not authenticated)",
-            generation,
-            authenticated=False,
+        return (
+            None,
+            f"the stored state has {_format_name(header.get('format'))}, not {FORMAT} (it is not authenticated)",
+        )
+    if header.get("kdf") != KDF:
+        return (
+            None,
+            "the stored state is signed under an older key derivation of this provider (this run replaces it)",
         )
     key = keys.find(header.get("key_id"))
     if key is None:
+        return None, f"the stored state is signed with a key these workers do not hold (keys: {keys.source})"
+    return key, ""
+
+
+def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedState:
+    empty = SyncState(identity)
+    try:
+        size_bytes, header_bytes, header, generation = _read_header(f)
+    except _NotAState:
+        return LoadedState(
+            empty, "the file at state_path is not a sync state", stored_generation=-1, authenticated=False
+        )
+    except ValueError:
+        return LoadedState(
+            empty, "the stored state is damaged (its header is unreadable)", -1, authenticated=False
+        )
+    # Nothing of the header is used before the tag is checked, except to find the key and the sizes.
+    key, why = _signing_key(header, keys)
+    if key is None:
+        return LoadedState(empty, why, generation, authenticated=False)
+    sizes = _section_sizes(header, _remaining(f))
+    if sizes is None:
         return LoadedState(
             empty,
-            f"the stored state is signed with a key these workers do not hold (keys: {keys.source})",
+            "the stored state is damaged (cut short, or its sizes do not match the file)",
             generation,
             authenticated=False,
         )
+    n, blob_bytes = sizes
     mac = hmac.new(key, MAGIC + size_bytes + header_bytes, hashlib.sha256)
-    n = int(header["count"])
-    keys_: array[int] = array("Q")
-    keys_.frombytes(_read_exact(f, 8 * n, mac))
-    digests: array[int] = array("Q")
-    digests.frombytes(_read_exact(f, 8 * n, mac))
-    if sys.byteorder != "little":
-        keys_.byteswap()
-        digests.byteswap()
-    flags = bytearray(_read_exact(f, n, mac))
-    lengths = _read_exact(f, n, mac)
-    blob = _read_exact(f, int(header["blob_bytes"]), mac)
-    if not hmac.compare_digest(f.read(_TAG_BYTES), mac.digest()) or f.read(1):
+    try:
+        keys_: array[int] = array("Q")
+        keys_.frombytes(_read_exact(f, 8 * n, mac))
+        digests: array[int] = array("Q")
+        digests.frombytes(_read_exact(f, 8 * n, mac))
+        flags = bytearray(_read_exact(f, n, mac))
+        lengths = _read_exact(f, n, mac)
+        blob = _read_exact(f, blob_bytes, mac)
+        authentic = hmac.compare_digest(f.read(_TAG_BYTES), mac.digest()) and not f.read(1)
+    except ValueError:  # the file changed while it was read
+        authentic = False
+    if not authentic:
         return LoadedState(
             empty,
             "the stored state failed its authentication check (changed outside the export, or damaged)",
             generation,
             authenticated=False,
         )
+    if sys.byteorder != "little":
+        keys_.byteswap()
+        digests.byteswap()
     reason = identity.mismatch(header.get("identity"))
     if reason is not None:
         return LoadedState(empty, reason, generation, authenticated=True)
@@ -578,12 +668,13 @@ def write_state(
             f"{current}, this run read {expected_generation}); this run's state was not saved, so its "
             "contacts are sent again next time. Do not run two exports with one state_path at once."
         )
-    generation = (current or 0) + 1
+    generation = max(current or 0, 0) + 1  # -1: an unusable file, which this write replaces
     count, blob_bytes = state.merged_size()
     key_id, key = keys.signing
     header = json.dumps(
         {
             "format": FORMAT,
+            "kdf": KDF,
             "key_id": key_id,
             "identity": state.identity.as_dict(),
             "generation": generation,
@@ -595,6 +686,7 @@ def write_state(
     ).encode()
     make_parents(path)
     tmp = storage_path(f"{uri}.tmp-{tag or secrets.token_hex(6)}")
+    local = _local(tmp)
     try:
         with open_new(tmp) as f:
             mac = hmac.new(key, digestmod=hashlib.sha256)
@@ -608,16 +700,39 @@ def write_state(
             write(header)
             state.write_sections(write)
             f.write(mac.digest())
-        local = _local(tmp)
-        if local is not None:
-            os.replace(local, _local(path) or "")
-        else:
-            tmp.rename(path)
+            if local is not None:
+                # On disk before the rename makes it the state, or a crash leaves an empty state file.
+                f.flush()
+                os.fsync(f.fileno())
+        _put_in_place(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             if tmp.exists():
                 tmp.unlink()
     return generation
+
+
+def _put_in_place(tmp: Any, path: Any) -> None:
+    """Rename the written copy over the state: on local disk, durably (the folder is synced after)."""
+    local = _local(tmp)
+    if local is None:
+        tmp.rename(path)  # an object store's rename (a copy and a delete) is as durable as it gets
+        return
+    os.replace(local, _local(path) or "")
+    _fsync_folder(os.path.dirname(local))
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (where the OS lets a folder be synced)."""
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_parents(path: Any) -> None:
@@ -649,14 +764,12 @@ def open_new(path: Any) -> IO[bytes]:
 
 
 def _stored_generation(path: Any) -> int | None:
+    """The generation of the file at ``path`` as :func:`read_state` reports it (``None``: no file)."""
     try:
         if not path.exists():
             return None
         with path.open("rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                return -1
-            size = int.from_bytes(f.read(8), "little")
-            return int(json.loads(f.read(size)).get("generation", 0))
+            return _read_header(f)[3]
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -694,6 +807,18 @@ LEASE_KIND = "airflow-provider-ciexport/sync-state-lease"
 
 class _Foreign:
     """A ``.lock`` file that is not a lease of this provider."""
+
+
+#: What a lease's owner looks like (DAG, task, run id, map index, try number: Airflow's ids are at most
+#: 250 characters of these), so that only such a text is quoted into logs, errors and the XCom.
+_OWNER_SHAPE = re.compile(r"[A-Za-z0-9 _.~:+=@,/-]{1,800}")
+
+
+def _shown_owner(owner: Any) -> str:
+    """A lease's owner as messages may quote it (the file is not authenticated)."""
+    if isinstance(owner, str) and _OWNER_SHAPE.fullmatch(owner):
+        return owner
+    return "a run whose lease names it in an unexpected form"
 
 
 def _pid_namespace() -> int | None:
@@ -822,7 +947,7 @@ class StateLease:
             age = time.time() - float(held["renewed_at"])
             if age < self.ttl_s:
                 raise StateBusyError(
-                    f"Another run of this export ({held['owner']}) is using the sync state at "
+                    f"Another run of this export ({_shown_owner(held['owner'])}) is using the sync state at "
                     f"state_path (its lease was renewed {age:.0f} s ago). Nothing was sent. Wait for it to "
                     f"finish; if it died, its lease expires {self.ttl_s - age:.0f} s from now, or delete "
                     "the state's '.lock' file."
@@ -852,7 +977,9 @@ class StateLease:
             return not self._lost.is_set()
         if isinstance(held, dict) and held["token"] == self.token:
             return True
-        self._holder = held["owner"] if isinstance(held, dict) else "nobody: the lease file is gone"
+        self._holder = (
+            _shown_owner(held["owner"]) if isinstance(held, dict) else "nobody: the lease file is gone"
+        )
         self._lost.set()
         return False
 

@@ -1,8 +1,9 @@
 """Where the key that authenticates the sync state comes from (see :class:`.StateKeys`).
 
 1. The Airflow connection named by the operator's ``state_key_conn_id`` (default
-   ``ciexport_state_key``, any connection type): its password holds the key, or several separated by
-   spaces, commas or new lines, newest first. Connections come from the secrets backend, the
+   ``ciexport_state_key``, any connection type): its password holds the key, or several one a line,
+   newest first, each used whole (spaces included) and at least :data:`MIN_KEY_CHARS` characters long.
+   Connections come from the secrets backend, the
    environment (``AIRFLOW_CONN_CIEXPORT_STATE_KEY``) or the metadata database; every worker can read
    them, and Airflow masks their password.
 2. When that connection does not exist (and ``state_key_conn_id`` was left at its default): Airflow's
@@ -13,13 +14,16 @@
 
 from __future__ import annotations
 
-import re
+import sys
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.state import StateKeys, fernet_secrets
 
 #: The connection whose password holds the state's key(s), unless the operator names another.
 DEFAULT_STATE_KEY_CONN_ID = "ciexport_state_key"
+#: The shortest key the connection may hold (``secrets.token_urlsafe(32)`` gives 43 characters).
+MIN_KEY_CHARS = 32
+_GENERATE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def _mask(secret: str) -> None:
@@ -37,13 +41,38 @@ def _connection_secrets(conn_id: str) -> list[str] | None:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         return None
-    return [part for part in re.split(r"[\s,]+", conn.password or "") if part]
+    return [line.strip() for line in (conn.password or "").splitlines() if line.strip()]
+
+
+def _check_lengths(found: list[str], name: str) -> None:
+    """Refuse keys too short to resist guessing (never quoting them)."""
+    short = [i for i, secret in enumerate(found, 1) if len(secret) < MIN_KEY_CHARS]
+    if short:
+        which = "its key" if len(found) == 1 else f"key {short[0]} of {len(found)} (one a line)"
+        raise ExportConfigurationError(
+            f"The connection '{name}' holds a sync state key shorter than {MIN_KEY_CHARS} characters "
+            f"({which}), which a copy of a state lets anyone guess. Put a long random key in its password, "
+            f"e.g. from `{_GENERATE}`; several keys go one a line, newest first. Nothing was sent."
+        )
 
 
 def _fernet_setting() -> str:
     from airflow.sdk.configuration import conf
 
-    return str(conf.get("core", "fernet_key", fallback="") or "")
+    value = str(conf.get("core", "fernet_key", fallback="") or "")
+    if fernet_secrets(value):
+        return value
+    # A brand-new AIRFLOW_HOME: the command running this task (``airflow dags test``) has just
+    # generated the key into airflow.cfg and holds it in Airflow core's configuration, while the Task
+    # SDK's, read before, shows the template's ``{FERNET_KEY}``. Core is consulted only when this
+    # process loaded it already: importing it here could write an airflow.cfg.
+    core = getattr(sys.modules.get("airflow.configuration"), "conf", None)
+    if core is not None:
+        try:
+            return str(core.get("core", "fernet_key", fallback="") or "")
+        except Exception:  # any configuration error of core's: the SDK's value stands
+            return value
+    return value
 
 
 def state_keys(conn_id: str | None = DEFAULT_STATE_KEY_CONN_ID) -> StateKeys:
@@ -59,11 +88,11 @@ def state_keys(conn_id: str | None = DEFAULT_STATE_KEY_CONN_ID) -> StateKeys:
         if not found:
             raise ExportConfigurationError(
                 f"The connection '{name}' holds no key for the sync state: put a long random secret in its "
-                "password (e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`). "
-                "Nothing was sent."
+                f"password (e.g. from `{_GENERATE}`). Nothing was sent."
             )
         for secret in found:
             _mask(secret)
+        _check_lengths(found, name)
         return StateKeys(found, f"the connection '{name}'")
     if conn_id and conn_id != DEFAULT_STATE_KEY_CONN_ID:
         raise ExportConfigurationError(

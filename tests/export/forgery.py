@@ -7,12 +7,13 @@ checksum. Only the HMAC under the workers' key stops them.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from array import array
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_ciexport.export.state import MAGIC, email_key
+from airflow_provider_ciexport.export.state import MAGIC, MANAGED, email_key
 
 
 def _sections(data: bytes) -> tuple[int, int, int]:
@@ -71,3 +72,35 @@ def format_1_state(emails: list[str], flags: int, identity: dict[str, Any] | Non
     ).encode()
     checksum = hashlib.blake2b(body, digest_size=16).digest()
     return MAGIC + len(header).to_bytes(8, "little") + header + body + checksum
+
+
+def hkdf_v1_state(emails: list[str], secret: str, generation: int = 5) -> bytes:
+    """A state as the provider signed it before its keys were derived with scrypt (HKDF-SHA256, no
+    ``kdf`` in the header), under ``secret``."""
+    prk = hmac.new(b"airflow-provider-ciexport sync state", secret.encode(), hashlib.sha256).digest()
+    key = hmac.new(prk, b"sync-state hmac-sha256 v1\x01", hashlib.sha256).digest()
+    entries = sorted((email_key(e), e.encode()) for e in emails)
+    body = (
+        array("Q", [k for k, _ in entries]).tobytes()
+        + array("Q", [1] * len(entries)).tobytes()
+        + bytes([MANAGED] * len(entries))
+        + bytes(len(e) for _, e in entries)
+        + b"".join(e for _, e in entries)
+    )
+    header = json.dumps(
+        {
+            "format": 2,
+            "key_id": hmac.new(key, b"key id", hashlib.sha256).hexdigest()[:16],
+            "identity": {
+                "destination": "ActiveCampaign",
+                "account": "https://acct.api-us1.com/api/3",
+                "lists": ["2"],
+                "mapping": {"email": "email"},
+            },
+            "generation": generation,
+            "count": len(entries),
+            "blob_bytes": sum(len(e) for _, e in entries),
+        }
+    ).encode()
+    data = MAGIC + len(header).to_bytes(8, "little") + header + body
+    return data + hmac.new(key, data, hashlib.sha256).digest()

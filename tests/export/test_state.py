@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.state import (
+    MAGIC,
     MANAGED,
     REMOVED,
     StateBusyError,
@@ -441,3 +443,125 @@ def test_the_removal_runs_are_kept_with_the_state_and_only_the_last_ones(tmp_pat
     assert (
         len(kept) == MAX_REMOVAL_WINDOWS and kept[0] == [5.0, 6.0] and kept[-1][0] == MAX_REMOVAL_WINDOWS + 4
     )
+
+
+def _damaged_states(good: bytes) -> dict[str, bytes]:
+    """What a crash, a bad copy or a stranger can leave at the state's path."""
+    size = int.from_bytes(good[len(MAGIC) : len(MAGIC) + 8], "little")
+    header_end = len(MAGIC) + 8 + size
+    return {
+        "empty": b"",
+        "junk": b"\x00\xff" * 100,
+        "cut in the magic": good[:5],
+        "cut in the size": good[: len(MAGIC) + 3],
+        "cut in the header": good[: header_end - 10],
+        "cut after the header": good[:header_end],
+        "cut in the middle": good[: (header_end + len(good)) // 2],
+        "cut in the tag": good[:-5],
+        "longer": good + b"more",
+        "header not an object": MAGIC + (2).to_bytes(8, "little") + b"[]",
+        "header nested too deeply": MAGIC + (20_000).to_bytes(8, "little") + b"[" * 20_000,
+    }
+
+
+def test_a_damaged_state_is_replaced_by_the_next_run_and_removes_nobody(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    path = Path(f"{tmp_path}/states/vip.state")
+    write_state(uri, _first_sync(["a@example.com", "b@example.com"]).state, None, KEYS)
+    good = path.read_bytes()
+    for name, data in _damaged_states(good).items():
+        path.write_bytes(data)
+        loaded = read_state(uri, IDENTITY, KEYS)
+        assert (len(loaded.state), loaded.authenticated) == (0, False), name
+        reason = loaded.distrust or ""
+        assert "damaged" in reason or "not a sync state" in reason, name
+        # The run that distrusted it (a full refresh) writes over it, instead of failing on a conflict.
+        diff = _first_sync(["a@example.com"])
+        assert diff.leavers() == []
+        write_state(uri, diff.state, loaded.stored_generation, KEYS)
+        again = read_state(uri, IDENTITY, KEYS)
+        assert again.distrust is None and len(again.state) == 1, name
+        assert again.state.generation >= 1, name
+
+
+@pytest.mark.parametrize("count", [2**40, 2**62, -1, 1.5, "3", True])
+def test_sizes_in_the_unauthenticated_header_never_size_a_read(tmp_path: Path, count: object) -> None:
+    uri = _uri(tmp_path)
+    path = Path(f"{tmp_path}/states/vip.state")
+    write_state(uri, _first_sync(["a@example.com"]).state, None, KEYS)
+    data = path.read_bytes()
+    size = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 8], "little")
+    start = len(MAGIC) + 8
+    header = json.loads(data[start : start + size])
+    for field_name in ("count", "blob_bytes"):
+        forged = json.dumps({**header, field_name: count}).encode()
+        path.write_bytes(MAGIC + len(forged).to_bytes(8, "little") + forged + data[start + size :])
+        loaded = read_state(uri, IDENTITY, KEYS)
+        assert (
+            loaded.distrust == "the stored state is damaged (cut short, or its sizes do not match the file)"
+        )
+        assert loaded.stored_generation == 1
+
+
+def test_the_state_is_on_disk_before_and_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import airflow_provider_ciexport.export.state as state_module
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(state_module.os, "fsync", fsync)
+    monkeypatch.setattr(state_module.os, "replace", replace)
+    write_state(_uri(tmp_path), _first_sync(["a@example.com"]).state, None, KEYS)
+    assert events == ["fsync file", "rename", "fsync folder"]
+
+
+@pytest.mark.parametrize("stored", ["x" * 900_000, "3\nFORGED LOG LINE", [1] * 50, 99, True, None])
+def test_the_format_of_an_unauthenticated_header_is_quoted_only_when_known(
+    tmp_path: Path, stored: object
+) -> None:
+    uri = _uri(tmp_path)
+    path = Path(f"{tmp_path}/states/vip.state")
+    path.parent.mkdir()
+    header = json.dumps({"format": stored, "generation": 4, "count": 0, "blob_bytes": 0}).encode()
+    path.write_bytes(MAGIC + len(header).to_bytes(8, "little") + header + bytes(32))
+    loaded = read_state(uri, IDENTITY, KEYS)
+    assert loaded.distrust == "the stored state has an unknown format, not 2 (it is not authenticated)"
+    assert loaded.stored_generation == 4
+
+
+@pytest.mark.parametrize(
+    "owner",
+    ["x" * 900_000, "run 1\nERROR everything is fine", "run <script>", "owner\x1b[31m"],
+)
+def test_a_lease_owner_is_quoted_only_in_its_expected_shape(tmp_path: Path, owner: str) -> None:
+    uri = _uri(tmp_path)
+    Path(f"{tmp_path}/states").mkdir()
+    other = StateLease(uri, owner)
+    other._write()
+    with pytest.raises(StateBusyError) as busy:
+        StateLease(uri, "dag.task run manual__2 map -1 try 1").acquire()
+    assert owner not in str(busy.value) and "an unexpected form" in str(busy.value)
+    assert len(str(busy.value)) < 1000
+    mine = StateLease(uri, "dag.task run manual__2 map -1 try 1")
+    with pytest.raises(StateBusyError) as lost:
+        mine.check("removing contacts")
+    assert owner not in str(lost.value) and "an unexpected form" in str(lost.value)
+
+
+def test_an_ordinary_lease_owner_is_named(tmp_path: Path) -> None:
+    uri = _uri(tmp_path)
+    Path(f"{tmp_path}/states").mkdir()
+    owner = "ciexport.vip run manual__2026-12-07T02:31:07.123+00:00 map -1 try 2"
+    StateLease(uri, owner)._write()
+    with pytest.raises(StateBusyError, match=re.escape(f"({owner})")):
+        StateLease(uri, "dag.task run=1 try 1").acquire()

@@ -339,6 +339,33 @@ def test_a_state_of_the_unauthenticated_old_format_is_a_full_refresh_that_remove
     assert target.run(SEGMENT)["unchanged"] == 30
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut in the middle", "huge forged format"])
+def test_a_damaged_state_is_one_full_refresh_that_removes_nobody_and_is_replaced(
+    target: Target, damage: str
+) -> None:
+    target.run(SEGMENT)
+    target.signup("signed.up@example.com")
+    data = target.file.read_bytes()
+    if damage == "empty":  # a crash before the file's blocks reached the disk
+        target.file.write_bytes(b"")
+    elif damage == "cut in the middle":
+        target.file.write_bytes(data[: len(data) // 2])
+    else:
+        size = int.from_bytes(data[20:28], "little")
+        forged = json.dumps({**json.loads(data[28 : 28 + size]), "format": "x" * 900_000}).encode()
+        target.file.write_bytes(data[:20] + len(forged).to_bytes(8, "little") + forged + data[28 + size :])
+    report = target.run(SEGMENT[1:])  # person.0 left the segment: a trusted state would remove them
+    assert (report["new"], report["removed"], report["state_authenticated"]) == (29, 0, False)
+    assert len(report["full_refresh_reason"]) < 200
+    assert "person.0@example.com" in target.members() and "signed.up@example.com" in target.members()
+    again = target.run(SEGMENT[1:])
+    assert (again["full_refresh_reason"], again["unchanged"], again["state_authenticated"]) == (
+        None,
+        29,
+        True,
+    )
+
+
 def test_the_state_is_private_and_a_killed_writes_copy_is_deleted(target: Target, tmp_path: Path) -> None:
     target.state = f"file://{tmp_path}/private/deeper/vip.state"
     old = os.umask(0o022)
