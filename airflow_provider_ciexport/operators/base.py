@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, XComArg
 
 from airflow_provider_ciexport.asset_events import add_report_to_outlet_events
+from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.core.variables import JsonVariable
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError, say_nothing_was_sent
 from airflow_provider_ciexport.export.destination import Destination
@@ -245,7 +246,10 @@ class BaseSegmentExportOperator(BaseOperator):
                 "field_mapping must be a dict of destination attribute -> source column, "
                 'e.g. {"email": "email", "first_name": "given_name"}.'
             )
-        # First, before anything is read: a state_path that a Param made point elsewhere is refused.
+        # First, before anything is read: a state_path or source_path that a Param made point
+        # elsewhere is refused.
+        if self.source_path is not None:
+            check_storage_path(str(self.source_path), "source_path")
         sync = self._sync_settings(context)
         source = self._source = make_source(
             sql=self.sql,
