@@ -173,9 +173,16 @@ class _Wanted:
         # Not-a-string names are left to the mapping's own check, which says what is wrong.
         self.exact = frozenset(name for name in names if isinstance(name, str))
         self.loose = frozenset(map(column_key, self.exact))
+        # JSON Lines asks for the same keys line after line; bounded, as a hostile file's keys are not.
+        self._seen: dict[str, bool] = {}
 
     def __call__(self, name: str) -> bool:
-        return name in self.exact or column_key(name) in self.loose
+        found = self._seen.get(name)
+        if found is None:
+            found = name in self.exact or column_key(name) in self.loose
+            if len(self._seen) < 1024:
+                self._seen[name] = found
+        return found
 
 
 def _picker(keep: Sequence[int]) -> Callable[[Sequence[Any]], Row]:
@@ -687,10 +694,11 @@ class JsonLinesSegmentSource(FileSegmentSource):
             columns = names if wanted is None else [name for name in names if wanted(name)]
             yield Header(columns, len(names), names)
             del keys
-            rest = ((obj if wanted is None else _only(obj, wanted), nbytes) for obj, nbytes, _ in objects)
-            values = ((tuple(map(obj.get, columns)), nbytes) for obj, nbytes in chain(first, rest))
+            head = [(tuple(map(obj.get, columns)), nbytes) for obj, nbytes in first]
             del first
-            yield from _chunked(values, size, CHUNK_BYTES)
+            # Later objects are transient: their values are taken as each line is parsed.
+            rest = ((tuple(map(obj.get, columns)), nbytes) for obj, nbytes, _ in objects)
+            yield from _chunked(chain(head, rest), size, CHUNK_BYTES)
 
 
 def _only(obj: dict[str, Any], wanted: Callable[[str], bool]) -> dict[str, Any]:
