@@ -32,6 +32,7 @@ CASES: dict[str, dict[str, Any]] = {
     "line too long": {"records": None, "source_path": "long.jsonl", "max_line_length": 1000},
     "bad json": {"records": None, "source_path": "bad.jsonl"},
     "source_path leaves its folder": {"records": None, "source_path": "escape"},
+    "too many columns": {"records": None, "source_path": "outside.csv", "max_columns": 1},
     "bad csv_options": {"records": None, "source_path": "noheader.csv", "csv_options": {"sep": ";"}},
     "failing query": {"records": None, "sql": "SELECT email FROM missing", "sql_conn_id": "seg_db"},
     "over max_profiles": {"max_profiles": 10},
