@@ -56,7 +56,7 @@ DEFAULT_MAX_COLUMNS = 10_000
 #: ``chunk_size`` rows or at this many bytes, whichever comes first.
 CHUNK_BYTES = 64 * 1024 * 1024
 #: Rows of a Parquet file decoded at once (then gathered into chunks by rows and bytes).
-_PARQUET_BATCH_ROWS = 1024
+_PARQUET_BATCH_ROWS = 128
 #: Delimiters a CSV file's header line is searched for, the first winning a tie.
 CSV_DELIMITERS = (",", ";", "\t", "|")
 #: What ``csv_options`` may set.
