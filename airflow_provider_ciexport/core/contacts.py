@@ -236,17 +236,33 @@ class EmailSet:
         self._limit = slots // 2
 
 
-def _describe_columns(columns: Sequence[str]) -> str:
-    """A sentence naming the columns when they look like names, else giving only their count.
+def column_key(name: str) -> str:
+    """How a mapped column name matches a source column loosely: ignoring case and surrounding spaces."""
+    return name.strip().casefold()
+
+
+def _describe_columns(
+    columns: Sequence[str], names: Sequence[str] | None, width: int | None, mapped: Sequence[str]
+) -> str:
+    """A sentence naming the source's columns when they are known to be names and look like names, else
+    giving only their count and the mapped columns found.
 
     A file without a header row turns its first data row into "column names": never echo it.
     """
-    if not looks_like_a_header(columns):
-        return (
-            f"Its {len(columns)} column names look like data, not names, so they are not shown: is the "
-            "first line a data row instead of a header row?"
-        )
-    return f"Its columns are: {', '.join(repr(name) for name in columns) or '(none)'}."
+    if names is not None and looks_like_a_header(names):
+        return f"Its columns are: {', '.join(repr(name) for name in names) or '(none)'}."
+    count = len(names) if names is not None else width if width is not None else len(columns)
+    why = (
+        "look like data, not names"
+        if names is not None
+        else "come from the file's first line, which could be a data row"
+    )
+    found = [name for name in mapped if name in columns]
+    has = ", ".join(repr(name) for name in found) if found else "none"
+    return (
+        f"Its {count} column names {why}, so they are not shown: is the first line a data row instead "
+        f"of a header row? Of the mapped columns it has: {has}."
+    )
 
 
 class ContactBuilder:
@@ -267,6 +283,10 @@ class ContactBuilder:
     :param schema: what the destination accepts.
     :param columns: the source's column names, in row order.
     :param seen: an :class:`EmailSet` to deduplicate against (e.g. pre-seeded); a new one if omitted.
+    :param names: all the source's column names when they are known to be names (``columns`` may hold
+        only the mapped ones), ``None`` when they may be data (a CSV file's first line), ``()`` for
+        ``columns``; only a missing column's message uses them.
+    :param width: how many columns the source has, when ``names`` is ``None``.
     :raises ExportConfigurationError: if the mapping does not fit the schema or the columns.
     """
 
@@ -277,9 +297,14 @@ class ContactBuilder:
         columns: Sequence[str],
         *,
         seen: EmailSet | None = None,
+        names: Sequence[str] | None = (),
+        width: int | None = None,
     ) -> None:
         self.schema = schema
         self.columns = list(columns)
+        # For the message on a missing column: the source's own column names when known to be names.
+        self._names = list(columns) if names == () else names
+        self._width = width
         self.invalid = 0
         self.invalid_reasons: dict[str, int] = {}
         self.duplicates = 0
@@ -287,7 +312,7 @@ class ContactBuilder:
         self.seen = seen if seen is not None else EmailSet()
 
         self._check_attributes(field_mapping, schema)
-        resolved = self._resolve_columns(field_mapping, self.columns)
+        resolved = self._resolve_columns(field_mapping, self.columns, self._names, self._width)
         self.resolved_mapping: dict[str, str] = {attr: self.columns[i] for attr, i in resolved.items()}
 
         standard_limit = schema.standard.get("email")
@@ -348,18 +373,23 @@ class ContactBuilder:
             )
 
     @staticmethod
-    def _resolve_columns(field_mapping: Mapping[str, str], columns: list[str]) -> dict[str, int]:
+    def _resolve_columns(
+        field_mapping: Mapping[str, str],
+        columns: list[str],
+        names: Sequence[str] | None,
+        width: int | None,
+    ) -> dict[str, int]:
         exact = {name: i for i, name in reversed(list(enumerate(columns)))}
         loose: dict[str, list[int]] = {}
         for i, name in enumerate(columns):
-            loose.setdefault(name.strip().casefold(), []).append(i)
+            loose.setdefault(column_key(name), []).append(i)
         resolved: dict[str, int] = {}
         missing: list[str] = []
         for attr, column in field_mapping.items():
             if column in exact:
                 resolved[attr] = exact[column]
                 continue
-            candidates = loose.get(column.strip().casefold(), [])
+            candidates = loose.get(column_key(column), [])
             if len(candidates) == 1:
                 resolved[attr] = candidates[0]
             elif candidates:
@@ -372,10 +402,11 @@ class ContactBuilder:
             else:
                 missing.append(column)
         if missing:
-            names = ", ".join(repr(name) for name in dict.fromkeys(missing))
+            absent = ", ".join(repr(name) for name in dict.fromkeys(missing))
             raise ExportConfigurationError(
-                f"field_mapping names column(s) {names} that the segment does not have. "
-                f"{_describe_columns(columns)} Fix field_mapping or the source."
+                f"field_mapping names column(s) {absent} that the segment does not have. "
+                f"{_describe_columns(columns, names, width, list(field_mapping.values()))} Fix "
+                "field_mapping or the source."
             )
         # ``email`` first so contacts always start with it.
         return {"email": resolved["email"], **{a: i for a, i in resolved.items() if a != "email"}}

@@ -266,17 +266,20 @@ class SegmentExporter:
             if self._lease is not None:
                 stack.callback(self._lease.release)
             stack.enter_context(steady_collector())
-            rows = stack.enter_context(self.source.read())
+            # Only the mapped columns are kept, as each row is read.
+            rows = stack.enter_context(self.source.read(self.field_mapping.values()))
             chunks: Iterator[list[Row]] = iter(rows)
-            columns = rows.columns
+            columns, names = rows.columns, rows.names
             if not columns:
                 first = next(chunks, None)
                 if first is None:
                     # No rows to tell the columns (e.g. records=[]): every mapped column exists vacuously.
-                    columns = list(dict.fromkeys(self.field_mapping.values()))
+                    columns = names = list(dict.fromkeys(self.field_mapping.values()))
                 else:
                     chunks = itertools.chain([first], chunks)
-            builder = ContactBuilder(self.field_mapping, self.destination.schema, columns)
+            builder = ContactBuilder(
+                self.field_mapping, self.destination.schema, columns, names=names, width=rows.width
+            )
             self.destination.prepare(self.field_mapping)
             total = rows.count
             limit = self.settings.max_profiles

@@ -17,11 +17,14 @@ import logging
 import os
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterator, Mapping, Sequence
-from itertools import chain, islice
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_ciexport.core.contacts import column_key
 from airflow_provider_ciexport.core.redaction import driver_error, looks_like_a_header
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
 
@@ -46,6 +49,15 @@ _PARQUET_EXTRA = "pip install 'airflow-provider-ciexport[parquet]'"
 #: The longest line of a CSV or JSON Lines file read by default: a contact's row is a few hundred
 #: characters; this much is still read in flat memory.
 DEFAULT_MAX_LINE_LENGTH = 1024 * 1024
+#: The most columns (CSV) or keys (JSON Lines objects, a Parquet schema) a file may have by default: a
+#: segment has tens; a hostile file's million-comma header would make every row that wide.
+DEFAULT_MAX_COLUMNS = 10_000
+#: About the most a chunk of file rows holds, in bytes (measured from the lines read): a chunk ends at
+#: ``chunk_size`` rows or at this many bytes, whichever comes first.
+CHUNK_BYTES = 64 * 1024 * 1024
+#: Rows of a Parquet file decoded at once; text columns stay dictionary-encoded, and rows become
+#: Python values a byte budget at a time.
+_PARQUET_BATCH_ROWS = 1024
 #: Delimiters a CSV file's header line is searched for, the first winning a tie.
 CSV_DELIMITERS = (",", ";", "\t", "|")
 #: What ``csv_options`` may set.
@@ -53,18 +65,47 @@ CSV_OPTIONS = ("delimiter", "quotechar", "encoding")
 _DRIVER_TEXT_HIDDEN = "(The driver's own message is not shown: it can quote row values.)"
 
 
+@dataclass(frozen=True)
+class Header:
+    """What a file source's read yields first.
+
+    :param columns: the columns its rows hold, in row order (only the wanted ones, if asked).
+    :param width: how many columns the source has.
+    :param names: all its column names when they are known to be names, ``None`` when they may be a
+        data row (a CSV file's first line).
+    """
+
+    columns: list[str]
+    width: int
+    names: list[str] | None
+
+
 class SegmentRows:
     """One pass over a segment: its column names, then its rows in chunks. Close it (or use ``with``).
 
-    :param columns: the column names, in row order.
+    :param columns: the column names of the rows, in row order.
     :param chunks: the rows as tuples in ``columns`` order, at most ``chunk_size`` per list.
     :param count: the number of rows when the source knows it without reading them (in-memory
         records, a Parquet file's metadata), else ``None``.
+    :param width: how many columns the source has (more than ``columns`` when only the wanted ones
+        are kept); by default ``len(columns)``.
+    :param names: all the source's column names when known to be names, ``None`` when they may be
+        data; by default ``columns``.
     """
 
-    def __init__(self, columns: list[str], chunks: Iterator[list[Row]], count: int | None = None) -> None:
+    def __init__(
+        self,
+        columns: list[str],
+        chunks: Iterator[list[Row]],
+        count: int | None = None,
+        *,
+        width: int | None = None,
+        names: list[str] | tuple[()] | None = (),
+    ) -> None:
         self.columns = columns
         self.count = count
+        self.width = len(columns) if width is None else width
+        self.names: list[str] | None = list(columns) if isinstance(names, tuple) else names
         self._chunks = chunks
 
     def __iter__(self) -> Iterator[list[Row]]:
@@ -93,19 +134,26 @@ class SegmentSource(ABC):
     """
 
     description: str
+    _wanted: Callable[[str], bool] | None = None
 
-    def read(self) -> SegmentRows:
+    def read(self, wanted: Iterable[Any] | None = None) -> SegmentRows:
         """Open the source and read its column names; the rows follow from the same pass.
 
+        :param wanted: the column names the rows are read for (``field_mapping``'s values): a file
+            source keeps only the columns that match one exactly or ignoring case and surrounding
+            spaces, as each row is read. ``None``: every column.
         :raises SegmentSourceError: if the source cannot be opened or its columns cannot be read.
         """
+        self._wanted = None if wanted is None else _Wanted(wanted)
         generator = self._read()
         try:
-            columns = next(generator)
+            first = next(generator)
         except BaseException:
             generator.close()
             raise
-        return SegmentRows(columns, generator, self._count())
+        if isinstance(first, Header):
+            return SegmentRows(first.columns, generator, self._count(), width=first.width, names=first.names)
+        return SegmentRows(first, generator, self._count())
 
     @abstractmethod
     def _read(self) -> Generator[Any, None, None]:
@@ -117,6 +165,51 @@ class SegmentSource(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.description}>"
+
+
+class _Wanted:
+    """Whether a column is one of the wanted names, exactly or ignoring case and surrounding spaces."""
+
+    def __init__(self, names: Iterable[Any]) -> None:
+        # Not-a-string names are left to the mapping's own check, which says what is wrong.
+        self.exact = frozenset(name for name in names if isinstance(name, str))
+        self.loose = frozenset(map(column_key, self.exact))
+        # JSON Lines asks for the same keys line after line; bounded, as a hostile file's keys are not.
+        self._seen: dict[str, bool] = {}
+
+    def __call__(self, name: str) -> bool:
+        found = self._seen.get(name)
+        if found is None:
+            found = name in self.exact or column_key(name) in self.loose
+            if len(self._seen) < 1024:
+                self._seen[name] = found
+        return found
+
+
+def _picker(keep: Sequence[int]) -> Callable[[Sequence[Any]], Row]:
+    """A function that takes the values at ``keep`` of a row at least ``keep[-1] + 1`` long, as a tuple."""
+    if len(keep) > 1:
+        return itemgetter(*keep)
+    if keep:
+        index = keep[0]
+        return lambda row: (row[index],)
+    return lambda row: ()
+
+
+def _chunked(rows: Iterator[tuple[Row, int]], size: int, budget: int) -> Iterator[list[Row]]:
+    """Rows (each with its size in bytes) in lists of at most ``size`` rows, a list ending once it
+    holds ``budget`` bytes: a few huge rows never make a chunk of thousands."""
+    while True:
+        chunk: list[Row] = []
+        held = 0
+        for row, nbytes in rows:
+            chunk.append(row)
+            held += nbytes
+            if len(chunk) >= size or held >= budget:
+                break
+        if not chunk:
+            return
+        yield chunk
 
 
 def _check_unique(names: Sequence[str], where: str) -> None:
@@ -292,9 +385,14 @@ class FileSegmentSource(SegmentSource):
     :param chunk_size: rows per chunk.
     :param max_line_length: the longest line (a CSV record) read, in characters (JSON Lines: bytes);
         a longer one fails before it is held in memory.
+    :param max_columns: the most columns (CSV), keys (JSON Lines) or schema fields (Parquet) read; more
+        fail, naming the line.
+
+    A chunk also ends once its rows' lines add up to :data:`CHUNK_BYTES`.
     """
 
     kind = "file"
+    _unit = "columns"
 
     def __init__(
         self,
@@ -302,10 +400,12 @@ class FileSegmentSource(SegmentSource):
         chunk_size: int = 5000,
         *,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_columns: int = DEFAULT_MAX_COLUMNS,
     ) -> None:
         self.path = os.fspath(path)
         self.chunk_size = chunk_size
         self.max_line_length = max_line_length
+        self.max_columns = max_columns
         self.name = self.path.rstrip("/").rsplit("/", 1)[-1]
         self.description = f"{self.kind} file {self.name}"
 
@@ -355,6 +455,13 @@ class FileSegmentSource(SegmentSource):
             "operator's max_line_length."
         )
 
+    def _too_many(self, where: str) -> SegmentSourceError:
+        return SegmentSourceError(
+            f"{where} of the {self.description} has more than {self.max_columns:,} {self._unit} "
+            "(max_columns), far more than a segment's, so it was not read further: the file is damaged or "
+            "not a segment. Fix the file; if this many are intended, raise the operator's max_columns."
+        )
+
 
 class CsvSegmentSource(FileSegmentSource):
     """A CSV file with a header row, read with the ``csv`` module, UTF-8 by default (a BOM is skipped).
@@ -364,7 +471,9 @@ class CsvSegmentSource(FileSegmentSource):
     locale save with ``;``. Header names are stripped of surrounding spaces; empty header cells are
     named ``column_<n>`` (1-based position) so that trailing commas do not produce duplicate names.
     Blank lines are skipped; rows shorter than the header are padded with ``None`` and longer rows
-    are cut to the header's width. Values are strings.
+    are cut to the header's width. Values are strings. When read for some columns only, each row keeps
+    just those as it is parsed. The header's names are never shown in messages: a file without a
+    header row would show a contact's values.
 
     :param delimiter: the field delimiter (one character), or ``None`` to detect it.
     :param quotechar: the quote character (one character).
@@ -382,8 +491,10 @@ class CsvSegmentSource(FileSegmentSource):
         quotechar: str = '"',
         encoding: str = "utf-8",
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_columns: int = DEFAULT_MAX_COLUMNS,
     ) -> None:
-        super().__init__(path, chunk_size, max_line_length=max_line_length)
+        super().__init__(path, chunk_size, max_line_length=max_line_length, max_columns=max_columns)
+        self._consumed = 0  # characters read so far, for the chunks' byte budget
         self.delimiter = delimiter
         self.quotechar = quotechar
         self.encoding = encoding
@@ -407,6 +518,7 @@ class CsvSegmentSource(FileSegmentSource):
             if not inside:
                 opened, record = line_no, 0
             record += len(line)
+            self._consumed += len(line)
             if quote in line and line.count(quote) & 1:
                 inside = not inside
             if record >= limit and (inside or line[-1] not in "\r\n"):
@@ -481,34 +593,51 @@ class CsvSegmentSource(FileSegmentSource):
 
     def _read(self) -> Generator[Any, None, None]:
         """The header row's names, stripped of surrounding spaces, then the data rows as tuples of strings."""
-        size = self.chunk_size
         with self._reader() as reader:
             header = next(reader, [])
+            if len(header) > self.max_columns:
+                raise self._too_many("Line 1 (the header)")
             names = [name.strip() or f"column_{i}" for i, name in enumerate(header, start=1)]
+            del header
             _check_unique(names, f"The header of the {self.description}")
-            yield names
-            width = len(names)
-            rows = filter(None, reader)  # blank lines parse as []
-            while chunk := [
-                tuple(row) if len(row) == width else _fit(row, width) for row in islice(rows, size)
-            ]:
-                yield chunk
+            wanted = self._wanted
+            keep = [i for i, name in enumerate(names) if wanted is None or wanted(name)]
+            yield Header([names[i] for i in keep], len(names), None)
+            del names
+            yield from _chunked(self._rows(reader, keep), self.chunk_size, CHUNK_BYTES)
 
-
-def _fit(row: list[Any], width: int) -> Row:
-    return tuple(row[:width]) if len(row) > width else (*row, *([None] * (width - len(row))))
+    def _rows(self, reader: Any, keep: list[int]) -> Iterator[tuple[Row, int]]:
+        """The columns ``keep`` of each row (``None`` where a row is short), with the characters read for it."""
+        limit = self.max_columns
+        need = keep[-1] + 1 if keep else 0
+        pick = _picker(keep)
+        before = self._consumed
+        for row in reader:
+            if not row:  # a blank line
+                continue
+            width = len(row)
+            if width > limit:
+                raise self._too_many(f"Line {reader.line_num}")
+            values = pick(row) if width >= need else tuple(row[i] if i < width else None for i in keep)
+            after = self._consumed
+            yield values, after - before
+            before = after
 
 
 class JsonLinesSegmentSource(FileSegmentSource):
     """A JSON Lines file: one JSON object per line, UTF-8; blank lines are skipped.
 
-    The columns are the union of the keys of the first ``chunk_size`` objects, in first-seen order.
-    A key that first appears after them is ignored; a key missing from a row reads as ``None``.
+    The columns are the union of the keys of the first chunk's objects (``chunk_size`` objects, or
+    fewer when their lines add up to :data:`CHUNK_BYTES`), in first-seen order. A key that first
+    appears after them is ignored; a key missing from a row reads as ``None``. When read for some
+    columns only, each object keeps just those keys as soon as it is parsed.
     """
 
     kind = "JSON Lines"
+    _unit = "keys"
 
-    def _objects(self, raw: IO[bytes]) -> Iterator[dict[str, Any]]:
+    def _objects(self, raw: IO[bytes]) -> Iterator[tuple[dict[str, Any], int, int]]:
+        """Each object with its line's length in bytes and its line number."""
         offset = line_no = 0
         limit = self.max_line_length
         readline = raw.readline
@@ -541,22 +670,41 @@ class JsonLinesSegmentSource(FileSegmentSource):
                     f"Line {line_no} of the {self.description} is a JSON {type(obj).__name__}, not an "
                     "object. Write one JSON object per line (JSON Lines), not a JSON array."
                 )
-            yield obj
+            if len(obj) > self.max_columns:
+                raise self._too_many(f"Line {line_no}")
+            yield obj, len(line), line_no
 
     def _read(self) -> Generator[Any, None, None]:
-        """The union of the keys of the first ``chunk_size`` objects, then the objects' values in that order."""
+        """The union of the keys of the first chunk's objects, then the objects' values in that order."""
         size = self.chunk_size
+        wanted = self._wanted
         with self._open_binary() as raw:
             objects = self._objects(raw)
-            first = list(islice(objects, size))
+            first: list[tuple[dict[str, Any], int]] = []
             keys: dict[str, None] = {}
-            for obj in first:
+            held = 0
+            for obj, nbytes, line_no in objects:
                 keys.update(dict.fromkeys(obj))
+                if len(keys) > self.max_columns:
+                    raise self._too_many(f"Line {line_no} (with the lines before it)")
+                first.append((obj if wanted is None else _only(obj, wanted), nbytes))
+                held += nbytes
+                if len(first) >= size or held >= CHUNK_BYTES:
+                    break
             names = list(keys)
-            yield names
-            objects = chain(first, objects)
-            while chunk := [tuple(map(obj.get, names)) for obj in islice(objects, size)]:
-                yield chunk
+            columns = names if wanted is None else [name for name in names if wanted(name)]
+            yield Header(columns, len(names), names)
+            del keys
+            head = [(tuple(map(obj.get, columns)), nbytes) for obj, nbytes in first]
+            del first
+            # Later objects are transient: their values are taken as each line is parsed.
+            rest = ((tuple(map(obj.get, columns)), nbytes) for obj, nbytes, _ in objects)
+            yield from _chunked(chain(head, rest), size, CHUNK_BYTES)
+
+
+def _only(obj: dict[str, Any], wanted: Callable[[str], bool]) -> dict[str, Any]:
+    """The object with only its wanted keys."""
+    return {key: value for key, value in obj.items() if wanted(key)}
 
 
 class ParquetSegmentSource(FileSegmentSource):
@@ -567,9 +715,12 @@ class ParquetSegmentSource(FileSegmentSource):
 
     kind = "Parquet"
 
-    def __init__(self, path: str | os.PathLike[str], chunk_size: int = 5000) -> None:
-        super().__init__(path, chunk_size)
+    def __init__(
+        self, path: str | os.PathLike[str], chunk_size: int = 5000, *, max_columns: int = DEFAULT_MAX_COLUMNS
+    ) -> None:
+        super().__init__(path, chunk_size, max_columns=max_columns)
         self._num_rows: int | None = None
+        self._raw: IO[bytes] | None = None  # the open file, to read it again with dictionary columns
         try:
             import pyarrow.parquet  # noqa: F401
         except ImportError as err:
@@ -584,6 +735,7 @@ class ParquetSegmentSource(FileSegmentSource):
         import pyarrow.parquet as pq
 
         with self._open_binary() as raw:
+            self._raw = raw
             try:
                 parquet = pq.ParquetFile(raw)
             except (pa.ArrowException, OSError) as err:
@@ -603,19 +755,106 @@ class ParquetSegmentSource(FileSegmentSource):
                 parquet.close()
 
     def _read(self) -> Generator[Any, None, None]:
-        """The schema's column names, then each record batch's rows as tuples of Python values."""
+        """The schema's column names, then the rows of its record batches as tuples of Python values.
+
+        Only the wanted columns are decoded, at most ``_PARQUET_BATCH_ROWS`` rows at a time.
+        """
         with self._parquet() as parquet:
             names = list(parquet.schema_arrow.names)
+            if len(names) > self.max_columns:
+                raise self._too_many("The schema")
             _check_unique(names, f"The {self.description}")
+            wanted = self._wanted
+            columns = [name for name in names if wanted is None or wanted(name)]
             self._num_rows = int(parquet.metadata.num_rows)
-            yield names
-            for batch in parquet.iter_batches(batch_size=self.chunk_size, columns=names):
-                if batch.num_rows:
-                    yield list(zip(*(column.to_pylist() for column in batch.columns), strict=True))
+            yield Header(columns, len(names), names)
+            yield from _chunked(self._rows(parquet, columns), self.chunk_size, CHUNK_BYTES)
+
+    def _rows(self, parquet: Any, columns: list[str]) -> Iterator[tuple[Row, int]]:
+        """The rows of ``columns``, each with its size in bytes.
+
+        Text columns are decoded as dictionaries: a dictionary-encoded value repeated on every row (a
+        file of a few KB) is then held once, not once per row, until the rows are taken a few at a time.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = parquet.schema_arrow
+        text = [name for name in columns if _is_text(schema.field(name).type, pa)]
+        reader = (
+            pq.ParquetFile(self._raw, metadata=parquet.metadata, read_dictionary=text) if text else parquet
+        )
+        batches = reader.iter_batches(batch_size=min(self.chunk_size, _PARQUET_BATCH_ROWS), columns=columns)
+        for batch in batches:
+            if batch.num_rows:
+                yield from _batch_rows(batch, bool(columns))
 
     def _count(self) -> int | None:
         """The row count from the file's metadata, read when the file was opened."""
         return self._num_rows
+
+
+def _is_text(kind: Any, pa: Any) -> bool:
+    return bool(
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    )
+
+
+def _text_bytes(batch: Any) -> Any:
+    """Each row's bytes of text (an Arrow array), or ``None`` when the batch has no text column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = None
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type, pa):
+            lengths = pc.binary_length(column.dictionary).take(column.indices)
+        elif _is_text(column.type, pa):
+            lengths = pc.binary_length(column)
+        else:
+            continue
+        lengths = pc.fill_null(lengths, 0)
+        total = lengths if total is None else pc.add(total, lengths)
+    return total
+
+
+def _values(column: Any) -> list[Any]:
+    """An Arrow column's Python values (a dictionary column decoded first: much faster)."""
+    decode = getattr(column, "dictionary_decode", None)
+    return (decode() if decode is not None else column).to_pylist()
+
+
+def _batch_rows(batch: Any, any_columns: bool) -> Iterator[tuple[Row, int]]:
+    """The rows of an Arrow record batch with their sizes, turned into Python values a budget at a time."""
+    import pyarrow.compute as pc
+
+    count = batch.num_rows
+    per_row = 16 * batch.num_columns
+    if not any_columns:
+        yield from (((), per_row) for _ in range(count))
+        return
+    text = _text_bytes(batch)
+    total = per_row * count + (0 if text is None else int(pc.sum(text).as_py() or 0))
+    if text is None or total <= CHUNK_BYTES:
+        # The usual case: the whole batch fits in the budget.
+        size = -(-total // count)
+        rows = zip(*map(_values, batch.columns), strict=True)
+        yield from ((row, size) for row in rows)
+        return
+    sizes = [per_row + length for length in text.to_pylist()]
+    start = 0
+    while start < count:
+        end, held = start, 0
+        while end < count and (end == start or held + sizes[end] <= CHUNK_BYTES):
+            held += sizes[end]
+            end += 1
+        piece = batch.slice(start, end - start)
+        rows = zip(*map(_values, piece.columns), strict=True)
+        yield from zip(rows, sizes[start:end], strict=True)
+        start = end
 
 
 class RecordsSegmentSource(SegmentSource):
@@ -724,6 +963,7 @@ def make_source(
     chunk_size: int = 5000,
     csv_options: Mapping[str, Any] | None = None,
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    max_columns: int = DEFAULT_MAX_COLUMNS,
 ) -> SegmentSource:
     """Build the segment source from an operator's parameters; exactly one source must be given.
 
@@ -739,6 +979,8 @@ def make_source(
         not given), ``quotechar`` (``"``) and ``encoding`` (``utf-8``).
     :param max_line_length: the longest line a CSV or JSON Lines file may have (characters; bytes for
         JSON Lines).
+    :param max_columns: the most columns a CSV file, keys a JSON Lines file or fields a Parquet
+        schema may have.
     :raises ExportConfigurationError: if the parameters do not describe exactly one usable source.
     """
     given = [
@@ -764,6 +1006,11 @@ def make_source(
             f"max_line_length must be a whole number of characters, got {max_line_length!r}. The default "
             f"is {DEFAULT_MAX_LINE_LENGTH:,}."
         )
+    if isinstance(max_columns, bool) or not isinstance(max_columns, int) or max_columns < 1:
+        raise ExportConfigurationError(
+            f"max_columns must be a positive whole number, got {max_columns!r}. The default is "
+            f"{DEFAULT_MAX_COLUMNS:,}."
+        )
     if csv_options is not None and (source_path is None or _file_format(source_path, file_format) != "csv"):
         raise ExportConfigurationError(
             "csv_options is given but the segment is not a CSV file. Drop csv_options, or point "
@@ -784,11 +1031,17 @@ def make_source(
         fmt = _file_format(path, file_format)
         if fmt == "csv":
             return CsvSegmentSource(
-                path, chunk_size, max_line_length=max_line_length, **_csv_dialect(csv_options or {})
+                path,
+                chunk_size,
+                max_line_length=max_line_length,
+                max_columns=max_columns,
+                **_csv_dialect(csv_options or {}),
             )
         if fmt == "jsonl":
-            return JsonLinesSegmentSource(path, chunk_size, max_line_length=max_line_length)
-        return ParquetSegmentSource(path, chunk_size)
+            return JsonLinesSegmentSource(
+                path, chunk_size, max_line_length=max_line_length, max_columns=max_columns
+            )
+        return ParquetSegmentSource(path, chunk_size, max_columns=max_columns)
     assert records is not None
     if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
         raise ExportConfigurationError(

@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from itertools import accumulate
 from typing import IO, Any
 
+from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError
 
 log = logging.getLogger(__name__)
@@ -417,31 +418,9 @@ def _little(data: array[int] | bytearray) -> array[int] | bytearray:
     return data
 
 
-_ENCODED_DOTS = re.compile(r"%2e", re.IGNORECASE)
-
-
 def check_state_path(uri: str) -> None:
-    """Refuse a (rendered) ``state_path`` that could reach outside its folder, before anything is read.
-
-    A ``..`` segment (also percent-encoded), a backslash or a control character is refused: a Param
-    rendered into ``state_path`` must not choose where the export writes.
-
-    :raises ExportConfigurationError: naming the problem and the fix.
-    """
-    text = _ENCODED_DOTS.sub(".", uri)
-    if "\\" in text or "%5c" in text.lower() or any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ExportConfigurationError(
-            "state_path holds a backslash or a control character, which could make it point elsewhere than "
-            "it reads; nothing was read. Nothing was sent. Use '/' between folders; if a Param is rendered "
-            "into state_path, give it an 'enum' or a 'pattern' such as '^[a-z0-9_-]+$'."
-        )
-    _, _, rest = text.rpartition("://")
-    if ".." in rest.split("/"):
-        raise ExportConfigurationError(
-            "state_path has a '..' segment, so it could point outside its folder (e.g. a Param rendered into "
-            "it); nothing was read. Nothing was sent. Write the path without '..'; if a Param is rendered "
-            "into state_path, give it an 'enum' or a 'pattern' such as '^[a-z0-9_-]+$'."
-        )
+    """Refuse a (rendered) ``state_path`` that could reach outside its folder (see :func:`check_storage_path`)."""
+    check_storage_path(uri, "state_path")
 
 
 @dataclass

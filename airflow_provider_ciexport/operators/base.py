@@ -10,11 +10,17 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, XComArg
 
 from airflow_provider_ciexport.asset_events import add_report_to_outlet_events
+from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.core.variables import JsonVariable
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError, say_nothing_was_sent
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter, SyncSettings
-from airflow_provider_ciexport.export.sources import DEFAULT_MAX_LINE_LENGTH, SegmentSource, make_source
+from airflow_provider_ciexport.export.sources import (
+    DEFAULT_MAX_COLUMNS,
+    DEFAULT_MAX_LINE_LENGTH,
+    SegmentSource,
+    make_source,
+)
 from airflow_provider_ciexport.export.state import check_state_path
 from airflow_provider_ciexport.export.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
@@ -89,6 +95,8 @@ class BaseSegmentExportOperator(BaseOperator):
         line: ``,`` ``;`` tab or ``|``), ``quotechar`` (``"``) and ``encoding`` (``utf-8``). Templated.
     :param max_line_length: the longest line a CSV or JSON Lines file may have, in characters (bytes
         for JSON Lines); a longer one fails the task before it is held in memory.
+    :param max_columns: the most columns a CSV file, keys a JSON Lines object (or the first rows
+        together) or fields a Parquet schema may have; more fail the task, naming the line.
     :param max_profiles: fail before sending if the segment has more rows (``None``: no limit).
     :param dry_run: check and prepare everything but send nothing; the report shows what would go.
     :param wait_for_completion: follow every import job to its end and report accepted/rejected.
@@ -132,6 +140,7 @@ class BaseSegmentExportOperator(BaseOperator):
         file_format: str | None = None,
         csv_options: Mapping[str, str] | None = None,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_columns: int = DEFAULT_MAX_COLUMNS,
         max_profiles: int | None = 1_000_000,
         dry_run: bool = False,
         wait_for_completion: bool = True,
@@ -179,6 +188,7 @@ class BaseSegmentExportOperator(BaseOperator):
         self.file_format = file_format
         self.csv_options = csv_options
         self.max_line_length = max_line_length
+        self.max_columns = max_columns
         self.max_profiles = max_profiles
         # Shadows BaseOperator.dry_run(), a legacy template-rendering helper that Airflow 3 never calls;
         # the public parameter name matters more. Templated, so a trigger form's Param can set it.
@@ -270,7 +280,10 @@ class BaseSegmentExportOperator(BaseOperator):
                 "field_mapping must be a dict of destination attribute -> source column, "
                 'e.g. {"email": "email", "first_name": "given_name"}.'
             )
-        # First, before anything is read: a state_path that a Param made point elsewhere is refused.
+        # First, before anything is read: a state_path or source_path that a Param made point
+        # elsewhere is refused.
+        if self.source_path is not None:
+            check_storage_path(str(self.source_path), "source_path")
         sync = self._sync_settings(context)
         source = self._source = make_source(
             sql=self.sql,
@@ -280,6 +293,7 @@ class BaseSegmentExportOperator(BaseOperator):
             file_format=self.file_format,
             csv_options=self.csv_options,
             max_line_length=self.max_line_length,
+            max_columns=self.max_columns,
         )
         destination = self.get_destination()
         self.list_url = self.get_list_url(destination)

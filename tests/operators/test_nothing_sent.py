@@ -31,6 +31,8 @@ CASES: dict[str, dict[str, Any]] = {
     "header-less csv": {"records": None, "source_path": "noheader.csv"},
     "line too long": {"records": None, "source_path": "long.jsonl", "max_line_length": 1000},
     "bad json": {"records": None, "source_path": "bad.jsonl"},
+    "source_path leaves its folder": {"records": None, "source_path": "escape"},
+    "too many columns": {"records": None, "source_path": "outside.csv", "max_columns": 1},
     "bad csv_options": {"records": None, "source_path": "noheader.csv", "csv_options": {"sep": ";"}},
     "failing query": {"records": None, "sql": "SELECT email FROM missing", "sql_conn_id": "seg_db"},
     "over max_profiles": {"max_profiles": 10},
@@ -54,7 +56,12 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE t (email TEXT, first TEXT)")
     set_connection(monkeypatch, "seg_db", conn_type="sqlite", host=str(db))
-    return {path.name: str(path) for path in tmp_path.iterdir()}
+    # A readable, valid segment outside the folder that source_path names: it must not be read.
+    (tmp_path / "segments").mkdir()
+    (tmp_path / "outside.csv").write_text("email,first\nann@example.com,Ann\n")
+    return {path.name: str(path) for path in tmp_path.iterdir()} | {
+        "escape": f"file://{tmp_path}/segments/../outside.csv"
+    }
 
 
 def _params(api: str, case: str, files: dict[str, str], **base: Any) -> dict[str, Any]:

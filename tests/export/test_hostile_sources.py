@@ -1,0 +1,195 @@
+"""Hostile segment files fail small, in flat memory: only the mapped columns are held, the number of
+columns or keys is capped, and a chunk is bounded by bytes as well as rows (issue 30)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
+from airflow_provider_ciexport.export import sources
+from airflow_provider_ciexport.export.engine import SegmentExporter
+from airflow_provider_ciexport.export.sources import DEFAULT_MAX_COLUMNS, make_source
+from tests.export.fakes import FakeDestination
+
+MAPPING = {"email": "email", "first_name": "first"}
+
+
+def gz(path: Path, text: str) -> str:
+    path.write_bytes(gzip.compress(text.encode()))
+    return str(path)
+
+
+def chunks(path: str, wanted: list[str] | None = None, **options: Any) -> tuple[list[str], list[list[Any]]]:
+    with make_source(source_path=path, **options).read(wanted) as rows:
+        return rows.columns, list(rows)
+
+
+# -- a cap on the columns or keys -------------------------------------------------------------------
+
+
+def test_a_csv_header_of_a_million_commas_fails_naming_the_line_and_the_limit(tmp_path: Path) -> None:
+    # 14 KB of gzip: every short row would be padded to a million columns.
+    path = gz(tmp_path / "wide.csv.gz", "," * 1_000_000 + "\n" + "a@example.com\n" * 3)
+    with pytest.raises(SegmentSourceError) as err:
+        chunks(path, list(MAPPING.values()))
+    message = str(err.value)
+    assert "Line 1 (the header) of the CSV file wide.csv.gz" in message
+    assert f"more than {DEFAULT_MAX_COLUMNS:,} columns (max_columns)" in message
+    assert "raise the operator's max_columns" in message
+
+
+def test_a_csv_data_row_over_the_cap_fails_naming_its_line(tmp_path: Path) -> None:
+    path = gz(tmp_path / "s.csv.gz", "email,first\na@example.com,Ann\n" + "x," * 50 + "\n")
+    with pytest.raises(
+        SegmentSourceError, match=r"Line 3 of the CSV file s\.csv\.gz has more than 20 columns"
+    ):
+        chunks(path, max_columns=20)
+
+
+def test_a_json_object_over_the_cap_fails_naming_its_line(tmp_path: Path) -> None:
+    wide = json.dumps({f"k{i}": 0 for i in range(30)})
+    path = gz(tmp_path / "s.jsonl.gz", '{"email": "a@example.com"}\n' + wide + "\n")
+    with pytest.raises(
+        SegmentSourceError, match=r"Line 2 of the JSON Lines file s\.jsonl\.gz has more than 20 keys"
+    ):
+        chunks(path, ["email"], max_columns=20)
+
+
+def test_the_union_of_json_keys_is_capped_too(tmp_path: Path) -> None:
+    # Each object is under the cap; together the first rows have 3 x 15 different keys.
+    lines = [
+        json.dumps({"email": f"p{n}@example.com", **{f"k{n}_{i}": 0 for i in range(15)}}) for n in range(3)
+    ]
+    path = gz(tmp_path / "s.jsonl.gz", "\n".join(lines) + "\n")
+    with pytest.raises(SegmentSourceError, match=r"Line 2 \(with the lines before it\) .* more than 20 keys"):
+        chunks(path, ["email"], max_columns=20)
+
+
+def test_a_parquet_schema_over_the_cap_fails(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({f"c{i}": [1] for i in range(30)}), path)
+    with pytest.raises(
+        SegmentSourceError, match=r"The schema of the Parquet file s\.parquet has more than 20"
+    ):
+        chunks(str(path), max_columns=20)
+
+
+def test_max_columns_must_be_a_positive_whole_number() -> None:
+    for bad in (0, -1, 1.5, True, "10"):
+        with pytest.raises(ExportConfigurationError, match="max_columns must be a positive whole number"):
+            make_source(source_path="s.csv", max_columns=bad)  # type: ignore[arg-type]
+
+
+# -- only the mapped columns are held ---------------------------------------------------------------
+
+
+def test_csv_rows_keep_only_the_mapped_columns_however_wide_the_header(tmp_path: Path) -> None:
+    header = "email,first," + ",".join(f"c{i}" for i in range(5000))
+    path = gz(tmp_path / "s.csv.gz", header + "\n" + "a@example.com,Ann\n" * 300 + "b@example.com\n")
+    columns, read = chunks(path, ["email", "First "])
+    assert columns == ["email", "first"]
+    rows = [row for chunk in read for row in chunk]
+    assert len(rows) == 301 and {len(row) for row in rows} == {2}
+    assert rows[0] == ("a@example.com", "Ann") and rows[-1] == ("b@example.com", None)
+
+
+def test_json_objects_keep_only_the_mapped_keys(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"email": f"p{n}@example.com", "first": "Ann", **{f"k{i}": n for i in range(500)}})
+        for n in range(300)
+    ]
+    path = gz(tmp_path / "s.jsonl.gz", "\n".join(lines) + "\n")
+    with make_source(source_path=path).read(["email", "first"]) as rows:
+        assert rows.columns == ["email", "first"]
+        read = [row for chunk in rows for row in chunk]
+    assert len(read) == 300 and {len(row) for row in read} == {2}
+
+
+def test_parquet_reads_only_the_mapped_columns(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"email": ["a@example.com"], "first": ["Ann"], "secret": ["x"]}), path)
+    columns, read = chunks(str(path), ["email", "first"])
+    assert columns == ["email", "first"] and read == [[("a@example.com", "Ann")]]
+
+
+def test_an_export_of_a_wide_csv_holds_only_the_mapped_columns(tmp_path: Path) -> None:
+    header = "email,first," + ",".join(f"c{i}" for i in range(3000))
+    path = gz(tmp_path / "s.csv.gz", header + "\n" + "".join(f"p{i}@example.com,P{i}\n" for i in range(50)))
+    source = make_source(source_path=path)
+    held: list[int] = []
+    read = source.read
+
+    def spy(wanted: Any = None) -> Any:
+        rows = read(wanted)
+        inner = iter(rows)
+        rows._chunks = (held.extend(map(len, chunk)) or chunk for chunk in inner)  # type: ignore[assignment]
+        return rows
+
+    source.read = spy  # type: ignore[method-assign]
+    report = SegmentExporter(source, FakeDestination(batch_contacts=100), MAPPING).run()
+    assert report.accepted == 50
+    assert set(held) == {2}
+
+
+# -- a chunk is bounded by bytes as well as rows ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["s.csv.gz", "s.jsonl.gz"])
+def test_a_chunk_ends_at_the_byte_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 10_000)
+    long = "x" * 990
+    if name.endswith(".csv.gz"):
+        text = "email,note\n" + "".join(f"p{i}@example.com,{long}\n" for i in range(200))
+    else:
+        text = "".join(json.dumps({"email": f"p{i}@example.com", "note": long}) + "\n" for i in range(200))
+    columns, read = chunks(gz(tmp_path / name, text), ["email", "note"], chunk_size=5000)
+    assert columns == ["email", "note"]
+    assert sum(map(len, read)) == 200
+    # About 1 KB a row: a chunk holds about 10 rows, never the 200 that chunk_size allows.
+    assert max(map(len, read)) <= 11
+    assert all(sum(len(row[1]) for row in chunk) <= 10_000 + 1000 for chunk in read)
+
+
+def test_parquet_chunks_end_at_the_byte_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 10_000)
+    path = tmp_path / "s.parquet"
+    emails = [f"p{i}@example.com" for i in range(200)]
+    pq.write_table(pa.table({"email": emails, "note": ["x" * 990] * 200}), path)
+    _, read = chunks(str(path), ["email", "note"], chunk_size=5000)
+    assert sum(map(len, read)) == 200
+    assert max(map(len, read)) <= 11
+
+
+# -- a header-less CSV shows none of its first record in the mapping error (item 8) -------------------
+
+
+def test_a_header_less_csv_shows_no_value_in_the_mapping_error(tmp_path: Path) -> None:
+    # The first record has no e-mail and no long number: it looks like a header, but is a contact.
+    path = tmp_path / "s.csv"
+    path.write_text("Annabel,Smithson,Paris\nBob,Brown,Rome\n")
+    with pytest.raises(ExportConfigurationError) as err:
+        SegmentExporter(make_source(source_path=str(path)), FakeDestination(), MAPPING).run()
+    message = str(err.value)
+    for value in ("Annabel", "Smithson", "Paris"):
+        assert value not in message
+    assert "'email', 'first'" in message  # the mapped names are shown
+    assert "Its 3 column names come from the file's first line" in message
+    assert "Of the mapped columns it has: none." in message
+
+
+def test_known_column_names_are_still_listed_in_the_mapping_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"mail": "a@example.com", "first": "Ann"}) + "\n")
+    with pytest.raises(ExportConfigurationError, match=r"Its columns are: 'mail', 'first'\."):
+        SegmentExporter(make_source(source_path=str(path)), FakeDestination(), MAPPING).run()
