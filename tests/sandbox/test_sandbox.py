@@ -1371,3 +1371,6 @@ def test_a_control_call_without_a_json_body_is_refused(sb: SandboxServer) -> Non
     assert ctl(sb).config()["latency_s"] != 0.25 and ctl(sb).faults()
     r = requests.post(f"{sb.url}/_sandbox/reset", json={}, timeout=TIMEOUT)
     assert r.status_code == 200 and ctl(sb).faults() == []
+    # DELETE needs a CORS preflight, which a page cannot pass here: it takes no body.
+    ctl(sb).add_fault(api="cc", kind="drop", times=1)
+    assert requests.delete(f"{sb.url}/_sandbox/faults", timeout=TIMEOUT).json() == {"removed": 1}

@@ -20,7 +20,7 @@ class SandboxClient:
         self.session = requests.Session()
 
     def _call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
-        if json is None and method != "GET":
+        if json is None and method == "POST":
             json = {}  # the control API takes only declared JSON bodies
         response = self.session.request(
             method, f"{self.url}/_sandbox{path}", json=json, params=params, timeout=self.timeout

@@ -69,7 +69,8 @@ def _foreign_request(scope: Scope) -> tuple[int, str] | None:
             403,
             "the sandbox answers only requests addressed to a loopback host (127.0.0.1, localhost, [::1])",
         )
-    if classify(scope["path"]) == "control" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+    # POST is the one method a page can send elsewhere without a CORS preflight (which fails here).
+    if classify(scope["path"]) == "control" and scope["method"] == "POST":
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             return 415, "control calls take a JSON body (Content-Type: application/json), even an empty {}"
