@@ -85,3 +85,15 @@ class ForeignHost:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def logged_report(messages: list[str]) -> dict[str, str]:
+    """The figures of the export report in log ``messages``: ``{"read": "1,951", ...}``."""
+    start = next(i for i, m in enumerate(messages) if m.endswith("export report:"))
+    figures: dict[str, str] = {}
+    for message in messages[start + 1 :]:
+        if not message.startswith("  "):
+            break
+        key, _, value = message.strip().partition("  ")
+        figures[key] = value.strip()
+    return figures

@@ -410,7 +410,10 @@ class SegmentExporter:
             self._save_state()
             report.requests = self.destination.requests_made
             report.duration_s = time.monotonic() - self._started
-            log.info("%s export report: %s", self.destination.name, report.summary())
+            # One figure a line: a single line of every figure ran off the UI's log view.
+            log.info("%s export report:", self.destination.name)
+            for line in report.table():
+                log.info("%s", line)
         self._raise_if_incomplete()
         if self._checkpoint is not None:
             self._checkpoint.clear()

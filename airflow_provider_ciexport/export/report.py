@@ -85,8 +85,18 @@ class ExportReport:
         out.update({f"omitted_too_long.{k}": v for k, v in sorted(self.omitted_too_long.items())})
         return out
 
-    def summary(self) -> str:
-        """One log line with everything the XCom holds but the job ids (no personal data)."""
+    def table(self) -> list[str]:
+        """The report as the task log shows it: one figure a line, names aligned.
+
+        Everything the XCom holds but the job ids; counts, never personal data.
+        """
         shown = {k: v for k, v in self.as_dict().items() if k not in ("destination", "jobs")}
-        shown["lists"] = ",".join(self.lists)
-        return ", ".join(f"{k}={v}" for k, v in shown.items())
+        shown["lists"] = ", ".join(self.lists)
+        width = max(map(len, shown))
+        return [f"  {key.ljust(width)}  {_figure(value)}" for key, value in shown.items()]
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-" if value is None else str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.1f}"

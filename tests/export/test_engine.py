@@ -20,6 +20,7 @@ from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
 from airflow_provider_ciexport.export.sources import RecordsSegmentSource
 from tests.export.fakes import FakeDestination
+from tests.support import logged_report
 
 MAPPING = {"email": "email", "first_name": "first"}
 
@@ -184,8 +185,8 @@ def test_progress_lines_count_without_personal_data(caplog: pytest.LogCaptureFix
     assert lines and all("rows read" in line and "ETA" in line for line in lines)
     assert "12/12 rows read (100%)" in lines[-1]
     assert "@example.com" not in caplog.text
-    (summary,) = [r.getMessage() for r in caplog.records if "export report" in r.getMessage()]
-    assert "read=12" in summary and "accepted=12" in summary
+    figures = logged_report([r.getMessage() for r in caplog.records])
+    assert figures["read"] == "12" and figures["accepted"] == "12"
 
 
 def test_dry_run_prepares_and_counts_but_sends_nothing() -> None:

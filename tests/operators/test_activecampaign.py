@@ -13,7 +13,7 @@ from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSeg
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
-from tests.support import calls, posts
+from tests.support import calls, logged_report, posts
 
 MAPPING = {
     "email": "email",
@@ -169,8 +169,8 @@ def test_dry_run_sends_nothing_but_reports_what_would_go(
         report = _export(ac_conn, records=rows, dry_run=True, field_mapping={"email": "email"})
     assert report["would_submit"] == 600 and report["would_batches"] == 3 and report["accepted"] is None
     assert report["submitted"] == 0 and report["batches"] == 0 and report["jobs"] == []
-    line = next(r.getMessage() for r in caplog.records if "export report" in r.getMessage())
-    assert "dry_run=True" in line and "would_submit=600" in line and "invalid.malformed=1" in line
+    figures = logged_report([r.getMessage() for r in caplog.records])
+    assert (figures["dry_run"], figures["would_submit"], figures["invalid.malformed"]) == ("True", "600", "1")
     assert calls(sandbox.stats(), "ac", "POST /api/3/import/bulk_import") == 0
 
 
