@@ -107,14 +107,15 @@ def get_provider_info() -> dict[str, Any]:
                     "hidden-fields": ["host", "schema", "port", "extra"],
                     "relabeling": {"login": "Client ID (API key)", "password": "Client secret"},
                     "placeholders": {
-                        "login": "API key of your app in the Constant Contact developer portal",
+                        "login": "API key of your app (then open Extra Fields: the Refresh token is required)",
                         "password": "Client secret of the same app",
                     },
                 },
                 "conn-fields": {
                     "refresh_token": {
-                        "label": "Refresh token",
-                        "description": "The token from the app's first authorization. To get one, run "
+                        "label": "Refresh token (required)",
+                        "description": "Required: without it no export can run. The token from the app's "
+                        "first authorization. To get one, run "
                         "python -m airflow_provider_ciexport.tools.constantcontact_auth --client-id <your API key> "
                         "on any machine with a browser (or add --flow device); it prints the token. A "
                         "rotated token is kept by the provider, so this field needs changing only after a "

@@ -339,7 +339,7 @@ class ConstantContactHook(SegmentApiHook):
             raise ExportConfigurationError(
                 f"{self.conn_label[:1].upper()}{self.conn_label[1:]} has no refresh token. Run "
                 f"{AUTH_COMMAND} once to authorize the app and put the token in the connection's Refresh "
-                "token field (extra 'refresh_token')."
+                "token field (in the UI's connection form, under Extra Fields; the extra 'refresh_token')."
             )
         tried = {token}
         for _ in range(_ROTATION_RETRIES + 1):

@@ -408,3 +408,15 @@ def test_secrets_never_reach_the_api_or_the_log(
         assert "refresh_token" not in headers and "oauth_url" not in headers
     for secret in (seed.CC_CLIENT_SECRET, seed.CC_REFRESH_TOKEN, token, "secret-test@example.com"):
         assert secret not in caplog.text
+
+
+def test_testing_a_connection_without_its_refresh_token_says_where_the_field_is(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server
+) -> None:
+    # The field sits in the connection form's collapsed Extra Fields: the test's message says so.
+    fields = sandbox_server.cc_connection()
+    del fields["extra"]["refresh_token"]
+    ok, message = ConstantContactHook(set_connection(monkeypatch, "cc_no_token", **fields)).test_connection()
+    assert not ok and "has no refresh token" in message
+    assert "Refresh token field (in the UI's connection form, under Extra Fields" in message
+    assert sandbox.stats()["requests"] == {}
