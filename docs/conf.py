@@ -7,6 +7,7 @@ package's docstrings; the benchmark table on the Performance page is generated a
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ sys.path[:0] = [str(ROOT), str(DOCS / "_ext")]
 # throwaway one under build/, never the user's ~/airflow.
 os.environ["AIRFLOW_HOME"] = str(ROOT / "build" / "docs-airflow-home")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+# Airflow says where it read its configuration before its own logging settings apply: not news here.
+for _name in ("airflow.configuration", "airflow.settings"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 from airflow_provider_ciexport import __version__  # noqa: E402
 

@@ -222,7 +222,7 @@ class SegmentDiff:
             raise RemovalLimitError(
                 f"The segment is empty but the sync state holds {managed:,} contacts this export added; "
                 f"mirroring it would remove all {to_remove:,} of them. {nothing} Check "
-                "the segment's query (a broken upstream refresh?). If the list really must be emptied, "
+                "the segment's source, its query, file or upstream task (a broken upstream refresh?). If the list really must be emptied, "
                 "set max_removal_fraction=1.0 for one run."
             )
         if managed and to_remove > max_fraction * managed:

@@ -1374,3 +1374,22 @@ def test_a_control_call_without_a_json_body_is_refused(sb: SandboxServer) -> Non
     # DELETE needs a CORS preflight, which a page cannot pass here: it takes no body.
     ctl(sb).add_fault(api="cc", kind="drop", times=1)
     assert requests.delete(f"{sb.url}/_sandbox/faults", timeout=TIMEOUT).json() == {"removed": 1}
+
+
+def test_a_busy_port_is_answered_with_a_port_that_is_free() -> None:
+    import re
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_provider_ciexport.tools.sandbox", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    suggested = re.search(r"make sandbox PORT=(\d+)", done.stderr)
+    assert suggested and int(suggested.group(1)) != port, done.stderr

@@ -6,6 +6,7 @@ import argparse
 import gc
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -131,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server.start()
     except PortUnavailableError as exc:
+        free = _free_port()
         print(
-            f"error: {exc.strerror}. Choose another port: make sandbox PORT=8030 (or --port 8030; 0 = any free one).",
+            f"error: {exc.strerror}. Choose another port, e.g. one free now: make sandbox PORT={free} "
+            f"(or --port {free}; 0 = any free one).",
             file=sys.stderr,
         )
         return 1
@@ -147,6 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ready_file is not None:
         args.ready_file.unlink(missing_ok=True)
     return 0
+
+
+def _free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now (the one the system gives a new socket)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 if __name__ == "__main__":
