@@ -58,6 +58,11 @@ CHUNK_BYTES = 64 * 1024 * 1024
 #: Rows of a Parquet file decoded at once; text columns stay dictionary-encoded, and rows become
 #: Python values a byte budget at a time.
 _PARQUET_BATCH_ROWS = 1024
+#: A Parquet row group's mapped columns may hold, uncompressed, at most this many times
+#: ``max_line_length`` bytes (by default 256 MiB, four times :data:`CHUNK_BYTES`): Arrow decompresses
+#: a column chunk's pages and a record batch whole, so a small zstd file of large repeated values can
+#: otherwise take gigabytes. 1,000,000 rows of five ordinary profile columns take about 100 MB.
+PARQUET_ROW_GROUP_LINES = 256
 #: Delimiters a CSV file's header line is searched for, the first winning a tie.
 CSV_DELIMITERS = (",", ";", "\t", "|")
 #: What ``csv_options`` may set.
@@ -384,7 +389,7 @@ class FileSegmentSource(SegmentSource):
     :param path: local path or URI.
     :param chunk_size: rows per chunk.
     :param max_line_length: the longest line (a CSV record) read, in characters (JSON Lines: bytes);
-        a longer one fails before it is held in memory.
+        a longer one fails before it is held in memory. Parquet: see :class:`ParquetSegmentSource`.
     :param max_columns: the most columns (CSV), keys (JSON Lines) or schema fields (Parquet) read; more
         fail, naming the line.
 
@@ -710,16 +715,26 @@ def _only(obj: dict[str, Any], wanted: Callable[[str], bool]) -> dict[str, Any]:
 class ParquetSegmentSource(FileSegmentSource):
     """A Parquet file, read by record batches with pyarrow (the ``parquet`` extra).
 
+    Before anything is decoded, the file's metadata is checked: a row group whose mapped columns
+    take, uncompressed, more than ``max_line_length`` bytes a row on average, or more than
+    :data:`PARQUET_ROW_GROUP_LINES` times ``max_line_length`` in all, fails naming the row group.
+
     :raises ExportConfigurationError: if pyarrow is not installed.
     """
 
     kind = "Parquet"
 
     def __init__(
-        self, path: str | os.PathLike[str], chunk_size: int = 5000, *, max_columns: int = DEFAULT_MAX_COLUMNS
+        self,
+        path: str | os.PathLike[str],
+        chunk_size: int = 5000,
+        *,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_columns: int = DEFAULT_MAX_COLUMNS,
     ) -> None:
-        super().__init__(path, chunk_size, max_columns=max_columns)
+        super().__init__(path, chunk_size, max_line_length=max_line_length, max_columns=max_columns)
         self._num_rows: int | None = None
+        self._batch_rows = _PARQUET_BATCH_ROWS
         self._raw: IO[bytes] | None = None  # the open file, to read it again with dictionary columns
         try:
             import pyarrow.parquet  # noqa: F401
@@ -767,6 +782,7 @@ class ParquetSegmentSource(FileSegmentSource):
             wanted = self._wanted
             columns = [name for name in names if wanted is None or wanted(name)]
             self._num_rows = int(parquet.metadata.num_rows)
+            self._check_row_groups(parquet, columns)
             yield Header(columns, len(names), names)
             yield from _chunked(self._rows(parquet, columns), self.chunk_size, CHUNK_BYTES)
 
@@ -784,7 +800,7 @@ class ParquetSegmentSource(FileSegmentSource):
         reader = (
             pq.ParquetFile(self._raw, metadata=parquet.metadata, read_dictionary=text) if text else parquet
         )
-        batches = reader.iter_batches(batch_size=min(self.chunk_size, _PARQUET_BATCH_ROWS), columns=columns)
+        batches = reader.iter_batches(batch_size=min(self.chunk_size, self._batch_rows), columns=columns)
         for batch in batches:
             if batch.num_rows:
                 yield from _batch_rows(batch, bool(columns))
@@ -792,6 +808,31 @@ class ParquetSegmentSource(FileSegmentSource):
     def _count(self) -> int | None:
         """The row count from the file's metadata, read when the file was opened."""
         return self._num_rows
+
+    def _check_row_groups(self, parquet: Any, columns: list[str]) -> None:
+        """Refuse, from the metadata alone, a row group whose mapped columns are too large to decode;
+        else make record batches small enough that one of average rows holds about :data:`CHUNK_BYTES`."""
+        metadata = parquet.metadata
+        wanted = set(columns)
+        # A nested column is stored as several leaf columns, each path starting with the column's name.
+        leaves = [i for i, path in enumerate(parquet.reader.column_paths) if path[0] in wanted]
+        limit = PARQUET_ROW_GROUP_LINES * self.max_line_length
+        widest = 0
+        for group in range(metadata.num_row_groups):
+            row_group = metadata.row_group(group)
+            rows = max(int(row_group.num_rows), 1)
+            size = sum(int(row_group.column(i).total_uncompressed_size) for i in leaves)
+            if size > limit or size > rows * self.max_line_length:
+                raise SegmentSourceError(
+                    f"Row group {group} of the {self.description} holds {size:,} bytes of the mapped "
+                    f"columns uncompressed in {rows:,} rows, more than the {limit:,} bytes a row group "
+                    f"or {self.max_line_length:,} bytes a row (max_line_length) it may hold, so it was "
+                    "not decoded: the file is damaged or not a segment. Write the file with smaller "
+                    "row groups (row_group_size) or smaller values; if this is intended, raise the "
+                    "operator's max_line_length."
+                )
+            widest = max(widest, -(-size // rows))
+        self._batch_rows = max(1, min(_PARQUET_BATCH_ROWS, CHUNK_BYTES // max(widest, 1)))
 
 
 def _is_text(kind: Any, pa: Any) -> bool:
@@ -978,7 +1019,8 @@ def make_source(
     :param csv_options: how a CSV file is written: ``delimiter`` (detected from the header line when
         not given), ``quotechar`` (``"``) and ``encoding`` (``utf-8``).
     :param max_line_length: the longest line a CSV or JSON Lines file may have (characters; bytes for
-        JSON Lines).
+        JSON Lines); for Parquet, the most a row's mapped columns may take on average in a row group,
+        uncompressed, and :data:`PARQUET_ROW_GROUP_LINES` times it the most a row group's may take.
     :param max_columns: the most columns a CSV file, keys a JSON Lines file or fields a Parquet
         schema may have.
     :raises ExportConfigurationError: if the parameters do not describe exactly one usable source.
@@ -1041,7 +1083,9 @@ def make_source(
             return JsonLinesSegmentSource(
                 path, chunk_size, max_line_length=max_line_length, max_columns=max_columns
             )
-        return ParquetSegmentSource(path, chunk_size, max_columns=max_columns)
+        return ParquetSegmentSource(
+            path, chunk_size, max_line_length=max_line_length, max_columns=max_columns
+        )
     assert records is not None
     if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
         raise ExportConfigurationError(

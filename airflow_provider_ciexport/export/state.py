@@ -807,6 +807,30 @@ def _pid_namespace() -> int | None:
         return None
 
 
+#: Where this machine's identifiers are read: the boot id changes at every boot, so it tells apart
+#: cloned VMs (which share a host name, a machine id and the initial pid namespace's inode number) and
+#: gives the pid namespace's inode number a meaning (it is unique only within one running kernel);
+#: the machine id tells apart machines that happen to share a boot id (it is absent in many containers).
+_MACHINE_FILES = {
+    "boot_id": "/proc/sys/kernel/random/boot_id",
+    "machine_id": "/etc/machine-id",
+}
+_MACHINE_ID_SHAPE = re.compile(r"[0-9a-fA-F-]{16,64}")
+
+
+def _machine_ids() -> dict[str, str | None]:
+    """This machine's boot id and machine id, each ``None`` when it cannot be read."""
+    ids: dict[str, str | None] = {}
+    for name, path in _MACHINE_FILES.items():
+        try:
+            with open(path, "rb") as f:
+                value = f.read(80).decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            value = ""
+        ids[name] = value if _MACHINE_ID_SHAPE.fullmatch(value) else None
+    return ids
+
+
 def _gone(pid: Any) -> bool:
     """Whether no process with this id runs in this pid namespace."""
     if not isinstance(pid, int) or pid <= 0:
@@ -828,7 +852,8 @@ class StateLease:
     and a random token tells it apart from any other, so a zombie try and its retry never both hold
     it. The lease is renewed every ``ttl_s / 3`` seconds while held, each renewal first checking that
     it is still this try's; one older than ``ttl_s`` belongs to a try that died and is taken over, and
-    so is one written on this machine by a process that no longer exists. :meth:`check` tells, before
+    so is one written on this machine (same host name, boot id, machine id and pid namespace) by a
+    process that no longer exists. :meth:`check` tells, before
     removals and before the state is written, whether it is still held.
 
     :param uri: the state's URI.
@@ -887,6 +912,7 @@ class StateLease:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "pid_namespace": _pid_namespace(),
+            **_machine_ids(),
             "renewed_at": time.time(),
         }
         data = json.dumps(body).encode()
@@ -904,12 +930,20 @@ class StateLease:
         os.replace(tmp, local)
 
     def _dead_here(self, held: dict[str, Any]) -> bool:
-        """The lease was written on this machine, in this pid namespace, by a process now gone."""
+        """The lease was written on this machine, in this pid namespace, by a process now gone.
+
+        "This machine" means every identifier the lease records matches: host name, boot id, machine
+        id and pid namespace. A lease without a boot id (an older version wrote it) or written where
+        none could be read is not known to be from here, so it is taken over only once it expires.
+        """
         ns = _pid_namespace()
+        ids = _machine_ids()
         return (
             ns is not None
+            and ids["boot_id"] is not None
             and held.get("host") == socket.gethostname()
             and held.get("pid_namespace") == ns
+            and all(name in held and held[name] == value for name, value in ids.items())
             and _gone(held.get("pid"))
         )
 

@@ -171,6 +171,81 @@ def test_parquet_chunks_end_at_the_byte_budget(tmp_path: Path, monkeypatch: pyte
     assert max(map(len, read)) <= 11
 
 
+# -- a Parquet row group too large to decode is refused from its metadata ----------------------------
+
+
+def _write_parquet(path: Path, values: list[str], **options: Any) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"email": values, "first": ["Ann"] * len(values)})
+    pq.write_table(table, path, row_group_size=len(values), **options)
+
+
+def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    def decoded(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the file was decoded")
+
+    for name in ("iter_batches", "read", "read_row_group", "read_row_groups"):
+        monkeypatch.setattr(pq.ParquetFile, name, decoded)
+
+
+def test_a_parquet_row_group_of_large_repeated_values_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hostile file of issue 30 (zstd, no dictionary, one row group of a large value repeated) at a
+    # 16th of the scale, with max_line_length scaled alike: a row group may then hold 16 MiB.
+    path = tmp_path / "big.parquet"
+    _write_parquet(path, ["x" * 64_000] * 300, compression="zstd", use_dictionary=False)
+    assert path.stat().st_size < 100_000
+    _no_decoding(monkeypatch)
+    with pytest.raises(SegmentSourceError) as err:
+        chunks(str(path), list(MAPPING.values()), max_line_length=65_536)
+    message = str(err.value)
+    assert "Row group 0 of the Parquet file big.parquet" in message
+    assert "16,777,216 bytes a row group" in message
+    assert "row_group_size" in message and "max_line_length" in message
+    assert "xxxx" not in message and "Ann" not in message
+
+
+def test_a_parquet_row_group_of_rows_over_max_line_length_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "wide.parquet"
+    _write_parquet(path, ["x" * 100_000] * 5, compression="zstd", use_dictionary=False)
+    _no_decoding(monkeypatch)
+    with pytest.raises(SegmentSourceError, match=r"Row group 0 .* 65,536 bytes a row \(max_line_length\)"):
+        chunks(str(path), list(MAPPING.values()), max_line_length=65_536)
+
+
+def test_only_the_mapped_columns_count_toward_the_row_group_limit(tmp_path: Path) -> None:
+    path = tmp_path / "s.parquet"
+    _write_parquet(path, ["x" * 64_000] * 300, compression="zstd", use_dictionary=False)
+    columns, read = chunks(str(path), ["first"], max_line_length=65_536)
+    assert columns == ["first"] and sum(map(len, read)) == 300
+
+
+def test_a_parquet_row_group_under_the_limits_is_read_in_small_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "s.parquet"
+    _write_parquet(path, [f"{i:05d}" + "x" * 59_995 for i in range(200)], use_dictionary=False)
+    sizes: list[int] = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(kwargs["batch_size"])
+        return iter_batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 1_000_000)
+    _, read = chunks(str(path), list(MAPPING.values()), max_line_length=65_536)
+    assert [row[0][:5] for chunk in read for row in chunk] == [f"{i:05d}" for i in range(200)]
+    assert sizes == [16]  # about CHUNK_BYTES of these 60 KB rows a batch, not 1,024 rows
+
+
 # -- a header-less CSV shows none of its first record in the mapping error (item 8) -------------------
 
 

@@ -297,6 +297,43 @@ def test_a_lease_left_by_a_process_that_died_on_this_machine_is_taken_over(tmp_p
     retry.release()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # A cloned VM or image: same host name, machine id and (initial) pid namespace, another boot.
+        ("boot_id", "0f0e0d0c-0b0a-4909-8807-060504030201"),
+        # Another machine that happens to share the boot id.
+        ("machine_id", "00112233445566778899aabbccddeeff"),
+        # An older version's lease: it recorded neither, so nothing says it was written here.
+        ("boot_id", None),
+        ("machine_id", None),
+    ],
+)
+def test_a_lease_from_a_clone_with_the_same_host_name_waits_for_its_expiry(
+    tmp_path: Path, field: str, value: str | None
+) -> None:
+    uri = _uri(tmp_path)
+    lock = Path(f"{tmp_path}/states/vip.state.lock")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    other = StateLease(uri, "dag.task run=1 try 1")
+    other.acquire()
+    other._stop.set()
+    body = json.loads(lock.read_text())
+    assert body["host"] and body["pid_namespace"]
+    body["pid"] = int(dead.stdout)  # no such process here: it runs, or ran, on the other machine
+    if value is None:
+        body.pop(field, None)
+    else:
+        body[field] = value
+    lock.write_text(json.dumps(body))
+    with pytest.raises(StateBusyError, match=r"run=1 try 1.*Nothing was sent"):
+        StateLease(uri, "dag.task run=1 try 2").acquire()
+    assert json.loads(lock.read_text())["token"] == other.token
+    later = StateLease(uri, "dag.task run=1 try 2", ttl_s=0.0)  # once expired, it is taken over
+    later.acquire()
+    later.release()
+
+
 def test_a_renewal_never_rewrites_a_lease_another_run_took(tmp_path: Path) -> None:
     uri = _uri(tmp_path)
     lock = Path(f"{tmp_path}/states/vip.state.lock")
