@@ -94,7 +94,9 @@ class BaseSegmentExportOperator(BaseOperator):
     :param csv_options: how a CSV file is written: ``delimiter`` (by default found in the header
         line: ``,`` ``;`` tab or ``|``), ``quotechar`` (``"``) and ``encoding`` (``utf-8``). Templated.
     :param max_line_length: the longest line a CSV or JSON Lines file may have, in characters (bytes
-        for JSON Lines); a longer one fails the task before it is held in memory.
+        for JSON Lines); a longer one fails the task before it is held in memory. For Parquet, the
+        most a row's mapped columns may take on average in a row group, uncompressed, and 256 times
+        it a row group's.
     :param max_columns: the most columns a CSV file, keys a JSON Lines object (or the first rows
         together) or fields a Parquet schema may have; more fail the task, naming the line.
     :param max_profiles: fail before sending if the segment has more rows (``None``: no limit).
