@@ -11,13 +11,15 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
+from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.exceptions import (
     CiExportError,
@@ -616,15 +618,7 @@ class SegmentExporter:
             for _attempt in range(self.settings.max_resubmits + 1):
                 job_id = destination.submit_removal(contacts)
                 report.record_job(job_id)
-                interval = destination.poll_interval
-                while True:
-                    if self._stop.wait(interval):
-                        raise _Stopped
-                    poll_limiter.acquire()
-                    result = destination.poll_removal(job_id, contacts)
-                    if result is not None:
-                        break
-                    interval = min(interval * 1.5, destination.max_poll_interval)
+                result = self._wait_for(partial(destination.poll_removal, job_id, contacts), poll_limiter)
                 if result.ok:
                     refused = {e.lower() for e in result.refused or ()}
                     done = [index for index, email, _ in chunk if email not in refused]
@@ -832,7 +826,7 @@ class SegmentExporter:
                     self.report.resubmitted_batches += 1 if attempt else 0
                 if not self.report.waited:
                     return
-                result = self._wait_for(job_id, batch, poll_limiter)
+                result = self._wait_for(partial(self.destination.poll, job_id, batch), poll_limiter)
                 with self._lock:
                     self._sent_unconfirmed -= batch.contacts
                 if result.ok:
@@ -875,16 +869,19 @@ class SegmentExporter:
             slots.release()
             self._maybe_log_progress()
 
-    def _wait_for(self, job_id: str, batch: Batch, poll_limiter: RateLimiter) -> JobResult:
-        interval = self.destination.poll_interval
-        while True:
-            if self._stop.wait(interval):
+    def _wait_for(self, poll: Callable[[], JobResult | None], poll_limiter: RateLimiter) -> JobResult:
+        """Poll a job (at the export's poll rate) until it ends; stop waiting when the export stops."""
+
+        def pause(seconds: float) -> None:
+            if self._stop.wait(seconds):
                 raise _Stopped
+
+        def paced_poll() -> JobResult | None:
             poll_limiter.acquire()
-            result = self.destination.poll(job_id, batch)
-            if result is not None:
-                return result
-            interval = min(interval * 1.5, self.destination.max_poll_interval)
+            return poll()
+
+        destination = self.destination
+        return poll_until_done(paced_poll, destination.poll_interval, destination.max_poll_interval, pause)
 
     # -- progress and the end ------------------------------------------------------------------
 

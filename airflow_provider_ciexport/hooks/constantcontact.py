@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import requests
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.core.redaction import looks_like_a_header
 from airflow_provider_ciexport.core.urls import CC_API_BASE_URL, CC_TOKEN_URL
@@ -52,6 +53,8 @@ from airflow_provider_ciexport.hooks.constantcontact_oauth import (
 )
 
 AUTH_COMMAND = "python -m airflow_provider_ciexport.tools.constantcontact_auth"
+#: The longest pause between two status polls of a contact export.
+_LONGEST_EXPORT_POLL_S = 5.0
 # Refresh a little before the expiry the server announced, so a token never dies mid-request.
 _EXPIRY_MARGIN_S = 60.0
 _ROTATION_RETRIES = 3
@@ -638,15 +641,22 @@ class ConstantContactHook(SegmentApiHook):
         activity = self.call("POST", "activities/contact_exports", json_body=body).json()
         activity_id = str(activity.get("activity_id") or "")
         deadline = time.monotonic() + timeout
-        while str(activity.get("state")) != "completed":
-            if activity.get("state") in FAILED_STATES or time.monotonic() > deadline:
+
+        def finished(answer: dict[str, Any]) -> dict[str, Any] | None:
+            if str(answer.get("state")) == "completed":
+                return answer
+            if answer.get("state") in FAILED_STATES or time.monotonic() > deadline:
                 raise DestinationApiError(
-                    f"Constant Contact's contact export {activity_id} ended '{activity.get('state')}'. "
+                    f"Constant Contact's contact export {activity_id} ended '{answer.get('state')}'. "
                     "Nothing was removed; retry the task."
                 )
-            time.sleep(poll_interval)
-            poll_interval = min(poll_interval * 1.5, 5.0)
-            activity = self.call("GET", f"activities/{activity_id}").json()
+            return None
+
+        activity = finished(activity) or poll_until_done(
+            lambda: finished(self.call("GET", f"activities/{activity_id}").json()),
+            poll_interval,
+            _LONGEST_EXPORT_POLL_S,
+        )
         href = str(((activity.get("_links") or {}).get("results") or {}).get("href") or "")
         file_id = href.rstrip("/").rsplit("/", 1)[-1]
         if not file_id:
