@@ -27,6 +27,20 @@ UNPRIVILEGED_USER = "nobody"
 _BINARIES = ("initdb", "pg_ctl", "postgres")
 
 
+def missing_user() -> str | None:
+    """Why the server cannot run here as :data:`UNPRIVILEGED_USER` when root, or ``None`` if it can."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        return (
+            f"running as root, PostgreSQL needs an unprivileged user {UNPRIVILEGED_USER!r} to run as "
+            f"(useradd --system {UNPRIVILEGED_USER})"
+        )
+    return None
+
+
 def find_binaries() -> Path | None:
     """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``, or ``None`` if there is none."""
     candidates = [os.path.dirname(found) for found in map(shutil.which, _BINARIES) if found]
