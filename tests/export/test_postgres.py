@@ -23,6 +23,8 @@ from tests.export.postgres_server import PostgresServer, find_binaries, missing_
 from tests.support import posts, set_connection
 
 pytest.importorskip("airflow.providers.postgres", reason="needs apache-airflow-providers-postgres")
+#: `pytest -m postgres` runs these alone, `-m "not postgres"` everything else.
+pytestmark = pytest.mark.postgres
 
 ROWS = 200_000
 PG_CONN_ID = "segment_pg"
