@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"CIEXPORT-SYNC-STATE\n"
 #: 2: the whole file is authenticated with HMAC-SHA256 (format 1 had an unkeyed checksum).
-FORMAT = 2
+#: 3: the signed header also says what the file is (:class:`FileRole`), so that an authentic file is
+#: never used in the place of another.
+FORMAT = 3
 _TAG_BYTES = 32
 #: How many removal runs the state remembers (see :attr:`SyncState.removals`).
 MAX_REMOVAL_WINDOWS = 10_000
@@ -199,6 +201,45 @@ class StateIdentity:
         }
         differ = [names[k] for k in mine if stored.get(k) != mine[k]]
         return f"it was written for another {', '.join(differ)}" if differ else None
+
+
+@dataclass(frozen=True)
+class FileRole:
+    """What a signed file is: the state at ``state_path``, or one part of that state's partial state.
+
+    It is signed into every header and checked when the file is read, so that an authentic file
+    (an older state, another export's state, a partial state) put in the place of another is refused.
+
+    :param state_path: the state's URI as the export is configured with it (for a partial state too).
+    :param part: for a partial state, ``(generation of the state it belongs to, part number)``.
+    """
+
+    state_path: str
+    part: tuple[int, int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe form, as stored in the header."""
+        base, number = self.part if self.part is not None else (None, None)
+        return {
+            "role": "state" if self.part is None else "partial",
+            "state_path": self.state_path,
+            "base_generation": base,
+            "part": number,
+        }
+
+    def mismatch(self, stored: Any) -> str | None:
+        """Why a (signed) stored role differs from this one (``None`` when they match); never quotes it."""
+        mine = self.as_dict()
+        if not isinstance(stored, dict) or stored.get("role") not in ("state", "partial"):
+            return "it does not say what file it is"
+        if stored.get("role") != mine["role"]:
+            signed_as = "a partial state" if stored.get("role") == "partial" else "a sync state"
+            return f"it was signed as {signed_as}, not as {'a partial state' if self.part else 'the state'}"
+        if stored.get("state_path") != mine["state_path"]:
+            return "it was signed for another state_path (another export's file, or one copied or moved here)"
+        if stored != mine:
+            return "it was signed as another part, or for another generation of the state"
+        return None
 
 
 class SyncState:
@@ -454,14 +495,18 @@ def _local(path: Any) -> str | None:
     return str(path.path) if getattr(path.fs, "local_file", False) else None
 
 
-def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedState:
+def read_state(
+    uri: str, identity: StateIdentity, keys: StateKeys, role: FileRole | None = None
+) -> LoadedState:
     """Read the state at ``uri`` for an export with ``identity``, checking it with ``keys``.
 
     A missing file gives an empty state; an unreadable or damaged one, one that fails the
-    authentication check or one written for another identity gives an empty state and the reason (the
-    run then sends everything, removes and re-subscribes nobody, and writes a new one). Whatever the
-    file holds, ``stored_generation`` is what :func:`write_state` will find, so that write replaces it.
+    authentication check, one signed as another file (``role``) or one written for another identity
+    gives an empty state and the reason (the run then sends everything, removes and re-subscribes
+    nobody, and writes a new one). Whatever the file holds, ``stored_generation`` is what
+    :func:`write_state` will find, so that write replaces it.
 
+    :param role: what the file must have been signed as (default: the state at ``uri``).
     :raises ExportConfigurationError: if the URI cannot be used at all.
     """
     path = storage_path(uri)
@@ -469,7 +514,7 @@ def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedStat
         if not path.exists():
             return LoadedState(SyncState(identity))
         with path.open("rb") as f:
-            return _parse(f, identity, keys)
+            return _parse(f, identity, keys, role or FileRole(uri))
     except FileNotFoundError:
         return LoadedState(SyncState(identity))
     except PermissionError as exc:
@@ -556,6 +601,11 @@ def _format_name(value: Any) -> str:
 def _signing_key(header: dict[str, Any], keys: StateKeys) -> tuple[bytes | None, str]:
     """The key among ``keys`` that signed a state with this (unauthenticated) header, or ``None`` and
     why the state cannot be checked."""
+    if header.get("format") == 2:
+        return (
+            None,
+            "the stored state has format 2, not 3 (it does not say which file it is; this run replaces it)",
+        )
     if header.get("format") != FORMAT:
         return (
             None,
@@ -572,7 +622,7 @@ def _signing_key(header: dict[str, Any], keys: StateKeys) -> tuple[bytes | None,
     return key, ""
 
 
-def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedState:
+def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys, role: FileRole) -> LoadedState:
     empty = SyncState(identity)
     try:
         size_bytes, header_bytes, header, generation = _read_header(f)
@@ -619,6 +669,9 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedStat
     if sys.byteorder != "little":
         keys_.byteswap()
         digests.byteswap()
+    reason = role.mismatch(header.get("file"))
+    if reason is not None:
+        return LoadedState(empty, reason, generation, authenticated=True)
     reason = identity.mismatch(header.get("identity"))
     if reason is not None:
         return LoadedState(empty, reason, generation, authenticated=True)
@@ -628,7 +681,13 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedStat
 
 
 def write_state(
-    uri: str, state: SyncState, expected_generation: int | None, keys: StateKeys, *, tag: str | None = None
+    uri: str,
+    state: SyncState,
+    expected_generation: int | None,
+    keys: StateKeys,
+    *,
+    tag: str | None = None,
+    role: FileRole | None = None,
 ) -> int:
     """Replace the state at ``uri`` with ``state`` merged with this run's changes, signed with the
     newest of ``keys``; return its generation.
@@ -637,6 +696,7 @@ def write_state(
         was no file). If another run wrote it since, nothing is written.
     :param tag: names the temporary copy (``<state>.tmp-<tag>``): the writer's lease tag, so that
         :func:`remove_stale_copies` knows the copies of writers that no longer hold the lease.
+    :param role: what the file is, signed into its header (default: the state at ``uri``).
     :raises StateConflictError: when the file changed since it was read.
     """
     path = storage_path(uri)
@@ -655,6 +715,7 @@ def write_state(
             "format": FORMAT,
             "kdf": KDF,
             "key_id": key_id,
+            "file": (role or FileRole(uri)).as_dict(),
             "identity": state.identity.as_dict(),
             "generation": generation,
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

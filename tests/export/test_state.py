@@ -356,7 +356,7 @@ def test_a_state_in_the_unauthenticated_format_1_is_not_trusted(tmp_path: Path) 
     path.write_bytes(format_1_state(["a@example.com"], REMOVED))
     loaded = read_state(uri, IDENTITY, KEYS)
     assert (len(loaded.state), loaded.stored_generation, loaded.authenticated) == (0, 3, False)
-    assert loaded.distrust == "the stored state has format 1, not 2 (it is not authenticated)"
+    assert loaded.distrust == "the stored state has format 1, not 3 (it is not authenticated)"
     write_state(uri, _first_sync(["a@example.com"]).state, loaded.stored_generation, KEYS)
     assert read_state(uri, IDENTITY, KEYS).distrust is None
 
@@ -535,7 +535,7 @@ def test_the_format_of_an_unauthenticated_header_is_quoted_only_when_known(
     header = json.dumps({"format": stored, "generation": 4, "count": 0, "blob_bytes": 0}).encode()
     path.write_bytes(MAGIC + len(header).to_bytes(8, "little") + header + bytes(32))
     loaded = read_state(uri, IDENTITY, KEYS)
-    assert loaded.distrust == "the stored state has an unknown format, not 2 (it is not authenticated)"
+    assert loaded.distrust == "the stored state has an unknown format, not 3 (it is not authenticated)"
     assert loaded.stored_generation == 4
 
 

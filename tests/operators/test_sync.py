@@ -333,7 +333,7 @@ def test_a_state_of_the_unauthenticated_old_format_is_a_full_refresh_that_remove
     emails = [r["email"] for r in SEGMENT] + ["signed.up@example.com"]
     target.file.write_bytes(format_1_state(emails, MANAGED, header["identity"]))
     report = target.run(SEGMENT)
-    assert report["full_refresh_reason"] == "the stored state has format 1, not 2 (it is not authenticated)"
+    assert report["full_refresh_reason"] == "the stored state has format 1, not 3 (it is not authenticated)"
     assert (report["new"], report["removed"], report["state_authenticated"]) == (30, 0, False)
     assert "signed.up@example.com" in target.members()
     assert target.run(SEGMENT)["unchanged"] == 30
