@@ -74,7 +74,9 @@ class SyncSettings:
     :param state_path: the sync state's URI (an ``ObjectStoragePath``: ``s3://``, ``file:///``...).
     :param mode: ``"upsert"`` (send new and changed contacts) or ``"mirror"`` (also remove the contacts
         the export added that left the segment).
-    :param full_refresh: send every contact once and rebuild the state.
+    :param full_refresh: send every contact once and rebuild the state; also the way to start over on a
+        ``state_path`` whose state was written for other lists (or another destination, account or
+        mapping), which a run otherwise refuses to replace.
     :param max_removal_fraction: fail before sending anything if more than this share of the contacts
         the export added would be removed, or if the segment is empty.
     :param lease_owner: who this try is (DAG, task, run, map index, try number), for the lease that
@@ -452,6 +454,16 @@ class SegmentExporter:
             destination.name, destination.account(), destination.list_ids, self.field_mapping
         )
         loaded = read_state(sync.state_path, identity, self._keys)
+        if loaded.other_identity and not sync.full_refresh:
+            raise ExportConfigurationError(
+                f"The sync state at state_path belongs to another export: {loaded.distrust} (this "
+                "run's destination, account, lists and field_mapping are not those it was written for). "
+                "Replacing it would make that export take the contacts it added for members that were "
+                "there before, and never remove them. Give each set of lists its own state_path (render "
+                "the list ids into it); to start over on this state_path with these lists, run once with "
+                "full_refresh=True (it sends everything, removes and re-subscribes nobody, and replaces "
+                "the state)."
+            )
         self._loaded = loaded
         state = loaded.state
         first_sync = len(state) == 0
@@ -467,7 +479,9 @@ class SegmentExporter:
                     f"{claimed:,}",
                 )
         reason = loaded.distrust
-        if reason is None and sync.full_refresh:
+        if loaded.other_identity:
+            reason = f"full_refresh=True replaces a state of another export ({reason})"
+        elif reason is None and sync.full_refresh:
             reason = "full_refresh=True"
         report.sync = {
             "sync_mode": sync.mode,

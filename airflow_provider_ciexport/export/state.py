@@ -475,12 +475,16 @@ class LoadedState:
     :param authenticated: ``True`` when a stored state passed the authentication check, ``False``
         when a file at the path failed it (another key, another format, changed by someone else,
         unreadable, not a sync state at all), ``None`` when there was none.
+    :param other_identity: the file is this path's authentic state, written for another identity
+        (another destination, account, lists or mapping): the export refuses to replace it unless
+        told to start over (see :class:`~airflow_provider_ciexport.export.engine.SyncSettings`).
     """
 
     state: SyncState
     distrust: str | None = None
     stored_generation: int | None = None
     authenticated: bool | None = None
+    other_identity: bool = False
 
 
 def storage_path(uri: str) -> Any:
@@ -674,7 +678,7 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys, role: FileRol
         return LoadedState(empty, reason, generation, authenticated=True)
     reason = identity.mismatch(header.get("identity"))
     if reason is not None:
-        return LoadedState(empty, reason, generation, authenticated=True)
+        return LoadedState(empty, reason, generation, authenticated=True, other_identity=True)
     state = SyncState(identity, generation, keys_, digests, flags, lengths, blob)
     state.removals = [[float(a), float(b)] for a, b in header.get("removals") or []]
     return LoadedState(state, None, generation, authenticated=True)

@@ -237,10 +237,23 @@ def test_the_safety_limit_stops_a_run_before_anything_is_sent_or_removed(target:
     assert set(target.members()) == {r["email"] for r in shrunk}
 
 
-def test_a_state_for_another_mapping_is_not_trusted(target: Target) -> None:
+def test_a_state_for_another_mapping_is_replaced_only_by_a_full_refresh(target: Target) -> None:
     target.run(SEGMENT, field_mapping={"email": "email"})
-    report = target.run(SEGMENT)
-    assert report["full_refresh_reason"] == "it was written for another field mapping"
+    stored, sends = target.file.read_bytes(), target.sends()
+    with pytest.raises(ExportConfigurationError) as error:
+        target.run(SEGMENT)
+    message = str(error.value)
+    assert message.startswith(
+        "The sync state at state_path belongs to another export: it was written for another field mapping "
+    )
+    assert "run once with full_refresh=True" in message and message.endswith(
+        "replaces the state). Nothing was sent."
+    )
+    assert (target.file.read_bytes(), target.sends()) == (stored, sends)
+    report = target.run(SEGMENT, full_refresh=True)
+    assert report["full_refresh_reason"] == (
+        "full_refresh=True replaces a state of another export (it was written for another field mapping)"
+    )
     assert (report["new"], report["submitted"], report["to_remove"]) == (30, 30, 0)
     again = target.run(SEGMENT)
     assert again["full_refresh_reason"] is None and again["unchanged"] == 30
