@@ -32,7 +32,6 @@ from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources import Row, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
 from airflow_provider_ciexport.export.state import (
-    MAX_REMOVAL_WINDOWS,
     LoadedState,
     StateBusyError,
     StateIdentity,
@@ -581,7 +580,9 @@ class SegmentExporter:
             # The import refused the excluded; the destination checks the rest for an opt-out since,
             # and that its own record shows the export's removal as the last change.
             back = [e for e in diff.readd_emails if e not in self._refused]
-            skipped = set(destination.readd(back, diff.state.removals))
+            state = diff.state
+            windows = [state.removal_window(diff.readd_runs.get(e, 0)) for e in back]
+            skipped = set(destination.readd(back, windows))
             for email in skipped:
                 index = diff.state.find(email_key(email))
                 if index >= 0:
@@ -639,7 +640,7 @@ class SegmentExporter:
                 if result.ok:
                     refused = {e.lower() for e in result.refused or ()}
                     done = [index for index, email, _ in chunk if email not in refused]
-                    diff.removed(done)
+                    diff.removed(done, run)
                     with self._lock:
                         report.sync["removed"] += len(done)
                         report.sync["removal_refused"] += len(chunk) - len(done)
@@ -652,15 +653,14 @@ class SegmentExporter:
             return
         # When this run removed: a membership the destination shows as changed at another time was
         # not changed by this export (the re-subscribe check of :meth:`Destination.readd`).
-        window = [float(math.floor(time.time())), 0.0]
-        diff.state.removals.append(window)
-        del diff.state.removals[:-MAX_REMOVAL_WINDOWS]
+        window = diff.state.start_removal_run()
+        run = int(window[0])
         try:
             with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
                 for future in [pool.submit(remove, chunk) for chunk in chunks]:
                     future.result()
         finally:
-            window[1] = float(math.ceil(time.time()))
+            window[2] = float(math.ceil(time.time()))
 
     def _save_state(self) -> None:
         """Write the state with what this run confirmed (also after a failure: the confirmed part

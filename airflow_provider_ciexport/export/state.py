@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"CIEXPORT-SYNC-STATE\n"
 #: 2: the whole file is authenticated with HMAC-SHA256 (format 1 had an unkeyed checksum).
 #: 3: the signed header also says what the file is (:class:`FileRole`), so that an authentic file is
-#: never used in the place of another.
+#: never used in the place of another; each removed entry names the run that removed it.
 FORMAT = 3
 _TAG_BYTES = 32
 #: How many removal runs the state remembers (see :attr:`SyncState.removals`).
@@ -57,7 +58,9 @@ MAX_REMOVAL_WINDOWS = 10_000
 #: The export created this list membership (it was not there before): mirror mode may remove it.
 MANAGED = 1
 #: The export removed this membership (ActiveCampaign: the export set status 2), so when the contact
-#: comes back it is the export's to restore, and only then.
+#: comes back it is the export's to restore, and only then. Such an entry has no digest (a contact
+#: who comes back is always sent): its digest slot holds the id of the run that removed it (see
+#: :attr:`SyncState.removals`).
 REMOVED = 2
 #: Drop the entry when the state is written (not stored on disk).
 _DROP = 0x80
@@ -279,8 +282,9 @@ class SyncState:
         self._new_blob = bytearray()
         self._dropped: list[int] = []
         self._lock = threading.Lock()
-        #: ``[start, end]`` (Unix seconds) of the runs that removed contacts, oldest first: a membership
-        #: the destination shows as last changed outside all of them was not the export's removal.
+        #: ``[run id, start, end]`` (Unix seconds) of the runs that removed contacts, oldest first (the
+        #: last :data:`MAX_REMOVAL_WINDOWS`): a membership the destination shows as last changed outside
+        #: the window of the run that removed it was not the export's removal.
         self.removals: list[list[float]] = []
 
     def __len__(self) -> int:
@@ -329,6 +333,23 @@ class SyncState:
             self._new_flags.append(flags)
             self._new_lengths.append(len(data))
             self._new_blob += data
+
+    def start_removal_run(self) -> list[float]:
+        """Record that this run starts removing contacts now; return its ``[run id, start, end]``, whose
+        end the caller sets when the run stops removing (mark each removal with the run id)."""
+        run = max((int(window[0]) for window in self.removals), default=0) + 1
+        window = [float(run), float(math.floor(time.time())), 0.0]
+        self.removals.append(window)
+        del self.removals[:-MAX_REMOVAL_WINDOWS]
+        return window
+
+    def removal_window(self, run: int) -> tuple[float, float] | None:
+        """``(start, end)`` of the removal run ``run`` (the digest slot of a :data:`REMOVED` entry), or
+        ``None`` when the state does not know it (never, or no longer among the last ones kept)."""
+        for window in reversed(self.removals):
+            if int(window[0]) == run and run > 0:
+                return window[1], window[2]
+        return None
 
     def merged_size(self) -> tuple[int, int]:
         """``(entries, email bytes)`` of the state as it will be written."""
@@ -680,7 +701,9 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys, role: FileRol
     if reason is not None:
         return LoadedState(empty, reason, generation, authenticated=True, other_identity=True)
     state = SyncState(identity, generation, keys_, digests, flags, lengths, blob)
-    state.removals = [[float(a), float(b)] for a, b in header.get("removals") or []]
+    # Windows of another shape (none that this format writes) are left out: nobody removed in them
+    # is re-subscribed.
+    state.removals = [[float(x) for x in w] for w in header.get("removals") or [] if len(w) == 3]
     return LoadedState(state, None, generation, authenticated=True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,10 @@ from airflow_provider_ciexport.exceptions import (
     ExportIncompleteError,
 )
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.export.destination import Destination, JobResult
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter, SyncSettings
 from airflow_provider_ciexport.export.sources import RecordsSegmentSource
-from airflow_provider_ciexport.export.state import StateKeys
+from airflow_provider_ciexport.export.state import StateIdentity, StateKeys, read_state
 from tests.export.fakes import FakeDestination
 
 MAPPING = {"email": "email", "first_name": "first"}
@@ -284,3 +284,54 @@ def test_a_run_to_other_lists_never_replaces_the_state_unless_told_to_start_over
     assert sync_export(SyncingDestination(["L2"]), uri)["unchanged"] == 4
     with pytest.raises(ExportConfigurationError, match="belongs to another export"):
         sync_export(SyncingDestination(["L1"]), uri)
+
+
+class RemovingDestination(SyncingDestination):
+    """A destination whose removal unsubscribes (as ActiveCampaign's): it records what each re-subscribe
+    is checked against."""
+
+    removal_unsubscribes = True
+
+    def __init__(self) -> None:
+        super().__init__(["L1"])
+        self.readd_checked: dict[str, Sequence[float] | None] = {}
+
+    def submit_removal(self, contacts: Sequence[tuple[str, str]]) -> str:
+        return "removal"
+
+    def poll_removal(self, job_id: str, contacts: Sequence[tuple[str, str]]) -> JobResult | None:
+        return JobResult(ok=True, accepted=len(contacts))
+
+    def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float] | None]) -> list[str]:
+        self.readd_checked.update(zip(emails, removals, strict=True))
+        return []
+
+
+def test_a_resubscribe_is_checked_against_the_run_that_removed_that_contact_only(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/vip.state"
+    destination = RemovingDestination()
+
+    def run(records: list[dict[str, Any]]) -> dict[str, Any]:
+        settings = SyncSettings(
+            uri, mode="mirror", max_removal_fraction=1.0, keys=StateKeys(["the workers' secret"], "a test")
+        )
+        return (
+            SegmentExporter(RecordsSegmentSource(records), destination, MAPPING, sync=settings)
+            .run()
+            .as_dict()
+        )
+
+    everyone = rows(6)
+    run(everyone)
+    assert run(everyone[1:])["removed"] == 1  # user0 removed by the first removal run
+    assert run(everyone[2:])["removed"] == 1  # user1 by the second
+    assert run(everyone)["readded"] == 2
+    state = read_state(
+        uri,
+        StateIdentity.of("Fake", "https://fake.example.com", ["L1"], MAPPING),
+        StateKeys(["the workers' secret"], "a test"),
+    )
+    first, second = (tuple(w[1:]) for w in state.state.removals)
+    # Each contact's record is compared with the window of the run that removed it, not with any of
+    # the export's removal runs (another app's unsubscribe then would pass for the export's).
+    assert destination.readd_checked == {"user0@example.com": first, "user1@example.com": second}
