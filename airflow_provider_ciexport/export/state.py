@@ -346,8 +346,10 @@ class SyncState:
     def removal_window(self, run: int) -> tuple[float, float] | None:
         """``(start, end)`` of the removal run ``run`` (the digest slot of a :data:`REMOVED` entry), or
         ``None`` when the state does not know it (never, or no longer among the last ones kept)."""
+        if run <= 0:
+            return None
         for window in reversed(self.removals):
-            if int(window[0]) == run and run > 0:
+            if int(window[0]) == run:
                 return window[1], window[2]
         return None
 
