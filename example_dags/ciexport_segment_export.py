@@ -25,6 +25,7 @@ the lists the contacts this export added that left the segment (never anyone who
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -55,6 +56,15 @@ CC_LISTS = {
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
+def lists_key(list_ids: list[str]) -> str:
+    """The part of a ``state_path`` that names the lists: each set of lists keeps its own sync state,
+    so a run triggered with other lists never meets (and is never refused by) the state of these.
+    The ids themselves when short, else a digest of them (a file name is at most 255 bytes)."""
+    ids = sorted({str(int(i)) if str(i).isdigit() else str(i).lower() for i in list_ids})
+    joined = "+".join(ids)
+    return joined if len(joined) <= 80 else "h" + hashlib.sha256(joined.encode()).hexdigest()[:24]
+
+
 with DAG(
     dag_id="ciexport_segment_export",
     dag_display_name="Export a customer segment to marketing lists",
@@ -66,6 +76,7 @@ with DAG(
     tags=["ciexport", "marketing"],
     # Render `{{ params.x }}` as the Python value (a list, a boolean), not as its text.
     render_template_as_native_obj=True,
+    user_defined_filters={"lists_key": lists_key},
     params={
         "segment": Param(
             "vip",
@@ -132,8 +143,9 @@ with DAG(
         },
         tags=["segment-{{ params.segment }}"],
         dry_run="{{ params.dry_run }}",
-        # One state per segment and destination (the lists and mapping are checked against it).
-        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-activecampaign.state",
+        # One state per segment, destination and set of lists: a run refuses a state written for other
+        # lists (or another mapping) rather than replace it.
+        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-activecampaign-{{{{ params.ac_list_ids | lists_key }}}}.state",
         sync_mode="mirror",
     )
     # [END howto_operator_ciexport_activecampaign]
@@ -156,7 +168,7 @@ with DAG(
             "cf:city": "city",
         },
         dry_run="{{ params.dry_run }}",
-        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-constantcontact.state",
+        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-constantcontact-{{{{ params.cc_list_ids | lists_key }}}}.state",
         sync_mode="mirror",
     )
     # [END howto_operator_ciexport_constantcontact]

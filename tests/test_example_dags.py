@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -137,10 +138,10 @@ def test_a_copied_example_mirrors_with_a_state_in_the_airflow_home(
         task.render_template_fields({"params": dag.params.validate()}, jinja_env=dag.get_template_env())
         assert task.state_path is not None
         paths.add(task.state_path)
-    # One state per segment and destination, in the one setting the file names at its top.
+    # One state per segment, destination and set of lists, in the one setting the file names at its top.
     assert paths == {
-        (home / "ciexport-state" / "vip-activecampaign.state").as_uri(),
-        (home / "ciexport-state" / "vip-constantcontact.state").as_uri(),
+        (home / "ciexport-state" / "vip-activecampaign-2.state").as_uri(),
+        (home / "ciexport-state" / f"vip-constantcontact-{CC_LIST_VIP}.state").as_uri(),
     }
     source = (EXAMPLE_DAGS / "ciexport_segment_export.py").read_text()
     assert source.index("STATE_DIR = ") < source.index("with DAG(")
@@ -215,6 +216,16 @@ def test_params_render_into_the_operators(
         assert task.dry_run is dry_run
     # The refresh task builds the table the exports read.
     assert any(s.startswith(f"CREATE TABLE {table} ") for s in _refresh_statements(dag, "refresh_segments"))
+    # Each set of lists has its own state: a manual run to other lists never meets the production state.
+    names = {t: str(task.state_path).rsplit("/", 1)[-1] for t, task in rendered.items()}
+    assert (
+        names["export_to_activecampaign"]
+        == f"{conf.get('segment', 'vip')}-activecampaign-{'+'.join(sorted(map(str, ac_ids)))}.state"
+    )
+    assert (
+        names["export_to_constantcontact"]
+        == f"{conf.get('segment', 'vip')}-constantcontact-{'+'.join(sorted(cc_ids))}.state"
+    )
     # The rendered list ids are what the operators accept.
     assert parse_ac_list_ids(rendered["export_to_activecampaign"].list_ids()) == ac_ids
     assert parse_cc_list_ids(rendered["export_to_constantcontact"].list_ids()) == cc_ids
@@ -241,3 +252,20 @@ def test_asset_dags_export_when_the_segment_is_refreshed(dagbag: DagBag) -> None
     assert ac.sql == cc.sql == "SELECT * FROM segment_vip"
     assert parse_ac_list_ids(ac.list_ids()) == [2]
     assert parse_cc_list_ids(cc.list_ids()) == [CC_LIST_VIP]
+
+
+def test_a_state_path_for_many_lists_stays_a_valid_file_name(dagbag: DagBag) -> None:
+    dag = dagbag.dags["ciexport_segment_export"]
+    many = [f"{i:08x}-2222-4222-8222-222222222222" for i in range(50)]
+    task = _export_task(dag, "export_to_constantcontact").prepare_for_execution()
+    assert isinstance(task, BaseSegmentExportOperator)
+    task.render_template_fields(
+        {"params": _trigger(dag, {"cc_list_ids": many})}, jinja_env=dag.get_template_env()
+    )
+    name = str(task.state_path).rsplit("/", 1)[-1]
+    assert re.fullmatch(r"vip-constantcontact-h[0-9a-f]{24}\.state", name)
+    task = _export_task(dag, "export_to_constantcontact").prepare_for_execution()
+    task.render_template_fields(
+        {"params": _trigger(dag, {"cc_list_ids": list(reversed(many))})}, jinja_env=dag.get_template_env()
+    )
+    assert str(task.state_path).rsplit("/", 1)[-1] == name  # the order of the lists does not matter

@@ -82,7 +82,7 @@ def test_a_state_signed_under_the_old_derivation_is_distrusted_once_and_replaced
     loaded = read_state(uri, IDENTITY, keys)
     assert (len(loaded.state), loaded.authenticated, loaded.stored_generation) == (0, False, 5)
     assert loaded.distrust == (
-        "the stored state is signed under an older key derivation of this provider (this run replaces it)"
+        "the stored state has format 2, not 3 (it does not say which file it is; this run replaces it)"
     )
     state = SyncState(IDENTITY)
     state.add(1, 2, 0, "a@example.com")

@@ -138,10 +138,10 @@ class ActiveCampaignDestination(HookDestination):
             return removed(self._direct.pop(job_id))
         return self.job_result(job_id, lambda status: removed(status.refused or ()))
 
-    def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float]] = ()) -> list[str]:
+    def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float] | None]) -> list[str]:
         skipped: list[str] = []
         targets = set(self._list_ids)
-        for email in emails:
+        for email, window in zip(emails, removals, strict=True):
             contact_id = self.hook.find_contact(email)
             if contact_id is None:
                 skipped.append(email)
@@ -156,7 +156,7 @@ class ActiveCampaignDestination(HookDestination):
             back = [list_id for list_id in self._list_ids if statuses.get(list_id) != 1]
             # The state says the export removed them; the destination's own record must agree that the
             # export's removal is the last change to each membership, or someone else's is.
-            if not all(removed_by_export(records.get(list_id), removals) for list_id in back):
+            if not all(removed_by_export(records.get(list_id), window) for list_id in back):
                 skipped.append(email)
                 continue
             for list_id in back:
@@ -179,12 +179,15 @@ def _status(record: Mapping[str, Any]) -> int:
         return 0
 
 
-def removed_by_export(record: Mapping[str, Any] | None, removals: Sequence[Sequence[float]]) -> bool:
+def removed_by_export(record: Mapping[str, Any] | None, window: Sequence[float] | None) -> bool:
     """Whether a ``contactLists`` record shows the export's own removal as the last change to the
     membership: status 2, nothing a campaign's unsubscribe link or an automation leaves, and last
-    changed (``udate``) while this export was removing contacts (``removals``: its ``[start, end]``
-    windows, in Unix seconds). A record that cannot tell (no such record, no date) is not the export's.
+    changed (``udate``) while the run that removed this contact was removing (``window``: its
+    ``(start, end)``, in Unix seconds; ``None``: not known). A record that cannot tell (no such record,
+    no date) is not the export's, and neither is a change during another of the export's removal runs.
     """
+    if window is None:
+        return False
     if record is None or _status(record) != 2:
         return False
     if any(record.get(key) not in (None, "", "0", 0) for key in _NOT_THE_API):
@@ -196,4 +199,5 @@ def removed_by_export(record: Mapping[str, Any] | None, removals: Sequence[Seque
     if changed.tzinfo is None:
         return False
     at = changed.timestamp()
-    return any(start - CLOCK_SKEW_S <= at <= end + CLOCK_SKEW_S for start, end in removals)
+    start, end = window
+    return start - CLOCK_SKEW_S <= at <= end + CLOCK_SKEW_S

@@ -27,6 +27,7 @@ from typing import Any
 from airflow_provider_ciexport.export.state import (
     MANAGED,
     REMOVED,
+    FileRole,
     StateIdentity,
     StateKeys,
     SyncState,
@@ -87,8 +88,8 @@ class ClaimJournal:
             if not storage_path(uri).exists():
                 break
             self._parts.append(uri)
+            loaded = read_state(uri, self.identity, self.keys, FileRole(self.uri, (self.generation, number)))
             number += 1
-            loaded = read_state(uri, self.identity, self.keys)
             if loaded.distrust is not None:
                 log.warning("A partial state of an earlier try is not used: %s.", loaded.distrust)
                 continue
@@ -135,12 +136,13 @@ class ClaimJournal:
                     current = self._current = SyncState(self.identity)
                     self._current_generation = None
                 uri, expected = self._parts[-1], self._current_generation
+                role = FileRole(self.uri, (self.generation, len(self._parts) - 1))
                 self._cond.release()
                 written = False
                 try:
                     for key, email in entries:
                         current.add(key, 0, MANAGED, email)
-                    self._current_generation = write_state(uri, current, expected, self.keys)
+                    self._current_generation = write_state(uri, current, expected, self.keys, role=role)
                     written = True
                 finally:
                     self._cond.acquire()

@@ -130,13 +130,13 @@ class Destination(ABC):
         """The removal job's final result (``refused``: emails not removed), or ``None`` while it runs."""
         raise NotImplementedError(f"{self.name} exports cannot remove contacts.")
 
-    def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float]]) -> list[str]:
+    def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float] | None]) -> list[str]:
         """Put back on the target lists contacts the export itself removed, now back in the segment and
         already sent again; return the emails that were NOT put back because the person opted out
         since, or because the destination's record does not show the export's removal as the last
         change (they are then skipped). Only called when :attr:`removal_unsubscribes`.
 
-        :param removals: ``[start, end]`` (Unix seconds) of the runs in which this export removed
-            contacts: a removal at any other time was not the export's.
+        :param removals: for each email, ``(start, end)`` (Unix seconds) of the run in which this export
+            removed it (``None``: not known): a removal at any other time was not the export's.
         """
         return []

@@ -34,7 +34,6 @@ from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources import Row, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
 from airflow_provider_ciexport.export.state import (
-    MAX_REMOVAL_WINDOWS,
     LoadedState,
     StateBusyError,
     StateIdentity,
@@ -76,7 +75,9 @@ class SyncSettings:
     :param state_path: the sync state's URI (an ``ObjectStoragePath``: ``s3://``, ``file:///``...).
     :param mode: ``"upsert"`` (send new and changed contacts) or ``"mirror"`` (also remove the contacts
         the export added that left the segment).
-    :param full_refresh: send every contact once and rebuild the state.
+    :param full_refresh: send every contact once and rebuild the state; also the way to start over on a
+        ``state_path`` whose state was written for other lists (or another destination, account or
+        mapping), which a run otherwise refuses to replace.
     :param max_removal_fraction: fail before sending anything if more than this share of the contacts
         the export added would be removed, or if the segment is empty.
     :param lease_owner: who this try is (DAG, task, run, map index, try number), for the lease that
@@ -457,6 +458,16 @@ class SegmentExporter:
             destination.name, destination.account(), destination.list_ids, self.field_mapping
         )
         loaded = read_state(sync.state_path, identity, self._keys)
+        if loaded.other_identity and not sync.full_refresh:
+            raise ExportConfigurationError(
+                f"The sync state at state_path belongs to another export: {loaded.distrust} (this "
+                "run's destination, account, lists and field_mapping are not those it was written for). "
+                "Replacing it would make that export take the contacts it added for members that were "
+                "there before, and never remove them. Give each set of lists its own state_path (render "
+                "the list ids into it); to start over on this state_path with these lists, run once with "
+                "full_refresh=True (it sends everything, removes and re-subscribes nobody, and replaces "
+                "the state)."
+            )
         self._loaded = loaded
         state = loaded.state
         first_sync = len(state) == 0
@@ -472,7 +483,9 @@ class SegmentExporter:
                     f"{claimed:,}",
                 )
         reason = loaded.distrust
-        if reason is None and sync.full_refresh:
+        if loaded.other_identity:
+            reason = f"full_refresh=True replaces a state of another export ({reason})"
+        elif reason is None and sync.full_refresh:
             reason = "full_refresh=True"
         report.sync = {
             "sync_mode": sync.mode,
@@ -572,7 +585,9 @@ class SegmentExporter:
             # The import refused the excluded; the destination checks the rest for an opt-out since,
             # and that its own record shows the export's removal as the last change.
             back = [e for e in diff.readd_emails if e not in self._refused]
-            skipped = set(destination.readd(back, diff.state.removals))
+            state = diff.state
+            windows = [state.removal_window(diff.readd_runs.get(e, 0)) for e in back]
+            skipped = set(destination.readd(back, windows))
             for email in skipped:
                 index = diff.state.find(email_key(email))
                 if index >= 0:
@@ -622,7 +637,7 @@ class SegmentExporter:
                 if result.ok:
                     refused = {e.lower() for e in result.refused or ()}
                     done = [index for index, email, _ in chunk if email not in refused]
-                    diff.removed(done)
+                    diff.removed(done, run)
                     with self._lock:
                         report.sync["removed"] += len(done)
                         report.sync["removal_refused"] += len(chunk) - len(done)
@@ -635,15 +650,14 @@ class SegmentExporter:
             return
         # When this run removed: a membership the destination shows as changed at another time was
         # not changed by this export (the re-subscribe check of :meth:`Destination.readd`).
-        window = [float(math.floor(time.time())), 0.0]
-        diff.state.removals.append(window)
-        del diff.state.removals[:-MAX_REMOVAL_WINDOWS]
+        window = diff.state.start_removal_run()
+        run = int(window[0])
         try:
             with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
                 for future in [pool.submit(remove, chunk) for chunk in chunks]:
                     future.result()
         finally:
-            window[1] = float(math.ceil(time.time()))
+            window[2] = float(math.ceil(time.time()))
 
     def _save_state(self) -> None:
         """Write the state with what this run confirmed (also after a failure: the confirmed part

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"CIEXPORT-SYNC-STATE\n"
 #: 2: the whole file is authenticated with HMAC-SHA256 (format 1 had an unkeyed checksum).
-FORMAT = 2
+#: 3: the signed header also says what the file is (:class:`FileRole`), so that an authentic file is
+#: never used in the place of another; each removed entry names the run that removed it.
+FORMAT = 3
 _TAG_BYTES = 32
 #: How many removal runs the state remembers (see :attr:`SyncState.removals`).
 MAX_REMOVAL_WINDOWS = 10_000
@@ -55,7 +58,9 @@ MAX_REMOVAL_WINDOWS = 10_000
 #: The export created this list membership (it was not there before): mirror mode may remove it.
 MANAGED = 1
 #: The export removed this membership (ActiveCampaign: the export set status 2), so when the contact
-#: comes back it is the export's to restore, and only then.
+#: comes back it is the export's to restore, and only then. Such an entry has no digest (a contact
+#: who comes back is always sent): its digest slot holds the id of the run that removed it (see
+#: :attr:`SyncState.removals`).
 REMOVED = 2
 #: Drop the entry when the state is written (not stored on disk).
 _DROP = 0x80
@@ -201,6 +206,45 @@ class StateIdentity:
         return f"it was written for another {', '.join(differ)}" if differ else None
 
 
+@dataclass(frozen=True)
+class FileRole:
+    """What a signed file is: the state at ``state_path``, or one part of that state's partial state.
+
+    It is signed into every header and checked when the file is read, so that an authentic file
+    (an older state, another export's state, a partial state) put in the place of another is refused.
+
+    :param state_path: the state's URI as the export is configured with it (for a partial state too).
+    :param part: for a partial state, ``(generation of the state it belongs to, part number)``.
+    """
+
+    state_path: str
+    part: tuple[int, int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe form, as stored in the header."""
+        base, number = self.part if self.part is not None else (None, None)
+        return {
+            "role": "state" if self.part is None else "partial",
+            "state_path": self.state_path,
+            "base_generation": base,
+            "part": number,
+        }
+
+    def mismatch(self, stored: Any) -> str | None:
+        """Why a (signed) stored role differs from this one (``None`` when they match); never quotes it."""
+        mine = self.as_dict()
+        if not isinstance(stored, dict) or stored.get("role") not in ("state", "partial"):
+            return "it does not say what file it is"
+        if stored.get("role") != mine["role"]:
+            signed_as = "a partial state" if stored.get("role") == "partial" else "a sync state"
+            return f"it was signed as {signed_as}, not as {'a partial state' if self.part else 'the state'}"
+        if stored.get("state_path") != mine["state_path"]:
+            return "it was signed for another state_path (another export's file, or one copied or moved here)"
+        if stored != mine:
+            return "it was signed as another part, or for another generation of the state"
+        return None
+
+
 class SyncState:
     """The entries of one state, sorted by email key, plus this run's changes to them.
 
@@ -238,8 +282,9 @@ class SyncState:
         self._new_blob = bytearray()
         self._dropped: list[int] = []
         self._lock = threading.Lock()
-        #: ``[start, end]`` (Unix seconds) of the runs that removed contacts, oldest first: a membership
-        #: the destination shows as last changed outside all of them was not the export's removal.
+        #: ``[run id, start, end]`` (Unix seconds) of the runs that removed contacts, oldest first (the
+        #: last :data:`MAX_REMOVAL_WINDOWS`): a membership the destination shows as last changed outside
+        #: the window of the run that removed it was not the export's removal.
         self.removals: list[list[float]] = []
 
     def __len__(self) -> int:
@@ -288,6 +333,25 @@ class SyncState:
             self._new_flags.append(flags)
             self._new_lengths.append(len(data))
             self._new_blob += data
+
+    def start_removal_run(self) -> list[float]:
+        """Record that this run starts removing contacts now; return its ``[run id, start, end]``, whose
+        end the caller sets when the run stops removing (mark each removal with the run id)."""
+        run = max((int(window[0]) for window in self.removals), default=0) + 1
+        window = [float(run), float(math.floor(time.time())), 0.0]
+        self.removals.append(window)
+        del self.removals[:-MAX_REMOVAL_WINDOWS]
+        return window
+
+    def removal_window(self, run: int) -> tuple[float, float] | None:
+        """``(start, end)`` of the removal run ``run`` (the digest slot of a :data:`REMOVED` entry), or
+        ``None`` when the state does not know it (never, or no longer among the last ones kept)."""
+        if run <= 0:
+            return None
+        for window in reversed(self.removals):
+            if int(window[0]) == run:
+                return window[1], window[2]
+        return None
 
     def merged_size(self) -> tuple[int, int]:
         """``(entries, email bytes)`` of the state as it will be written."""
@@ -434,12 +498,16 @@ class LoadedState:
     :param authenticated: ``True`` when a stored state passed the authentication check, ``False``
         when a file at the path failed it (another key, another format, changed by someone else,
         unreadable, not a sync state at all), ``None`` when there was none.
+    :param other_identity: the file is this path's authentic state, written for another identity
+        (another destination, account, lists or mapping): the export refuses to replace it unless
+        told to start over (see :class:`~airflow_provider_ciexport.export.engine.SyncSettings`).
     """
 
     state: SyncState
     distrust: str | None = None
     stored_generation: int | None = None
     authenticated: bool | None = None
+    other_identity: bool = False
 
 
 def storage_path(uri: str) -> Any:
@@ -454,14 +522,18 @@ def _local(path: Any) -> str | None:
     return str(path.path) if getattr(path.fs, "local_file", False) else None
 
 
-def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedState:
+def read_state(
+    uri: str, identity: StateIdentity, keys: StateKeys, role: FileRole | None = None
+) -> LoadedState:
     """Read the state at ``uri`` for an export with ``identity``, checking it with ``keys``.
 
     A missing file gives an empty state; an unreadable or damaged one, one that fails the
-    authentication check or one written for another identity gives an empty state and the reason (the
-    run then sends everything, removes and re-subscribes nobody, and writes a new one). Whatever the
-    file holds, ``stored_generation`` is what :func:`write_state` will find, so that write replaces it.
+    authentication check, one signed as another file (``role``) or one written for another identity
+    gives an empty state and the reason (the run then sends everything, removes and re-subscribes
+    nobody, and writes a new one). Whatever the file holds, ``stored_generation`` is what
+    :func:`write_state` will find, so that write replaces it.
 
+    :param role: what the file must have been signed as (default: the state at ``uri``).
     :raises ExportConfigurationError: if the URI cannot be used at all.
     """
     path = storage_path(uri)
@@ -469,7 +541,7 @@ def read_state(uri: str, identity: StateIdentity, keys: StateKeys) -> LoadedStat
         if not path.exists():
             return LoadedState(SyncState(identity))
         with path.open("rb") as f:
-            return _parse(f, identity, keys)
+            return _parse(f, identity, keys, role or FileRole(uri))
     except FileNotFoundError:
         return LoadedState(SyncState(identity))
     except PermissionError as exc:
@@ -556,6 +628,11 @@ def _format_name(value: Any) -> str:
 def _signing_key(header: dict[str, Any], keys: StateKeys) -> tuple[bytes | None, str]:
     """The key among ``keys`` that signed a state with this (unauthenticated) header, or ``None`` and
     why the state cannot be checked."""
+    if header.get("format") == 2:
+        return (
+            None,
+            "the stored state has format 2, not 3 (it does not say which file it is; this run replaces it)",
+        )
     if header.get("format") != FORMAT:
         return (
             None,
@@ -572,7 +649,7 @@ def _signing_key(header: dict[str, Any], keys: StateKeys) -> tuple[bytes | None,
     return key, ""
 
 
-def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedState:
+def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys, role: FileRole) -> LoadedState:
     empty = SyncState(identity)
     try:
         size_bytes, header_bytes, header, generation = _read_header(f)
@@ -619,16 +696,27 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys) -> LoadedStat
     if sys.byteorder != "little":
         keys_.byteswap()
         digests.byteswap()
-    reason = identity.mismatch(header.get("identity"))
+    reason = role.mismatch(header.get("file"))
     if reason is not None:
         return LoadedState(empty, reason, generation, authenticated=True)
+    reason = identity.mismatch(header.get("identity"))
+    if reason is not None:
+        return LoadedState(empty, reason, generation, authenticated=True, other_identity=True)
     state = SyncState(identity, generation, keys_, digests, flags, lengths, blob)
-    state.removals = [[float(a), float(b)] for a, b in header.get("removals") or []]
+    # Windows of another shape (none that this format writes) are left out: nobody removed in them
+    # is re-subscribed.
+    state.removals = [[float(x) for x in w] for w in header.get("removals") or [] if len(w) == 3]
     return LoadedState(state, None, generation, authenticated=True)
 
 
 def write_state(
-    uri: str, state: SyncState, expected_generation: int | None, keys: StateKeys, *, tag: str | None = None
+    uri: str,
+    state: SyncState,
+    expected_generation: int | None,
+    keys: StateKeys,
+    *,
+    tag: str | None = None,
+    role: FileRole | None = None,
 ) -> int:
     """Replace the state at ``uri`` with ``state`` merged with this run's changes, signed with the
     newest of ``keys``; return its generation.
@@ -637,6 +725,7 @@ def write_state(
         was no file). If another run wrote it since, nothing is written.
     :param tag: names the temporary copy (``<state>.tmp-<tag>``): the writer's lease tag, so that
         :func:`remove_stale_copies` knows the copies of writers that no longer hold the lease.
+    :param role: what the file is, signed into its header (default: the state at ``uri``).
     :raises StateConflictError: when the file changed since it was read.
     """
     path = storage_path(uri)
@@ -655,6 +744,7 @@ def write_state(
             "format": FORMAT,
             "kdf": KDF,
             "key_id": key_id,
+            "file": (role or FileRole(uri)).as_dict(),
             "identity": state.identity.as_dict(),
             "generation": generation,
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

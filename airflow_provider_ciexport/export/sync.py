@@ -96,6 +96,8 @@ class SegmentDiff:
         #: Re-adds sent that the destination did not put back (excluded, or opted out since).
         self.counts["readd_refused"] = 0
         self.readd_emails: list[str] = []
+        #: email -> the run that removed it (its entry's digest slot, read before a send overwrites it).
+        self.readd_runs: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def classify(self, email: str, encoded: bytes) -> tuple[int, int, int, int]:
@@ -124,6 +126,7 @@ class SegmentDiff:
         elif removed_by_export:
             kind = READD
             self.readd_emails.append(email)
+            self.readd_runs[email] = state.digests[index]
         elif digest == state.digests[index] and not self.full_refresh:
             kind = UNCHANGED
         else:
@@ -173,7 +176,8 @@ class SegmentDiff:
                 flags = state.flags[index]
                 if flags & REMOVED and not self.removal_unsubscribes:
                     flags = MANAGED  # the import may have put the removed contact back
-                state.update(index, 0, flags)
+                # Still removed: its digest slot keeps the run that removed it.
+                state.update(index, None if flags & REMOVED else 0, flags)
             else:
                 state.add(ledger.keys[i], 0, self._new_flags(ledger.emails[i]), ledger.emails[i])
 
@@ -232,10 +236,10 @@ class SegmentDiff:
                 "segment really shrank that much, raise max_removal_fraction for one run."
             )
 
-    def removed(self, indices: Iterable[int]) -> None:
-        """Record confirmed removals (digest 0: a contact who comes back is sent again)."""
+    def removed(self, indices: Iterable[int], run: int) -> None:
+        """Record confirmed removals, each with the removal run ``run`` (see :data:`REMOVED`)."""
         for index in indices:
-            self.state.update(index, 0, REMOVED)
+            self.state.update(index, run, REMOVED)
 
     def forget(self, indices: Iterable[int]) -> None:
         """Drop entries that no longer need the export (e.g. no longer on the list at all)."""

@@ -108,7 +108,9 @@ class BaseSegmentExportOperator(BaseOperator):
     :param state_path: where the export keeps its record of what it sent (an ``ObjectStoragePath``
         URI every worker can reach: ``s3://...``, ``gs://...``, ``file:///...``). With it, each run
         sends only new and changed contacts. It holds email addresses. Templated.
-    :param full_refresh: send every contact once and rebuild the state.
+    :param full_refresh: send every contact once and rebuild the state; also the way to start over on a
+        ``state_path`` whose state was written for other lists, account or field mapping (a run refuses
+        to replace such a state otherwise).
     :param state_key_conn_id: the connection whose password holds the key(s) that authenticate the
         state (newest first); without that connection, a key derived from Airflow's
         ``[core] fernet_key`` is used. See the Security page.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +18,10 @@ from airflow_provider_ciexport.exceptions import (
     ExportIncompleteError,
 )
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import Destination
-from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
+from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter, SyncSettings
 from airflow_provider_ciexport.export.sources import RecordsSegmentSource
+from airflow_provider_ciexport.export.state import StateIdentity, StateKeys, read_state
 from tests.export.fakes import FakeDestination
 from tests.support import logged_report
 
@@ -226,3 +229,110 @@ def test_too_many_rows_fail_before_anything_is_sent() -> None:
     with pytest.raises(ExportConfigurationError, match=r"more than max_profiles=5\. Nothing was sent"):
         export(rows(6), destination, max_profiles=5)
     assert destination.submitted == []
+
+
+class SyncingDestination(FakeDestination):
+    """The fake destination with what a sync needs: an account, lists chosen per test, nobody opted out."""
+
+    def __init__(self, lists: list[str]) -> None:
+        super().__init__()
+        self._lists = lists
+
+    @property
+    def list_ids(self) -> list[str]:
+        return self._lists
+
+    def account(self) -> str:
+        return "https://fake.example.com"
+
+    def opted_out(self) -> Iterator[str]:
+        return iter(())
+
+    def members(self) -> Iterator[tuple[str, str]]:
+        return iter(())
+
+
+def sync_export(destination: Destination, state_path: str, **sync: Any) -> dict[str, Any]:
+    settings = SyncSettings(state_path, keys=StateKeys(["the workers' secret"], "a test"), **sync)
+    exporter = SegmentExporter(RecordsSegmentSource(rows(4)), destination, MAPPING, sync=settings)
+    return exporter.run().as_dict()
+
+
+def test_a_run_to_other_lists_never_replaces_the_state_unless_told_to_start_over(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/vip.state"
+    sync_export(SyncingDestination(["L1"]), uri)
+    production = (tmp_path / "vip.state").read_bytes()
+    manual = SyncingDestination(["L2"])
+    with pytest.raises(ExportConfigurationError) as error:
+        sync_export(manual, uri)
+    assert str(error.value) == (
+        "The sync state at state_path belongs to another export: it was written for another lists (this "
+        "run's destination, account, lists and field_mapping are not those it was written for). "
+        "Replacing it would make that export take the contacts it added for members that were there "
+        "before, and never remove them. Give each set of lists its own state_path (render the list ids "
+        "into it); to start over on this state_path with these lists, run once with full_refresh=True "
+        "(it sends everything, removes and re-subscribes nobody, and replaces the state)."
+    )
+    assert manual.submitted == [] and manual.small == []
+    assert (tmp_path / "vip.state").read_bytes() == production
+    assert not (tmp_path / "vip.state.lock").exists()
+
+    report = sync_export(manual, uri, full_refresh=True)
+    assert report["full_refresh_reason"] == (
+        "full_refresh=True replaces a state of another export (it was written for another lists)"
+    )
+    assert report["new"] == 4 and report["state_authenticated"] is True
+    assert sync_export(SyncingDestination(["L2"]), uri)["unchanged"] == 4
+    with pytest.raises(ExportConfigurationError, match="belongs to another export"):
+        sync_export(SyncingDestination(["L1"]), uri)
+
+
+class RemovingDestination(SyncingDestination):
+    """A destination whose removal unsubscribes (as ActiveCampaign's): it records what each re-subscribe
+    is checked against."""
+
+    removal_unsubscribes = True
+
+    def __init__(self) -> None:
+        super().__init__(["L1"])
+        self.readd_checked: dict[str, Sequence[float] | None] = {}
+
+    def submit_removal(self, contacts: Sequence[tuple[str, str]]) -> str:
+        return "removal"
+
+    def poll_removal(self, job_id: str, contacts: Sequence[tuple[str, str]]) -> JobResult | None:
+        return JobResult(ok=True, accepted=len(contacts))
+
+    def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float] | None]) -> list[str]:
+        self.readd_checked.update(zip(emails, removals, strict=True))
+        return []
+
+
+def test_a_resubscribe_is_checked_against_the_run_that_removed_that_contact_only(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/vip.state"
+    destination = RemovingDestination()
+
+    def run(records: list[dict[str, Any]]) -> dict[str, Any]:
+        settings = SyncSettings(
+            uri, mode="mirror", max_removal_fraction=1.0, keys=StateKeys(["the workers' secret"], "a test")
+        )
+        return (
+            SegmentExporter(RecordsSegmentSource(records), destination, MAPPING, sync=settings)
+            .run()
+            .as_dict()
+        )
+
+    everyone = rows(6)
+    run(everyone)
+    assert run(everyone[1:])["removed"] == 1  # user0 removed by the first removal run
+    assert run(everyone[2:])["removed"] == 1  # user1 by the second
+    assert run(everyone)["readded"] == 2
+    state = read_state(
+        uri,
+        StateIdentity.of("Fake", "https://fake.example.com", ["L1"], MAPPING),
+        StateKeys(["the workers' secret"], "a test"),
+    )
+    first, second = (tuple(w[1:]) for w in state.state.removals)
+    # Each contact's record is compared with the window of the run that removed it, not with any of
+    # the export's removal runs (another app's unsubscribe then would pass for the export's).
+    assert destination.readd_checked == {"user0@example.com": first, "user1@example.com": second}

@@ -131,6 +131,65 @@ def test_a_partial_state_for_another_export_is_not_used(tmp_path: Path) -> None:
     assert claimed == 0 and len(state) == 0
 
 
+def _signed_state(uri: str, emails: list[str], flags: int = MANAGED) -> None:
+    state = SyncState(IDENTITY)
+    for email in emails:
+        state.add(email_key(email), 1, flags, email)
+    write_state(uri, state, None, KEYS)
+
+
+def test_an_authentic_file_put_in_the_place_of_a_partial_state_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = f"file://{tmp_path}/vip.state"
+    # An old state of this very export (it held the person who later joined by a form), renamed.
+    _signed_state(f"file://{tmp_path}/old.state", ["joined-by-form@example.com"])
+    (tmp_path / "old.state").rename(tmp_path / "vip.state.partial-g0-00000")
+    # A partial state of this export, but for another state generation, and another part number.
+    elsewhere = ClaimJournal(uri, IDENTITY, 7, KEYS)
+    elsewhere.wait(elsewhere.add([(email_key("g7@example.com"), "g7@example.com")]))
+    (tmp_path / "vip.state.partial-g7-00000").rename(tmp_path / "vip.state.partial-g0-00001")
+    # Another export's partial state (its own state_path, same identity).
+    other = ClaimJournal(f"file://{tmp_path}/other.state", IDENTITY, 0, KEYS)
+    other.wait(other.add([(email_key("o@example.com"), "o@example.com")]))
+    (tmp_path / "other.state.partial-g0-00000").rename(tmp_path / "vip.state.partial-g0-00002")
+    journal = ClaimJournal(uri, IDENTITY, 0, KEYS)
+    state, claimed = journal.fold_into(SyncState(IDENTITY), removal_unsubscribes=False)
+    assert claimed == 0 and len(state) == 0
+    warnings = [r.getMessage() for r in caplog.records if "partial state" in r.getMessage()]
+    assert warnings == [
+        "A partial state of an earlier try is not used: it was signed as a sync state, not as a partial state.",
+        "A partial state of an earlier try is not used: it was signed as another part, or for another "
+        "generation of the state.",
+        "A partial state of an earlier try is not used: it was signed for another state_path (another "
+        "export's file, or one copied or moved here).",
+    ]
+    journal.discard()  # refused files go too, as unreadable ones did
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_authentic_file_put_in_the_place_of_the_state_is_distrusted(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/vip.state"
+    # Another export's state (another state_path; same account, list and mapping), swapped in.
+    _signed_state(f"file://{tmp_path}/other.state", ["theirs@example.com"])
+    (tmp_path / "other.state").rename(tmp_path / "vip.state")
+    loaded = read_state(uri, IDENTITY, KEYS)
+    assert (len(loaded.state), loaded.authenticated, loaded.stored_generation) == (0, True, 1)
+    assert loaded.distrust == (
+        "it was signed for another state_path (another export's file, or one copied or moved here)"
+    )
+    # A partial state of this export, put where its state is.
+    journal = ClaimJournal(uri, IDENTITY, 1, KEYS)
+    journal.wait(journal.add([(email_key("a@example.com"), "a@example.com")]))
+    (tmp_path / "vip.state.partial-g1-00000").replace(tmp_path / "vip.state")
+    loaded = read_state(uri, IDENTITY, KEYS)
+    assert len(loaded.state) == 0
+    assert loaded.distrust == "it was signed as a partial state, not as the state"
+    # What the export writes itself is used.
+    write_state(uri, SyncState(IDENTITY), loaded.stored_generation, KEYS)
+    assert read_state(uri, IDENTITY, KEYS).distrust is None
+
+
 def _batch(emails: list[str]) -> Batch:
     body = json.dumps({"import_data": [{"email": e} for e in emails], "list_ids": ["l"]}).encode()
     return Batch(number=1, contacts=len(emails), body=body)

@@ -140,12 +140,12 @@ def test_incremental_classification_and_merge(tmp_path: Path) -> None:
     leavers = diff.leavers()
     assert sorted(state.email(i) for i in leavers) == ["p8@example.com", "p9@example.com"]
     diff.confirm(ledger, refused=None, accepted_all=True)
-    diff.removed(leavers[:1])
+    diff.removed(leavers[:1], 7)
     diff.forget(leavers[1:])
     after = _write_read(tmp_path, state, expected=1)
     by_email = {after.email(i): (after.flags[i], after.digests[i]) for i in range(len(after))}
     assert len(after) == 10 and after.generation == 2
-    assert by_email[state.email(leavers[0])] == (REMOVED, 0)
+    assert by_email[state.email(leavers[0])] == (REMOVED, 7)  # removed by run 7
     assert state.email(leavers[1]) not in by_email
     assert by_email["new@example.com"][0] == MANAGED
 
@@ -153,7 +153,7 @@ def test_incremental_classification_and_merge(tmp_path: Path) -> None:
     diff = SegmentDiff(after, mirror=True)
     gone = state.email(leavers[0])
     kind, index, key, digest = diff.classify(gone, f'{{"email":"{gone}"}}'.encode())
-    assert kind == READD and diff.readd_emails == [gone]
+    assert kind == READD and diff.readd_emails == [gone] and diff.readd_runs == {gone: 7}
     ledger = Ledger()
     ledger.add(index, key, digest, gone)
     diff.confirm(ledger, refused=None, accepted_all=True)
@@ -393,7 +393,7 @@ def test_a_state_in_the_unauthenticated_format_1_is_not_trusted(tmp_path: Path) 
     path.write_bytes(format_1_state(["a@example.com"], REMOVED))
     loaded = read_state(uri, IDENTITY, KEYS)
     assert (len(loaded.state), loaded.stored_generation, loaded.authenticated) == (0, 3, False)
-    assert loaded.distrust == "the stored state has format 1, not 2 (it is not authenticated)"
+    assert loaded.distrust == "the stored state has format 1, not 3 (it is not authenticated)"
     write_state(uri, _first_sync(["a@example.com"]).state, loaded.stored_generation, KEYS)
     assert read_state(uri, IDENTITY, KEYS).distrust is None
 
@@ -474,12 +474,16 @@ def test_concurrent_confirmations_are_all_recorded(tmp_path: Path) -> None:
 def test_the_removal_runs_are_kept_with_the_state_and_only_the_last_ones(tmp_path: Path) -> None:
     from airflow_provider_ciexport.export.state import MAX_REMOVAL_WINDOWS
 
-    state = _first_sync(["a@example.com"]).state
-    state.removals = [[float(i), float(i + 1)] for i in range(MAX_REMOVAL_WINDOWS + 5)]
-    kept = _write_read(tmp_path, state).removals
-    assert (
-        len(kept) == MAX_REMOVAL_WINDOWS and kept[0] == [5.0, 6.0] and kept[-1][0] == MAX_REMOVAL_WINDOWS + 4
-    )
+    state = _write_read(tmp_path, _first_sync(["a@example.com"]).state)
+    state.removals = [[float(i + 1), float(i), float(i + 1)] for i in range(MAX_REMOVAL_WINDOWS + 5)]
+    state.update(0, 3, REMOVED)  # removed in run 3, no longer among the runs kept
+    kept = _write_read(tmp_path, state, expected=1)
+    assert len(kept.removals) == MAX_REMOVAL_WINDOWS and kept.removals[0] == [6.0, 5.0, 6.0]
+    assert kept.removals[-1][0] == MAX_REMOVAL_WINDOWS + 5
+    assert kept.removal_window(int(kept.digests[0])) is None
+    assert kept.removal_window(MAX_REMOVAL_WINDOWS) == (MAX_REMOVAL_WINDOWS - 1.0, float(MAX_REMOVAL_WINDOWS))
+    window = kept.start_removal_run()
+    assert window[0] == MAX_REMOVAL_WINDOWS + 6 and len(kept.removals) == MAX_REMOVAL_WINDOWS
 
 
 def _damaged_states(good: bytes) -> dict[str, bytes]:
@@ -572,7 +576,7 @@ def test_the_format_of_an_unauthenticated_header_is_quoted_only_when_known(
     header = json.dumps({"format": stored, "generation": 4, "count": 0, "blob_bytes": 0}).encode()
     path.write_bytes(MAGIC + len(header).to_bytes(8, "little") + header + bytes(32))
     loaded = read_state(uri, IDENTITY, KEYS)
-    assert loaded.distrust == "the stored state has an unknown format, not 2 (it is not authenticated)"
+    assert loaded.distrust == "the stored state has an unknown format, not 3 (it is not authenticated)"
     assert loaded.stored_generation == 4
 
 

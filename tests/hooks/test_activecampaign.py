@@ -265,7 +265,7 @@ def _membership(udate: str | None, **fields: Any) -> dict[str, Any]:
 
 
 # The export removed contacts between 12:00:00 and 12:10:00 UTC on 2026-03-02 (Unix seconds).
-_WINDOW = [(1772452800.0, 1772453400.0)]
+_WINDOW = (1772452800.0, 1772453400.0)
 
 
 @pytest.mark.parametrize(
@@ -290,4 +290,6 @@ def test_a_resubscribe_needs_the_destinations_record_to_show_the_exports_removal
     from airflow_provider_ciexport.destinations.activecampaign import removed_by_export
 
     assert removed_by_export(record, _WINDOW) is expected
-    assert removed_by_export(record, []) is False  # no removal run known: never
+    assert removed_by_export(record, None) is False  # the run that removed it is not known: never
+    # Another of the export's removal runs, a day later: a change in this one is not its removal.
+    assert removed_by_export(record, (_WINDOW[0] + 86400, _WINDOW[1] + 86400)) is False

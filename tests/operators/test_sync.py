@@ -237,10 +237,23 @@ def test_the_safety_limit_stops_a_run_before_anything_is_sent_or_removed(target:
     assert set(target.members()) == {r["email"] for r in shrunk}
 
 
-def test_a_state_for_another_mapping_is_not_trusted(target: Target) -> None:
+def test_a_state_for_another_mapping_is_replaced_only_by_a_full_refresh(target: Target) -> None:
     target.run(SEGMENT, field_mapping={"email": "email"})
-    report = target.run(SEGMENT)
-    assert report["full_refresh_reason"] == "it was written for another field mapping"
+    stored, sends = target.file.read_bytes(), target.sends()
+    with pytest.raises(ExportConfigurationError) as error:
+        target.run(SEGMENT)
+    message = str(error.value)
+    assert message.startswith(
+        "The sync state at state_path belongs to another export: it was written for another field mapping "
+    )
+    assert "run once with full_refresh=True" in message and message.endswith(
+        "replaces the state). Nothing was sent."
+    )
+    assert (target.file.read_bytes(), target.sends()) == (stored, sends)
+    report = target.run(SEGMENT, full_refresh=True)
+    assert report["full_refresh_reason"] == (
+        "full_refresh=True replaces a state of another export (it was written for another field mapping)"
+    )
     assert (report["new"], report["submitted"], report["to_remove"]) == (30, 30, 0)
     again = target.run(SEGMENT)
     assert again["full_refresh_reason"] is None and again["unchanged"] == 30
@@ -333,7 +346,7 @@ def test_a_state_of_the_unauthenticated_old_format_is_a_full_refresh_that_remove
     emails = [r["email"] for r in SEGMENT] + ["signed.up@example.com"]
     target.file.write_bytes(format_1_state(emails, MANAGED, header["identity"]))
     report = target.run(SEGMENT)
-    assert report["full_refresh_reason"] == "the stored state has format 1, not 2 (it is not authenticated)"
+    assert report["full_refresh_reason"] == "the stored state has format 1, not 3 (it is not authenticated)"
     assert (report["new"], report["removed"], report["state_authenticated"]) == (30, 0, False)
     assert "signed.up@example.com" in target.members()
     assert target.run(SEGMENT)["unchanged"] == 30
