@@ -96,7 +96,7 @@ def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
         if kind != UNCHANGED:
             ledger.add(index, key, digest, email)
     diff.confirm(ledger, None, True)
-    diff.removed(diff.leavers())
+    diff.removed(diff.leavers(), int(diff.state.start_removal_run()[0]))
     write_state(uri, loaded.state, loaded.stored_generation, keys)
     cpu = time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
