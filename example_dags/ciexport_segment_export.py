@@ -143,9 +143,10 @@ with DAG(
         },
         tags=["segment-{{ params.segment }}"],
         dry_run="{{ params.dry_run }}",
-        # One state per segment, destination and set of lists: a run refuses a state written for other
-        # lists (or another mapping) rather than replace it.
-        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-activecampaign-{{{{ params.ac_list_ids | lists_key }}}}.state",
+        # One state per segment, destination and set of lists (a run refuses a state written for other
+        # lists rather than replace it), under STATE_DIR, set at the top of this file.
+        state_path=STATE_DIR
+        + "/{{ params.segment }}-activecampaign-{{ params.ac_list_ids | lists_key }}.state",
         sync_mode="mirror",
     )
     # [END howto_operator_ciexport_activecampaign]
@@ -168,7 +169,8 @@ with DAG(
             "cf:city": "city",
         },
         dry_run="{{ params.dry_run }}",
-        state_path=f"{STATE_DIR}/{{{{ params.segment }}}}-constantcontact-{{{{ params.cc_list_ids | lists_key }}}}.state",
+        state_path=STATE_DIR
+        + "/{{ params.segment }}-constantcontact-{{ params.cc_list_ids | lists_key }}.state",
         sync_mode="mirror",
     )
     # [END howto_operator_ciexport_constantcontact]
