@@ -184,6 +184,7 @@ class BaseSegmentExportOperator(BaseOperator):
         self.sql_conn_id = sql_conn_id
         self.source_path = source_path
         self.records = records
+        records = self.records
         # Not a templated field, so Airflow would neither wait for the upstream task nor resolve it.
         self._records_from: list[str] = []
         if isinstance(records, XComArg):
@@ -212,7 +213,15 @@ class BaseSegmentExportOperator(BaseOperator):
 
     @records.setter
     def records(self, value: Any) -> None:
-        self._held_records = _HeldRecords(value)
+        self._held_records = value if isinstance(value, _HeldRecords) else _HeldRecords(value)
+
+    def _hook_apply_defaults(self, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # Airflow calls this before __init__ and keeps the arguments it returns on the operator
+        # (``_BaseOperator__init_kwargs``), which OpenLineage providers before 2.20 write into the
+        # event with include_full_task_info: the rows are kept there held, as on the operator.
+        if isinstance(kwargs.get("records"), (list, tuple)):
+            kwargs["records"] = _HeldRecords(kwargs["records"])
+        return (), kwargs
 
     def get_destination(self) -> Destination:
         """Build the destination for the (rendered) parameters; each operator provides it."""
