@@ -144,7 +144,10 @@ def test_constantcontact_connection_form(browser: WebDriver, stack: AirflowStack
         dialog,
         "constantcontact",
         [
-            ("Client ID (API key)", "API key of your app in the Constant Contact developer portal"),
+            (
+                "Client ID (API key)",
+                "API key of your app (then open Extra Fields: the Refresh token is required)",
+            ),
             ("Client secret", "Client secret of the same app"),
         ],
         {"login": sandbox["login"], "password": sandbox["password"]},
