@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
-from airflow_provider_ciexport.core.urls import is_loopback
+from airflow_provider_ciexport.core.urls import loopback_origin
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
@@ -21,14 +21,6 @@ if TYPE_CHECKING:
 
 AC_APP_DOMAIN = "activehosted.com"
 CC_APP_URL = "https://app.constantcontact.com/pages/contacts/ui"
-
-
-def _sandbox_base(url: str) -> str | None:
-    """``scheme://host:port`` of a loopback URL (the sandbox), else ``None``."""
-    parts = urlsplit(url)
-    if parts.hostname and is_loopback(parts.hostname):
-        return f"{parts.scheme}://{parts.netloc}"
-    return None
 
 
 def activecampaign_list_url(api_url: str, list_ids: Sequence[Any]) -> str | None:
@@ -44,7 +36,7 @@ def activecampaign_list_url(api_url: str, list_ids: Sequence[Any]) -> str | None
     """
     if not list_ids:
         return None
-    sandbox = _sandbox_base(api_url)
+    sandbox = loopback_origin(api_url)
     if sandbox is not None:
         return f"{sandbox}/_sandbox/ac/lists/{quote(str(list_ids[0]))}/contacts"
     host = urlsplit(api_url).hostname or ""
@@ -67,7 +59,7 @@ def constantcontact_list_url(api_base_url: str, list_ids: Sequence[Any]) -> str 
     """
     if not list_ids:
         return None
-    sandbox = _sandbox_base(api_base_url)
+    sandbox = loopback_origin(api_base_url)
     if sandbox is not None:
         return f"{sandbox}/_sandbox/cc/lists/{quote(str(list_ids[0]))}/contacts"
     if len(list_ids) > 1:

@@ -27,6 +27,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def loopback_origin(url: str) -> str | None:
+    """``scheme://host:port`` of ``url`` when its host is this machine (a local sandbox), else ``None``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.hostname and is_loopback(parts.hostname) else None
+
+
 def unsafe_character(value: str) -> str | None:
     """The kind of character in ``value`` that no API address contains, or ``None``.
 

@@ -773,7 +773,7 @@ def write_state(
                 # On disk before the rename makes it the state, or a crash leaves an empty state file.
                 f.flush()
                 os.fsync(f.fileno())
-        _put_in_place(tmp, path)
+        _put_in_place(local, tmp, path)
     finally:
         with contextlib.suppress(OSError):
             if tmp.exists():
@@ -781,9 +781,9 @@ def write_state(
     return generation
 
 
-def _put_in_place(tmp: Any, path: Any) -> None:
-    """Rename the written copy over the state: on local disk, durably (the folder is synced after)."""
-    local = _local(tmp)
+def _put_in_place(local: str | None, tmp: Any, path: Any) -> None:
+    """Rename the written copy ``tmp`` (``local``: its path on local disk, if there) over the state:
+    on local disk, durably (the folder is synced after)."""
     if local is None:
         tmp.rename(path)  # an object store's rename (a copy and a delete) is as durable as it gets
         return

@@ -201,7 +201,7 @@ class ActiveCampaignHook(SegmentApiHook):
         key = (self.connection.password or "").strip()
         if not key:
             raise ExportConfigurationError(
-                f"{self.conn_label[:1].upper()}{self.conn_label[1:]} has no API key. Put the key from "
+                f"{self.capitalized_conn_label} has no API key. Put the key from "
                 "ActiveCampaign's Settings > Developer in the connection's password (API key) field."
             )
         return key

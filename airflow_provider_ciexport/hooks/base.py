@@ -25,7 +25,7 @@ from airflow_provider_ciexport.core.contacts import ContactBuilder, ContactSchem
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.core.redaction import request_values, vendor_error_text
 from airflow_provider_ciexport.core.sharing import account_lease, share_variable_key
-from airflow_provider_ciexport.core.urls import base_url_problem, is_loopback, redirect_target
+from airflow_provider_ciexport.core.urls import base_url_problem, loopback_origin, redirect_target
 from airflow_provider_ciexport.exceptions import (
     DestinationApiError,
     DestinationThrottledError,
@@ -342,6 +342,11 @@ class SegmentApiHook(HttpHook):
         """The connection as messages name it: ``connection 'x'``, or ``this connection`` in a test."""
         return "this connection" if self.testing else f"connection '{self.conn_id}'"
 
+    @property
+    def capitalized_conn_label(self) -> str:
+        """:attr:`conn_label` at the start of a sentence: ``Connection 'x'``, ``This connection``."""
+        return self.conn_label[:1].upper() + self.conn_label[1:]
+
     @cached_property
     def connection(self) -> Any:
         """The Airflow connection (read once).
@@ -404,15 +409,15 @@ class SegmentApiHook(HttpHook):
     def api_base_url(self) -> str:
         """The validated base URL of the API (read from the connection once)."""
         url = self._resolve_base_url()
-        host = urlsplit(url).hostname
-        if host and is_loopback(host):
+        sandbox = loopback_origin(url)
+        if sandbox is not None:
             # Said once per hook (an export has one): a production DAG pointed at the sandbox by
             # mistake would otherwise succeed with no word that nothing reached the vendor.
             self.log.warning(
                 "%s points at %s on this machine: a local sandbox, not %s. Nothing sent here reaches a "
                 "real list.",
-                self.conn_label[:1].upper() + self.conn_label[1:],
-                urlsplit(url).netloc,
+                self.capitalized_conn_label,
+                sandbox.partition("://")[2],
                 self.hook_name,
             )
         return url

@@ -296,7 +296,7 @@ class ConstantContactHook(SegmentApiHook):
         if not client_id or not secret:
             missing = "client id (login)" if not client_id else "client secret (password)"
             raise ExportConfigurationError(
-                f"{self.conn_label[:1].upper()}{self.conn_label[1:]} has no {missing}. Copy the API key and "
+                f"{self.capitalized_conn_label} has no {missing}. Copy the API key and "
                 "client secret of your app from the Constant Contact developer portal."
             )
         return client_id, secret
@@ -340,7 +340,7 @@ class ConstantContactHook(SegmentApiHook):
         token = stored or conn_token
         if not token:
             raise ExportConfigurationError(
-                f"{self.conn_label[:1].upper()}{self.conn_label[1:]} has no refresh token. Run "
+                f"{self.capitalized_conn_label} has no refresh token. Run "
                 f"{AUTH_COMMAND} once to authorize the app and put the token in the connection's Refresh "
                 "token field (in the UI's connection form, under Extra Fields; the extra 'refresh_token')."
             )

@@ -49,21 +49,23 @@ def classify(path: str) -> str:
     return "other"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name (repeated ones joined with ``, ``)."""
+    headers: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
-        if raw_name.lower() == name:
-            return str(raw_value.decode("latin-1"))
-    return None
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
-def _foreign_request(scope: Scope) -> tuple[int, str] | None:
+def _foreign_request(scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
     """``(status, why)`` for a request a web page may have made, else ``None``.
 
     The control API has no credentials, so what a browser can send must be refused: a request
     whose ``Host`` is not a loopback name (a DNS-rebinding page) and a control call whose body is not
     declared JSON (a form or a ``text/plain`` post needs no CORS preflight).
     """
-    host = _header(scope, b"host")
+    host = headers.get("host")
     if host is not None and not is_loopback(urlsplit(f"//{host}").hostname or ""):
         return (
             403,
@@ -71,7 +73,7 @@ def _foreign_request(scope: Scope) -> tuple[int, str] | None:
         )
     # POST is the one method a page can send elsewhere without a CORS preflight (which fails here).
     if classify(scope["path"]) == "control" and scope["method"] == "POST":
-        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             return 415, "control calls take a JSON body (Content-Type: application/json), even an empty {}"
     return None
@@ -86,21 +88,21 @@ class SandboxGate:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = _foreign_request(scope) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        refusal = _foreign_request(scope, headers)
         if refusal is not None:
             await errors.json_response({"error": refusal[1]}, refusal[0])(scope, receive, send)
             return
-        if scope["type"] != "http" or classify(scope["path"]) == "control":
+        if classify(scope["path"]) == "control":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
         method: str = scope["method"]
         api = classify(path)
         body = await _read_body(receive)
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:
-            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         rec = self.state.recorder
         entry = rec.log_request(
             api, method, path, scope.get("query_string", b"").decode("latin-1"), headers, body
