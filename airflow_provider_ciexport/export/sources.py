@@ -63,6 +63,11 @@ _PARQUET_BATCH_ROWS = 1024
 #: a column chunk's pages and a record batch whole, so a small zstd file of large repeated values can
 #: otherwise take gigabytes. 1,000,000 rows of five ordinary profile columns take about 100 MB.
 PARQUET_ROW_GROUP_LINES = 256
+#: What a value of a nested Parquet column (a list's element) takes at least once decoded: its Arrow
+#: offset or dictionary index (4 bytes) and validity, rounded up.
+_NESTED_VALUE_BYTES = 8
+#: Parquet logical types of BYTE_ARRAY leaves read as dictionaries (``NONE``: plain binary).
+_TEXT_LOGICAL_TYPES = frozenset({"STRING", "NONE", "ENUM", "JSON", "BSON"})
 #: Delimiters a CSV file's header line is searched for, the first winning a tie.
 CSV_DELIMITERS = (",", ";", "\t", "|")
 #: What ``csv_options`` may set.
@@ -717,7 +722,9 @@ class ParquetSegmentSource(FileSegmentSource):
 
     Before anything is decoded, the file's metadata is checked: a row group whose mapped columns
     take, uncompressed, more than ``max_line_length`` bytes a row on average, or more than
-    :data:`PARQUET_ROW_GROUP_LINES` times ``max_line_length`` in all, fails naming the row group.
+    :data:`PARQUET_ROW_GROUP_LINES` times ``max_line_length`` in all, fails naming the row group. Text,
+    nested too, is decoded as dictionaries and counted at its decoded size; a row of more than
+    ``max_line_length`` bytes of text fails naming the row.
 
     :raises ExportConfigurationError: if pyarrow is not installed.
     """
@@ -789,21 +796,43 @@ class ParquetSegmentSource(FileSegmentSource):
     def _rows(self, parquet: Any, columns: list[str]) -> Iterator[tuple[Row, int]]:
         """The rows of ``columns``, each with its size in bytes.
 
-        Text columns are decoded as dictionaries: a dictionary-encoded value repeated on every row (a
-        file of a few KB) is then held once, not once per row, until the rows are taken a few at a time.
+        Text is decoded as dictionaries, in nested columns too: a dictionary-encoded value repeated on
+        every row (a file of a few KB) is then held once, not once per row, until the rows are taken a
+        few at a time.
         """
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = parquet.schema_arrow
-        text = [name for name in columns if _is_text(schema.field(name).type, pa)]
+        text = _text_leaves(parquet, columns)
         reader = (
             pq.ParquetFile(self._raw, metadata=parquet.metadata, read_dictionary=text) if text else parquet
         )
         batches = reader.iter_batches(batch_size=min(self.chunk_size, self._batch_rows), columns=columns)
+        first_row = 0
         for batch in batches:
             if batch.num_rows:
-                yield from _batch_rows(batch, bool(columns))
+                yield from _batch_rows(batch, bool(columns), self._row_check(first_row))
+                first_row += batch.num_rows
+
+    def _row_check(self, first_row: int) -> Callable[[Any], None]:
+        """A check that no row of a batch (starting at ``first_row``) holds more than
+        ``max_line_length`` bytes of text: a nested column can repeat a long value many times."""
+        import pyarrow.compute as pc
+
+        def check(text: Any) -> None:
+            if (pc.max(text).as_py() or 0) <= self.max_line_length:
+                return
+            offset, size = next(
+                (i, size) for i, size in enumerate(text.to_pylist()) if size > self.max_line_length
+            )
+            raise SegmentSourceError(
+                f"Row {first_row + offset + 1:,} of the {self.description} holds {size:,} bytes of text "
+                f"in the mapped columns, more than {self.max_line_length:,} bytes (max_line_length), far "
+                "more than a contact's row, so it was not read further: the file is damaged or not a "
+                "segment. Fix the file; if rows this long are intended, raise the operator's "
+                "max_line_length."
+            )
+
+        return check
 
     def _count(self) -> int | None:
         """The row count from the file's metadata, read when the file was opened."""
@@ -821,11 +850,11 @@ class ParquetSegmentSource(FileSegmentSource):
         for group in range(metadata.num_row_groups):
             row_group = metadata.row_group(group)
             rows = max(int(row_group.num_rows), 1)
-            size = sum(int(row_group.column(i).total_uncompressed_size) for i in leaves)
+            size = sum(_decoded_size(row_group.column(i), parquet.reader.column_paths[i]) for i in leaves)
             if size > limit or size > rows * self.max_line_length:
                 raise SegmentSourceError(
-                    f"Row group {group} of the {self.description} holds {size:,} bytes of the mapped "
-                    f"columns uncompressed in {rows:,} rows, more than the {limit:,} bytes a row group "
+                    f"Row group {group} of the {self.description} holds about {size:,} bytes of the mapped "
+                    f"columns once decoded in {rows:,} rows, more than the {limit:,} bytes a row group "
                     f"or {self.max_line_length:,} bytes a row (max_line_length) it may hold, so it was "
                     "not decoded: the file is damaged or not a segment. Write the file with smaller "
                     "row groups (row_group_size) or smaller values; if this is intended, raise the "
@@ -833,6 +862,28 @@ class ParquetSegmentSource(FileSegmentSource):
                 )
             widest = max(widest, -(-size // rows))
         self._batch_rows = max(1, min(_PARQUET_BATCH_ROWS, CHUNK_BYTES // max(widest, 1)))
+
+
+def _decoded_size(chunk: Any, path: Sequence[str]) -> int:
+    """A column chunk's size once decoded, at least: its uncompressed bytes, and for a leaf of a nested
+    column (a list's elements) :data:`_NESTED_VALUE_BYTES` a value, which run-length encoding can store
+    in next to nothing (a million elements of one dictionary value in a few bytes)."""
+    size = int(chunk.total_uncompressed_size)
+    if len(path) > 1:
+        size = max(size, int(chunk.num_values) * _NESTED_VALUE_BYTES)
+    return size
+
+
+def _text_leaves(parquet: Any, columns: Sequence[str]) -> list[str]:
+    """The dotted paths of the text (string or plain binary) leaves of ``columns``, nested ones too."""
+    wanted = set(columns)
+    leaves = []
+    for i, path in enumerate(parquet.reader.column_paths):
+        column = parquet.schema.column(i)
+        logical = column.logical_type.type
+        if path[0] in wanted and column.physical_type == "BYTE_ARRAY" and logical in _TEXT_LOGICAL_TYPES:
+            leaves.append(".".join(path))
+    return leaves
 
 
 def _is_text(kind: Any, pa: Any) -> bool:
@@ -844,22 +895,52 @@ def _is_text(kind: Any, pa: Any) -> bool:
     )
 
 
-def _text_bytes(batch: Any) -> Any:
-    """Each row's bytes of text (an Arrow array), or ``None`` when the batch has no text column."""
+def _text_bytes(array: Any) -> Any:
+    """Each row's bytes of text in an Arrow array, nested values included (an Arrow int64 array with
+    no nulls), or ``None`` when it holds no text."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        lengths = (
+            pc.binary_length(array.dictionary).take(array.indices) if _is_text(kind.value_type, pa) else None
+        )
+    elif _is_text(kind, pa):
+        lengths = pc.binary_length(array)
+    elif pa.types.is_struct(kind):
+        lengths = _sum_rows([_text_bytes(child) for child in array.flatten()])
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        lengths = _per_list(_text_bytes(array.values), array.offsets)
+    elif pa.types.is_fixed_size_list(kind):
+        size, start = kind.list_size, array.offset
+        offsets = pa.array(range(start * size, (start + len(array) + 1) * size, size), pa.int64())
+        lengths = _per_list(_text_bytes(array.values), offsets)
+    else:
+        return None
+    return None if lengths is None else pc.fill_null(lengths.cast(pa.int64()), 0)
+
+
+def _sum_rows(columns: Sequence[Any]) -> Any:
+    """The row-wise sum of per-row byte counts, ``None`` standing for none."""
+    import pyarrow.compute as pc
+
     total = None
-    for column in batch.columns:
-        if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type, pa):
-            lengths = pc.binary_length(column.dictionary).take(column.indices)
-        elif _is_text(column.type, pa):
-            lengths = pc.binary_length(column)
-        else:
-            continue
-        lengths = pc.fill_null(lengths, 0)
-        total = lengths if total is None else pc.add(total, lengths)
+    for lengths in columns:
+        if lengths is not None:
+            total = lengths if total is None else pc.add(total, lengths)
     return total
+
+
+def _per_list(element_bytes: Any, offsets: Any) -> Any:
+    """Per-list sums of ``element_bytes``, the lists given by ``offsets`` into the elements."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if element_bytes is None:
+        return None
+    running = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(element_bytes)])
+    return pc.subtract(running.take(offsets[1:]), running.take(offsets[:-1]))
 
 
 def _values(column: Any) -> list[Any]:
@@ -868,8 +949,9 @@ def _values(column: Any) -> list[Any]:
     return (decode() if decode is not None else column).to_pylist()
 
 
-def _batch_rows(batch: Any, any_columns: bool) -> Iterator[tuple[Row, int]]:
-    """The rows of an Arrow record batch with their sizes, turned into Python values a budget at a time."""
+def _batch_rows(batch: Any, any_columns: bool, check: Callable[[Any], None]) -> Iterator[tuple[Row, int]]:
+    """The rows of an Arrow record batch with their sizes, turned into Python values a budget at a time;
+    ``check`` sees each row's bytes of text (an Arrow array) before anything is decoded."""
     import pyarrow.compute as pc
 
     count = batch.num_rows
@@ -877,7 +959,9 @@ def _batch_rows(batch: Any, any_columns: bool) -> Iterator[tuple[Row, int]]:
     if not any_columns:
         yield from (((), per_row) for _ in range(count))
         return
-    text = _text_bytes(batch)
+    text = _sum_rows([_text_bytes(column) for column in batch.columns])
+    if text is not None:
+        check(text)
     total = per_row * count + (0 if text is None else int(pc.sum(text).as_py() or 0))
     if text is None or total <= CHUNK_BYTES:
         # The usual case: the whole batch fits in the budget.

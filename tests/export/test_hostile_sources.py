@@ -246,6 +246,68 @@ def test_a_parquet_row_group_under_the_limits_is_read_in_small_batches(
     assert sizes == [16]  # about CHUNK_BYTES of these 60 KB rows a batch, not 1,024 rows
 
 
+# -- nested Parquet columns: dictionary-encoded values repeated in lists and structs ------------------
+
+
+def _nested(kind: str, value: str, rows: int, repeat: int = 1) -> Any:
+    """A list or struct column repeating ``value`` on every row (dictionary-encoded when written)."""
+    pa = pytest.importorskip("pyarrow")
+    if kind == "list":
+        return pa.array([[value] * repeat] * rows, pa.list_(pa.string()))
+    return pa.array([{"note": value}] * rows, pa.struct([("note", pa.string())]))
+
+
+@pytest.mark.parametrize("kind", ["list", "struct"])
+def test_nested_parquet_text_counts_toward_the_chunk_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 10_000)
+    path = tmp_path / "s.parquet"
+    emails = [f"p{i}@example.com" for i in range(200)]
+    pq.write_table(pa.table({"email": emails, "traits": _nested(kind, "x" * 990, 200)}), path)
+    _, read = chunks(str(path), ["email", "traits"], chunk_size=5000)
+    rows = [row for chunk in read for row in chunk]
+    assert [row[0] for row in rows] == emails
+    assert rows[-1][1] == (["x" * 990] if kind == "list" else {"note": "x" * 990})
+    # About 1 KB a row: a chunk holds about 10 rows, never the 200 that chunk_size allows.
+    assert max(map(len, read)) <= 11
+
+
+def test_a_parquet_row_of_a_long_value_repeated_in_a_list_is_refused(tmp_path: Path) -> None:
+    # Stored once in the dictionary, the 30,000 characters are three times as many on each row.
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "s.parquet"
+    table = pa.table({"email": ["a@example.com"] * 5, "tags": _nested("list", "x" * 30_000, 5, repeat=3)})
+    pq.write_table(table, path, compression="zstd")
+    assert path.stat().st_size < 5_000
+    with pytest.raises(SegmentSourceError) as err:
+        chunks(str(path), ["email", "tags"], max_line_length=65_536)
+    message = str(err.value)
+    assert "Row 1 of the Parquet file s.parquet holds 90,013 bytes of text" in message
+    assert "65,536 bytes (max_line_length)" in message and "xxxx" not in message
+
+
+def test_a_list_of_millions_of_tiny_values_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run-length encoding stores 3,000,000 copies of one dictionary value in a few bytes; decoded, each
+    # takes at least its Arrow index.
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "many.parquet"
+    table = pa.table({"email": ["a@example.com"] * 10, "tags": _nested("list", "a", 10, repeat=300_000)})
+    pq.write_table(table, path, compression="zstd")
+    assert path.stat().st_size < 5_000
+    _no_decoding(monkeypatch)
+    with pytest.raises(
+        SegmentSourceError, match=r"Row group 0 of the Parquet file many\.parquet holds about"
+    ):
+        chunks(str(path), ["email", "tags"], max_line_length=65_536)
+
+
 # -- a header-less CSV shows none of its first record in the mapping error (item 8) -------------------
 
 
