@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
-import json
 import logging
 import math
 import sys
@@ -16,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
 from airflow_provider_ciexport.core.polling import poll_until_done
@@ -27,9 +24,16 @@ from airflow_provider_ciexport.exceptions import (
     ExportIncompleteError,
 )
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
+from airflow_provider_ciexport.export.checkpoint import (
+    Checkpoint,
+    ProgressStore,
+    batch_digest,
+    export_fingerprint,
+)
 from airflow_provider_ciexport.export.claims import ClaimJournal
 from airflow_provider_ciexport.export.collector import steady_collector
 from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.progress import ProgressClock, progress_line
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources import Row, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
@@ -100,87 +104,6 @@ class SyncSettings:
         return self.mode == "mirror"
 
 
-class ProgressStore(Protocol):
-    """Somewhere a retried task (on any worker) can read what an earlier try confirmed."""
-
-    def load(self) -> Any:
-        """The saved document, or ``None``."""
-
-    def save(self, document: Any) -> None:
-        """Replace the saved document."""
-
-    def delete(self) -> None:
-        """Forget the saved document."""
-
-
-def batch_digest(batch: Batch) -> str:
-    """A short fingerprint of a batch's exact body."""
-    return hashlib.blake2b(batch.body, digest_size=8).hexdigest()
-
-
-class _Checkpoint:
-    """The batches of this export that the destination confirmed, saved so a retry skips them.
-
-    A batch is skipped on a later try only if the same batch number has the same body digest, so a
-    segment that changed in between is simply sent again (imports match contacts by email, so a
-    resent contact is updated, never duplicated). Saves are coalesced to one every ``min_interval_s``.
-    """
-
-    def __init__(self, store: ProgressStore | None, fingerprint: str, min_interval_s: float = 1.0) -> None:
-        self.store = store
-        self.fingerprint = fingerprint
-        self.min_interval_s = min_interval_s
-        saved = store.load() if store is not None else None
-        self.done: dict[int, list[Any]] = {}
-        if isinstance(saved, dict) and saved.get("fingerprint") == fingerprint:
-            self.done = {int(k): list(v) for k, v in (saved.get("done") or {}).items()}
-        elif saved is not None:
-            log.info("Saved progress belongs to a different export configuration; starting over.")
-        self.resumable = dict(self.done)
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._dirty = False
-        self._last_save = 0.0
-
-    def resumed(self, batch: Batch, digest: str) -> tuple[int, int] | None:
-        """``(accepted, rejected)`` if an earlier try confirmed this very batch."""
-        entry = self.resumable.get(batch.number)
-        if entry is not None and entry[0] == digest:
-            return int(entry[1]), int(entry[2])
-        return None
-
-    def confirm(self, batch: Batch, digest: str, accepted: int, rejected: int) -> None:
-        """Note a confirmed batch and save soon."""
-        with self._lock:
-            self.done[batch.number] = [digest, accepted, rejected]
-            self._dirty = True
-        if time.monotonic() - self._last_save >= self.min_interval_s:
-            self.flush()
-
-    def flush(self) -> None:
-        """Save now if anything changed (one writer at a time; others leave it to that one)."""
-        if self.store is None or not self._write_lock.acquire(blocking=False):
-            return
-        try:
-            with self._lock:
-                if not self._dirty:
-                    return
-                document = {
-                    "fingerprint": self.fingerprint,
-                    "done": {str(k): v for k, v in self.done.items()},
-                }
-                self._dirty = False
-            self.store.save(document)
-            self._last_save = time.monotonic()
-        finally:
-            self._write_lock.release()
-
-    def clear(self) -> None:
-        """The export completed: nothing to resume."""
-        if self.store is not None and (self.done or self.resumable):
-            self.store.delete()
-
-
 class _Stopped(Exception):
     """The export was asked to stop (``on_kill``) or a batch failed for good."""
 
@@ -236,7 +159,7 @@ class SegmentExporter:
             waited=self.settings.wait_for_completion and not self.settings.dry_run,
         )
         self._progress_store = progress if self.report.waited else None
-        self._checkpoint: _Checkpoint | None = None
+        self._checkpoint: Checkpoint | None = None
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
         self._failed_contacts = 0
@@ -246,8 +169,7 @@ class SegmentExporter:
         self._lock = threading.Lock()
         self._total: int | None = None  # rows in the segment; None when read without counting first
         self._read_all = False
-        self._started = 0.0
-        self._last_progress = 0.0
+        self._clock = ProgressClock(self.settings.progress_interval_s)
 
     def stop(self) -> None:
         """Ask a running export to stop sending (for ``on_kill``); it raises once in-flight calls end."""
@@ -262,7 +184,7 @@ class SegmentExporter:
         without reading the rows (SQL, CSV, JSON Lines), the rows are spooled to local disk first and
         counted, so a segment over the limit fails before anything is sent.
         """
-        self._started = self._last_progress = time.monotonic()
+        self._clock.restart()
         with contextlib.ExitStack() as stack:
             # The lease first: a second run fails before it reads (or spools) a single row.
             self._lease = self._take_lease()
@@ -325,9 +247,7 @@ class SegmentExporter:
         def progress(rows: int) -> None:
             if self._stop.is_set():
                 raise _Stopped
-            now = time.monotonic()
-            if now - self._last_progress >= self.settings.progress_interval_s:
-                self._last_progress = now
+            if self._clock.due():
                 log.info("Reading the segment: %s rows so far, nothing sent yet.", f"{rows:,}")
 
         try:
@@ -345,7 +265,7 @@ class SegmentExporter:
         log.info(
             "Read %s rows in %.1f s (%.1f MB on local disk until the export ends).",
             f"{total:,}",
-            time.monotonic() - self._started,
+            self._clock.elapsed(),
             spool.bytes / 1e6,
         )
         return total
@@ -354,7 +274,9 @@ class SegmentExporter:
         report = self.report
         # Sized once when the count is known: no rehashing while a million rows stream.
         builder.seen = EmailSet(capacity=self._total or 0)
-        self._checkpoint = _Checkpoint(self._progress_store, self._fingerprint())
+        self._checkpoint = Checkpoint(
+            self._progress_store, export_fingerprint(self.destination, self.field_mapping)
+        )
         if self._checkpoint.resumable:
             log.info(
                 "Resuming: %d batch(es) confirmed by an earlier try are not sent again.",
@@ -412,7 +334,7 @@ class SegmentExporter:
                 self._checkpoint.flush()
             self._save_state()
             report.requests = self.destination.requests_made
-            report.duration_s = time.monotonic() - self._started
+            report.duration_s = self._clock.elapsed()
             # One figure a line: a single line of every figure ran off the UI's log view.
             log.info("%s export report:", self.destination.name)
             for line in report.table():
@@ -699,18 +621,6 @@ class SegmentExporter:
             return 0
         return self._journal.add([(ledger.keys[i], ledger.emails[i]) for i in owned])
 
-    def _fingerprint(self) -> str:
-        """What must be unchanged for an earlier try's confirmations to count."""
-        destination = self.destination
-        identity = {
-            "destination": destination.name,
-            "lists": list(destination.list_ids),
-            "mapping": sorted(self.field_mapping.items()),
-            "envelope": [part.decode() for part in destination.envelope()],
-            "limits": [destination.max_batch_contacts, destination.max_batch_bytes],
-        }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-
     def _contacts(self, builder: ContactBuilder, chunks: Iterator[list[Row]]) -> Iterator[dict[str, str]]:
         report = self.report
         for chunk in chunks:
@@ -900,44 +810,9 @@ class SegmentExporter:
     # -- progress and the end ------------------------------------------------------------------
 
     def _maybe_log_progress(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last_progress < self.settings.progress_interval_s:
-                return
-            self._last_progress = now
-        log.info("%s export progress: %s", self.destination.name, self._progress_line(now - self._started))
-
-    def _progress_line(self, elapsed: float) -> str:
-        """Rows read, contacts submitted and confirmed, the rate of the slowest phase and the ETA.
-
-        The export ends when its last contact is confirmed, so when it waits for its jobs the rate and
-        the ETA follow confirmed contacts (the total is estimated from the share of rows read that
-        became contacts so far); otherwise they follow rows read.
-        """
-        report = self.report
-        elapsed = max(elapsed, 1e-9)
-        total = self._total
-        if report.waited:
-            done = report.accepted + report.rejected
-            contacts = report.read - report.invalid - report.duplicates
-            expected = contacts * total / report.read if report.read and total is not None else None
-            unit = "contacts confirmed"
-        else:
-            done, expected, unit = report.read, None if total is None else float(total), "rows read"
-        rate = done / elapsed
-        # Read without counting first (max_profiles=None): no share of the total, no ETA.
-        eta = max(expected - done, 0.0) / rate if rate > 0 and expected is not None else float("inf")
-        submitted = report.would_submit if self.settings.dry_run else report.submitted
-        read = (
-            f"{report.read:,} rows read (total not counted)"
-            if total is None
-            else f"{report.read:,}/{total:,} rows read ({100.0 * report.read / total if total else 100.0:.0f}%)"
-        )
-        return (
-            f"{read}, "
-            f"{submitted:,} contacts {'would be ' if self.settings.dry_run else ''}submitted, "
-            f"{report.accepted + report.rejected:,} confirmed, {rate:,.0f} {unit}/s, ETA {_duration(eta)}"
-        )
+        if self._clock.due():
+            line = progress_line(self.report, self._total, self._clock.elapsed())
+            log.info("%s export progress: %s", self.destination.name, line)
 
     def _raise_if_incomplete(self) -> None:
         report = self.report
@@ -966,11 +841,3 @@ class SegmentExporter:
                 f"their import jobs ended '{self._failed_state}' {self.settings.max_resubmits + 1} times. "
                 f"{done} Retry the task to send the rest."
             )
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "unknown"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
