@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from airflow_provider_ciexport.tools.sandbox import errors
 from airflow_provider_ciexport.tools.sandbox.oauth_store import DEVICE_TTL_S, pkce_s256
+from airflow_provider_ciexport.tools.sandbox.routing import Route, bind_routes
 from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 KNOWN_SCOPES = frozenset(
@@ -51,28 +52,7 @@ def _scope_ok(scope: str) -> bool:
 
 def build_router(state: SandboxState) -> APIRouter:
     """The ``/oauth2/default/v1`` routes bound to ``state``."""
-    router = APIRouter(prefix="/oauth2/default/v1")
-
-    @router.post("/token")
-    async def token(request: Request) -> Response:
-        return await _token(state, request)
-
-    @router.get("/authorize")
-    async def authorize(request: Request) -> Response:
-        return _authorize(state, request)
-
-    @router.post("/device/authorize")
-    async def device_authorize(request: Request) -> Response:
-        return await _device_authorize(state, request)
-
-    @router.get("/device/verify")
-    async def device_verify(request: Request) -> Response:
-        # Grants are auto-approved; this page only exists so the printed link leads somewhere.
-        return HTMLResponse(
-            "<html><body><p>Sandbox: device requests are approved automatically.</p></body></html>"
-        )
-
-    return router
+    return bind_routes(APIRouter(prefix="/oauth2/default/v1"), state, ROUTES)
 
 
 @dataclass(frozen=True)
@@ -88,7 +68,8 @@ class _TokenRequest:
     issuer: str
 
 
-async def _token(state: SandboxState, request: Request) -> Response:
+async def token(state: SandboxState, request: Request) -> Response:
+    """``POST /oauth2/default/v1/token``: tokens for a refresh token, an authorization code or a device code."""
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return errors.oauth_error(
             400, "invalid_request", "The body must be application/x-www-form-urlencoded."
@@ -215,7 +196,8 @@ _GRANTS: dict[str, Callable[[SandboxState, _TokenRequest], Response]] = {
 }
 
 
-def _authorize(state: SandboxState, request: Request) -> Response:
+async def authorize(state: SandboxState, request: Request) -> Response:
+    """``GET /oauth2/default/v1/authorize``: approve at once and redirect back with a code."""
     qp = request.query_params
     client_id = qp.get("client_id", "")
     if not state.oauth.check_client(client_id, None):
@@ -246,7 +228,8 @@ def _authorize(state: SandboxState, request: Request) -> Response:
     return back({"code": code})
 
 
-async def _device_authorize(state: SandboxState, request: Request) -> Response:
+async def device_authorize(state: SandboxState, request: Request) -> Response:
+    """``POST /oauth2/default/v1/device/authorize``: a device code and its user code."""
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8")).items()}
     client_id = form.get("client_id", "")
     if not state.oauth.check_client(client_id, None):
@@ -267,3 +250,20 @@ async def _device_authorize(state: SandboxState, request: Request) -> Response:
         },
         headers=NO_STORE,
     )
+
+
+async def device_verify(state: SandboxState, request: Request) -> Response:
+    """``GET /oauth2/default/v1/device/verify``."""
+    # Grants are auto-approved; this page only exists so the printed link leads somewhere.
+    return HTMLResponse(
+        "<html><body><p>Sandbox: device requests are approved automatically.</p></body></html>"
+    )
+
+
+#: Every route, in the order they are matched.
+ROUTES: tuple[Route, ...] = (
+    ("POST", "/token", token),
+    ("GET", "/authorize", authorize),
+    ("POST", "/device/authorize", device_authorize),
+    ("GET", "/device/verify", device_verify),
+)
