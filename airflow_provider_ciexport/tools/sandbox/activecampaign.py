@@ -13,6 +13,7 @@ from airflow_provider_ciexport.tools.sandbox.ac_store import (
     MAX_CONTACTS_PER_IMPORT,
     MAX_IMPORT_BODY_BYTES,
     ACContact,
+    ACStore,
 )
 from airflow_provider_ciexport.tools.sandbox.gate import JOB_FAULT_KEY
 from airflow_provider_ciexport.tools.sandbox.routing import Route, bind_routes
@@ -210,23 +211,33 @@ async def get_contacts(state: SandboxState, request: Request) -> Response:
     wanted = (1, 2) if status not in (1, 2) else (status,)
     found: list[ACContact]
     if email is not None:
-        contact = ac.by_email(email)
-        matches = contact is not None and (list_id is None or ac.status_on(contact, list_id) in wanted)
-        found = [contact] if matches and contact is not None else []
+        found = _contact_with_email(ac, email, list_id, wanted)
         total = len(found)
     else:
-        ids: list[int] | range
-        if list_id is None:
-            ids = range(1, len(ac.keys_by_id) + 1)
-        elif wanted == (2,):
-            ids = ac.unsubscribed_ids(list_id)
-        elif wanted == (1,):
-            ids = ac.member_ids(list_id)
-        else:
-            ids = sorted({*ac.member_ids(list_id), *ac.unsubscribed_ids(list_id)})
+        ids = _contact_ids(ac, list_id, wanted)
         total = len(ids)
         found = [c for c in (ac.by_id(i) for i in ids[offset : offset + limit]) if c is not None]
     return errors.json_response({"contacts": [ac.contact_json(c) for c in found], "meta": _meta(total)})
+
+
+def _contact_with_email(
+    ac: ACStore, email: str, list_id: int | None, wanted: tuple[int, ...]
+) -> list[ACContact]:
+    """The contact with ``email`` if it has a ``wanted`` status on ``list_id`` (any list if None)."""
+    contact = ac.by_email(email)
+    matches = contact is not None and (list_id is None or ac.status_on(contact, list_id) in wanted)
+    return [contact] if matches and contact is not None else []
+
+
+def _contact_ids(ac: ACStore, list_id: int | None, wanted: tuple[int, ...]) -> list[int] | range:
+    """The ids of the contacts with a ``wanted`` status on ``list_id``, in order; all of them if None."""
+    if list_id is None:
+        return range(1, len(ac.keys_by_id) + 1)
+    if wanted == (2,):
+        return ac.unsubscribed_ids(list_id)
+    if wanted == (1,):
+        return ac.member_ids(list_id)
+    return sorted({*ac.member_ids(list_id), *ac.unsubscribed_ids(list_id)})
 
 
 async def get_contact_lists(state: SandboxState, request: Request) -> Response:

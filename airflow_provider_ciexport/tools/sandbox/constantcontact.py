@@ -20,6 +20,7 @@ from airflow_provider_ciexport.tools.sandbox.cc_store import (
     MAX_IMPORT_CONTACTS,
     MAX_REMOVE_CONTACT_IDS,
     UUID_RE,
+    CCStore,
     ImportRejected,
     contact_num_of,
     count_rows_within,
@@ -29,6 +30,10 @@ from airflow_provider_ciexport.tools.sandbox.routing import Route, bind_routes
 from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 VALIDATION = "contacts.api.validation.error"
+#: ``GET /v3/contacts``: page sizes, and how many lists its ``lists`` filter may name.
+CONTACTS_PAGE_DEFAULT = 50
+CONTACTS_PAGE_MAX = 500
+MAX_LISTS_FILTER = 25
 
 
 def _limit(request: Request, default: int, maximum: int, cursor: dict[str, Any]) -> int | None:
@@ -241,36 +246,23 @@ async def get_activity(state: SandboxState, request: Request) -> Response:
 async def get_contacts(state: SandboxState, request: Request) -> Response:
     """``GET /v3/contacts``."""
     cursor = _decode_cursor(request)
-    limit = _limit(request, 50, 500, cursor or {})
+    limit = _limit(request, CONTACTS_PAGE_DEFAULT, CONTACTS_PAGE_MAX, cursor or {})
     if cursor is None or limit is None:
         return _bad_request(state, "limit must be between 1 and 500 and cursor must be valid.")
     qp = request.query_params
     email = qp.get("email", cursor.get("email"))
     lists_param = qp.get("lists", cursor.get("lists"))
     include_param = qp.get("include", cursor.get("include")) or ""
-    include = {part.strip() for part in include_param.split(",") if part.strip()}
+    include = set(_comma_separated(include_param))
     offset = int(cursor.get("offset", 0))
     status = qp.get("status", cursor.get("status")) or "all"
     if status not in EXPORT_STATUSES:
         return _bad_request(state, f"status must be one of {', '.join(EXPORT_STATUSES)}.")
-    cc = state.cc
-    nums: Sequence[int]
-    if email is not None:
-        contact = cc.by_email(email)
-        nums = [contact.num] if contact is not None else []
-    elif lists_param:
-        list_ids = tuple(part.strip() for part in lists_param.split(",") if part.strip())
-        if len(list_ids) > 25 or not all(UUID_RE.fullmatch(lid) for lid in list_ids):
-            return _bad_request(state, "lists must be up to 25 list ids (UUID).")
-        if not all(lid in cc.lists for lid in list_ids):
-            return _not_found(state, "contact list")
-        nums = cc.member_nums(list_ids)
-    else:
-        nums = range(1, len(cc.keys_by_num) + 1)
-    if status != "all":
-        want = status == "unsubscribed"
-        nums = [n for n in nums if (c := cc.by_num(n)) is not None and c.unsubscribed == want]
-    contacts = [cc.by_num(n) for n in nums[offset : offset + limit]]
+    selected = _selected_contacts(state, email, lists_param)
+    if isinstance(selected, Response):
+        return selected
+    nums = _with_status(state.cc, selected, status)
+    contacts = [state.cc.by_num(n) for n in nums[offset : offset + limit]]
     params = {
         "email": email,
         "lists": lists_param,
@@ -278,12 +270,42 @@ async def get_contacts(state: SandboxState, request: Request) -> Response:
         "status": None if status == "all" else status,
     }
     body: dict[str, Any] = {
-        "contacts": [cc.contact_json(c, include) for c in contacts if c is not None],
+        "contacts": [state.cc.contact_json(c, include) for c in contacts if c is not None],
         "_links": _next_link("/v3/contacts", len(nums), offset, limit, params),
     }
     if qp.get("include_count") == "true":
         body["contacts_count"] = len(nums)
     return errors.json_response(body)
+
+
+def _comma_separated(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _selected_contacts(
+    state: SandboxState, email: str | None, lists_param: str | None
+) -> Sequence[int] | Response:
+    """The numbers of the contacts ``GET /v3/contacts`` selects by ``email`` or ``lists``, or its error answer."""
+    cc = state.cc
+    if email is not None:
+        contact = cc.by_email(email)
+        return [contact.num] if contact is not None else []
+    if not lists_param:
+        return range(1, len(cc.keys_by_num) + 1)
+    list_ids = tuple(_comma_separated(lists_param))
+    if len(list_ids) > MAX_LISTS_FILTER or not all(UUID_RE.fullmatch(lid) for lid in list_ids):
+        return _bad_request(state, "lists must be up to 25 list ids (UUID).")
+    if not all(lid in cc.lists for lid in list_ids):
+        return _not_found(state, "contact list")
+    return cc.member_nums(list_ids)
+
+
+def _with_status(cc: CCStore, nums: Sequence[int], status: str) -> Sequence[int]:
+    """The contacts among ``nums`` with the email ``status`` (``all``, ``active`` or ``unsubscribed``)."""
+    if status == "all":
+        return nums
+    want = status == "unsubscribed"
+    return [n for n in nums if (c := cc.by_num(n)) is not None and c.unsubscribed == want]
 
 
 #: Every route, in the order they are matched.
