@@ -79,6 +79,11 @@ CLIENT_SECRET_PLACEHOLDER = "<client-secret>"  # noqa: S105 - a placeholder
 REFRESH_TOKEN_PLACEHOLDER = "<refresh-token>"  # noqa: S105 - a placeholder
 # Consecutive 5xx/no answers tolerated while polling the device flow.
 _MAX_POLL_FAILURES = 3
+#: How much longer to wait between polls after a ``slow_down`` (RFC 8628), in seconds.
+_SLOW_DOWN_STEP_S = 5
+#: How often the callback servers check for shutdown, and how long their threads get to end, in seconds.
+_CALLBACK_POLL_S = 0.1
+_THREAD_JOIN_S = 5
 
 Echo = Callable[[str], None]
 OpenUrl = Callable[[str], object]
@@ -544,14 +549,7 @@ def run_pkce_flow(
     servers = _listen(port, callback)
     redirect_uri = redirect_uri_for(servers[0].server_address[1])
     url = build_authorize_url(endpoints.authorize_url, client_id, redirect_uri, state, challenge, scope)
-    threads = [
-        threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="cc-oauth-callback", daemon=True
-        )
-        for server in servers
-    ]
-    for thread in threads:
-        thread.start()
+    threads = _serve(servers)
     try:
         echo(
             f"The redirect URI {redirect_uri} must be registered for this app in the Constant Contact "
@@ -560,27 +558,52 @@ def run_pkce_flow(
         echo(f"Open this URL in a browser, sign in and click 'Allow':\n\n  {url}\n")
         echo(f"Waiting up to {wait_s:g} s for Constant Contact to redirect to {redirect_uri} ...")
         open_url(url)
-        if not callback.received.wait(wait_s):
-            ignored = (
-                f" ({callback.ignored} request(s) with another state were ignored)"
-                if callback.ignored
-                else ""
-            )
-            raise AuthError(
-                f"No redirect arrived within {wait_s:g} s{ignored}: finish signing in within the time "
-                f"limit; if Constant Contact reported a redirect_uri problem, register {redirect_uri} for "
-                "the app in the developer portal and run the command again."
-            )
+        _wait_for_redirect(callback, wait_s, redirect_uri)
     finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
-        for thread in threads:
-            thread.join(timeout=5)
+        _stop(servers, threads)
     assert callback.params is not None
     code = _check_redirect(callback.params, state, redirect_uri)
     return exchange_code(
         endpoints.token_url, client_id, client_secret, code, redirect_uri, verifier, session=session
+    )
+
+
+def _serve(servers: list[_CallbackServer]) -> list[threading.Thread]:
+    """Start serving the callback ``servers``, each in a thread of its own."""
+    threads = [
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": _CALLBACK_POLL_S},
+            name="cc-oauth-callback",
+            daemon=True,
+        )
+        for server in servers
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _stop(servers: list[_CallbackServer], threads: list[threading.Thread]) -> None:
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+    for thread in threads:
+        thread.join(timeout=_THREAD_JOIN_S)
+
+
+def _wait_for_redirect(callback: _Callback, wait_s: float, redirect_uri: str) -> None:
+    """Wait for the redirect with this run's state.
+
+    :raises AuthError: when none arrived within ``wait_s`` seconds.
+    """
+    if callback.received.wait(wait_s):
+        return
+    ignored = f" ({callback.ignored} request(s) with another state were ignored)" if callback.ignored else ""
+    raise AuthError(
+        f"No redirect arrived within {wait_s:g} s{ignored}: finish signing in within the time "
+        f"limit; if Constant Contact reported a redirect_uri problem, register {redirect_uri} for "
+        "the app in the developer portal and run the command again."
     )
 
 
@@ -658,20 +681,9 @@ def poll_device_token(
     give_up = deadline if wait_s is None else min(deadline, started + wait_s)
     interval = authorization.interval
     failures = 0
-    expired = AuthError(
-        f"The device code expired before the authorization was approved (after "
-        f"{authorization.expires_in:g} s): run the command again and approve sooner."
-    )
     while True:
         sleep(interval)
-        now = clock()
-        if now > deadline:
-            raise expired
-        if now > give_up:
-            raise AuthError(
-                f"No approval arrived within --timeout {wait_s:g} s: run the command again and approve "
-                "sooner, or pass a longer --timeout."
-            )
+        _check_time_left(clock(), deadline, give_up, authorization, wait_s)
         try:
             payload = request_token(
                 http,
@@ -692,26 +704,55 @@ def poll_device_token(
                 ) from None
             continue
         except TokenError as refusal:
-            if refusal.error == "authorization_pending":
-                failures = 0
-                continue
-            if refusal.error == "slow_down" or refusal.status == 429:
-                interval += 5
-                continue
-            if refusal.status >= 500:
-                failures += 1
-                if failures < _MAX_POLL_FAILURES:
-                    continue
-            if refusal.error == "expired_token":
-                raise expired from None
-            if refusal.error == "access_denied":
-                detail = f" ({refusal.description})" if refusal.description else ""
-                raise AuthError(
-                    f"The authorization was declined (access_denied){detail}: run the command again and "
-                    "click 'Allow' on Constant Contact's page."
-                ) from None
-            raise _auth_error(refusal, "device code", "device") from None
+            failures, interval = _keep_polling(refusal, failures, interval, authorization)
+            continue
         return _token_result(payload)
+
+
+def _device_code_expired(authorization: DeviceAuthorization) -> AuthError:
+    return AuthError(
+        f"The device code expired before the authorization was approved (after "
+        f"{authorization.expires_in:g} s): run the command again and approve sooner."
+    )
+
+
+def _check_time_left(
+    now: float, deadline: float, give_up: float, authorization: DeviceAuthorization, wait_s: float | None
+) -> None:
+    """Raise when the device code expired (``deadline``) or the wait ran out (``give_up``)."""
+    if now > deadline:
+        raise _device_code_expired(authorization)
+    if now > give_up:
+        raise AuthError(
+            f"No approval arrived within --timeout {wait_s:g} s: run the command again and approve "
+            "sooner, or pass a longer --timeout."
+        )
+
+
+def _keep_polling(
+    refusal: TokenError, failures: int, interval: float, authorization: DeviceAuthorization
+) -> tuple[int, float]:
+    """The failure count and poll interval after a refusal that leaves the authorization pending.
+
+    :raises AuthError: when the refusal is final, or the endpoint failed too often in a row.
+    """
+    if refusal.error == "authorization_pending":
+        return 0, interval
+    if refusal.error == "slow_down" or refusal.status == 429:
+        return failures, interval + _SLOW_DOWN_STEP_S
+    if refusal.status >= 500:
+        failures += 1
+        if failures < _MAX_POLL_FAILURES:
+            return failures, interval
+    if refusal.error == "expired_token":
+        raise _device_code_expired(authorization) from None
+    if refusal.error == "access_denied":
+        detail = f" ({refusal.description})" if refusal.description else ""
+        raise AuthError(
+            f"The authorization was declined (access_denied){detail}: run the command again and "
+            "click 'Allow' on Constant Contact's page."
+        ) from None
+    raise _auth_error(refusal, "device code", "device") from None
 
 
 def device_flow(
@@ -884,6 +925,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit status: 0 on success, 1 on failure (the message says what to fix), 2 on bad arguments."
         ),
     )
+    _add_app_arguments(parser)
+    _add_endpoint_arguments(parser)
+    _add_output_arguments(parser)
+    return parser
+
+
+def _add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app, the flow and the connection to authorize for."""
     parser.add_argument("--client-id", required=True, help="the app's API key (client id)")
     parser.add_argument(
         "--client-secret-env",
@@ -905,6 +954,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--conn-id", default=DEFAULT_CONN_ID, help=f"Airflow connection id (default {DEFAULT_CONN_ID})"
     )
+
+
+def _add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the OAuth endpoints and the API are, when not Constant Contact's."""
     parser.add_argument(
         "--sandbox-url", metavar="URL", help="use the local sandbox at URL for every endpoint"
     )
@@ -912,6 +965,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-url", help=f"token endpoint (default {CC_TOKEN_URL})")
     parser.add_argument("--device-url", help=f"device authorization endpoint (default {DEFAULT_DEVICE_URL})")
     parser.add_argument("--api-base-url", help=f"API base URL (default {CC_API_BASE_URL})")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is printed or written, and how long to wait."""
     parser.add_argument(
         "--show-secrets",
         action="store_true",
@@ -931,7 +988,6 @@ def build_parser() -> argparse.ArgumentParser:
             "or the device approval (device, default: until the device code expires)"
         ),
     )
-    return parser
 
 
 def endpoints_from_args(args: argparse.Namespace) -> Endpoints:

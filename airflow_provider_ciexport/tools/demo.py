@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from airflow_provider_ciexport.tools.sandbox import SandboxServer
+from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from airflow_provider_ciexport.tools.sandbox.connections import AC_CONN_ID, CC_CONN_ID, connection_env
 from airflow_provider_ciexport.tools.sandbox.emails import is_valid_ac_email, is_valid_cc_email
 from airflow_provider_ciexport.tools.sandbox.profiles import (
@@ -253,15 +254,37 @@ def plan_changes(profiles_db: Path) -> list[SegmentChange]:
 
     :param profiles_db: the SQLite file holding ``customer_profiles``.
     """
+    eligible = _with_own_valid_address(_read_profiles(profiles_db))
+    taken: set[int] = set()
+    changes = []
+    for outcome, what, column, value, count in CHANGES:
+        # The movers from the other end of the table, as far from the leavers as can be.
+        candidates = reversed(eligible) if outcome == "changed" else eligible
+        wanted = _WANTED[outcome]
+        picked = tuple(
+            itertools.islice(
+                (r.customer_id for r in candidates if r.customer_id not in taken and wanted(r)), count
+            )
+        )
+        taken.update(picked)
+        changes.append(SegmentChange(outcome, what, column, value, picked))
+    return changes
+
+
+def _read_profiles(profiles_db: Path) -> list[_Profile]:
     with closing(sqlite3.connect(profiles_db)) as conn:
-        rows = [
+        return [
             _Profile(*row)
             for row in conn.execute(
                 f"SELECT {', '.join(_Profile._fields)} FROM customer_profiles ORDER BY customer_id"
             )
         ]
+
+
+def _with_own_valid_address(rows: list[_Profile]) -> list[_Profile]:
+    """The profiles whose address is valid for both destinations and shared with no other profile."""
     owners = Counter(row.email.strip().lower() for row in rows if isinstance(row.email, str))
-    eligible = [
+    return [
         row
         for row in rows
         if isinstance(row.email, str)
@@ -269,26 +292,27 @@ def plan_changes(profiles_db: Path) -> list[SegmentChange]:
         and is_valid_ac_email(email)
         and is_valid_cc_email(email)
     ]
-    wanted: dict[str, Callable[[_Profile], bool]] = {
-        "to_remove": lambda row: row.member and row.loyalty_tier in ("gold", "platinum"),
-        # Opted in but not a member: the gold tier makes them one.
-        "new": lambda row: row.marketing_opt_in == 1 and not row.member,
-        "changed": lambda row: row.member and row.loyalty_tier == "platinum" and row.city != "Springfield",
-    }
-    taken: set[int] = set()
-    changes = []
-    for outcome, what, column, value, count in CHANGES:
-        # The movers from the other end of the table, as far from the leavers as can be.
-        candidates = reversed(eligible) if outcome == "changed" else eligible
-        picked = tuple(
-            itertools.islice(
-                (r.customer_id for r in candidates if r.customer_id not in taken and wanted[outcome](r)),
-                count,
-            )
-        )
-        taken.update(picked)
-        changes.append(SegmentChange(outcome, what, column, value, picked))
-    return changes
+
+
+def _leaves_when_opting_out(row: _Profile) -> bool:
+    return row.member and row.loyalty_tier in ("gold", "platinum")
+
+
+def _joins_when_gold(row: _Profile) -> bool:
+    # Opted in but not a member: the gold tier makes them one.
+    return row.marketing_opt_in == 1 and not row.member
+
+
+def _changes_when_moving(row: _Profile) -> bool:
+    return row.member and row.loyalty_tier == "platinum" and row.city != "Springfield"
+
+
+#: Which profiles each change of :data:`CHANGES` may pick, by its outcome.
+_WANTED: dict[str, Callable[[_Profile], bool]] = {
+    "to_remove": _leaves_when_opting_out,
+    "new": _joins_when_gold,
+    "changed": _changes_when_moving,
+}
 
 
 def change_segment(profiles_db: Path, changes: Sequence[SegmentChange]) -> None:
@@ -429,23 +453,10 @@ def run_demo(workdir: Path, profiles: int = PROFILE_COUNT, full: bool = False) -
     """
     started = time.monotonic()
     home = workdir / ".airflow"
-    dags_folder = find_example_dags()
-    shutil.rmtree(home, ignore_errors=True)
-    (home / "logs").mkdir(parents=True)
-    env = airflow_env(home, dags_folder)
     airflow = [sys.executable, "-m", "airflow"]
-
-    print(f"1/5 Fresh Airflow home in {home}; migrating its database ...", flush=True)
-    run_logged([*airflow, "db", "migrate"], env, home / "logs" / "db-migrate.log", "airflow db migrate")
-
+    env = _fresh_airflow_home(home, airflow)
     profiles_db = home / "profiles.db"
-    stats = generate_profiles(profiles_db, count=profiles)
-    print(
-        f"2/5 Generated {stats.count:,} customer profiles in {profiles_db.name}: "
-        f"{stats.invalid_emails} invalid and {stats.duplicate_emails} repeated addresses, "
-        f"{stats.blank_values:,} blank values, {stats.long_values} over-long values.",
-        flush=True,
-    )
+    _generate_profiles(profiles_db, profiles)
     members = len(expected_segment_emails(profiles_db, SEGMENT))
 
     with SandboxServer() as sandbox:
@@ -464,40 +475,79 @@ def run_demo(workdir: Path, profiles: int = PROFILE_COUNT, full: bool = False) -
         )
         changes = plan_changes(profiles_db)
         change_segment(profiles_db, changes)
-        count = {change.outcome: len(change.customer_ids) for change in changes}
-        second = {
-            "new": count["new"],
-            "changed": count["changed"],
-            "removed": count["to_remove"],
-            "unchanged": members - count["to_remove"] - count["changed"],
-            "rejected": 0,
-        }
-        failed, ok2, _ = run_dag(airflow, run_env, home, workdir, 2, second, full)
+        failed, ok2, _ = run_dag(
+            airflow, run_env, home, workdir, 2, _second_run_counts(changes, members), full
+        )
         test_failed = test_failed or failed
         ok &= ok2
-        log = home / "logs" / "dags-test-2.log"
+        ok &= _check_lists(sandbox.client, profiles_db)
 
-        expected = expected_segment_emails(profiles_db, SEGMENT)
-        client = sandbox.client
-        print(f"\nSandbox lists now (the {SEGMENT} segment has {len(expected):,} valid distinct addresses):")
-        for list_id, name in SEED.ac_lists.items():
-            emails = [c["email"].lower() for c in client.ac_list_contacts(list_id)]
-            wanted = expected if list_id == AC_LIST_VIP else set()
-            ok &= print_list(f"ActiveCampaign {list_id} {name!r}", emails, wanted)
-        for cc_list_id, name in CC_LISTS.items():
-            emails = [c["email"].lower() for c in client.cc_list_contacts(cc_list_id)]
-            wanted = expected if cc_list_id == CC_LIST_VIP else set()
-            ok &= print_list(f"Constant Contact {cc_list_id[:8]}… {name!r}", emails, wanted)
-        client.close()
+    _print_outcome(ok, full, test_failed, time.monotonic() - started, home / "logs" / "dags-test-2.log")
+    return ok
 
-    print(f"\nDemo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s.")
+
+def _fresh_airflow_home(home: Path, airflow: list[str]) -> dict[str, str]:
+    """Step 1: an empty Airflow home with a migrated database; the environment that uses it."""
+    dags_folder = find_example_dags()
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "logs").mkdir(parents=True)
+    env = airflow_env(home, dags_folder)
+    print(f"1/5 Fresh Airflow home in {home}; migrating its database ...", flush=True)
+    run_logged([*airflow, "db", "migrate"], env, home / "logs" / "db-migrate.log", "airflow db migrate")
+    return env
+
+
+def _generate_profiles(profiles_db: Path, count: int) -> None:
+    """Step 2: the customer profiles the DAG reads, with what is wrong in them."""
+    stats = generate_profiles(profiles_db, count=count)
+    print(
+        f"2/5 Generated {stats.count:,} customer profiles in {profiles_db.name}: "
+        f"{stats.invalid_emails} invalid and {stats.duplicate_emails} repeated addresses, "
+        f"{stats.blank_values:,} blank values, {stats.long_values} over-long values.",
+        flush=True,
+    )
+
+
+def _second_run_counts(changes: Sequence[SegmentChange], members: int) -> dict[str, int]:
+    """What each export of the second run must report, after ``changes`` to a segment of ``members``."""
+    count = {change.outcome: len(change.customer_ids) for change in changes}
+    return {
+        "new": count["new"],
+        "changed": count["changed"],
+        "removed": count["to_remove"],
+        "unchanged": members - count["to_remove"] - count["changed"],
+        "rejected": 0,
+    }
+
+
+def _check_lists(client: SandboxClient, profiles_db: Path) -> bool:
+    """Print every sandbox list; whether the VIP lists hold the segment and the others nobody.
+
+    Closes ``client``.
+    """
+    expected = expected_segment_emails(profiles_db, SEGMENT)
+    ok = True
+    print(f"\nSandbox lists now (the {SEGMENT} segment has {len(expected):,} valid distinct addresses):")
+    for list_id, name in SEED.ac_lists.items():
+        emails = [c["email"].lower() for c in client.ac_list_contacts(list_id)]
+        wanted = expected if list_id == AC_LIST_VIP else set()
+        ok &= print_list(f"ActiveCampaign {list_id} {name!r}", emails, wanted)
+    for cc_list_id, name in CC_LISTS.items():
+        emails = [c["email"].lower() for c in client.cc_list_contacts(cc_list_id)]
+        wanted = expected if cc_list_id == CC_LIST_VIP else set()
+        ok &= print_list(f"Constant Contact {cc_list_id[:8]}… {name!r}", emails, wanted)
+    client.close()
+    return ok
+
+
+def _print_outcome(ok: bool, full: bool, test_failed: DemoError | None, duration_s: float, log: Path) -> None:
+    print(f"\nDemo {'succeeded' if ok else 'FAILED'} in {duration_s:.0f} s.")
     if not full:
         print("Every export's full report: make demo DEMO_ARGS=--full")
     if test_failed is not None:
         print(f"\n{test_failed}", file=sys.stderr)
     elif not ok:
         print(f"See {log} for the task logs.", file=sys.stderr)
-    return ok
 
 
 def main(argv: Sequence[str] | None = None) -> int:

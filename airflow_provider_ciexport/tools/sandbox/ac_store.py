@@ -21,6 +21,8 @@ MAX_CONTACTS_PER_IMPORT = 250
 MAX_IMPORT_BODY_BYTES = 400_000  # the body must be strictly smaller
 STRING_KEYS = ("first_name", "last_name", "phone", "customer_acct_name")
 BULK_KEYS = frozenset({"email", *STRING_KEYS, "tags", "fields", "subscribe", "unsubscribe"})
+#: Bulk keys naming lists of things rather than contact attributes; a custom field counts as sent one by one.
+_BULK_LIST_KEYS = ("fields", "subscribe", "unsubscribe")
 SYNC_KEY_MAP = {"email": "email", "firstName": "first_name", "lastName": "last_name", "phone": "phone"}
 SEED_DATE = "2024-01-01T00:00:00-06:00"
 #: The account's time zone: ActiveCampaign shows dates in it, with their offset.
@@ -413,57 +415,56 @@ class ACStore:
         return parsed, reasons
 
     def _parse_bulk_contact(self, raw: Any) -> tuple[str | None, ContactInput | None]:
+        try:
+            return None, self._bulk_contact(raw)
+        except _Rejected as rejected:
+            return rejected.reason, None
+
+    def _bulk_contact(self, raw: Any) -> ContactInput:
         if not isinstance(raw, dict):
-            return "Contact must be an object", None
-        email = raw.get("email")
-        if email is None or email == "":
-            return "Field' email' is required", None
-        if not isinstance(email, str) or not is_valid_ac_email(email):
-            return BAD_EMAIL_REASON, None
-        ignored = [k for k in raw if k not in BULK_KEYS]
+            raise _Rejected("Contact must be an object")
+        email = _bulk_email(raw.get("email"))
+        # Unknown keys are counted even when a later check rejects the contact.
+        self._count_ignored_keys([k for k in raw if k not in BULK_KEYS])
+        sent = {k for k in raw if k in BULK_KEYS and k not in _BULK_LIST_KEYS}
+        values = _bulk_strings(raw)
+        tags = _bulk_tags(raw.get("tags", []))
+        fields = self._bulk_fields(raw.get("fields", []))
+        sent.update(f"field:{field_id}" for field_id in fields)
+        subscribe = self._bulk_list_ids(raw, "subscribe")
+        unsubscribe = self._bulk_list_ids(raw, "unsubscribe")
+        return ContactInput(email, values, fields, tags, frozenset(sent), subscribe, unsubscribe)
+
+    def _count_ignored_keys(self, ignored: list[str]) -> None:
         if ignored:
             self._rec.counters["ac.ignored_contact_keys"] += len(ignored)
-        sent = set(k for k in raw if k in BULK_KEYS and k not in ("fields", "subscribe", "unsubscribe"))
-        values: dict[str, str] = {}
-        for key in STRING_KEYS:
-            if key in raw:
-                value = _as_text(raw[key])
-                if value is None:
-                    return f"Field' {key}' must be a string", None
-                values[key] = value
-        tags = raw.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            return "Field' tags' must be a list of strings", None
-        fields: dict[str, str] = {}
-        raw_fields = raw.get("fields", [])
+
+    def _bulk_fields(self, raw_fields: Any) -> dict[str, str]:
         if not isinstance(raw_fields, list):
-            return "Field' fields' must be a list", None
+            raise _Rejected("Field' fields' must be a list")
+        fields: dict[str, str] = {}
         for entry in raw_fields:
             if not isinstance(entry, dict) or "id" not in entry or "value" not in entry:
-                return "Each custom field needs 'id' and 'value'", None
+                raise _Rejected("Each custom field needs 'id' and 'value'")
             field_id = _as_int(entry["id"])
             if field_id is None or field_id not in self.fields:
-                return f"Custom field with id {entry['id']!s:.20} does not exist", None
-            value = _as_text(entry["value"])
-            if value is None:
-                return f"Custom field {field_id} value must be a string", None
-            fields[str(field_id)] = value
-            sent.add(f"field:{field_id}")
-        list_ids: dict[str, tuple[int, ...]] = {}
-        for action in ("subscribe", "unsubscribe"):
-            entries = raw.get(action, [])
-            if not isinstance(entries, list):
-                return f"Field' {action}' must be a list", None
-            ids = []
-            for entry in entries:
-                list_id = _as_int(entry.get("listid")) if isinstance(entry, dict) else None
-                if list_id is None or list_id not in self.lists:
-                    return f"List in '{action}' does not exist", None
-                ids.append(list_id)
-            list_ids[action] = tuple(ids)
-        return None, ContactInput(
-            email, values, fields, tags, frozenset(sent), list_ids["subscribe"], list_ids["unsubscribe"]
-        )
+                raise _Rejected(f"Custom field with id {entry['id']!s:.20} does not exist")
+            fields[str(field_id)] = _text_or_reject(
+                entry["value"], f"Custom field {field_id} value must be a string"
+            )
+        return fields
+
+    def _bulk_list_ids(self, raw: dict[str, Any], action: str) -> tuple[int, ...]:
+        entries = raw.get(action, [])
+        if not isinstance(entries, list):
+            raise _Rejected(f"Field' {action}' must be a list")
+        ids = []
+        for entry in entries:
+            list_id = _as_int(entry.get("listid")) if isinstance(entry, dict) else None
+            if list_id is None or list_id not in self.lists:
+                raise _Rejected(f"List in '{action}' does not exist")
+            ids.append(list_id)
+        return tuple(ids)
 
     def queue_import(self, contacts: list[ContactInput], now: float, fault: str | None) -> ACJob:
         """Accept a validated batch; it is applied when its job completes."""
@@ -530,39 +531,82 @@ class ACStore:
 
     def parse_sync(self, raw: Any) -> tuple[str | None, ContactInput | None]:
         """Check a ``contact/sync`` body's ``contact`` object (camelCase keys)."""
+        try:
+            return None, self._sync_contact(raw)
+        except _Rejected as rejected:
+            return rejected.reason, None
+
+    def _sync_contact(self, raw: Any) -> ContactInput:
         if not isinstance(raw, dict):
-            return "contact must be an object", None
+            raise _Rejected("contact must be an object")
         email = raw.get("email")
         if not isinstance(email, str) or not is_valid_ac_email(email):
-            return "Email address is not valid.", None
-        values: dict[str, str] = {}
-        sent: set[str] = {"email"}
-        for key, canonical in SYNC_KEY_MAP.items():
-            if key in raw and key != "email":
-                value = _as_text(raw[key])
-                if value is None:
-                    return f"{key} must be a string", None
-                values[canonical] = value
-                sent.add(canonical)
-        fields: dict[str, str] = {}
-        raw_fields = raw.get("fieldValues", [])
+            raise _Rejected("Email address is not valid.")
+        values = _sync_strings(raw)
+        fields = self._sync_fields(raw.get("fieldValues", []))
+        sent = {"email", *values, *(f"field:{field_id}" for field_id in fields)}
+        self._count_ignored_keys([k for k in raw if k not in SYNC_KEY_MAP and k != "fieldValues"])
+        return ContactInput(email, values, fields, [], frozenset(sent))
+
+    def _sync_fields(self, raw_fields: Any) -> dict[str, str]:
         if not isinstance(raw_fields, list):
-            return "fieldValues must be a list", None
+            raise _Rejected("fieldValues must be a list")
+        fields: dict[str, str] = {}
         for entry in raw_fields:
             if not isinstance(entry, dict):
-                return "fieldValues entries must be objects", None
+                raise _Rejected("fieldValues entries must be objects")
             field_id = _as_int(entry.get("field"))
             value = _as_text(entry.get("value"))
             if field_id is None or field_id not in self.fields:
-                return "Field does not exist", None
+                raise _Rejected("Field does not exist")
             if value is None:
-                return "Field value must be a string", None
+                raise _Rejected("Field value must be a string")
             fields[str(field_id)] = value
-            sent.add(f"field:{field_id}")
-        ignored = [k for k in raw if k not in SYNC_KEY_MAP and k != "fieldValues"]
-        if ignored:
-            self._rec.counters["ac.ignored_contact_keys"] += len(ignored)
-        return None, ContactInput(email, values, fields, [], frozenset(sent))
+        return fields
+
+
+class _Rejected(Exception):
+    """A contact's first problem, carrying the reason the API gives for it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _bulk_email(email: Any) -> str:
+    if email is None or email == "":
+        raise _Rejected("Field' email' is required")
+    if not isinstance(email, str) or not is_valid_ac_email(email):
+        raise _Rejected(BAD_EMAIL_REASON)
+    return email
+
+
+def _bulk_strings(raw: dict[str, Any]) -> dict[str, str]:
+    return {
+        key: _text_or_reject(raw[key], f"Field' {key}' must be a string") for key in STRING_KEYS if key in raw
+    }
+
+
+def _bulk_tags(tags: Any) -> list[str]:
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise _Rejected("Field' tags' must be a list of strings")
+    return tags
+
+
+def _sync_strings(raw: dict[str, Any]) -> dict[str, str]:
+    """The camelCase attributes sent, under their canonical names (``email`` is checked apart)."""
+    return {
+        canonical: _text_or_reject(raw[key], f"{key} must be a string")
+        for key, canonical in SYNC_KEY_MAP.items()
+        if key in raw and key != "email"
+    }
+
+
+def _text_or_reject(value: Any, message: str) -> str:
+    text = _as_text(value)
+    if text is None:
+        raise _Rejected(message)
+    return text
 
 
 def _as_text(value: Any) -> str | None:

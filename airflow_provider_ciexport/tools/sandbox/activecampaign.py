@@ -13,8 +13,10 @@ from airflow_provider_ciexport.tools.sandbox.ac_store import (
     MAX_CONTACTS_PER_IMPORT,
     MAX_IMPORT_BODY_BYTES,
     ACContact,
+    ACStore,
 )
 from airflow_provider_ciexport.tools.sandbox.gate import JOB_FAULT_KEY
+from airflow_provider_ciexport.tools.sandbox.routing import Route, bind_routes
 from airflow_provider_ciexport.tools.sandbox.state import SandboxState
 
 MAX_PAGE = 100
@@ -41,193 +43,222 @@ def _meta(total: int) -> dict[str, Any]:
 
 def build_router(state: SandboxState) -> APIRouter:
     """The ``/api/3`` routes bound to ``state``."""
-    router = APIRouter(prefix="/api/3")
+    return bind_routes(APIRouter(prefix="/api/3"), state, ROUTES)
 
-    @router.get("/lists")
-    async def get_lists(request: Request) -> Response:
-        limit, offset = _page(request)
-        ids = sorted(state.ac.lists)
-        lists = [state.ac.list_json(i) for i in ids[offset : offset + limit]]
-        return errors.json_response({"lists": lists, "meta": _meta(len(ids))})
 
-    @router.get("/lists/{list_id}")
-    async def get_list(request: Request) -> Response:
-        raw = request.path_params["list_id"]
-        list_id = _int_param(raw)
-        if list_id is None or list_id not in state.ac.lists:
-            return errors.ac_message(404, f"No Result found for _List with id {raw[:40]}")
-        return errors.json_response({"list": state.ac.list_json(list_id)})
+async def get_lists(state: SandboxState, request: Request) -> Response:
+    """``GET /api/3/lists``."""
+    limit, offset = _page(request)
+    ids = sorted(state.ac.lists)
+    lists = [state.ac.list_json(i) for i in ids[offset : offset + limit]]
+    return errors.json_response({"lists": lists, "meta": _meta(len(ids))})
 
-    @router.get("/fields")
-    async def get_fields(request: Request) -> Response:
-        limit, offset = _page(request)
-        perstag = request.query_params.get("filters[perstag]")
-        fields = sorted(state.ac.fields.values(), key=lambda f: f.id)
-        if perstag:
-            fields = [f for f in fields if f.perstag.lower() == perstag.lower()]
-        page = [state.ac.field_json(f) for f in fields[offset : offset + limit]]
-        return errors.json_response(
-            {"fieldOptions": [], "fieldRels": [], "fields": page, "meta": _meta(len(fields))}
+
+async def get_list(state: SandboxState, request: Request) -> Response:
+    """``GET /api/3/lists/{list_id}``."""
+    raw = request.path_params["list_id"]
+    list_id = _int_param(raw)
+    if list_id is None or list_id not in state.ac.lists:
+        return errors.ac_message(404, f"No Result found for _List with id {raw[:40]}")
+    return errors.json_response({"list": state.ac.list_json(list_id)})
+
+
+async def get_fields(state: SandboxState, request: Request) -> Response:
+    """``GET /api/3/fields``."""
+    limit, offset = _page(request)
+    perstag = request.query_params.get("filters[perstag]")
+    fields = sorted(state.ac.fields.values(), key=lambda f: f.id)
+    if perstag:
+        fields = [f for f in fields if f.perstag.lower() == perstag.lower()]
+    page = [state.ac.field_json(f) for f in fields[offset : offset + limit]]
+    return errors.json_response(
+        {"fieldOptions": [], "fieldRels": [], "fields": page, "meta": _meta(len(fields))}
+    )
+
+
+async def bulk_import(state: SandboxState, request: Request) -> Response:
+    """``POST /api/3/import/bulk_import``."""
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    contacts = data.get("contacts") if isinstance(data, dict) else None
+    rec = state.recorder
+    rec.count_import("ac", len(contacts) if isinstance(contacts, list) else 0, len(body))
+    if len(body) >= MAX_IMPORT_BODY_BYTES:
+        rec.violation("ac", "body_too_large", limit=MAX_IMPORT_BODY_BYTES, actual=len(body))
+        return errors.ac_bulk_error(
+            413,
+            "Request payload too large. The import was not queued for processing.",
+            [f"The request body must be smaller than {MAX_IMPORT_BODY_BYTES} bytes."],
         )
-
-    @router.post("/import/bulk_import")
-    async def bulk_import(request: Request) -> Response:
-        body = await request.body()
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        contacts = data.get("contacts") if isinstance(data, dict) else None
-        rec = state.recorder
-        rec.count_import("ac", len(contacts) if isinstance(contacts, list) else 0, len(body))
-        if len(body) >= MAX_IMPORT_BODY_BYTES:
-            rec.violation("ac", "body_too_large", limit=MAX_IMPORT_BODY_BYTES, actual=len(body))
-            return errors.ac_bulk_error(
-                413,
-                "Request payload too large. The import was not queued for processing.",
-                [f"The request body must be smaller than {MAX_IMPORT_BODY_BYTES} bytes."],
-            )
-        if not isinstance(contacts, list) or not contacts:
-            return errors.ac_bulk_error(
-                400, errors.AC_VALIDATION_MESSAGE, ["Field' contacts' is required and must be a list."]
-            )
-        if len(contacts) > MAX_CONTACTS_PER_IMPORT:
-            rec.violation("ac", "too_many_contacts", limit=MAX_CONTACTS_PER_IMPORT, actual=len(contacts))
-            return errors.ac_bulk_error(
-                400,
-                errors.AC_VALIDATION_MESSAGE,
-                [f"Up to {MAX_CONTACTS_PER_IMPORT} contacts may be imported in a single request."],
-            )
-        if len(contacts) < 10:
-            rec.counters["ac.imports_under_10_contacts"] += 1
-        parsed, reasons = state.ac.validate_bulk(contacts)
-        if reasons:
-            rec.counters["ac.batches_rejected_by_validation"] += 1
-            return errors.ac_bulk_error(400, errors.AC_VALIDATION_MESSAGE, reasons)
-        job = state.ac.queue_import(parsed, state.now(), request.scope.get(JOB_FAULT_KEY))
-        return errors.json_response(
-            {
-                "Success": 1,
-                "queued_contacts": len(parsed),
-                "batchId": job.batch_id,
-                "message": "Contact import queued",
-            }
+    if not isinstance(contacts, list) or not contacts:
+        return errors.ac_bulk_error(
+            400, errors.AC_VALIDATION_MESSAGE, ["Field' contacts' is required and must be a list."]
         )
-
-    @router.get("/import/info")
-    async def import_info(request: Request) -> Response:
-        batch_id = request.query_params.get("batchId")
-        if not batch_id:
-            return errors.json_response({"success": 0, "message": "'batchId' is a required field."}, 400)
-        now = state.now()
-        state.settle(now)
-        job = state.ac.jobs.get(batch_id)
-        if job is None:
-            return errors.ac_message(404, f"No Result found for import with batchId {batch_id[:40]}")
-        return errors.json_response(state.ac.job_status(job, now))
-
-    @router.post("/contact/sync")
-    async def contact_sync(request: Request) -> Response:
-        data = await errors.json_body(request)
-        raw = data.get("contact") if isinstance(data, dict) else None
-        problem, item = state.ac.parse_sync(raw)
-        if problem is not None or item is None:
-            return errors.json_response(
-                {
-                    "errors": [
-                        {
-                            "title": problem,
-                            "detail": "",
-                            "code": "field_invalid",
-                            "source": {"pointer": "/data/attributes/contact"},
-                        }
-                    ]
-                },
-                422,
-            )
-        contact, _ = state.ac.upsert(item)
-        field_values = [
-            {"contact": str(contact.id), "field": fid, "value": value, "id": f"{contact.id}{fid}"}
-            for fid, value in item.fields.items()
-        ]
-        return errors.json_response(
-            {"fieldValues": field_values, "contact": state.ac.contact_json(contact)}, 201
+    if len(contacts) > MAX_CONTACTS_PER_IMPORT:
+        rec.violation("ac", "too_many_contacts", limit=MAX_CONTACTS_PER_IMPORT, actual=len(contacts))
+        return errors.ac_bulk_error(
+            400,
+            errors.AC_VALIDATION_MESSAGE,
+            [f"Up to {MAX_CONTACTS_PER_IMPORT} contacts may be imported in a single request."],
         )
+    if len(contacts) < 10:
+        rec.counters["ac.imports_under_10_contacts"] += 1
+    parsed, reasons = state.ac.validate_bulk(contacts)
+    if reasons:
+        rec.counters["ac.batches_rejected_by_validation"] += 1
+        return errors.ac_bulk_error(400, errors.AC_VALIDATION_MESSAGE, reasons)
+    job = state.ac.queue_import(parsed, state.now(), request.scope.get(JOB_FAULT_KEY))
+    return errors.json_response(
+        {
+            "Success": 1,
+            "queued_contacts": len(parsed),
+            "batchId": job.batch_id,
+            "message": "Contact import queued",
+        }
+    )
 
-    @router.post("/contactLists")
-    async def contact_lists(request: Request) -> Response:
-        data = await errors.json_body(request)
-        raw = data.get("contactList") if isinstance(data, dict) else None
-        if not isinstance(raw, dict):
-            return errors.ac_errors(422, "contactList is required.")
-        list_id = _int_param(str(raw.get("list")))
-        contact_id = _int_param(str(raw.get("contact")))
-        status = _int_param(str(raw.get("status")))
-        if list_id is None or list_id not in state.ac.lists:
-            return errors.ac_message(404, f"No Result found for _List with id {str(raw.get('list'))[:40]}")
-        contact = state.ac.by_id(contact_id) if contact_id is not None else None
-        if contact is None:
-            return errors.ac_message(
-                404, f"No Result found for Subscriber with id {str(raw.get('contact'))[:40]}"
-            )
-        if status == 1:
-            state.ac.subscribe(contact, list_id, explicit=True)
-        elif status == 2:
-            state.ac.unsubscribe(contact, list_id)
-        else:
-            return errors.ac_errors(422, "status must be 1 (subscribe) or 2 (unsubscribe).")
+
+async def import_info(state: SandboxState, request: Request) -> Response:
+    """``GET /api/3/import/info``."""
+    batch_id = request.query_params.get("batchId")
+    if not batch_id:
+        return errors.json_response({"success": 0, "message": "'batchId' is a required field."}, 400)
+    now = state.now()
+    state.settle(now)
+    job = state.ac.jobs.get(batch_id)
+    if job is None:
+        return errors.ac_message(404, f"No Result found for import with batchId {batch_id[:40]}")
+    return errors.json_response(state.ac.job_status(job, now))
+
+
+async def contact_sync(state: SandboxState, request: Request) -> Response:
+    """``POST /api/3/contact/sync``."""
+    data = await errors.json_body(request)
+    raw = data.get("contact") if isinstance(data, dict) else None
+    problem, item = state.ac.parse_sync(raw)
+    if problem is not None or item is None:
         return errors.json_response(
             {
-                "contacts": [state.ac.contact_json(contact)],
-                "contactList": {
-                    "contact": str(contact.id),
-                    "list": str(list_id),
-                    "status": status,
-                    "links": {},
-                    "id": f"{list_id}-{contact.id}",
-                },
-            }
+                "errors": [
+                    {
+                        "title": problem,
+                        "detail": "",
+                        "code": "field_invalid",
+                        "source": {"pointer": "/data/attributes/contact"},
+                    }
+                ]
+            },
+            422,
         )
+    contact, _ = state.ac.upsert(item)
+    field_values = [
+        {"contact": str(contact.id), "field": fid, "value": value, "id": f"{contact.id}{fid}"}
+        for fid, value in item.fields.items()
+    ]
+    return errors.json_response({"fieldValues": field_values, "contact": state.ac.contact_json(contact)}, 201)
 
-    @router.get("/contacts")
-    async def get_contacts(request: Request) -> Response:
-        limit, offset = _page(request)
-        email = request.query_params.get("email")
-        list_param = request.query_params.get("listid")
-        ac = state.ac
-        list_id = _int_param(list_param) if list_param is not None else None
-        if list_param is not None and (list_id is None or list_id not in ac.lists):
-            return errors.json_response({"contacts": [], "meta": _meta(0)})
-        # ``status`` (1 active, 2 unsubscribed) filters by the membership status on ``listid``.
-        status = _int_param(request.query_params.get("status"))
-        wanted = (1, 2) if status not in (1, 2) else (status,)
-        found: list[ACContact]
-        if email is not None:
-            contact = ac.by_email(email)
-            matches = contact is not None and (list_id is None or ac.status_on(contact, list_id) in wanted)
-            found = [contact] if matches and contact is not None else []
-            total = len(found)
-        else:
-            ids: list[int] | range
-            if list_id is None:
-                ids = range(1, len(ac.keys_by_id) + 1)
-            elif wanted == (2,):
-                ids = ac.unsubscribed_ids(list_id)
-            elif wanted == (1,):
-                ids = ac.member_ids(list_id)
-            else:
-                ids = sorted({*ac.member_ids(list_id), *ac.unsubscribed_ids(list_id)})
-            total = len(ids)
-            found = [c for c in (ac.by_id(i) for i in ids[offset : offset + limit]) if c is not None]
-        return errors.json_response({"contacts": [ac.contact_json(c) for c in found], "meta": _meta(total)})
 
-    @router.get("/contacts/{contact_id}/contactLists")
-    async def get_contact_lists(request: Request) -> Response:
-        raw = request.path_params["contact_id"]
-        contact_id = _int_param(raw)
-        contact = state.ac.by_id(contact_id) if contact_id is not None else None
-        if contact is None:
-            return errors.ac_message(404, f"No Result found for Subscriber with id {raw[:40]}")
-        return errors.json_response({"contactLists": state.ac.contact_lists_json(contact)})
+async def contact_lists(state: SandboxState, request: Request) -> Response:
+    """``POST /api/3/contactLists``."""
+    data = await errors.json_body(request)
+    raw = data.get("contactList") if isinstance(data, dict) else None
+    if not isinstance(raw, dict):
+        return errors.ac_errors(422, "contactList is required.")
+    list_id = _int_param(str(raw.get("list")))
+    contact_id = _int_param(str(raw.get("contact")))
+    status = _int_param(str(raw.get("status")))
+    if list_id is None or list_id not in state.ac.lists:
+        return errors.ac_message(404, f"No Result found for _List with id {str(raw.get('list'))[:40]}")
+    contact = state.ac.by_id(contact_id) if contact_id is not None else None
+    if contact is None:
+        return errors.ac_message(
+            404, f"No Result found for Subscriber with id {str(raw.get('contact'))[:40]}"
+        )
+    if status == 1:
+        state.ac.subscribe(contact, list_id, explicit=True)
+    elif status == 2:
+        state.ac.unsubscribe(contact, list_id)
+    else:
+        return errors.ac_errors(422, "status must be 1 (subscribe) or 2 (unsubscribe).")
+    return errors.json_response(
+        {
+            "contacts": [state.ac.contact_json(contact)],
+            "contactList": {
+                "contact": str(contact.id),
+                "list": str(list_id),
+                "status": status,
+                "links": {},
+                "id": f"{list_id}-{contact.id}",
+            },
+        }
+    )
 
-    return router
+
+async def get_contacts(state: SandboxState, request: Request) -> Response:
+    """``GET /api/3/contacts``."""
+    limit, offset = _page(request)
+    email = request.query_params.get("email")
+    list_param = request.query_params.get("listid")
+    ac = state.ac
+    list_id = _int_param(list_param) if list_param is not None else None
+    if list_param is not None and (list_id is None or list_id not in ac.lists):
+        return errors.json_response({"contacts": [], "meta": _meta(0)})
+    # ``status`` (1 active, 2 unsubscribed) filters by the membership status on ``listid``.
+    status = _int_param(request.query_params.get("status"))
+    wanted = (1, 2) if status not in (1, 2) else (status,)
+    found: list[ACContact]
+    if email is not None:
+        found = _contact_with_email(ac, email, list_id, wanted)
+        total = len(found)
+    else:
+        ids = _contact_ids(ac, list_id, wanted)
+        total = len(ids)
+        found = [c for c in (ac.by_id(i) for i in ids[offset : offset + limit]) if c is not None]
+    return errors.json_response({"contacts": [ac.contact_json(c) for c in found], "meta": _meta(total)})
+
+
+def _contact_with_email(
+    ac: ACStore, email: str, list_id: int | None, wanted: tuple[int, ...]
+) -> list[ACContact]:
+    """The contact with ``email`` if it has a ``wanted`` status on ``list_id`` (any list if None)."""
+    contact = ac.by_email(email)
+    matches = contact is not None and (list_id is None or ac.status_on(contact, list_id) in wanted)
+    return [contact] if matches and contact is not None else []
+
+
+def _contact_ids(ac: ACStore, list_id: int | None, wanted: tuple[int, ...]) -> list[int] | range:
+    """The ids of the contacts with a ``wanted`` status on ``list_id``, in order; all of them if None."""
+    if list_id is None:
+        return range(1, len(ac.keys_by_id) + 1)
+    if wanted == (2,):
+        return ac.unsubscribed_ids(list_id)
+    if wanted == (1,):
+        return ac.member_ids(list_id)
+    return sorted({*ac.member_ids(list_id), *ac.unsubscribed_ids(list_id)})
+
+
+async def get_contact_lists(state: SandboxState, request: Request) -> Response:
+    """``GET /api/3/contacts/{contact_id}/contactLists``."""
+    raw = request.path_params["contact_id"]
+    contact_id = _int_param(raw)
+    contact = state.ac.by_id(contact_id) if contact_id is not None else None
+    if contact is None:
+        return errors.ac_message(404, f"No Result found for Subscriber with id {raw[:40]}")
+    return errors.json_response({"contactLists": state.ac.contact_lists_json(contact)})
+
+
+#: Every route, in the order they are matched.
+ROUTES: tuple[Route, ...] = (
+    ("GET", "/lists", get_lists),
+    ("GET", "/lists/{list_id}", get_list),
+    ("GET", "/fields", get_fields),
+    ("POST", "/import/bulk_import", bulk_import),
+    ("GET", "/import/info", import_info),
+    ("POST", "/contact/sync", contact_sync),
+    ("POST", "/contactLists", contact_lists),
+    ("GET", "/contacts", get_contacts),
+    ("GET", "/contacts/{contact_id}/contactLists", get_contact_lists),
+)

@@ -464,7 +464,24 @@ class CCStore:
         """
         cfg = self._config()
         key_rows = [tuple(raw) if type(raw) is dict else None for raw in rows]
-        layouts = {keys: self._layout(keys, cfg.cc_email_max_length) for keys in set(key_rows) if keys}
+        layouts = self._import_layouts(key_rows, cfg.cc_email_max_length)
+        parsed = ParsedImport([])
+        overlong: dict[str, int] = {}
+        for index, (raw, keys) in enumerate(zip(rows, key_rows, strict=True)):
+            layout = layouts.get(keys) if keys else None
+            if layout is None or not _append_flat(parsed, layout, raw):
+                parsed.rows.append(self._parse_row(index, raw, cfg, overlong))
+        self._report_overlong(overlong, cfg)
+        return parsed
+
+    def _import_layouts(
+        self, key_rows: list[tuple[str, ...] | None], email_max_length: int
+    ) -> dict[tuple[str, ...], RowLayout | None]:
+        """The layout of each distinct key tuple of an import.
+
+        :raises ImportRejected: when some rows have too many custom fields.
+        """
+        layouts = {keys: self._layout(keys, email_max_length) for keys in set(key_rows) if keys}
         crowded = {
             keys
             for keys in layouts
@@ -478,38 +495,19 @@ class CCStore:
                 contacts=sum(1 for keys in key_rows if keys in crowded),
             )
             raise ImportRejected("A contact can have at most 25 custom fields.")
-        parsed = ParsedImport([])
-        out = parsed.rows
-        overlong: dict[str, int] = {}
-        join = _SEP.join
-        for index, (raw, keys) in enumerate(zip(rows, key_rows, strict=True)):
-            layout = layouts.get(keys) if keys else None
-            if layout is not None:
-                values = tuple(raw.values())
-                try:
-                    flat = join(values)
-                except TypeError:  # a value that is not text: checked key by key
-                    flat = ""
-                email = values[layout.email_at]
-                if (
-                    flat
-                    and email
-                    and max(map(len, values)) <= layout.shortest_limit
-                    and flat.count(_SEP) == len(values) - 1
-                    and is_valid_cc_email(email)
-                ):
-                    parsed.flat_blanks += values.count("")
-                    out.append((layout, email, flat))
-                    continue
-            out.append(self._parse_row(index, raw, cfg, overlong))
-        if overlong:
-            self._rec.counters["cc.overlong_values"] += sum(overlong.values())
-            self._rec.violation(
-                "cc", "value_too_long", values=sum(overlong.values()), fields=sorted(overlong)
-            )
-            if cfg.cc_overlong_values == "reject_request":
-                raise ImportRejected(f"Values too long for: {', '.join(sorted(overlong))}.")
-        return parsed
+        return layouts
+
+    def _report_overlong(self, overlong: dict[str, int], cfg: SandboxConfig) -> None:
+        """Record the over-long values of an import.
+
+        :raises ImportRejected: when the sandbox is set to refuse such imports.
+        """
+        if not overlong:
+            return
+        self._rec.counters["cc.overlong_values"] += sum(overlong.values())
+        self._rec.violation("cc", "value_too_long", values=sum(overlong.values()), fields=sorted(overlong))
+        if cfg.cc_overlong_values == "reject_request":
+            raise ImportRejected(f"Values too long for: {', '.join(sorted(overlong))}.")
 
     def _layout(self, keys: tuple[str, ...], email_max_length: int) -> RowLayout | None:
         """The fast-path layout of rows with these keys, or None if they need key-by-key checks."""
@@ -534,58 +532,49 @@ class CCStore:
         """
         if not isinstance(raw, dict):
             raise ImportRejected(f"import_data[{index}] must be an object.")
-        email: str | None = None
-        values: dict[str, Any] = {}
-        custom: dict[str, str] = {}
-        problem: str | None = None
-        correctable = False
+        found = _RowFindings(index)
         for raw_key, value in raw.items():
             key = KEY_ALIASES.get(str(raw_key), str(raw_key))
             if key == "email":
-                if value is None or value == "":
-                    continue
-                if not isinstance(value, str):
-                    raise ImportRejected(f"import_data[{index}].email must be a string.")
-                if len(value) > cfg.cc_email_max_length:
-                    overlong["email"] = overlong.get("email", 0) + 1
-                    problem = problem or "email exceeds the maximum length"
-                email = value
+                _check_row_email(found, value, cfg, overlong)
             elif key in INT_FIELDS:
-                low, high = INT_FIELDS[key]
-                number = _integer(value)
-                if number is None or not low <= number <= high:
-                    problem = problem or f"{key} is not valid"
-                    correctable = True
-                else:
-                    values[key] = number
+                _check_row_integer(found, key, value)
             elif key.startswith("cf:") or key in FIELD_LIMITS:
-                name = key[3:] if key.startswith("cf:") else None
-                if name is not None and name not in self.custom_fields:
-                    raise ImportRejected(f"Custom field '{name[:50]}' does not exist.")
-                limit = MAX_CUSTOM_FIELD_VALUE if name is not None else FIELD_LIMITS[key]
-                text = _text(value)
-                if text is None:
-                    raise ImportRejected(f"import_data[{index}].{key[:60]} must be a string.")
-                if limit is not None and len(text) > limit:
-                    overlong[key] = overlong.get(key, 0) + 1
-                    if cfg.cc_overlong_values == "truncate":
-                        text = text[:limit]
-                    else:
-                        problem = problem or f"{key[:60]} exceeds {limit} characters"
-                if name is not None:
-                    custom[name] = text
-                else:
-                    values[key] = text
-            elif key == "sms_permission_to_send":
-                continue
-            else:
+                self._check_row_text(found, key, value, cfg, overlong)
+            elif key != "sms_permission_to_send":  # accepted and ignored
                 raise ImportRejected(f"import_data[{index}] has an unknown property '{key[:60]}'.")
+        email = found.email
         if email is None:
-            problem, correctable = "missing email address", True
-        elif problem is None and not is_valid_cc_email(email):
-            problem, correctable = "invalid email address", True
-        sent = frozenset(["email", *values, *(f"cf:{n}" for n in custom)])
-        return ImportRow(index, email, values, custom, sent, problem, correctable)
+            found.problem, found.correctable = "missing email address", True
+        elif found.problem is None and not is_valid_cc_email(email):
+            found.problem, found.correctable = "invalid email address", True
+        sent = frozenset(["email", *found.values, *(f"cf:{n}" for n in found.custom)])
+        return ImportRow(index, email, found.values, found.custom, sent, found.problem, found.correctable)
+
+    def _check_row_text(
+        self, found: _RowFindings, key: str, value: Any, cfg: SandboxConfig, overlong: dict[str, int]
+    ) -> None:
+        """Check a text property or custom field (``cf:`` key) of a row and keep its value.
+
+        :raises ImportRejected: for an unknown custom field or a value that is not text.
+        """
+        name = key[3:] if key.startswith("cf:") else None
+        if name is not None and name not in self.custom_fields:
+            raise ImportRejected(f"Custom field '{name[:50]}' does not exist.")
+        limit = MAX_CUSTOM_FIELD_VALUE if name is not None else FIELD_LIMITS[key]
+        text = _text(value)
+        if text is None:
+            raise ImportRejected(f"import_data[{found.index}].{key[:60]} must be a string.")
+        if limit is not None and len(text) > limit:
+            _count_overlong(overlong, key)
+            if cfg.cc_overlong_values == "truncate":
+                text = text[:limit]
+            else:
+                found.note(f"{key[:60]} exceeds {limit} characters")
+        if name is not None:
+            found.custom[name] = text
+        else:
+            found.values[key] = text
 
     def queue(
         self,
@@ -647,58 +636,11 @@ class CCStore:
             self._rec.counters[f"cc.activities_{activity.state}"] += 1
             return
         if activity.kind == "export":
-            spec = activity.export or {}
-            found = self.nums_with_status(spec.get("status", "all"), tuple(activity.list_ids))
-            activity.file_id = str(uuid.uuid4())
-            self.export_files[activity.file_id] = self.export_csv(found, spec.get("fields", []))
-            counts["items_total_count"] = counts["items_completed_count"] = len(found)
-            counts["person_count"] = len(found)
-            activity.state = "completed"
-            self._rec.counters["cc.activities_completed"] += 1
+            self._complete_export(activity, counts)
             return
         if activity.kind == "remove":
-            for num in nums:
-                contact = self.by_num(num)
-                if contact is not None:
-                    for lid in activity.list_ids:
-                        self.remove_member(contact, lid)
-        contacts = self.contacts
-        members: list[int] = []
-        created = 0
-        resubscribes = self._config().cc_import_resubscribes
-        name_rows = self._config().cc_activity_errors_name_rows
-        for row in parsed.rows:
-            if type(row) is tuple:
-                layout, email, flat = row
-                key = email.lower()
-                contact = contacts.get(key)
-                if contact is None:
-                    # A new contact is stored as sent, flat: by far the commonest case of a big import.
-                    contact = self._create(key, flat, layout.sent, layout)
-                    members.append(contact.num)
-                    created += 1
-                    continue
-                values, custom = layout.split(flat)
-                del values["email"]  # as on the slow path: the stored address keeps its first spelling
-                contact = self.upsert(email, values, custom, layout.sent, count_blanks=False)
-            else:
-                assert isinstance(row, ImportRow)
-                if row.problem is not None or row.email is None:
-                    counts["error_count"] += 1
-                    counts["correctable_count"] += int(row.correctable)
-                    if len(activity.errors) < 100:
-                        where = f"import_data[{row.index}]: " if name_rows else ""
-                        activity.errors.append(f"{where}{row.problem}")
-                    continue
-                contact = self.upsert(row.email, row.values, row.custom, row.sent)
-            if contact.unsubscribed:
-                if not resubscribes:
-                    counts["cannot_add_to_list_count"] += 1
-                    self._rec.counters["cc.unsubscribed_not_added"] += 1
-                    continue
-                contact.unsubscribed = False
-                self._rec.violation("cc", "resubscribed_unsubscribed_contact")
-            members.append(contact.num)
+            self._remove_from_lists(activity.list_ids, nums)
+        members, created = self._store_import_rows(activity, parsed, counts)
         for lid in activity.list_ids:
             self.members[lid].update(members)
             self._touch(lid)
@@ -710,6 +652,75 @@ class CCStore:
         activity.state = "completed"
         self._rec.counters["cc.activities_completed"] += 1
         self._rec.counters["cc.import_errors"] += counts["error_count"]
+
+    def _complete_export(self, activity: CCActivity, counts: dict[str, int]) -> None:
+        """Write a contact export's CSV file and complete its activity."""
+        spec = activity.export or {}
+        found = self.nums_with_status(spec.get("status", "all"), tuple(activity.list_ids))
+        activity.file_id = str(uuid.uuid4())
+        self.export_files[activity.file_id] = self.export_csv(found, spec.get("fields", []))
+        counts["items_total_count"] = counts["items_completed_count"] = len(found)
+        counts["person_count"] = len(found)
+        activity.state = "completed"
+        self._rec.counters["cc.activities_completed"] += 1
+
+    def _remove_from_lists(self, list_ids: list[str], nums: list[int]) -> None:
+        for num in nums:
+            contact = self.by_num(num)
+            if contact is not None:
+                for lid in list_ids:
+                    self.remove_member(contact, lid)
+
+    def _store_import_rows(
+        self, activity: CCActivity, parsed: ParsedImport, counts: dict[str, int]
+    ) -> tuple[list[int], int]:
+        """Store an import's valid rows, counting the rest in ``counts``.
+
+        :return: the numbers of the contacts to add to the lists, and how many contacts were new.
+        """
+        cfg = self._config()
+        members: list[int] = []
+        created = 0
+        for row in parsed.rows:
+            if type(row) is tuple:
+                contact, is_new = self._store_flat_row(row)
+                if is_new:  # a new contact cannot be unsubscribed
+                    members.append(contact.num)
+                    created += 1
+                    continue
+            else:
+                assert isinstance(row, ImportRow)
+                if row.problem is not None or row.email is None:
+                    _record_row_error(activity, row, counts, cfg.cc_activity_errors_name_rows)
+                    continue
+                contact = self.upsert(row.email, row.values, row.custom, row.sent)
+            if self._may_join_lists(contact, counts, cfg.cc_import_resubscribes):
+                members.append(contact.num)
+        return members, created
+
+    def _store_flat_row(self, row: FlatRow) -> tuple[CCContact, bool]:
+        """Store a fast-path row; also tell whether its contact is new."""
+        layout, email, flat = row
+        key = email.lower()
+        contact = self.contacts.get(key)
+        if contact is None:
+            # A new contact is stored as sent, flat: by far the commonest case of a big import.
+            return self._create(key, flat, layout.sent, layout), True
+        values, custom = layout.split(flat)
+        del values["email"]  # as on the slow path: the stored address keeps its first spelling
+        return self.upsert(email, values, custom, layout.sent, count_blanks=False), False
+
+    def _may_join_lists(self, contact: CCContact, counts: dict[str, int], resubscribes: bool) -> bool:
+        """Whether an imported contact goes on the lists (an unsubscribed one only if imports resubscribe)."""
+        if not contact.unsubscribed:
+            return True
+        if not resubscribes:
+            counts["cannot_add_to_list_count"] += 1
+            self._rec.counters["cc.unsubscribed_not_added"] += 1
+            return False
+        contact.unsubscribed = False
+        self._rec.violation("cc", "resubscribed_unsubscribed_contact")
+        return True
 
     def activity_json(self, activity: CCActivity, now: float) -> dict[str, Any]:
         """An activity at time ``now`` (call :meth:`settle` first)."""
@@ -821,3 +832,83 @@ def _integer(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     return None
+
+
+#: At most this many errors are listed on an activity.
+MAX_ACTIVITY_ERRORS = 100
+
+
+@dataclass(slots=True)
+class _RowFindings:
+    """What the key-by-key checks of one import row found so far."""
+
+    index: int
+    email: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    custom: dict[str, str] = field(default_factory=dict)
+    problem: str | None = None
+    correctable: bool = False
+
+    def note(self, problem: str, correctable: bool = False) -> None:
+        """Keep the first problem found; any correctable one makes the row correctable."""
+        self.problem = self.problem or problem
+        self.correctable = self.correctable or correctable
+
+
+def _append_flat(parsed: ParsedImport, layout: RowLayout, raw: dict[str, Any]) -> bool:
+    """Append ``raw`` as a flat row if its values pass the fast path's checks all at once."""
+    values = tuple(raw.values())
+    try:
+        flat = _SEP.join(values)
+    except TypeError:  # a value that is not text: checked key by key
+        return False
+    email = values[layout.email_at]
+    if (
+        flat
+        and email
+        and max(map(len, values)) <= layout.shortest_limit
+        and flat.count(_SEP) == len(values) - 1
+        and is_valid_cc_email(email)
+    ):
+        parsed.flat_blanks += values.count("")
+        parsed.rows.append((layout, email, flat))
+        return True
+    return False
+
+
+def _count_overlong(overlong: dict[str, int], key: str) -> None:
+    overlong[key] = overlong.get(key, 0) + 1
+
+
+def _check_row_email(found: _RowFindings, value: Any, cfg: SandboxConfig, overlong: dict[str, int]) -> None:
+    """Check a row's ``email`` (left unset when empty).
+
+    :raises ImportRejected: when it is not text.
+    """
+    if value is None or value == "":
+        return
+    if not isinstance(value, str):
+        raise ImportRejected(f"import_data[{found.index}].email must be a string.")
+    if len(value) > cfg.cc_email_max_length:
+        _count_overlong(overlong, "email")
+        found.note("email exceeds the maximum length")
+    found.email = value
+
+
+def _check_row_integer(found: _RowFindings, key: str, value: Any) -> None:
+    """Check an integer property (birthday month or day) of a row and keep it if in range."""
+    low, high = INT_FIELDS[key]
+    number = _integer(value)
+    if number is None or not low <= number <= high:
+        found.note(f"{key} is not valid", correctable=True)
+    else:
+        found.values[key] = number
+
+
+def _record_row_error(activity: CCActivity, row: ImportRow, counts: dict[str, int], name_rows: bool) -> None:
+    """Count an invalid import row and list its problem among the activity's first errors."""
+    counts["error_count"] += 1
+    counts["correctable_count"] += int(row.correctable)
+    if len(activity.errors) < MAX_ACTIVITY_ERRORS:
+        where = f"import_data[{row.index}]: " if name_rows else ""
+        activity.errors.append(f"{where}{row.problem}")

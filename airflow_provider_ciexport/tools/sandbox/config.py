@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -169,20 +170,60 @@ class SandboxConfig:
 
 
 def _coerce(name: str, current: Any, value: Any) -> Any:
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be a boolean")
+    """``value`` for the setting ``name``, converted to the type of its ``current`` value.
+
+    :raises ConfigError: when ``value`` cannot stand for that type.
+    """
+    for kind, coerce in _COERCERS:
+        if isinstance(current, kind):
+            return coerce(name, value)
+    raise _wrong_type(name, value)
+
+
+def _wrong_type(name: str, value: Any) -> ConfigError:
+    return ConfigError(f"{name} has the wrong type ({type(value).__name__})")
+
+
+def _coerce_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be a boolean")
+    return value
+
+
+def _coerce_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer")
+    if isinstance(value, int):
         return value
-    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, int):
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer")
-        return value
-    if isinstance(current, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+    raise _wrong_type(name, value)
+
+
+def _coerce_float(name: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if isinstance(current, str) and isinstance(value, (str, int)) and not isinstance(value, bool):
+    raise _wrong_type(name, value)
+
+
+def _coerce_str(name: str, value: Any) -> str:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
         return str(value)
-    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
-        if not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name} must be a list of strings")
-        return tuple(value)
-    raise ConfigError(f"{name} has the wrong type ({type(value).__name__})")
+    raise _wrong_type(name, value)
+
+
+def _coerce_str_tuple(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _wrong_type(name, value)
+    if not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{name} must be a list of strings")
+    return tuple(value)
+
+
+#: How a new value is converted, by the type of the setting's current value; bool comes before int,
+#: its base class.
+_COERCERS: tuple[tuple[type, Callable[[str, Any], Any]], ...] = (
+    (bool, _coerce_bool),
+    (int, _coerce_int),
+    (float, _coerce_float),
+    (str, _coerce_str),
+    (tuple, _coerce_str_tuple),
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +28,72 @@ KINDS_BY_API = {
 }
 #: Statuses a ``redirect`` rule may answer (``Location`` set to the rule's ``location``).
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: The fields a rule's JSON form may have.
+RULE_FIELDS = frozenset(
+    {"api", "kind", "path", "method", "every", "times", "status", "delay_s", "retry_after", "location"}
+)
+DEFAULT_STATUS = 503
+#: A validation error that quotes the refused contact is a 400 unless the rule says otherwise.
+_KIND_DEFAULT_STATUS = {"quoting_error": 400, "redirect": 302}
+#: Rule settings checked by :data:`_SETTING_CHECKS`, with their defaults (``status``'s depends on the kind).
+_SETTING_DEFAULTS: dict[str, Any] = {
+    "method": None,
+    "every": 1,
+    "times": None,
+    "status": DEFAULT_STATUS,
+    "delay_s": 5.0,
+    "retry_after": None,
+}
+
+
+def _is_int_at_least(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and value >= minimum
+
+
+#: Each setting's check and the message when it fails, in the order they are checked.
+_SETTING_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("method", lambda v: v is None or isinstance(v, str), "method must be a string or null"),
+    ("every", lambda v: _is_int_at_least(v, 1), "every must be an integer >= 1"),
+    ("times", lambda v: v is None or _is_int_at_least(v, 0), "times must be an integer >= 0 or null"),
+    ("status", lambda v: isinstance(v, int) and 100 <= v <= 599, "status must be an HTTP status code"),
+    ("delay_s", lambda v: isinstance(v, (int, float)) and v >= 0, "delay_s must be >= 0"),
+    (
+        "retry_after",
+        lambda v: v is None or _is_int_at_least(v, 0),
+        "retry_after must be an integer >= 0 or null",
+    ),
+)
 
 
 class FaultRuleError(ValueError):
     """A rule that cannot be used."""
+
+
+def _api_and_kind(data: dict[str, Any]) -> tuple[str, str]:
+    api, kind = data.get("api"), data.get("kind")
+    if api not in KINDS_BY_API:
+        raise FaultRuleError("api must be 'ac', 'cc' or 'oauth'")
+    if kind not in KINDS_BY_API[api]:
+        raise FaultRuleError(f"kind must be one of {sorted(KINDS_BY_API[api])} for api {api!r}")
+    return api, kind
+
+
+def _path_regex(path: Any) -> re.Pattern[str] | None:
+    try:
+        return re.compile(path) if path else None
+    except (re.error, TypeError) as exc:
+        raise FaultRuleError(f"bad path regex: {exc}") from exc
+
+
+def _check_location(kind: str, status: Any, location: Any) -> None:
+    """A redirect needs a redirect status and a location; no other kind takes a location."""
+    if kind == "redirect":
+        if status not in REDIRECT_STATUSES:
+            raise FaultRuleError(f"a redirect's status must be one of {sorted(REDIRECT_STATUSES)}")
+        if not isinstance(location, str) or not location.strip():
+            raise FaultRuleError("a redirect needs a location (the URL it points to)")
+    elif location is not None:
+        raise FaultRuleError("location is only for kind 'redirect'")
 
 
 @dataclass
@@ -62,69 +125,31 @@ class FaultRule:
 
         :raises FaultRuleError: when a field is missing, unknown or out of range.
         """
-        allowed = {
-            "api",
-            "kind",
-            "path",
-            "method",
-            "every",
-            "times",
-            "status",
-            "delay_s",
-            "retry_after",
-            "location",
-        }
-        unknown = set(data) - allowed
+        unknown = set(data) - RULE_FIELDS
         if unknown:
             raise FaultRuleError(f"unknown rule fields: {sorted(unknown)}")
-        api, kind = data.get("api"), data.get("kind")
-        if api not in KINDS_BY_API:
-            raise FaultRuleError("api must be 'ac', 'cc' or 'oauth'")
-        if kind not in KINDS_BY_API[api]:
-            raise FaultRuleError(f"kind must be one of {sorted(KINDS_BY_API[api])} for api {api!r}")
+        api, kind = _api_and_kind(data)
         path = data.get("path")
-        try:
-            regex = re.compile(path) if path else None
-        except (re.error, TypeError) as exc:
-            raise FaultRuleError(f"bad path regex: {exc}") from exc
-        method = data.get("method")
-        every = data.get("every", 1)
-        times = data.get("times")
-        # A validation error that quotes the refused contact is a 400 unless the rule says otherwise.
-        status = data.get("status", 400 if kind == "quoting_error" else 302 if kind == "redirect" else 503)
+        regex = _path_regex(path)
+        settings = {name: data.get(name, default) for name, default in _SETTING_DEFAULTS.items()}
+        settings["status"] = data.get("status", _KIND_DEFAULT_STATUS.get(kind, DEFAULT_STATUS))
         location = data.get("location")
-        if kind == "redirect":
-            if status not in REDIRECT_STATUSES:
-                raise FaultRuleError(f"a redirect's status must be one of {sorted(REDIRECT_STATUSES)}")
-            if not isinstance(location, str) or not location.strip():
-                raise FaultRuleError("a redirect needs a location (the URL it points to)")
-        elif location is not None:
-            raise FaultRuleError("location is only for kind 'redirect'")
-        delay_s = data.get("delay_s", 5.0)
-        retry_after = data.get("retry_after")
-        if method is not None and not isinstance(method, str):
-            raise FaultRuleError("method must be a string or null")
-        if not isinstance(every, int) or every < 1:
-            raise FaultRuleError("every must be an integer >= 1")
-        if times is not None and (not isinstance(times, int) or times < 0):
-            raise FaultRuleError("times must be an integer >= 0 or null")
-        if not isinstance(status, int) or not 100 <= status <= 599:
-            raise FaultRuleError("status must be an HTTP status code")
-        if not isinstance(delay_s, (int, float)) or delay_s < 0:
-            raise FaultRuleError("delay_s must be >= 0")
-        if retry_after is not None and (not isinstance(retry_after, int) or retry_after < 0):
-            raise FaultRuleError("retry_after must be an integer >= 0 or null")
+        _check_location(kind, settings["status"], location)
+        for name, is_valid, message in _SETTING_CHECKS:
+            if not is_valid(settings[name]):
+                raise FaultRuleError(message)
+        method = settings["method"]
         return cls(
             id=rule_id,
             api=api,
             kind=kind,
             path=path,
             method=method.upper() if method else None,
-            every=every,
-            times=times,
-            status=status,
-            delay_s=float(delay_s),
-            retry_after=retry_after,
+            every=settings["every"],
+            times=settings["times"],
+            status=settings["status"],
+            delay_s=float(settings["delay_s"]),
+            retry_after=settings["retry_after"],
             location=location,
             _regex=regex,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,8 +33,19 @@ IMPORT_ENDPOINTS = frozenset(
 )
 #: Requests that create import jobs (the ones job faults apply to).
 JOB_ENDPOINTS = IMPORT_ENDPOINTS | {("POST", "/v3/activities/remove_list_memberships")}
+#: The APIs fault rules and latency apply to.
+FAULT_APIS = ("ac", "cc", "oauth")
 #: Where the job fault chosen for a request is handed to its handler.
 JOB_FAULT_KEY = "sandbox.job_fault"
+
+
+@dataclass
+class _FaultEffects:
+    """What the fault rules fired on a request leave for its handling."""
+
+    delay: float = 0.0
+    job_fault: str | None = None
+    drop_after: bool = False
 
 
 def classify(path: str) -> str:
@@ -152,57 +164,33 @@ class SandboxGate:
         headers: dict[str, str],
     ) -> None:
         st = self.state
-        cfg = st.config
-        method: str = scope["method"]
-        key = (method, endpoint)
+        key = (scope["method"], endpoint)
         now = st.now()
-        delay = 0.0
-        job_fault: str | None = None
-        drop_after = False
-        if api in ("ac", "cc", "oauth"):
-            for rule in st.faults.fire(api, method, scope["path"], key in JOB_ENDPOINTS):
-                st.recorder.faults[rule.kind] += 1
-                if rule.kind == "drop":
-                    await self._drop(scope, receive, raw_send)
-                    return
-                if rule.kind == "drop_after":
-                    drop_after = True
-                elif rule.kind == "slow":
-                    delay += rule.delay_s
-                elif rule.kind in JOB_KINDS.get(api, frozenset()):
-                    job_fault = rule.kind
-                elif rule.kind == "quoting_error":
-                    body = await _read_body(receive)
-                    answer = errors.quoting_error(api, rule.status, scope["path"], body, cfg.cc_error_shape)
-                    await answer(scope, receive, send)
-                    return
-                else:
-                    await _fault_response(rule, cfg)(scope, receive, send)
-                    return
+        effects = _FaultEffects()
+        if api in FAULT_APIS:
+            fired = await self._fire_faults(scope, receive, send, raw_send, api, key in JOB_ENDPOINTS)
+            if fired is None:  # a fault answered instead
+                return
+            effects = fired
         denied = self._authenticate(api, headers, now)
         if denied is None:
             denied = self._rate_limit(api, key in IMPORT_ENDPOINTS, now)
         if denied is not None:
             await denied(scope, receive, send)
             return
-        if api in ("ac", "cc", "oauth"):
-            delay += cfg.latency_s
+        delay = effects.delay
+        if api in FAULT_APIS:
+            delay += st.config.latency_s
         if key in IMPORT_ENDPOINTS:
-            delay += cfg.import_latency_s
+            delay += st.config.import_latency_s
         # The request is handled at once and its answer held back until `delay` after arrival, as a
         # real server does its work within its latency: a burst of imports is then answered together,
         # not one parse after another.
         answer_at = now + delay
-        scope[JOB_FAULT_KEY] = job_fault
+        scope[JOB_FAULT_KEY] = effects.job_fault
         st.settle()
-        if drop_after:
-
-            async def swallow(message: Message) -> None:
-                return None
-
-            await self.app(scope, receive, swallow)
-            await _wait_until(answer_at)
-            await self._drop(scope, receive, raw_send)
+        if effects.drop_after:
+            await self._answer_then_drop(scope, receive, raw_send, answer_at)
             return
 
         async def send_on_time(message: Message) -> None:
@@ -211,6 +199,53 @@ class SandboxGate:
             await send(message)
 
         await self.app(scope, receive, send_on_time if delay > 0 else send)
+
+    async def _fire_faults(
+        self, scope: Scope, receive: Receive, send: Send, raw_send: Send, api: str, creates_job: bool
+    ) -> _FaultEffects | None:
+        """Apply the fault rules that fire on this request.
+
+        :return: what they leave for the request's handling, or None when one of them answered it.
+        """
+        st = self.state
+        effects = _FaultEffects()
+        for rule in st.faults.fire(api, scope["method"], scope["path"], creates_job):
+            st.recorder.faults[rule.kind] += 1
+            if rule.kind == "drop":
+                await self._drop(scope, receive, raw_send)
+                return None
+            if rule.kind == "drop_after":
+                effects.drop_after = True
+            elif rule.kind == "slow":
+                effects.delay += rule.delay_s
+            elif rule.kind in JOB_KINDS.get(api, frozenset()):
+                effects.job_fault = rule.kind
+            else:
+                await self._fault_answer(rule, scope, receive, send)
+                return None
+        return effects
+
+    async def _fault_answer(self, rule: FaultRule, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer the request as the fault ``rule`` says, instead of the fake API."""
+        cfg = self.state.config
+        if rule.kind == "quoting_error":
+            body = await _read_body(receive)
+            answer = errors.quoting_error(rule.api, rule.status, scope["path"], body, cfg.cc_error_shape)
+            await answer(scope, receive, send)
+        else:
+            await _fault_response(rule, cfg)(scope, receive, send)
+
+    async def _answer_then_drop(
+        self, scope: Scope, receive: Receive, raw_send: Send, answer_at: float
+    ) -> None:
+        """Handle the request, throw its answer away and drop the connection when it was due."""
+
+        async def swallow(message: Message) -> None:
+            return None
+
+        await self.app(scope, receive, swallow)
+        await _wait_until(answer_at)
+        await self._drop(scope, receive, raw_send)
 
     def _authenticate(self, api: str, headers: dict[str, str], now: float) -> Response | None:
         st = self.state

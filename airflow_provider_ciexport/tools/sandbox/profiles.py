@@ -26,7 +26,7 @@ import sqlite3
 import sys
 import unicodedata
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -161,7 +161,38 @@ INVALID_EMAIL_RATE = 0.005
 DUPLICATE_EMAIL_RATE = 0.01
 BLANK_RATE = 0.10
 LONG_VALUE_RATE = 0.002
+CAPITALISED_EMAIL_RATE = 0.05
+NEVER_ORDERED_RATE = 0.04
+OPT_IN_RATE = 0.9
 _BLANKS: tuple[str | None, ...] = (None, None, "", " ")
+#: Invalid addresses, equally likely: no @, a space inside, no domain, empty, whitespace, NULL.
+_INVALID_EMAIL_SHAPES: tuple[str | None, ...] = (
+    "{first}.{last}{id}{domain}",
+    "{first} {last}{id}@{domain}",
+    "{first}.{last}{id}@",
+    "",
+    "   ",
+    None,
+)
+#: How a planted duplicate spells the earlier address, equally likely.
+_DUPLICATE_EMAIL_VARIANTS: tuple[Callable[[str], str], ...] = (
+    str.upper,
+    str.capitalize,
+    lambda earlier: f"  {earlier}",
+    lambda earlier: f"{earlier} ",
+    lambda earlier: f" {earlier.upper()}\t",
+)
+#: Local parts of valid addresses, weighted by repetition (4, 2, 2, 1, 1 in 10).
+_LOCAL_PARTS = (
+    *("{first}.{last}{id}",) * 4,
+    *("{first[0]}{last}{id}",) * 2,
+    *("{first}_{id}",) * 2,
+    "{first}.{last}+shop{id}",
+    "{last}.{first}.{id}",
+)
+#: Loyalty tiers by the upper bound of their share of a uniform roll: half the customers are bronze,
+#: three in ten silver, one in twenty platinum.
+_TIER_BOUNDS = ((0.5, "bronze"), (0.8, "silver"), (0.95, "gold"))
 _CHUNK_ROWS = 20_000
 
 
@@ -202,6 +233,11 @@ class ProfileStats:
         return asdict(self)
 
 
+def _tier(roll: float) -> str:
+    """The loyalty tier of a uniform ``roll`` in [0, 1)."""
+    return next((tier for bound, tier in _TIER_BOUNDS if roll < bound), "platinum")
+
+
 class _Generator:
     """Produces rows one at a time from one random stream (so row *n* never depends on ``count``)."""
 
@@ -226,52 +262,42 @@ class _Generator:
         self, customer_id: int, first: str, last: str
     ) -> tuple[str | None, tuple[Any, ...] | None, bool]:
         """``(address, earlier row it repeats or None, whether it is a new valid address)``."""
-        pick = self._pick
         roll = self.random()
-        domain = pick(_DOMAINS)
+        domain = self._pick(_DOMAINS)
         if roll < INVALID_EMAIL_RATE:
             self.invalid += 1
-            kind = int(self.random() * 6)
-            if kind == 0:
-                return f"{first}.{last}{customer_id}{domain}", None, False  # no @
-            if kind == 1:
-                return f"{first} {last}{customer_id}@{domain}", None, False  # space inside
-            if kind == 2:
-                return f"{first}.{last}{customer_id}@", None, False  # no domain
-            return ("", "   ", None)[kind - 3], None, False
+            shape = _INVALID_EMAIL_SHAPES[int(self.random() * len(_INVALID_EMAIL_SHAPES))]
+            address = shape.format(first=first, last=last, id=customer_id, domain=domain) if shape else shape
+            return address, None, False
         if roll < INVALID_EMAIL_RATE + DUPLICATE_EMAIL_RATE and self.recent:
             self.duplicates += 1
-            earlier_row: tuple[Any, ...] = pick(self.recent)
-            earlier: str = earlier_row[1]
-            variant = int(self.random() * 5)
-            if variant == 0:
-                return earlier.upper(), earlier_row, False
-            if variant == 1:
-                return earlier.capitalize(), earlier_row, False
-            if variant == 2:
-                return f"  {earlier}", earlier_row, False
-            if variant == 3:
-                return f"{earlier} ", earlier_row, False
-            return f" {earlier.upper()}\t", earlier_row, False
+            earlier_row: tuple[Any, ...] = self._pick(self.recent)
+            variant = _DUPLICATE_EMAIL_VARIANTS[int(self.random() * len(_DUPLICATE_EMAIL_VARIANTS))]
+            return variant(earlier_row[1]), earlier_row, False
         # The customer id in the local part keeps every address unique apart from the planted duplicates.
-        pattern = int(self.random() * 10)
-        if pattern < 4:
-            local = f"{first}.{last}{customer_id}"
-        elif pattern < 6:
-            local = f"{first[0]}{last}{customer_id}"
-        elif pattern < 8:
-            local = f"{first}_{customer_id}"
-        elif pattern < 9:
-            local = f"{first}.{last}+shop{customer_id}"
-        else:
-            local = f"{last}.{first}.{customer_id}"
-        email = f"{local}@{domain}"
-        if self.random() < 0.05:
+        local = _LOCAL_PARTS[int(self.random() * len(_LOCAL_PARTS))]
+        email = f"{local.format(first=first, last=last, id=customer_id)}@{domain}"
+        if self.random() < CAPITALISED_EMAIL_RATE:
             # People type their address capitalised; it is still the same address.
             email = email.capitalize()
         return email, None, True
 
+    def _order_history(self) -> tuple[float, str | None, str]:
+        """``(lifetime value, last order date or None, signup date)``."""
+        rand = self.random
+        if rand() < NEVER_ORDERED_RATE:
+            # Registered but never ordered.
+            return 0.0, None, _DAYS_BEFORE_REFERENCE[1 + int(rand() * 900)]
+        lifetime_value = round(self.rng.lognormvariate(5.0, 1.1), 2)
+        days_ago = min(int(self.rng.expovariate(1 / 150)), 2000)
+        return (
+            lifetime_value,
+            _DAYS_BEFORE_REFERENCE[days_ago],
+            _DAYS_BEFORE_REFERENCE[days_ago + int(rand() * 1500)],
+        )
+
     def row(self, customer_id: int) -> tuple[Any, ...]:
+        """The next row, for ``customer_id``."""
         rand = self.random
         pick = self._pick
         optional = self._optional
@@ -279,27 +305,8 @@ class _Generator:
         last_name, last_slug = pick(_LAST)
         email, duplicate_of, fresh = self._email(customer_id, first_slug, last_slug)
         phone = pick(_PHONE_FORMATS).format(a=pick(_AREA_CODES), n=int(rand() * 100))
-        tier_roll = rand()
-        # Half the customers are bronze, three in ten silver, one in twenty platinum.
-        tier = (
-            "bronze"
-            if tier_roll < 0.5
-            else "silver"
-            if tier_roll < 0.8
-            else "gold"
-            if tier_roll < 0.95
-            else "platinum"
-        )
-        if rand() < 0.04:
-            # Registered but never ordered.
-            lifetime_value = 0.0
-            last_order: str | None = None
-            signup = _DAYS_BEFORE_REFERENCE[1 + int(rand() * 900)]
-        else:
-            lifetime_value = round(self.rng.lognormvariate(5.0, 1.1), 2)
-            days_ago = min(int(self.rng.expovariate(1 / 150)), 2000)
-            last_order = _DAYS_BEFORE_REFERENCE[days_ago]
-            signup = _DAYS_BEFORE_REFERENCE[days_ago + int(rand() * 1500)]
+        tier = _tier(rand())
+        lifetime_value, last_order, signup = self._order_history()
         # At most one deliberately over-long value per row; it is never blanked.
         long_field = int(rand() * 3) if rand() < LONG_VALUE_RATE else -1
         first = optional(first_name)
@@ -308,7 +315,7 @@ class _Generator:
         city = pick(_LONG_CITIES) if long_field == 1 else optional(pick(_CITIES))
         tier_or_blank = optional(tier)
         store = _LONG_STORE if long_field == 2 else optional(pick(_STORES))
-        opt_in = 1 if rand() < 0.9 else 0
+        opt_in = 1 if rand() < OPT_IN_RATE else 0
         if duplicate_of is not None:
             # A second, unmerged profile of the same customer (say, from the web shop and the tills):
             # same person and history, so same segments; contact details from the other system.
