@@ -14,7 +14,7 @@ from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.core.variables import JsonVariable
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError, say_nothing_was_sent
 from airflow_provider_ciexport.export.destination import Destination
-from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter, SyncSettings
+from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
 from airflow_provider_ciexport.export.sources import (
     DEFAULT_MAX_COLUMNS,
     DEFAULT_MAX_LINE_LENGTH,
@@ -23,6 +23,7 @@ from airflow_provider_ciexport.export.sources import (
 )
 from airflow_provider_ciexport.export.state import check_state_path
 from airflow_provider_ciexport.export.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
+from airflow_provider_ciexport.export.sync_run import SyncSettings
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
 
 if TYPE_CHECKING:

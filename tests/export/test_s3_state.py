@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ciexport.export import engine
+from airflow_provider_ciexport.export import sync_run
 from airflow_provider_ciexport.export.state import StateBusyError
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.operators.test_sync import SEGMENT, Target
@@ -135,7 +135,7 @@ def test_two_runs_at_once_on_one_s3_state_one_is_refused_before_sending(
 
     # The scheduled run pauses once it holds the lease, before it reads the state.
     holding, go_on = threading.Event(), threading.Event()
-    real_read_state = engine.read_state
+    real_read_state = sync_run.read_state
 
     def read_state(*args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name == "scheduled-run":
@@ -143,7 +143,7 @@ def test_two_runs_at_once_on_one_s3_state_one_is_refused_before_sending(
             go_on.wait(timeout=120)
         return real_read_state(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "read_state", read_state)
+    monkeypatch.setattr(sync_run, "read_state", read_state)
     outcome: dict[str, Any] = {}
 
     def scheduled() -> None:

@@ -523,7 +523,7 @@ def test_a_mirror_export_killed_mid_way_and_retried_keeps_what_it_added(
     retry must not take what that try added for members that were there before the export."""
     from airflow_provider_ciexport.destinations.activecampaign import ActiveCampaignDestination
     from airflow_provider_ciexport.destinations.constantcontact import ConstantContactDestination
-    from airflow_provider_ciexport.export import engine
+    from airflow_provider_ciexport.export import sync_run
 
     sandbox.configure(rate_scale=5)
     cls: Any
@@ -553,7 +553,7 @@ def test_a_mirror_export_killed_mid_way_and_retried_keeps_what_it_added(
 
     with monkeypatch.context() as dying:
         dying.setattr(cls, "submit", dying_submit)
-        dying.setattr(engine, "write_state", killed)
+        dying.setattr(sync_run, "write_state", killed)
         with pytest.raises(RuntimeError, match="killed before the state"):
             target.run(people)
     time.sleep(1.0)  # the imports the dead try sent finish on the server

@@ -1,0 +1,505 @@
+"""One run's side of keeping lists in sync: the lease, the state, the diff, opt-outs, members and removals.
+
+The pipeline (:mod:`.engine`) asks it which contacts need sending, tells it what each batch's job
+confirmed, and lets it finish (re-subscribe, remove) and save the state; the diff itself is
+:class:`~.sync.SegmentDiff`, the state's format :mod:`.state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.export.batcher import Batcher
+from airflow_provider_ciexport.export.claims import ClaimJournal
+from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.report import ExportReport
+from airflow_provider_ciexport.export.spool import RowSpool
+from airflow_provider_ciexport.export.state import (
+    LoadedState,
+    StateBusyError,
+    StateIdentity,
+    StateKeys,
+    StateLease,
+    SyncState,
+    email_key,
+    read_state,
+    remove_stale_copies,
+    write_state,
+)
+from airflow_provider_ciexport.export.sync import OPTED_OUT, UNCHANGED, Ledger, SegmentDiff
+
+log = logging.getLogger(__name__)
+
+#: Follows one job to its end (see :meth:`SyncRun.finish`).
+WaitFor = Callable[[Callable[[], "JobResult | None"]], JobResult]
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How an export keeps its lists in sync with the segment (see :mod:`.state` and :mod:`.sync`).
+
+    :param state_path: the sync state's URI (an ``ObjectStoragePath``: ``s3://``, ``file:///``...).
+    :param mode: ``"upsert"`` (send new and changed contacts) or ``"mirror"`` (also remove the contacts
+        the export added that left the segment).
+    :param full_refresh: send every contact once and rebuild the state; also the way to start over on a
+        ``state_path`` whose state was written for other lists (or another destination, account or
+        mapping), which a run otherwise refuses to replace.
+    :param max_removal_fraction: fail before sending anything if more than this share of the contacts
+        the export added would be removed, or if the segment is empty.
+    :param lease_owner: who this try is (DAG, task, run, map index, try number), for the lease that
+        keeps any other try out.
+    :param keys: the keys that authenticate the state (``None``: from
+        :func:`~airflow_provider_ciexport.export.state_keys.state_keys`, the default connection or Airflow's
+        fernet key).
+    """
+
+    state_path: str
+    mode: str = "upsert"
+    full_refresh: bool = False
+    max_removal_fraction: float = 0.2
+    lease_owner: str = "this export"
+    keys: StateKeys | None = None
+
+    @property
+    def mirror(self) -> bool:
+        """Whether contacts that left the segment are removed."""
+        return self.mode == "mirror"
+
+
+def _sync_figures(sync: SyncSettings, loaded: LoadedState, reason: str | None) -> dict[str, object]:
+    """The report's ``sync`` section at the start of a run."""
+    return {
+        "sync_mode": sync.mode,
+        "state_entries": len(loaded.state),
+        "full_refresh_reason": reason,
+        "state_authenticated": loaded.authenticated,
+        "unchanged": 0,
+        "new": 0,
+        "changed": 0,
+        "readded": 0,
+        "readd_refused": 0,
+        "skipped_unsubscribed": 0,
+        "to_remove": 0,
+        "removed": 0,
+        "removal_refused": 0,
+    }
+
+
+class SyncRun:
+    """The sync side of one export run, from the lease to the state written.
+
+    :param sync: the sync settings.
+    :param destination: where the contacts go.
+    :param field_mapping: destination attribute -> source column.
+    :param report: the run's report (its ``sync`` section is filled here).
+    :param dry_run: check and count, but take no lease and write, send and remove nothing.
+    :param max_resubmits: how many times a removal whose job ended failed is sent again.
+    """
+
+    def __init__(
+        self,
+        sync: SyncSettings,
+        destination: Destination,
+        field_mapping: Mapping[str, str],
+        report: ExportReport,
+        *,
+        dry_run: bool,
+        max_resubmits: int,
+    ) -> None:
+        self.sync = sync
+        self.destination = destination
+        self.field_mapping = field_mapping
+        self.report = report
+        self.dry_run = dry_run
+        self.max_resubmits = max_resubmits
+        self.diff: SegmentDiff | None = None
+        self.lease: StateLease | None = None
+        self._keys: StateKeys | None = None
+        self._loaded: LoadedState | None = None
+        self._removal_ids: dict[str, str] = {}
+        # The state entries of contacts handed to the batcher and not yet in a batch, and the emails
+        # the destination refused.
+        self._pending = Ledger()
+        self._refused: set[str] = set()
+        # The ledgers of batches handed to the destination and not yet confirmed (by batch number), and
+        # where the memberships they may create are saved before they are sent (mirror mode).
+        self._inflight: dict[int, Ledger] = {}
+        self._journal: ClaimJournal | None = None
+        self._lock = threading.Lock()
+
+    # -- before anything is read -----------------------------------------------------------------
+
+    def take_lease(self) -> StateLease | None:
+        """Check the sync settings and take the state's lease (not for a dry run, which writes nothing);
+        then delete the temporary copies that killed writes left. Nothing is read before this."""
+        sync = self.sync
+        if sync.mode not in ("upsert", "mirror"):
+            raise ExportConfigurationError(f"sync_mode must be 'upsert' or 'mirror', not {sync.mode!r}.")
+        if sync.keys is not None:
+            self._keys = sync.keys
+        else:
+            from airflow_provider_ciexport.export.state_keys import state_keys
+
+            self._keys = state_keys()
+        if self.dry_run:
+            return None
+        lease = StateLease(sync.state_path, sync.lease_owner)
+        lease.acquire()
+        try:
+            remove_stale_copies(sync.state_path, keep=lease.tag)
+        except BaseException:
+            lease.release()
+            raise
+        self.lease = lease
+        return lease
+
+    # -- before anything is sent -----------------------------------------------------------------
+
+    def start(self, builder: ContactBuilder, rows: RowSpool | None, total: int | None) -> None:
+        """Read the state, who opted out and (when needed) the lists' members; check the safety
+        limit. Everything here happens before any contact is sent or removed.
+
+        :param rows: the spooled segment (mirror reads it once before sending).
+        :param total: the segment's rows, if counted.
+        """
+        sync, destination = self.sync, self.destination
+        assert self._keys is not None
+        identity = StateIdentity.of(
+            destination.name, destination.account(), destination.list_ids, self.field_mapping
+        )
+        loaded = read_state(sync.state_path, identity, self._keys)
+        if loaded.other_identity and not sync.full_refresh:
+            raise ExportConfigurationError(
+                f"The sync state at state_path belongs to another export: {loaded.distrust} (this "
+                "run's destination, account, lists and field_mapping are not those it was written for). "
+                "Replacing it would make that export take the contacts it added for members that were "
+                "there before, and never remove them. Give each set of lists its own state_path (render "
+                "the list ids into it); to start over on this state_path with these lists, run once with "
+                "full_refresh=True (it sends everything, removes and re-subscribes nobody, and replaces "
+                "the state)."
+            )
+        self._loaded = loaded
+        state = self._with_claims(loaded, identity)
+        self.report.sync = _sync_figures(sync, loaded, self._refresh_reason(loaded))
+        if loaded.distrust:
+            log.warning(
+                "The sync state is not used: %s. Every contact is sent (a full refresh); nobody is "
+                "removed or re-subscribed on its account.",
+                loaded.distrust,
+            )
+        opted_out = EmailSet()
+        for email in destination.opted_out():
+            opted_out.add(email.strip().lower())
+        first_sync = len(loaded.state) == 0  # claims of a try that died do not make it a later sync
+        members_before = self._read_members(builder, state, opted_out, rows, total, first_sync)
+        self.diff = SegmentDiff(
+            state,
+            full_refresh=sync.full_refresh,
+            mirror=sync.mirror,
+            opted_out=opted_out,
+            removal_unsubscribes=destination.removal_unsubscribes,
+            members_before=members_before,
+        )
+
+    def _with_claims(self, loaded: LoadedState, identity: StateIdentity) -> SyncState:
+        """The state, with what an earlier try that died put on the list (see :mod:`.claims`)."""
+        state = loaded.state
+        if not self.sync.mirror or loaded.distrust is not None:
+            return state
+        assert self._keys is not None
+        journal = ClaimJournal(self.sync.state_path, identity, loaded.stored_generation or 0, self._keys)
+        state, claimed = journal.fold_into(state, self.destination.removal_unsubscribes)
+        self._journal = journal
+        if claimed:
+            log.info(
+                "An earlier try of this export may have added %s contacts it did not confirm "
+                "(a partial state next to the state): they stay the export's and are sent again.",
+                f"{claimed:,}",
+            )
+        return state
+
+    def _refresh_reason(self, loaded: LoadedState) -> str | None:
+        """Why every contact is sent this run (``None``: the state is used)."""
+        if loaded.other_identity:
+            return f"full_refresh=True replaces a state of another export ({loaded.distrust})"
+        if loaded.distrust is None and self.sync.full_refresh:
+            return "full_refresh=True"
+        return loaded.distrust
+
+    def _read_members(
+        self,
+        builder: ContactBuilder,
+        state: SyncState,
+        opted_out: EmailSet,
+        rows: RowSpool | None,
+        total: int | None,
+        first_sync: bool,
+    ) -> EmailSet | None:
+        """Mirror: check the safety limit from a first pass over the segment; read the lists' members
+        when it is the first sync or cheap (keeping the contact ids of those that would be removed)."""
+        if not self.sync.mirror:
+            return None
+        if not (first_sync or self.destination.members_read_is_cheap):
+            if len(state):
+                self._first_pass_leavers(builder, state, opted_out, rows, total)
+            return None
+        members_before = EmailSet()
+        leaver_emails = (
+            self._first_pass_leavers(builder, state, opted_out, rows, total) if len(state) else set()
+        )
+        for email, contact_id in self.destination.members():
+            email = email.strip().lower()
+            members_before.add(email)
+            if email in leaver_emails:
+                self._removal_ids[email] = contact_id
+        return members_before
+
+    def _first_pass_leavers(
+        self,
+        builder: ContactBuilder,
+        state: SyncState,
+        opted_out: EmailSet,
+        rows: RowSpool | None,
+        total: int | None,
+    ) -> set[str]:
+        """Read the segment once for its emails alone, and fail (before anything is sent) if mirroring
+        would remove too many contacts; return the emails that would be removed."""
+        probe = ContactBuilder(self.field_mapping, self.destination.schema, builder.columns)
+        probe.seen = EmailSet(capacity=total or 0)
+        diff = SegmentDiff(state)
+        seen = diff.seen
+        contacts = 0
+        assert rows is not None, "mirror spools the segment so that it can be read twice"
+        for chunk in rows:
+            for row in chunk:
+                contact = probe.build(row)
+                if contact is not None:
+                    contacts += 1
+                    index = state.find(email_key(contact["email"]))
+                    if index >= 0:
+                        seen[index] = 1
+        leavers = {email for _, email in diff.emails(diff.leavers()) if email not in opted_out}
+        diff.check_removals(len(leavers), contacts, self.sync.max_removal_fraction)
+        return leavers
+
+    # -- while sending ---------------------------------------------------------------------------
+
+    @property
+    def readds_pending(self) -> bool:
+        """Whether contacts the export removed came back (they go through an import, which names the
+        contacts it refuses)."""
+        return bool(
+            self.diff is not None and self.diff.readd_emails and self.destination.removal_unsubscribes
+        )
+
+    def changed(
+        self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher
+    ) -> Iterator[tuple[dict[str, str], bytes]]:
+        """Only the contacts that need sending; the rest are counted (unchanged, opted out)."""
+        diff = self.diff
+        assert diff is not None
+        for contact, item in items:
+            if not batcher.fits_alone(item):
+                yield contact, item  # too large to send at all: counted where the batches are made
+                continue
+            kind, index, key, digest = diff.classify(contact["email"], item)
+            if kind in (UNCHANGED, OPTED_OUT):
+                continue
+            # Read each time: dispatching a batch moves the pending entries into a new ledger.
+            self._pending.add(index, key, digest, contact["email"])
+            yield contact, item
+
+    def take_batch(self, contacts: int) -> Ledger:
+        """The ledger of the next batch: the first ``contacts`` pending entries."""
+        ledger, self._pending = self._pending.split(contacts)
+        return ledger
+
+    def take_all(self) -> Ledger:
+        """The ledger of every pending entry (one call sends them all)."""
+        ledger, self._pending = self._pending, Ledger()
+        return ledger
+
+    def sending(self, number: int, ledger: Ledger) -> int:
+        """Note a batch about to be sent; return the ticket of its claims in the partial state, to wait
+        for before sending (0: nothing to save)."""
+        with self._lock:
+            self._inflight[number] = ledger
+        if self._journal is None or self.diff is None or self.dry_run:
+            return 0
+        owned = self.diff.owned_by_sending(ledger)
+        if not owned:
+            return 0
+        return self._journal.add([(ledger.keys[i], ledger.emails[i]) for i in owned])
+
+    def wait_for_claims(self, ticket: int) -> None:
+        """Wait until the claims behind ``ticket`` are saved (0: none)."""
+        if ticket and self._journal is not None:
+            self._journal.wait(ticket)
+
+    def confirmed(
+        self, number: int, ledger: Ledger, refused: Iterable[str] | None, accepted_all: bool
+    ) -> None:
+        """A batch's job ended: its contacts are in the state, but those the destination refused."""
+        with self._lock:
+            self._inflight.pop(number, None)
+        assert self.diff is not None
+        self.diff.confirm(ledger, refused, accepted_all)
+        if refused:
+            with self._lock:
+                self._refused.update(e.lower() for e in refused)
+
+    def resumed(self, ledger: Ledger, accepted_all: bool) -> None:
+        """A batch an earlier try saw confirmed: its contacts are in the state."""
+        assert self.diff is not None
+        self.diff.confirm(ledger, None, accepted_all)
+
+    def failed(self, number: int, ledger: Ledger) -> None:
+        """A batch's job ended failed for good: it may still have added part of it, which is owned, not
+        confirmed."""
+        with self._lock:
+            self._inflight.pop(number, None)
+        assert self.diff is not None
+        self.diff.claim(ledger)
+
+    # -- after every batch -----------------------------------------------------------------------
+
+    def finish(self, read_all: bool, wait_for: WaitFor) -> None:
+        """After every batch is confirmed: re-add the contacts the export removed that came back, then
+        (mirror) remove the ones the export added that left the segment.
+
+        :param read_all: whether the whole segment was read (a partial read says nothing of who left).
+        :param wait_for: follows a removal's job to its end.
+        """
+        diff, sync = self.diff, self.sync
+        assert diff is not None
+        if not read_all:
+            return
+        if self.destination.removal_unsubscribes and diff.readd_emails and not self.dry_run:
+            self._readd()
+        if not sync.mirror:
+            return
+        leavers = []
+        for index, email in diff.emails(diff.leavers()):
+            if email in diff.opted_out:
+                diff.forget([index])  # the person left the list themselves: not the export's any more
+            else:
+                leavers.append((index, email))
+        self.report.sync["to_remove"] = len(leavers)
+        segment = sum(diff.counts.values())
+        diff.check_removals(len(leavers), segment, sync.max_removal_fraction, sent=True)
+        if self.dry_run or not leavers:
+            return
+        found = self._with_contact_ids(leavers)
+        if self.lease is not None:
+            self.lease.check("removing contacts (new and changed contacts were sent)")
+        self._remove(found, wait_for)
+
+    def _readd(self) -> None:
+        """Re-subscribe the contacts the export removed that came back into the segment."""
+        diff = self.diff
+        assert diff is not None
+        if self.lease is not None:
+            self.lease.check("re-subscribing the contacts it removed that came back")
+        # The import refused the excluded; the destination checks the rest for an opt-out since,
+        # and that its own record shows the export's removal as the last change.
+        back = [e for e in diff.readd_emails if e not in self._refused]
+        state = diff.state
+        windows = [state.removal_window(diff.readd_runs.get(e, 0)) for e in back]
+        skipped = set(self.destination.readd(back, windows))
+        for email in skipped:
+            index = diff.state.find(email_key(email))
+            if index >= 0:
+                diff.forget([index])
+        refused = len(diff.readd_emails) - len(back) + len(skipped)
+        diff.counts["readded"] -= refused
+        diff.counts["readd_refused"] += refused
+
+    def _with_contact_ids(self, leavers: list[tuple[int, str]]) -> list[tuple[int, str, str]]:
+        """The leavers with their contact ids where the destination needs them (from the members read
+        before sending; one not there is gone already)."""
+        diff = self.diff
+        assert diff is not None
+        if not self.destination.members_read_is_cheap:
+            return [(index, email, "") for index, email in leavers]
+        found = []
+        for index, email in leavers:
+            if email in self._removal_ids:
+                found.append((index, email, self._removal_ids[email]))
+            else:
+                diff.forget([index])
+        return found
+
+    def _remove(self, leavers: list[tuple[int, str, str]], wait_for: WaitFor) -> None:
+        destination, diff, report = self.destination, self.diff, self.report
+        assert diff is not None
+        size = destination.max_removal_batch
+
+        def remove(chunk: list[tuple[int, str, str]]) -> None:
+            contacts = [(email, contact_id) for _, email, contact_id in chunk]
+            for _attempt in range(self.max_resubmits + 1):
+                job_id = destination.submit_removal(contacts)
+                report.record_job(job_id)
+                result = wait_for(partial(destination.poll_removal, job_id, contacts))
+                if result.ok:
+                    refused = {e.lower() for e in result.refused or ()}
+                    done = [index for index, email, _ in chunk if email not in refused]
+                    diff.removed(done, run)
+                    with self._lock:
+                        report.sync["removed"] += len(done)
+                        report.sync["removal_refused"] += len(chunk) - len(done)
+                    return
+            with self._lock:
+                report.sync["removal_refused"] += len(chunk)
+
+        chunks = [leavers[i : i + size] for i in range(0, len(leavers), size)]
+        if not chunks:
+            return
+        # When this run removed: a membership the destination shows as changed at another time was
+        # not changed by this export (the re-subscribe check of :meth:`Destination.readd`).
+        window = diff.state.start_removal_run()
+        run = int(window[0])
+        try:
+            with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
+                for future in [pool.submit(remove, chunk) for chunk in chunks]:
+                    future.result()
+        finally:
+            window[2] = float(math.ceil(time.time()))
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def save(self) -> StateBusyError | None:
+        """Write the state with what this run confirmed (also after a failure: the confirmed part
+        holds, the rest is sent again next run); return the error if the lease was lost."""
+        if self.diff is None or self.dry_run or self._loaded is None:
+            return None
+        assert self._keys is not None
+        lease = self.lease
+        if lease is not None:
+            try:
+                lease.check("writing the sync state (its confirmed contacts are sent again next run)")
+            except StateBusyError as exc:
+                return exc
+        # Batches sent (or about to be) but never confirmed: what they may have added is the export's.
+        with self._lock:
+            unconfirmed, self._inflight = list(self._inflight.values()), {}
+        for ledger in unconfirmed:
+            self.diff.claim(ledger)
+        write_state(
+            self.sync.state_path,
+            self.diff.state,
+            self._loaded.stored_generation,
+            self._keys,
+            tag=lease.tag if lease is not None else None,
+        )
+        if self._journal is not None:
+            self._journal.discard()  # the state now holds every claim they made
+        return None
