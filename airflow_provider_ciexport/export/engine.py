@@ -7,34 +7,31 @@ import itertools
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
-from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.exceptions import (
     CiExportError,
     ExportConfigurationError,
     ExportIncompleteError,
 )
-from airflow_provider_ciexport.export.batcher import Batch, Batcher
+from airflow_provider_ciexport.export.batcher import Batcher
 from airflow_provider_ciexport.export.checkpoint import (
     Checkpoint,
     ProgressStore,
-    batch_digest,
     export_fingerprint,
 )
 from airflow_provider_ciexport.export.collector import steady_collector
-from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.delivery import Delivery, Stopped
+from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.progress import ProgressClock, progress_line
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources import Row, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
-from airflow_provider_ciexport.export.sync import Ledger
 from airflow_provider_ciexport.export.sync_run import SyncRun, SyncSettings
 
 log = logging.getLogger(__name__)
@@ -56,10 +53,6 @@ class ExportSettings:
     wait_for_completion: bool = True
     max_resubmits: int = 2
     progress_interval_s: float = 30.0
-
-
-class _Stopped(Exception):
-    """The export was asked to stop (``on_kill``) or a batch failed for good."""
 
 
 class SegmentExporter:
@@ -114,12 +107,14 @@ class SegmentExporter:
         )
         self._checkpoint: Checkpoint | None = None
         self._stop = threading.Event()
-        self._fatal: BaseException | None = None
-        self._failed_contacts = 0
-        self._sent_unconfirmed = 0  # contacts whose import was accepted but whose job is not final yet
-        self._too_large = 0
-        self._failed_state = ""
-        self._lock = threading.Lock()
+        self._delivery = Delivery(
+            destination,
+            self.report,
+            self._sync_run,
+            self._stop,
+            max_resubmits=self.settings.max_resubmits,
+            on_progress=self._maybe_log_progress,
+        )
         self._total: int | None = None  # rows in the segment; None when read without counting first
         self._read_all = False
         self._clock = ProgressClock(self.settings.progress_interval_s)
@@ -199,7 +194,7 @@ class SegmentExporter:
 
         def progress(rows: int) -> None:
             if self._stop.is_set():
-                raise _Stopped
+                raise Stopped
             if self._clock.due():
                 log.info("Reading the segment: %s rows so far, nothing sent yet.", f"{rows:,}")
 
@@ -211,7 +206,7 @@ class SegmentExporter:
                 "was sent. Narrow the segment, or raise max_profiles (None for no limit) if this size is "
                 "intended."
             ) from None
-        except _Stopped:
+        except Stopped:
             raise ExportIncompleteError(
                 "The export was stopped while reading the segment. Nothing was sent. Retry the task."
             ) from None
@@ -271,13 +266,15 @@ class SegmentExporter:
                     and len(head) <= self.destination.small_segment_max
                     and not readds
                 ):
-                    self._send_small([contact for contact, _ in head])
+                    self._delivery.send_small([contact for contact, _ in head])
                 else:
-                    self._send_batches(itertools.chain(head, items), batcher)
-                if sync_run is not None and not self._stop.is_set() and self._fatal is None:
+                    self._delivery.send_batches(itertools.chain(head, items), batcher, self._checkpoint)
+                if sync_run is not None and not self._delivery.ended_early():
                     removal_polls = RateLimiter(destination.max_poll_rate, 1.0)
-                    sync_run.finish(self._read_all, partial(self._wait_for, poll_limiter=removal_polls))
-        except _Stopped:
+                    sync_run.finish(
+                        self._read_all, partial(self._delivery.wait_for, poll_limiter=removal_polls)
+                    )
+        except Stopped:
             pass  # reported below with what was and was not exported
         finally:
             self._sync_counts(builder)
@@ -299,7 +296,7 @@ class SegmentExporter:
         report = self.report
         for chunk in chunks:
             if self._stop.is_set():
-                raise _Stopped
+                raise Stopped
             report.read += len(chunk)
             for row in chunk:
                 contact = builder.build(row)
@@ -312,146 +309,14 @@ class SegmentExporter:
     def _sync_counts(self, builder: ContactBuilder) -> None:
         report = self.report
         report.invalid_reasons = dict(builder.invalid_reasons)
-        if self._too_large:
-            report.invalid_reasons["too_large"] = self._too_large
-        report.invalid = builder.invalid + self._too_large
+        too_large = self._delivery.too_large
+        if too_large:
+            report.invalid_reasons["too_large"] = too_large
+        report.invalid = builder.invalid + too_large
         report.duplicates = builder.duplicates
         report.omitted_too_long = dict(builder.omitted_too_long)
         if self._sync_run is not None and self._sync_run.diff is not None:
             report.sync.update(self._sync_run.diff.counts)
-
-    def _send_small(self, contacts: list[dict[str, str]]) -> None:
-        report = self.report
-        report.submitted = len(contacts)
-        if not contacts:
-            return
-        sync_run = self._sync_run
-        ledger = sync_run.take_all() if sync_run is not None else None
-        if sync_run is not None and ledger is not None:
-            sync_run.wait_for_claims(sync_run.sending(0, ledger))  # batch numbers start at 1
-        accepted = self.destination.send_small(contacts)
-        report.record_outcome(accepted, len(contacts) - accepted)
-        if sync_run is not None and ledger is not None:
-            sync_run.confirmed(0, ledger, None, accepted == len(contacts))
-
-    def _send_batches(self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher) -> None:
-        destination = self.destination
-        report = self.report
-        slots = threading.BoundedSemaphore(destination.max_unconfirmed)
-        submit_gate = threading.BoundedSemaphore(destination.max_in_flight)
-        poll_limiter = RateLimiter(destination.max_poll_rate, 1.0)
-
-        checkpoint = self._checkpoint
-        assert checkpoint is not None
-        sync_run = self._sync_run
-
-        def dispatch(batch: Batch) -> None:
-            ledger = sync_run.take_batch(batch.contacts) if sync_run is not None else None
-            if self.settings.dry_run:
-                report.would_batches += 1
-                report.would_submit += batch.contacts
-                return
-            report.batches += 1
-            report.submitted += batch.contacts
-            digest = batch_digest(batch) if checkpoint.store is not None else ""
-            earlier = checkpoint.resumed(batch, digest) if checkpoint.resumable else None
-            if earlier is not None:
-                report.resumed_batches += 1
-                report.record_outcome(*earlier)
-                if sync_run is not None and ledger is not None:
-                    sync_run.resumed(ledger, earlier[1] == 0)
-                return
-            while not slots.acquire(timeout=0.5):
-                if self._stop.is_set():
-                    raise _Stopped
-            ticket = 0
-            if sync_run is not None and ledger is not None:
-                ticket = sync_run.sending(batch.number, ledger)
-            # _deliver records its own fatal error and stops the export; leaving the pool waits for it.
-            pool.submit(self._deliver, batch, digest, slots, submit_gate, poll_limiter, ledger, ticket)
-
-        with ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport") as pool:
-            try:
-                for _, item in items:
-                    if self._stop.is_set():
-                        raise _Stopped
-                    if not batcher.fits_alone(item):
-                        # One contact larger than a whole request: the API could never take it.
-                        self._too_large += 1
-                        continue
-                    batch = batcher.add(item)
-                    if batch is not None:
-                        dispatch(batch)
-                last = batcher.flush()
-                if last is not None:
-                    dispatch(last)
-            except _Stopped:
-                pass
-
-    def _deliver(
-        self,
-        batch: Batch,
-        digest: str,
-        slots: threading.BoundedSemaphore,
-        submit_gate: threading.BoundedSemaphore,
-        poll_limiter: RateLimiter,
-        ledger: Ledger | None = None,
-        ticket: int = 0,
-    ) -> None:
-        """Submit one batch and follow its job to the end, sending it again if the job fails.
-
-        :param ticket: the batch's claims in the partial state, saved before it is sent (0: none).
-        """
-        destination = self.destination
-        try:
-            if self._sync_run is not None:
-                self._sync_run.wait_for_claims(ticket)
-            for attempt in range(self.settings.max_resubmits + 1):
-                if self._stop.is_set():
-                    raise _Stopped
-                with submit_gate:
-                    job_id = destination.submit(batch)
-                self.report.record_job(job_id)
-                with self._lock:
-                    self._sent_unconfirmed += batch.contacts
-                    self.report.resubmitted_batches += 1 if attempt else 0
-                if not self.report.waited:
-                    return
-                result = self._wait_for(partial(self.destination.poll, job_id, batch), poll_limiter)
-                with self._lock:
-                    self._sent_unconfirmed -= batch.contacts
-                if result.ok:
-                    self.report.record_outcome(result.accepted, result.rejected)
-                    if self._sync_run is not None and ledger is not None:
-                        self._sync_run.confirmed(batch.number, ledger, result.refused, result.rejected == 0)
-                    if self._checkpoint is not None:
-                        self._checkpoint.confirm(batch, digest, result.accepted, result.rejected)
-                    return
-                log.warning(
-                    "%s import job %s (batch %d, %d contacts) ended '%s'%s.",
-                    destination.name,
-                    job_id,
-                    batch.number,
-                    batch.contacts,
-                    result.state,
-                    "; sending it again" if attempt < self.settings.max_resubmits else "",
-                )
-            with self._lock:
-                self.report.failed_batches += 1
-                self._failed_contacts += batch.contacts
-                self._failed_state = result.state
-            # A job that ended failed may still have added part of the batch: owned, not confirmed.
-            if self._sync_run is not None and ledger is not None:
-                self._sync_run.failed(batch.number, ledger)
-        except BaseException as exc:
-            with self._lock:
-                if self._fatal is None and not isinstance(exc, _Stopped):
-                    self._fatal = exc
-            self._stop.set()
-            raise
-        finally:
-            slots.release()
-            self._maybe_log_progress()
 
     def _save_state(self) -> None:
         """Write the sync state; a lost lease fails the export (after the report is logged)."""
@@ -459,23 +324,7 @@ class SegmentExporter:
             return
         lost = self._sync_run.save()
         if lost is not None:
-            with self._lock:
-                if self._fatal is None:
-                    self._fatal = lost
-
-    def _wait_for(self, poll: Callable[[], JobResult | None], poll_limiter: RateLimiter) -> JobResult:
-        """Poll a job (at the export's poll rate) until it ends; stop waiting when the export stops."""
-
-        def pause(seconds: float) -> None:
-            if self._stop.wait(seconds):
-                raise _Stopped
-
-        def paced_poll() -> JobResult | None:
-            poll_limiter.acquire()
-            return poll()
-
-        destination = self.destination
-        return poll_until_done(paced_poll, destination.poll_interval, destination.max_poll_interval, pause)
+            self._delivery.fail(lost)
 
     # -- progress and the end ------------------------------------------------------------------
 
@@ -485,12 +334,12 @@ class SegmentExporter:
             log.info("%s export progress: %s", self.destination.name, line)
 
     def _raise_if_incomplete(self) -> None:
-        report = self.report
+        report, delivery = self.report, self._delivery
         confirmed = report.accepted + report.rejected
         where = f"{self.destination.name} list(s) {', '.join(report.lists)}"
         pending = (
-            f"; {self._sent_unconfirmed:,} more were accepted by the API but not yet confirmed"
-            if self._sent_unconfirmed and report.waited
+            f"; {delivery.unconfirmed:,} more were accepted by the API but not yet confirmed"
+            if delivery.unconfirmed and report.waited
             else ""
         )
         done = (
@@ -498,16 +347,16 @@ class SegmentExporter:
             f"{pending} ({report.read:,} rows read"
             f"{'' if self._total is None else f' of {self._total:,}'})."
         )
-        if self._fatal is not None:
-            exc = self._fatal
+        if delivery.fatal is not None:
+            exc = delivery.fatal
             if isinstance(exc, CiExportError):
                 raise type(exc)(f"{exc} So far {done}") from exc
             raise ExportIncompleteError(f"The export failed ({type(exc).__name__}). So far {done}") from exc
         if self._stop.is_set() and (not self._read_all or confirmed < report.submitted):
             raise ExportIncompleteError(f"The export was stopped. So far {done} Retry the task to finish it.")
-        if self._failed_contacts:
+        if delivery.failed_contacts:
             raise ExportIncompleteError(
-                f"{self._failed_contacts:,} contacts in {report.failed_batches} batch(es) were NOT exported: "
-                f"their import jobs ended '{self._failed_state}' {self.settings.max_resubmits + 1} times. "
+                f"{delivery.failed_contacts:,} contacts in {report.failed_batches} batch(es) were NOT exported: "
+                f"their import jobs ended '{delivery.failed_state}' {self.settings.max_resubmits + 1} times. "
                 f"{done} Retry the task to send the rest."
             )

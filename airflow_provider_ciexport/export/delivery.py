@@ -1,0 +1,273 @@
+"""Delivery: the batches of one export sent to the destination, each job followed to its end and a
+failed one sent again, with at most the destination's number of batches unconfirmed at once."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from airflow_provider_ciexport.core.polling import poll_until_done
+from airflow_provider_ciexport.core.ratelimit import RateLimiter
+from airflow_provider_ciexport.export.batcher import Batch, Batcher
+from airflow_provider_ciexport.export.checkpoint import Checkpoint, batch_digest
+from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.report import ExportReport
+from airflow_provider_ciexport.export.sync import Ledger
+from airflow_provider_ciexport.export.sync_run import SyncRun
+
+log = logging.getLogger(__name__)
+
+#: Seconds between looks at the stop flag while every unconfirmed-batch slot is taken.
+_SLOT_WAIT_S = 0.5
+
+
+class Stopped(Exception):
+    """The export was asked to stop (``on_kill``) or a batch failed for good."""
+
+
+class Delivery:
+    """Sends one export's contacts and follows their jobs; what it could not deliver is kept for the
+    export's final error.
+
+    :param destination: where the contacts go.
+    :param report: the run's report (counts of batches, jobs and outcomes).
+    :param sync_run: the sync side of the run (``None``: no state).
+    :param stop: set to stop sending (``on_kill``, or a batch failed for good).
+    :param max_resubmits: how many times a batch whose job ended failed is sent again.
+    :param on_progress: called after each batch ends (logs a progress line when one is due).
+    """
+
+    def __init__(
+        self,
+        destination: Destination,
+        report: ExportReport,
+        sync_run: SyncRun | None,
+        stop: threading.Event,
+        *,
+        max_resubmits: int,
+        on_progress: Callable[[], None],
+    ) -> None:
+        self.destination = destination
+        self.report = report
+        self.sync_run = sync_run
+        self.stop = stop
+        self.max_resubmits = max_resubmits
+        self.on_progress = on_progress
+        #: The first error that ended the export (a batch's, or the lease lost before the state was written).
+        self.fatal: BaseException | None = None
+        #: Contacts in batches whose jobs ended failed every time, and the last such job's state.
+        self.failed_contacts = 0
+        self.failed_state = ""
+        #: Contacts whose import was accepted but whose job is not final yet.
+        self.unconfirmed = 0
+        #: Contacts larger than a whole request, never sent.
+        self.too_large = 0
+        self._lock = threading.Lock()
+
+    def fail(self, exc: BaseException) -> None:
+        """Record ``exc`` as what ended the export, unless an earlier error did."""
+        with self._lock:
+            if self.fatal is None:
+                self.fatal = exc
+
+    def ended_early(self) -> bool:
+        """Whether the export was stopped or failed (nothing more should be sent or removed)."""
+        return self.stop.is_set() or self.fatal is not None
+
+    # -- a small segment: single-contact calls ---------------------------------------------------
+
+    def send_small(self, contacts: list[dict[str, str]]) -> None:
+        """Send a segment small enough for the destination's single-contact calls."""
+        report = self.report
+        report.submitted = len(contacts)
+        if not contacts:
+            return
+        sync_run = self.sync_run
+        ledger = sync_run.take_all() if sync_run is not None else None
+        if sync_run is not None and ledger is not None:
+            sync_run.wait_for_claims(sync_run.sending(0, ledger))  # batch numbers start at 1
+        accepted = self.destination.send_small(contacts)
+        report.record_outcome(accepted, len(contacts) - accepted)
+        if sync_run is not None and ledger is not None:
+            sync_run.confirmed(0, ledger, None, accepted == len(contacts))
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def send_batches(
+        self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher, checkpoint: Checkpoint
+    ) -> None:
+        """Batch the encoded contacts and send each batch, skipping those an earlier try saw confirmed;
+        return once every batch's job has ended (or the export stopped)."""
+        destination = self.destination
+        slots = threading.BoundedSemaphore(destination.max_unconfirmed)
+        submit_gate = threading.BoundedSemaphore(destination.max_in_flight)
+        poll_limiter = RateLimiter(destination.max_poll_rate, 1.0)
+
+        def dispatch(batch: Batch) -> None:
+            prepared = self._prepare(batch, checkpoint)
+            if prepared is None:
+                return
+            digest, ledger = prepared
+            ticket = 0
+            while not slots.acquire(timeout=_SLOT_WAIT_S):
+                if self.stop.is_set():
+                    raise Stopped
+            if self.sync_run is not None and ledger is not None:
+                ticket = self.sync_run.sending(batch.number, ledger)
+            job = partial(self._deliver, batch, digest, submit_gate, poll_limiter, ledger, ticket, checkpoint)
+            # _deliver records its own fatal error and stops the export; leaving the pool waits for it.
+            pool.submit(self._releasing, slots, job)
+
+        # Leaving the pool waits for every batch already dispatched, also once the export stopped.
+        pool = ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport")
+        with pool, contextlib.suppress(Stopped):
+            self._batch(items, batcher, dispatch)
+
+    def _batch(
+        self,
+        items: Iterator[tuple[dict[str, str], bytes]],
+        batcher: Batcher,
+        dispatch: Callable[[Batch], None],
+    ) -> None:
+        for _, item in items:
+            if self.stop.is_set():
+                raise Stopped
+            if not batcher.fits_alone(item):
+                # One contact larger than a whole request: the API could never take it.
+                self.too_large += 1
+                continue
+            batch = batcher.add(item)
+            if batch is not None:
+                dispatch(batch)
+        last = batcher.flush()
+        if last is not None:
+            dispatch(last)
+
+    def _prepare(self, batch: Batch, checkpoint: Checkpoint) -> tuple[str, Ledger | None] | None:
+        """Count a batch about to be sent; ``None`` when it is not sent (a dry run, or an earlier try
+        saw it confirmed), else its digest and its ledger."""
+        report, sync_run = self.report, self.sync_run
+        ledger = sync_run.take_batch(batch.contacts) if sync_run is not None else None
+        if report.dry_run:
+            report.would_batches += 1
+            report.would_submit += batch.contacts
+            return None
+        report.batches += 1
+        report.submitted += batch.contacts
+        digest = batch_digest(batch) if checkpoint.store is not None else ""
+        earlier = checkpoint.resumed(batch, digest) if checkpoint.resumable else None
+        if earlier is None:
+            return digest, ledger
+        report.resumed_batches += 1
+        report.record_outcome(*earlier)
+        if sync_run is not None and ledger is not None:
+            sync_run.resumed(ledger, earlier[1] == 0)
+        return None
+
+    def _releasing(self, slots: threading.BoundedSemaphore, job: Callable[[], None]) -> None:
+        """Run ``job`` (one batch's delivery), then free its slot and log progress when due."""
+        try:
+            job()
+        finally:
+            slots.release()
+            self.on_progress()
+
+    def _deliver(
+        self,
+        batch: Batch,
+        digest: str,
+        submit_gate: threading.BoundedSemaphore,
+        poll_limiter: RateLimiter,
+        ledger: Ledger | None,
+        ticket: int,
+        checkpoint: Checkpoint,
+    ) -> None:
+        """Submit one batch and follow its job to the end, sending it again if the job fails.
+
+        :param ticket: the batch's claims in the partial state, saved before it is sent (0: none).
+        """
+        try:
+            if self.sync_run is not None:
+                self.sync_run.wait_for_claims(ticket)
+            result = self._submit_until_done(batch, submit_gate, poll_limiter)
+            if result is None:
+                return  # not waited for
+            if result.ok:
+                self._confirmed(batch, digest, result, ledger, checkpoint)
+            else:
+                self._failed(batch, result, ledger)
+        except BaseException as exc:
+            if not isinstance(exc, Stopped):
+                self.fail(exc)
+            self.stop.set()
+            raise
+
+    def _submit_until_done(
+        self, batch: Batch, submit_gate: threading.BoundedSemaphore, poll_limiter: RateLimiter
+    ) -> JobResult | None:
+        """Submit the batch and wait for its job, again while the job ends failed (``max_resubmits``
+        times); the last job's result, or ``None`` when the export does not wait for its jobs."""
+        destination, report = self.destination, self.report
+        for attempt in range(self.max_resubmits + 1):
+            if self.stop.is_set():
+                raise Stopped
+            with submit_gate:
+                job_id = destination.submit(batch)
+            report.record_job(job_id)
+            with self._lock:
+                self.unconfirmed += batch.contacts
+                report.resubmitted_batches += 1 if attempt else 0
+            if not report.waited:
+                return None
+            result = self.wait_for(partial(destination.poll, job_id, batch), poll_limiter)
+            with self._lock:
+                self.unconfirmed -= batch.contacts
+            if result.ok:
+                return result
+            log.warning(
+                "%s import job %s (batch %d, %d contacts) ended '%s'%s.",
+                destination.name,
+                job_id,
+                batch.number,
+                batch.contacts,
+                result.state,
+                "; sending it again" if attempt < self.max_resubmits else "",
+            )
+        return result
+
+    def _confirmed(
+        self, batch: Batch, digest: str, result: JobResult, ledger: Ledger | None, checkpoint: Checkpoint
+    ) -> None:
+        self.report.record_outcome(result.accepted, result.rejected)
+        if self.sync_run is not None and ledger is not None:
+            self.sync_run.confirmed(batch.number, ledger, result.refused, result.rejected == 0)
+        checkpoint.confirm(batch, digest, result.accepted, result.rejected)
+
+    def _failed(self, batch: Batch, result: JobResult, ledger: Ledger | None) -> None:
+        with self._lock:
+            self.report.failed_batches += 1
+            self.failed_contacts += batch.contacts
+            self.failed_state = result.state
+        # A job that ended failed may still have added part of the batch: owned, not confirmed.
+        if self.sync_run is not None and ledger is not None:
+            self.sync_run.failed(batch.number, ledger)
+
+    # -- following a job -------------------------------------------------------------------------
+
+    def wait_for(self, poll: Callable[[], JobResult | None], poll_limiter: RateLimiter) -> JobResult:
+        """Poll a job (at the export's poll rate) until it ends; stop waiting when the export stops."""
+
+        def pause(seconds: float) -> None:
+            if self.stop.wait(seconds):
+                raise Stopped
+
+        def paced_poll() -> JobResult | None:
+            poll_limiter.acquire()
+            return poll()
+
+        destination = self.destination
+        return poll_until_done(paced_poll, destination.poll_interval, destination.max_poll_interval, pause)
