@@ -107,7 +107,7 @@ class CsvSegmentSource(FileSegmentSource):
         return best if counts[best] else ","
 
     @contextlib.contextmanager
-    def _reader(self) -> Iterator[Iterator[list[str]]]:
+    def _open_csv_reader(self) -> Iterator[Iterator[list[str]]]:
         encoding = "utf-8-sig" if self._utf8 else self.encoding
         with self._open_binary() as raw:
             text = io.TextIOWrapper(raw, encoding=encoding, newline="")
@@ -164,7 +164,7 @@ class CsvSegmentSource(FileSegmentSource):
 
     def _read(self) -> Generator[Any, None, None]:
         """The header row's names, stripped of surrounding spaces, then the data rows as tuples of strings."""
-        with self._reader() as reader:
+        with self._open_csv_reader() as reader:
             header = next(reader, [])
             if len(header) > self.max_columns:
                 raise self._too_many("Line 1 (the header)")

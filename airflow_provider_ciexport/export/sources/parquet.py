@@ -67,7 +67,7 @@ class ParquetSegmentSource(FileSegmentSource):
             ) from err
 
     @contextlib.contextmanager
-    def _parquet(self) -> Iterator[Any]:
+    def _open_parquet(self) -> Iterator[Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -96,7 +96,7 @@ class ParquetSegmentSource(FileSegmentSource):
 
         Only the wanted columns are decoded, at most ``_PARQUET_BATCH_ROWS`` rows at a time.
         """
-        with self._parquet() as parquet:
+        with self._open_parquet() as parquet:
             names = list(parquet.schema_arrow.names)
             if len(names) > self.max_columns:
                 raise self._too_many("The schema")
@@ -210,7 +210,7 @@ def _is_text(kind: Any, pa: Any) -> bool:
     )
 
 
-def _text_bytes(array: Any) -> Any:
+def _text_bytes_per_row(array: Any) -> Any:
     """Each row's bytes of text in an Arrow array, nested values included (an Arrow int64 array with
     no nulls), or ``None`` when it holds no text."""
     import pyarrow as pa
@@ -224,19 +224,19 @@ def _text_bytes(array: Any) -> Any:
     elif _is_text(kind, pa):
         lengths = pc.binary_length(array)
     elif pa.types.is_struct(kind):
-        lengths = _sum_rows([_text_bytes(child) for child in array.flatten()])
+        lengths = _row_wise_sum([_text_bytes_per_row(child) for child in array.flatten()])
     elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
-        lengths = _per_list(_text_bytes(array.values), array.offsets)
+        lengths = _sums_per_list(_text_bytes_per_row(array.values), array.offsets)
     elif pa.types.is_fixed_size_list(kind):
         size, start = kind.list_size, array.offset
         offsets = pa.array(range(start * size, (start + len(array) + 1) * size, size), pa.int64())
-        lengths = _per_list(_text_bytes(array.values), offsets)
+        lengths = _sums_per_list(_text_bytes_per_row(array.values), offsets)
     else:
         return None
     return None if lengths is None else pc.fill_null(lengths.cast(pa.int64()), 0)
 
 
-def _sum_rows(columns: Sequence[Any]) -> Any:
+def _row_wise_sum(columns: Sequence[Any]) -> Any:
     """The row-wise sum of per-row byte counts, ``None`` standing for none."""
     import pyarrow.compute as pc
 
@@ -247,7 +247,7 @@ def _sum_rows(columns: Sequence[Any]) -> Any:
     return total
 
 
-def _per_list(element_bytes: Any, offsets: Any) -> Any:
+def _sums_per_list(element_bytes: Any, offsets: Any) -> Any:
     """Per-list sums of ``element_bytes``, the lists given by ``offsets`` into the elements."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -276,7 +276,7 @@ def _rows_with_sizes(
     if not any_columns:
         yield from (((), per_row) for _ in range(count))
         return
-    text = _sum_rows([_text_bytes(column) for column in batch.columns])
+    text = _row_wise_sum([_text_bytes_per_row(column) for column in batch.columns])
     if text is not None:
         check(text)
     total = per_row * count + (0 if text is None else int(pc.sum(text).as_py() or 0))
@@ -287,13 +287,21 @@ def _rows_with_sizes(
         yield from ((row, size) for row in rows)
         return
     sizes = [per_row + length for length in text.to_pylist()]
+    for start, end in _slices_within_budget(sizes):
+        piece = batch.slice(start, end - start)
+        rows = zip(*map(_python_values, piece.columns), strict=True)
+        yield from zip(rows, sizes[start:end], strict=True)
+
+
+def _slices_within_budget(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive ``(start, end)`` slices of rows of these sizes, each holding at most
+    :data:`CHUNK_BYTES` (or one row, if larger)."""
+    count = len(sizes)
     start = 0
     while start < count:
         end, held = start, 0
         while end < count and (end == start or held + sizes[end] <= CHUNK_BYTES):
             held += sizes[end]
             end += 1
-        piece = batch.slice(start, end - start)
-        rows = zip(*map(_python_values, piece.columns), strict=True)
-        yield from zip(rows, sizes[start:end], strict=True)
+        yield start, end
         start = end

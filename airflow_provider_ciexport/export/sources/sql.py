@@ -58,7 +58,7 @@ class SqlSegmentSource(SegmentSource):
             self._hook = hook
         return self._hook
 
-    def _failed(self, err: Exception) -> SegmentSourceError:
+    def _query_error(self, err: Exception) -> SegmentSourceError:
         # Raised `from None`: drivers quote row values in their messages, also in a chained traceback.
         return SegmentSourceError(
             f"The segment query failed on connection {self.conn_id!r}: {driver_error(err)}. "
@@ -90,7 +90,7 @@ class SqlSegmentSource(SegmentSource):
                 ) from None
             yield cursor
 
-    def _names(self, cursor: Any) -> list[str]:
+    def _column_names(self, cursor: Any) -> list[str]:
         names = [str(column[0]) for column in cursor.description or ()]
         check_unique_names(names, f"The result of the {self.description}")
         return names
@@ -103,16 +103,16 @@ class SqlSegmentSource(SegmentSource):
                 cursor.execute(self.sql)
                 rows = cursor.fetchmany(size)
             except Exception as err:
-                raise self._failed(err) from None
+                raise self._query_error(err) from None
             # Read after the first fetch: server-side cursors only describe their columns then.
-            yield self._names(cursor)
+            yield self._column_names(cursor)
             while rows:
                 # Most drivers return tuples already; others (sqlite3.Row, dict-like rows) are converted.
                 yield rows if type(rows[0]) is tuple else _as_tuples(rows)
                 try:
                     rows = cursor.fetchmany(size)
                 except Exception as err:
-                    raise self._failed(err) from None
+                    raise self._query_error(err) from None
 
 
 def _as_tuples(rows: Sequence[Any]) -> list[Row]:
