@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from airflow_provider_ciexport.export.sources import SegmentSource
+    from airflow_provider_ciexport.export.sources.base import SegmentSource
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def segment_inputs(source: SegmentSource, upstream: Sequence[tuple[str, str]] = 
     :param source: the export's source.
     :param upstream: ``(dag_id, task_id)`` of the tasks whose output gave ``records``.
     """
-    from airflow_provider_ciexport.export.sources import FileSegmentSource, SqlSegmentSource
+    from airflow_provider_ciexport.export.sources.files import FileSegmentSource
+    from airflow_provider_ciexport.export.sources.sql import SqlSegmentSource
 
     if isinstance(source, SqlSegmentSource):
         return _sql_inputs(source.sql, source.conn_id, source.get_db_hook())

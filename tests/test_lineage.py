@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ciexport.export.sources import make_source
+from airflow_provider_ciexport.export.sources.factory import make_source
 from airflow_provider_ciexport.lineage import (
     export_lineage,
     file_dataset_name,

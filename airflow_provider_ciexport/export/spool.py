@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, Any
 
-from airflow_provider_ciexport.export.sources import Row
+from airflow_provider_ciexport.export.sources.base import Row
 
 
 class SegmentTooLargeError(Exception):

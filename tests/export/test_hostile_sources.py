@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
-from airflow_provider_ciexport.export import sources
 from airflow_provider_ciexport.export.engine import SegmentExporter
-from airflow_provider_ciexport.export.sources import DEFAULT_MAX_COLUMNS, make_source
+from airflow_provider_ciexport.export.sources import csv_file, json_lines, parquet
+from airflow_provider_ciexport.export.sources.factory import make_source
+from airflow_provider_ciexport.export.sources.files import DEFAULT_MAX_COLUMNS
 from tests.export.fakes import FakeDestination
 
 MAPPING = {"email": "email", "first_name": "first"}
@@ -145,7 +146,8 @@ def test_an_export_of_a_wide_csv_holds_only_the_mapped_columns(tmp_path: Path) -
 
 @pytest.mark.parametrize("name", ["s.csv.gz", "s.jsonl.gz"])
 def test_a_chunk_ends_at_the_byte_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 10_000)
+    # The module that reads the budget: each file source imports CHUNK_BYTES by name.
+    monkeypatch.setattr(csv_file if name.endswith(".csv.gz") else json_lines, "CHUNK_BYTES", 10_000)
     long = "x" * 990
     if name.endswith(".csv.gz"):
         text = "email,note\n" + "".join(f"p{i}@example.com,{long}\n" for i in range(200))
@@ -162,7 +164,7 @@ def test_a_chunk_ends_at_the_byte_budget(tmp_path: Path, monkeypatch: pytest.Mon
 def test_parquet_chunks_end_at_the_byte_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 10_000)
+    monkeypatch.setattr(parquet, "CHUNK_BYTES", 10_000)
     path = tmp_path / "s.parquet"
     emails = [f"p{i}@example.com" for i in range(200)]
     pq.write_table(pa.table({"email": emails, "note": ["x" * 990] * 200}), path)
@@ -240,7 +242,7 @@ def test_a_parquet_row_group_under_the_limits_is_read_in_small_batches(
         return iter_batches(self, *args, **kwargs)
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 1_000_000)
+    monkeypatch.setattr(parquet, "CHUNK_BYTES", 1_000_000)
     _, read = chunks(str(path), list(MAPPING.values()), max_line_length=65_536)
     assert [row[0][:5] for chunk in read for row in chunk] == [f"{i:05d}" for i in range(200)]
     assert sizes == [16]  # about CHUNK_BYTES of these 60 KB rows a batch, not 1,024 rows
@@ -263,7 +265,7 @@ def test_nested_parquet_text_counts_toward_the_chunk_budget(
 ) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 10_000)
+    monkeypatch.setattr(parquet, "CHUNK_BYTES", 10_000)
     path = tmp_path / "s.parquet"
     emails = [f"p{i}@example.com" for i in range(200)]
     pq.write_table(pa.table({"email": emails, "traits": _nested(kind, "x" * 990, 200)}), path)

@@ -12,7 +12,9 @@ import pytest
 
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, ExportIncompleteError
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
-from airflow_provider_ciexport.export.sources import FileSegmentSource, SqlSegmentSource, make_source
+from airflow_provider_ciexport.export.sources.factory import make_source
+from airflow_provider_ciexport.export.sources.files import FileSegmentSource
+from airflow_provider_ciexport.export.sources.sql import SqlSegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool
 from tests.export.fakes import FakeDestination
 from tests.support import set_connection

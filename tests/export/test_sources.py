@@ -15,15 +15,12 @@ import pytest
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder, ContactSchema
 from airflow_provider_ciexport.exceptions import ExportConfigurationError, SegmentSourceError
-from airflow_provider_ciexport.export.sources import (
-    CsvSegmentSource,
-    JsonLinesSegmentSource,
-    ParquetSegmentSource,
-    SegmentSource,
-    SqlSegmentSource,
-    _server_side_cursor,
-    make_source,
-)
+from airflow_provider_ciexport.export.sources.base import SegmentSource
+from airflow_provider_ciexport.export.sources.csv_file import CsvSegmentSource
+from airflow_provider_ciexport.export.sources.factory import make_source
+from airflow_provider_ciexport.export.sources.json_lines import JsonLinesSegmentSource
+from airflow_provider_ciexport.export.sources.parquet import ParquetSegmentSource
+from airflow_provider_ciexport.export.sources.sql import SqlSegmentSource, _server_side_cursor
 from tests.support import set_connection
 
 
