@@ -30,7 +30,7 @@ from airflow_provider_ciexport.export.delivery import Delivery, Stopped
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.progress import ProgressClock, progress_line
 from airflow_provider_ciexport.export.report import ExportReport
-from airflow_provider_ciexport.export.sources import Row, SegmentSource
+from airflow_provider_ciexport.export.sources.base import Row, SegmentRows, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
 from airflow_provider_ciexport.export.sync_run import SyncRun, SyncSettings
 
@@ -105,7 +105,6 @@ class SegmentExporter:
             if sync is not None
             else None
         )
-        self._checkpoint: Checkpoint | None = None
         self._stop = threading.Event()
         self._delivery = Delivery(
             destination,
@@ -141,48 +140,60 @@ class SegmentExporter:
             stack.enter_context(steady_collector())
             # Only the mapped columns are kept, as each row is read.
             rows = stack.enter_context(self.source.read(self.field_mapping.values()))
-            chunks: Iterator[list[Row]] = iter(rows)
-            columns, names = rows.columns, rows.names
-            if not columns:
-                first = next(chunks, None)
-                if first is None:
-                    # No rows to tell the columns (e.g. records=[]): every mapped column exists vacuously.
-                    columns = names = list(dict.fromkeys(self.field_mapping.values()))
-                else:
-                    chunks = itertools.chain([first], chunks)
-            builder = ContactBuilder(
-                self.field_mapping, self.destination.schema, columns, names=names, width=rows.width
-            )
+            builder, chunks = self._contact_builder(rows)
             self.destination.prepare(self.field_mapping)
-            total = rows.count
-            limit = self.settings.max_profiles
-            spool_used: RowSpool | None = None
-            if total is None and limit is not None:
-                spool = stack.enter_context(RowSpool())
-                total = self._spool(chunks, spool, limit)
-                rows.close()  # the source is released before anything is sent
-                chunks = iter(spool)
-                spool_used = spool
-            elif total is not None and limit is not None and total > limit:
-                raise ExportConfigurationError(
-                    f"The segment has {total:,} rows, more than max_profiles={limit:,}. Nothing was sent. "
-                    "Narrow the segment, or raise max_profiles (None for no limit) if this size is intended."
-                )
-            rereadable: RowSpool | None = None
-            if self.sync is not None and self.sync.mirror:
-                # Mirror reads the segment's emails once before sending (the safety limit), so the rows
-                # must be readable twice: from the local spool.
-                if spool_used is not None:
-                    rereadable = spool_used
-                else:
-                    rereadable = stack.enter_context(RowSpool())
-                    total = self._spool(chunks, rereadable, limit if limit is not None else sys.maxsize)
-                    rows.close()
-                    chunks = iter(rereadable)
-            self._total = total
+            chunks, rereadable = self._counted(rows, chunks, stack)
             if self._sync_run is not None:
-                self._sync_run.start(builder, rereadable, total)
+                self._sync_run.start(builder, rereadable, self._total)
             return self._run(builder, chunks)
+
+    def _contact_builder(self, rows: SegmentRows) -> tuple[ContactBuilder, Iterator[list[Row]]]:
+        """What turns the segment's rows into contacts, and the rows (a first chunk may have been read
+        to learn the columns of a source that tells them only with its rows)."""
+        chunks: Iterator[list[Row]] = iter(rows)
+        columns, names = rows.columns, rows.names
+        if not columns:
+            first = next(chunks, None)
+            if first is None:
+                # No rows to tell the columns (e.g. records=[]): every mapped column exists vacuously.
+                columns = names = list(dict.fromkeys(self.field_mapping.values()))
+            else:
+                chunks = itertools.chain([first], chunks)
+        builder = ContactBuilder(
+            self.field_mapping, self.destination.schema, columns, names=names, width=rows.width
+        )
+        return builder, chunks
+
+    def _counted(
+        self, rows: SegmentRows, chunks: Iterator[list[Row]], stack: contextlib.ExitStack
+    ) -> tuple[Iterator[list[Row]], RowSpool | None]:
+        """Count the segment against ``max_profiles`` before anything is sent, spooling it to local disk
+        when the source cannot tell its count (or when mirror must read it twice); return the rows to
+        send and the spool a mirror run reads first (``None``: not mirroring)."""
+        total = rows.count
+        limit = self.settings.max_profiles
+        spool: RowSpool | None = None
+        if total is None and limit is not None:
+            spool = stack.enter_context(RowSpool())
+            total = self._spool(chunks, spool, limit)
+            rows.close()  # the source is released before anything is sent
+            chunks = iter(spool)
+        elif total is not None and limit is not None and total > limit:
+            raise ExportConfigurationError(
+                f"The segment has {total:,} rows, more than max_profiles={limit:,}. Nothing was sent. "
+                "Narrow the segment, or raise max_profiles (None for no limit) if this size is intended."
+            )
+        self._total = total
+        if self.sync is None or not self.sync.mirror:
+            return chunks, None
+        # Mirror reads the segment's emails once before sending (the safety limit), so the rows must be
+        # readable twice: from the local spool.
+        if spool is None:
+            spool = stack.enter_context(RowSpool())
+            self._total = self._spool(chunks, spool, limit if limit is not None else sys.maxsize)
+            rows.close()
+            chunks = iter(spool)
+        return chunks, spool
 
     def _spool(self, chunks: Iterator[list[Row]], spool: RowSpool, limit: int) -> int:
         """Read the whole segment onto local disk and count it, failing as soon as it passes ``limit``."""
@@ -219,25 +230,38 @@ class SegmentExporter:
         return total
 
     def _run(self, builder: ContactBuilder, chunks: Iterator[list[Row]]) -> ExportReport:
-        report = self.report
         # Sized once when the count is known: no rehashing while a million rows stream.
         builder.seen = EmailSet(capacity=self._total or 0)
-        self._checkpoint = Checkpoint(
+        checkpoint = Checkpoint(
             self._progress_store, export_fingerprint(self.destination, self.field_mapping)
         )
-        if self._checkpoint.resumable:
+        if checkpoint.resumable:
             log.info(
                 "Resuming: %d batch(es) confirmed by an earlier try are not sent again.",
-                len(self._checkpoint.resumable),
+                len(checkpoint.resumable),
             )
         log.info(
             "Exporting %s rows from %s to %s list(s) %s%s.",
             "the" if self._total is None else f"{self._total:,}",
             self.source.description,
             self.destination.name,
-            ", ".join(report.lists),
+            ", ".join(self.report.lists),
             " (dry run: nothing is sent)" if self.settings.dry_run else "",
         )
+        sharing = nullcontext() if self.settings.dry_run else self.destination.share_account()
+        try:
+            with sharing:
+                self._send(builder, chunks, checkpoint)
+        except Stopped:
+            pass  # reported below with what was and was not exported
+        finally:
+            self._end_of_run(builder, checkpoint)
+        self._raise_if_incomplete()
+        checkpoint.clear()
+        return self.report
+
+    def _send(self, builder: ContactBuilder, chunks: Iterator[list[Row]], checkpoint: Checkpoint) -> None:
+        """Send the contacts that need sending (a small segment by single calls), then finish the sync."""
         destination = self.destination
         prefix, suffix = destination.envelope()
         batcher = Batcher(
@@ -246,51 +270,38 @@ class SegmentExporter:
             prefix=prefix,
             suffix=suffix,
         )
-        sharing = nullcontext() if self.settings.dry_run else destination.share_account()
-        try:
-            with sharing:
-                # Each contact is encoded once: the sync diff's digest and the request body use the same bytes.
-                items: Iterator[tuple[dict[str, str], bytes]] = (
-                    (contact, destination.encode(contact)) for contact in self._contacts(builder, chunks)
-                )
-                sync_run = self._sync_run
-                if sync_run is not None:
-                    items = sync_run.changed(items, batcher)
-                head = list(itertools.islice(items, destination.small_segment_max + 1))
-                # A contact the export removed comes back through an import, which names the contacts
-                # it refuses (excluded); single-contact calls do not.
-                readds = sync_run is not None and sync_run.readds_pending
-                if (
-                    not self.settings.dry_run
-                    and self.destination.small_segment_max
-                    and len(head) <= self.destination.small_segment_max
-                    and not readds
-                ):
-                    self._delivery.send_small([contact for contact, _ in head])
-                else:
-                    self._delivery.send_batches(itertools.chain(head, items), batcher, self._checkpoint)
-                if sync_run is not None and not self._delivery.ended_early():
-                    removal_polls = RateLimiter(destination.max_poll_rate, 1.0)
-                    sync_run.finish(
-                        self._read_all, partial(self._delivery.wait_for, poll_limiter=removal_polls)
-                    )
-        except Stopped:
-            pass  # reported below with what was and was not exported
-        finally:
-            self._sync_counts(builder)
-            if self._checkpoint is not None:
-                self._checkpoint.flush()
-            self._save_state()
-            report.requests = self.destination.requests_made
-            report.duration_s = self._clock.elapsed()
-            # One figure a line: a single line of every figure ran off the UI's log view.
-            log.info("%s export report:", self.destination.name)
-            for line in report.table():
-                log.info("%s", line)
-        self._raise_if_incomplete()
-        if self._checkpoint is not None:
-            self._checkpoint.clear()
-        return report
+        # Each contact is encoded once: the sync diff's digest and the request body use the same bytes.
+        items: Iterator[tuple[dict[str, str], bytes]] = (
+            (contact, destination.encode(contact)) for contact in self._contacts(builder, chunks)
+        )
+        sync_run = self._sync_run
+        if sync_run is not None:
+            items = sync_run.changed(items, batcher)
+        head = list(itertools.islice(items, destination.small_segment_max + 1))
+        # A contact the export removed comes back through an import, which names the contacts it
+        # refuses (excluded); single-contact calls do not.
+        readds = sync_run is not None and sync_run.readds_pending
+        small = bool(destination.small_segment_max) and len(head) <= destination.small_segment_max
+        if small and not self.settings.dry_run and not readds:
+            self._delivery.send_small([contact for contact, _ in head])
+        else:
+            self._delivery.send_batches(itertools.chain(head, items), batcher, checkpoint)
+        if sync_run is not None and not self._delivery.ended_early():
+            removal_polls = RateLimiter(destination.max_poll_rate, 1.0)
+            sync_run.finish(self._read_all, partial(self._delivery.wait_for, poll_limiter=removal_polls))
+
+    def _end_of_run(self, builder: ContactBuilder, checkpoint: Checkpoint) -> None:
+        """Whatever happened: the report's counts, the checkpoint and the state saved, the report logged."""
+        report = self.report
+        self._copy_counts_to_report(builder)
+        checkpoint.flush()
+        self._save_state()
+        report.requests = self.destination.requests_made
+        report.duration_s = self._clock.elapsed()
+        # One figure a line: a single line of every figure ran off the UI's log view.
+        log.info("%s export report:", self.destination.name)
+        for line in report.table():
+            log.info("%s", line)
 
     def _contacts(self, builder: ContactBuilder, chunks: Iterator[list[Row]]) -> Iterator[dict[str, str]]:
         report = self.report
@@ -302,11 +313,12 @@ class SegmentExporter:
                 contact = builder.build(row)
                 if contact is not None:
                     yield contact
-            self._sync_counts(builder)
+            self._copy_counts_to_report(builder)
             self._maybe_log_progress()
         self._read_all = True
 
-    def _sync_counts(self, builder: ContactBuilder) -> None:
+    def _copy_counts_to_report(self, builder: ContactBuilder) -> None:
+        """The report's counts of invalid and duplicate rows, and the sync's, as they stand now."""
         report = self.report
         report.invalid_reasons = dict(builder.invalid_reasons)
         too_large = self._delivery.too_large
