@@ -65,28 +65,28 @@ def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
         read_state,
         write_state,
     )
-    from airflow_provider_ciexport.export.sync import UNCHANGED, Ledger, SegmentDiff
+    from airflow_provider_ciexport.export.sync import UNCHANGED, BatchEntries, SegmentDiff
 
     identity = StateIdentity.of(*IDENTITY_ARGS)
     keys = StateKeys(["the bench's state key"], "the bench")
     if mode == "first":
         diff = SegmentDiff(SyncState(identity), mirror=True)
-        ledger = Ledger()
+        entries = BatchEntries()
         for i in range(count):
             email = f"person.{i}@example.com"
             _, index, key, digest = diff.classify(email, _body(i))
-            ledger.add(index, key, digest, email)
-            if len(ledger) >= 10_000:
-                diff.confirm(ledger, None, True)
-                ledger = Ledger()
-        diff.confirm(ledger, None, True)
+            entries.add(index, key, digest, email)
+            if len(entries) >= 10_000:
+                diff.confirm(entries, None, True)
+                entries = BatchEntries()
+        diff.confirm(entries, None, True)
         write_state(uri, diff.state, None, keys)
         return {}
     rss_before = _rss_mb()
     cpu = time.process_time()
     loaded = read_state(uri, identity, keys)
     diff = SegmentDiff(loaded.state, mirror=True)
-    ledger = Ledger()
+    entries = BatchEntries()
     # 0.5% left (every 200th), 0.5% changed (the next one), 1% new (past the end).
     for i in range(count + count // 100):
         if i % 200 == 0:
@@ -94,8 +94,8 @@ def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
         email = f"person.{i}@example.com"
         kind, index, key, digest = diff.classify(email, _body(i, i % 200 == 1))
         if kind != UNCHANGED:
-            ledger.add(index, key, digest, email)
-    diff.confirm(ledger, None, True)
+            entries.add(index, key, digest, email)
+    diff.confirm(entries, None, True)
     diff.removed(diff.leavers(), int(diff.state.start_removal_run()[0]))
     write_state(uri, loaded.state, loaded.stored_generation, keys)
     cpu = time.process_time() - cpu

@@ -16,7 +16,7 @@ from airflow_provider_ciexport.export.batcher import Batch, Batcher
 from airflow_provider_ciexport.export.checkpoint import Checkpoint, batch_digest
 from airflow_provider_ciexport.export.destination import Destination, JobResult
 from airflow_provider_ciexport.export.report import ExportReport
-from airflow_provider_ciexport.export.sync import Ledger
+from airflow_provider_ciexport.export.sync import BatchEntries
 from airflow_provider_ciexport.export.sync_run import SyncRun
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,13 @@ class Delivery:
         if not contacts:
             return
         sync_run = self.sync_run
-        ledger = sync_run.take_all() if sync_run is not None else None
-        if sync_run is not None and ledger is not None:
-            sync_run.wait_for_claims(sync_run.sending(0, ledger))  # batch numbers start at 1
+        entries = sync_run.take_all() if sync_run is not None else None
+        if sync_run is not None and entries is not None:
+            sync_run.wait_for_claims(sync_run.sending(0, entries))  # batch numbers start at 1
         accepted = self.destination.send_small(contacts)
         report.record_outcome(accepted, len(contacts) - accepted)
-        if sync_run is not None and ledger is not None:
-            sync_run.confirmed(0, ledger, None, accepted == len(contacts))
+        if sync_run is not None and entries is not None:
+            sync_run.confirmed(0, entries, None, accepted == len(contacts))
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -111,14 +111,16 @@ class Delivery:
             prepared = self._prepare(batch, checkpoint)
             if prepared is None:
                 return
-            digest, ledger = prepared
+            digest, entries = prepared
             ticket = 0
             while not slots.acquire(timeout=_SLOT_WAIT_S):
                 if self.stop.is_set():
                     raise Stopped
-            if self.sync_run is not None and ledger is not None:
-                ticket = self.sync_run.sending(batch.number, ledger)
-            job = partial(self._deliver, batch, digest, submit_gate, poll_limiter, ledger, ticket, checkpoint)
+            if self.sync_run is not None and entries is not None:
+                ticket = self.sync_run.sending(batch.number, entries)
+            job = partial(
+                self._deliver, batch, digest, submit_gate, poll_limiter, entries, ticket, checkpoint
+            )
             # _deliver records its own fatal error and stops the export; leaving the pool waits for it.
             pool.submit(self._releasing, slots, job)
 
@@ -147,11 +149,11 @@ class Delivery:
         if last is not None:
             dispatch(last)
 
-    def _prepare(self, batch: Batch, checkpoint: Checkpoint) -> tuple[str, Ledger | None] | None:
+    def _prepare(self, batch: Batch, checkpoint: Checkpoint) -> tuple[str, BatchEntries | None] | None:
         """Count a batch about to be sent; ``None`` when it is not sent (a dry run, or an earlier try
-        saw it confirmed), else its digest and its ledger."""
+        saw it confirmed), else its digest and its entries."""
         report, sync_run = self.report, self.sync_run
-        ledger = sync_run.take_batch(batch.contacts) if sync_run is not None else None
+        entries = sync_run.take_batch(batch.contacts) if sync_run is not None else None
         if report.dry_run:
             report.would_batches += 1
             report.would_submit += batch.contacts
@@ -161,11 +163,11 @@ class Delivery:
         digest = batch_digest(batch) if checkpoint.store is not None else ""
         earlier = checkpoint.resumed(batch, digest) if checkpoint.resumable else None
         if earlier is None:
-            return digest, ledger
+            return digest, entries
         report.resumed_batches += 1
         report.record_outcome(*earlier)
-        if sync_run is not None and ledger is not None:
-            sync_run.resumed(ledger, earlier[1] == 0)
+        if sync_run is not None and entries is not None:
+            sync_run.resumed(entries, earlier[1] == 0)
         return None
 
     def _releasing(self, slots: threading.BoundedSemaphore, job: Callable[[], None]) -> None:
@@ -182,7 +184,7 @@ class Delivery:
         digest: str,
         submit_gate: threading.BoundedSemaphore,
         poll_limiter: RateLimiter,
-        ledger: Ledger | None,
+        entries: BatchEntries | None,
         ticket: int,
         checkpoint: Checkpoint,
     ) -> None:
@@ -197,9 +199,9 @@ class Delivery:
             if result is None:
                 return  # not waited for
             if result.ok:
-                self._confirmed(batch, digest, result, ledger, checkpoint)
+                self._confirmed(batch, digest, result, entries, checkpoint)
             else:
-                self._failed(batch, result, ledger)
+                self._failed(batch, result, entries)
         except BaseException as exc:
             if not isinstance(exc, Stopped):
                 self.fail(exc)
@@ -240,21 +242,26 @@ class Delivery:
         return result
 
     def _confirmed(
-        self, batch: Batch, digest: str, result: JobResult, ledger: Ledger | None, checkpoint: Checkpoint
+        self,
+        batch: Batch,
+        digest: str,
+        result: JobResult,
+        entries: BatchEntries | None,
+        checkpoint: Checkpoint,
     ) -> None:
         self.report.record_outcome(result.accepted, result.rejected)
-        if self.sync_run is not None and ledger is not None:
-            self.sync_run.confirmed(batch.number, ledger, result.refused, result.rejected == 0)
+        if self.sync_run is not None and entries is not None:
+            self.sync_run.confirmed(batch.number, entries, result.refused, result.rejected == 0)
         checkpoint.confirm(batch, digest, result.accepted, result.rejected)
 
-    def _failed(self, batch: Batch, result: JobResult, ledger: Ledger | None) -> None:
+    def _failed(self, batch: Batch, result: JobResult, entries: BatchEntries | None) -> None:
         with self._lock:
             self.report.failed_batches += 1
             self.failed_contacts += batch.contacts
             self.failed_state = result.state
         # A job that ended failed may still have added part of the batch: owned, not confirmed.
-        if self.sync_run is not None and ledger is not None:
-            self.sync_run.failed(batch.number, ledger)
+        if self.sync_run is not None and entries is not None:
+            self.sync_run.failed(batch.number, entries)
 
     # -- following a job -------------------------------------------------------------------------
 

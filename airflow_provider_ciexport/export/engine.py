@@ -32,7 +32,8 @@ from airflow_provider_ciexport.export.progress import ProgressClock, progress_li
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources.base import Row, SegmentRows, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
-from airflow_provider_ciexport.export.sync_run import SyncRun, SyncSettings
+from airflow_provider_ciexport.export.sync import SyncSettings
+from airflow_provider_ciexport.export.sync_run import SyncRun
 
 log = logging.getLogger(__name__)
 

@@ -7,22 +7,83 @@ sends and removals.
 
 from __future__ import annotations
 
+import enum
 import threading
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.exceptions import CiExportError
-from airflow_provider_ciexport.export.state import MANAGED, REMOVED, SyncState, contact_digest, email_key
+from airflow_provider_ciexport.export.state import (
+    MANAGED,
+    REMOVED,
+    StateKeys,
+    SyncState,
+    contact_digest,
+    email_key,
+)
 
-NEW = 0
-CHANGED = 1
-UNCHANGED = 2
-READD = 3
-OPTED_OUT = 4
 
+class ContactKind(enum.IntEnum):
+    """What a contact is to the sync state (the report counts each under :data:`KIND_NAMES`)."""
+
+    NEW = 0  #: not in the state, or owned but never confirmed: sent
+    CHANGED = 1  #: in the state with another digest: sent
+    UNCHANGED = 2  #: in the state with this digest: skipped
+    READD = 3  #: removed by the export and back in the segment: sent, and re-subscribed
+    OPTED_OUT = 4  #: unsubscribed by the person: skipped
+
+
+NEW, CHANGED, UNCHANGED, READD, OPTED_OUT = ContactKind
+
+#: The report's name for the count of each :class:`ContactKind`, in its order.
 KIND_NAMES = ("new", "changed", "unchanged", "readded", "skipped_unsubscribed")
+
+
+class Classified(NamedTuple):
+    """One contact as :meth:`SegmentDiff.classify` found it."""
+
+    kind: ContactKind
+    #: Its entry in the state, or -1.
+    state_index: int
+    #: Its email's key in the state.
+    key: int
+    #: Its encoded body's digest (0 when it is skipped as opted out).
+    digest: int
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How an export keeps its lists in sync with the segment (see :mod:`.state` and :mod:`.sync`).
+
+    :param state_path: the sync state's URI (an ``ObjectStoragePath``: ``s3://``, ``file:///``...).
+    :param mode: ``"upsert"`` (send new and changed contacts) or ``"mirror"`` (also remove the contacts
+        the export added that left the segment).
+    :param full_refresh: send every contact once and rebuild the state; also the way to start over on a
+        ``state_path`` whose state was written for other lists (or another destination, account or
+        mapping), which a run otherwise refuses to replace.
+    :param max_removal_fraction: fail before sending anything if more than this share of the contacts
+        the export added would be removed, or if the segment is empty.
+    :param lease_owner: who this try is (DAG, task, run, map index, try number), for the lease that
+        keeps any other try out.
+    :param keys: the keys that authenticate the state (``None``: from
+        :func:`~airflow_provider_ciexport.export.state_keys.state_keys`, the default connection or Airflow's
+        fernet key).
+    """
+
+    state_path: str
+    mode: str = "upsert"
+    full_refresh: bool = False
+    max_removal_fraction: float = 0.2
+    lease_owner: str = "this export"
+    keys: StateKeys | None = None
+
+    @property
+    def mirror(self) -> bool:
+        """Whether contacts that left the segment are removed."""
+        return self.mode == "mirror"
 
 
 class RemovalLimitError(CiExportError):
@@ -30,7 +91,7 @@ class RemovalLimitError(CiExportError):
 
 
 @dataclass
-class Ledger:
+class BatchEntries:
     """The state entries behind one batch of contacts, kept compactly until its job is confirmed.
 
     :param indices: each contact's entry in the state (-1: new to it).
@@ -54,10 +115,10 @@ class Ledger:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def split(self, n: int) -> tuple[Ledger, Ledger]:
+    def split(self, n: int) -> tuple[BatchEntries, BatchEntries]:
         """The first ``n`` entries (one batch's) and the rest."""
-        head = Ledger(self.indices[:n], self.keys[:n], self.digests[:n], self.emails[:n])
-        tail = Ledger(self.indices[n:], self.keys[n:], self.digests[n:], self.emails[n:])
+        head = BatchEntries(self.indices[:n], self.keys[:n], self.digests[:n], self.emails[:n])
+        tail = BatchEntries(self.indices[n:], self.keys[n:], self.digests[n:], self.emails[n:])
         return head, tail
 
 
@@ -100,12 +161,8 @@ class SegmentDiff:
         self.readd_runs: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def classify(self, email: str, encoded: bytes) -> tuple[int, int, int, int]:
-        """What to do with one contact: ``(kind, state index or -1, key, digest)``.
-
-        ``kind`` is :data:`NEW`, :data:`CHANGED`, :data:`UNCHANGED`, :data:`READD` (the export removed
-        it and it is back) or :data:`OPTED_OUT` (skip: the person unsubscribed). Counts as it goes.
-        """
+    def classify(self, email: str, encoded: bytes) -> Classified:
+        """What to do with one contact (see :class:`ContactKind`); counts as it goes."""
         state = self.state
         key = email_key(email)
         index = state.find(key)
@@ -118,7 +175,7 @@ class SegmentDiff:
             if index >= 0:
                 state.drop(index)  # the person manages their membership now, not the export
             self.counts["skipped_unsubscribed"] += 1
-            return kind, index, key, 0
+            return Classified(kind, index, key, 0)
         digest = contact_digest(encoded)
         if index < 0 or (state.digests[index] == 0 and not removed_by_export):
             # Never confirmed: not in the state, or owned but not yet confirmed (digest 0).
@@ -132,9 +189,9 @@ class SegmentDiff:
         else:
             kind = CHANGED
         self.counts[KIND_NAMES[kind]] += 1
-        return kind, index, key, digest
+        return Classified(kind, index, key, digest)
 
-    def confirm(self, ledger: Ledger, refused: Iterable[str] | None, accepted_all: bool) -> None:
+    def confirm(self, entries: BatchEntries, refused: Iterable[str] | None, accepted_all: bool) -> None:
         """Record a confirmed batch: its contacts are synced, except those the destination refused.
 
         :param refused: emails the destination refused, when it says which (ActiveCampaign, or a
@@ -145,23 +202,23 @@ class SegmentDiff:
         """
         refused_set = {e.lower() for e in refused} if refused else set()
         if not accepted_all and not refused_set:
-            self.claim(ledger)
+            self.claim(entries)
             return
         state = self.state
-        for i in range(len(ledger)):
-            email = ledger.emails[i]
+        for i in range(len(entries)):
+            email = entries.emails[i]
             if email in refused_set:
                 continue
-            index = ledger.indices[i]
+            index = entries.indices[i]
             if index >= 0:
                 old = state.flags[index]
                 # A re-added contact is the export's again; otherwise ownership does not change.
                 flags = MANAGED if old & REMOVED else old
-                state.update(index, ledger.digests[i], flags)
+                state.update(index, entries.digests[i], flags)
             else:
-                state.add(ledger.keys[i], ledger.digests[i], self._new_flags(email), email)
+                state.add(entries.keys[i], entries.digests[i], self._new_flags(email), email)
 
-    def claim(self, ledger: Ledger) -> None:
+    def claim(self, entries: BatchEntries) -> None:
         """Record that a batch may have created its memberships, without confirming its values.
 
         For a batch that was sent but not confirmed (refusals the destination did not name, a job
@@ -170,8 +227,8 @@ class SegmentDiff:
         mirror mode, removed if it leaves the segment. Ownership and confirmation are recorded apart.
         """
         state = self.state
-        for i in range(len(ledger)):
-            index = ledger.indices[i]
+        for i in range(len(entries)):
+            index = entries.indices[i]
             if index >= 0:
                 flags = state.flags[index]
                 if flags & REMOVED and not self.removal_unsubscribes:
@@ -179,17 +236,17 @@ class SegmentDiff:
                 # Still removed: its digest slot keeps the run that removed it.
                 state.update(index, None if flags & REMOVED else 0, flags)
             else:
-                state.add(ledger.keys[i], 0, self._new_flags(ledger.emails[i]), ledger.emails[i])
+                state.add(entries.keys[i], 0, self._new_flags(entries.emails[i]), entries.emails[i])
 
-    def owned_by_sending(self, ledger: Ledger) -> list[int]:
-        """Positions in ``ledger`` whose membership becomes the export's by sending them (and was not
+    def owned_by_sending(self, entries: BatchEntries) -> list[int]:
+        """Positions in ``entries`` whose membership becomes the export's by sending them (and was not
         the export's in the state read at the start): what a retry must know if this try dies."""
         flags = self.state.flags
         out = []
-        for i in range(len(ledger)):
-            index = ledger.indices[i]
+        for i in range(len(entries)):
+            index = entries.indices[i]
             if index < 0:
-                if self._new_flags(ledger.emails[i]) & MANAGED:
+                if self._new_flags(entries.emails[i]) & MANAGED:
                     out.append(i)
             elif flags[index] & REMOVED and not self.removal_unsubscribes:
                 out.append(i)

@@ -8,19 +8,14 @@ confirmed, and lets it finish (re-subscribe, remove) and save the state; the dif
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Iterable, Iterator, Mapping
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.batcher import Batcher
 from airflow_provider_ciexport.export.claims import ClaimJournal
-from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.spool import RowSpool
 from airflow_provider_ciexport.export.state import (
@@ -35,44 +30,16 @@ from airflow_provider_ciexport.export.state import (
     remove_stale_copies,
     write_state,
 )
-from airflow_provider_ciexport.export.sync import OPTED_OUT, UNCHANGED, Ledger, SegmentDiff
+from airflow_provider_ciexport.export.sync import (
+    OPTED_OUT,
+    UNCHANGED,
+    BatchEntries,
+    SegmentDiff,
+    SyncSettings,
+)
+from airflow_provider_ciexport.export.sync_finish import SyncFinish, WaitFor
 
 log = logging.getLogger(__name__)
-
-#: Follows one job to its end (see :meth:`SyncRun.finish`).
-WaitFor = Callable[[Callable[[], "JobResult | None"]], JobResult]
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    """How an export keeps its lists in sync with the segment (see :mod:`.state` and :mod:`.sync`).
-
-    :param state_path: the sync state's URI (an ``ObjectStoragePath``: ``s3://``, ``file:///``...).
-    :param mode: ``"upsert"`` (send new and changed contacts) or ``"mirror"`` (also remove the contacts
-        the export added that left the segment).
-    :param full_refresh: send every contact once and rebuild the state; also the way to start over on a
-        ``state_path`` whose state was written for other lists (or another destination, account or
-        mapping), which a run otherwise refuses to replace.
-    :param max_removal_fraction: fail before sending anything if more than this share of the contacts
-        the export added would be removed, or if the segment is empty.
-    :param lease_owner: who this try is (DAG, task, run, map index, try number), for the lease that
-        keeps any other try out.
-    :param keys: the keys that authenticate the state (``None``: from
-        :func:`~airflow_provider_ciexport.export.state_keys.state_keys`, the default connection or Airflow's
-        fernet key).
-    """
-
-    state_path: str
-    mode: str = "upsert"
-    full_refresh: bool = False
-    max_removal_fraction: float = 0.2
-    lease_owner: str = "this export"
-    keys: StateKeys | None = None
-
-    @property
-    def mirror(self) -> bool:
-        """Whether contacts that left the segment are removed."""
-        return self.mode == "mirror"
 
 
 def _sync_figures(sync: SyncSettings, loaded: LoadedState, reason: str | None) -> dict[str, object]:
@@ -128,11 +95,11 @@ class SyncRun:
         self._removal_ids: dict[str, str] = {}
         # The state entries of contacts handed to the batcher and not yet in a batch, and the emails
         # the destination refused.
-        self._pending = Ledger()
+        self._pending = BatchEntries()
         self._refused: set[str] = set()
-        # The ledgers of batches handed to the destination and not yet confirmed (by batch number), and
+        # The entries of the batches handed to the destination and not yet confirmed (by batch number), and
         # where the memberships they may create are saved before they are sent (mirror mode).
-        self._inflight: dict[int, Ledger] = {}
+        self._inflight: dict[int, BatchEntries] = {}
         self._journal: ClaimJournal | None = None
         self._lock = threading.Lock()
 
@@ -314,31 +281,31 @@ class SyncRun:
             kind, index, key, digest = diff.classify(contact["email"], item)
             if kind in (UNCHANGED, OPTED_OUT):
                 continue
-            # Read each time: dispatching a batch moves the pending entries into a new ledger.
+            # Read each time: dispatching a batch moves the pending entries out.
             self._pending.add(index, key, digest, contact["email"])
             yield contact, item
 
-    def take_batch(self, contacts: int) -> Ledger:
-        """The ledger of the next batch: the first ``contacts`` pending entries."""
-        ledger, self._pending = self._pending.split(contacts)
-        return ledger
+    def take_batch(self, contacts: int) -> BatchEntries:
+        """The entries of the next batch: the first ``contacts`` pending entries."""
+        entries, self._pending = self._pending.split(contacts)
+        return entries
 
-    def take_all(self) -> Ledger:
-        """The ledger of every pending entry (one call sends them all)."""
-        ledger, self._pending = self._pending, Ledger()
-        return ledger
+    def take_all(self) -> BatchEntries:
+        """Every pending entry (one call sends them all)."""
+        entries, self._pending = self._pending, BatchEntries()
+        return entries
 
-    def sending(self, number: int, ledger: Ledger) -> int:
+    def sending(self, number: int, entries: BatchEntries) -> int:
         """Note a batch about to be sent; return the ticket of its claims in the partial state, to wait
         for before sending (0: nothing to save)."""
         with self._lock:
-            self._inflight[number] = ledger
+            self._inflight[number] = entries
         if self._journal is None or self.diff is None or self.dry_run:
             return 0
-        owned = self.diff.owned_by_sending(ledger)
+        owned = self.diff.owned_by_sending(entries)
         if not owned:
             return 0
-        return self._journal.add([(ledger.keys[i], ledger.emails[i]) for i in owned])
+        return self._journal.add([(entries.keys[i], entries.emails[i]) for i in owned])
 
     def wait_for_claims(self, ticket: int) -> None:
         """Wait until the claims behind ``ticket`` are saved (0: none)."""
@@ -346,133 +313,53 @@ class SyncRun:
             self._journal.wait(ticket)
 
     def confirmed(
-        self, number: int, ledger: Ledger, refused: Iterable[str] | None, accepted_all: bool
+        self, number: int, entries: BatchEntries, refused: Iterable[str] | None, accepted_all: bool
     ) -> None:
         """A batch's job ended: its contacts are in the state, but those the destination refused."""
         with self._lock:
             self._inflight.pop(number, None)
         assert self.diff is not None
-        self.diff.confirm(ledger, refused, accepted_all)
+        self.diff.confirm(entries, refused, accepted_all)
         if refused:
             with self._lock:
                 self._refused.update(e.lower() for e in refused)
 
-    def resumed(self, ledger: Ledger, accepted_all: bool) -> None:
+    def resumed(self, entries: BatchEntries, accepted_all: bool) -> None:
         """A batch an earlier try saw confirmed: its contacts are in the state."""
         assert self.diff is not None
-        self.diff.confirm(ledger, None, accepted_all)
+        self.diff.confirm(entries, None, accepted_all)
 
-    def failed(self, number: int, ledger: Ledger) -> None:
+    def failed(self, number: int, entries: BatchEntries) -> None:
         """A batch's job ended failed for good: it may still have added part of it, which is owned, not
         confirmed."""
         with self._lock:
             self._inflight.pop(number, None)
         assert self.diff is not None
-        self.diff.claim(ledger)
+        self.diff.claim(entries)
 
     # -- after every batch -----------------------------------------------------------------------
 
     def finish(self, read_all: bool, wait_for: WaitFor) -> None:
         """After every batch is confirmed: re-add the contacts the export removed that came back, then
-        (mirror) remove the ones the export added that left the segment.
+        (mirror) remove the ones the export added that left the segment (see :class:`.SyncFinish`).
 
         :param read_all: whether the whole segment was read (a partial read says nothing of who left).
         :param wait_for: follows a removal's job to its end.
         """
-        diff, sync = self.diff, self.sync
-        assert diff is not None
+        assert self.diff is not None
         if not read_all:
             return
-        if self.destination.removal_unsubscribes and diff.readd_emails and not self.dry_run:
-            self._readd()
-        if not sync.mirror:
-            return
-        leavers = []
-        for index, email in diff.emails(diff.leavers()):
-            if email in diff.opted_out:
-                diff.forget([index])  # the person left the list themselves: not the export's any more
-            else:
-                leavers.append((index, email))
-        self.report.sync["to_remove"] = len(leavers)
-        segment = sum(diff.counts.values())
-        diff.check_removals(len(leavers), segment, sync.max_removal_fraction, sent=True)
-        if self.dry_run or not leavers:
-            return
-        found = self._with_contact_ids(leavers)
-        if self.lease is not None:
-            self.lease.check("removing contacts (new and changed contacts were sent)")
-        self._remove(found, wait_for)
-
-    def _readd(self) -> None:
-        """Re-subscribe the contacts the export removed that came back into the segment."""
-        diff = self.diff
-        assert diff is not None
-        if self.lease is not None:
-            self.lease.check("re-subscribing the contacts it removed that came back")
-        # The import refused the excluded; the destination checks the rest for an opt-out since,
-        # and that its own record shows the export's removal as the last change.
-        back = [e for e in diff.readd_emails if e not in self._refused]
-        state = diff.state
-        windows = [state.removal_window(diff.readd_runs.get(e, 0)) for e in back]
-        skipped = set(self.destination.readd(back, windows))
-        for email in skipped:
-            index = diff.state.find(email_key(email))
-            if index >= 0:
-                diff.forget([index])
-        refused = len(diff.readd_emails) - len(back) + len(skipped)
-        diff.counts["readded"] -= refused
-        diff.counts["readd_refused"] += refused
-
-    def _with_contact_ids(self, leavers: list[tuple[int, str]]) -> list[tuple[int, str, str]]:
-        """The leavers with their contact ids where the destination needs them (from the members read
-        before sending; one not there is gone already)."""
-        diff = self.diff
-        assert diff is not None
-        if not self.destination.members_read_is_cheap:
-            return [(index, email, "") for index, email in leavers]
-        found = []
-        for index, email in leavers:
-            if email in self._removal_ids:
-                found.append((index, email, self._removal_ids[email]))
-            else:
-                diff.forget([index])
-        return found
-
-    def _remove(self, leavers: list[tuple[int, str, str]], wait_for: WaitFor) -> None:
-        destination, diff, report = self.destination, self.diff, self.report
-        assert diff is not None
-        size = destination.max_removal_batch
-
-        def remove(chunk: list[tuple[int, str, str]]) -> None:
-            contacts = [(email, contact_id) for _, email, contact_id in chunk]
-            for _attempt in range(self.max_resubmits + 1):
-                job_id = destination.submit_removal(contacts)
-                report.record_job(job_id)
-                result = wait_for(partial(destination.poll_removal, job_id, contacts))
-                if result.ok:
-                    refused = {e.lower() for e in result.refused or ()}
-                    done = [index for index, email, _ in chunk if email not in refused]
-                    diff.removed(done, run)
-                    with self._lock:
-                        report.sync["removed"] += len(done)
-                        report.sync["removal_refused"] += len(chunk) - len(done)
-                    return
-            with self._lock:
-                report.sync["removal_refused"] += len(chunk)
-
-        chunks = [leavers[i : i + size] for i in range(0, len(leavers), size)]
-        if not chunks:
-            return
-        # When this run removed: a membership the destination shows as changed at another time was
-        # not changed by this export (the re-subscribe check of :meth:`Destination.readd`).
-        window = diff.state.start_removal_run()
-        run = int(window[0])
-        try:
-            with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
-                for future in [pool.submit(remove, chunk) for chunk in chunks]:
-                    future.result()
-        finally:
-            window[2] = float(math.ceil(time.time()))
+        SyncFinish(
+            self.sync,
+            self.destination,
+            self.diff,
+            self.report,
+            self.lease,
+            dry_run=self.dry_run,
+            max_resubmits=self.max_resubmits,
+            refused=self._refused,
+            removal_ids=self._removal_ids,
+        ).run(wait_for)
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -491,8 +378,8 @@ class SyncRun:
         # Batches sent (or about to be) but never confirmed: what they may have added is the export's.
         with self._lock:
             unconfirmed, self._inflight = list(self._inflight.values()), {}
-        for ledger in unconfirmed:
-            self.diff.claim(ledger)
+        for entries in unconfirmed:
+            self.diff.claim(entries)
         write_state(
             self.sync.state_path,
             self.diff.state,

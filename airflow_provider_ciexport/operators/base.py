@@ -23,7 +23,7 @@ from airflow_provider_ciexport.export.sources import (
 )
 from airflow_provider_ciexport.export.state import check_state_path
 from airflow_provider_ciexport.export.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
-from airflow_provider_ciexport.export.sync_run import SyncSettings
+from airflow_provider_ciexport.export.sync import SyncSettings
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from airflow_provider_ciexport.export.destination import Destination, JobResult
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
 from airflow_provider_ciexport.export.sources.records import RecordsSegmentSource
 from airflow_provider_ciexport.export.state import StateIdentity, StateKeys, read_state
-from airflow_provider_ciexport.export.sync_run import SyncSettings
+from airflow_provider_ciexport.export.sync import SyncSettings
 from tests.export.fakes import FakeDestination
 from tests.support import logged_report
 

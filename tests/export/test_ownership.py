@@ -24,18 +24,18 @@ from airflow_provider_ciexport.export.state import (
     read_state,
     write_state,
 )
-from airflow_provider_ciexport.export.sync import NEW, Ledger, SegmentDiff
+from airflow_provider_ciexport.export.sync import NEW, BatchEntries, SegmentDiff
 
 KEYS = StateKeys(["the workers' secret"], "a test")
 IDENTITY = StateIdentity.of("Constant Contact", "http://127.0.0.1 client x", ["l"], {"email": "email"})
 
 
-def _ledger(diff: SegmentDiff, emails: list[str]) -> Ledger:
-    ledger = Ledger()
+def _ledger(diff: SegmentDiff, emails: list[str]) -> BatchEntries:
+    entries = BatchEntries()
     for email in emails:
         _kind, index, key, digest = diff.classify(email, json.dumps({"email": email}).encode())
-        ledger.add(index, key, digest, email)
-    return ledger
+        entries.add(index, key, digest, email)
+    return entries
 
 
 def test_an_unconfirmed_batch_is_owned_and_sent_again_as_new() -> None:
@@ -214,7 +214,7 @@ def test_changed_contacts_of_an_unconfirmed_batch_keep_their_ownership() -> None
     state.add(email_key("a@example.com"), 7, MANAGED, "a@example.com")
     state = state.folded()
     diff = SegmentDiff(state, mirror=True)
-    ledger = _ledger(diff, ["a@example.com"])
+    entries = _ledger(diff, ["a@example.com"])
     assert diff.counts["changed"] == 1
-    diff.confirm(ledger, refused=None, accepted_all=False)
+    diff.confirm(entries, refused=None, accepted_all=False)
     assert (state.flags[0], state.digests[0]) == (MANAGED, 0)

@@ -39,7 +39,7 @@ from airflow_provider_ciexport.export.sync import (
     OPTED_OUT,
     READD,
     UNCHANGED,
-    Ledger,
+    BatchEntries,
     RemovalLimitError,
     SegmentDiff,
 )
@@ -57,12 +57,12 @@ def _first_sync(
     emails: list[str], *, mirror: bool = True, members_before: EmailSet | None = None
 ) -> SegmentDiff:
     diff = SegmentDiff(SyncState(IDENTITY), mirror=mirror, members_before=members_before)
-    ledger = Ledger()
+    entries = BatchEntries()
     for email in emails:
         kind, index, key, digest = diff.classify(email, f'{{"email":"{email}"}}'.encode())
         assert kind == NEW
-        ledger.add(index, key, digest, email)
-    diff.confirm(ledger, refused=None, accepted_all=True)
+        entries.add(index, key, digest, email)
+    diff.confirm(entries, refused=None, accepted_all=True)
     return diff
 
 
@@ -123,7 +123,7 @@ def test_incremental_classification_and_merge(tmp_path: Path) -> None:
     state = _write_read(tmp_path, _first_sync(emails).state)
     diff = SegmentDiff(state, mirror=True)
     kinds = {}
-    ledger = Ledger()
+    entries = BatchEntries()
     for i, email in enumerate([*emails[:8], "new@example.com"]):
         body = (
             f'{{"email":"{email}","first_name":"{"X" if i == 1 else ""}"}}'
@@ -133,13 +133,13 @@ def test_incremental_classification_and_merge(tmp_path: Path) -> None:
         kind, index, key, digest = diff.classify(email, body.encode())
         kinds[email] = kind
         if kind != UNCHANGED:
-            ledger.add(index, key, digest, email)
+            entries.add(index, key, digest, email)
     assert kinds["p0@example.com"] == UNCHANGED and kinds["p1@example.com"] == CHANGED
     assert kinds["new@example.com"] == NEW
     assert diff.counts["unchanged"] == 7 and diff.counts["changed"] == 1 and diff.counts["new"] == 1
     leavers = diff.leavers()
     assert sorted(state.email(i) for i in leavers) == ["p8@example.com", "p9@example.com"]
-    diff.confirm(ledger, refused=None, accepted_all=True)
+    diff.confirm(entries, refused=None, accepted_all=True)
     diff.removed(leavers[:1], 7)
     diff.forget(leavers[1:])
     after = _write_read(tmp_path, state, expected=1)
@@ -154,21 +154,21 @@ def test_incremental_classification_and_merge(tmp_path: Path) -> None:
     gone = state.email(leavers[0])
     kind, index, key, digest = diff.classify(gone, f'{{"email":"{gone}"}}'.encode())
     assert kind == READD and diff.readd_emails == [gone] and diff.readd_runs == {gone: 7}
-    ledger = Ledger()
-    ledger.add(index, key, digest, gone)
-    diff.confirm(ledger, refused=None, accepted_all=True)
+    entries = BatchEntries()
+    entries.add(index, key, digest, gone)
+    diff.confirm(entries, refused=None, accepted_all=True)
     assert after.flags[index] == MANAGED and after.digests[index] == digest
 
 
 def test_refused_and_unconfirmed_contacts_are_sent_again(tmp_path: Path) -> None:
     state = _write_read(tmp_path, _first_sync(["a@example.com", "b@example.com"]).state)
     diff = SegmentDiff(state, mirror=True)
-    ledger = Ledger()
+    entries = BatchEntries()
     for email in ("a@example.com", "b@example.com", "c@example.com", "d@example.com"):
         _kind, index, key, digest = diff.classify(email, f'{{"email":"{email}","v":1}}'.encode())
-        ledger.add(index, key, digest, email)
+        entries.add(index, key, digest, email)
     old = {i: state.digests[i] for i in range(len(state))}
-    diff.confirm(ledger, refused=["B@example.com", "d@example.com"], accepted_all=False)
+    diff.confirm(entries, refused=["B@example.com", "d@example.com"], accepted_all=False)
     after = _write_read(tmp_path, state, expected=1)
     recorded = {after.email(i): after.digests[i] for i in range(len(after))}
     assert set(recorded) == {"a@example.com", "b@example.com", "c@example.com"}
@@ -176,10 +176,10 @@ def test_refused_and_unconfirmed_contacts_are_sent_again(tmp_path: Path) -> None
     assert recorded["b@example.com"] == old[b]  # its old digest: it counts as changed next run
     # Refusals without names (Constant Contact's counts): the batch is owned, not confirmed.
     diff = SegmentDiff(after, mirror=True)
-    ledger = Ledger()
+    entries = BatchEntries()
     _, index, key, digest = diff.classify("z@example.com", b"{}")
-    ledger.add(index, key, digest, "z@example.com")
-    diff.confirm(ledger, refused=None, accepted_all=False)
+    entries.add(index, key, digest, "z@example.com")
+    diff.confirm(entries, refused=None, accepted_all=False)
     assert after.added == 1
     again = _write_read(tmp_path, after, expected=2)
     z = again.find(email_key("z@example.com"))
@@ -455,15 +455,15 @@ def test_ordinary_state_paths_are_accepted() -> None:
 
 def test_concurrent_confirmations_are_all_recorded(tmp_path: Path) -> None:
     diff = SegmentDiff(SyncState(IDENTITY), mirror=True)
-    ledgers = []
+    batches = []
     for t in range(4):
-        ledger = Ledger()
+        entries = BatchEntries()
         for i in range(500):
             email = f"t{t}.{i}@example.com"
             _, index, key, digest = diff.classify(email, email.encode())
-            ledger.add(index, key, digest, email)
-        ledgers.append(ledger)
-    threads = [threading.Thread(target=diff.confirm, args=(ledger, None, True)) for ledger in ledgers]
+            entries.add(index, key, digest, email)
+        batches.append(entries)
+    threads = [threading.Thread(target=diff.confirm, args=(entries, None, True)) for entries in batches]
     for thread in threads:
         thread.start()
     for thread in threads:

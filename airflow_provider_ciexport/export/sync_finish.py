@@ -1,0 +1,152 @@
+"""The end of a sync run, once every batch is confirmed: the contacts the export removed that came back
+are re-subscribed, and (mirror) the ones it added that left the segment are removed."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.report import ExportReport
+from airflow_provider_ciexport.export.state import StateLease, email_key
+from airflow_provider_ciexport.export.sync import SegmentDiff, SyncSettings
+
+#: Follows one job to its end (polling ``poll`` until it returns a result).
+WaitFor = Callable[[Callable[[], "JobResult | None"]], JobResult]
+
+
+class SyncFinish:
+    """Re-subscribes the returners and removes the leavers of one sync run.
+
+    :param sync: the sync settings.
+    :param destination: where the contacts are.
+    :param diff: the run's diff, every batch confirmed.
+    :param report: the run's report (its ``sync`` figures are updated).
+    :param lease: the state's lease, checked before each change (``None``: a dry run).
+    :param dry_run: count, but change nothing.
+    :param max_resubmits: how many times a removal whose job ended failed is sent again.
+    :param refused: emails the imports refused (they are not re-subscribed).
+    :param removal_ids: contact ids of the leavers, from the members read before sending.
+    """
+
+    def __init__(
+        self,
+        sync: SyncSettings,
+        destination: Destination,
+        diff: SegmentDiff,
+        report: ExportReport,
+        lease: StateLease | None,
+        *,
+        dry_run: bool,
+        max_resubmits: int,
+        refused: set[str],
+        removal_ids: dict[str, str],
+    ) -> None:
+        self.sync = sync
+        self.destination = destination
+        self.diff = diff
+        self.report = report
+        self.lease = lease
+        self.dry_run = dry_run
+        self.max_resubmits = max_resubmits
+        self._refused = refused
+        self._removal_ids = removal_ids
+        self._lock = threading.Lock()
+
+    def run(self, wait_for: WaitFor) -> None:
+        """Re-subscribe the returners, then (mirror) remove the leavers.
+
+        :param wait_for: follows a removal's job to its end.
+        """
+        diff, sync = self.diff, self.sync
+        if self.destination.removal_unsubscribes and diff.readd_emails and not self.dry_run:
+            self._readd()
+        if not sync.mirror:
+            return
+        leavers = []
+        for index, email in diff.emails(diff.leavers()):
+            if email in diff.opted_out:
+                diff.forget([index])  # the person left the list themselves: not the export's any more
+            else:
+                leavers.append((index, email))
+        self.report.sync["to_remove"] = len(leavers)
+        segment = sum(diff.counts.values())
+        diff.check_removals(len(leavers), segment, sync.max_removal_fraction, sent=True)
+        if self.dry_run or not leavers:
+            return
+        found = self._with_contact_ids(leavers)
+        if self.lease is not None:
+            self.lease.check("removing contacts (new and changed contacts were sent)")
+        self._remove(found, wait_for)
+
+    def _readd(self) -> None:
+        """Re-subscribe the contacts the export removed that came back into the segment."""
+        diff = self.diff
+        if self.lease is not None:
+            self.lease.check("re-subscribing the contacts it removed that came back")
+        # The import refused the excluded; the destination checks the rest for an opt-out since,
+        # and that its own record shows the export's removal as the last change.
+        back = [e for e in diff.readd_emails if e not in self._refused]
+        state = diff.state
+        windows = [state.removal_window(diff.readd_runs.get(e, 0)) for e in back]
+        skipped = set(self.destination.readd(back, windows))
+        for email in skipped:
+            index = diff.state.find(email_key(email))
+            if index >= 0:
+                diff.forget([index])
+        refused = len(diff.readd_emails) - len(back) + len(skipped)
+        diff.counts["readded"] -= refused
+        diff.counts["readd_refused"] += refused
+
+    def _with_contact_ids(self, leavers: list[tuple[int, str]]) -> list[tuple[int, str, str]]:
+        """The leavers with their contact ids where the destination needs them (from the members read
+        before sending; one not there is gone already)."""
+        diff = self.diff
+        if not self.destination.members_read_is_cheap:
+            return [(index, email, "") for index, email in leavers]
+        found = []
+        for index, email in leavers:
+            if email in self._removal_ids:
+                found.append((index, email, self._removal_ids[email]))
+            else:
+                diff.forget([index])
+        return found
+
+    def _remove(self, leavers: list[tuple[int, str, str]], wait_for: WaitFor) -> None:
+        destination, diff, report = self.destination, self.diff, self.report
+        size = destination.max_removal_batch
+
+        def remove(chunk: list[tuple[int, str, str]]) -> None:
+            contacts = [(email, contact_id) for _, email, contact_id in chunk]
+            for _attempt in range(self.max_resubmits + 1):
+                job_id = destination.submit_removal(contacts)
+                report.record_job(job_id)
+                result = wait_for(partial(destination.poll_removal, job_id, contacts))
+                if result.ok:
+                    refused = {e.lower() for e in result.refused or ()}
+                    done = [index for index, email, _ in chunk if email not in refused]
+                    diff.removed(done, run)
+                    with self._lock:
+                        report.sync["removed"] += len(done)
+                        report.sync["removal_refused"] += len(chunk) - len(done)
+                    return
+            with self._lock:
+                report.sync["removal_refused"] += len(chunk)
+
+        chunks = [leavers[i : i + size] for i in range(0, len(leavers), size)]
+        if not chunks:
+            return
+        # When this run removed: a membership the destination shows as changed at another time was
+        # not changed by this export (the re-subscribe check of :meth:`Destination.readd`).
+        window = diff.state.start_removal_run()
+        run = int(window[0])
+        try:
+            with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
+                for future in [pool.submit(remove, chunk) for chunk in chunks]:
+                    future.result()
+        finally:
+            window[2] = float(math.ceil(time.time()))
