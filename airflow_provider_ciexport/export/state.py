@@ -63,7 +63,7 @@ MANAGED = 1
 #: :attr:`SyncState.removals`).
 REMOVED = 2
 #: Drop the entry when the state is written (not stored on disk).
-_DROP = 0x80
+_DROPPED_ON_WRITE = 0x80
 
 
 class StateBusyError(CiExportError):
@@ -308,7 +308,7 @@ class SyncState:
 
     def count(self, flag: int) -> int:
         """Entries with ``flag`` set (dropped ones excluded)."""
-        return sum(1 for f in self.flags if f & flag and not f & _DROP)
+        return sum(1 for f in self.flags if f & flag and not f & _DROPPED_ON_WRITE)
 
     def update(self, index: int, digest: int | None = None, flags: int | None = None) -> None:
         """Change an entry (thread-safe): its digest (0: send again next run) and/or flags."""
@@ -321,7 +321,7 @@ class SyncState:
     def drop(self, index: int) -> None:
         """Leave an entry out when the state is written."""
         with self._lock:
-            self.flags[index] |= _DROP
+            self.flags[index] |= _DROPPED_ON_WRITE
             self._dropped.append(index)
 
     def add(self, key: int, digest: int, flags: int, email: str) -> None:
@@ -399,7 +399,7 @@ class SyncState:
                     else:
                         prev = index + 1
                 out += old[prev:]
-                write(_little(out))
+                write(_as_little_endian(out))
                 del out
             offsets = self._old_offsets()
             new_offsets = array("Q", accumulate(self._new_lengths, initial=0))
@@ -447,7 +447,7 @@ class SyncState:
         for new in (self._new_keys, self._new_digests, self._new_flags, self._new_lengths):
             picked = map(new.__getitem__, order)
             out = array(new.typecode, picked) if isinstance(new, array) else bytearray(picked)
-            write(_little(out))
+            write(_as_little_endian(out))
             del out
         offsets = array("Q", accumulate(self._new_lengths, initial=0))
         blob = memoryview(self._new_blob)
@@ -476,7 +476,8 @@ def _order(keys: array[int]) -> array[int]:
     return order
 
 
-def _little(data: array[int] | bytearray) -> array[int] | bytearray:
+def _as_little_endian(data: array[int] | bytearray) -> array[int] | bytearray:
+    """``data`` in the state file's byte order, little-endian (swapped in place on a big-endian machine)."""
     if isinstance(data, array) and sys.byteorder != "little":
         data.byteswap()
     return data
@@ -737,22 +738,8 @@ def write_state(
             "contacts are sent again next time. Do not run two exports with one state_path at once."
         )
     generation = max(current or 0, 0) + 1  # -1: an unusable file, which this write replaces
-    count, blob_bytes = state.merged_size()
     key_id, key = keys.signing
-    header = json.dumps(
-        {
-            "format": FORMAT,
-            "kdf": KDF,
-            "key_id": key_id,
-            "file": (role or FileRole(uri)).as_dict(),
-            "identity": state.identity.as_dict(),
-            "generation": generation,
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "count": count,
-            "blob_bytes": blob_bytes,
-            "removals": state.removals[-MAX_REMOVAL_WINDOWS:],
-        }
-    ).encode()
+    header = _header(state, key_id, role or FileRole(uri), generation)
     make_parents(path)
     tmp = storage_path(f"{uri}.tmp-{tag or secrets.token_hex(6)}")
     local = _local(tmp)
@@ -779,6 +766,25 @@ def write_state(
             if tmp.exists():
                 tmp.unlink()
     return generation
+
+
+def _header(state: SyncState, key_id: str, role: FileRole, generation: int) -> bytes:
+    """The state file's header: its format, key, role, identity, generation and sizes."""
+    count, blob_bytes = state.merged_size()
+    return json.dumps(
+        {
+            "format": FORMAT,
+            "kdf": KDF,
+            "key_id": key_id,
+            "file": role.as_dict(),
+            "identity": state.identity.as_dict(),
+            "generation": generation,
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "count": count,
+            "blob_bytes": blob_bytes,
+            "removals": state.removals[-MAX_REMOVAL_WINDOWS:],
+        }
+    ).encode()
 
 
 def _put_in_place(local: str | None, tmp: Any, path: Any) -> None:

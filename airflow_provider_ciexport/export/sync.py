@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from airflow_provider_ciexport.core.contacts import EmailSet
-from airflow_provider_ciexport.exceptions import CiExportError
+from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError
 from airflow_provider_ciexport.export.state import (
     MANAGED,
     REMOVED,
@@ -84,6 +84,22 @@ class SyncSettings:
     def mirror(self) -> bool:
         """Whether contacts that left the segment are removed."""
         return self.mode == "mirror"
+
+    def __post_init__(self) -> None:
+        check_sync_mode(self.mode)
+
+
+#: What ``sync_mode`` may be.
+SYNC_MODES = ("upsert", "mirror")
+
+
+def check_sync_mode(mode: str) -> None:
+    """Fail naming the modes if ``mode`` is not one of :data:`SYNC_MODES`.
+
+    :raises ExportConfigurationError: if it is not.
+    """
+    if mode not in SYNC_MODES:
+        raise ExportConfigurationError(f"sync_mode must be 'upsert' or 'mirror', not {mode!r}.")
 
 
 class RemovalLimitError(CiExportError):

@@ -106,11 +106,9 @@ class SyncRun:
     # -- before anything is read -----------------------------------------------------------------
 
     def take_lease(self) -> StateLease | None:
-        """Check the sync settings and take the state's lease (not for a dry run, which writes nothing);
+        """Find the state's keys and take its lease (not for a dry run, which writes nothing);
         then delete the temporary copies that killed writes left. Nothing is read before this."""
         sync = self.sync
-        if sync.mode not in ("upsert", "mirror"):
-            raise ExportConfigurationError(f"sync_mode must be 'upsert' or 'mirror', not {sync.mode!r}.")
         if sync.keys is not None:
             self._keys = sync.keys
         else:

@@ -23,7 +23,7 @@ from airflow_provider_ciexport.export.sources import (
 )
 from airflow_provider_ciexport.export.state import check_state_path
 from airflow_provider_ciexport.export.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
-from airflow_provider_ciexport.export.sync import SyncSettings
+from airflow_provider_ciexport.export.sync import SyncSettings, check_sync_mode
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
 
 if TYPE_CHECKING:
@@ -162,14 +162,8 @@ class BaseSegmentExportOperator(BaseOperator):
             # on the state file also stops a second run that gets past this, e.g. from another DAG).
             kwargs.setdefault("max_active_tis_per_dag", 1)
         super().__init__(**kwargs)
-        if sync_mode not in ("upsert", "mirror"):
-            raise ExportConfigurationError(f"sync_mode must be 'upsert' or 'mirror', not {sync_mode!r}.")
-        if sync_mode == "mirror" and not state_path:
-            raise ExportConfigurationError(
-                "sync_mode='mirror' needs state_path: mirroring removes only the contacts this export "
-                "added, so it must keep a record of them. Set state_path to a URI every worker can reach, "
-                "e.g. 's3://bucket/ciexport/vip.state' or 'file:///shared/ciexport/vip.state'."
-            )
+        check_sync_mode(sync_mode)
+        _check_mirror_has_state(sync_mode, state_path)
         if not 0.0 <= max_removal_fraction <= 1.0:
             raise ExportConfigurationError(
                 f"max_removal_fraction must be between 0 and 1, not {max_removal_fraction!r}."
@@ -350,11 +344,7 @@ class BaseSegmentExportOperator(BaseOperator):
     def _sync_settings(self, context: Context | Mapping[str, Any]) -> SyncSettings | None:
         state_path = (self.state_path or "").strip() if isinstance(self.state_path, str) else self.state_path
         if not state_path:
-            if self.sync_mode == "mirror":
-                raise ExportConfigurationError(
-                    "sync_mode='mirror' needs state_path, and it rendered empty. Set state_path to a URI "
-                    "every worker can reach, e.g. 's3://bucket/ciexport/vip.state'."
-                )
+            _check_mirror_has_state(self.sync_mode, state_path, rendered=True)
             return None
         check_state_path(str(state_path))
         ti = context.get("ti") if context else None
@@ -377,3 +367,22 @@ class BaseSegmentExportOperator(BaseOperator):
         """Stop sending; batches already on the wire finish, nothing new is sent."""
         if self._exporter is not None:
             self._exporter.stop()
+
+
+def _check_mirror_has_state(sync_mode: str, state_path: Any, rendered: bool = False) -> None:
+    """Mirroring removes only the contacts this export added, so it must keep a record of them.
+
+    :param rendered: ``state_path`` is the templated value, rendered (else as the DAG gives it).
+    """
+    if sync_mode != "mirror" or state_path:
+        return
+    if rendered:
+        raise ExportConfigurationError(
+            "sync_mode='mirror' needs state_path, and it rendered empty. Set state_path to a URI "
+            "every worker can reach, e.g. 's3://bucket/ciexport/vip.state'."
+        )
+    raise ExportConfigurationError(
+        "sync_mode='mirror' needs state_path: mirroring removes only the contacts this export "
+        "added, so it must keep a record of them. Set state_path to a URI every worker can reach, "
+        "e.g. 's3://bucket/ciexport/vip.state' or 'file:///shared/ciexport/vip.state'."
+    )

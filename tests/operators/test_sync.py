@@ -18,7 +18,7 @@ from airflow_provider_ciexport.destinations.activecampaign import ActiveCampaign
 from airflow_provider_ciexport.destinations.constantcontact import ConstantContactDestination
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.state import MANAGED, REMOVED, StateBusyError, StateLease
-from airflow_provider_ciexport.export.sync import RemovalLimitError
+from airflow_provider_ciexport.export.sync import RemovalLimitError, SyncSettings
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.tools.sandbox import seed
@@ -300,6 +300,36 @@ def test_mirror_needs_a_state_path() -> None:
         task_id="x", list_id=2, records=[], field_mapping=MAPPING, state_path="file:///tmp/s"
     )
     assert op.max_active_tis_per_dag == 1
+
+
+def test_a_mirror_state_path_that_renders_empty_fails_before_anything_is_read() -> None:
+    op = ActiveCampaignSegmentExportOperator(
+        task_id="x",
+        list_id=2,
+        records=[],
+        field_mapping=MAPPING,
+        sync_mode="mirror",
+        state_path="{{ params.state }}",
+    )
+    op.state_path = "  "  # as rendered from an empty Param
+    with pytest.raises(ExportConfigurationError, match="needs state_path, and it rendered empty"):
+        op._sync_settings({})
+
+
+def test_an_unknown_sync_mode_fails_in_the_dag_and_in_the_engine() -> None:
+    with pytest.raises(
+        ExportConfigurationError, match=r"sync_mode must be 'upsert' or 'mirror', not 'Mirror'"
+    ):
+        ActiveCampaignSegmentExportOperator(
+            task_id="x",
+            list_id=2,
+            records=[],
+            field_mapping=MAPPING,
+            sync_mode="Mirror",
+            state_path="file:///s",
+        )
+    with pytest.raises(ExportConfigurationError, match=r"not 'sideways'"):
+        SyncSettings(state_path="file:///s", mode="sideways")
 
 
 # -- the state's protection (issue 19, items 10 to 13) -------------------------------------------
