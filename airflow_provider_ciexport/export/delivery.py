@@ -12,6 +12,7 @@ from functools import partial
 
 from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
+from airflow_provider_ciexport.exceptions import CiExportError, ExportIncompleteError
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
 from airflow_provider_ciexport.export.checkpoint import Checkpoint, batch_digest
 from airflow_provider_ciexport.export.destination import Destination, JobResult
@@ -77,6 +78,40 @@ class Delivery:
     def ended_early(self) -> bool:
         """Whether the export was stopped or failed (nothing more should be sent or removed)."""
         return self.stop.is_set() or self.fatal is not None
+
+    def raise_if_incomplete(self, read_all: bool, total: int | None) -> None:
+        """Raise, saying what was and was not exported, if the export failed, was stopped before the end
+        or left batches unsent.
+
+        :param read_all: whether the whole segment was read.
+        :param total: the segment's rows, if counted.
+        """
+        report = self.report
+        confirmed = report.accepted + report.rejected
+        where = f"{self.destination.name} list(s) {', '.join(report.lists)}"
+        pending = (
+            f"; {self.unconfirmed:,} more were accepted by the API but not yet confirmed"
+            if self.unconfirmed and report.waited
+            else ""
+        )
+        done = (
+            f"{report.accepted:,} of {report.submitted:,} contacts were confirmed as exported to {where}"
+            f"{pending} ({report.read:,} rows read"
+            f"{'' if total is None else f' of {total:,}'})."
+        )
+        if self.fatal is not None:
+            exc = self.fatal
+            if isinstance(exc, CiExportError):
+                raise type(exc)(f"{exc} So far {done}") from exc
+            raise ExportIncompleteError(f"The export failed ({type(exc).__name__}). So far {done}") from exc
+        if self.stop.is_set() and (not read_all or confirmed < report.submitted):
+            raise ExportIncompleteError(f"The export was stopped. So far {done} Retry the task to finish it.")
+        if self.failed_contacts:
+            raise ExportIncompleteError(
+                f"{self.failed_contacts:,} contacts in {report.failed_batches} batch(es) were NOT exported: "
+                f"their import jobs ended '{self.failed_state}' {self.max_resubmits + 1} times. "
+                f"{done} Retry the task to send the rest."
+            )
 
     # -- a small segment: single-contact calls ---------------------------------------------------
 

@@ -15,7 +15,6 @@ from functools import partial
 from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.exceptions import (
-    CiExportError,
     ExportConfigurationError,
     ExportIncompleteError,
 )
@@ -257,7 +256,7 @@ class SegmentExporter:
             pass  # reported below with what was and was not exported
         finally:
             self._end_of_run(builder, checkpoint)
-        self._raise_if_incomplete()
+        self._delivery.raise_if_incomplete(self._read_all, self._total)
         checkpoint.clear()
         return self.report
 
@@ -345,31 +344,3 @@ class SegmentExporter:
         if self._clock.due():
             line = progress_line(self.report, self._total, self._clock.elapsed())
             log.info("%s export progress: %s", self.destination.name, line)
-
-    def _raise_if_incomplete(self) -> None:
-        report, delivery = self.report, self._delivery
-        confirmed = report.accepted + report.rejected
-        where = f"{self.destination.name} list(s) {', '.join(report.lists)}"
-        pending = (
-            f"; {delivery.unconfirmed:,} more were accepted by the API but not yet confirmed"
-            if delivery.unconfirmed and report.waited
-            else ""
-        )
-        done = (
-            f"{report.accepted:,} of {report.submitted:,} contacts were confirmed as exported to {where}"
-            f"{pending} ({report.read:,} rows read"
-            f"{'' if self._total is None else f' of {self._total:,}'})."
-        )
-        if delivery.fatal is not None:
-            exc = delivery.fatal
-            if isinstance(exc, CiExportError):
-                raise type(exc)(f"{exc} So far {done}") from exc
-            raise ExportIncompleteError(f"The export failed ({type(exc).__name__}). So far {done}") from exc
-        if self._stop.is_set() and (not self._read_all or confirmed < report.submitted):
-            raise ExportIncompleteError(f"The export was stopped. So far {done} Retry the task to finish it.")
-        if delivery.failed_contacts:
-            raise ExportIncompleteError(
-                f"{delivery.failed_contacts:,} contacts in {report.failed_batches} batch(es) were NOT exported: "
-                f"their import jobs ended '{delivery.failed_state}' {self.settings.max_resubmits + 1} times. "
-                f"{done} Retry the task to send the rest."
-            )

@@ -61,6 +61,15 @@ def _sync_figures(sync: SyncSettings, loaded: LoadedState, reason: str | None) -
     }
 
 
+def _full_refresh_reason(sync: SyncSettings, loaded: LoadedState) -> str | None:
+    """Why every contact is sent this run (``None``: the state is used)."""
+    if loaded.other_identity:
+        return f"full_refresh=True replaces a state of another export ({loaded.distrust})"
+    if loaded.distrust is None and sync.full_refresh:
+        return "full_refresh=True"
+    return loaded.distrust
+
+
 class SyncRun:
     """The sync side of one export run, from the lease to the state written.
 
@@ -154,7 +163,7 @@ class SyncRun:
             )
         self._loaded = loaded
         state = self._with_claims(loaded, identity)
-        self.report.sync = _sync_figures(sync, loaded, self._refresh_reason(loaded))
+        self.report.sync = _sync_figures(sync, loaded, _full_refresh_reason(sync, loaded))
         if loaded.distrust:
             log.warning(
                 "The sync state is not used: %s. Every contact is sent (a full refresh); nobody is "
@@ -192,14 +201,6 @@ class SyncRun:
             )
         return state
 
-    def _refresh_reason(self, loaded: LoadedState) -> str | None:
-        """Why every contact is sent this run (``None``: the state is used)."""
-        if loaded.other_identity:
-            return f"full_refresh=True replaces a state of another export ({loaded.distrust})"
-        if loaded.distrust is None and self.sync.full_refresh:
-            return "full_refresh=True"
-        return loaded.distrust
-
     def _read_members(
         self,
         builder: ContactBuilder,
@@ -213,48 +214,26 @@ class SyncRun:
         when it is the first sync or cheap (keeping the contact ids of those that would be removed)."""
         if not self.sync.mirror:
             return None
+        leavers = (
+            leavers_before_sending(
+                self._probe(builder), state, opted_out, rows, total, self.sync.max_removal_fraction
+            )
+            if len(state)
+            else set()
+        )
         if not (first_sync or self.destination.members_read_is_cheap):
-            if len(state):
-                self._first_pass_leavers(builder, state, opted_out, rows, total)
             return None
         members_before = EmailSet()
-        leaver_emails = (
-            self._first_pass_leavers(builder, state, opted_out, rows, total) if len(state) else set()
-        )
         for email, contact_id in self.destination.members():
             email = email.strip().lower()
             members_before.add(email)
-            if email in leaver_emails:
+            if email in leavers:
                 self._removal_ids[email] = contact_id
         return members_before
 
-    def _first_pass_leavers(
-        self,
-        builder: ContactBuilder,
-        state: SyncState,
-        opted_out: EmailSet,
-        rows: RowSpool | None,
-        total: int | None,
-    ) -> set[str]:
-        """Read the segment once for its emails alone, and fail (before anything is sent) if mirroring
-        would remove too many contacts; return the emails that would be removed."""
-        probe = ContactBuilder(self.field_mapping, self.destination.schema, builder.columns)
-        probe.seen = EmailSet(capacity=total or 0)
-        diff = SegmentDiff(state)
-        seen = diff.seen
-        contacts = 0
-        assert rows is not None, "mirror spools the segment so that it can be read twice"
-        for chunk in rows:
-            for row in chunk:
-                contact = probe.build(row)
-                if contact is not None:
-                    contacts += 1
-                    index = state.find(email_key(contact["email"]))
-                    if index >= 0:
-                        seen[index] = 1
-        leavers = {email for _, email in diff.emails(diff.leavers()) if email not in opted_out}
-        diff.check_removals(len(leavers), contacts, self.sync.max_removal_fraction)
-        return leavers
+    def _probe(self, builder: ContactBuilder) -> ContactBuilder:
+        """A contact builder like ``builder``, for a first pass that must not touch its counts."""
+        return ContactBuilder(self.field_mapping, self.destination.schema, builder.columns)
 
     # -- while sending ---------------------------------------------------------------------------
 
@@ -388,3 +367,35 @@ class SyncRun:
         if self._journal is not None:
             self._journal.discard()  # the state now holds every claim they made
         return None
+
+
+def leavers_before_sending(
+    probe: ContactBuilder,
+    state: SyncState,
+    opted_out: EmailSet,
+    rows: RowSpool | None,
+    total: int | None,
+    max_removal_fraction: float,
+) -> set[str]:
+    """Read the segment once for its emails alone, and fail (before anything is sent) if mirroring
+    would remove too many contacts; return the emails that would be removed.
+
+    :param probe: a contact builder of its own (it counts and deduplicates the rows it reads).
+    :raises RemovalLimitError: if more than ``max_removal_fraction`` would be removed.
+    """
+    probe.seen = EmailSet(capacity=total or 0)
+    diff = SegmentDiff(state)
+    seen = diff.seen
+    contacts = 0
+    assert rows is not None, "mirror spools the segment so that it can be read twice"
+    for chunk in rows:
+        for row in chunk:
+            contact = probe.build(row)
+            if contact is not None:
+                contacts += 1
+                index = state.find(email_key(contact["email"]))
+                if index >= 0:
+                    seen[index] = 1
+    leavers = {email for _, email in diff.emails(diff.leavers()) if email not in opted_out}
+    diff.check_removals(len(leavers), contacts, max_removal_fraction)
+    return leavers
