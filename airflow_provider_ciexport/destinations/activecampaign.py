@@ -7,9 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.destinations.base import HookDestination
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import JobResult
 from airflow_provider_ciexport.hooks.activecampaign import (
     MAX_IMPORT_BYTES,
     MAX_IMPORT_CONTACTS,
@@ -19,7 +19,7 @@ from airflow_provider_ciexport.hooks.activecampaign import (
     BulkImportEncoder,
     parse_list_ids,
 )
-from airflow_provider_ciexport.hooks.base import ImportStatus, encode_json
+from airflow_provider_ciexport.hooks.base import encode_json
 
 # Pacing, from the documented limits (100 bulk imports a minute, 5 requests a second per account) and
 # what /import/info does. All but the poll share date from the first adapter (commit 7617285).
@@ -94,7 +94,7 @@ class ActiveCampaignDestination(HookDestination):
     def submit(self, batch: Batch) -> str:
         return self.hook.bulk_import(batch.body)
 
-    def completed(self, status: ImportStatus, batch: Batch) -> JobResult:
+    def completed(self, status: JobResult, batch: Batch) -> JobResult:
         # Every contact of the body that is not in the failure list was taken.
         rejected = min(status.rejected, batch.contacts)
         return JobResult(

@@ -8,10 +8,9 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.destinations.base import HookDestination
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import JobResult
-from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import (
     MAX_IMPORT_BYTES,
     MAX_IMPORT_CONTACTS,
@@ -115,7 +114,7 @@ class ConstantContactDestination(HookDestination):
     def submit(self, batch: Batch) -> str:
         return self.hook.json_import(batch.body)
 
-    def completed(self, status: ImportStatus, batch: Batch) -> JobResult:
+    def completed(self, status: JobResult, batch: Batch) -> JobResult:
         rejected = status.rejected
         if status.total is not None and status.total < batch.contacts:
             # Contacts the API never saw (a truncated body) must not pass as exported.

@@ -14,6 +14,7 @@ from urllib.parse import SplitResult, urlsplit
 import requests
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.core.urls import is_loopback, unsafe_character
 from airflow_provider_ciexport.exceptions import (
@@ -24,7 +25,6 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.hooks.base import (
     HeaderAuth,
     ImportEncoder,
-    ImportStatus,
     SegmentApiHook,
     checked_contacts,
     encode_json,
@@ -412,7 +412,7 @@ class ActiveCampaignHook(SegmentApiHook):
             )
         return str(batch_id)
 
-    def import_status(self, batch_id: str) -> ImportStatus:
+    def import_status(self, batch_id: str) -> JobResult:
         """Where a bulk import stands (``GET /import/info``).
 
         The state is ``waiting``, ``claimed`` or ``active`` while it runs (``false`` for about a second
@@ -425,15 +425,15 @@ class ActiveCampaignHook(SegmentApiHook):
         state = info.get("status")
         if state == "completed":
             refused = tuple(str(e) for e in info.get("failure") or [])
-            return ImportStatus(
-                "completed",
+            return JobResult(
+                state="completed",
                 done=True,
                 ok=True,
                 accepted=len(info.get("success") or []),
                 rejected=len(refused),
                 refused=refused,
             )
-        return ImportStatus(str(state or "queued"), done=state in FAILED_STATES, ok=False)
+        return JobResult(state=str(state or "queued"), done=state in FAILED_STATES, ok=False)
 
     def sync_contact(self, contact: Mapping[str, Any]) -> int:
         """Create or update one contact (``POST /contact/sync``) and return its id.

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import requests
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.core.redaction import looks_like_a_header
@@ -37,7 +38,6 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.hooks.base import (
     HeaderAuth,
     ImportEncoder,
-    ImportStatus,
     SegmentApiHook,
     check_base_url,
     checked_contacts,
@@ -591,7 +591,7 @@ class ConstantContactHook(SegmentApiHook):
             )
         return str(activity_id)
 
-    def import_status(self, activity_id: str) -> ImportStatus:
+    def import_status(self, activity_id: str) -> JobResult:
         """Where an import activity stands (``GET /activities/{id}``).
 
         The state is ``initialized`` or ``processing`` while it runs, then ``completed``, or ``failed``,
@@ -604,7 +604,7 @@ class ConstantContactHook(SegmentApiHook):
         activity = self.call("GET", f"activities/{activity_id}").json()
         state = str(activity.get("state") or "initialized")
         if state != "completed":
-            return ImportStatus(state, done=state in FAILED_STATES, ok=False)
+            return JobResult(state=state, done=state in FAILED_STATES, ok=False)
         status = activity.get("status") or {}
         total = status.get("items_total_count")
         rejected = int(status.get("error_count") or 0) + int(status.get("cannot_add_to_list_count") or 0)
@@ -615,8 +615,8 @@ class ConstantContactHook(SegmentApiHook):
             for m in activity.get("activity_errors") or []
             if isinstance(m, (str, dict))
         )
-        return ImportStatus(
-            state,
+        return JobResult(
+            state=state,
             done=True,
             ok=True,
             accepted=accepted,
