@@ -417,22 +417,19 @@ class ContactBuilder:
         :param row: one source row, in ``columns`` order.
         """
         # Runs once per exported row: the common case (a valid text address) is checked inline, and
-        # normalize_email only runs to find the reason of an invalid one.
+        # normalize_email only runs to find the reason of an invalid one. An empty address fails the
+        # match, so it needs no test of its own.
         value = row[self._email_index]
         email = value.strip().lower() if type(value) is str else ""
         if not (
-            email
-            and len(email) <= self._email_max
+            len(email) <= self._email_max
             and email.isascii()
             and _email_match(email) is not None
             and (at := email.index("@")) <= MAX_LOCAL_PART_LENGTH
             and _labels_fit(email, at)
         ):
-            checked, reason = normalize_email(value, self._email_max)
+            checked = self._checked_email(value)
             if checked is None:
-                self.invalid += 1
-                key = reason or "malformed"
-                self.invalid_reasons[key] = self.invalid_reasons.get(key, 0) + 1
                 return None
             email = checked
         if not self.seen.add(email):
@@ -451,3 +448,13 @@ class ContactBuilder:
                 continue
             contact[attr] = text
         return contact
+
+    def _checked_email(self, value: Any) -> str | None:
+        """The normalised e-mail of a row that failed :meth:`build`'s quick check, or ``None`` (counted
+        with its reason) when it is invalid."""
+        checked, reason = normalize_email(value, self._email_max)
+        if checked is None:
+            self.invalid += 1
+            key = reason or "malformed"
+            self.invalid_reasons[key] = self.invalid_reasons.get(key, 0) + 1
+        return checked

@@ -53,10 +53,23 @@ def scrub_many(texts: Sequence[str], carried: Iterable[str] = ()) -> list[str]:
         _NUMBERISH.sub(_long_number, _EMAIL.sub("<email>", shorten(" ".join(str(t).split()), _WINDOW)))
         for t in texts
     ]
-    # Every stretch of a text that starts and ends at a token or word boundary is a candidate; the
-    # carried values are streamed past the candidates, never held.
+    candidates = _candidates(prepared)
+    found = _carried_candidates(candidates, carried) if candidates else set()
+    spans = sorted(
+        (span for value in found for span in candidates[value]), key=lambda span: (span[0], span[1], -span[2])
+    )
+    return [
+        shorten(_replaced(text, (span for span in spans if span[0] == index)), MAX_TEXT)
+        for index, text in enumerate(prepared)
+    ]
+
+
+def _candidates(texts: Sequence[str]) -> dict[str, list[tuple[int, int, int]]]:
+    """Every stretch of the texts that starts and ends at a token or word boundary, lowercased, with
+    where it is: ``(text index, start, end)``."""
+    # The carried values are then streamed past the candidates, never held.
     candidates: dict[str, list[tuple[int, int, int]]] = {}
-    for index, text in enumerate(prepared):
+    for index, text in enumerate(texts):
         bounds = [*_TOKEN.finditer(text), *_WORD.finditer(text)]
         starts = sorted({m.start() for m in bounds})
         ends = sorted({m.end() for m in bounds})
@@ -64,30 +77,33 @@ def scrub_many(texts: Sequence[str], carried: Iterable[str] = ()) -> list[str]:
             for end in ends:
                 if start < end <= start + _MAX_VALUE:
                     candidates.setdefault(text[start:end].lower(), []).append((index, start, end))
+    return candidates
+
+
+def _carried_candidates(candidates: Mapping[str, object], carried: Iterable[str]) -> set[str]:
+    """The candidates that are a carried value, or a word (three letters or more) of one."""
     found: set[str] = set()
-    if candidates:
-        for value in carried:
-            normal = " ".join(value.split()).lower()
-            if len(normal) < 2:
-                continue
-            if normal in candidates:
-                found.add(normal)
-            if " " in normal:
-                found.update(word for word in normal.split(" ") if len(word) >= 3 and word in candidates)
-    spans = sorted(
-        (span for value in found for span in candidates[value]), key=lambda span: (span[0], span[1], -span[2])
-    )
-    shown: list[str] = []
-    for index, text in enumerate(prepared):
-        parts: list[str] = []
-        position = 0
-        for _, start, end in (span for span in spans if span[0] == index):
-            if start >= position:
-                parts += [text[position:start], "<value>"]
-                position = end
-        parts.append(text[position:])
-        shown.append(shorten("".join(parts), MAX_TEXT))
-    return shown
+    for value in carried:
+        normal = " ".join(value.split()).lower()
+        if len(normal) < 2:
+            continue
+        if normal in candidates:
+            found.add(normal)
+        if " " in normal:
+            found.update(word for word in normal.split(" ") if len(word) >= 3 and word in candidates)
+    return found
+
+
+def _replaced(text: str, spans: Iterable[tuple[int, int, int]]) -> str:
+    """``text`` with each span (sorted, an overlapping one skipped) replaced by ``<value>``."""
+    parts: list[str] = []
+    position = 0
+    for _, start, end in spans:
+        if start >= position:
+            parts += [text[position:start], "<value>"]
+            position = end
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def shorten(text: str, limit: int) -> str:
@@ -176,40 +192,7 @@ def vendor_error_text(payload: Any, carried: Iterable[str] = ()) -> str:
     :param carried: the values the request carried.
     """
     # (prefix, text, is a key): gathered first, so that the carried values are read once.
-    entries: list[tuple[str, str, bool]] = []
-
-    def key(value: Any) -> None:
-        text = as_key(value)
-        if text:
-            entries.append(("", text, True))
-
-    def free(text: Any, prefix: str = "") -> None:
-        if isinstance(text, str) and text.strip():
-            entries.append((prefix, text, False))
-
-    errors: list[Any] = payload if isinstance(payload, list) else [payload]
-    for error in errors[:_MAX_ERRORS]:
-        if not isinstance(error, dict):
-            continue
-        key(error.get("error_key"))  # Constant Contact
-        free(error.get("error_message"))
-        free(error.get("message"))  # ActiveCampaign
-        for item in (error.get("errors") or [])[:_MAX_ERRORS]:
-            if not isinstance(item, dict):
-                continue
-            source = item.get("source")
-            key(item.get("code"))
-            for value in (source if isinstance(source, dict) else {}).values():
-                key(value)
-            free(item.get("title"))
-            free(item.get("detail"))
-        for reason in (error.get("failureReasons") or [])[:_MAX_REASONS]:
-            if isinstance(reason, dict):
-                position = reason.get("contact")
-                is_position = isinstance(position, int) and not isinstance(position, bool)
-                free(reason.get("failureReason"), f"contact {position}: " if is_position else "")
-            else:
-                free(reason)
+    entries = _error_entries(payload)
     shown = scrub_many([text for _, text, _ in entries], carried)
     texts = [
         f"{prefix}{scrubbed}"
@@ -217,6 +200,55 @@ def vendor_error_text(payload: Any, carried: Iterable[str] = ()) -> str:
         if scrubbed and (not is_key or scrubbed == text)  # a key that is a value is not shown at all
     ]
     return shorten("; ".join(dict.fromkeys(texts)), MAX_TEXT) or "no details"
+
+
+def _error_entries(payload: Any) -> list[tuple[str, str, bool]]:
+    """What :func:`vendor_error_text` may show of an error body, as ``(prefix, text, is a key)``."""
+    entries: list[tuple[str, str, bool]] = []
+    errors: list[Any] = payload if isinstance(payload, list) else [payload]
+    for error in errors[:_MAX_ERRORS]:
+        if not isinstance(error, dict):
+            continue
+        _add_key(entries, error.get("error_key"))  # Constant Contact
+        _add_free(entries, error.get("error_message"))
+        _add_free(entries, error.get("message"))  # ActiveCampaign
+        for item in (error.get("errors") or [])[:_MAX_ERRORS]:
+            if isinstance(item, dict):
+                _add_item(entries, item)
+        for reason in (error.get("failureReasons") or [])[:_MAX_REASONS]:
+            _add_failure_reason(entries, reason)
+    return entries
+
+
+def _add_key(entries: list[tuple[str, str, bool]], value: Any) -> None:
+    text = as_key(value)
+    if text:
+        entries.append(("", text, True))
+
+
+def _add_free(entries: list[tuple[str, str, bool]], text: Any, prefix: str = "") -> None:
+    if isinstance(text, str) and text.strip():
+        entries.append((prefix, text, False))
+
+
+def _add_item(entries: list[tuple[str, str, bool]], item: dict[str, Any]) -> None:
+    """One of ActiveCampaign's ``errors``: its code, the field names of its source, its free text."""
+    source = item.get("source")
+    _add_key(entries, item.get("code"))
+    for value in (source if isinstance(source, dict) else {}).values():
+        _add_key(entries, value)
+    _add_free(entries, item.get("title"))
+    _add_free(entries, item.get("detail"))
+
+
+def _add_failure_reason(entries: list[tuple[str, str, bool]], reason: Any) -> None:
+    """One of a bulk import's ``failureReasons``: the refused contact's position and the reason."""
+    if isinstance(reason, dict):
+        position = reason.get("contact")
+        is_position = isinstance(position, int) and not isinstance(position, bool)
+        _add_free(entries, reason.get("failureReason"), f"contact {position}: " if is_position else "")
+    else:
+        _add_free(entries, reason)
 
 
 #: What the class (first two characters) of an SQLSTATE means (ISO/IEC 9075, used by PostgreSQL,

@@ -7,9 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.destinations.base import HookDestination
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import JobResult
 from airflow_provider_ciexport.hooks.activecampaign import (
     MAX_IMPORT_BYTES,
     MAX_IMPORT_CONTACTS,
@@ -19,7 +19,30 @@ from airflow_provider_ciexport.hooks.activecampaign import (
     BulkImportEncoder,
     parse_list_ids,
 )
-from airflow_provider_ciexport.hooks.base import ImportStatus, encode_json
+from airflow_provider_ciexport.hooks.base import encode_json
+
+# Pacing, from the documented limits (100 bulk imports a minute, 5 requests a second per account) and
+# what /import/info does. All but the poll share date from the first adapter (commit 7617285).
+#: Imports on the wire: at least this many, else the imports of this many seconds at the import rate
+#: (each takes about a second to answer, so the next ones are sent meanwhile).
+_MIN_IN_FLIGHT = 4
+_IN_FLIGHT_S = 2
+#: Batches sent but unconfirmed (their bodies, under 400 kB each, kept to be resent): two per import
+#: on the wire, plus a few so the producer can run ahead while polls catch up.
+_UNCONFIRMED_PER_IN_FLIGHT = 2
+_UNCONFIRMED_SPARE = 8
+#: Status polls take at most this share of the per-second budget the imports leave (commit c3c8e4c
+#: lowered it from 80%: with jitter, 80% drew the odd 429), and never fewer than the floor per second.
+_POLL_SHARE = 0.6
+_MIN_POLL_RATE = 0.2
+#: /import/info answers ``false`` for about a second after the import: the first poll waits that long
+#: at the documented import rate, less at a faster one (a test sandbox scales time).
+_FIRST_POLL_S = 1.0
+#: The pause between polls of one job grows up to this many first pauses.
+_LONGEST_POLL_INTERVALS = 10
+#: How the job ids of removals done by single calls (a handful of contacts) start; never an id of
+#: ActiveCampaign's (a UUID).
+_SINGLE_CALL_JOB_PREFIX = "direct-"
 
 
 class ActiveCampaignDestination(HookDestination):
@@ -43,17 +66,22 @@ class ActiveCampaignDestination(HookDestination):
         # contact/sync cannot tag; a small segment with tags goes through one bulk import instead.
         self.small_segment_max = 0 if self.tags else SMALL_IMPORT_MAX
         self._encoder = BulkImportEncoder(self._list_ids, self.tags)
-        self._direct: dict[str, tuple[str, ...]] = {}
+        # Removals of a handful of contacts done by single calls: their made-up job id -> the
+        # addresses that were refused (not found).
+        self._single_call_results: dict[str, tuple[str, ...]] = {}
         imports_per_s = hook.imports_per_minute / 60
         requests_per_s = hook.requests_per_second
         # The import rate sets the pace: enough imports on the wire to hide ~1 s of latency, polls
         # paced to what the per-second budget leaves, and the first poll after the ~1 s that
         # /import/info answers `false` (scaled with the rate, as a test sandbox scales it).
-        self.max_in_flight = max(4, math.ceil(imports_per_s * 2))
-        self.max_unconfirmed = 2 * self.max_in_flight + 8
-        self.max_poll_rate = max(0.2, 0.6 * (requests_per_s - imports_per_s))
-        self.poll_interval = min(1.0, 100 / 60 / imports_per_s)
-        self.max_poll_interval = 10 * self.poll_interval
+        self.max_in_flight = max(_MIN_IN_FLIGHT, math.ceil(imports_per_s * _IN_FLIGHT_S))
+        self.max_unconfirmed = _UNCONFIRMED_PER_IN_FLIGHT * self.max_in_flight + _UNCONFIRMED_SPARE
+        self.max_poll_rate = max(_MIN_POLL_RATE, _POLL_SHARE * (requests_per_s - imports_per_s))
+        self.poll_interval = min(
+            _FIRST_POLL_S,
+            _FIRST_POLL_S * ActiveCampaignHook.DEFAULT_IMPORTS_PER_MINUTE / 60 / imports_per_s,
+        )
+        self.max_poll_interval = _LONGEST_POLL_INTERVALS * self.poll_interval
 
     @property
     def list_ids(self) -> Sequence[str]:
@@ -66,7 +94,7 @@ class ActiveCampaignDestination(HookDestination):
     def submit(self, batch: Batch) -> str:
         return self.hook.bulk_import(batch.body)
 
-    def completed(self, status: ImportStatus, batch: Batch) -> JobResult:
+    def completed(self, status: JobResult, batch: Batch) -> JobResult:
         # Every contact of the body that is not in the failure list was taken.
         rejected = min(status.rejected, batch.contacts)
         return JobResult(
@@ -121,8 +149,8 @@ class ActiveCampaignDestination(HookDestination):
                     continue
                 for list_id in self._list_ids:
                     self.hook.set_list_status(contact_id, list_id, 2)
-            job_id = f"direct-{len(self._direct)}"
-            self._direct[job_id] = tuple(refused)
+            job_id = f"{_SINGLE_CALL_JOB_PREFIX}{len(self._single_call_results)}"
+            self._single_call_results[job_id] = tuple(refused)
             return job_id
         unsubscribe = [{"listid": list_id} for list_id in self._list_ids]
         body = {"contacts": [{"email": email, "unsubscribe": unsubscribe} for email, _ in contacts]}
@@ -134,8 +162,8 @@ class ActiveCampaignDestination(HookDestination):
                 ok=True, accepted=len(contacts) - len(refused), rejected=len(refused), refused=refused
             )
 
-        if job_id in self._direct:
-            return removed(self._direct.pop(job_id))
+        if job_id in self._single_call_results:
+            return removed(self._single_call_results.pop(job_id))
         return self.job_result(job_id, lambda status: removed(status.refused or ()))
 
     def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float] | None]) -> list[str]:

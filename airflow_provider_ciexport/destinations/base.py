@@ -6,9 +6,10 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import Destination, JobResult
-from airflow_provider_ciexport.hooks.base import ImportEncoder, ImportStatus
+from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.hooks.base import ImportEncoder
 
 
 class ImportClient(Protocol):
@@ -18,7 +19,7 @@ class ImportClient(Protocol):
     def requests_made(self) -> int:
         """API requests made so far."""
 
-    def import_status(self, job_id: str) -> ImportStatus:
+    def import_status(self, job_id: str) -> JobResult:
         """Where an import (or removal) job stands."""
 
     def share_account(self) -> AbstractContextManager[object]:
@@ -45,11 +46,11 @@ class HookDestination(Destination):
     def poll(self, job_id: str, batch: Batch) -> JobResult | None:
         return self.job_result(job_id, lambda status: self.completed(status, batch))
 
-    def completed(self, status: ImportStatus, batch: Batch) -> JobResult:
+    def completed(self, status: JobResult, batch: Batch) -> JobResult:
         """What the destination took of ``batch``, from the status of its completed import job."""
         raise NotImplementedError
 
-    def job_result(self, job_id: str, completed: Callable[[ImportStatus], JobResult]) -> JobResult | None:
+    def job_result(self, job_id: str, completed: Callable[[JobResult], JobResult]) -> JobResult | None:
         """The job's result once it ended (``completed`` reads a job that completed), else ``None``."""
         status = self.hook.import_status(job_id)
         if not status.done:

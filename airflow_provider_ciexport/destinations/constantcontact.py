@@ -8,10 +8,9 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.destinations.base import HookDestination
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import JobResult
-from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import (
     MAX_IMPORT_BYTES,
     MAX_IMPORT_CONTACTS,
@@ -59,6 +58,15 @@ def named_refusals(messages: Sequence[str], batch: Batch, rejected: int) -> tupl
     return tuple(sorted(named)) if len(named) == rejected else None
 
 
+#: Status polls may take this share of the request budget: imports come no faster than their bodies
+#: are built, so the rest is plenty for them (commit 7ff26f5: capped at one poll a second, 44
+#: activities of the 1M benchmark took 44 s to confirm).
+_POLL_SHARE = 0.5
+#: The first poll this long after an import is answered at the documented 4 requests a second,
+#: sooner at a faster rate (commit 6036ba3: bodies were held for nothing on raised limits).
+_FIRST_POLL_S = 0.5
+
+
 class ConstantContactDestination(HookDestination):
     """Constant Contact's side of an export: JSON imports sized by bytes, followed to the end.
 
@@ -76,7 +84,7 @@ class ConstantContactDestination(HookDestination):
     # their activities (their bodies are kept to be resent if one fails: 48 MB at most).
     max_in_flight = 8
     max_unconfirmed = 12
-    poll_interval = 0.5
+    poll_interval = _FIRST_POLL_S
     max_poll_interval = 5.0
 
     def __init__(self, hook: ConstantContactHook, list_ids: Sequence[Any]) -> None:
@@ -84,11 +92,14 @@ class ConstantContactDestination(HookDestination):
         # Imports come no faster than their bodies are built (a few a second), so polls may have half
         # the request budget: each finished activity is seen at once, not one a second. The hook's
         # limiter keeps imports and polls together under the account's limit.
-        self.max_poll_rate = hook.requests_per_second / 2
+        self.max_poll_rate = hook.requests_per_second * _POLL_SHARE
         # The first poll half a second after an import is answered at the documented 4 requests a
         # second, sooner on a key with raised limits (or a sandbox that scales time): every body is
         # kept until its activity is confirmed, so a late first poll holds memory for nothing.
-        self.poll_interval = min(self.poll_interval, 2 / hook.requests_per_second)
+        self.poll_interval = min(
+            self.poll_interval,
+            _FIRST_POLL_S * ConstantContactHook.DEFAULT_REQUESTS_PER_SECOND / hook.requests_per_second,
+        )
         self._list_ids = parse_list_ids(list_ids)
         self._encoder = JsonImportEncoder(self._list_ids)
 
@@ -103,7 +114,7 @@ class ConstantContactDestination(HookDestination):
     def submit(self, batch: Batch) -> str:
         return self.hook.json_import(batch.body)
 
-    def completed(self, status: ImportStatus, batch: Batch) -> JobResult:
+    def completed(self, status: JobResult, batch: Batch) -> JobResult:
         rejected = status.rejected
         if status.total is not None and status.total < batch.contacts:
             # Contacts the API never saw (a truncated body) must not pass as exported.

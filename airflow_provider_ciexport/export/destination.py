@@ -5,29 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.export.batcher import Batch
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """The final state of one import job.
-
-    :param ok: the job completed (its counts are final); ``False`` when it ended failed and may be
-        sent again.
-    :param accepted: contacts the destination took.
-    :param rejected: contacts it refused (bad data, unsubscribed, excluded).
-    :param state: the destination's own name of the final state, for messages.
-    """
-
-    ok: bool
-    accepted: int = 0
-    rejected: int = 0
-    state: str = "completed"
-    #: The emails of the refused contacts, when the destination names them (``None``: it does not).
-    refused: tuple[str, ...] | None = None
 
 
 class Destination(ABC):

@@ -9,11 +9,12 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.core.urls import is_loopback, unsafe_character
 from airflow_provider_ciexport.exceptions import (
@@ -24,7 +25,6 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.hooks.base import (
     HeaderAuth,
     ImportEncoder,
-    ImportStatus,
     SegmentApiHook,
     checked_contacts,
     encode_json,
@@ -53,6 +53,11 @@ _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 _API_PATHS = ("", "/", "/api/3", "/api/3/")
+# Ends every message on a bad API URL.
+_HOW = (
+    "Set it to the API URL shown in ActiveCampaign under Settings > Developer, "
+    "e.g. https://youraccount.api-us1.com."
+)
 
 
 def parse_list_ids(values: Iterable[Any]) -> list[int]:
@@ -122,47 +127,56 @@ def normalize_api_url(
     :raises ExportConfigurationError: if the value is not an ActiveCampaign API URL.
     """
     where = "this connection" if conn_id is None else f"connection '{conn_id}'"
-    how = (
-        "Set it to the API URL shown in ActiveCampaign under Settings > Developer, "
-        "e.g. https://youraccount.api-us1.com."
-    )
-    value = (host or "").strip()
-    if not value:
-        raise ExportConfigurationError(f"{where[:1].upper()}{where[1:]} has no API URL (host). {how}")
-    bad = unsafe_character(value)
-    if bad is not None:
-        raise ExportConfigurationError(
-            f"The API URL (host) of {where} contains {bad}. Nothing was sent. {how}"
-        )
-    explicit_scheme = "://" in value
-    parts = urlsplit(value if explicit_scheme else f"https://{value}")
-    if parts.scheme not in ("http", "https"):
-        raise ExportConfigurationError(f"The API URL of {where} has the scheme '{parts.scheme}'. {how}")
-    if "@" in parts.netloc:
-        raise ExportConfigurationError(
-            f"The API URL (host) of {where} contains a user name or password (before '@'); the API key "
-            f"goes in the password field, never in the address. Nothing was sent. {how}"
-        )
-    hostname = parts.hostname or ""
-    if not hostname or not (_HOSTNAME.match(hostname) or is_loopback(hostname)):
-        raise ExportConfigurationError(f"The API URL of {where} has no valid host name. {how}")
-    if parts.path not in _API_PATHS or parts.query or parts.fragment or parts.username:
-        raise ExportConfigurationError(
-            f"The API URL of {where} points somewhere other than the API (path '{parts.path}'). {how}"
-        )
-    if parts.scheme == "http" and not is_loopback(hostname):
-        raise ExportConfigurationError(
-            f"The API URL of {where} uses plain http://. ActiveCampaign is reached over "
-            f"https:// only (http is allowed just for a local sandbox such as http://127.0.0.1:8025). {how}"
-        )
+    parts = _split_api_url((host or "").strip(), where)
+    hostname = _api_hostname(parts, where)
     try:
         url_port = parts.port
     except ValueError:
-        raise ExportConfigurationError(f"The API URL of {where} has an invalid port. {how}") from None
+        raise ExportConfigurationError(f"The API URL of {where} has an invalid port. {_HOW}") from None
     netloc = hostname if ":" not in hostname else f"[{hostname}]"
     if url_port or port:
         netloc = f"{netloc}:{url_port or port}"
     return f"{parts.scheme}://{netloc}/api/3"
+
+
+def _split_api_url(value: str, where: str) -> SplitResult:
+    """``value`` (stripped) split as a URL, ``https://`` assumed; refused when empty, unsafe, of another
+    scheme or with a user name or password."""
+    if not value:
+        raise ExportConfigurationError(f"{where[:1].upper()}{where[1:]} has no API URL (host). {_HOW}")
+    bad = unsafe_character(value)
+    if bad is not None:
+        raise ExportConfigurationError(
+            f"The API URL (host) of {where} contains {bad}. Nothing was sent. {_HOW}"
+        )
+    explicit_scheme = "://" in value
+    parts = urlsplit(value if explicit_scheme else f"https://{value}")
+    if parts.scheme not in ("http", "https"):
+        raise ExportConfigurationError(f"The API URL of {where} has the scheme '{parts.scheme}'. {_HOW}")
+    if "@" in parts.netloc:
+        raise ExportConfigurationError(
+            f"The API URL (host) of {where} contains a user name or password (before '@'); the API key "
+            f"goes in the password field, never in the address. Nothing was sent. {_HOW}"
+        )
+    return parts
+
+
+def _api_hostname(parts: SplitResult, where: str) -> str:
+    """The host name of a split API URL; refused when invalid, with a path other than the API's, or
+    plain http:// to a host other than this machine."""
+    hostname = parts.hostname or ""
+    if not hostname or not (_HOSTNAME.match(hostname) or is_loopback(hostname)):
+        raise ExportConfigurationError(f"The API URL of {where} has no valid host name. {_HOW}")
+    if parts.path not in _API_PATHS or parts.query or parts.fragment or parts.username:
+        raise ExportConfigurationError(
+            f"The API URL of {where} points somewhere other than the API (path '{parts.path}'). {_HOW}"
+        )
+    if parts.scheme == "http" and not is_loopback(hostname):
+        raise ExportConfigurationError(
+            f"The API URL of {where} uses plain http://. ActiveCampaign is reached over "
+            f"https:// only (http is allowed just for a local sandbox such as http://127.0.0.1:8025). {_HOW}"
+        )
+    return hostname
 
 
 class ActiveCampaignHook(SegmentApiHook):
@@ -398,7 +412,7 @@ class ActiveCampaignHook(SegmentApiHook):
             )
         return str(batch_id)
 
-    def import_status(self, batch_id: str) -> ImportStatus:
+    def import_status(self, batch_id: str) -> JobResult:
         """Where a bulk import stands (``GET /import/info``).
 
         The state is ``waiting``, ``claimed`` or ``active`` while it runs (``false`` for about a second
@@ -411,15 +425,15 @@ class ActiveCampaignHook(SegmentApiHook):
         state = info.get("status")
         if state == "completed":
             refused = tuple(str(e) for e in info.get("failure") or [])
-            return ImportStatus(
-                "completed",
+            return JobResult(
+                state="completed",
                 done=True,
                 ok=True,
                 accepted=len(info.get("success") or []),
                 rejected=len(refused),
                 refused=refused,
             )
-        return ImportStatus(str(state or "queued"), done=state in FAILED_STATES, ok=False)
+        return JobResult(state=str(state or "queued"), done=state in FAILED_STATES, ok=False)
 
     def sync_contact(self, contact: Mapping[str, Any]) -> int:
         """Create or update one contact (``POST /contact/sync``) and return its id.

@@ -10,7 +10,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder, ContactSchema
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.core.redaction import request_values, vendor_error_text
 from airflow_provider_ciexport.core.sharing import account_lease, share_variable_key
@@ -52,31 +52,9 @@ MAX_THROTTLE_WAIT_S = 30.0
 #: writes, about ten times faster: encoding is a large share of an export's CPU.
 encode_json: Callable[[Any], bytes] = msgspec.json.Encoder().encode
 
-
-@dataclass(frozen=True)
-class ImportStatus:
-    """Where an import job (an ActiveCampaign batch, a Constant Contact activity) stands.
-
-    :param state: the API's own name of the state (``"completed"``, ``"failed"``, ...).
-    :param done: the job reached a final state; nothing will change any more.
-    :param ok: the job completed and its counts are final (``False`` while running or when it failed).
-    :param accepted: contacts the destination took (0 until ``ok``).
-    :param rejected: contacts it refused: invalid, excluded or unsubscribed (0 until ``ok``).
-    :param total: contacts the API says it received, when it says (Constant Contact), else ``None``.
-    :param refused: the emails of the refused contacts, when the API names them (ActiveCampaign's
-        ``failure`` list), else ``None``.
-    :param messages: the job's own error messages (Constant Contact's ``activity_errors``): free
-        text that may quote a contact, read to tell which contact was refused, never logged.
-    """
-
-    state: str
-    done: bool
-    ok: bool
-    accepted: int = 0
-    rejected: int = 0
-    total: int | None = None
-    refused: tuple[str, ...] | None = None
-    messages: tuple[str, ...] = ()
+#: The former name of :class:`~airflow_provider_ciexport.core.jobs.JobResult`: the same type, kept
+#: while the API page of the documentation names it.
+ImportStatus = JobResult
 
 
 class ImportEncoder(ABC):

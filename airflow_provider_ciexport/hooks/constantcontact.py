@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import requests
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
 from airflow_provider_ciexport.core.redaction import looks_like_a_header
@@ -37,7 +38,6 @@ from airflow_provider_ciexport.exceptions import (
 from airflow_provider_ciexport.hooks.base import (
     HeaderAuth,
     ImportEncoder,
-    ImportStatus,
     SegmentApiHook,
     check_base_url,
     checked_contacts,
@@ -179,8 +179,28 @@ def rotated_token_variable(token_url: str, client_id: str, refresh_token: str | 
     return f"constantcontact_refresh_token_{hashlib.sha256(identity.encode()).hexdigest()[:24]}"
 
 
-def _loose(name: str) -> str:
+def _folded_column_name(name: str) -> str:
+    """``name`` without case, spaces and underscores: ``"Email address"`` and ``"email_address"`` meet."""
     return name.replace("_", "").replace(" ", "").lower()
+
+
+def _export_columns(header: Sequence[str], fields: Sequence[str]) -> list[str]:
+    """The field name of each column of a contact export's ``header`` (its own name when no field's).
+
+    :raises DestinationApiError: if a field has no column.
+    """
+    # The header's spelling is not documented ("email_address" or "Email address"): compare
+    # ignoring case, spaces and underscores.
+    wanted = {_folded_column_name(name): name for name in fields}
+    names = [wanted.get(_folded_column_name(column), column) for column in header]
+    missing = [name for name in fields if name not in names]
+    if missing:
+        # The vendor's file: its first line is shown only when it reads as column names.
+        shown = ", ".join(header[:20]) if looks_like_a_header(header) else "not shown: they look like data"
+        raise DestinationApiError(
+            f"Constant Contact's contact export has no column for {', '.join(missing)} (columns: {shown})."
+        )
+    return names
 
 
 class _BearerAuth(HeaderAuth):
@@ -344,11 +364,18 @@ class ConstantContactHook(SegmentApiHook):
                 f"{AUTH_COMMAND} once to authorize the app and put the token in the connection's Refresh "
                 "token field (in the UI's connection form, under Extra Fields; the extra 'refresh_token')."
             )
+        payload, token = self._exchange_refresh_token(token, conn_token)
+        self._keep_access_token(payload)
+        self._keep_refresh_token(payload, token, stored)
+
+    def _exchange_refresh_token(self, token: str, conn_token: str | None) -> tuple[dict[str, Any], str]:
+        """The token endpoint's answer to ``token``, or to the next candidate when it is refused, and
+        the refresh token that got it."""
         tried = {token}
         for _ in range(_ROTATION_RETRIES + 1):
             payload = self._token_request(token)
             if payload is not None:
-                break
+                return payload, token
             # Refused: another task may have rotated the token under us (read the newly stored one),
             # or an old stored token is stale while the connection's own one still works.
             newer = self.token_store.get()
@@ -361,13 +388,18 @@ class ConstantContactHook(SegmentApiHook):
                 )
             token = candidates[0]
             tried.add(token)
-        else:  # pragma: no cover - the loop always breaks or raises
-            raise AssertionError("unreachable")
+        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
+
+    def _keep_access_token(self, payload: Mapping[str, Any]) -> None:
         access = str(payload["access_token"])
         _mask(access)
         self._access_token = access
         expires_in = float(payload.get("expires_in") or 3600)
         self._expires_at = time.monotonic() + max(1.0, expires_in - min(_EXPIRY_MARGIN_S, expires_in / 10))
+
+    def _keep_refresh_token(self, payload: Mapping[str, Any], token: str, stored: str | None) -> None:
+        """Store the refresh token to use next: the rotated successor of ``token``, or ``token`` when it
+        worked where the stored one did not."""
         rotated = payload.get("refresh_token")
         if rotated and rotated != token:
             _mask(str(rotated))
@@ -559,7 +591,7 @@ class ConstantContactHook(SegmentApiHook):
             )
         return str(activity_id)
 
-    def import_status(self, activity_id: str) -> ImportStatus:
+    def import_status(self, activity_id: str) -> JobResult:
         """Where an import activity stands (``GET /activities/{id}``).
 
         The state is ``initialized`` or ``processing`` while it runs, then ``completed``, or ``failed``,
@@ -572,7 +604,7 @@ class ConstantContactHook(SegmentApiHook):
         activity = self.call("GET", f"activities/{activity_id}").json()
         state = str(activity.get("state") or "initialized")
         if state != "completed":
-            return ImportStatus(state, done=state in FAILED_STATES, ok=False)
+            return JobResult(state=state, done=state in FAILED_STATES, ok=False)
         status = activity.get("status") or {}
         total = status.get("items_total_count")
         rejected = int(status.get("error_count") or 0) + int(status.get("cannot_add_to_list_count") or 0)
@@ -583,8 +615,8 @@ class ConstantContactHook(SegmentApiHook):
             for m in activity.get("activity_errors") or []
             if isinstance(m, (str, dict))
         )
-        return ImportStatus(
-            state,
+        return JobResult(
+            state=state,
             done=True,
             ok=True,
             accepted=accepted,
@@ -633,6 +665,31 @@ class ConstantContactHook(SegmentApiHook):
         :param poll_interval: seconds before the first status poll (growing to 5 s).
         :param timeout: seconds to wait for the export before failing.
         """
+        activity_id, activity = self._run_contact_export(fields, list_ids, status, poll_interval, timeout)
+        href = str(((activity.get("_links") or {}).get("results") or {}).get("href") or "")
+        file_id = href.rstrip("/").rsplit("/", 1)[-1]
+        if not file_id:
+            raise DestinationApiError(
+                f"Constant Contact's contact export {activity_id} names no results file."
+            )
+        download = self._download(f"contact_exports/{file_id}")
+        # newline="": line breaks inside quoted values stay part of the value, as csv expects.
+        with io.TextIOWrapper(download, encoding="utf-8-sig", newline="") as text:
+            reader = csv.reader(text)
+            names = _export_columns(next(reader, []), fields)
+            for row in reader:
+                if row:
+                    yield dict(zip(names, row, strict=False))
+
+    def _run_contact_export(
+        self,
+        fields: Sequence[str],
+        list_ids: Sequence[str],
+        status: str | None,
+        poll_interval: float,
+        timeout: float,
+    ) -> tuple[str, dict[str, Any]]:
+        """Start a contact export and wait for it; return its activity id and its completed activity."""
         body: dict[str, Any] = {"fields": list(fields)}
         if list_ids:
             body["list_ids"] = parse_list_ids(list_ids)
@@ -657,36 +714,7 @@ class ConstantContactHook(SegmentApiHook):
             poll_interval,
             _LONGEST_EXPORT_POLL_S,
         )
-        href = str(((activity.get("_links") or {}).get("results") or {}).get("href") or "")
-        file_id = href.rstrip("/").rsplit("/", 1)[-1]
-        if not file_id:
-            raise DestinationApiError(
-                f"Constant Contact's contact export {activity_id} names no results file."
-            )
-        download = self._download(f"contact_exports/{file_id}")
-        # newline="": line breaks inside quoted values stay part of the value, as csv expects.
-        with io.TextIOWrapper(download, encoding="utf-8-sig", newline="") as text:
-            reader = csv.reader(text)
-            header = next(reader, [])
-            # The header's spelling is not documented ("email_address" or "Email address"): compare
-            # ignoring case, spaces and underscores.
-            wanted = {_loose(name): name for name in fields}
-            names = [wanted.get(_loose(column), column) for column in header]
-            missing = [name for name in fields if name not in names]
-            if missing:
-                # The vendor's file: its first line is shown only when it reads as column names.
-                shown = (
-                    ", ".join(header[:20])
-                    if looks_like_a_header(header)
-                    else "not shown: they look like data"
-                )
-                raise DestinationApiError(
-                    f"Constant Contact's contact export has no column for {', '.join(missing)} "
-                    f"(columns: {shown})."
-                )
-            for row in reader:
-                if row:
-                    yield dict(zip(names, row, strict=False))
+        return activity_id, activity
 
     def _download(self, endpoint: str) -> IO[bytes]:
         """The file at ``endpoint``, read in pieces into an anonymous temporary file (deleted when

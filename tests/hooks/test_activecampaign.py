@@ -9,20 +9,20 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.exceptions import (
     DestinationApiError,
     DestinationAuthError,
     ExportConfigurationError,
 )
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
-from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from airflow_provider_ciexport.tools.sandbox.recording import redact_credential
 from tests.support import calls, set_connection
 
 
-def _wait_completed(hook: ActiveCampaignHook, batch_id: str) -> ImportStatus:
+def _wait_completed(hook: ActiveCampaignHook, batch_id: str) -> JobResult:
     for _ in range(100):
         status = hook.import_status(batch_id)
         if status.done:

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.exceptions import (
     DestinationAuthError,
     DestinationQuotaError,
     ExportConfigurationError,
 )
-from airflow_provider_ciexport.hooks.base import ImportStatus
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
@@ -40,7 +40,7 @@ def _cc_conn(monkeypatch: pytest.MonkeyPatch, url: str, conn_id: str = "cc_test"
     return set_connection(monkeypatch, conn_id, **fields)
 
 
-def _wait_activity(hook: ConstantContactHook, activity_id: str) -> ImportStatus:
+def _wait_activity(hook: ConstantContactHook, activity_id: str) -> JobResult:
     for _ in range(100):
         status = hook.import_status(activity_id)
         if status.done:
