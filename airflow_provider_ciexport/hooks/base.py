@@ -21,7 +21,6 @@ from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder, ContactSchema
-from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.core.redaction import request_values, vendor_error_text
 from airflow_provider_ciexport.core.sharing import account_lease, share_variable_key
@@ -51,10 +50,6 @@ MAX_THROTTLE_WAIT_S = 30.0
 #: Compact UTF-8 JSON, byte for byte what ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``
 #: writes, about ten times faster: encoding is a large share of an export's CPU.
 encode_json: Callable[[Any], bytes] = msgspec.json.Encoder().encode
-
-#: The former name of :class:`~airflow_provider_ciexport.core.jobs.JobResult`: the same type, kept
-#: while the API page of the documentation names it.
-ImportStatus = JobResult
 
 
 class ImportEncoder(ABC):
