@@ -249,22 +249,22 @@ class Delivery:
         """Submit the batch and wait for its job, again while the job ends failed (``max_resubmits``
         times); the last job's result, or ``None`` when the export does not wait for its jobs."""
         destination, report = self.destination, self.report
-        for attempt in range(self.max_resubmits + 1):
-            if self.stop.is_set():
-                raise Stopped
+
+        def submit(attempt: int) -> str:
             with submit_gate:
                 job_id = destination.submit(batch)
-            report.record_job(job_id)
             with self._lock:
                 self.unconfirmed += batch.contacts
                 report.resubmitted_batches += 1 if attempt else 0
-            if not report.waited:
-                return None
+            return job_id
+
+        def wait(job_id: str) -> JobResult:
             result = self.wait_for(partial(destination.poll, job_id, batch), poll_limiter)
             with self._lock:
                 self.unconfirmed -= batch.contacts
-            if result.ok:
-                return result
+            return result
+
+        def failed(job_id: str, result: JobResult, attempt: int) -> None:
             log.warning(
                 "%s import job %s (batch %d, %d contacts) ended '%s'%s.",
                 destination.name,
@@ -274,7 +274,47 @@ class Delivery:
                 result.state,
                 "; sending it again" if attempt < self.max_resubmits else "",
             )
+
+        if not report.waited:
+            report.record_job(submit(0))
+            return None
+        return self.follow(submit, wait, failed)
+
+    def follow(
+        self,
+        submit: Callable[[int], str],
+        wait: Callable[[str], JobResult],
+        failed: Callable[[str, JobResult, int], None] | None = None,
+    ) -> JobResult:
+        """Submit a job and wait for its end, again while it ends failed (``max_resubmits`` times):
+        the one loop of imports and removals. Return the last job's result.
+
+        :param submit: sends the job (given the attempt, 0 first) and returns its id.
+        :param wait: follows the job with that id to its end.
+        :param failed: told of each job that ended failed (its id, result and attempt).
+        """
+        for attempt in range(self.max_resubmits + 1):
+            if self.stop.is_set():
+                raise Stopped
+            job_id = submit(attempt)
+            self.report.record_job(job_id)
+            result = wait(job_id)
+            if result.ok:
+                return result
+            if failed is not None:
+                failed(job_id, result, attempt)
         return result
+
+    def follow_removal(
+        self,
+        submit: Callable[[], str],
+        poll: Callable[[str], JobResult | None],
+        poll_limiter: RateLimiter,
+    ) -> JobResult:
+        """Follow a removal job (see :meth:`follow`), polled at ``poll_limiter``'s pace."""
+        return self.follow(
+            lambda _attempt: submit(), lambda job_id: self.wait_for(partial(poll, job_id), poll_limiter)
+        )
 
     def _confirmed(
         self,

@@ -100,7 +100,6 @@ class SegmentExporter:
                 self.field_mapping,
                 self.report,
                 dry_run=self.settings.dry_run,
-                max_resubmits=self.settings.max_resubmits,
             )
             if sync is not None
             else None
@@ -288,7 +287,9 @@ class SegmentExporter:
             self._delivery.send_batches(itertools.chain(head, items), batcher, checkpoint)
         if sync_run is not None and not self._delivery.ended_early():
             removal_polls = RateLimiter(destination.max_poll_rate, 1.0)
-            sync_run.finish(self._read_all, partial(self._delivery.wait_for, poll_limiter=removal_polls))
+            sync_run.finish(
+                self._read_all, partial(self._delivery.follow_removal, poll_limiter=removal_polls)
+            )
 
     def _end_of_run(self, builder: ContactBuilder, checkpoint: Checkpoint) -> None:
         """Whatever happened: the report's counts, the checkpoint and the state saved, the report logged."""

@@ -15,8 +15,9 @@ from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.state import StateLease, email_key
 from airflow_provider_ciexport.export.sync import SegmentDiff, SyncSettings
 
-#: Follows one job to its end (polling ``poll`` until it returns a result).
-WaitFor = Callable[[Callable[[], "JobResult | None"]], JobResult]
+#: Submits a removal job (``submit()`` returns its id) and follows it to its end (``poll(job_id)``),
+#: again while it ends failed; returns the last job's result.
+FollowRemoval = Callable[[Callable[[], str], Callable[[str], "JobResult | None"]], JobResult]
 
 
 class SyncFinish:
@@ -28,7 +29,6 @@ class SyncFinish:
     :param report: the run's report (its ``sync`` figures are updated).
     :param lease: the state's lease, checked before each change (``None``: a dry run).
     :param dry_run: count, but change nothing.
-    :param max_resubmits: how many times a removal whose job ended failed is sent again.
     :param refused: emails the imports refused (they are not re-subscribed).
     :param removal_ids: contact ids of the leavers, from the members read before sending.
     """
@@ -42,7 +42,6 @@ class SyncFinish:
         lease: StateLease | None,
         *,
         dry_run: bool,
-        max_resubmits: int,
         refused: set[str],
         removal_ids: dict[str, str],
     ) -> None:
@@ -52,15 +51,14 @@ class SyncFinish:
         self.report = report
         self.lease = lease
         self.dry_run = dry_run
-        self.max_resubmits = max_resubmits
         self._refused = refused
         self._removal_ids = removal_ids
         self._lock = threading.Lock()
 
-    def run(self, wait_for: WaitFor) -> None:
+    def run(self, follow: FollowRemoval) -> None:
         """Re-subscribe the returners, then (mirror) remove the leavers.
 
-        :param wait_for: follows a removal's job to its end.
+        :param follow: sends a removal job and follows it to its end.
         """
         diff, sync = self.diff, self.sync
         if self.destination.removal_unsubscribes and diff.readd_emails and not self.dry_run:
@@ -81,7 +79,7 @@ class SyncFinish:
         found = self._with_contact_ids(leavers)
         if self.lease is not None:
             self.lease.check("removing contacts (new and changed contacts were sent)")
-        self._remove(found, wait_for)
+        self._remove(found, follow)
 
     def _readd(self) -> None:
         """Re-subscribe the contacts the export removed that came back into the segment."""
@@ -116,26 +114,26 @@ class SyncFinish:
                 diff.forget([index])
         return found
 
-    def _remove(self, leavers: list[tuple[int, str, str]], wait_for: WaitFor) -> None:
+    def _remove(self, leavers: list[tuple[int, str, str]], follow: FollowRemoval) -> None:
         destination, diff, report = self.destination, self.diff, self.report
         size = destination.max_removal_batch
 
         def remove(chunk: list[tuple[int, str, str]]) -> None:
             contacts = [(email, contact_id) for _, email, contact_id in chunk]
-            for _attempt in range(self.max_resubmits + 1):
-                job_id = destination.submit_removal(contacts)
-                report.record_job(job_id)
-                result = wait_for(partial(destination.poll_removal, job_id, contacts))
-                if result.ok:
-                    refused = {e.lower() for e in result.refused or ()}
-                    done = [index for index, email, _ in chunk if email not in refused]
-                    diff.removed(done, run)
-                    with self._lock:
-                        report.sync["removed"] += len(done)
-                        report.sync["removal_refused"] += len(chunk) - len(done)
-                    return
+            result = follow(
+                partial(destination.submit_removal, contacts),
+                lambda job_id: destination.poll_removal(job_id, contacts),
+            )
+            if not result.ok:
+                with self._lock:
+                    report.sync["removal_refused"] += len(chunk)
+                return
+            refused = {e.lower() for e in result.refused or ()}
+            done = [index for index, email, _ in chunk if email not in refused]
+            diff.removed(done, run)
             with self._lock:
-                report.sync["removal_refused"] += len(chunk)
+                report.sync["removed"] += len(done)
+                report.sync["removal_refused"] += len(chunk) - len(done)
 
         chunks = [leavers[i : i + size] for i in range(0, len(leavers), size)]
         if not chunks:

@@ -37,7 +37,7 @@ from airflow_provider_ciexport.export.sync import (
     SegmentDiff,
     SyncSettings,
 )
-from airflow_provider_ciexport.export.sync_finish import SyncFinish, WaitFor
+from airflow_provider_ciexport.export.sync_finish import FollowRemoval, SyncFinish
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ class SyncRun:
     :param field_mapping: destination attribute -> source column.
     :param report: the run's report (its ``sync`` section is filled here).
     :param dry_run: check and count, but take no lease and write, send and remove nothing.
-    :param max_resubmits: how many times a removal whose job ended failed is sent again.
     """
 
     def __init__(
@@ -89,14 +88,12 @@ class SyncRun:
         report: ExportReport,
         *,
         dry_run: bool,
-        max_resubmits: int,
     ) -> None:
         self.sync = sync
         self.destination = destination
         self.field_mapping = field_mapping
         self.report = report
         self.dry_run = dry_run
-        self.max_resubmits = max_resubmits
         self.diff: SegmentDiff | None = None
         self.lease: StateLease | None = None
         self._keys: StateKeys | None = None
@@ -316,12 +313,12 @@ class SyncRun:
 
     # -- after every batch -----------------------------------------------------------------------
 
-    def finish(self, read_all: bool, wait_for: WaitFor) -> None:
+    def finish(self, read_all: bool, follow: FollowRemoval) -> None:
         """After every batch is confirmed: re-add the contacts the export removed that came back, then
         (mirror) remove the ones the export added that left the segment (see :class:`.SyncFinish`).
 
         :param read_all: whether the whole segment was read (a partial read says nothing of who left).
-        :param wait_for: follows a removal's job to its end.
+        :param follow: sends a removal job and follows it to its end.
         """
         assert self.diff is not None
         if not read_all:
@@ -333,10 +330,9 @@ class SyncRun:
             self.report,
             self.lease,
             dry_run=self.dry_run,
-            max_resubmits=self.max_resubmits,
             refused=self._refused,
             removal_ids=self._removal_ids,
-        ).run(wait_for)
+        ).run(follow)
 
     # -- the end ---------------------------------------------------------------------------------
 
