@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
 from airflow_provider_ciexport.export.batcher import Batch
@@ -86,3 +86,166 @@ class FakeDestination(Destination):
     def emails_sent(self) -> list[str]:
         """Every e-mail in every body, in order, resubmissions included."""
         return [c["email"] for c in self.contacts_sent()]
+
+
+#: A membership's status on the list, as ActiveCampaign numbers them: active, unsubscribed.
+ACTIVE, UNSUBSCRIBED = 1, 2
+
+
+class MemoryListDestination(FakeDestination):
+    """One list of an account, held in memory, that behaves at the :class:`Destination` interface as the
+    real adapters do (not as their HTTP): imports add or update members, removals take them off, and
+    people act on their own between runs.
+
+    Like Constant Contact by default: unsubscribing is account-wide, a removal takes the membership
+    away (by contact id), and the members are read on every mirror run. With
+    ``removal_unsubscribes=True``, like ActiveCampaign: a removal sets the membership's status 2 (as a
+    person's unsubscribe does, so :meth:`opted_out` lists both), an import never undoes a status 2,
+    and :meth:`readd` re-subscribes a contact only if the export's removal is its last change.
+
+    :param removal_unsubscribes: the ActiveCampaign-like mode.
+    :param refuse: emails every import refuses (an excluded or undeliverable address), named in
+        ``JobResult.refused`` as the adapters name them.
+    """
+
+    account_name = "memory://account"
+
+    def __init__(self, *, removal_unsubscribes: bool = False, refuse: Sequence[str] = ()) -> None:
+        super().__init__(batch_contacts=3)
+        self.removal_unsubscribes = removal_unsubscribes
+        self.members_read_is_cheap = not removal_unsubscribes
+        self.refuse = {e.lower() for e in refuse}
+        #: The account's contacts: email -> (contact id, fields).
+        self.contacts: dict[str, tuple[str, dict[str, str]]] = {}
+        #: The list's memberships: email -> status, and who made the last change ("export", "person").
+        self.status: dict[str, int] = {}
+        self.changed_by: dict[str, str] = {}
+        #: Emails unsubscribed from all email (the account-wide opt-out).
+        self.unsubscribed_everywhere: set[str] = set()
+        self.results: dict[str, JobResult] = {}
+        self.removal_requests: list[list[tuple[str, str]]] = []
+        self.readds: list[str] = []
+        self._ids = 0
+
+    # -- what a test reads ------------------------------------------------------------------------
+
+    def member_emails(self) -> set[str]:
+        """The list's active members now."""
+        return {email for email, status in self.status.items() if status == ACTIVE}
+
+    def fields(self, email: str) -> dict[str, str]:
+        """The contact's fields in the account."""
+        return self.contacts[email][1]
+
+    # -- what people do between runs --------------------------------------------------------------
+
+    def signup(self, email: str, **fields: str) -> None:
+        """The person joins the list by a form."""
+        self._upsert({"email": email, **fields})
+        self.unsubscribed_everywhere.discard(email)
+        self._set(email, ACTIVE, "person")
+
+    def unsubscribe(self, email: str) -> None:
+        """The person unsubscribes by their own action (from the list; account-wide in the default
+        mode, where unsubscribing is account-wide)."""
+        if not self.removal_unsubscribes:
+            self.unsubscribed_everywhere.add(email)
+        self._set(email, UNSUBSCRIBED, "person")
+
+    def delete(self, email: str) -> None:
+        """Someone deletes the contact from the account (and so from the list)."""
+        self.contacts.pop(email, None)
+        self.status.pop(email, None)
+        self.changed_by.pop(email, None)
+
+    # -- the Destination interface ----------------------------------------------------------------
+
+    def account(self) -> str:
+        return self.account_name
+
+    def submit(self, batch: Batch) -> str:
+        job_id = super().submit(batch)
+        self.results[job_id] = self._import(json.loads(batch.body))
+        return job_id
+
+    def poll(self, job_id: str, batch: Batch) -> JobResult | None:
+        with self._lock:
+            self.polls += 1
+        return self.results[job_id]
+
+    def send_small(self, contacts: Sequence[Mapping[str, str]]) -> int:
+        self.small.extend(contacts)
+        return self._import(contacts).accepted
+
+    def opted_out(self) -> Iterator[str]:
+        if self.removal_unsubscribes:
+            # Status 2 on the list: the person's unsubscribe or the export's removal alike.
+            return iter([e for e, status in self.status.items() if status == UNSUBSCRIBED])
+        return iter(sorted(self.unsubscribed_everywhere))
+
+    def members(self) -> Iterator[tuple[str, str]]:
+        return iter([(email, self.contacts[email][0]) for email in sorted(self.member_emails())])
+
+    def submit_removal(self, contacts: Sequence[tuple[str, str]]) -> str:
+        self.removal_requests.append(list(contacts))
+        refused = []
+        by_id = {contact_id: email for email, (contact_id, _) in self.contacts.items()}
+        for email, contact_id in contacts:
+            if self.removal_unsubscribes:
+                if email not in self.contacts:  # found by email, as ActiveCampaign's removal is
+                    refused.append(email)
+                else:
+                    self._set(email, UNSUBSCRIBED, "export")
+            elif contact_id in by_id:  # by contact id; an unknown id is nothing to remove
+                self.status.pop(by_id[contact_id], None)
+                self.changed_by.pop(by_id[contact_id], None)
+        job_id = f"removal-{len(self.removal_requests)}"
+        self.results[job_id] = JobResult(
+            ok=True, accepted=len(contacts) - len(refused), rejected=len(refused), refused=tuple(refused)
+        )
+        return job_id
+
+    def poll_removal(self, job_id: str, contacts: Sequence[tuple[str, str]]) -> JobResult | None:
+        return self.results[job_id]
+
+    def readd(self, emails: Sequence[str], removals: Sequence[Sequence[float] | None]) -> list[str]:
+        skipped = []
+        for email in emails:
+            last_is_export_removal = (
+                self.status.get(email) == UNSUBSCRIBED and self.changed_by.get(email) == "export"
+            )
+            if email not in self.contacts or not last_is_export_removal:
+                skipped.append(email)
+                continue
+            self._set(email, ACTIVE, "export")
+            self.readds.append(email)
+        return skipped
+
+    # -- inside -----------------------------------------------------------------------------------
+
+    def _import(self, contacts: Sequence[Mapping[str, str]]) -> JobResult:
+        refused = []
+        for contact in contacts:
+            email = contact["email"].lower()
+            if email in self.refuse:
+                refused.append(email)
+                continue
+            self._upsert(contact)
+            # An import never undoes an unsubscribe (ActiveCampaign's status 2; the export never sends
+            # one who unsubscribed in the default mode).
+            if email not in self.status and email not in self.unsubscribed_everywhere:
+                self._set(email, ACTIVE, "export")
+        return JobResult(
+            ok=True, accepted=len(contacts) - len(refused), rejected=len(refused), refused=tuple(refused)
+        )
+
+    def _upsert(self, contact: Mapping[str, str]) -> None:
+        email = contact["email"].lower()
+        if email not in self.contacts:
+            self._ids += 1
+            self.contacts[email] = (f"c{self._ids}", {})
+        self.contacts[email][1].update({k: v for k, v in contact.items() if k != "email"})
+
+    def _set(self, email: str, status: int, by: str) -> None:
+        self.status[email] = status
+        self.changed_by[email] = by
