@@ -250,13 +250,13 @@ _DELETED_NOT_PUT_BACK = pytest.mark.xfail(
     strict=True,
     reason="package bug: a contact deleted from the account while still in the segment is 'unchanged' "
     "to the state and never sent again, so the list stays without it (even where the members are "
-    "read on every mirror run)",
+    "read on every mirror run); drift repair, issue 36",
 )
 _DELETED_REFUSED_FOREVER = pytest.mark.xfail(
     strict=True,
     reason="package bug: where removals find contacts by email (ActiveCampaign), the removal of a "
     "contact deleted from the account is refused on every run, and the entry stays in the state and "
-    "in to_remove (and the safety limit) for ever",
+    "in to_remove (and the safety limit) for ever; drift repair, issue 36",
 )
 
 
