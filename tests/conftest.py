@@ -44,9 +44,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def airflow_db() -> str:
-    """A migrated metadata database in the throwaway AIRFLOW_HOME, as every deployment has."""
+    """A migrated metadata database in the throwaway AIRFLOW_HOME, as every deployment has.
+
+    Only for the tests that need one (``dag.test()``, Variables or XCom in this process, the
+    ``airflow`` CLI): they ask for it by name or with ``pytest.mark.usefixtures("airflow_db")``.
+    """
     subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
         check=True,
@@ -65,8 +69,12 @@ def fresh_rate_limiters() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def sandbox_server() -> Iterator[SandboxServer]:
-    """One sandbox for the whole run, on a free port of 127.0.0.1."""
+def sandbox_server(airflow_db: str) -> Iterator[SandboxServer]:
+    """One sandbox for the whole run, on a free port of 127.0.0.1.
+
+    The provider runs against it as in a deployment, with a metadata database: the Constant Contact
+    hook keeps a rotated refresh token in a Variable, exports sharing an account meet in one.
+    """
     with SandboxServer() as server:
         yield server
 

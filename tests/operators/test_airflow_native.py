@@ -23,7 +23,8 @@ from airflow_provider_ciexport.operators.constantcontact import ConstantContactS
 from airflow_provider_ciexport.tools.sandbox import SandboxServer, seed
 from tests.support import set_connection
 
-pytestmark = pytest.mark.integration
+# dag.test() and the task runner write runs, XCom and assets to the metadata database.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("airflow_db")]
 
 DAG_ID = "ciexport_native_test"
 PEOPLE = [

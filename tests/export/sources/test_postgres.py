@@ -1,6 +1,6 @@
 """A segment query on a real PostgreSQL server, through the postgres provider and an Airflow connection.
 
-The server is started by the test setup (:mod:`tests.export.postgres_server`) on a free port of
+The server is started by the test setup (:mod:`tests.export.sources.postgres_server`) on a free port of
 127.0.0.1 and holds a ``segment`` table of 200,000 generated profiles.
 """
 
@@ -19,7 +19,7 @@ from airflow_provider_ciexport.exceptions import CiExportError
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
-from tests.export.postgres_server import PostgresServer, find_binaries, missing_user, postgres_server
+from tests.export.sources.postgres_server import PostgresServer, find_binaries, missing_user, postgres_server
 from tests.support import posts, set_connection
 
 pytest.importorskip("airflow.providers.postgres", reason="needs apache-airflow-providers-postgres")

@@ -18,7 +18,7 @@ from airflow_provider_ciexport.tools.sandbox.seed import (
     CC_LIST_NEWSLETTER,
     CC_LIST_VIP,
 )
-from tests.sandbox.test_sandbox import (
+from tests.tools.sandbox.test_sandbox import (
     AC_H,
     TIMEOUT,
     ac_import,
