@@ -1,5 +1,6 @@
 """Every function in the package is small: cyclomatic complexity at most 15 (radon's grade C) and a
-body of at most 60 lines, so that a newcomer can hold each one in mind."""
+body of at most 60 lines, so that a newcomer can hold each one in mind; no class of the export engine
+is over 300 lines."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ radon_visitors = pytest.importorskip("radon.visitors")
 PACKAGE = Path(airflow_provider_ciexport.__file__).parent
 MAX_COMPLEXITY = 15
 MAX_BODY_LINES = 60
+#: The export engine's classes (export/): each one job a newcomer can read through.
+MAX_ENGINE_CLASS_LINES = 300
 #: Functions that are data, not logic: the provider's metadata is one literal, as in Airflow's own
 #: providers (their ``get_provider_info`` is generated that way).
 DATA = {"get_provider_info.py:get_provider_info"}
@@ -65,4 +68,15 @@ def test_no_function_is_longer_than_sixty_lines() -> None:
                 name = _name(path, node.name)
                 if name not in DATA and _body_lines(node) > MAX_BODY_LINES:
                     long_.append(f"{name} ({_body_lines(node)} lines)")
+    assert long_ == []
+
+
+def test_no_engine_class_is_longer_than_three_hundred_lines() -> None:
+    long_ = []
+    for path in sorted((PACKAGE / "export").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_ENGINE_CLASS_LINES:
+                    long_.append(f"{_name(path, node.name)} ({lines} lines)")
     assert long_ == []

@@ -79,40 +79,6 @@ class Delivery:
         """Whether the export was stopped or failed (nothing more should be sent or removed)."""
         return self.stop.is_set() or self.fatal is not None
 
-    def raise_if_incomplete(self, read_all: bool, total: int | None) -> None:
-        """Raise, saying what was and was not exported, if the export failed, was stopped before the end
-        or left batches unsent.
-
-        :param read_all: whether the whole segment was read.
-        :param total: the segment's rows, if counted.
-        """
-        report = self.report
-        confirmed = report.accepted + report.rejected
-        where = f"{self.destination.name} list(s) {', '.join(report.lists)}"
-        pending = (
-            f"; {self.unconfirmed:,} more were accepted by the API but not yet confirmed"
-            if self.unconfirmed and report.waited
-            else ""
-        )
-        done = (
-            f"{report.accepted:,} of {report.submitted:,} contacts were confirmed as exported to {where}"
-            f"{pending} ({report.read:,} rows read"
-            f"{'' if total is None else f' of {total:,}'})."
-        )
-        if self.fatal is not None:
-            exc = self.fatal
-            if isinstance(exc, CiExportError):
-                raise type(exc)(f"{exc} So far {done}") from exc
-            raise ExportIncompleteError(f"The export failed ({type(exc).__name__}). So far {done}") from exc
-        if self.stop.is_set() and (not read_all or confirmed < report.submitted):
-            raise ExportIncompleteError(f"The export was stopped. So far {done} Retry the task to finish it.")
-        if self.failed_contacts:
-            raise ExportIncompleteError(
-                f"{self.failed_contacts:,} contacts in {report.failed_batches} batch(es) were NOT exported: "
-                f"their import jobs ended '{self.failed_state}' {self.max_resubmits + 1} times. "
-                f"{done} Retry the task to send the rest."
-            )
-
     # -- a small segment: single-contact calls ---------------------------------------------------
 
     def send_small(self, contacts: list[dict[str, str]]) -> None:
@@ -353,3 +319,38 @@ class Delivery:
 
         destination = self.destination
         return poll_until_done(paced_poll, destination.poll_interval, destination.max_poll_interval, pause)
+
+
+def raise_if_incomplete(delivery: Delivery, read_all: bool, total: int | None) -> None:
+    """Raise, saying what was and was not exported, if the export failed, was stopped before the end
+    or left batches unsent.
+
+    :param read_all: whether the whole segment was read.
+    :param total: the segment's rows, if counted.
+    """
+    report = delivery.report
+    confirmed = report.accepted + report.rejected
+    where = f"{delivery.destination.name} list(s) {', '.join(report.lists)}"
+    pending = (
+        f"; {delivery.unconfirmed:,} more were accepted by the API but not yet confirmed"
+        if delivery.unconfirmed and report.waited
+        else ""
+    )
+    done = (
+        f"{report.accepted:,} of {report.submitted:,} contacts were confirmed as exported to {where}"
+        f"{pending} ({report.read:,} rows read"
+        f"{'' if total is None else f' of {total:,}'})."
+    )
+    if delivery.fatal is not None:
+        exc = delivery.fatal
+        if isinstance(exc, CiExportError):
+            raise type(exc)(f"{exc} So far {done}") from exc
+        raise ExportIncompleteError(f"The export failed ({type(exc).__name__}). So far {done}") from exc
+    if delivery.stop.is_set() and (not read_all or confirmed < report.submitted):
+        raise ExportIncompleteError(f"The export was stopped. So far {done} Retry the task to finish it.")
+    if delivery.failed_contacts:
+        raise ExportIncompleteError(
+            f"{delivery.failed_contacts:,} contacts in {report.failed_batches} batch(es) were NOT exported: "
+            f"their import jobs ended '{delivery.failed_state}' {delivery.max_resubmits + 1} times. "
+            f"{done} Retry the task to send the rest."
+        )

@@ -25,7 +25,7 @@ from airflow_provider_ciexport.export.checkpoint import (
     export_fingerprint,
 )
 from airflow_provider_ciexport.export.collector import steady_collector
-from airflow_provider_ciexport.export.delivery import Delivery, Stopped
+from airflow_provider_ciexport.export.delivery import Delivery, Stopped, raise_if_incomplete
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.progress import ProgressClock, progress_line
 from airflow_provider_ciexport.export.report import ExportReport
@@ -255,7 +255,7 @@ class SegmentExporter:
             pass  # reported below with what was and was not exported
         finally:
             self._end_of_run(builder, checkpoint)
-        self._delivery.raise_if_incomplete(self._read_all, self._total)
+        raise_if_incomplete(self._delivery, self._read_all, self._total)
         checkpoint.clear()
         return self.report
 
