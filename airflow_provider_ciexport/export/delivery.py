@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.exceptions import CiExportError, ExportIncompleteError
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
 from airflow_provider_ciexport.export.checkpoint import Checkpoint, batch_digest
-from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sync import BatchEntries
 from airflow_provider_ciexport.export.sync_run import SyncRun

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.core.jobs import JobResult
+from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.state import StateLease, email_key
 from airflow_provider_ciexport.export.sync import SegmentDiff, SyncSettings

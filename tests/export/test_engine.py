@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.exceptions import (
     DestinationAuthError,
     ExportConfigurationError,
     ExportIncompleteError,
 )
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.destination import Destination, JobResult
+from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
 from airflow_provider_ciexport.export.sources.records import RecordsSegmentSource
 from airflow_provider_ciexport.export.state import StateIdentity, StateKeys, read_state

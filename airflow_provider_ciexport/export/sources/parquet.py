@@ -28,6 +28,9 @@ PARQUET_ROW_GROUP_LINES = 256
 #: What a value of a nested Parquet column (a list's element) takes at least once decoded: its Arrow
 #: offset or dictionary index (4 bytes) and validity, rounded up.
 _NESTED_VALUE_BYTES = 8
+#: What each value of a row counts toward a chunk's budget besides its text: a rough figure for its
+#: Arrow slot and Python object, so that rows without text still end a chunk.
+_VALUE_BYTES = 16
 #: Parquet logical types of BYTE_ARRAY leaves read as dictionaries (``NONE``: plain binary).
 _TEXT_LOGICAL_TYPES = frozenset({"STRING", "NONE", "ENUM", "JSON", "BSON"})
 
@@ -272,7 +275,7 @@ def _rows_with_sizes(
     import pyarrow.compute as pc
 
     count = batch.num_rows
-    per_row = 16 * batch.num_columns
+    per_row = _VALUE_BYTES * batch.num_columns
     if not any_columns:
         yield from (((), per_row) for _ in range(count))
         return
