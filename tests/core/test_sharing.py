@@ -8,25 +8,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_ciexport.core.sharing import AccountShare, share_variable_key
-
-
-class MemoryStore:
-    """The lease document as a Variable holds it; ``lose_next`` drops writes, like a racing writer."""
-
-    def __init__(self) -> None:
-        self.document: Any = None
-        self.lose_next = 0
-        self.saves = 0
-
-    def load(self) -> Any:
-        return self.document
-
-    def save(self, document: Any) -> None:
-        self.saves += 1
-        if self.lose_next:
-            self.lose_next -= 1
-            return
-        self.document = document
+from tests.core.fakes import MemoryStore
 
 
 class Clock:

@@ -24,6 +24,7 @@ from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExpor
 from airflow_provider_ciexport.export.sources.records import RecordsSegmentSource
 from airflow_provider_ciexport.export.state import StateIdentity, StateKeys, read_state
 from airflow_provider_ciexport.export.sync import SyncSettings
+from tests.core.fakes import MemoryStore
 from tests.export.fakes import FakeDestination
 from tests.support import logged_report
 
@@ -32,24 +33,6 @@ MAPPING = {"email": "email", "first_name": "first"}
 
 def rows(n: int, start: int = 0) -> list[dict[str, Any]]:
     return [{"email": f"User{i}@Example.com", "first": f"F{i}"} for i in range(start, start + n)]
-
-
-class MemoryStore:
-    """A progress store in memory, as a Variable would keep it across tries."""
-
-    def __init__(self) -> None:
-        self.document: Any = None
-        self.saves = 0
-
-    def load(self) -> Any:
-        return self.document
-
-    def save(self, document: Any) -> None:
-        self.document = json.loads(json.dumps(document))
-        self.saves += 1
-
-    def delete(self) -> None:
-        self.document = None
 
 
 def export(

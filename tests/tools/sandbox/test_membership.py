@@ -18,7 +18,7 @@ from airflow_provider_ciexport.tools.sandbox.seed import (
     CC_LIST_NEWSLETTER,
     CC_LIST_VIP,
 )
-from tests.tools.sandbox.test_sandbox import (
+from tests.tools.sandbox.helpers import (
     AC_H,
     TIMEOUT,
     ac_import,
@@ -29,12 +29,9 @@ from tests.tools.sandbox.test_sandbox import (
     cc_wait,
     contacts,
     ctl,
-    sb,
-    server,
 )
 
 pytestmark = pytest.mark.integration
-__all__ = ["sb", "server"]  # the fixtures, shared with test_sandbox
 
 
 def _violations(sb: SandboxServer) -> dict[str, int]:
