@@ -46,10 +46,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that starts the shared sandbox is an integration test (``-m "not integration"``).
 
     Modules that start a sandbox of their own say so with ``pytestmark = pytest.mark.integration``.
+    The ``slow`` tests go first: xdist hands the first tests out in turn, so each worker starts with
+    its share of them instead of one worker finishing the suite alone on a long test.
     """
     for item in items:
         if "sandbox_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

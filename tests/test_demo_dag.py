@@ -196,6 +196,7 @@ def test_scheduled_run_exports_the_vip_segment_to_both_lists(
         assert contact["custom_fields"].get("loyalty_tier") == tiers[contact["email"].lower()]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("dags_folder", "connections")
 def test_next_days_run_leaves_the_lists_as_they_were(sandbox: SandboxServer, profiles_db: Path) -> None:
     first, _ = run_dag()
@@ -253,6 +254,7 @@ def test_triggered_run_exports_the_chosen_segment_to_the_chosen_lists(
     assert reports["export_to_constantcontact"]["accepted"] == len(expected)
 
 
+@pytest.mark.slow
 def test_make_demo_says_in_a_line_per_export_what_each_run_did(tmp_path: Path) -> None:
     # What `make demo` runs, with fewer profiles: a fresh Airflow home, two runs, the list check.
     result = subprocess.run(

@@ -93,6 +93,7 @@ def test_faults_still_end_with_exact_lists(
     assert sandbox.stats()["faults_injected"], "the fault never fired"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["400", "503"])
 def test_activecampaign_rate_limit_answers_are_slowed_down_for(
     style: str, conns: dict[str, str], sandbox: SandboxClient
@@ -244,6 +245,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "sync_mode"),
     [(signal.SIGKILL, None), (signal.SIGTERM, None), (signal.SIGKILL, "upsert"), (signal.SIGKILL, "mirror")],

@@ -42,6 +42,7 @@ def _without_httpx2(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(site)}
 
 
+@pytest.mark.slow
 def test_dags_test_logs_no_starlette_test_client_warning(tmp_path: Path, airflow_db: str) -> None:
     env = _without_httpx2(tmp_path)
     # Where Starlette does not warn (before 1.2, or once it drops httpx), there is nothing to check.

@@ -220,6 +220,7 @@ def test_persistent_5xx_gives_up_with_a_clear_error(ac_conn: str, sandbox: Sandb
     assert hook.requests_made == 3
 
 
+@pytest.mark.slow
 def test_a_normal_burst_sees_no_rate_limit(ac_conn: str, sandbox: SandboxClient) -> None:
     """At the real limits (5/s, 100 imports/min) a tight loop of calls draws no 429 at all."""
     hook = ActiveCampaignHook(ac_conn)

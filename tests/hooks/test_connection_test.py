@@ -139,6 +139,7 @@ def _run_task(tmp_path: Path, sandbox_server: SandboxServer, where: str) -> subp
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["metadata database", "environment"])
 def test_testing_a_rotating_connection_leaves_it_working_for_its_tasks(
     where: str,
