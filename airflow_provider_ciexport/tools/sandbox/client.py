@@ -113,8 +113,8 @@ class SandboxClient:
         """Status 2 for a contact on an ActiveCampaign list (created if unknown).
 
         :param list_id: the list; ``None`` for "unsubscribe from all email" (every list they are on).
-        :param by: ``"person"`` (their own action, the default), ``"automation"``, ``"api"`` or
-            ``"app"`` (another app through the API).
+        :param by: ``"person"`` (their own action, the default), ``"automation"``, ``"api"``,
+            ``"app"`` (another app through the API) or ``"user"`` (a user in ActiveCampaign's app).
         :param at: when it happened (Unix seconds; default now).
         """
         body: dict[str, Any] = {"email": email, "by": by}
