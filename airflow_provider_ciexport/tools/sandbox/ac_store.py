@@ -30,8 +30,12 @@ ACCOUNT_TZ = timezone(timedelta(hours=-6))
 #: Who set a status 2 (the sandbox's bookkeeping; the API shows only what each leaves on the record):
 #: the person (an unsubscribe link of a campaign: ``campaign`` and ``message`` set), an automation's
 #: "unsubscribe" action (``unsubscribeAutomation`` set), the API (the export, through the endpoints),
-#: or another app through the API (``app``: the same record as ``api``, only ``udate`` tells them apart).
-UNSUBSCRIBED_BY = ("person", "automation", "api", "app")
+#: or another app through the API (``app``: the same record as ``api``, only ``udate`` tells them apart),
+#: or a user of the account in ActiveCampaign's own app (``user``: a removal from the list by hand; v3 has
+#: no membership without a status, so a removal is status 2, with the same record as ``api``).
+UNSUBSCRIBED_BY = ("person", "automation", "api", "app", "user")
+#: Who may set a status 2 that the export may set back to 1 without breaking anyone's consent.
+_ACCOUNT_SIDE = ("api", "user")
 #: The campaign and message whose unsubscribe link a person used, and the automation that unsubscribed.
 UNSUBSCRIBE_CAMPAIGN, UNSUBSCRIBE_MESSAGE, UNSUBSCRIBE_AUTOMATION = "7", "11", "3"
 BAD_EMAIL_REASON = "Field' email' incorrect format"
@@ -159,10 +163,18 @@ class ACStore:
         return self.contacts.get(email.lower())
 
     def by_id(self, contact_id: int) -> ACContact | None:
-        """The contact with this id."""
+        """The contact with this id (``None`` once deleted, even if its address came back as a new one)."""
         if 1 <= contact_id <= len(self.keys_by_id):
-            return self.contacts.get(self.keys_by_id[contact_id - 1])
+            contact = self.contacts.get(self.keys_by_id[contact_id - 1])
+            if contact is not None and contact.id == contact_id:
+                return contact
         return None
+
+    def live_ids(self) -> list[int] | range:
+        """The ids of every contact not deleted, ascending."""
+        if len(self.contacts) == len(self.keys_by_id):
+            return range(1, len(self.keys_by_id) + 1)
+        return sorted(c.id for c in self.contacts.values())
 
     def member_ids(self, list_id: int) -> list[int]:
         """Subscribed contact ids of a list, ascending (cached until the list changes)."""
@@ -355,7 +367,7 @@ class ACStore:
             if not explicit:
                 self._rec.counters["ac.not_resubscribed"] += 1
                 return False
-            if who != "api" and not by_person:
+            if who not in _ACCOUNT_SIDE and not by_person:
                 # Someone else's unsubscribe: the person's own, an automation's, another app's.
                 kind = {"person": "person", "automation": "automation", "app": "other_app"}[who]
                 self._rec.violation("ac", f"resubscribed_{kind}_unsubscribe", list_id=list_id)
@@ -392,6 +404,28 @@ class ACStore:
         for list_id in self.lists:
             if contact.id in self.members[list_id]:
                 self.unsubscribe(contact, list_id, by="person", at=at)
+
+    def delete(self, contact: ACContact) -> None:
+        """Delete a contact as ``DELETE /contacts/{id}`` does: it and its list memberships (of either
+        status) are gone; its id is never given again (the address comes back as a new contact)."""
+        for list_id in self.lists:
+            if contact.id in self.members[list_id]:
+                self.members[list_id].discard(contact.id)
+                self._touch(list_id)
+            self.unsubscribed[list_id].pop(contact.id, None)
+        del self.contacts[self.keys_by_id[contact.id - 1]]
+        self._rec.counters["ac.contacts_deleted"] += 1
+
+    def delete_all(self) -> int:
+        """Delete every contact (lists, fields, tags, the exclusion list and jobs stay); returns how many."""
+        count = len(self.contacts)
+        self.contacts.clear()
+        for list_id in self.lists:
+            self.members[list_id].clear()
+            self.unsubscribed[list_id].clear()
+            self._touch(list_id)
+        self._rec.counters["ac.contacts_deleted"] += count
+        return count
 
     def ensure_contact(self, email: str) -> ACContact:
         """The contact with this email, created bare (no keys sent) when missing."""

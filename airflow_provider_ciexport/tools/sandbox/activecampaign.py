@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -198,7 +200,8 @@ async def contact_lists(state: SandboxState, request: Request) -> Response:
 
 
 async def get_contacts(state: SandboxState, request: Request) -> Response:
-    """``GET /api/3/contacts``."""
+    """``GET /api/3/contacts``: by ``email``, or by membership status on ``listid``, narrowed by
+    ``ids``, ``id_greater``, ``id_less`` and ordered by ``orders[id]``, as the spec documents."""
     limit, offset = _page(request)
     email = request.query_params.get("email")
     list_param = request.query_params.get("listid")
@@ -209,15 +212,36 @@ async def get_contacts(state: SandboxState, request: Request) -> Response:
     # ``status`` (1 active, 2 unsubscribed) filters by the membership status on ``listid``.
     status = _int_param(request.query_params.get("status"))
     wanted = (1, 2) if status not in (1, 2) else (status,)
-    found: list[ACContact]
+    candidates: Sequence[int]
     if email is not None:
-        found = _contact_with_email(ac, email, list_id, wanted)
-        total = len(found)
+        candidates = [c.id for c in _contact_with_email(ac, email, list_id, wanted)]
     else:
-        ids = _contact_ids(ac, list_id, wanted)
-        total = len(ids)
-        found = [c for c in (ac.by_id(i) for i in ids[offset : offset + limit]) if c is not None]
-    return errors.json_response({"contacts": [ac.contact_json(c) for c in found], "meta": _meta(total)})
+        candidates = _contact_ids(ac, list_id, wanted)
+    ids = _id_filters(request, candidates)
+    found = [c for c in (ac.by_id(i) for i in ids[offset : offset + limit]) if c is not None]
+    return errors.json_response({"contacts": [ac.contact_json(c) for c in found], "meta": _meta(len(ids))})
+
+
+def _id_filters(request: Request, ids: Sequence[int]) -> Sequence[int]:
+    """``ids`` (ascending; not copied when no filter applies) narrowed by the id filters of ``GET /contacts`` and in ``orders[id]`` order.
+
+    ``ids`` (also ``ids[]``; repeated, or comma-separated) keeps only those ids; ``id_greater`` and
+    ``id_less`` are strict bounds; ``orders[id]=desc`` reverses the default ascending order.
+    """
+    qp = request.query_params
+    listed = [part for value in (*qp.getlist("ids"), *qp.getlist("ids[]")) for part in value.split(",")]
+    if listed:
+        keep = {n for n in (_int_param(p) for p in listed) if n is not None}
+        ids = [i for i in ids if i in keep]
+    greater = _int_param(qp.get("id_greater"))
+    if greater is not None:
+        ids = ids[bisect.bisect_right(ids, greater) :]
+    less = _int_param(qp.get("id_less"))
+    if less is not None:
+        ids = ids[: bisect.bisect_left(ids, less)]
+    if qp.get("orders[id]", "").lower() == "desc":
+        ids = ids[::-1]
+    return ids
 
 
 def _contact_with_email(
@@ -232,7 +256,7 @@ def _contact_with_email(
 def _contact_ids(ac: ACStore, list_id: int | None, wanted: tuple[int, ...]) -> list[int] | range:
     """The ids of the contacts with a ``wanted`` status on ``list_id``, in order; all of them if None."""
     if list_id is None:
-        return range(1, len(ac.keys_by_id) + 1)
+        return ac.live_ids()
     if wanted == (2,):
         return ac.unsubscribed_ids(list_id)
     if wanted == (1,):

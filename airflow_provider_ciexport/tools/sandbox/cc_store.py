@@ -7,7 +7,9 @@ import heapq
 import io
 import json
 import re
+import time
 import uuid
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +36,19 @@ EXPORT_FIELDS = {
     "permission_to_send": {"snake": "permission_to_send", "title": "Email Permission Status"},
 }
 EXPORT_STATUSES = ("all", "active", "unsubscribed")
+#: ``GET /v3/contacts``'s ``status`` values (one or more, comma-separated); without it, every contact
+#: but the deleted ones. The sandbox's contacts are only ever ``active``, ``unsubscribed`` or ``deleted``.
+CONTACT_STATUSES = (
+    "all",
+    "active",
+    "deleted",
+    "not_set",
+    "pending_confirmation",
+    "temp_hold",
+    "unsubscribed",
+)
+#: What ``include_membership_count`` takes: ``all`` members of a list, or only the ``active`` (mailable).
+MEMBERSHIP_COUNTS = ("all", "active")
 SEED_TIME = "2024-01-01T00:00:00.000Z"
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _CONTACT_ID_PREFIX = "cccccccc-0000-4000-8000-"
@@ -87,7 +102,14 @@ def contact_num_of(contact_id: str) -> int | None:
 
 def iso_now() -> str:
     """The current UTC time as the API prints it."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_at(time.time())
+
+
+def iso_at(at: float) -> str:
+    """A Unix time as the API prints date-times (``2024-01-01T00:00:00.000Z``); 0 is the seed time."""
+    if not at:
+        return SEED_TIME
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 #: Joins the values of a contact stored flat; a row whose values contain it is stored as JSON instead.
@@ -218,11 +240,17 @@ class CCStore:
         self._keysets: dict[frozenset[str], frozenset[str]] = {}
         self._version: dict[str, int] = dict.fromkeys(self.lists, 0)
         self._sorted: dict[tuple[str, ...], tuple[tuple[int, ...], list[int]]] = {}
+        #: When each contact was created and last changed (Unix seconds; 0: the seed time), by number - 1.
+        self._created: array[float] = array("d")
+        self._updated: array[float] = array("d")
+        #: Deleted contacts (kept, as Constant Contact keeps them): number -> when (Unix seconds).
+        self.deleted: dict[int, float] = {}
 
     # -- lookups -------------------------------------------------------------------------------
 
-    def list_json(self, list_id: str, with_count: bool) -> dict[str, Any]:
-        """A contact list as the API shows it."""
+    def list_json(self, list_id: str, count: str | None) -> dict[str, Any]:
+        """A contact list as the API shows it, with ``membership_count`` of ``all`` its members or of
+        the ``active`` (mailable) ones when ``count`` says so."""
         body: dict[str, Any] = {
             "list_id": list_id,
             "name": self.lists[list_id],
@@ -231,9 +259,24 @@ class CCStore:
             "created_at": SEED_TIME,
             "updated_at": SEED_TIME,
         }
-        if with_count:
+        if count == "all":
             body["membership_count"] = len(self.members[list_id])
+        elif count == "active":
+            body["membership_count"] = sum(
+                1 for n in self.members[list_id] if (c := self.by_num(n)) and self.status_of(c) == "active"
+            )
         return body
+
+    def status_of(self, contact: CCContact) -> str:
+        """The contact's status as ``GET /v3/contacts?status=`` filters it: ``deleted``, ``unsubscribed``
+        or ``active``."""
+        if contact.num in self.deleted:
+            return "deleted"
+        return "unsubscribed" if contact.unsubscribed else "active"
+
+    def updated_at(self, num: int) -> float:
+        """When the ``num``-th contact last changed (Unix seconds; 0 for the seed time)."""
+        return self._updated[num - 1] if num <= len(self._updated) else 0.0
 
     @staticmethod
     def field_json(f: CCFieldSeed) -> dict[str, Any]:
@@ -284,20 +327,27 @@ class CCStore:
     def contact_json(self, contact: CCContact, include: set[str]) -> dict[str, Any]:
         """A contact as ``GET /v3/contacts`` shows it."""
         a = self.attrs(contact)
+        created, updated = iso_at(self._created[contact.num - 1]), iso_at(self.updated_at(contact.num))
         body: dict[str, Any] = {
             "contact_id": contact_id_of(contact.num),
             "email_address": {
                 "address": a["email"],
                 "permission_to_send": "unsubscribed" if contact.unsubscribed else "implicit",
-                "created_at": SEED_TIME,
-                "updated_at": SEED_TIME,
+                "created_at": created,
+                "updated_at": updated,
                 "opt_in_source": "Account",
             },
             "create_source": "Account",
             "update_source": "Account",
-            "created_at": SEED_TIME,
-            "updated_at": SEED_TIME,
+            "created_at": created,
+            "updated_at": updated,
         }
+        deleted = self.deleted.get(contact.num)
+        if deleted is not None:
+            # As the spec describes a deleted contact: ``opt_out_source``/``opt_out_date`` on its
+            # address and the day of deletion in ``deleted_at``.
+            body["email_address"] |= {"opt_out_source": "Account", "opt_out_date": iso_at(deleted)}
+            body["deleted_at"] = iso_at(deleted)[:10]
         for key in ("first_name", "last_name", "job_title", "company_name"):
             if key in a:
                 body[key] = a[key]
@@ -322,9 +372,9 @@ class CCStore:
         ``all``, ``active`` (may be mailed) or ``unsubscribed``."""
         nums: Sequence[int] = self.member_nums(list_ids) if list_ids else range(1, len(self.keys_by_num) + 1)
         if status == "all":
-            return list(nums)
-        want = status == "unsubscribed"
-        return [n for n in nums if (c := self.by_num(n)) is not None and c.unsubscribed == want]
+            # Deleted contacts are on no list; without lists, the export leaves them out too.
+            return [n for n in nums if n not in self.deleted] if self.deleted else list(nums)
+        return [n for n in nums if (c := self.by_num(n)) is not None and self.status_of(c) == status]
 
     def export_csv(self, nums: Sequence[int], fields: list[str]) -> str:
         """A ``contact_exports`` CSV of these contacts with these fields (quoted as Excel does)."""
@@ -362,6 +412,8 @@ class CCStore:
             },
             "lists": [lid for lid in self.lists if contact.num in self.members[lid]],
             "unsubscribed": contact.unsubscribed,
+            "deleted_at": iso_at(self.deleted[contact.num]) if contact.num in self.deleted else None,
+            "updated_at": iso_at(self.updated_at(contact.num)),
             "sent_keys": sorted(contact.keys),
         }
 
@@ -399,6 +451,8 @@ class CCStore:
             attrs.setdefault("cf", {}).update(custom)
         contact.blob = _PACKER.pack(attrs, key)
         contact.layout = None
+        self.revive(contact)
+        self.touch(contact)
         if not sent <= contact.keys:
             merged = contact.keys | sent
             contact.keys = self._keysets.setdefault(merged, merged)
@@ -410,29 +464,61 @@ class CCStore:
     ) -> CCContact:
         """Store a new contact under ``key`` (its lower-cased email) as the next number."""
         self.keys_by_num.append(key)
+        now = time.time()
+        self._created.append(now)
+        self._updated.append(now)
         contact = CCContact(len(self.keys_by_num), blob, self._keysets.setdefault(sent, sent), layout)
         self.contacts[key] = contact
         return contact
+
+    def touch(self, contact: CCContact) -> None:
+        """Record that a contact changed now (its ``updated_at``)."""
+        self._updated[contact.num - 1] = time.time()
 
     def add_member(self, contact: CCContact, list_id: str) -> None:
         """Put a contact on a list."""
         if contact.num not in self.members[list_id]:
             self.members[list_id].add(contact.num)
             self._touch(list_id)
+            self.touch(contact)
 
     def remove_member(self, contact: CCContact, list_id: str) -> None:
         """Take a contact off a list."""
         if contact.num in self.members[list_id]:
             self.members[list_id].discard(contact.num)
             self._touch(list_id)
+            self.touch(contact)
 
     def unsubscribe(self, email: str) -> CCContact:
         """Mark a contact unsubscribed (account-wide, as in Constant Contact) and off every list."""
         contact = self.by_email(email) or self.upsert(email, {}, {}, frozenset())
         contact.unsubscribed = True
+        self.touch(contact)
         for lid in self.lists:
             self.remove_member(contact, lid)
         return contact
+
+    def delete(self, contact: CCContact) -> None:
+        """Delete a contact as ``DELETE /v3/contacts/{id}`` does: it is kept, with its deletion time,
+        off every list; ``GET /v3/contacts`` shows it only for ``status=deleted`` or ``all``."""
+        for lid in self.lists:
+            self.remove_member(contact, lid)
+        self.deleted[contact.num] = time.time()
+        self.touch(contact)
+        self._rec.counters["cc.contacts_deleted"] += 1
+
+    def delete_all(self) -> int:
+        """Delete every contact not deleted yet (lists, fields and activities stay); returns how many."""
+        alive = [c for c in self.contacts.values() if c.num not in self.deleted]
+        for contact in alive:
+            self.delete(contact)
+        return len(alive)
+
+    def revive(self, contact: CCContact) -> None:
+        """Bring a deleted contact back (an import or a sign-up of its address does), on no list."""
+        if self.deleted.pop(contact.num, None) is not None:
+            self.touch(contact)
+            self._rec.counters["cc.contacts_revived"] += 1
 
     # -- JSON import -----------------------------------------------------------------------------
 

@@ -113,8 +113,8 @@ class SandboxClient:
         """Status 2 for a contact on an ActiveCampaign list (created if unknown).
 
         :param list_id: the list; ``None`` for "unsubscribe from all email" (every list they are on).
-        :param by: ``"person"`` (their own action, the default), ``"automation"``, ``"api"`` or
-            ``"app"`` (another app through the API).
+        :param by: ``"person"`` (their own action, the default), ``"automation"``, ``"api"``,
+            ``"app"`` (another app through the API) or ``"user"`` (a user in ActiveCampaign's app).
         :param at: when it happened (Unix seconds; default now).
         """
         body: dict[str, Any] = {"email": email, "by": by}
@@ -149,6 +149,38 @@ class SandboxClient:
             "POST", "/cc/unsubscribe", json={"list_id": list_id, "email": email}
         )
         return result
+
+    def ac_delete_contact(self, email: str) -> dict[str, Any]:
+        """A user deletes an ActiveCampaign contact (and its memberships); returns its ``id`` and ``email``."""
+        result: dict[str, Any] = self._call("POST", "/ac/delete_contact", json={"email": email})["deleted"]
+        return result
+
+    def ac_remove_from_list(self, list_id: int, email: str) -> dict[str, Any]:
+        """A user takes a contact off one ActiveCampaign list (status 2, ``by: "user"``)."""
+        result: dict[str, Any] = self._call(
+            "POST", "/ac/remove_from_list", json={"list_id": list_id, "email": email}
+        )
+        return result
+
+    def ac_empty_account(self) -> int:
+        """A user deletes every ActiveCampaign contact; returns how many."""
+        return int(self._call("POST", "/ac/empty_account")["deleted"])
+
+    def cc_delete_contact(self, email: str) -> dict[str, Any]:
+        """A user deletes a Constant Contact contact (kept as deleted, off every list)."""
+        result: dict[str, Any] = self._call("POST", "/cc/delete_contact", json={"email": email})
+        return result
+
+    def cc_remove_from_list(self, list_id: str, email: str) -> dict[str, Any]:
+        """A user takes a contact off one Constant Contact list."""
+        result: dict[str, Any] = self._call(
+            "POST", "/cc/remove_from_list", json={"list_id": list_id, "email": email}
+        )
+        return result
+
+    def cc_empty_account(self) -> int:
+        """A user deletes every Constant Contact contact; returns how many were deleted."""
+        return int(self._call("POST", "/cc/empty_account")["deleted"])
 
     def close(self) -> None:
         """Close the HTTP session."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,11 +16,14 @@ from starlette.responses import Response
 
 from airflow_provider_ciexport.tools.sandbox import errors
 from airflow_provider_ciexport.tools.sandbox.cc_store import (
+    CONTACT_STATUSES,
     EXPORT_FIELDS,
     EXPORT_STATUSES,
     MAX_IMPORT_BODY_BYTES,
     MAX_IMPORT_CONTACTS,
     MAX_REMOVE_CONTACT_IDS,
+    MEMBERSHIP_COUNTS,
+    SEED_TIME,
     UUID_RE,
     CCStore,
     ImportRejected,
@@ -34,6 +39,8 @@ VALIDATION = "contacts.api.validation.error"
 CONTACTS_PAGE_DEFAULT = 50
 CONTACTS_PAGE_MAX = 500
 MAX_LISTS_FILTER = 25
+#: The seed time (when a contact that never changed last changed), in Unix seconds.
+SEED_UNIX = datetime.fromisoformat(SEED_TIME.replace("Z", "+00:00")).timestamp()
 
 
 def _limit(request: Request, default: int, maximum: int, cursor: dict[str, Any]) -> int | None:
@@ -89,13 +96,12 @@ async def get_lists(state: SandboxState, request: Request) -> Response:
         return _bad_request(state, "limit must be between 1 and 1000 and cursor must be valid.")
     qp = request.query_params
     offset = int(cursor.get("offset", 0))
-    with_count = qp.get("include_membership_count", cursor.get("imc")) in ("all", "active")
+    count = qp.get("include_membership_count", cursor.get("imc"))
+    count = count if count in MEMBERSHIP_COUNTS else None
     ids = list(state.cc.lists)
     body: dict[str, Any] = {
-        "lists": [state.cc.list_json(i, with_count) for i in ids[offset : offset + limit]],
-        "_links": _next_link(
-            "/v3/contact_lists", len(ids), offset, limit, {"imc": "all" if with_count else None}
-        ),
+        "lists": [state.cc.list_json(i, count) for i in ids[offset : offset + limit]],
+        "_links": _next_link("/v3/contact_lists", len(ids), offset, limit, {"imc": count}),
     }
     if qp.get("include_count") == "true":
         body["lists_count"] = len(ids)
@@ -109,8 +115,10 @@ async def get_list(state: SandboxState, request: Request) -> Response:
         return _bad_request(state, "list_id is not a valid UUID.")
     if list_id not in state.cc.lists:
         return _not_found(state, "contact list")
-    with_count = request.query_params.get("include_membership_count") in ("all", "active")
-    return errors.json_response(state.cc.list_json(list_id, with_count))
+    count = request.query_params.get("include_membership_count")
+    if count is not None and count not in MEMBERSHIP_COUNTS:
+        return _bad_request(state, "include_membership_count does not have a valid value")
+    return errors.json_response(state.cc.list_json(list_id, count))
 
 
 async def get_custom_fields(state: SandboxState, request: Request) -> Response:
@@ -244,31 +252,27 @@ async def get_activity(state: SandboxState, request: Request) -> Response:
 
 
 async def get_contacts(state: SandboxState, request: Request) -> Response:
-    """``GET /v3/contacts``."""
+    """``GET /v3/contacts``: by ``email`` or ``lists``, with a ``status`` (every contact but the deleted
+    ones by default, as the spec says) and ``updated_after``/``updated_before``."""
     cursor = _decode_cursor(request)
     limit = _limit(request, CONTACTS_PAGE_DEFAULT, CONTACTS_PAGE_MAX, cursor or {})
     if cursor is None or limit is None:
         return _bad_request(state, "limit must be between 1 and 500 and cursor must be valid.")
     qp = request.query_params
-    email = qp.get("email", cursor.get("email"))
-    lists_param = qp.get("lists", cursor.get("lists"))
-    include_param = qp.get("include", cursor.get("include")) or ""
-    include = set(_comma_separated(include_param))
+    params = {key: qp.get(key, cursor.get(key)) for key in _CONTACTS_PARAMS}
+    include = set(_comma_separated(params["include"] or ""))
     offset = int(cursor.get("offset", 0))
-    status = qp.get("status", cursor.get("status")) or "all"
-    if status not in EXPORT_STATUSES:
-        return _bad_request(state, f"status must be one of {', '.join(EXPORT_STATUSES)}.")
-    selected = _selected_contacts(state, email, lists_param)
+    statuses = _comma_separated(params["status"] or "")
+    if not all(s in CONTACT_STATUSES for s in statuses):
+        return _bad_request(state, f"status must be one or more of {', '.join(CONTACT_STATUSES)}.")
+    window = _updated_window(params["updated_after"], params["updated_before"])
+    if window is None:
+        return _bad_request(state, "updated_after and updated_before must be ISO-8601 date-times.")
+    selected = _selected_contacts(state, params["email"], params["lists"])
     if isinstance(selected, Response):
         return selected
-    nums = _with_status(state.cc, selected, status)
+    nums = _updated_within(state.cc, _with_status(state.cc, selected, statuses), window)
     contacts = [state.cc.by_num(n) for n in nums[offset : offset + limit]]
-    params = {
-        "email": email,
-        "lists": lists_param,
-        "include": include_param or None,
-        "status": None if status == "all" else status,
-    }
     body: dict[str, Any] = {
         "contacts": [state.cc.contact_json(c, include) for c in contacts if c is not None],
         "_links": _next_link("/v3/contacts", len(nums), offset, limit, params),
@@ -276,6 +280,38 @@ async def get_contacts(state: SandboxState, request: Request) -> Response:
     if qp.get("include_count") == "true":
         body["contacts_count"] = len(nums)
     return errors.json_response(body)
+
+
+#: The query parameters of ``GET /v3/contacts`` that its next page's cursor carries.
+_CONTACTS_PARAMS = ("email", "lists", "include", "status", "updated_after", "updated_before")
+
+
+def _parse_time(text: str | None) -> float | None:
+    """An ISO-8601 date-time (``Z`` or an offset; UTC when it has none) as Unix seconds."""
+    if text is None:
+        return None
+    when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _updated_window(after: str | None, before: str | None) -> tuple[float | None, float | None] | None:
+    """The ``updated_after``/``updated_before`` bounds in Unix seconds, or None if one is malformed."""
+    try:
+        return _parse_time(after), _parse_time(before)
+    except ValueError:
+        return None
+
+
+def _updated_within(
+    cc: CCStore, nums: Sequence[int], window: tuple[float | None, float | None]
+) -> Sequence[int]:
+    """The contacts among ``nums`` last updated strictly within ``window``."""
+    after, before = window
+    if after is None and before is None:
+        return nums
+    low = -math.inf if after is None else after
+    high = math.inf if before is None else before
+    return [n for n in nums if low < (cc.updated_at(n) or SEED_UNIX) < high]
 
 
 def _comma_separated(text: str) -> list[str]:
@@ -300,12 +336,14 @@ def _selected_contacts(
     return cc.member_nums(list_ids)
 
 
-def _with_status(cc: CCStore, nums: Sequence[int], status: str) -> Sequence[int]:
-    """The contacts among ``nums`` with the email ``status`` (``all``, ``active`` or ``unsubscribed``)."""
-    if status == "all":
+def _with_status(cc: CCStore, nums: Sequence[int], statuses: list[str]) -> Sequence[int]:
+    """The contacts among ``nums`` with one of the ``statuses``; none given: all but the deleted."""
+    if "all" in statuses:
         return nums
-    want = status == "unsubscribed"
-    return [n for n in nums if (c := cc.by_num(n)) is not None and c.unsubscribed == want]
+    if not statuses:
+        return [n for n in nums if n not in cc.deleted] if cc.deleted else nums
+    wanted = set(statuses)
+    return [n for n in nums if (c := cc.by_num(n)) is not None and cc.status_of(c) in wanted]
 
 
 #: Every route, in the order they are matched.

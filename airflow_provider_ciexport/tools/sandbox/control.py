@@ -188,7 +188,7 @@ async def ac_unsubscribe(state: SandboxState, request: Request) -> Response:
         )
     by = body.get("by", "person")
     if by not in UNSUBSCRIBED_BY:
-        return _error('"by" must be "person", "automation", "api" or "app"')
+        return _error(f'"by" must be one of {", ".join(UNSUBSCRIBED_BY)}')
     at = body.get("at")
     if at is not None and not isinstance(at, (int, float)):
         return _error('"at" must be a number of seconds since 1970')
@@ -242,6 +242,7 @@ async def cc_signup(state: SandboxState, request: Request) -> Response:
         return _error("unknown list", 404)
     contact = state.cc.by_email(body["email"]) or state.cc.upsert(body["email"], {}, {}, frozenset())
     contact.unsubscribed = False
+    state.cc.revive(contact)  # a sign-up restores a deleted contact, as the spec says of sign-up forms
     state.cc.add_member(contact, list_id)
     return json_response(state.cc.control_json(contact))
 
@@ -257,6 +258,105 @@ async def cc_unsubscribe(state: SandboxState, request: Request) -> Response:
         return _error("unknown list", 404)
     contact = state.cc.unsubscribe(body["email"])
     return json_response(state.cc.control_json(contact))
+
+
+def _email_of(body: dict[str, Any] | None) -> str | None:
+    """The body's ``email``, without the spaces around it (matched case-insensitively later)."""
+    email = body.get("email") if body is not None else None
+    return email.strip() if isinstance(email, str) and email.strip() else None
+
+
+_VENDORS = {"ac": "ActiveCampaign", "cc": "Constant Contact"}
+
+
+def _unknown_contact(api: str, email: str) -> Response:
+    return _error(
+        f"no {_VENDORS[api]} contact has the address {email!r}: check the address, or create the "
+        f"contact first (an import, or POST /_sandbox/{api}/signup)",
+        404,
+    )
+
+
+async def ac_delete_contact(state: SandboxState, request: Request) -> Response:
+    """A user deleted the contact in ActiveCampaign (as ``DELETE /api/3/contacts/{id}``): it and every
+    membership of it are gone; its address, imported again, is a new contact with a new id."""
+    state.settle()
+    email = _email_of(await _object_body(request))
+    if email is None:
+        return _error('the body must be {"email": <str>}')
+    contact = state.ac.by_email(email)
+    if contact is None:
+        return _unknown_contact("ac", email)
+    gone = {"id": contact.id, "email": state.ac.attrs(contact)["email"]}
+    state.ac.delete(contact)
+    return json_response({"deleted": gone})
+
+
+async def ac_remove_from_list(state: SandboxState, request: Request) -> Response:
+    """A user took the contact off one list in ActiveCampaign's app: status 2 on it (``by: "user"``),
+    the only way API v3 represents a contact no longer on a list; the contact and its other lists stay."""
+    state.settle()
+    body = await _object_body(request)
+    email, list_id = _email_of(body), (body or {}).get("list_id")
+    if email is None or not isinstance(list_id, int) or isinstance(list_id, bool):
+        return _error('the body must be {"list_id": <int>, "email": <str>}')
+    if list_id not in state.ac.lists:
+        return _error(f"unknown list {list_id}: the lists are {sorted(state.ac.lists)}", 404)
+    contact = state.ac.by_email(email)
+    if contact is None:
+        return _unknown_contact("ac", email)
+    if state.ac.status_on(contact, list_id) != 1:
+        return _error(f"{email!r} is not subscribed to list {list_id}: nothing to remove", 409)
+    state.ac.unsubscribe(contact, list_id, by="user")
+    return json_response(state.ac.control_json(contact))
+
+
+async def ac_empty_account(state: SandboxState, request: Request) -> Response:
+    """A user deleted every ActiveCampaign contact; lists, fields, tags, settings and jobs stay."""
+    state.settle()
+    return json_response({"deleted": state.ac.delete_all()})
+
+
+async def cc_delete_contact(state: SandboxState, request: Request) -> Response:
+    """A user deleted the contact in Constant Contact (as ``DELETE /v3/contacts/{id}``): kept with its
+    deletion time and off every list; an import or a sign-up of its address revives it."""
+    state.settle()
+    email = _email_of(await _object_body(request))
+    if email is None:
+        return _error('the body must be {"email": <str>}')
+    contact = state.cc.by_email(email)
+    if contact is None:
+        return _unknown_contact("cc", email)
+    if contact.num in state.cc.deleted:
+        return _error(f"{email!r} is already deleted", 409)
+    state.cc.delete(contact)
+    return json_response(state.cc.control_json(contact))
+
+
+async def cc_remove_from_list(state: SandboxState, request: Request) -> Response:
+    """A user took the contact off one list in Constant Contact's app (its membership is gone, as
+    ``remove_list_memberships`` does); the contact, its status and its other lists stay."""
+    state.settle()
+    body = await _object_body(request)
+    email, list_id = _email_of(body), (body or {}).get("list_id")
+    if email is None or not isinstance(list_id, str):
+        return _error('the body must be {"list_id": <uuid>, "email": <str>}')
+    if list_id not in state.cc.lists:
+        return _error(f"unknown list {list_id[:40]!r}: the lists are {list(state.cc.lists)}", 404)
+    contact = state.cc.by_email(email)
+    if contact is None:
+        return _unknown_contact("cc", email)
+    if contact.num not in state.cc.members[list_id]:
+        return _error(f"{email!r} is not a member of list {list_id}: nothing to remove", 409)
+    state.cc.remove_member(contact, list_id)
+    return json_response(state.cc.control_json(contact))
+
+
+async def cc_empty_account(state: SandboxState, request: Request) -> Response:
+    """A user deleted every Constant Contact contact (each kept as deleted, as one by one); lists,
+    custom fields, settings, activities and OAuth tokens stay."""
+    state.settle()
+    return json_response({"deleted": state.cc.delete_all()})
 
 
 #: Every route, in the order they are matched.
@@ -281,4 +381,10 @@ ROUTES: tuple[Route, ...] = (
     ("POST", "/ac/signup", ac_signup),
     ("POST", "/cc/signup", cc_signup),
     ("POST", "/cc/unsubscribe", cc_unsubscribe),
+    ("POST", "/ac/delete_contact", ac_delete_contact),
+    ("POST", "/ac/remove_from_list", ac_remove_from_list),
+    ("POST", "/ac/empty_account", ac_empty_account),
+    ("POST", "/cc/delete_contact", cc_delete_contact),
+    ("POST", "/cc/remove_from_list", cc_remove_from_list),
+    ("POST", "/cc/empty_account", cc_empty_account),
 )

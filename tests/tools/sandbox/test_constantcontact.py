@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -417,3 +418,88 @@ def test_cc_error_bodies_come_in_the_configured_shape(sb: SandboxServer, shape: 
         error = body if as_object else body[0]
         assert error["error_key"] == key and error["error_message"], (key, body)
     assert answers["quota_exceeded"].status_code == answers["throttled"].status_code == 429
+
+
+def _cc_emails(sb: SandboxServer, token: str, **params: str) -> tuple[list[str], int]:
+    r = requests.get(
+        f"{sb.cc_api_base_url}/contacts",
+        headers=cc_h(token),
+        params={"include_count": "true", **params},
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 200, r.text
+    return [c["email_address"]["address"] for c in r.json()["contacts"]], r.json()["contacts_count"]
+
+
+def _membership_count(sb: SandboxServer, token: str, which: str) -> int:
+    r = requests.get(
+        f"{sb.cc_api_base_url}/contact_lists/{CC_LIST_NEWSLETTER}",
+        headers=cc_h(token),
+        params={"include_membership_count": which},
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 200
+    count: int = r.json()["membership_count"]
+    return count
+
+
+def test_cc_deleted_contacts_are_hidden_by_default_and_found_by_status(sb: SandboxServer) -> None:
+    token = cc_token(sb)
+    cc_wait(sb, token, cc_import(sb, token, contacts(4)).json()["activity_id"])
+    ctl(sb).cc_unsubscribe(None, "user3@example.com")
+    assert _membership_count(sb, token, "all") == _membership_count(sb, token, "active") == 3
+    ctl(sb).cc_delete_contact("user1@example.com")
+    assert _membership_count(sb, token, "all") == _membership_count(sb, token, "active") == 2
+    assert _cc_emails(sb, token) == (["user0@example.com", "user2@example.com", "user3@example.com"], 3)
+    assert _cc_emails(sb, token, email="USER1@example.com") == ([], 0)
+    assert _cc_emails(sb, token, status="deleted") == (["user1@example.com"], 1)
+    assert _cc_emails(sb, token, status="all")[1] == 4
+    assert _cc_emails(sb, token, status="active") == (["user0@example.com", "user2@example.com"], 2)
+    assert _cc_emails(sb, token, status="deleted,unsubscribed")[0] == [
+        "user1@example.com",
+        "user3@example.com",
+    ]
+    assert _cc_emails(sb, token, status="temp_hold") == ([], 0)
+    r = requests.get(
+        f"{sb.cc_api_base_url}/contacts", headers=cc_h(token), params={"status": "gone"}, timeout=TIMEOUT
+    )
+    assert r.status_code == 400
+    found = requests.get(
+        f"{sb.cc_api_base_url}/contacts",
+        headers=cc_h(token),
+        params={"status": "deleted", "include": "list_memberships"},
+        timeout=TIMEOUT,
+    ).json()["contacts"][0]
+    assert found["list_memberships"] == [] and len(found["deleted_at"]) == len("2026-12-07")
+    assert found["email_address"]["opt_out_source"] == "Account" and found["email_address"]["opt_out_date"]
+    # An import of the address revives the contact (the spec: deleted contacts can be added back).
+    cc_wait(sb, token, cc_import(sb, token, contacts(1, start=1)).json()["activity_id"])
+    assert _cc_emails(sb, token, status="deleted") == ([], 0)
+    assert _membership_count(sb, token, "active") == 3
+
+
+def test_cc_contacts_updated_after(sb: SandboxServer) -> None:
+    token = cc_token(sb)
+    cc_wait(sb, token, cc_import(sb, token, contacts(3)).json()["activity_id"])
+    time.sleep(0.01)
+    since = datetime.now(timezone.utc)
+    time.sleep(0.01)
+    ctl(sb).cc_remove_from_list(CC_LIST_NEWSLETTER, "user2@example.com")
+    after = since.isoformat().replace("+00:00", "Z")
+    assert _cc_emails(sb, token, updated_after=after) == (["user2@example.com"], 1)
+    assert _cc_emails(sb, token, updated_before=after)[1] == 2
+    assert _cc_emails(sb, token, updated_after="2020-01-01T00:00:00Z")[1] == 3
+    changed = requests.get(
+        f"{sb.cc_api_base_url}/contacts",
+        headers=cc_h(token),
+        params={"updated_after": after},
+        timeout=TIMEOUT,
+    ).json()["contacts"][0]
+    assert changed["updated_at"] > after > changed["created_at"]
+    r = requests.get(
+        f"{sb.cc_api_base_url}/contacts",
+        headers=cc_h(token),
+        params={"updated_after": "yesterday"},
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 400
