@@ -133,6 +133,9 @@ class ActiveCampaignDestination(HookDestination):
             for contact in self.hook.list_contacts(list_id, 2):
                 yield str(contact["email"])
 
+    def member_count(self) -> int | None:
+        return sum(self.hook.count_list_contacts(list_id, 1) for list_id in self._list_ids)
+
     def members(self) -> Iterator[tuple[str, str]]:
         for list_id in self._list_ids:
             for contact in self.hook.list_contacts(list_id, 1):

@@ -145,6 +145,9 @@ class ConstantContactDestination(HookDestination):
         for row in self.hook.export_contacts(["email_address"], status="unsubscribed"):
             yield row["email_address"]
 
+    def member_count(self) -> int | None:
+        return sum(self.hook.count_list_members(list_id) for list_id in self._list_ids)
+
     def members(self) -> Iterator[tuple[str, str]]:
         for row in self.hook.export_contacts(["contact_id", "email_address"], list_ids=self._list_ids):
             yield row["email_address"], row["contact_id"]

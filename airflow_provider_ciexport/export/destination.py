@@ -99,6 +99,12 @@ class Destination(ABC):
         or from all email) or excluded: the export never puts them back on a list."""
         raise NotImplementedError(f"{self.name} exports cannot keep a sync state.")
 
+    def member_count(self) -> int | None:
+        """Active members of the target lists now, summed over the lists, in one request a list
+        (``None``: the destination cannot count them). A run compares it with the count at the end of
+        the last run, and reads the members to repair the lists only when they differ."""
+        return None
+
     def members(self) -> Iterator[tuple[str, str]]:
         """``(email, contact id)`` of every active member of the target lists now."""
         raise NotImplementedError(f"{self.name} exports cannot keep a sync state.")

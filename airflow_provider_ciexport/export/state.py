@@ -286,6 +286,9 @@ class SyncState:
         #: last :data:`MAX_REMOVAL_WINDOWS`): a membership the destination shows as last changed outside
         #: the window of the run that removed it was not the export's removal.
         self.removals: list[list[float]] = []
+        #: Active members the target lists held when the state was written (``None``: not counted): a
+        #: run that counts another number reads the members, to repair what changed outside the export.
+        self.list_members: int | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -437,6 +440,7 @@ class SyncState:
         lengths = data[17 * count : 18 * count]
         folded = SyncState(self.identity, self.generation, keys, digests, flags, lengths, data[18 * count :])
         folded.removals = self.removals
+        folded.list_members = self.list_members
         return folded
 
     def _write_new_only(
@@ -704,10 +708,17 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys, role: FileRol
     if reason is not None:
         return LoadedState(empty, reason, generation, authenticated=True, other_identity=True)
     state = SyncState(identity, generation, keys_, digests, flags, lengths, blob)
+    _read_run_notes(state, header)
+    return LoadedState(state, None, generation, authenticated=True)
+
+
+def _read_run_notes(state: SyncState, header: dict[str, Any]) -> None:
+    """Set what an authenticated header says of past runs: removal windows, the lists' member count."""
     # Windows of another shape (none that this format writes) are left out: nobody removed in them
     # is re-subscribed.
     state.removals = [[float(x) for x in w] for w in header.get("removals") or [] if len(w) == 3]
-    return LoadedState(state, None, generation, authenticated=True)
+    members = header.get("list_members")
+    state.list_members = members if type(members) is int and members >= 0 else None
 
 
 def write_state(
@@ -783,6 +794,7 @@ def _header(state: SyncState, key_id: str, role: FileRole, generation: int) -> b
             "count": count,
             "blob_bytes": blob_bytes,
             "removals": state.removals[-MAX_REMOVAL_WINDOWS:],
+            "list_members": state.list_members,
         }
     ).encode()
 

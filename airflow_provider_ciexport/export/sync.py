@@ -34,12 +34,13 @@ class ContactKind(enum.IntEnum):
     UNCHANGED = 2  #: in the state with this digest: skipped
     READD = 3  #: removed by the export and back in the segment: sent, and re-subscribed
     OPTED_OUT = 4  #: unsubscribed by the person: skipped
+    RESTORED = 5  #: in the state, but gone from the lists outside the export: sent again
 
 
-NEW, CHANGED, UNCHANGED, READD, OPTED_OUT = ContactKind
+NEW, CHANGED, UNCHANGED, READD, OPTED_OUT, RESTORED = ContactKind
 
 #: The report's name for the count of each :class:`ContactKind`, in its order.
-KIND_NAMES = ("new", "changed", "unchanged", "readded", "skipped_unsubscribed")
+KIND_NAMES = ("new", "changed", "unchanged", "readded", "skipped_unsubscribed", "restored")
 
 
 class Classified(NamedTuple):
@@ -175,6 +176,9 @@ class SegmentDiff:
         self.readd_emails: list[str] = []
         #: email -> the run that removed it (its entry's digest slot, read before a send overwrites it).
         self.readd_runs: dict[str, int] = {}
+        #: 1 for the entries the state shows on the lists that the members read this run did not
+        #: include (see :meth:`mark_missing`); empty when the members were not read.
+        self.missing = bytearray()
         self._lock = threading.Lock()
 
     def classify(self, email: str, encoded: bytes) -> Classified:
@@ -193,19 +197,27 @@ class SegmentDiff:
             self.counts["skipped_unsubscribed"] += 1
             return Classified(kind, index, key, 0)
         digest = contact_digest(encoded)
-        if index < 0 or (state.digests[index] == 0 and not removed_by_export):
-            # Never confirmed: not in the state, or owned but not yet confirmed (digest 0).
-            kind = NEW
-        elif removed_by_export:
-            kind = READD
+        kind = self._kind(index, digest, removed_by_export)
+        if kind == READD:
             self.readd_emails.append(email)
             self.readd_runs[email] = state.digests[index]
-        elif digest == state.digests[index] and not self.full_refresh:
-            kind = UNCHANGED
-        else:
-            kind = CHANGED
         self.counts[KIND_NAMES[kind]] += 1
         return Classified(kind, index, key, digest)
+
+    def _kind(self, index: int, digest: int, removed_by_export: bool) -> ContactKind:
+        """What to do with a contact that did not opt out, from its state entry (-1: none)."""
+        if index < 0:
+            return NEW
+        if self.missing and self.missing[index]:
+            return RESTORED
+        stored = self.state.digests[index]
+        if removed_by_export:
+            return READD
+        if stored == 0:
+            return NEW  # owned but never confirmed
+        if digest == stored and not self.full_refresh:
+            return UNCHANGED
+        return CHANGED
 
     def confirm(self, entries: BatchEntries, refused: Iterable[str] | None, accepted_all: bool) -> None:
         """Record a confirmed batch: its contacts are synced, except those the destination refused.
@@ -274,6 +286,31 @@ class SegmentDiff:
         if self.members_before is not None and email in self.members_before:
             return 0  # already on the list before the export sent it: not the export's to remove
         return MANAGED
+
+    def mark_missing(self, members: EmailSet) -> int:
+        """Note the entries the state shows on the lists (confirmed, not removed by the export) that
+        ``members``, the lists' active members read this run, do not include: deleted or taken off
+        the lists outside the export. Those still in the segment are sent again (:data:`RESTORED`),
+        unless the person opted out; :meth:`forget_missing_leavers` drops the rest. Return how many.
+        """
+        state = self.state
+        missing = bytearray(len(state))
+        found = 0
+        for index in range(len(state)):
+            if state.digests[index] == 0 or state.flags[index] & (REMOVED | 0x80):
+                continue
+            email = state.email(index)
+            if email not in members and email not in self.opted_out:
+                missing[index] = 1
+                found += 1
+        self.missing = missing if found else bytearray()
+        return found
+
+    def forget_missing_leavers(self) -> None:
+        """Drop the missing entries that were not in the segment: they are on no list to remove them
+        from, and one that comes back is a new contact."""
+        missing, seen = self.missing, self.seen
+        self.forget(i for i in range(len(missing)) if missing[i] and not seen[i])
 
     def leavers(self) -> list[int]:
         """State entries the export added that are no longer in the segment (mirror removes them)."""

@@ -16,6 +16,12 @@ from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.batcher import Batcher
 from airflow_provider_ciexport.export.claims import ClaimJournal
 from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.export.list_members import (
+    closing_count,
+    lists_changed,
+    log_missing,
+    read_members,
+)
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.spool import RowSpool
 from airflow_provider_ciexport.export.state import (
@@ -54,6 +60,7 @@ def _sync_figures(sync: SyncSettings, loaded: LoadedState, reason: str | None) -
         "changed": 0,
         "readded": 0,
         "readd_refused": 0,
+        "restored": 0,
         "skipped_unsubscribed": 0,
         "to_remove": 0,
         "removed": 0,
@@ -172,7 +179,7 @@ class SyncRun:
             opted_out.add(email.strip().lower())
         first_sync = len(loaded.state) == 0  # claims of a try that died do not make it a later sync
         members_before = self._read_members(builder, state, opted_out, rows, total, first_sync)
-        self.diff = SegmentDiff(
+        diff = self.diff = SegmentDiff(
             state,
             full_refresh=sync.full_refresh,
             mirror=sync.mirror,
@@ -180,6 +187,8 @@ class SyncRun:
             removal_unsubscribes=destination.removal_unsubscribes,
             members_before=members_before,
         )
+        if members_before is not None and not first_sync:
+            log_missing(diff.mark_missing(members_before))
 
     def _with_claims(self, loaded: LoadedState, identity: StateIdentity) -> SyncState:
         """The state, with what an earlier try that died put on the list (see :mod:`.claims`)."""
@@ -207,26 +216,28 @@ class SyncRun:
         total: int | None,
         first_sync: bool,
     ) -> EmailSet | None:
-        """Mirror: check the safety limit from a first pass over the segment; read the lists' members
-        when it is the first sync or cheap (keeping the contact ids of those that would be removed)."""
-        if not self.sync.mirror:
-            return None
-        leavers = (
-            leavers_before_sending(
+        """Mirror: check the safety limit from a first pass over the segment. Read the lists' members
+        (keeping the contact ids of those that would be removed) when the lists changed outside the
+        export, and in mirror mode on the first sync or where it is cheap."""
+        leavers: set[str] = set()
+        if self.sync.mirror and len(state):
+            leavers = leavers_before_sending(
                 self._probe(builder), state, opted_out, rows, total, self.sync.max_removal_fraction
             )
-            if len(state)
-            else set()
-        )
-        if not (first_sync or self.destination.members_read_is_cheap):
+        if not (self._members_always_read(first_sync) or self._lists_changed()):
             return None
-        members_before = EmailSet()
-        for email, contact_id in self.destination.members():
-            email = email.strip().lower()
-            members_before.add(email)
-            if email in leavers:
-                self._removal_ids[email] = contact_id
-        return members_before
+        members, self._removal_ids = read_members(self.destination, leavers)
+        return members
+
+    def _members_always_read(self, first_sync: bool) -> bool:
+        return self.sync.mirror and (first_sync or self.destination.members_read_is_cheap)
+
+    def _lists_changed(self) -> bool:
+        loaded = self._loaded
+        assert loaded is not None
+        if not len(loaded.state) or self.sync.full_refresh or loaded.distrust is not None:
+            return False
+        return lists_changed(self.destination, loaded.state)
 
     def _probe(self, builder: ContactBuilder) -> ContactBuilder:
         """A contact builder like ``builder``, for a first pass that must not touch its counts."""
@@ -323,6 +334,7 @@ class SyncRun:
         assert self.diff is not None
         if not read_all:
             return
+        self.diff.forget_missing_leavers()
         SyncFinish(
             self.sync,
             self.destination,
@@ -353,6 +365,7 @@ class SyncRun:
             unconfirmed, self._inflight = list(self._inflight.values()), {}
         for entries in unconfirmed:
             self.diff.claim(entries)
+        self.diff.state.list_members = closing_count(self.destination)
         write_state(
             self.sync.state_path,
             self.diff.state,

@@ -477,6 +477,17 @@ class ActiveCampaignHook(SegmentApiHook):
         (number,) = parse_list_ids([list_id])
         yield from self._paginate("contacts", "contacts", {"listid": number, "status": int(status)})
 
+    def count_list_contacts(self, list_id: int | str, status: int) -> int:
+        """How many contacts have a membership ``status`` on a list, in one request (the ``meta.total``
+        of ``GET /contacts?listid=&status=&limit=1``; lists themselves carry no member count).
+
+        :param list_id: the list.
+        :param status: 1 active (subscribed) or 2 unsubscribed.
+        """
+        (number,) = parse_list_ids([list_id])
+        page = self.call("GET", "contacts", params={"listid": number, "status": int(status), "limit": 1})
+        return int((page.json().get("meta") or {}).get("total") or 0)
+
     def find_contact(self, email: str) -> int | None:
         """The id of the contact with this email (``GET /contacts?email=``), or ``None``."""
         found = self.call("GET", "contacts", params={"email": email}).json().get("contacts") or []

@@ -501,6 +501,15 @@ class ConstantContactHook(SegmentApiHook):
             return None
         return dict(response.json())
 
+    def count_list_members(self, list_id: str) -> int:
+        """How many active contacts are members of the list ``list_id``, in one request
+        (``GET /contact_lists/{id}?include_membership_count=active``)."""
+        (canonical,) = parse_list_ids([list_id])
+        answer = self.call(
+            "GET", f"contact_lists/{canonical}", params={"include_membership_count": "active"}
+        ).json()
+        return int(answer.get("membership_count") or 0)
+
     def _paginate(self, endpoint: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         next_endpoint: str | None = endpoint
         query: dict[str, Any] | None = params

@@ -352,7 +352,14 @@ def summarise(report: Mapping[str, Any]) -> str:
     counts = ", ".join(f"{report.get(key) or 0:,} {label}" for key, label in SUMMARY_COUNTS.items())
     rare = [
         f"{report[key]:,} {key.replace('_', ' ')}"
-        for key in ("skipped_unsubscribed", "readded", "readd_refused", "removal_refused", "failed_batches")
+        for key in (
+            "restored",
+            "skipped_unsubscribed",
+            "readded",
+            "readd_refused",
+            "removal_refused",
+            "failed_batches",
+        )
         if report.get(key)
     ]
     details = (

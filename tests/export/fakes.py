@@ -126,6 +126,9 @@ class MemoryListDestination(FakeDestination):
         self.results: dict[str, JobResult] = {}
         self.removal_requests: list[list[tuple[str, str]]] = []
         self.readds: list[str] = []
+        #: How many times the export counted the members, and read them.
+        self.counts = 0
+        self.member_reads = 0
         self._ids = 0
 
     # -- what a test reads ------------------------------------------------------------------------
@@ -156,8 +159,17 @@ class MemoryListDestination(FakeDestination):
     def delete(self, email: str) -> None:
         """Someone deletes the contact from the account (and so from the list)."""
         self.contacts.pop(email, None)
+        self.take_off(email)
+
+    def take_off(self, email: str) -> None:
+        """Someone takes the contact off the list (it stays in the account)."""
         self.status.pop(email, None)
         self.changed_by.pop(email, None)
+
+    def empty(self) -> None:
+        """Someone deletes every contact of the account."""
+        for email in list(self.contacts):
+            self.delete(email)
 
     # -- the Destination interface ----------------------------------------------------------------
 
@@ -184,7 +196,12 @@ class MemoryListDestination(FakeDestination):
             return iter([e for e, status in self.status.items() if status == UNSUBSCRIBED])
         return iter(sorted(self.unsubscribed_everywhere))
 
+    def member_count(self) -> int | None:
+        self.counts += 1
+        return len(self.member_emails())
+
     def members(self) -> Iterator[tuple[str, str]]:
+        self.member_reads += 1
         return iter([(email, self.contacts[email][0]) for email in sorted(self.member_emails())])
 
     def submit_removal(self, contacts: Sequence[tuple[str, str]]) -> str:

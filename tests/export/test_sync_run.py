@@ -74,7 +74,7 @@ def _check_invariants(report: dict[str, Any]) -> None:
         + report["submitted"]
     ), report
     assert report["submitted"] == (
-        report["new"] + report["changed"] + report["readded"] + report["readd_refused"]
+        report["new"] + report["changed"] + report["readded"] + report["readd_refused"] + report["restored"]
     ), report
     assert report["submitted"] == report["accepted"] + report["rejected"], report
 
@@ -246,31 +246,9 @@ def test_unsubscribes_mode_never_re_subscribes_one_who_unsubscribed_after_the_re
     assert (after["skipped_unsubscribed"], after["readded"], after["submitted"]) == (1, 0, 0)
 
 
-_DELETED_NOT_PUT_BACK = pytest.mark.xfail(
-    strict=True,
-    reason="package bug: a contact deleted from the account while still in the segment is 'unchanged' "
-    "to the state and never sent again, so the list stays without it (even where the members are "
-    "read on every mirror run); drift repair, issue 36",
-)
-_DELETED_REFUSED_FOREVER = pytest.mark.xfail(
-    strict=True,
-    reason="package bug: where removals find contacts by email (ActiveCampaign), the removal of a "
-    "contact deleted from the account is refused on every run, and the entry stays in the state and "
-    "in to_remove (and the safety limit) for ever; drift repair, issue 36",
-)
-
-
-@pytest.mark.parametrize(
-    "unsubscribes",
-    [
-        pytest.param(False, id="removes"),
-        pytest.param(True, id="unsubscribes", marks=_DELETED_REFUSED_FOREVER),
-    ],
-)
 def test_a_contact_deleted_out_of_band_that_left_the_segment_is_forgotten(
-    tmp_path: Path, unsubscribes: bool
+    tmp_path: Path, destination: MemoryListDestination
 ) -> None:
-    destination = MemoryListDestination(removal_unsubscribes=unsubscribes)
     export = Export(tmp_path, destination)
     export.run(segment(range(10)))
     destination.delete(email(5))
@@ -285,12 +263,64 @@ def test_a_contact_deleted_out_of_band_that_left_the_segment_is_forgotten(
     assert destination.member_emails() == emails(segment(range(10)))
 
 
-@_DELETED_NOT_PUT_BACK
+@pytest.mark.parametrize("mode", ["mirror", "upsert"])
 def test_a_contact_deleted_out_of_band_while_in_the_segment_is_put_back(
+    tmp_path: Path, destination: MemoryListDestination, mode: str
+) -> None:
+    export = Export(tmp_path, destination, mode)
+    export.run(segment(range(10)))
+    destination.delete(email(5))
+    destination.take_off(email(6))  # off the list, still in the account
+    repaired = export.run(segment(range(10)))
+    assert (repaired["restored"], repaired["unchanged"], repaired["accepted"]) == (2, 8, 2)
+    assert destination.member_emails() == emails(segment(range(10)))
+    assert export.run(segment(range(10)))["submitted"] == 0
+
+
+def test_an_emptied_account_is_filled_again_with_the_segment_and_nobody_else(
+    tmp_path: Path, destination: MemoryListDestination
+) -> None:
+    destination.signup("form.only@example.com")
+    export = Export(tmp_path, destination)
+    export.run(segment(range(10)))
+    destination.empty()
+    repaired = export.run(segment(range(2, 12)))  # two left, two joined the same day
+    assert (repaired["restored"], repaired["new"], repaired["to_remove"]) == (8, 2, 0)
+    assert destination.member_emails() == emails(segment(range(2, 12)))
+    assert export.run(segment(range(2, 12)))["submitted"] == 0
+
+
+def test_a_quiet_day_counts_the_members_and_reads_none(
+    tmp_path: Path, destination: MemoryListDestination
+) -> None:
+    export = Export(tmp_path, destination, "upsert")
+    export.run(segment(range(10)))
+    reads = destination.member_reads
+    quiet = export.run(segment(range(10)))
+    assert (quiet["submitted"], quiet["restored"]) == (0, 0)
+    assert destination.member_reads == reads
+
+
+def test_one_who_unsubscribed_between_runs_is_not_put_back(
     tmp_path: Path, destination: MemoryListDestination
 ) -> None:
     export = Export(tmp_path, destination)
     export.run(segment(range(10)))
-    destination.delete(email(5))
+    destination.unsubscribe(email(3))
+    destination.delete(email(4))
+    after = export.run(segment(range(10)))
+    assert (after["restored"], after["skipped_unsubscribed"]) == (1, 1)
+    assert destination.member_emails() == emails(segment([i for i in range(10) if i != 3]))
+
+
+def test_one_who_signed_up_by_a_form_between_runs_is_never_removed_where_members_are_not_read_each_run(
+    tmp_path: Path,
+) -> None:
+    destination = MemoryListDestination(removal_unsubscribes=True)  # like ActiveCampaign
+    export = Export(tmp_path, destination)
     export.run(segment(range(10)))
-    assert destination.member_emails() == emails(segment(range(10)))
+    destination.signup(email(20))  # by a form, and enters the segment the same day
+    export.run(segment([*range(10), 20]))
+    left = export.run(segment(range(10)))
+    assert (left["to_remove"], left["removed"]) == (0, 0)
+    assert email(20) in destination.member_emails()

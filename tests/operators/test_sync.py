@@ -126,7 +126,11 @@ def _check_invariants(report: dict[str, Any]) -> None:
     ), report
     if not report["dry_run"]:
         assert report["submitted"] == (
-            report["new"] + report["changed"] + report["readded"] + report["readd_refused"]
+            report["new"]
+            + report["changed"]
+            + report["readded"]
+            + report["readd_refused"]
+            + report["restored"]
         )
         assert report["submitted"] == report["accepted"] + report["rejected"], report
     json.dumps(report)

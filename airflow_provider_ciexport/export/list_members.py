@@ -1,0 +1,63 @@
+"""What the target lists hold now, as a sync run needs it: their member count, and their members.
+
+A run compares the count with the one the state stored at the end of the last run, and reads the
+members only when they differ (or where mirror mode always needs them): what changed outside the
+export is then found at the cost of one request a list on a quiet day.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from airflow_provider_ciexport.core.contacts import EmailSet
+from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.export.state import SyncState
+
+log = logging.getLogger(__name__)
+
+
+def lists_changed(destination: Destination, state: SyncState) -> bool:
+    """Whether the lists' active members, counted now, differ from their count when ``state`` was
+    written: then something changed them outside the export (or a run died before writing it)."""
+    count = destination.member_count()
+    if count is None or count == state.list_members:
+        return False
+    log.info(
+        "The target lists hold %s active members; the sync state expects %s. Reading the members "
+        "to find what changed outside this export.",
+        f"{count:,}",
+        "an unknown number" if state.list_members is None else f"{state.list_members:,}",
+    )
+    return True
+
+
+def read_members(destination: Destination, leavers: set[str]) -> tuple[EmailSet, dict[str, str]]:
+    """The lists' active members (normalised emails), and the contact ids of those in ``leavers``."""
+    members = EmailSet()
+    removal_ids: dict[str, str] = {}
+    for email, contact_id in destination.members():
+        email = email.strip().lower()
+        members.add(email)
+        if email in leavers:
+            removal_ids[email] = contact_id
+    return members, removal_ids
+
+
+def log_missing(missing: int) -> None:
+    """Say how many contacts the state shows on the lists were not among their members."""
+    if missing:
+        log.warning(
+            "%s contacts the sync state shows on the lists are not there any more (deleted or taken "
+            "off the lists outside this export): those still in the segment are sent again.",
+            f"{missing:,}",
+        )
+
+
+def closing_count(destination: Destination) -> int | None:
+    """The lists' active members now, stored with the state for the next run to compare (``None``: not
+    known, and the next run reads the members). Never raises: the state must still be written."""
+    try:
+        return destination.member_count()
+    except Exception as exc:
+        log.warning("Could not count the lists' members (%s): the next run reads them.", type(exc).__name__)
+        return None
