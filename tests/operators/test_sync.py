@@ -94,6 +94,20 @@ class Target:
         else:
             self.sandbox.cc_signup(CC_LIST, email)
 
+    def delete(self, email: str) -> None:
+        """A user deletes the contact in the vendor's app."""
+        if self.name == "ac":
+            self.sandbox.ac_delete_contact(email)
+        else:
+            self.sandbox.cc_delete_contact(email)
+
+    def empty_account(self) -> None:
+        """A user deletes every contact of the account."""
+        if self.name == "ac":
+            self.sandbox.ac_empty_account()
+        else:
+            self.sandbox.cc_empty_account()
+
     def sends(self) -> int:
         """Import and removal requests made so far."""
         stats = self.sandbox.stats()
@@ -281,6 +295,35 @@ def test_upsert_with_a_state_sends_changes_and_removes_nobody(target: Target) ->
     report = target.run(SEGMENT[5:], sync_mode="upsert")
     assert (report["unchanged"], report["to_remove"], report["removed"]) == (25, 0, 0)
     assert len(target.members()) == 30
+
+
+def test_a_list_emptied_outside_the_export_is_the_segment_again_after_the_next_run(
+    target: Target,
+) -> None:
+    target.run(SEGMENT)
+    target.empty_account()
+    target.signup("Joined.After@Example.com")  # by a form, after the clean-up: never removed
+    segment = [r for r in SEGMENT if r["email"] != "person.0@example.com"]  # one left the segment
+    repaired = target.run(segment)
+    assert (repaired["restored"], repaired["unchanged"], repaired["to_remove"]) == (29, 0, 0)
+    members = {email.lower() for email in target.members()}
+    assert members == {r["email"] for r in segment} | {"joined.after@example.com"}
+    again = target.run(segment)
+    assert (again["unchanged"], again["submitted"], again["restored"]) == (29, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["upsert", "mirror"])
+def test_contacts_deleted_outside_the_export_are_put_back_unless_they_unsubscribed(
+    target: Target, mode: str
+) -> None:
+    target.run(SEGMENT, sync_mode=mode)
+    target.delete("person.3@example.com")
+    target.delete("person.4@example.com")
+    target.unsubscribe("person.5@example.com")
+    repaired = target.run(SEGMENT, sync_mode=mode)
+    assert (repaired["restored"], repaired["skipped_unsubscribed"]) == (2, 1)
+    assert set(target.members()) == {r["email"] for r in SEGMENT} - {"person.5@example.com"}
+    assert target.run(SEGMENT, sync_mode=mode)["submitted"] == 0
 
 
 def test_a_second_run_on_the_same_state_fails_before_sending(target: Target) -> None:
