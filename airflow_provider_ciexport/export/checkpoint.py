@@ -158,15 +158,16 @@ class Checkpoint:
         assert saved is not None
         self._holding, self._held, self._held_bytes = None, [], 0
         matched = matched and len(items) == saved.last - saved.first + 1
-        if matched and range_digest(i.digest for i in items) == saved.digest:
-            # The range's counts go to its first batch: the report needs only their sum.
-            for n, item in enumerate(items):
-                item.resumed = (saved.accepted, saved.rejected) if n == 0 else (0, 0)
-                item.accepted_all = saved.rejected == 0
-                self._note(item.batch, item.digest, *item.resumed)
+        matched = matched and range_digest(i.digest for i in items) == saved.digest
+        # One step, so that no save finds these batches both in the saved range and in `done`.
         with self._lock:
             del self.resumable[saved.first]
             self._dirty = True
+            for n, item in enumerate(items if matched else ()):
+                # The range's counts go to its first batch: the report needs only their sum.
+                item.resumed = (saved.accepted, saved.rejected) if n == 0 else (0, 0)
+                item.accepted_all = saved.rejected == 0
+                self.done[item.batch.number] = (item.digest, len(item.batch.body), *item.resumed)
         return items
 
     # -- this try's confirmations ----------------------------------------------------------------
