@@ -15,7 +15,7 @@ from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.exceptions import CiExportError, ExportIncompleteError
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
-from airflow_provider_ciexport.export.checkpoint import Checkpoint, batch_digest
+from airflow_provider_ciexport.export.checkpoint import Admitted, Checkpoint, batch_digest
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sync import BatchEntries
@@ -111,9 +111,15 @@ class Delivery:
 
         def dispatch(batch: Batch) -> None:
             prepared = self._prepare(batch, checkpoint)
-            if prepared is None:
+            if prepared is not None:
+                for admitted in checkpoint.admit(batch, *prepared):
+                    start(admitted)
+
+        def start(admitted: Admitted) -> None:
+            batch, digest, entries = admitted.batch, admitted.digest, admitted.payload
+            if admitted.resumed is not None:
+                self._resumed(admitted)
                 return
-            digest, entries = prepared
             ticket = 0
             while not slots.acquire(timeout=_SLOT_WAIT_S):
                 if self.stop.is_set():
@@ -130,6 +136,8 @@ class Delivery:
         pool = ThreadPoolExecutor(destination.max_unconfirmed, thread_name_prefix="ciexport")
         with pool, contextlib.suppress(Stopped):
             self._batch(items, batcher, dispatch)
+            for admitted in checkpoint.release():
+                start(admitted)
 
     def _batch(
         self,
@@ -152,8 +160,8 @@ class Delivery:
             dispatch(last)
 
     def _prepare(self, batch: Batch, checkpoint: Checkpoint) -> tuple[str, BatchEntries | None] | None:
-        """Count a batch about to be sent; ``None`` when it is not sent (a dry run, or an earlier try
-        saw it confirmed), else its digest and its entries."""
+        """Count a batch about to be sent; ``None`` when it is not sent (a dry run), else its digest and
+        its entries (the checkpoint then decides whether an earlier try saw it confirmed)."""
         report, sync_run = self.report, self.sync_run
         entries = sync_run.take_batch(batch.contacts) if sync_run is not None else None
         if report.dry_run:
@@ -163,14 +171,15 @@ class Delivery:
         report.batches += 1
         report.submitted += batch.contacts
         digest = batch_digest(batch) if checkpoint.store is not None else ""
-        earlier = checkpoint.resumed(batch, digest) if checkpoint.resumable else None
-        if earlier is None:
-            return digest, entries
-        report.resumed_batches += 1
-        report.record_outcome(*earlier)
-        if sync_run is not None and entries is not None:
-            sync_run.resumed(entries, earlier[1] == 0)
-        return None
+        return digest, entries
+
+    def _resumed(self, admitted: Admitted) -> None:
+        """Count a batch an earlier try saw confirmed, not sent again."""
+        assert admitted.resumed is not None
+        self.report.resumed_batches += 1
+        self.report.record_outcome(*admitted.resumed)
+        if self.sync_run is not None and admitted.payload is not None:
+            self.sync_run.resumed(admitted.payload, admitted.accepted_all)
 
     def _releasing(self, slots: threading.BoundedSemaphore, job: Callable[[], None]) -> None:
         """Run ``job`` (one batch's delivery), then free its slot and log progress when due."""

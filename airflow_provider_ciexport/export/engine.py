@@ -231,13 +231,16 @@ class SegmentExporter:
     def _run(self, builder: ContactBuilder, chunks: Iterator[list[Row]]) -> ExportReport:
         # Sized once when the count is known: no rehashing while a million rows stream.
         builder.seen = EmailSet(capacity=self._total or 0)
+        # Saved at most once a progress interval (and at the end): a SIGKILL resends at most that much.
         checkpoint = Checkpoint(
-            self._progress_store, export_fingerprint(self.destination, self.field_mapping)
+            self._progress_store,
+            export_fingerprint(self.destination, self.field_mapping),
+            self.settings.progress_interval_s,
         )
         if checkpoint.resumable:
             log.info(
-                "Resuming: %d batch(es) confirmed by an earlier try are not sent again.",
-                len(checkpoint.resumable),
+                "Resuming: %d batch(es) confirmed by an earlier try are not sent again if unchanged.",
+                checkpoint.resumable_batches,
             )
         log.info(
             "Exporting %s rows from %s to %s list(s) %s%s.",

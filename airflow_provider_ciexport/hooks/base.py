@@ -36,6 +36,7 @@ from airflow_provider_ciexport.hooks.retry import (
     CallRetries,
     RetryableAnswer,
     Throttled,
+    ThrottleSummary,
     Unauthorized,
     parse_retry_after,
 )
@@ -263,6 +264,8 @@ class SegmentApiHook(HttpHook):
         self._timeout = timeout
         self._throttle_timeout = throttle_timeout
         self._last_progress = time.monotonic()
+        #: Refusals for the rate limit since the task log last told them (one line an interval at most).
+        self.throttle_summary = ThrottleSummary()
         self._local = threading.local()
         self._counter_lock = threading.Lock()
         self._requests = 0
@@ -543,7 +546,29 @@ class SegmentApiHook(HttpHook):
             self._last_progress = time.monotonic()
             for limiter in limiters:
                 limiter.succeeded()
+            if self.throttle_summary.pending:
+                self._tell_throttling(self.throttle_summary.due(), limiters)
             return response
+
+    def _tell_throttling(self, told: tuple[int, int, float] | None, limiters: Sequence[RateLimiter]) -> None:
+        """Log one line about the refusals since the last one (a line at most every
+        ``throttle_summary.interval_s``, not one a refusal), with the pace now."""
+        if told is None:
+            return
+        refusals, slowdowns, since = told
+        pace = min((limiter.factor for limiter in limiters), default=1.0)
+        self.log.info(
+            "%s refused %d request(s) for its rate limit %s, each waited out and sent again (not a "
+            "failure). Pacing at %.0f%% of the documented rate%s.",
+            self.destination,
+            refusals,
+            f"in the last {since:.0f} s" if since else "so far",
+            100 * pace,
+            f" (the account's budget seems shared with another export or app: {slowdowns} slow-down(s) "
+            "since the last line; the pace creeps back up while requests get through)"
+            if slowdowns or pace < 1
+            else "",
+        )
 
     def _attempt(
         self,
@@ -595,14 +620,7 @@ class SegmentApiHook(HttpHook):
         retries: CallRetries,
     ) -> None:
         """Slow down as the API asked, or fail once nothing has got through for ``throttle_timeout``."""
-        if self._slow_down(limiters, tickets, answer):
-            self.log.info(
-                "%s keeps refusing requests for its rate limit: the account's budget seems shared "
-                "(another export or app). Pacing at %.0f%% of the documented rate for now; it "
-                "creeps back up while requests get through.",
-                self.destination,
-                100 * min(limiter.factor for limiter in limiters),
-            )
+        slowed = self._slow_down(limiters, tickets, answer)
         stalled = retries.throttled(self._last_progress)
         if stalled is not None:
             raise DestinationThrottledError(
@@ -613,16 +631,7 @@ class SegmentApiHook(HttpHook):
                 f"'throttle_timeout' (seconds, now {self.throttle_timeout:g}).",
                 status=429,
             ) from None
-        if retries.worth_logging:
-            self.log.info(
-                "%s asked to slow down (%s) for %s %s; waiting and sending it again "
-                "(not counted as a failure; %d time(s) for this call).",
-                self.destination,
-                answer.reason,
-                request.method,
-                self._path(request),
-                retries.throttles,
-            )
+        self._tell_throttling(self.throttle_summary.refused(slowed), limiters)
         if not limiters:
             # Nothing paces a request outside the API (a token endpoint): wait here.
             time.sleep(answer.retry_after or 0.0)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import email.utils
 import random
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
@@ -20,8 +22,8 @@ MAX_BACKOFF_S = 60.0
 #: How long a call may go on being refused for the rate limit, with no answer getting through on this
 #: hook, before the task fails (connection extra ``throttle_timeout``, seconds).
 DEFAULT_THROTTLE_TIMEOUT_S = 900.0
-#: How often a throttled call says so in the log: its first refusal, then every so many.
-THROTTLE_LOG_EVERY = 20
+#: Seconds between two lines of the log about throttling (the operators' default ``progress_interval``).
+THROTTLE_LOG_INTERVAL_S = 30.0
 
 
 class RetryableAnswer(Exception):
@@ -128,7 +130,44 @@ class CallRetries:
         stalled = time.monotonic() - max(self.started, last_progress)
         return stalled if stalled >= self.throttle_timeout else None
 
-    @property
-    def worth_logging(self) -> bool:
-        """Whether the latest throttling answer is one the log shows (the first, then every 20th)."""
-        return self.throttles == 1 or self.throttles % THROTTLE_LOG_EVERY == 0
+
+class ThrottleSummary:
+    """Refusals for the rate limit counted across a hook's calls (and threads), for one log line at
+    most every ``interval_s``: the first refusal is told at once, later ones in the next due line.
+
+    :param interval_s: the least time between two lines.
+    :param clock: monotonic seconds (a test's fake clock).
+    """
+
+    def __init__(
+        self, interval_s: float = THROTTLE_LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ):
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_line: float | None = None
+        #: Refusals and pace cuts since the last line.
+        self.pending = 0
+        self._slowdowns = 0
+
+    def refused(self, slowed: bool) -> tuple[int, int, float] | None:
+        """Count one refusal (``slowed``: it cut the pace); when a line is due, what it says."""
+        with self._lock:
+            self.pending += 1
+            self._slowdowns += slowed
+        return self.due()
+
+    def due(self) -> tuple[int, int, float] | None:
+        """``(refusals, pace cuts, seconds)`` since the last line if refusals are untold and a line is
+        due, and the counts start again; else ``None``."""
+        if not self.pending:
+            return None  # read without the lock: every answer asks, and nearly all find nothing
+        with self._lock:
+            now = self._clock()
+            since = None if self._last_line is None else now - self._last_line
+            if not self.pending or (since is not None and since < self.interval_s):
+                return None
+            told = (self.pending, self._slowdowns, since or 0.0)
+            self.pending = self._slowdowns = 0
+            self._last_line = now
+            return told

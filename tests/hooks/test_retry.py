@@ -50,7 +50,7 @@ def test_throttling_fails_only_once_nothing_got_through_for_the_timeout() -> Non
     assert retries.throttled(last_progress=now - 10) is None  # another call got through lately
     stalled = retries.throttled(last_progress=now - 90)
     assert stalled is not None and stalled >= 60
-    assert retries.throttles == 2 and not retries.worth_logging
+    assert retries.throttles == 2
 
 
 # -- send, over a transport that answers from a script -------------------------------------------
@@ -111,3 +111,54 @@ def test_refused_credentials_fail_at_once_when_they_cannot_be_renewed(hook: Acti
     # An API key cannot be renewed: its 401 is the destination's own error, not retried.
     with pytest.raises(DestinationAuthError, match="refused the API key"):
         _send(hook, [401, 200])
+
+
+# -- the log under throttling: one line an interval, not one a refusal ----------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_summary_tells_the_first_refusal_then_at_most_one_line_an_interval() -> None:
+    clock = FakeClock()
+    summary = retry.ThrottleSummary(30.0, clock)
+    assert summary.refused(slowed=False) == (1, 0, 0.0)  # the first, at once
+    assert [summary.refused(slowed=n == 3) for n in range(10)] == [None] * 10
+    clock.now += 29.9
+    assert summary.refused(slowed=False) is None
+    clock.now += 0.2
+    assert summary.refused(slowed=False) == (12, 1, pytest.approx(30.1))
+    assert summary.due() is None  # nothing untold
+    clock.now += 31
+    assert summary.due() is None
+
+
+def test_a_burst_of_refusals_logs_one_line_an_interval(
+    hook: ActiveCampaignHook, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The hook logs through Airflow's structlog to the task's output (where caplog does not look).
+    clock = FakeClock()
+    hook.throttle_summary = retry.ThrottleSummary(30.0, clock)
+    out: list[str] = []
+    response, sent = _send(hook, [429] * 40 + [200])
+    assert response.status_code == 200 and len(sent) == 41
+
+    def lines() -> list[str]:
+        out.extend("".join(capfd.readouterr()).splitlines())
+        return [line for line in out if "for its rate limit" in line]
+
+    assert len(lines()) == 1  # 40 refusals within one interval: the first one's line only
+    assert "refused 1 request(s) for its rate limit so far" in lines()[0]
+    assert "Pacing at" in lines()[0]
+
+    clock.now += 30
+    _send(hook, [200])  # an answer that gets through once the interval is over tells the rest
+    assert len(lines()) == 2
+    assert "refused 39 request(s) for its rate limit in the last 30 s" in lines()[1]
+    for line in lines():
+        assert "acct.api-us1.com" not in line and "key" not in line and "/lists" not in line
