@@ -98,13 +98,41 @@ def sandbox(sandbox_server: SandboxServer) -> SandboxClient:
     return client
 
 
-@pytest.fixture
-def ac_conn(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server: SandboxServer) -> str:
-    """An ``activecampaign`` connection to the sandbox with its seeded API key."""
-    return set_connection(monkeypatch, AC_CONN_ID, **sandbox_server.ac_connection())
+#: How much faster than documented the sandbox runs its limits for tests marked ``scaled_limits``
+#: (they check what ends up on the lists, not the pace; the pace is tested at the real limits).
+LIMITS_SCALE = 5
+
+
+def _limits_scale(request: pytest.FixtureRequest, sandbox: SandboxClient) -> int:
+    """The scale of this test's limits, set on the sandbox (1: the documented limits)."""
+    if request.node.get_closest_marker("scaled_limits") is None:
+        return 1
+    sandbox.configure(rate_scale=LIMITS_SCALE)
+    return LIMITS_SCALE
 
 
 @pytest.fixture
-def cc_conn(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxClient, sandbox_server: SandboxServer) -> str:
-    """A ``constantcontact`` connection to the sandbox with its seeded client and refresh token."""
-    return set_connection(monkeypatch, CC_CONN_ID, **sandbox_server.cc_connection())
+def ac_conn(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: SandboxClient,
+    sandbox_server: SandboxServer,
+) -> str:
+    """An ``activecampaign`` connection to the sandbox with its seeded API key (at its limits)."""
+    scale = _limits_scale(request, sandbox)
+    extras = {} if scale == 1 else {"requests_per_second": 5 * scale, "imports_per_minute": 100 * scale}
+    return set_connection(monkeypatch, AC_CONN_ID, **sandbox_server.ac_connection(**extras))
+
+
+@pytest.fixture
+def cc_conn(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: SandboxClient,
+    sandbox_server: SandboxServer,
+) -> str:
+    """A ``constantcontact`` connection to the sandbox with its seeded client and refresh token (at
+    its limits)."""
+    scale = _limits_scale(request, sandbox)
+    extras = {} if scale == 1 else {"requests_per_second": 4 * scale}
+    return set_connection(monkeypatch, CC_CONN_ID, **sandbox_server.cc_connection(**extras))

@@ -24,7 +24,7 @@ from tests.support import posts, set_connection
 pytest.importorskip("s3fs", reason="the [s3] extra is not installed")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] (the test extra) is not installed")
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.scaled_limits]
 
 S3_CONN_ID = "ciexport_s3"
 BUCKET = "ciexport-states"

@@ -71,6 +71,7 @@ def _assert_report(report: dict[str, Any], *, accepted: int = len(data.EXPECTED)
     json.dumps(report)  # XCom-safe
 
 
+@pytest.mark.scaled_limits
 @pytest.mark.parametrize("source", data.SOURCE_KINDS)
 def test_every_source_kind_exports_exactly_the_valid_contacts(
     source: str, ac_conn: str, sandbox: SandboxClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -88,6 +89,7 @@ def test_every_source_kind_exports_exactly_the_valid_contacts(
     assert report["batches"] == 1 and len(report["jobs"]) == 1
 
 
+@pytest.mark.scaled_limits
 def test_small_segment_without_tags_uses_contact_sync(ac_conn: str, sandbox: SandboxClient) -> None:
     report = _export(ac_conn, records=data.ROWS)
     _assert_lists_hold_the_segment(sandbox)
@@ -123,6 +125,7 @@ def test_a_few_thousand_contacts_trip_no_limit(ac_conn: str, sandbox: SandboxCli
     assert stats["imports"]["ac"]["largest_body_bytes"] < 400_000
 
 
+@pytest.mark.scaled_limits
 def test_batches_respect_the_byte_limit(ac_conn: str, sandbox: SandboxClient) -> None:
     rows = [{"email": f"big{i}@example.com", "first": "F" * 3000} for i in range(300)]
     report = _export(ac_conn, records=rows, field_mapping={"email": "email", "first_name": "first"})
@@ -133,6 +136,7 @@ def test_batches_respect_the_byte_limit(ac_conn: str, sandbox: SandboxClient) ->
     assert len(sandbox.ac_list_contacts(seed.AC_LIST_VIP)) == 300
 
 
+@pytest.mark.scaled_limits
 def test_rejected_contacts_are_counted(ac_conn: str, sandbox: SandboxClient) -> None:
     sandbox.configure(ac_exclusion_list=["person.3@example.com", "person.7@example.com"])
     report = _export(ac_conn, records=_many(20), field_mapping={"email": "email"})
@@ -140,6 +144,7 @@ def test_rejected_contacts_are_counted(ac_conn: str, sandbox: SandboxClient) -> 
     assert len(sandbox.ac_list_contacts(seed.AC_LIST_VIP)) == 18
 
 
+@pytest.mark.scaled_limits
 @pytest.mark.parametrize("kind", ["job_failed", "job_interrupted"])
 def test_failed_jobs_are_sent_again(ac_conn: str, sandbox: SandboxClient, kind: str) -> None:
     sandbox.add_fault(api="ac", kind=kind, times=1)
@@ -149,6 +154,7 @@ def test_failed_jobs_are_sent_again(ac_conn: str, sandbox: SandboxClient, kind: 
     assert len(sandbox.ac_list_contacts(seed.AC_LIST_VIP)) == 600
 
 
+@pytest.mark.scaled_limits
 def test_jobs_that_keep_failing_fail_the_task_saying_what_was_exported(
     ac_conn: str, sandbox: SandboxClient
 ) -> None:

@@ -26,7 +26,7 @@ from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.export.forgery import forge_flags, format_1_state
 from tests.support import posts, set_connection
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.scaled_limits]
 
 AC_LIST = seed.AC_LIST_VIP
 CC_LIST = "22222222-2222-4222-8222-222222222222"
