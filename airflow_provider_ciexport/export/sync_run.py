@@ -398,7 +398,7 @@ def leavers_before_sending(
     probe.seen = EmailSet(capacity=total or 0)
     diff = SegmentDiff(state)
     assert rows is not None, "mirror spools the segment so that it can be read twice"
-    what = "Mirror: reading the segment once before sending (how many would be removed)"
+    what = "Mirror first pass (how many would be removed, nothing sent yet)"
     with PhaseProgress(what, total, progress_interval_s, unit="rows") as progress:
         contacts = _first_pass(probe, state, diff.seen, rows, progress)
     leavers = {email for _, email in diff.emails(diff.leavers()) if email not in opted_out}
