@@ -334,10 +334,15 @@ class Delivery:
 
 
 def sending_phase(delivery: Delivery, read_all: bool) -> str:
-    """What the export is doing, for the progress line: sending, or (every row read) waiting for the
-    jobs of its last batches."""
+    """What the export is doing, for the progress line: sending; once every row is read, submitting
+    the batches still queued; then waiting for the jobs of the last batches."""
     if not read_all:
         return "sending"
+    report = delivery.report
+    confirmed = report.accepted + report.rejected
+    queued = report.submitted - confirmed - delivery.unconfirmed - delivery.failed_contacts
+    if queued > 0:
+        return f"every row read, {queued:,} contacts still to submit"
     return f"every row read, waiting for the last jobs: {delivery.unconfirmed:,} contacts not yet confirmed"
 
 
