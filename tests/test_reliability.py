@@ -236,7 +236,8 @@ with DAG("ciexport_kill_test", schedule=None, start_date=pendulum.datetime(2026,
         activecampaign_conn_id="ac_kill",
         state_path=os.environ.get("CIEXPORT_KILL_STATE") or None,
         sync_mode=os.environ.get("CIEXPORT_KILL_MODE") or "upsert",
-        progress_interval=1,  # the progress Variable is saved once a progress interval
+        # The progress Variable is saved once a progress interval.
+        progress_interval=float(os.environ.get("CIEXPORT_KILL_PROGRESS") or 1),
     )
 
 if __name__ == "__main__":
@@ -306,8 +307,12 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
     assert len(saved) >= 4
     imports_before = sandbox.stats()["imports"]["ac"]["requests"]
 
+    if sync_mode == "mirror":
+        env["CIEXPORT_KILL_PROGRESS"] = "0.2"  # the retry tells each phase that lasts 0.2 s or more
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    if sync_mode == "mirror":
+        _assert_the_retry_told_its_phases(second.stdout + second.stderr, resumed=250 * len(saved))
     imports_after = sandbox.stats()["imports"]["ac"]["requests"]
     assert imports_after - imports_before == 20 - len(saved)  # nothing confirmed earlier was sent again
     assert {c["email"] for c in sandbox.ac_list_contacts(seed.AC_LIST_VIP)} == {
@@ -350,6 +355,24 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         ).execute(context={})  # type: ignore[arg-type]
         assert (report["removed"], report["new"]) == (rows + 50 - len(churned), 50)
         assert {c["email"] for c in sandbox.ac_list_contacts(AC_LIST)} == {r["email"] for r in churned}
+
+
+def _assert_the_retry_told_its_phases(log: str, resumed: int) -> None:
+    """The retry of a killed mirror export is never silent: reading the list's members (a first sync:
+    the killed try wrote no state) tells how far against the list's count, and the main line counts
+    what the killed try confirmed as done, then says every row is read (the last batches are submitted
+    or waited for). No contact in it."""
+    members = [line for line in log.splitlines() if "Reading the ActiveCampaign lists' members: " in line]
+    assert members and all(" of " in line and " members (" in line for line in members), log[-3000:]
+    main = [
+        line[line.index("ActiveCampaign export progress (") :]
+        for line in log.splitlines()
+        if "ActiveCampaign export progress (" in line
+    ]
+    # (A line told before the retry rebuilt the first resumed range may not count it yet.)
+    assert main and f"({resumed:,} resumed from an earlier try)" in main[-1], log[-3000:]
+    assert any(line.startswith("ActiveCampaign export progress (every row read, ") for line in main)
+    assert "@example.com" not in log
 
 
 def _saved_progress() -> set[int]:

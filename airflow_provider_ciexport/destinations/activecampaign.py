@@ -133,6 +133,10 @@ class ActiveCampaignDestination(HookDestination):
             for contact in self.hook.list_contacts(list_id, 2):
                 yield str(contact["email"])
 
+    def opted_out_count(self) -> int | None:
+        # One request a list, as many as opted_out() yields (a contact on two lists counts twice there too).
+        return sum(self.hook.count_list_contacts(list_id, 2) for list_id in self._list_ids)
+
     def member_count(self) -> int | None:
         return sum(self.hook.count_list_contacts(list_id, 1) for list_id in self._list_ids)
 

@@ -68,6 +68,7 @@ class Delivery:
         self.unconfirmed = 0
         #: Contacts larger than a whole request, never sent.
         self.too_large = 0
+        self.resumed_contacts = 0  #: contacts of batches an earlier try confirmed, not sent again
         self._lock = threading.Lock()
 
     def fail(self, exc: BaseException) -> None:
@@ -178,6 +179,7 @@ class Delivery:
         assert admitted.resumed is not None
         self.report.resumed_batches += 1
         self.report.record_outcome(*admitted.resumed)
+        self.resumed_contacts += sum(admitted.resumed)
         if self.sync_run is not None and admitted.payload is not None:
             self.sync_run.resumed(admitted.payload, admitted.accepted_all)
 
@@ -329,6 +331,19 @@ class Delivery:
 
         destination = self.destination
         return poll_until_done(paced_poll, destination.poll_interval, destination.max_poll_interval, pause)
+
+
+def sending_phase(delivery: Delivery, read_all: bool) -> str:
+    """What the export is doing, for the progress line: sending; once every row is read, submitting
+    the batches still queued; then waiting for the jobs of the last batches."""
+    if not read_all:
+        return "sending"
+    report = delivery.report
+    confirmed = report.accepted + report.rejected
+    queued = report.submitted - confirmed - delivery.unconfirmed - delivery.failed_contacts
+    if queued > 0:
+        return f"every row read, {queued:,} contacts still to submit"
+    return f"every row read, waiting for the last jobs: {delivery.unconfirmed:,} contacts not yet confirmed"
 
 
 def raise_if_incomplete(delivery: Delivery, read_all: bool, total: int | None) -> None:

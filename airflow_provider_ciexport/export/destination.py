@@ -74,6 +74,10 @@ class Destination(ABC):
         """Send a small segment contact by contact; return how many were accepted."""
         raise NotImplementedError
 
+    def set_progress_interval(self, interval_s: float) -> None:  # noqa: B027 (a hook, not abstract)
+        """Log what the destination itself tells (throttling) at most once every ``interval_s``, as the
+        export's progress lines; a destination that tells nothing ignores it."""
+
     @property
     @abstractmethod
     def requests_made(self) -> int:
@@ -98,6 +102,11 @@ class Destination(ABC):
         """Emails the destination shows as unsubscribed by the person's own action (from a target list
         or from all email) or excluded: the export never puts them back on a list."""
         raise NotImplementedError(f"{self.name} exports cannot keep a sync state.")
+
+    def opted_out_count(self) -> int | None:
+        """How many :meth:`opted_out` will yield, if the destination can tell cheaply (``None``: not
+        known). Asked only when reading them takes longer than a progress interval, for the ETA."""
+        return None
 
     def member_count(self) -> int | None:
         """Active members of the target lists now, summed over the lists, in one request a list

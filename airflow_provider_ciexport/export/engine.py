@@ -25,9 +25,9 @@ from airflow_provider_ciexport.export.checkpoint import (
     export_fingerprint,
 )
 from airflow_provider_ciexport.export.collector import steady_collector
-from airflow_provider_ciexport.export.delivery import Delivery, Stopped, raise_if_incomplete
+from airflow_provider_ciexport.export.delivery import Delivery, Stopped, raise_if_incomplete, sending_phase
 from airflow_provider_ciexport.export.destination import Destination
-from airflow_provider_ciexport.export.progress import ProgressClock, progress_line
+from airflow_provider_ciexport.export.progress import ProgressClock, Ticker, progress_line
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources.base import Row, SegmentRows, SegmentSource
 from airflow_provider_ciexport.export.spool import RowSpool, SegmentTooLargeError
@@ -100,6 +100,7 @@ class SegmentExporter:
                 self.field_mapping,
                 self.report,
                 dry_run=self.settings.dry_run,
+                progress_interval_s=self.settings.progress_interval_s,
             )
             if sync is not None
             else None
@@ -279,6 +280,7 @@ class SegmentExporter:
         sync_run = self._sync_run
         if sync_run is not None:
             items = sync_run.changed(items, batcher)
+        self._clock.sending()  # the main line's rate counts from here
         head = list(itertools.islice(items, destination.small_segment_max + 1))
         # A contact the export removed comes back through an import, which names the contacts it
         # refuses (excluded); single-contact calls do not.
@@ -287,7 +289,8 @@ class SegmentExporter:
         if small and not self.settings.dry_run and not readds:
             self._delivery.send_small([contact for contact, _ in head])
         else:
-            self._delivery.send_batches(itertools.chain(head, items), batcher, checkpoint)
+            with Ticker(self.settings.progress_interval_s, self._maybe_log_progress):
+                self._delivery.send_batches(itertools.chain(head, items), batcher, checkpoint)
         if sync_run is not None and not self._delivery.ended_early():
             removal_polls = RateLimiter(destination.max_poll_rate, 1.0)
             sync_run.finish(
@@ -345,6 +348,10 @@ class SegmentExporter:
     # -- progress and the end ------------------------------------------------------------------
 
     def _maybe_log_progress(self) -> None:
-        if self._clock.due():
-            line = progress_line(self.report, self._total, self._clock.elapsed())
-            log.info("%s export progress: %s", self.destination.name, line)
+        """The main line when due; its rate counts from the start of sending, resumed batches as done."""
+        if not self._clock.due():
+            return
+        elapsed, resumed = self._clock.sending_elapsed(), self._delivery.resumed_contacts
+        line = progress_line(self.report, self._total, elapsed, resumed)
+        doing = sending_phase(self._delivery, self._read_all)
+        log.info("%s export progress (%s): %s", self.destination.name, doing, line)

@@ -11,6 +11,7 @@ import logging
 
 from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.state import SyncState
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,35 @@ def lists_changed(destination: Destination, state: SyncState) -> bool:
     return True
 
 
-def read_members(destination: Destination, leavers: set[str]) -> tuple[EmailSet, dict[str, str]]:
-    """The lists' active members (normalised emails), and the contact ids of those in ``leavers``."""
+def read_members(
+    destination: Destination, leavers: set[str], progress_interval_s: float = 30.0
+) -> tuple[EmailSet, dict[str, str]]:
+    """The lists' active members (normalised emails), and the contact ids of those in ``leavers``.
+
+    A read that lasts longer than ``progress_interval_s`` tells how far it got at least that often,
+    against the lists' member count (asked only then: one request a list).
+    """
     members = EmailSet()
     removal_ids: dict[str, str] = {}
-    for email, contact_id in destination.members():
-        email = email.strip().lower()
-        members.add(email)
-        if email in leavers:
-            removal_ids[email] = contact_id
+    what = f"Reading the {destination.name} lists' members"
+    with PhaseProgress(what, destination.member_count, progress_interval_s, unit="members") as progress:
+        for email, contact_id in progress.counted(destination.members()):
+            email = email.strip().lower()
+            members.add(email)
+            if email in leavers:
+                removal_ids[email] = contact_id
     return members, removal_ids
+
+
+def read_opted_out(destination: Destination, progress_interval_s: float = 30.0) -> EmailSet:
+    """The normalised emails of everyone the destination shows as opted out (see
+    :meth:`.Destination.opted_out`); a long read tells how far it got at least once an interval."""
+    opted_out = EmailSet()
+    what = f"Reading who opted out at {destination.name}"
+    with PhaseProgress(what, destination.opted_out_count, progress_interval_s, unit="contacts") as progress:
+        for email in progress.counted(destination.opted_out()):
+            opted_out.add(email.strip().lower())
+    return opted_out
 
 
 def log_missing(missing: int) -> None:

@@ -12,6 +12,7 @@ from functools import partial
 
 from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.state import StateLease, email_key
 from airflow_provider_ciexport.export.sync import SegmentDiff, SyncSettings
@@ -32,6 +33,7 @@ class SyncFinish:
     :param dry_run: count, but change nothing.
     :param refused: emails the imports refused (they are not re-subscribed).
     :param removal_ids: contact ids of the leavers, from the members read before sending.
+    :param progress_interval_s: the least time between progress lines while removing.
     """
 
     def __init__(
@@ -45,7 +47,9 @@ class SyncFinish:
         dry_run: bool,
         refused: set[str],
         removal_ids: dict[str, str],
+        progress_interval_s: float = 30.0,
     ) -> None:
+        self.progress_interval_s = progress_interval_s
         self.sync = sync
         self.destination = destination
         self.diff = diff
@@ -118,6 +122,8 @@ class SyncFinish:
     def _remove(self, leavers: list[tuple[int, str, str]], follow: FollowRemoval) -> None:
         destination, diff, report = self.destination, self.diff, self.report
         size = destination.max_removal_batch
+        what = f"Removing the contacts that left the segment from the {destination.name} lists"
+        progress = PhaseProgress(what, len(leavers), self.progress_interval_s, unit="contacts")
 
         def remove(chunk: list[tuple[int, str, str]]) -> None:
             contacts = [(email, contact_id) for _, email, contact_id in chunk]
@@ -125,6 +131,7 @@ class SyncFinish:
                 partial(destination.submit_removal, contacts),
                 lambda job_id: destination.poll_removal(job_id, contacts),
             )
+            progress.advance(len(chunk))
             if not result.ok:
                 with self._lock:
                     report.sync["removal_refused"] += len(chunk)
@@ -144,7 +151,7 @@ class SyncFinish:
         window = diff.state.start_removal_run()
         run = int(window[0])
         try:
-            with ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
+            with progress, ThreadPoolExecutor(min(len(chunks), destination.max_in_flight)) as pool:
                 for future in [pool.submit(remove, chunk) for chunk in chunks]:
                     future.result()
         finally:

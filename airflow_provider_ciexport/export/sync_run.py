@@ -21,7 +21,9 @@ from airflow_provider_ciexport.export.list_members import (
     lists_changed,
     log_missing,
     read_members,
+    read_opted_out,
 )
+from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.spool import RowSpool
 from airflow_provider_ciexport.export.state import (
@@ -85,6 +87,7 @@ class SyncRun:
     :param field_mapping: destination attribute -> source column.
     :param report: the run's report (its ``sync`` section is filled here).
     :param dry_run: check and count, but take no lease and write, send and remove nothing.
+    :param progress_interval_s: the least time between progress lines of a long phase.
     """
 
     def __init__(
@@ -95,8 +98,10 @@ class SyncRun:
         report: ExportReport,
         *,
         dry_run: bool,
+        progress_interval_s: float = 30.0,
     ) -> None:
         self.sync = sync
+        self.progress_interval_s = progress_interval_s
         self.destination = destination
         self.field_mapping = field_mapping
         self.report = report
@@ -174,9 +179,7 @@ class SyncRun:
                 "removed or re-subscribed on its account.",
                 loaded.distrust,
             )
-        opted_out = EmailSet()
-        for email in destination.opted_out():
-            opted_out.add(email.strip().lower())
+        opted_out = read_opted_out(destination, self.progress_interval_s)
         first_sync = len(loaded.state) == 0  # claims of a try that died do not make it a later sync
         members_before = self._read_members(builder, state, opted_out, rows, total, first_sync)
         diff = self.diff = SegmentDiff(
@@ -221,12 +224,13 @@ class SyncRun:
         export, and in mirror mode on the first sync or where it is cheap."""
         leavers: set[str] = set()
         if self.sync.mirror and len(state):
-            leavers = leavers_before_sending(
-                self._probe(builder), state, opted_out, rows, total, self.sync.max_removal_fraction
-            )
+            # A contact builder of its own, for a first pass that must not touch the run's counts.
+            probe = ContactBuilder(self.field_mapping, self.destination.schema, builder.columns)
+            fraction, interval = self.sync.max_removal_fraction, self.progress_interval_s
+            leavers = leavers_before_sending(probe, state, opted_out, rows, total, fraction, interval)
         if not (self._members_always_read(first_sync) or self._lists_changed()):
             return None
-        members, self._removal_ids = read_members(self.destination, leavers)
+        members, self._removal_ids = read_members(self.destination, leavers, self.progress_interval_s)
         return members
 
     def _members_always_read(self, first_sync: bool) -> bool:
@@ -238,10 +242,6 @@ class SyncRun:
         if not len(loaded.state) or self.sync.full_refresh or loaded.distrust is not None:
             return False
         return lists_changed(self.destination, loaded.state)
-
-    def _probe(self, builder: ContactBuilder) -> ContactBuilder:
-        """A contact builder like ``builder``, for a first pass that must not touch its counts."""
-        return ContactBuilder(self.field_mapping, self.destination.schema, builder.columns)
 
     # -- while sending ---------------------------------------------------------------------------
 
@@ -344,6 +344,7 @@ class SyncRun:
             dry_run=self.dry_run,
             refused=self._refused,
             removal_ids=self._removal_ids,
+            progress_interval_s=self.progress_interval_s,
         ).run(follow)
 
     # -- the end ---------------------------------------------------------------------------------
@@ -385,18 +386,31 @@ def leavers_before_sending(
     rows: RowSpool | None,
     total: int | None,
     max_removal_fraction: float,
+    progress_interval_s: float = 30.0,
 ) -> set[str]:
     """Read the segment once for its emails alone, and fail (before anything is sent) if mirroring
     would remove too many contacts; return the emails that would be removed.
 
     :param probe: a contact builder of its own (it counts and deduplicates the rows it reads).
+    :param progress_interval_s: the least time between progress lines of this pass.
     :raises RemovalLimitError: if more than ``max_removal_fraction`` would be removed.
     """
     probe.seen = EmailSet(capacity=total or 0)
     diff = SegmentDiff(state)
-    seen = diff.seen
-    contacts = 0
     assert rows is not None, "mirror spools the segment so that it can be read twice"
+    what = "Mirror first pass (how many would be removed, nothing sent yet)"
+    with PhaseProgress(what, total, progress_interval_s, unit="rows") as progress:
+        contacts = _first_pass(probe, state, diff.seen, rows, progress)
+    leavers = {email for _, email in diff.emails(diff.leavers()) if email not in opted_out}
+    diff.check_removals(len(leavers), contacts, max_removal_fraction)
+    return leavers
+
+
+def _first_pass(
+    probe: ContactBuilder, state: SyncState, seen: bytearray, rows: RowSpool, progress: PhaseProgress
+) -> int:
+    """Mark in ``seen`` the state's contacts that are in the segment; return how many contacts it has."""
+    contacts = 0
     for chunk in rows:
         for row in chunk:
             contact = probe.build(row)
@@ -405,6 +419,5 @@ def leavers_before_sending(
                 index = state.find(email_key(contact["email"]))
                 if index >= 0:
                     seen[index] = 1
-    leavers = {email for _, email in diff.emails(diff.leavers()) if email not in opted_out}
-    diff.check_removals(len(leavers), contacts, max_removal_fraction)
-    return leavers
+        progress.advance(len(chunk))
+    return contacts

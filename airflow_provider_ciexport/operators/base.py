@@ -304,6 +304,7 @@ class BaseSegmentExportOperator(BaseOperator):
             max_columns=self.max_columns,
         )
         destination = self.get_destination()
+        destination.set_progress_interval(self.progress_interval)  # the throttling line's too
         self.list_url = self.get_list_url(destination)
         self._exporter = SegmentExporter(
             source,

@@ -144,6 +144,25 @@ def test_a_retried_export_skips_the_batches_an_earlier_try_confirmed() -> None:
     assert store.document is None  # the export completed: nothing left to resume
 
 
+def test_a_retried_export_says_what_it_resumed_and_counts_it_as_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    with pytest.raises(ExportIncompleteError):
+        export(rows(9), FakeDestination(failures={3: 3}), store)
+    caplog.set_level(logging.INFO, logger="airflow_provider_ciexport.export.engine")
+    caplog.clear()
+
+    export(rows(9), FakeDestination(), store, progress_interval_s=0.0)
+
+    lines = [r.getMessage() for r in caplog.records if "export progress (" in r.getMessage()]
+    # The two batches the first try confirmed are done from the retry's first line on.
+    assert lines and all("(6 resumed from an earlier try)" in line for line in lines)
+    assert lines[-1].startswith("Fake export progress (") and "9 confirmed (6 resumed" in lines[-1]
+    # Once every row is read, the line says the export waits for its last jobs.
+    assert "(every row read, waiting for the last jobs: " in lines[-1]
+
+
 def test_a_changed_segment_is_sent_again_rather_than_resumed() -> None:
     store = MemoryStore()
     with pytest.raises(ExportIncompleteError):

@@ -9,6 +9,7 @@ unsubscribes, and a contact the export removed is re-subscribed when it comes ba
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,16 @@ class Export:
         self.destination = destination
         self.mode = mode
 
-    def run(self, records: list[dict[str, Any]], **sync: Any) -> dict[str, Any]:
+    def run(
+        self, records: list[dict[str, Any]], export: ExportSettings | None = None, **sync: Any
+    ) -> dict[str, Any]:
         settings = SyncSettings(state_path=self.state_path, mode=self.mode, keys=KEYS, **sync)
         exporter = SegmentExporter(
-            RecordsSegmentSource(records), self.destination, MAPPING, ExportSettings(), sync=settings
+            RecordsSegmentSource(records),
+            self.destination,
+            MAPPING,
+            export or ExportSettings(),
+            sync=settings,
         )
         report = exporter.run().as_dict()
         _check_invariants(report)
@@ -324,3 +331,34 @@ def test_one_who_signed_up_by_a_form_between_runs_is_never_removed_where_members
     left = export.run(segment(range(10)))
     assert (left["to_remove"], left["removed"]) == (0, 0)
     assert email(20) in destination.member_emails()
+
+
+def test_every_phase_of_a_mirror_run_tells_how_far_it_got_without_personal_data(
+    tmp_path: Path, destination: MemoryListDestination, caplog: pytest.LogCaptureFixture
+) -> None:
+    export = Export(tmp_path, destination)
+    export.run(segment(range(10)))
+    destination.unsubscribe(email(9))
+    caplog.set_level(logging.INFO, logger="airflow_provider_ciexport")
+    every_time = ExportSettings(progress_interval_s=0.0)  # a line at every step
+
+    report = export.run(segment(range(3, 12)), every_time, max_removal_fraction=0.5)  # 0-2 leave, 10-11 new
+    assert (report["removed"], report["new"]) == (3, 2)
+    lines = [r.getMessage() for r in caplog.records]
+
+    def told(what: str) -> list[str]:
+        return [line for line in lines if line.startswith(what)]
+
+    assert told("Reading who opted out at Fake")[-1].startswith(
+        "Reading who opted out at Fake: 1 contacts so far"
+    )
+    first_pass = told("Mirror first pass (")
+    assert first_pass[-1].split(": ", 1)[1].startswith("9 of 9 rows (100%)")
+    if not destination.removal_unsubscribes:  # members are read on every mirror run there
+        # Counted against the lists' member count, asked once the first line was due.
+        assert told("Reading the Fake lists' members")[-1].split(": ", 1)[1].startswith("9 of 9 members")
+    removals = told("Removing the contacts that left the segment")
+    assert removals[-1].split(": ", 1)[1].startswith("3 of 3 contacts (100%)")
+    main = [line for line in lines if "export progress (" in line]
+    assert main and all("rows read" in line and "ETA" in line for line in main)
+    assert "@example.com" not in caplog.text

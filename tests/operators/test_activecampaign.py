@@ -266,3 +266,43 @@ def test_a_semicolon_csv_from_a_european_spreadsheet_is_exported(
         "anna@example.com": "Rossi; Bianchi",
         "lukas@example.com": "Müller",
     }
+
+
+@pytest.mark.parametrize("interval", [1.0, 45.0])
+def test_the_throttling_line_follows_the_progress_interval(
+    interval: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook's one throttling line an interval comes as often as the export's progress lines."""
+    from airflow_provider_ciexport.hooks.retry import THROTTLE_LOG_INTERVAL_S
+    from airflow_provider_ciexport.operators import base
+    from tests.support import set_connection
+
+    conn = set_connection(
+        monkeypatch, "ac_interval", conn_type="activecampaign", host="https://acct.api-us1.com", password="k"
+    )
+    seen: list[float] = []
+
+    class Exporter:
+        """Stands in for the export: notes the interval its destination's hook was given."""
+
+        report = None
+
+        def __init__(self, source: Any, destination: Any, *args: Any, **kwargs: Any) -> None:
+            seen.append(destination.hook.throttle_summary.interval_s)
+
+        def run(self) -> Any:
+            raise ExportIncompleteError("stopped here: only the wiring is tested")
+
+    monkeypatch.setattr(base, "SegmentExporter", Exporter)
+    operator = ActiveCampaignSegmentExportOperator(
+        task_id="export",
+        list_id=2,
+        records=[{"email": "a@example.com"}],
+        field_mapping={"email": "email"},
+        activecampaign_conn_id=conn,
+        progress_interval=interval,
+    )
+    assert operator.hook.throttle_summary.interval_s == THROTTLE_LOG_INTERVAL_S
+    with pytest.raises(ExportIncompleteError):
+        operator.execute(context={})  # type: ignore[arg-type]
+    assert seen == [interval]
