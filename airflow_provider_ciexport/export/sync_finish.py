@@ -22,6 +22,10 @@ from airflow_provider_ciexport.export.sync import SegmentDiff, SyncSettings
 FollowRemoval = Callable[[Callable[[], str], Callable[[str], "JobResult | None"]], JobResult]
 
 
+#: Contacts handed to :meth:`Destination.readd` at a time, between two counts of its progress.
+READD_CHUNK = 50
+
+
 class SyncFinish:
     """Re-subscribes the returners and removes the leavers of one sync run.
 
@@ -96,7 +100,7 @@ class SyncFinish:
         back = [e for e in diff.readd_emails if e not in self._refused]
         state = diff.state
         windows = [state.removal_window(diff.readd_runs.get(e, 0)) for e in back]
-        skipped = set(self.destination.readd(back, windows))
+        skipped = self._readd_told(back, windows)
         for email in skipped:
             index = diff.state.find(email_key(email))
             if index >= 0:
@@ -104,6 +108,18 @@ class SyncFinish:
         refused = len(diff.readd_emails) - len(back) + len(skipped)
         diff.counts["readded"] -= refused
         diff.counts["readd_refused"] += refused
+
+    def _readd_told(self, emails: list[str], windows: list[tuple[float, float] | None]) -> set[str]:
+        """:meth:`Destination.readd` in chunks of :data:`READD_CHUNK`, its progress told once an
+        interval (ActiveCampaign checks each contact's own record: a few requests each)."""
+        what = f"Re-subscribing the contacts the export removed that came back, at {self.destination.name}"
+        skipped: set[str] = set()
+        with PhaseProgress(what, len(emails), self.progress_interval_s, unit="contacts") as progress:
+            for start in range(0, len(emails), READD_CHUNK):
+                chunk = slice(start, start + READD_CHUNK)
+                skipped.update(self.destination.readd(emails[chunk], windows[chunk]))
+                progress.advance(len(emails[chunk]))
+        return skipped
 
     def _with_contact_ids(self, leavers: list[tuple[int, str]]) -> list[tuple[int, str, str]]:
         """The leavers with their contact ids where the destination needs them (from the members read

@@ -707,6 +707,7 @@ class ConstantContactHook(SegmentApiHook):
         activity = self.call("POST", "activities/contact_exports", json_body=body).json()
         activity_id = str(activity.get("activity_id") or "")
         deadline = time.monotonic() + timeout
+        told = [time.monotonic()]
 
         def finished(answer: dict[str, Any]) -> dict[str, Any] | None:
             if str(answer.get("state")) == "completed":
@@ -716,6 +717,7 @@ class ConstantContactHook(SegmentApiHook):
                     f"Constant Contact's contact export {activity_id} ended '{answer.get('state')}'. "
                     "Nothing was removed; retry the task."
                 )
+            self._tell_export_preparing(answer, told)
             return None
 
         activity = finished(activity) or poll_until_done(
@@ -724,6 +726,18 @@ class ConstantContactHook(SegmentApiHook):
             _LONGEST_EXPORT_POLL_S,
         )
         return activity_id, activity
+
+    def _tell_export_preparing(self, activity: dict[str, Any], told: list[float]) -> None:
+        """Log how far Constant Contact is in preparing a contact export, once a progress interval
+        (``told``: when the last line was, updated)."""
+        now = time.monotonic()
+        if now - told[0] < self.throttle_summary.interval_s:
+            return
+        told[0] = now
+        self.log.info(
+            "Constant Contact is preparing a contact export: %s%% done (its rows are read once it is ready).",
+            activity.get("percent_done", 0),
+        )
 
     def _download(self, endpoint: str) -> IO[bytes]:
         """The file at ``endpoint``, read in pieces into an anonymous temporary file (deleted when

@@ -362,3 +362,27 @@ def test_every_phase_of_a_mirror_run_tells_how_far_it_got_without_personal_data(
     main = [line for line in lines if "export progress (" in line]
     assert main and all("rows read" in line and "ETA" in line for line in main)
     assert "@example.com" not in caplog.text
+
+
+def test_re_subscribing_many_who_came_back_tells_how_far_it_got(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    destination = MemoryListDestination(removal_unsubscribes=True)
+    export = Export(tmp_path, destination)
+    export.run(segment(range(200)))
+    export.run(segment(range(80)), max_removal_fraction=0.9)  # 120 removed
+    caplog.set_level(logging.INFO, logger="airflow_provider_ciexport")
+
+    back = export.run(segment(range(200)), ExportSettings(progress_interval_s=0.0))
+    assert back["readded"] == 120
+    told = [
+        r.getMessage().split(": ", 1)[1]
+        for r in caplog.records
+        if r.getMessage().startswith("Re-subscribing")
+    ]
+    assert [line.split(" in ")[0] for line in told] == [
+        "50 of 120 contacts (42%)",
+        "100 of 120 contacts (83%)",
+        "120 of 120 contacts (100%)",
+    ]
+    assert destination.member_emails() == emails(segment(range(200)))
