@@ -8,13 +8,29 @@ export is then found at the cost of one request a list on a quiet day.
 from __future__ import annotations
 
 import logging
+import time
 
 from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.progress import PhaseProgress
-from airflow_provider_ciexport.export.state import SyncState
+from airflow_provider_ciexport.export.state import LoadedState, SyncState
+from airflow_provider_ciexport.export.sync import SyncSettings
 
 log = logging.getLogger(__name__)
+
+
+def members_needed(
+    sync: SyncSettings, destination: Destination, loaded: LoadedState, first_sync: bool
+) -> bool:
+    """Whether this run reads the lists' members: in mirror mode on the first sync or where it is
+    cheap; with a trusted state, when their count changed or ``check_members_every`` says so."""
+    if sync.mirror and (first_sync or destination.members_read_is_cheap):
+        return True
+    state = loaded.state
+    if not len(state) or sync.full_refresh or loaded.distrust is not None:
+        return False
+    due = members_check_due(state, sync.check_members_every_s, time.time())
+    return due or lists_changed(destination, state)
 
 
 def lists_changed(destination: Destination, state: SyncState) -> bool:
@@ -28,6 +44,21 @@ def lists_changed(destination: Destination, state: SyncState) -> bool:
         "to find what changed outside this export.",
         f"{count:,}",
         "an unknown number" if state.list_members is None else f"{state.list_members:,}",
+    )
+    return True
+
+
+def members_check_due(state: SyncState, every_s: float | None, now: float) -> bool:
+    """Whether the user's ``check_members_every`` asks for a full read of the members this run."""
+    if every_s is None:
+        return False
+    last = state.members_read_at
+    if last is not None and now - last < every_s:
+        return False
+    log.info(
+        "Reading the lists' members to repair what changed outside this export (check_members_every: "
+        "the last full read was %s).",
+        "never" if last is None else f"{(now - last) / 86400:,.1f} days ago",
     )
     return True
 

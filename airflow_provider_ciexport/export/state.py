@@ -289,6 +289,8 @@ class SyncState:
         #: Active members the target lists held when the state was written (``None``: not counted): a
         #: run that counts another number reads the members, to repair what changed outside the export.
         self.list_members: int | None = None
+        #: When a run last read the lists' members in full (Unix seconds; ``None``: never).
+        self.members_read_at: float | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -441,6 +443,7 @@ class SyncState:
         folded = SyncState(self.identity, self.generation, keys, digests, flags, lengths, data[18 * count :])
         folded.removals = self.removals
         folded.list_members = self.list_members
+        folded.members_read_at = self.members_read_at
         return folded
 
     def _write_new_only(
@@ -719,6 +722,8 @@ def _read_run_notes(state: SyncState, header: dict[str, Any]) -> None:
     state.removals = [[float(x) for x in w] for w in header.get("removals") or [] if len(w) == 3]
     members = header.get("list_members")
     state.list_members = members if type(members) is int and members >= 0 else None
+    read_at = header.get("members_read_at")
+    state.members_read_at = float(read_at) if isinstance(read_at, int | float) else None
 
 
 def write_state(
@@ -795,6 +800,7 @@ def _header(state: SyncState, key_id: str, role: FileRole, generation: int) -> b
             "blob_bytes": blob_bytes,
             "removals": state.removals[-MAX_REMOVAL_WINDOWS:],
             "list_members": state.list_members,
+            "members_read_at": state.members_read_at,
         }
     ).encode()
 

@@ -67,6 +67,9 @@ class SyncSettings:
         mapping), which a run otherwise refuses to replace.
     :param max_removal_fraction: fail before sending anything if more than this share of the contacts
         the export added would be removed, or if the segment is empty.
+    :param check_members_every_s: also read the lists' members (and repair what changed outside the
+        export) when the last full read is older than this many seconds, even if their count did not
+        change (``None``: only when it changed).
     :param lease_owner: who this try is (DAG, task, run, map index, try number), for the lease that
         keeps any other try out.
     :param keys: the keys that authenticate the state (``None``: from
@@ -78,6 +81,7 @@ class SyncSettings:
     mode: str = "upsert"
     full_refresh: bool = False
     max_removal_fraction: float = 0.2
+    check_members_every_s: float | None = None
     lease_owner: str = "this export"
     keys: StateKeys | None = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
@@ -18,8 +19,8 @@ from airflow_provider_ciexport.export.claims import ClaimJournal
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.list_members import (
     closing_count,
-    lists_changed,
     log_missing,
+    members_needed,
     read_members,
     read_opted_out,
 )
@@ -111,6 +112,7 @@ class SyncRun:
         self._keys: StateKeys | None = None
         self._loaded: LoadedState | None = None
         self._removal_ids: dict[str, str] = {}
+        self._members_read_at: float | None = None
         # The state entries of contacts handed to the batcher and not yet in a batch, and the emails
         # the destination refused.
         self._pending = BatchEntries()
@@ -228,20 +230,14 @@ class SyncRun:
             probe = ContactBuilder(self.field_mapping, self.destination.schema, builder.columns)
             fraction, interval = self.sync.max_removal_fraction, self.progress_interval_s
             leavers = leavers_before_sending(probe, state, opted_out, rows, total, fraction, interval)
-        if not (self._members_always_read(first_sync) or self._lists_changed()):
+        assert self._loaded is not None
+        if first_sync:  # the state is made from what this run sends: it matches the lists from now
+            self._members_read_at = time.time()
+        if not members_needed(self.sync, self.destination, self._loaded, first_sync):
             return None
         members, self._removal_ids = read_members(self.destination, leavers, self.progress_interval_s)
+        self._members_read_at = time.time()
         return members
-
-    def _members_always_read(self, first_sync: bool) -> bool:
-        return self.sync.mirror and (first_sync or self.destination.members_read_is_cheap)
-
-    def _lists_changed(self) -> bool:
-        loaded = self._loaded
-        assert loaded is not None
-        if not len(loaded.state) or self.sync.full_refresh or loaded.distrust is not None:
-            return False
-        return lists_changed(self.destination, loaded.state)
 
     # -- while sending ---------------------------------------------------------------------------
 
@@ -367,6 +363,8 @@ class SyncRun:
         for entries in unconfirmed:
             self.diff.claim(entries)
         self.diff.state.list_members = closing_count(self.destination)
+        if self._members_read_at is not None:
+            self.diff.state.members_read_at = self._members_read_at
         write_state(
             self.sync.state_path,
             self.diff.state,

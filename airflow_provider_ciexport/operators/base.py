@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, XComArg
@@ -117,6 +118,9 @@ class BaseSegmentExportOperator(BaseOperator):
         ``[core] fernet_key`` is used. See the Security page.
     :param max_removal_fraction: mirror fails before sending anything if more than this share of the
         contacts the export added would be removed, or if the segment is empty.
+    :param check_members_every: with a state, also read the lists' members in full (to repair what
+        changed outside the export) when the last full read is older than this ``timedelta``, even if
+        the lists' member count did not change. ``None`` (the default): only when it changed.
     """
 
     # Not "records": rendered fields are stored in the metadata database and shown in the UI.
@@ -154,6 +158,7 @@ class BaseSegmentExportOperator(BaseOperator):
         state_path: str | None = None,
         full_refresh: bool = False,
         max_removal_fraction: float = 0.2,
+        check_members_every: timedelta | None = None,
         state_key_conn_id: str = DEFAULT_STATE_KEY_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -172,6 +177,7 @@ class BaseSegmentExportOperator(BaseOperator):
         self.state_path = state_path
         self.full_refresh = full_refresh
         self.max_removal_fraction = max_removal_fraction
+        self.check_members_every = _checked_interval(check_members_every)
         self.state_key_conn_id = state_key_conn_id
         self.list_id = list_id
         self.field_mapping = field_mapping
@@ -360,6 +366,9 @@ class BaseSegmentExportOperator(BaseOperator):
             mode=self.sync_mode,
             full_refresh=_as_bool(self.full_refresh, "full_refresh"),
             max_removal_fraction=self.max_removal_fraction,
+            check_members_every_s=(
+                None if self.check_members_every is None else self.check_members_every.total_seconds()
+            ),
             lease_owner=owner,
             keys=state_keys(self.state_key_conn_id),
         )
@@ -386,4 +395,14 @@ def _check_mirror_has_state(sync_mode: str, state_path: Any, rendered: bool = Fa
         "sync_mode='mirror' needs state_path: mirroring removes only the contacts this export "
         "added, so it must keep a record of them. Set state_path to a URI every worker can reach, "
         "e.g. 's3://bucket/ciexport/vip.state' or 'file:///shared/ciexport/vip.state'."
+    )
+
+
+def _checked_interval(value: Any) -> timedelta | None:
+    """``check_members_every`` as given, or a clear error naming the parameter and what it takes."""
+    if value is None or (isinstance(value, timedelta) and value >= timedelta(0)):
+        return value
+    raise ExportConfigurationError(
+        f"check_members_every must be a datetime.timedelta of zero or more (e.g. timedelta(days=7)) "
+        f"or None, not {value!r}."
     )

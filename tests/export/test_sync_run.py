@@ -308,6 +308,26 @@ def test_a_quiet_day_counts_the_members_and_reads_none(
     assert destination.member_reads == reads
 
 
+@pytest.mark.parametrize(
+    ("every", "repaired"),
+    [(None, False), (86_400.0, False), (0.0, True)],
+    ids=["only-when-the-count-changes", "a-day-not-yet-passed", "every-run"],
+)
+def test_a_change_that_keeps_the_count_is_repaired_by_the_scheduled_full_read(
+    tmp_path: Path, destination: MemoryListDestination, every: float | None, repaired: bool
+) -> None:
+    export = Export(tmp_path, destination, "upsert")
+    export.run(segment(range(10)), check_members_every_s=every)
+    destination.delete(email(5))
+    destination.signup("someone.else@example.com")  # one in, one out: the count is the same
+    reads = destination.member_reads
+
+    after = export.run(segment(range(10)), check_members_every_s=every)
+    assert after["restored"] == (1 if repaired else 0)
+    assert (email(5) in destination.member_emails()) is repaired
+    assert destination.member_reads == reads + (1 if repaired else 0)
+
+
 def test_one_who_unsubscribed_between_runs_is_not_put_back(
     tmp_path: Path, destination: MemoryListDestination
 ) -> None:

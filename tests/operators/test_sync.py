@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import time
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -347,6 +348,19 @@ def test_mirror_needs_a_state_path() -> None:
         task_id="x", list_id=2, records=[], field_mapping=MAPPING, state_path="file:///tmp/s"
     )
     assert op.max_active_tis_per_dag == 1
+
+
+@pytest.mark.parametrize("every", [7, "7d", timedelta(days=-1)])
+def test_check_members_every_takes_a_timedelta_and_says_so(every: Any) -> None:
+    with pytest.raises(ExportConfigurationError, match=r"check_members_every must be a datetime\.timedelta"):
+        ActiveCampaignSegmentExportOperator(
+            task_id="x",
+            list_id=2,
+            records=[],
+            field_mapping=MAPPING,
+            state_path="file:///tmp/s",
+            check_members_every=every,
+        )
 
 
 def test_a_mirror_state_path_that_renders_empty_fails_before_anything_is_read() -> None:
