@@ -61,7 +61,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(airflow|requests|collections|typing|datetime|pathlib|contextlib|msgspec|abc)\..*"),
-    (r"py:.*", r"(Any|Path|Mapping|Sequence|Iterable|Iterator|Callable|ObjectStoragePath|Context)"),
+    (r"py:.*", r"(Any|Path|Mapping|Sequence|Iterable|Iterator|Callable|ObjectStoragePath|Context|timedelta)"),
 ]
 
 # Internal targets some docstrings name for readers of the code (private methods, modules outside the
