@@ -10,14 +10,13 @@ from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.hooks.base import ImportEncoder
-from airflow_provider_ciexport.hooks.retry import ThrottleSummary
 
 
 class ImportClient(Protocol):
     """What a destination needs of its hook beyond the vendor's own calls."""
 
-    #: The one throttling line an interval the hook logs.
-    throttle_summary: ThrottleSummary
+    #: The least time between two lines the hook logs about a long wait.
+    progress_interval_s: float
 
     @property
     def requests_made(self) -> int:
@@ -45,8 +44,8 @@ class HookDestination(Destination):
         return self._encoder.prefix, self._encoder.suffix
 
     def set_progress_interval(self, interval_s: float) -> None:
-        """The hook's throttling summary follows the export's progress interval too."""
-        self.hook.throttle_summary.interval_s = float(interval_s)
+        """The hook's lines about long waits (throttling, an export being prepared) follow it too."""
+        self.hook.progress_interval_s = interval_s
 
     def encode(self, contact: Mapping[str, str]) -> bytes:
         return self._encoder.encode(contact)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+from airflow_provider_ciexport.core.intervals import IntervalGate
 from airflow_provider_ciexport.export.report import ExportReport
 
 log = logging.getLogger(__name__)
@@ -18,12 +19,13 @@ class ProgressClock:
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self._lock = threading.Lock()
+        self._gate = IntervalGate(interval_s)
         self.restart()
 
     def restart(self) -> None:
         """Start counting now (the export's start)."""
-        self.started = self._last = time.monotonic()
+        self.started = time.monotonic()
+        self._gate.restart()
         self.sending_started: float | None = None
 
     def elapsed(self) -> float:
@@ -40,12 +42,7 @@ class ProgressClock:
 
     def due(self) -> bool:
         """Whether a line is due now; if so, the next one is due an interval later."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last < self.interval_s:
-                return False
-            self._last = now
-            return True
+        return self._gate.due()
 
 
 def progress_line(report: ExportReport, total: int | None, elapsed: float, resumed: int = 0) -> str:
@@ -134,7 +131,8 @@ class PhaseProgress:
         self.done = 0
         self._total = total
         self._clock = clock
-        self.started = self._last = clock()
+        self.started = clock()
+        self._gate = IntervalGate(interval_s, clock)
         self._lock = threading.Lock()
         self._ticker = Ticker(interval_s, self.tell_if_due)
 
@@ -163,10 +161,8 @@ class PhaseProgress:
     def tell_if_due(self) -> bool:
         """Log the line if an interval passed since the last one (or the phase's start)."""
         now = self._clock()
-        with self._lock:
-            if now - self._last < self.interval_s:
-                return False
-            self._last = now
+        if not self._gate.due(now):
+            return False
         log.info("%s", self.line(now))
         return True
 

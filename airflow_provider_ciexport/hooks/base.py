@@ -550,6 +550,16 @@ class SegmentApiHook(HttpHook):
                 self._tell_throttling(self.throttle_summary.due(), limiters)
             return response
 
+    @property
+    def progress_interval_s(self) -> float:
+        """The least time between two lines this hook logs about a long wait (throttling, an export
+        being prepared): the export's progress interval."""
+        return self.throttle_summary.interval_s
+
+    @progress_interval_s.setter
+    def progress_interval_s(self, interval_s: float) -> None:
+        self.throttle_summary.interval_s = float(interval_s)
+
     def _tell_throttling(self, told: tuple[int, int, float] | None, limiters: Sequence[RateLimiter]) -> None:
         """Log one line about the refusals since the last one (a line at most every
         ``throttle_summary.interval_s``, not one a refusal), with the pace now."""

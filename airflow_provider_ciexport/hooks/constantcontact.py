@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import requests
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
+from airflow_provider_ciexport.core.intervals import IntervalGate
 from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.polling import poll_until_done
 from airflow_provider_ciexport.core.ratelimit import PER_SECOND_HEADROOM, RateLimiter, shared_limiter
@@ -707,7 +708,7 @@ class ConstantContactHook(SegmentApiHook):
         activity = self.call("POST", "activities/contact_exports", json_body=body).json()
         activity_id = str(activity.get("activity_id") or "")
         deadline = time.monotonic() + timeout
-        told = [time.monotonic()]
+        progress = IntervalGate(self.progress_interval_s)
 
         def finished(answer: dict[str, Any]) -> dict[str, Any] | None:
             if str(answer.get("state")) == "completed":
@@ -717,7 +718,12 @@ class ConstantContactHook(SegmentApiHook):
                     f"Constant Contact's contact export {activity_id} ended '{answer.get('state')}'. "
                     "Nothing was removed; retry the task."
                 )
-            self._tell_export_preparing(answer, told)
+            if progress.due():
+                self.log.info(
+                    "Constant Contact is preparing a contact export: %s%% done (its rows are read once "
+                    "it is ready).",
+                    answer.get("percent_done", 0),
+                )
             return None
 
         activity = finished(activity) or poll_until_done(
@@ -726,18 +732,6 @@ class ConstantContactHook(SegmentApiHook):
             _LONGEST_EXPORT_POLL_S,
         )
         return activity_id, activity
-
-    def _tell_export_preparing(self, activity: dict[str, Any], told: list[float]) -> None:
-        """Log how far Constant Contact is in preparing a contact export, once a progress interval
-        (``told``: when the last line was, updated)."""
-        now = time.monotonic()
-        if now - told[0] < self.throttle_summary.interval_s:
-            return
-        told[0] = now
-        self.log.info(
-            "Constant Contact is preparing a contact export: %s%% done (its rows are read once it is ready).",
-            activity.get("percent_done", 0),
-        )
 
     def _download(self, endpoint: str) -> IO[bytes]:
         """The file at ``endpoint``, read in pieces into an anonymous temporary file (deleted when

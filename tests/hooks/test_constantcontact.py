@@ -167,7 +167,7 @@ def test_a_contact_export_being_prepared_is_told_in_the_log(
 ) -> None:
     sandbox.configure(cc_job_duration_s=3.0)
     hook = ConstantContactHook(cc_conn)
-    hook.throttle_summary.interval_s = 0.0  # the operator's progress_interval: a line at every poll
+    hook.progress_interval_s = 0.0  # the operator's progress_interval: a line at every poll
     assert [row["email_address"] for row in hook.export_contacts(["email_address"], list_ids=[VIP])] == []
     told = [line for line in capfd.readouterr().out.splitlines() if "preparing a contact export" in line]
     assert told and all("% done" in line for line in told)
