@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_ciexport.core.jobs import JobResult
@@ -136,6 +136,20 @@ class ActiveCampaignDestination(HookDestination):
     def opted_out_count(self) -> int | None:
         # One request a list, as many as opted_out() yields (a contact on two lists counts twice there too).
         return sum(self.hook.count_list_contacts(list_id, 2) for list_id in self._list_ids)
+
+    def opted_out_since(self, since: float) -> Iterator[str] | None:
+        # The filter is on the contact's last change, by day: the count check in opt_outs tells whether
+        # a membership's change made it one (the API reference does not say).
+        day = datetime.fromtimestamp(since, timezone.utc).date()
+        return (
+            str(contact["email"])
+            for list_id in self._list_ids
+            for contact in self.hook.list_contacts(list_id, 2, updated_after=day)
+        )
+
+    def opt_out_change(self, removed: int, readded: int) -> int:
+        # A removal sets status 2 on every target list; a re-add sets status 1 on every one again.
+        return (removed - readded) * len(self._list_ids)
 
     def member_count(self) -> int | None:
         return sum(self.hook.count_list_contacts(list_id, 1) for list_id in self._list_ids)

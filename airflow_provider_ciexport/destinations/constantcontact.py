@@ -6,6 +6,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_ciexport.core.jobs import JobResult
@@ -144,6 +145,12 @@ class ConstantContactDestination(HookDestination):
         # Unsubscribing is account-wide here; the guide warns that an import may add them back anyway.
         for row in self.hook.export_contacts(["email_address"], status="unsubscribed"):
             yield row["email_address"]
+
+    def opted_out_count(self) -> int | None:
+        return self.hook.count_contacts("unsubscribed")
+
+    def opted_out_since(self, since: float) -> Iterator[str] | None:
+        return self.hook.contacts_opted_out_since(datetime.fromtimestamp(since, timezone.utc))
 
     def member_count(self) -> int | None:
         return sum(self.hook.count_list_members(list_id) for list_id in self._list_ids)

@@ -104,9 +104,19 @@ class Destination(ABC):
         raise NotImplementedError(f"{self.name} exports cannot keep a sync state.")
 
     def opted_out_count(self) -> int | None:
-        """How many :meth:`opted_out` will yield, if the destination can tell cheaply (``None``: not
-        known). Asked only when reading them takes longer than a progress interval, for the ETA."""
+        """How many :meth:`opted_out` will yield, in a request or one a list (``None``: the destination
+        cannot count them). A run compares it with the count at the end of the last run, and reads who
+        opted out only when they differ."""
         return None
+
+    def opted_out_since(self, since: float) -> Iterator[str] | None:
+        """Emails :meth:`opted_out` yields that changed after ``since`` (Unix seconds; more is
+        harmless), or ``None`` if the destination cannot select them by date."""
+        return None
+
+    def opt_out_change(self, removed: int, readded: int) -> int:
+        """How much a run's own removals and re-adds change :meth:`opted_out_count`."""
+        return 0
 
     def member_count(self) -> int | None:
         """Active members of the target lists now, summed over the lists, in one request a list

@@ -83,17 +83,6 @@ def read_members(
     return members, removal_ids
 
 
-def read_opted_out(destination: Destination, progress_interval_s: float = 30.0) -> EmailSet:
-    """The normalised emails of everyone the destination shows as opted out (see
-    :meth:`.Destination.opted_out`); a long read tells how far it got at least once an interval."""
-    opted_out = EmailSet()
-    what = f"Reading who opted out at {destination.name}"
-    with PhaseProgress(what, destination.opted_out_count, progress_interval_s, unit="contacts") as progress:
-        for email in progress.counted(destination.opted_out()):
-            opted_out.add(email.strip().lower())
-    return opted_out
-
-
 def log_missing(missing: int) -> None:
     """Say how many contacts the state shows on the lists were not among their members."""
     if missing:

@@ -62,6 +62,10 @@ MANAGED = 1
 #: who comes back is always sent): its digest slot holds the id of the run that removed it (see
 #: :attr:`SyncState.removals`).
 REMOVED = 2
+#: The person opted out (unsubscribed by their own action, or excluded) when the destination was last
+#: read: never sent, never removed. Kept so that a run whose opt-out count is unchanged need not read
+#: them all again. Such an entry has digest 0.
+UNSUBSCRIBED = 4
 #: Drop the entry when the state is written (not stored on disk).
 _DROPPED_ON_WRITE = 0x80
 
@@ -291,6 +295,11 @@ class SyncState:
         self.list_members: int | None = None
         #: When a run last read the lists' members in full (Unix seconds; ``None``: never).
         self.members_read_at: float | None = None
+        #: People the destination showed as opted out when the state was written, as it counts them
+        #: (``None``: not known): a run that counts the same reads none of them (see :mod:`.opt_outs`).
+        self.opted_out_count: int | None = None
+        #: When a run last read who opted out (Unix seconds; ``None``: never).
+        self.opted_out_read_at: float | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -444,6 +453,8 @@ class SyncState:
         folded.removals = self.removals
         folded.list_members = self.list_members
         folded.members_read_at = self.members_read_at
+        folded.opted_out_count = self.opted_out_count
+        folded.opted_out_read_at = self.opted_out_read_at
         return folded
 
     def _write_new_only(
@@ -722,8 +733,14 @@ def _read_run_notes(state: SyncState, header: dict[str, Any]) -> None:
     state.removals = [[float(x) for x in w] for w in header.get("removals") or [] if len(w) == 3]
     members = header.get("list_members")
     state.list_members = members if type(members) is int and members >= 0 else None
-    read_at = header.get("members_read_at")
-    state.members_read_at = float(read_at) if isinstance(read_at, int | float) else None
+    state.members_read_at = _time_or_none(header.get("members_read_at"))
+    opted_out = header.get("opted_out_count")
+    state.opted_out_count = opted_out if type(opted_out) is int and opted_out >= 0 else None
+    state.opted_out_read_at = _time_or_none(header.get("opted_out_read_at"))
+
+
+def _time_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def write_state(
@@ -801,6 +818,8 @@ def _header(state: SyncState, key_id: str, role: FileRole, generation: int) -> b
             "removals": state.removals[-MAX_REMOVAL_WINDOWS:],
             "list_members": state.list_members,
             "members_read_at": state.members_read_at,
+            "opted_out_count": state.opted_out_count,
+            "opted_out_read_at": state.opted_out_read_at,
         }
     ).encode()
 

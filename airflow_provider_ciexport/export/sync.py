@@ -19,6 +19,7 @@ from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurat
 from airflow_provider_ciexport.export.state import (
     MANAGED,
     REMOVED,
+    UNSUBSCRIBED,
     StateKeys,
     SyncState,
     contact_digest,
@@ -194,10 +195,12 @@ class SegmentDiff:
             self.seen[index] = 1
         flags = state.flags[index] if index >= 0 else 0
         removed_by_export = bool(flags & REMOVED)
-        if email in self.opted_out and not (removed_by_export and self.removal_unsubscribes):
+        opted_out = flags & UNSUBSCRIBED or email in self.opted_out
+        if opted_out and not (removed_by_export and self.removal_unsubscribes):
             kind = OPTED_OUT
             if index >= 0:
-                state.drop(index)  # the person manages their membership now, not the export
+                # The person manages their membership now, not the export; the entry remembers the opt-out.
+                state.update(index, 0, UNSUBSCRIBED)
             self.counts["skipped_unsubscribed"] += 1
             return Classified(kind, index, key, 0)
         digest = contact_digest(encoded)
@@ -319,7 +322,8 @@ class SegmentDiff:
     def leavers(self) -> list[int]:
         """State entries the export added that are no longer in the segment (mirror removes them)."""
         flags, seen = self.state.flags, self.seen
-        return [i for i, f in enumerate(flags) if f & MANAGED and not f & (REMOVED | 0x80) and not seen[i]]
+        skip = REMOVED | UNSUBSCRIBED | 0x80
+        return [i for i, f in enumerate(flags) if f & MANAGED and not f & skip and not seen[i]]
 
     def check_removals(
         self, to_remove: int, segment_contacts: int, max_fraction: float, *, sent: bool = False

@@ -14,7 +14,7 @@ from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.report import ExportReport
-from airflow_provider_ciexport.export.state import StateLease, email_key
+from airflow_provider_ciexport.export.state import UNSUBSCRIBED, StateLease, email_key
 from airflow_provider_ciexport.export.sync import SegmentDiff, SyncSettings
 
 #: Submits a removal job (``submit()`` returns its id) and follows it to its end (``poll(job_id)``),
@@ -37,6 +37,7 @@ class SyncFinish:
     :param dry_run: count, but change nothing.
     :param refused: emails the imports refused (they are not re-subscribed).
     :param removal_ids: contact ids of the leavers, from the members read before sending.
+    :param opted_out_complete: ``diff.opted_out`` holds everyone who opted out (read in full this run).
     :param progress_interval_s: the least time between progress lines while removing.
     """
 
@@ -51,6 +52,7 @@ class SyncFinish:
         dry_run: bool,
         refused: set[str],
         removal_ids: dict[str, str],
+        opted_out_complete: bool = False,
         progress_interval_s: float = 30.0,
     ) -> None:
         self.progress_interval_s = progress_interval_s
@@ -62,6 +64,7 @@ class SyncFinish:
         self.dry_run = dry_run
         self._refused = refused
         self._removal_ids = removal_ids
+        self._opted_out_complete = opted_out_complete
         self._lock = threading.Lock()
 
     def run(self, follow: FollowRemoval) -> None:
@@ -103,8 +106,14 @@ class SyncFinish:
         skipped = self._readd_told(back, windows)
         for email in skipped:
             index = diff.state.find(email_key(email))
-            if index >= 0:
-                diff.forget([index])
+            if index < 0:
+                continue
+            if self._opted_out_complete and email not in diff.opted_out:
+                diff.forget([index])  # not unsubscribed anywhere: deleted, so a new contact if it comes back
+            else:
+                # Someone else's change (the person's own, most often): theirs from now on, remembered
+                # so that no run sends them again until a full read says otherwise.
+                diff.state.update(index, 0, UNSUBSCRIBED)
         refused = len(diff.readd_emails) - len(back) + len(skipped)
         diff.counts["readded"] -= refused
         diff.counts["readd_refused"] += refused

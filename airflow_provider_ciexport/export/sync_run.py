@@ -22,8 +22,8 @@ from airflow_provider_ciexport.export.list_members import (
     log_missing,
     members_needed,
     read_members,
-    read_opted_out,
 )
+from airflow_provider_ciexport.export.opt_outs import OptOuts, closing_opt_out_count, known_opt_outs
 from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.spool import RowSpool
@@ -113,6 +113,7 @@ class SyncRun:
         self._loaded: LoadedState | None = None
         self._removal_ids: dict[str, str] = {}
         self._members_read_at: float | None = None
+        self._opt_outs: OptOuts | None = None
         # The state entries of contacts handed to the batcher and not yet in a batch, and the emails
         # the destination refused.
         self._pending = BatchEntries()
@@ -181,7 +182,8 @@ class SyncRun:
                 "removed or re-subscribed on its account.",
                 loaded.distrust,
             )
-        opted_out = read_opted_out(destination, self.progress_interval_s)
+        opt_outs = self._opt_outs = known_opt_outs(sync, destination, loaded, state, self.progress_interval_s)
+        opted_out = opt_outs.emails
         first_sync = len(loaded.state) == 0  # claims of a try that died do not make it a later sync
         members_before = self._read_members(builder, state, opted_out, rows, total, first_sync)
         diff = self.diff = SegmentDiff(
@@ -340,6 +342,7 @@ class SyncRun:
             dry_run=self.dry_run,
             refused=self._refused,
             removal_ids=self._removal_ids,
+            opted_out_complete=self._opt_outs is not None and self._opt_outs.complete,
             progress_interval_s=self.progress_interval_s,
         ).run(follow)
 
@@ -362,9 +365,7 @@ class SyncRun:
             unconfirmed, self._inflight = list(self._inflight.values()), {}
         for entries in unconfirmed:
             self.diff.claim(entries)
-        self.diff.state.list_members = closing_count(self.destination)
-        if self._members_read_at is not None:
-            self.diff.state.members_read_at = self._members_read_at
+        _note_counts(self.diff, self.destination, self._opt_outs, self._members_read_at, self.report)
         write_state(
             self.sync.state_path,
             self.diff.state,
@@ -375,6 +376,26 @@ class SyncRun:
         if self._journal is not None:
             self._journal.discard()  # the state now holds every claim they made
         return None
+
+
+def _note_counts(
+    diff: SegmentDiff,
+    destination: Destination,
+    opt_outs: OptOuts | None,
+    members_read_at: float | None,
+    report: ExportReport,
+) -> None:
+    """Store with the state what the next run compares: the lists' member count, who opted out."""
+    state = diff.state
+    state.list_members = closing_count(destination)
+    if members_read_at is not None:
+        state.members_read_at = members_read_at
+    if opt_outs is None:
+        return
+    own = destination.opt_out_change(report.sync.get("removed", 0), diff.counts["readded"])
+    state.opted_out_count = closing_opt_out_count(destination, opt_outs.count, own)
+    if opt_outs.read_at is not None:
+        state.opted_out_read_at = opt_outs.read_at
 
 
 def leavers_before_sending(

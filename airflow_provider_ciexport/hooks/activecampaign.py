@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date
 from functools import cached_property
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -467,15 +468,21 @@ class ActiveCampaignHook(SegmentApiHook):
 
     # -- list membership ------------------------------------------------------------------------
 
-    def list_contacts(self, list_id: int | str, status: int) -> Iterator[dict[str, Any]]:
+    def list_contacts(
+        self, list_id: int | str, status: int, updated_after: date | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Every contact with a membership ``status`` on a list, 100 a request
         (``GET /contacts?listid=&status=``).
 
         :param list_id: the list.
         :param status: 1 active (subscribed) or 2 unsubscribed.
+        :param updated_after: only the contacts updated after this day (``filters[updated_after]``).
         """
         (number,) = parse_list_ids([list_id])
-        yield from self._paginate("contacts", "contacts", {"listid": number, "status": int(status)})
+        params: dict[str, Any] = {"listid": number, "status": int(status)}
+        if updated_after is not None:
+            params["filters[updated_after]"] = updated_after.isoformat()
+        yield from self._paginate("contacts", "contacts", params)
 
     def count_list_contacts(self, list_id: int | str, status: int) -> int:
         """How many contacts have a membership ``status`` on a list, in one request (the ``meta.total``

@@ -274,6 +274,8 @@ class ConstantContactHook(SegmentApiHook):
 
     DEFAULT_REQUESTS_PER_SECOND = 4.0
     MAX_PAGE = 100
+    #: ``GET /contacts`` answers up to 500 contacts a page.
+    MAX_CONTACTS_PAGE = 500
 
     def __init__(self, constantcontact_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(constantcontact_conn_id, **kwargs)
@@ -510,6 +512,22 @@ class ConstantContactHook(SegmentApiHook):
             "GET", f"contact_lists/{canonical}", params={"include_membership_count": "active"}
         ).json()
         return int(answer.get("membership_count") or 0)
+
+    def count_contacts(self, status: str) -> int:
+        """How many contacts of the account have ``status`` (for example ``unsubscribed``), in one
+        request (``contacts_count`` of ``GET /contacts?status=&include_count=true&limit=1``)."""
+        params = {"status": status, "include_count": "true", "limit": 1}
+        return int(self.call("GET", "contacts", params=params).json().get("contacts_count") or 0)
+
+    def contacts_opted_out_since(self, since: datetime) -> Iterator[str]:
+        """The email addresses of the contacts who unsubscribed after ``since`` and still are, 500 a
+        request (``GET /contacts?status=unsubscribed&optout_after=``)."""
+        when = since.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        params = {"status": "unsubscribed", "optout_after": when, "limit": self.MAX_CONTACTS_PAGE}
+        for contact in self._paginate("contacts", "contacts", params):
+            address = (contact.get("email_address") or {}).get("address")
+            if address:
+                yield str(address)
 
     def _paginate(self, endpoint: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         next_endpoint: str | None = endpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
@@ -129,6 +130,13 @@ class MemoryListDestination(FakeDestination):
         #: How many times the export counted the members, and read them.
         self.counts = 0
         self.member_reads = 0
+        #: When each email last opted out (or, in the ActiveCampaign-like mode, got a status 2).
+        self.opted_out_at: dict[str, float] = {}
+        #: How many times the export read everyone who opted out, and those since a time.
+        self.opt_out_reads = 0
+        self.opt_out_reads_since = 0
+        #: Whether this destination can select who opted out by date (as both real ones can).
+        self.can_read_since = True
         self._ids = 0
 
     # -- what a test reads ------------------------------------------------------------------------
@@ -154,6 +162,7 @@ class MemoryListDestination(FakeDestination):
         mode, where unsubscribing is account-wide)."""
         if not self.removal_unsubscribes:
             self.unsubscribed_everywhere.add(email)
+            self.opted_out_at[email] = time.time()
         self._set(email, UNSUBSCRIBED, "person")
 
     def delete(self, email: str) -> None:
@@ -191,10 +200,26 @@ class MemoryListDestination(FakeDestination):
         return self._import(contacts).accepted
 
     def opted_out(self) -> Iterator[str]:
+        self.opt_out_reads += 1
+        return iter(self._opted_out())
+
+    def opted_out_count(self) -> int | None:
+        return len(self._opted_out())
+
+    def opted_out_since(self, since: float) -> Iterator[str] | None:
+        if not self.can_read_since:
+            return None
+        self.opt_out_reads_since += 1
+        return iter([e for e in self._opted_out() if self.opted_out_at.get(e, 0.0) > since])
+
+    def opt_out_change(self, removed: int, readded: int) -> int:
+        return removed - readded if self.removal_unsubscribes else 0
+
+    def _opted_out(self) -> list[str]:
         if self.removal_unsubscribes:
             # Status 2 on the list: the person's unsubscribe or the export's removal alike.
-            return iter([e for e, status in self.status.items() if status == UNSUBSCRIBED])
-        return iter(sorted(self.unsubscribed_everywhere))
+            return sorted(e for e, status in self.status.items() if status == UNSUBSCRIBED)
+        return sorted(self.unsubscribed_everywhere)
 
     def member_count(self) -> int | None:
         self.counts += 1
@@ -267,3 +292,5 @@ class MemoryListDestination(FakeDestination):
     def _set(self, email: str, status: int, by: str) -> None:
         self.status[email] = status
         self.changed_by[email] = by
+        if status == UNSUBSCRIBED and self.removal_unsubscribes:
+            self.opted_out_at[email] = time.time()

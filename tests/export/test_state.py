@@ -20,6 +20,7 @@ from airflow_provider_ciexport.export.state import (
     MAGIC,
     MANAGED,
     REMOVED,
+    UNSUBSCRIBED,
     StateBusyError,
     StateConflictError,
     StateIdentity,
@@ -186,7 +187,7 @@ def test_refused_and_unconfirmed_contacts_are_sent_again(tmp_path: Path) -> None
     assert (again.flags[z], again.digests[z]) == (MANAGED, 0)
 
 
-def test_opted_out_people_are_skipped_and_forgotten_unless_the_export_removed_them(tmp_path: Path) -> None:
+def test_opted_out_people_are_skipped_and_remembered_unless_the_export_removed_them(tmp_path: Path) -> None:
     state = _write_read(tmp_path, _first_sync(["a@example.com", "b@example.com"]).state)
     b = state.find(email_key("b@example.com"))
     state.update(b, 0, REMOVED)
@@ -198,7 +199,12 @@ def test_opted_out_people_are_skipped_and_forgotten_unless_the_export_removed_th
     assert kinds == [OPTED_OUT, READD, OPTED_OUT]
     assert diff.counts["skipped_unsubscribed"] == 2
     after = _write_read(tmp_path, state, expected=1)
-    assert [after.email(i) for i in range(len(after))] == ["b@example.com"]
+    a, b = after.find(email_key("a@example.com")), after.find(email_key("b@example.com"))
+    # a is no longer the export's (never removed), and is known to have opted out without a read.
+    assert (after.flags[a], after.digests[a], after.flags[b]) == (UNSUBSCRIBED, 0, REMOVED)
+    diff = SegmentDiff(after, mirror=True, opted_out=EmailSet(), removal_unsubscribes=True)
+    assert diff.classify("a@example.com", b"{}")[0] == OPTED_OUT
+    assert diff.leavers() == []
     # Constant Contact: an unsubscribe is always the person's.
     diff = SegmentDiff(after, mirror=True, opted_out=opted, removal_unsubscribes=False)
     assert diff.classify("b@example.com", b"{}")[0] == OPTED_OUT

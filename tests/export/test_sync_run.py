@@ -133,7 +133,7 @@ def test_churn_sends_only_new_and_changed_contacts_and_removes_the_leavers(
     assert destination.fields(email(1)) == {"first_name": "Changed"}
 
 
-def test_a_person_who_opted_out_is_never_re_added_and_is_forgotten(
+def test_a_person_who_opted_out_is_never_re_added_and_is_remembered_without_reading_them_again(
     tmp_path: Path, destination: MemoryListDestination
 ) -> None:
     destination.unsubscribe(email(9))  # before the first sync
@@ -147,15 +147,17 @@ def test_a_person_who_opted_out_is_never_re_added_and_is_forgotten(
     second = export.run(changed)
     assert (second["skipped_unsubscribed"], second["submitted"], second["to_remove"]) == (2, 0, 0)
     assert export.sent(batches) == []
-    assert second["state_entries"] == 9
+    assert second["state_entries"] == 10  # the nine sent, and the one who opted out before
 
-    # Forgotten: when they leave the segment nobody is removed, and the state no longer holds them.
+    # No longer the export's: when they leave the segment nobody is removed; back, they are skipped.
     gone = export.run([r for r in changed if r["email"] != email(3)])
-    assert (gone["state_entries"], gone["to_remove"], gone["removed"]) == (8, 0, 0)
+    assert (gone["to_remove"], gone["removed"]) == (0, 0)
     assert destination.removal_requests == []
     back = export.run(changed)
     assert (back["skipped_unsubscribed"], back["readded"], back["submitted"]) == (2, 0, 0)
     assert destination.member_emails() == emails(changed) - {email(3), email(9)}
+    # Everyone was read once (the first sync); the second run read only who opted out since.
+    assert (destination.opt_out_reads, destination.opt_out_reads_since) == (1, 1)
 
 
 def test_a_refused_contact_is_sent_again_next_run(tmp_path: Path, destination: MemoryListDestination) -> None:
@@ -359,6 +361,7 @@ def test_every_phase_of_a_mirror_run_tells_how_far_it_got_without_personal_data(
     export = Export(tmp_path, destination)
     export.run(segment(range(10)))
     destination.unsubscribe(email(9))
+    destination.can_read_since = False  # so everyone who opted out is read again, and told as it goes
     caplog.set_level(logging.INFO, logger="airflow_provider_ciexport")
     every_time = ExportSettings(progress_interval_s=0.0)  # a line at every step
 
@@ -370,7 +373,7 @@ def test_every_phase_of_a_mirror_run_tells_how_far_it_got_without_personal_data(
         return [line for line in lines if line.startswith(what)]
 
     assert told("Reading who opted out at Fake")[-1].startswith(
-        "Reading who opted out at Fake: 1 contacts so far"
+        "Reading who opted out at Fake: 1 of 1 contacts (100%)"
     )
     first_pass = told("Mirror first pass (")
     assert first_pass[-1].split(": ", 1)[1].startswith("9 of 9 rows (100%)")

@@ -225,6 +225,47 @@ def test_a_person_who_unsubscribed_is_never_put_back(target: Target) -> None:
     assert target.violations() == {}
 
 
+def _opt_out_reads(target: Target, since: int) -> tuple[int, int]:
+    """(reads of everyone who opted out, reads of who opted out since a time) in the requests after the
+    first ``since``; a count alone (``limit=1``) is neither."""
+    log = target.sandbox.requests_log(target.name)[since:]
+    full = since_reads = 0
+    for entry in log:
+        query, body = str(entry.get("query") or ""), str(entry.get("body") or "")
+        if target.name == "ac":
+            if entry["path"].endswith("/contacts") and "status=2" in query and "limit=1&" not in f"{query}&":
+                if "updated_after" in query:
+                    since_reads += 1
+                else:
+                    full += 1
+        elif "optout_after" in query:
+            since_reads += 1
+        elif entry["path"].endswith("/contact_exports") and "unsubscribed" in body:
+            full += 1
+    return full, since_reads
+
+
+def test_who_opted_out_is_read_again_only_as_far_as_it_changed(target: Target) -> None:
+    target.sandbox.configure(record_bodies=True)  # to tell a contact export of opt-outs from one of members
+    start = len(target.sandbox.requests_log(target.name))
+    target.run(SEGMENT)
+    assert _opt_out_reads(target, start) == (1, 0)  # the first sync reads everyone
+    start = len(target.sandbox.requests_log(target.name))
+    churn = target.run(SEGMENT[3:])  # 3 removed: on ActiveCampaign, 3 more with status 2
+    assert churn["removed"] == 3
+    assert _opt_out_reads(target, start) == (0, 0)
+
+    target.unsubscribe("person.10@example.com")
+    start = len(target.sandbox.requests_log(target.name))
+    changed = _with(SEGMENT, **{"person.10@example.com": "Changed"})
+    report = target.run(changed)
+    assert (report["skipped_unsubscribed"], report["readded"], report["changed"]) == (1, 3, 0)
+    assert _opt_out_reads(target, start) == (0, 1)
+    assert "person.10@example.com" not in target.members()
+    assert len(target.members()) == 29
+    assert target.violations() == {}
+
+
 def test_ac_removed_then_unsubscribed_from_all_email_is_not_readded(
     ac_conn: str, sandbox: SandboxClient, tmp_path: Path
 ) -> None:
@@ -560,14 +601,14 @@ def test_a_run_that_lost_its_lease_removes_nobody_and_does_not_write_the_state(
     target.run(SEGMENT)
     before = target.file.read_bytes()
     cls = target.destination_class
-    read_opt_outs = cls.opted_out
+    count_opt_outs = cls.opted_out_count
 
     def taken_meanwhile(self: Any) -> Any:
         # Another run took the lease over while this one ran (e.g. after its renewals stalled).
         StateLease(target.state, "ciexport.vip run manual__2 map -1 try 1")._write()
-        yield from read_opt_outs(self)
+        return count_opt_outs(self)
 
-    monkeypatch.setattr(cls, "opted_out", taken_meanwhile)
+    monkeypatch.setattr(cls, "opted_out_count", taken_meanwhile)
     with pytest.raises(StateBusyError, match=r"no longer holds .*manual__2.*before removing contacts"):
         target.run(_with(SEGMENT[3:], **{"person.9@example.com": "Changed"}))
     assert len(target.members()) == 30  # the 3 that left are still there: nothing was removed

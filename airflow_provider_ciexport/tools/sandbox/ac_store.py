@@ -287,6 +287,12 @@ class ACStore:
             return SEED_DATE
         return datetime.fromtimestamp(at, ACCOUNT_TZ).isoformat(timespec="seconds")
 
+    def changed_at(self, contact_id: int) -> float:
+        """When the contact last changed (Unix seconds; 0: not since the seed): in the sandbox, the last
+        change of any of its memberships."""
+        times = (self._udate[lid] for lid in self.lists)
+        return max((t[contact_id] for t in times if contact_id < len(t)), default=0.0)
+
     def _changed(self, list_id: int, contact_id: int, at: float | None = None) -> None:
         times = self._udate[list_id]
         if contact_id >= len(times):

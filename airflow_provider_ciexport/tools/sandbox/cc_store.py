@@ -245,6 +245,8 @@ class CCStore:
         self._updated: array[float] = array("d")
         #: Deleted contacts (kept, as Constant Contact keeps them): number -> when (Unix seconds).
         self.deleted: dict[int, float] = {}
+        #: When each unsubscribed contact unsubscribed (Unix seconds), by number (``optout_after``).
+        self.opted_out_at: dict[int, float] = {}
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -493,6 +495,7 @@ class CCStore:
         """Mark a contact unsubscribed (account-wide, as in Constant Contact) and off every list."""
         contact = self.by_email(email) or self.upsert(email, {}, {}, frozenset())
         contact.unsubscribed = True
+        self.opted_out_at[contact.num] = time.time()
         self.touch(contact)
         for lid in self.lists:
             self.remove_member(contact, lid)

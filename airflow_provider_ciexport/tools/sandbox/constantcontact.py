@@ -253,7 +253,8 @@ async def get_activity(state: SandboxState, request: Request) -> Response:
 
 async def get_contacts(state: SandboxState, request: Request) -> Response:
     """``GET /v3/contacts``: by ``email`` or ``lists``, with a ``status`` (every contact but the deleted
-    ones by default, as the spec says) and ``updated_after``/``updated_before``."""
+    ones by default, as the spec says), ``updated_after``/``updated_before`` and
+    ``optout_after``/``optout_before`` (when the contact unsubscribed)."""
     cursor = _decode_cursor(request)
     limit = _limit(request, CONTACTS_PAGE_DEFAULT, CONTACTS_PAGE_MAX, cursor or {})
     if cursor is None or limit is None:
@@ -262,16 +263,9 @@ async def get_contacts(state: SandboxState, request: Request) -> Response:
     params = {key: qp.get(key, cursor.get(key)) for key in _CONTACTS_PARAMS}
     include = set(_comma_separated(params["include"] or ""))
     offset = int(cursor.get("offset", 0))
-    statuses = _comma_separated(params["status"] or "")
-    if not all(s in CONTACT_STATUSES for s in statuses):
-        return _bad_request(state, f"status must be one or more of {', '.join(CONTACT_STATUSES)}.")
-    window = _updated_window(params["updated_after"], params["updated_before"])
-    if window is None:
-        return _bad_request(state, "updated_after and updated_before must be ISO-8601 date-times.")
-    selected = _selected_contacts(state, params["email"], params["lists"])
-    if isinstance(selected, Response):
-        return selected
-    nums = _updated_within(state.cc, _with_status(state.cc, selected, statuses), window)
+    nums = _filtered_contacts(state, params)
+    if isinstance(nums, Response):
+        return nums
     contacts = [state.cc.by_num(n) for n in nums[offset : offset + limit]]
     body: dict[str, Any] = {
         "contacts": [state.cc.contact_json(c, include) for c in contacts if c is not None],
@@ -282,8 +276,35 @@ async def get_contacts(state: SandboxState, request: Request) -> Response:
     return errors.json_response(body)
 
 
+def _filtered_contacts(state: SandboxState, params: dict[str, Any]) -> Sequence[int] | Response:
+    """The numbers of the contacts ``GET /v3/contacts`` answers with, or its error answer."""
+    statuses = _comma_separated(params["status"] or "")
+    if not all(s in CONTACT_STATUSES for s in statuses):
+        return _bad_request(state, f"status must be one or more of {', '.join(CONTACT_STATUSES)}.")
+    window = _updated_window(params["updated_after"], params["updated_before"])
+    if window is None:
+        return _bad_request(state, "updated_after and updated_before must be ISO-8601 date-times.")
+    opt_out_window = _updated_window(params["optout_after"], params["optout_before"])
+    if opt_out_window is None:
+        return _bad_request(state, "optout_after and optout_before must be ISO-8601 date-times.")
+    selected = _selected_contacts(state, params["email"], params["lists"])
+    if isinstance(selected, Response):
+        return selected
+    nums = _updated_within(state.cc, _with_status(state.cc, selected, statuses), window)
+    return _opted_out_within(state.cc, nums, opt_out_window)
+
+
 #: The query parameters of ``GET /v3/contacts`` that its next page's cursor carries.
-_CONTACTS_PARAMS = ("email", "lists", "include", "status", "updated_after", "updated_before")
+_CONTACTS_PARAMS = (
+    "email",
+    "lists",
+    "include",
+    "status",
+    "updated_after",
+    "updated_before",
+    "optout_after",
+    "optout_before",
+)
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -312,6 +333,19 @@ def _updated_within(
     low = -math.inf if after is None else after
     high = math.inf if before is None else before
     return [n for n in nums if low < (cc.updated_at(n) or SEED_UNIX) < high]
+
+
+def _opted_out_within(
+    cc: CCStore, nums: Sequence[int], window: tuple[float | None, float | None]
+) -> Sequence[int]:
+    """The contacts among ``nums`` that unsubscribed strictly within ``window`` (no bound: all of
+    them, unsubscribed or not)."""
+    after, before = window
+    if after is None and before is None:
+        return nums
+    low = -math.inf if after is None else after
+    high = math.inf if before is None else before
+    return [n for n in nums if low < cc.opted_out_at.get(n, -math.inf) < high]
 
 
 def _comma_separated(text: str) -> list[str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta
 
 import pytest
 import requests
 
 from airflow_provider_ciexport.tools.sandbox import SandboxServer
+from airflow_provider_ciexport.tools.sandbox.ac_store import ACCOUNT_TZ
 from airflow_provider_ciexport.tools.sandbox.seed import AC_LIST_NEWSLETTER, AC_LIST_VIP
 from tests.tools.sandbox.helpers import AC_H, TIMEOUT, ac_import, ac_wait, contacts, ctl
 
@@ -332,3 +334,20 @@ def test_ac_contacts_id_filters_and_order(sb: SandboxServer) -> None:
     assert _ac_page(sb, [("orders[id]", "desc"), ("limit", 3)]) == ([12, 11, 10], 11)
     # The cheap drift check: one contact a page, the list's active members in meta.total.
     assert _ac_page(sb, [("listid", 1), ("status", 1), ("limit", 1)]) == ([1], 11)
+
+
+def test_ac_contacts_updated_after_a_day_include_membership_changes(sb: SandboxServer) -> None:
+    ac_wait(sb, ac_import(sb, contacts(4, subscribe=[{"listid": 1}])).json()["batchId"])
+    day = 86_400.0
+    ctl(sb).ac_unsubscribe(1, "user1@example.com", at=time.time() - 3 * day)
+    ctl(sb).ac_unsubscribe(1, "user2@example.com")
+    today = datetime.now(ACCOUNT_TZ).date()
+    status_2 = [("listid", 1), ("status", 2)]
+    assert _ac_page(sb, status_2) == ([2, 3], 2)
+    yesterday = (today - timedelta(days=1)).isoformat()
+    assert _ac_page(sb, [*status_2, ("filters[updated_after]", yesterday)]) == ([3], 1)
+    assert _ac_page(sb, [*status_2, ("filters[updated_before]", yesterday)]) == ([2], 1)
+    r = requests.get(
+        f"{sb.url}/api/3/contacts", headers=AC_H, params={"filters[updated_after]": "soon"}, timeout=TIMEOUT
+    )
+    assert r.status_code == 422

@@ -503,3 +503,21 @@ def test_cc_contacts_updated_after(sb: SandboxServer) -> None:
         timeout=TIMEOUT,
     )
     assert r.status_code == 400
+
+
+def test_cc_contacts_opted_out_after(sb: SandboxServer) -> None:
+    token = cc_token(sb)
+    cc_wait(sb, token, cc_import(sb, token, contacts(4)).json()["activity_id"])
+    ctl(sb).cc_unsubscribe(None, "user0@example.com")
+    time.sleep(0.01)
+    since = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    time.sleep(0.01)
+    ctl(sb).cc_unsubscribe(None, "user2@example.com")
+    ctl(sb).cc_remove_from_list(CC_LIST_NEWSLETTER, "user3@example.com")  # a change, not an opt-out
+    assert _cc_emails(sb, token, status="unsubscribed") == (["user0@example.com", "user2@example.com"], 2)
+    assert _cc_emails(sb, token, status="unsubscribed", optout_after=since) == (["user2@example.com"], 1)
+    assert _cc_emails(sb, token, optout_before=since) == (["user0@example.com"], 1)
+    r = requests.get(
+        f"{sb.cc_api_base_url}/contacts", headers=cc_h(token), params={"optout_after": "x"}, timeout=TIMEOUT
+    )
+    assert r.status_code == 400
