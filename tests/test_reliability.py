@@ -62,11 +62,15 @@ def _emails(sandbox: SandboxClient, destination: str) -> set[str]:
 
 
 @pytest.fixture
-def conns(ac_conn: str, cc_conn: str, monkeypatch: pytest.MonkeyPatch, sandbox_server: Any) -> dict[str, str]:
-    """Both connections, with a short read timeout so slow answers are noticed quickly."""
-    set_connection(monkeypatch, "ac_short", **sandbox_server.ac_connection(timeout=1))
-    set_connection(monkeypatch, "cc_short", **sandbox_server.cc_connection(timeout=1))
-    return {"ac": "ac_short", "cc": "cc_short"}
+def conns(ac_conn: str, cc_conn: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Both connections (at the test's limits: ``scaled_limits`` or the documented ones), with a short
+    read timeout so slow answers are noticed quickly."""
+    short = {}
+    for name, conn_id in (("ac", ac_conn), ("cc", cc_conn)):
+        fields = json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])
+        fields["extra"] = {**fields.get("extra", {}), "timeout": 1}
+        short[name] = set_connection(monkeypatch, f"{name}_short", **fields)
+    return short
 
 
 FAULTS = [
@@ -81,6 +85,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.scaled_limits
 @pytest.mark.parametrize("destination", ["ac", "cc"])
 @pytest.mark.parametrize("fault", FAULTS)
 def test_faults_still_end_with_exact_lists(
