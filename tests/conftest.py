@@ -45,16 +45,24 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 2 * (cores or 1)
 
 
+#: The sandbox's own tests: it imports no Airflow, and every integration test of ``make test-oldest``
+#: runs it on the oldest Airflow, Python and libraries anyway.
+SANDBOX_TESTS = Path(__file__).resolve().parent / "tools" / "sandbox"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that starts the shared sandbox is an integration test (``-m "not integration"``).
 
     Modules that start a sandbox of their own say so with ``pytestmark = pytest.mark.integration``.
+    The sandbox's own tests are ``version_independent`` (``make test-oldest`` leaves them out).
     The ``slow`` tests go first: xdist hands the first tests out in turn, so each worker starts with
     its share of them instead of one worker finishing the suite alone on a long test.
     """
     for item in items:
         if "sandbox_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+        if SANDBOX_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.version_independent)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

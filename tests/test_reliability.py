@@ -62,11 +62,15 @@ def _emails(sandbox: SandboxClient, destination: str) -> set[str]:
 
 
 @pytest.fixture
-def conns(ac_conn: str, cc_conn: str, monkeypatch: pytest.MonkeyPatch, sandbox_server: Any) -> dict[str, str]:
-    """Both connections, with a short read timeout so slow answers are noticed quickly."""
-    set_connection(monkeypatch, "ac_short", **sandbox_server.ac_connection(timeout=1))
-    set_connection(monkeypatch, "cc_short", **sandbox_server.cc_connection(timeout=1))
-    return {"ac": "ac_short", "cc": "cc_short"}
+def conns(ac_conn: str, cc_conn: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Both connections (at the test's limits: ``scaled_limits`` or the documented ones), with a short
+    read timeout so slow answers are noticed quickly."""
+    short = {}
+    for name, conn_id in (("ac", ac_conn), ("cc", cc_conn)):
+        fields = json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])
+        fields["extra"] = {**fields.get("extra", {}), "timeout": 1}
+        short[name] = set_connection(monkeypatch, f"{name}_short", **fields)
+    return short
 
 
 FAULTS = [
@@ -81,6 +85,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.scaled_limits
 @pytest.mark.parametrize("destination", ["ac", "cc"])
 @pytest.mark.parametrize("fault", FAULTS)
 def test_faults_still_end_with_exact_lists(
@@ -241,6 +246,12 @@ with DAG("ciexport_kill_test", schedule=None, start_date=pendulum.datetime(2026,
     )
 
 if __name__ == "__main__":
+    if os.environ.get("CIEXPORT_KILL_WAIT"):
+        # The retry is started while the first try runs, so that its imports are done when the test
+        # tells it (a line on stdin) to run the task.
+        import sys
+
+        sys.stdin.readline()
     # The same logical date and run_after: the same DAG run, as Airflow's own retry of the task.
     when = pendulum.datetime(2026, 1, 2, tz="UTC")
     dag.test(logical_date=when, run_after=when)
@@ -292,27 +303,39 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         env["CIEXPORT_KILL_MODE"] = sync_mode or ""
     command = [sys.executable, str(dags / "kill_dag.py")]
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    confirmed: set[int] = set()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None:
-        confirmed = _saved_progress()
-        if len(confirmed) >= 4:
-            break
-        time.sleep(0.2)
-    assert first.poll() is None, "the export finished before it could be killed"
-    first.send_signal(sig)
-    first.wait(timeout=60)
-    saved = _saved_progress()
-    assert len(saved) >= 4
-    imports_before = sandbox.stats()["imports"]["ac"]["requests"]
-
+    # The retry's pace is not what this test checks (what it sends is): it runs at five times the
+    # documented limits (the sandbox's) and half of them (the connection's), its 16 or so imports in
+    # about 2 s instead of 10.
+    retry_env = {
+        **env,
+        "CIEXPORT_KILL_WAIT": "1",
+        "AIRFLOW_CONN_AC_KILL": json.dumps(
+            sandbox_server.ac_connection(imports_per_minute=500, requests_per_second=25)
+        ),
+    }
     if sync_mode == "mirror":
-        env["CIEXPORT_KILL_PROGRESS"] = "0.2"  # the retry tells each phase that lasts 0.2 s or more
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        retry_env["CIEXPORT_KILL_PROGRESS"] = "0.1"  # the retry tells each phase that lasts 0.1 s or more
+    second = subprocess.Popen(
+        command,
+        env=retry_env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        saved = _kill_when_batches_are_confirmed(first, sig)
+        imports_before = sandbox.stats()["imports"]["ac"]["requests"]
+        sandbox.configure(rate_scale=10)
+        out, err = second.communicate("run\n", timeout=300)
+    finally:
+        for process in (first, second):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert second.returncode == 0, out[-3000:] + err[-3000:]
     if sync_mode == "mirror":
-        _assert_the_retry_told_its_phases(second.stdout + second.stderr, resumed=250 * len(saved))
+        _assert_the_retry_told_its_phases(out + err, resumed=250 * len(saved))
     imports_after = sandbox.stats()["imports"]["ac"]["requests"]
     assert imports_after - imports_before == 20 - len(saved)  # nothing confirmed earlier was sent again
     assert {c["email"] for c in sandbox.ac_list_contacts(seed.AC_LIST_VIP)} == {
@@ -337,7 +360,7 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         conn = set_connection(
             monkeypatch,
             "ac_churn",
-            **sandbox_server.ac_connection(imports_per_minute=200, requests_per_second=10),
+            **sandbox_server.ac_connection(imports_per_minute=500, requests_per_second=25),
         )
         churned = [
             {"email": f"k{i}@example.com", "first": f"K{i}"} for i in range(rows) if not 200 <= i < 400
@@ -355,6 +378,21 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         ).execute(context={})  # type: ignore[arg-type]
         assert (report["removed"], report["new"]) == (rows + 50 - len(churned), 50)
         assert {c["email"] for c in sandbox.ac_list_contacts(AC_LIST)} == {r["email"] for r in churned}
+
+
+def _kill_when_batches_are_confirmed(first: subprocess.Popen[bytes], sig: signal.Signals) -> set[int]:
+    """Kill the first try with ``sig`` once it has saved four confirmed batches; those it saved."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        if len(_saved_progress()) >= 4:
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, "the export finished before it could be killed"
+    first.send_signal(sig)
+    first.wait(timeout=60)
+    saved = _saved_progress()
+    assert len(saved) >= 4
+    return saved
 
 
 def _assert_the_retry_told_its_phases(log: str, resumed: int) -> None:
