@@ -134,8 +134,8 @@ class ConstantContactDestination(HookDestination):
 
     # -- keeping lists in sync ------------------------------------------------------------------
 
-    # One contact export lists every member with its id: cheap enough for every mirror run.
-    members_read_is_cheap = True
+    # Removal takes contact ids; one contact export lists every member with its id.
+    removal_needs_contact_ids = True
     max_removal_batch = MAX_REMOVE_CONTACTS
 
     def account(self) -> str:

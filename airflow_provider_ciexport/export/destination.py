@@ -88,9 +88,9 @@ class Destination(ABC):
     #: The destination's own removal looks like an opt-out (ActiveCampaign: status 2 on the list), so
     #: a contact the export removed is re-added explicitly with :meth:`readd` when it comes back.
     removal_unsubscribes: bool = False
-    #: Reading the lists' members is cheap enough for every mirror run (one bulk export), so the
-    #: memberships that existed before the export are known on every run, not only the first.
-    members_read_is_cheap: bool = False
+    #: A removal names contacts by the destination's id, not by email (Constant Contact): a run with
+    #: contacts to remove reads the lists' members (one bulk export) for their ids.
+    removal_needs_contact_ids: bool = False
     #: Contacts per removal request.
     max_removal_batch: int = 500
 

@@ -20,11 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def members_needed(
-    sync: SyncSettings, destination: Destination, loaded: LoadedState, first_sync: bool
+    sync: SyncSettings, destination: Destination, loaded: LoadedState, first_sync: bool, leavers: int = 0
 ) -> bool:
-    """Whether this run reads the lists' members: in mirror mode on the first sync or where it is
-    cheap; with a trusted state, when their count changed or ``check_members_every`` says so."""
-    if sync.mirror and (first_sync or destination.members_read_is_cheap):
+    """Whether this run reads the lists' members: in mirror mode on the first sync (who was there
+    before) and when contacts to remove need their ids; with a trusted state, when the members' count
+    changed or ``check_members_every`` says so.
+
+    :param leavers: how many contacts a mirror run would remove.
+    """
+    if sync.mirror and (first_sync or (leavers and destination.removal_needs_contact_ids)):
         return True
     state = loaded.state
     if not len(state) or sync.full_refresh or loaded.distrust is not None:

@@ -36,7 +36,8 @@ class SyncFinish:
     :param lease: the state's lease, checked before each change (``None``: a dry run).
     :param dry_run: count, but change nothing.
     :param refused: emails the imports refused (they are not re-subscribed).
-    :param removal_ids: contact ids of the leavers, from the members read before sending.
+    :param removal_ids: contact ids of the leavers, from the members read before sending (``None``:
+        the members were not read).
     :param opted_out_complete: ``diff.opted_out`` holds everyone who opted out (read in full this run).
     :param progress_interval_s: the least time between progress lines while removing.
     """
@@ -51,7 +52,7 @@ class SyncFinish:
         *,
         dry_run: bool,
         refused: set[str],
-        removal_ids: dict[str, str],
+        removal_ids: dict[str, str] | None,
         opted_out_complete: bool = False,
         progress_interval_s: float = 30.0,
     ) -> None:
@@ -132,10 +133,13 @@ class SyncFinish:
 
     def _with_contact_ids(self, leavers: list[tuple[int, str]]) -> list[tuple[int, str, str]]:
         """The leavers with their contact ids where the destination needs them (from the members read
-        before sending; one not there is gone already)."""
+        before sending; one not there is gone already). Members not read (none was expected to leave):
+        nobody is removed, and the state keeps them for the next run."""
         diff = self.diff
-        if not self.destination.members_read_is_cheap:
+        if not self.destination.removal_needs_contact_ids:
             return [(index, email, "") for index, email in leavers]
+        if self._removal_ids is None:
+            return []
         found = []
         for index, email in leavers:
             if email in self._removal_ids:

@@ -111,7 +111,7 @@ class SyncRun:
         self.lease: StateLease | None = None
         self._keys: StateKeys | None = None
         self._loaded: LoadedState | None = None
-        self._removal_ids: dict[str, str] = {}
+        self._removal_ids: dict[str, str] | None = None
         self._members_read_at: float | None = None
         self._opt_outs: OptOuts | None = None
         # The state entries of contacts handed to the batcher and not yet in a batch, and the emails
@@ -235,7 +235,7 @@ class SyncRun:
         assert self._loaded is not None
         if first_sync:  # the state is made from what this run sends: it matches the lists from now
             self._members_read_at = time.time()
-        if not members_needed(self.sync, self.destination, self._loaded, first_sync):
+        if not members_needed(self.sync, self.destination, self._loaded, first_sync, len(leavers)):
             return None
         members, self._removal_ids = read_members(self.destination, leavers, self.progress_interval_s)
         self._members_read_at = time.time()

@@ -115,7 +115,7 @@ class MemoryListDestination(FakeDestination):
     def __init__(self, *, removal_unsubscribes: bool = False, refuse: Sequence[str] = ()) -> None:
         super().__init__(batch_contacts=3)
         self.removal_unsubscribes = removal_unsubscribes
-        self.members_read_is_cheap = not removal_unsubscribes
+        self.removal_needs_contact_ids = not removal_unsubscribes
         self.refuse = {e.lower() for e in refuse}
         #: The account's contacts: email -> (contact id, fields).
         self.contacts: dict[str, tuple[str, dict[str, str]]] = {}

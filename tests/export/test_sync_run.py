@@ -299,15 +299,28 @@ def test_an_emptied_account_is_filled_again_with_the_segment_and_nobody_else(
     assert export.run(segment(range(2, 12)))["submitted"] == 0
 
 
+@pytest.mark.parametrize("mode", ["upsert", "mirror"])
 def test_a_quiet_day_counts_the_members_and_reads_none(
-    tmp_path: Path, destination: MemoryListDestination
+    tmp_path: Path, destination: MemoryListDestination, mode: str
 ) -> None:
-    export = Export(tmp_path, destination, "upsert")
+    export = Export(tmp_path, destination, mode)
     export.run(segment(range(10)))
     reads = destination.member_reads
-    quiet = export.run(segment(range(10)))
-    assert (quiet["submitted"], quiet["restored"]) == (0, 0)
+    quiet = export.run(segment(range(10), **{email(1): "Changed"}))
+    assert (quiet["submitted"], quiet["changed"], quiet["restored"]) == (1, 1, 0)
     assert destination.member_reads == reads
+
+
+def test_contacts_to_remove_by_id_read_the_members_once_and_only_then(tmp_path: Path) -> None:
+    destination = MemoryListDestination()  # removal by contact id, as Constant Contact's
+    export = Export(tmp_path, destination)
+    export.run(segment(range(10)))
+    reads = destination.member_reads
+    churn = export.run(segment(range(2, 10)))
+    assert (churn["removed"], destination.member_reads) == (2, reads + 1)
+    assert destination.member_emails() == emails(segment(range(2, 10)))
+    export.run(segment(range(2, 11)))  # one new, nobody leaves
+    assert destination.member_reads == reads + 1
 
 
 @pytest.mark.parametrize(
@@ -377,7 +390,7 @@ def test_every_phase_of_a_mirror_run_tells_how_far_it_got_without_personal_data(
     )
     first_pass = told("Mirror first pass (")
     assert first_pass[-1].split(": ", 1)[1].startswith("9 of 9 rows (100%)")
-    if not destination.removal_unsubscribes:  # members are read on every mirror run there
+    if destination.removal_needs_contact_ids:  # members are read for the leavers' ids there
         # Counted against the lists' member count, asked once the first line was due.
         assert told("Reading the Fake lists' members")[-1].split(": ", 1)[1].startswith("9 of 9 members")
     removals = told("Removing the contacts that left the segment")
