@@ -11,10 +11,10 @@ EXTRAS := test,demo,parquet,sandbox,openlineage,docs,s3
 LOCK ?= constraints/constraints.txt
 CONSTRAINTS ?= -c $(LOCK)
 # Extras that are locked (in the main lock only) but not installed by `make install`: Selenium for the
-# browser test, and GCS, the other object store users may need for a state or a segment file
+# browser test, matplotlib for `make bench`'s plot, and GCS, the other object store users may need for a state or a segment file
 # (`pip install -c constraints/constraints.txt '.[gcs]'` resolves). s3 is in EXTRAS: installed, and
 # locked in both lock files.
-LOCK_EXTRAS := $(EXTRAS),ui,gcs
+LOCK_EXTRAS := $(EXTRAS),ui,gcs,bench
 # The oldest supported Airflow: 3.3.0, the floor in setup.cfg (the providers' policy would allow 3.2,
 # but the provider needs Task SDK 1.3's Variable.keys; see docs/installation.md), with everything
 # else as it was the day after its release (what Airflow's own constraints for it pin), in a lock of
@@ -63,8 +63,10 @@ demo: $(STAMP)
 	$(PY) -m airflow_provider_ciexport.tools.demo $(DEMO_ARGS)
 
 bench: $(STAMP)
+	$(UV) pip install --quiet --python $(PY) $(CONSTRAINTS) -e '.[$(EXTRAS),bench]'
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/sync.py $(SYNC_BENCH_ARGS)
+	$(PY) benchmarks/year.py $(YEAR_BENCH_ARGS)
 
 sandbox: $(STAMP)
 	@$(PY) -m airflow_provider_ciexport.tools.sandbox --port $(PORT)

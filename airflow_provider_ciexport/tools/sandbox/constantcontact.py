@@ -238,7 +238,9 @@ async def contact_export_file(state: SandboxState, request: Request) -> Response
     text = state.cc.export_files.get(request.path_params["file_id"])
     if text is None:
         return _not_found(state, "export file")
-    return Response(text.encode(), media_type="text/csv")
+    body = text.encode()
+    state.recorder.counters["cc.bytes_downloaded"] += len(body)
+    return Response(body, media_type="text/csv")
 
 
 async def get_activity(state: SandboxState, request: Request) -> Response:
@@ -248,6 +250,7 @@ async def get_activity(state: SandboxState, request: Request) -> Response:
     activity = state.cc.activities.get(request.path_params["activity_id"])
     if activity is None:
         return _not_found(state, "activity")
+    state.recorder.counters[f"cc.activity_polls.{activity.kind}"] += 1
     return errors.json_response(state.cc.activity_json(activity, now))
 
 
@@ -273,7 +276,9 @@ async def get_contacts(state: SandboxState, request: Request) -> Response:
     }
     if qp.get("include_count") == "true":
         body["contacts_count"] = len(nums)
-    return errors.json_response(body)
+    response = errors.json_response(body)
+    state.recorder.counters["cc.bytes_downloaded"] += len(response.body)
+    return response
 
 
 def _filtered_contacts(state: SandboxState, params: dict[str, Any]) -> Sequence[int] | Response:
