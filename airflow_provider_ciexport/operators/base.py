@@ -26,6 +26,11 @@ from airflow_provider_ciexport.export.state import check_state_path
 from airflow_provider_ciexport.export.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
 from airflow_provider_ciexport.export.sync import SyncSettings, check_sync_mode
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
+from airflow_provider_ciexport.metrics import (
+    ThrottlingCounter,
+    count_throttling,
+    emit_export_metrics,
+)
 from airflow_provider_ciexport.operators.thresholds import (
     checked_fraction,
     optional_fraction,
@@ -214,6 +219,7 @@ class BaseSegmentExportOperator(BaseOperator):
         self._exporter: SegmentExporter | None = None
         self._source: SegmentSource | None = None
         self._report: dict[str, Any] | None = None
+        self._throttling: ThrottlingCounter | None = None
         #: The target list in the vendor's app, once known; the extra link shows it.
         self.list_url: str | None = None
 
@@ -290,7 +296,8 @@ class BaseSegmentExportOperator(BaseOperator):
 
         An error raised before any contact was sent or removed says "Nothing was sent." A finished
         export over ``max_rejected_fraction`` or ``max_invalid_fraction`` fails (not retried), its
-        report pushed to XCom first as a successful task's would be.
+        report pushed to XCom first as a successful task's would be. An export that started sends its
+        metrics (see the Metrics page) whether it succeeds or fails.
         """
         try:
             report = self._execute(context)
@@ -299,8 +306,23 @@ class BaseSegmentExportOperator(BaseOperator):
             if exported is None or (exported.submitted == 0 and not exported.jobs):
                 say_nothing_was_sent(error)
             raise
+        finally:
+            self._emit_metrics(context)
         self._fail_over_thresholds(report, context)
         return report
+
+    def _emit_metrics(self, context: Context) -> None:
+        """The export's metrics through Airflow's stats interface, once the engine has run."""
+        report = getattr(self._exporter, "report", None)
+        if report is None:
+            return
+        ti = context.get("ti") if context else None
+        emit_export_metrics(
+            report.as_dict(),
+            dag_id=ti.dag_id if ti is not None else self.dag_id,
+            task_id=ti.task_id if ti is not None else self.task_id,
+            throttled=self._throttling.total if self._throttling is not None else None,
+        )
 
     def _fail_over_thresholds(self, report: dict[str, Any], context: Context) -> None:
         """Raise :class:`ExportThresholdError` if the report's shares exceed the thresholds."""
@@ -339,6 +361,7 @@ class BaseSegmentExportOperator(BaseOperator):
             max_columns=self.max_columns,
         )
         destination = self.get_destination()
+        self._throttling = count_throttling(destination)
         destination.set_progress_interval(self.progress_interval)  # the throttling line's too
         self.list_url = self.get_list_url(destination)
         self._exporter = SegmentExporter(
