@@ -59,3 +59,11 @@ class DestinationThrottledError(DestinationApiError):
 
 class ExportIncompleteError(CiExportError):
     """Some contacts could not be exported; the message says how many were and were not."""
+
+
+class ExportThresholdError(AirflowFailException, CiExportError):
+    """The export finished, but more of its contacts were refused, or of its rows invalid, than a
+    threshold (``max_rejected_fraction``, ``max_invalid_fraction``) allows.
+
+    Not retried: the export is complete, and a retry would only send the refused contacts again.
+    """

@@ -1,6 +1,6 @@
 """The package's layers, as the contributor page draws them: no import goes up.
 
-    operators (+ links, lineage, asset_events, get_provider_info)
+    operators (+ links, lineage, asset_events, metrics, get_provider_info)
         -> destinations (one adapter per vendor)
             -> hooks (the API clients)        export (the engine)
                 -> core (rate limiting, the account's share, contact schema) and exceptions
@@ -23,7 +23,7 @@ import airflow_provider_ciexport
 PACKAGE = Path(airflow_provider_ciexport.__file__).parent
 NAME = "airflow_provider_ciexport"
 
-OPERATOR_LAYER = {"operators", "links", "lineage", "asset_events", "get_provider_info"}
+OPERATOR_LAYER = {"operators", "links", "lineage", "asset_events", "metrics", "get_provider_info"}
 CORE = {"core", "exceptions"}
 #: What each layer may import, by the first part of the module's name inside the package.
 ALLOWED: dict[str, set[str]] = {

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, XComArg
+from airflow.sdk import BaseOperator, BaseXCom, XComArg
 
 from airflow_provider_ciexport.asset_events import add_report_to_outlet_events
 from airflow_provider_ciexport.core.paths import check_storage_path
@@ -26,6 +26,16 @@ from airflow_provider_ciexport.export.state import check_state_path
 from airflow_provider_ciexport.export.state_keys import DEFAULT_STATE_KEY_CONN_ID, state_keys
 from airflow_provider_ciexport.export.sync import SyncSettings, check_sync_mode
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
+from airflow_provider_ciexport.metrics import (
+    ThrottlingCounter,
+    count_throttling,
+    emit_export_metrics,
+)
+from airflow_provider_ciexport.operators.thresholds import (
+    checked_fraction,
+    optional_fraction,
+    threshold_error,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -118,6 +128,10 @@ class BaseSegmentExportOperator(BaseOperator):
         ``[core] fernet_key`` is used. See the Security page.
     :param max_removal_fraction: mirror fails before sending anything if more than this share of the
         contacts the export added would be removed, or if the segment is empty.
+    :param max_rejected_fraction: fail the task, once the export has finished, if the destination
+        refused more than this share of the contacts sent (``rejected / submitted``); ``None``: never.
+    :param max_invalid_fraction: fail the task, once the export has finished, if more than this share
+        of the rows read were invalid (``invalid / read``); ``None``: never.
     :param check_members_every: with a state, also read the lists' members in full (to repair what
         changed outside the export) when the last full read is older than this ``timedelta``, even if
         the lists' member count did not change. ``None`` (the default): only when it changed.
@@ -158,6 +172,8 @@ class BaseSegmentExportOperator(BaseOperator):
         state_path: str | None = None,
         full_refresh: bool = False,
         max_removal_fraction: float = 0.2,
+        max_rejected_fraction: float | None = None,
+        max_invalid_fraction: float | None = None,
         check_members_every: timedelta | None = None,
         state_key_conn_id: str = DEFAULT_STATE_KEY_CONN_ID,
         **kwargs: Any,
@@ -169,10 +185,9 @@ class BaseSegmentExportOperator(BaseOperator):
         super().__init__(**kwargs)
         check_sync_mode(sync_mode)
         _check_mirror_has_state(sync_mode, state_path)
-        if not 0.0 <= max_removal_fraction <= 1.0:
-            raise ExportConfigurationError(
-                f"max_removal_fraction must be between 0 and 1, not {max_removal_fraction!r}."
-            )
+        max_removal_fraction = checked_fraction(max_removal_fraction, "max_removal_fraction")
+        self.max_rejected_fraction = optional_fraction(max_rejected_fraction, "max_rejected_fraction")
+        self.max_invalid_fraction = optional_fraction(max_invalid_fraction, "max_invalid_fraction")
         self.sync_mode = sync_mode
         self.state_path = state_path
         self.full_refresh = full_refresh
@@ -204,6 +219,7 @@ class BaseSegmentExportOperator(BaseOperator):
         self._exporter: SegmentExporter | None = None
         self._source: SegmentSource | None = None
         self._report: dict[str, Any] | None = None
+        self._throttling: ThrottlingCounter | None = None
         #: The target list in the vendor's app, once known; the extra link shows it.
         self.list_url: str | None = None
 
@@ -278,15 +294,50 @@ class BaseSegmentExportOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Run the export and return its report.
 
-        An error raised before any contact was sent or removed says "Nothing was sent."
+        An error raised before any contact was sent or removed says "Nothing was sent." A finished
+        export over ``max_rejected_fraction`` or ``max_invalid_fraction`` fails (not retried), its
+        report pushed to XCom first as a successful task's would be. An export that started sends its
+        metrics (see the Metrics page) whether it succeeds or fails.
         """
         try:
-            return self._execute(context)
+            report = self._execute(context)
         except CiExportError as error:
-            report = self._exporter.report if self._exporter is not None else None
-            if report is None or (report.submitted == 0 and not report.jobs):
+            exported = self._exporter.report if self._exporter is not None else None
+            if exported is None or (exported.submitted == 0 and not exported.jobs):
                 say_nothing_was_sent(error)
             raise
+        finally:
+            self._emit_metrics(context)
+        self._fail_over_thresholds(report, context)
+        return report
+
+    def _emit_metrics(self, context: Context) -> None:
+        """The export's metrics through Airflow's stats interface, once the engine has run."""
+        report = getattr(self._exporter, "report", None)
+        if report is None:
+            return
+        ti = context.get("ti") if context else None
+        emit_export_metrics(
+            report.as_dict(),
+            dag_id=ti.dag_id if ti is not None else self.dag_id,
+            task_id=ti.task_id if ti is not None else self.task_id,
+            throttled=self._throttling.total if self._throttling is not None else None,
+        )
+
+    def _fail_over_thresholds(self, report: dict[str, Any], context: Context) -> None:
+        """Raise :class:`ExportThresholdError` if the report's shares exceed the thresholds."""
+        error = threshold_error(
+            report,
+            max_rejected_fraction=self.max_rejected_fraction,
+            max_invalid_fraction=self.max_invalid_fraction,
+        )
+        if error is None:
+            return
+        ti = context.get("ti") if context else None
+        if ti is not None and self.do_xcom_push:
+            # A failed task's return value is not pushed: push the report as it would be.
+            ti.xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=report)
+        raise error
 
     def _execute(self, context: Context) -> dict[str, Any]:
         if not isinstance(self.field_mapping, Mapping):
@@ -310,6 +361,7 @@ class BaseSegmentExportOperator(BaseOperator):
             max_columns=self.max_columns,
         )
         destination = self.get_destination()
+        self._throttling = count_throttling(destination)
         destination.set_progress_interval(self.progress_interval)  # the throttling line's too
         self.list_url = self.get_list_url(destination)
         self._exporter = SegmentExporter(
