@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -43,33 +42,24 @@ TAGS = ("destination", "dag_id", "task_id")
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 
 
-class ThrottlingCounter(ThrottleSummary):
-    """A hook's summary of refusals for the rate limit that also keeps their total for the export."""
+class ThrottlingCount:
+    """The answers asking to slow down (429 and the like) a hook receives from now on."""
 
     def __init__(self, summary: ThrottleSummary) -> None:
-        super().__init__(summary.interval_s)
-        #: Answers that asked to slow down (429 and the like), all of the export's.
-        self.total = 0
-        self._total_lock = threading.Lock()
+        self._summary = summary
+        self._start = summary.total
 
-    def refused(self, slowed: bool) -> tuple[int, int, float] | None:
-        """Count one refusal, as the hook's summary does, and in the total."""
-        with self._total_lock:
-            self.total += 1
-        return super().refused(slowed)
+    @property
+    def total(self) -> int:
+        """How many since this count started."""
+        return self._summary.total - self._start
 
 
-def count_throttling(destination: Destination) -> ThrottlingCounter | None:
+def count_throttling(destination: Destination) -> ThrottlingCount | None:
     """Count the throttling answers ``destination``'s hook receives from now on (``None``: it has no
     hook that tells them)."""
-    hook = getattr(destination, "hook", None)
-    summary = getattr(hook, "throttle_summary", None)
-    if not isinstance(summary, ThrottleSummary):
-        return None
-    # A fresh total for each export, also when an operator (its hook) runs twice in one process.
-    counter = ThrottlingCounter(summary)
-    hook.throttle_summary = counter  # type: ignore[union-attr]
-    return counter
+    summary = getattr(getattr(destination, "hook", None), "throttle_summary", None)
+    return ThrottlingCount(summary) if isinstance(summary, ThrottleSummary) else None
 
 
 def _name_part(value: Any) -> str:

@@ -149,11 +149,14 @@ class ThrottleSummary:
         #: Refusals and pace cuts since the last line.
         self.pending = 0
         self._slowdowns = 0
+        #: Refusals since the summary was made (the export's metrics count them).
+        self.total = 0
 
     def refused(self, slowed: bool) -> tuple[int, int, float] | None:
         """Count one refusal (``slowed``: it cut the pace); when a line is due, what it says."""
         with self._lock:
             self.pending += 1
+            self.total += 1
             self._slowdowns += slowed
         return self.due()
 

@@ -27,7 +27,7 @@ from airflow_provider_ciexport.export.state_keys import DEFAULT_STATE_KEY_CONN_I
 from airflow_provider_ciexport.export.sync import SyncSettings, check_sync_mode
 from airflow_provider_ciexport.lineage import export_lineage, lineage_or_none, segment_inputs
 from airflow_provider_ciexport.metrics import (
-    ThrottlingCounter,
+    ThrottlingCount,
     count_throttling,
     emit_export_metrics,
 )
@@ -219,7 +219,7 @@ class BaseSegmentExportOperator(BaseOperator):
         self._exporter: SegmentExporter | None = None
         self._source: SegmentSource | None = None
         self._report: dict[str, Any] | None = None
-        self._throttling: ThrottlingCounter | None = None
+        self._throttling: ThrottlingCount | None = None
         #: The target list in the vendor's app, once known; the extra link shows it.
         self.list_url: str | None = None
 

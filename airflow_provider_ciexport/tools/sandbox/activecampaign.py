@@ -220,7 +220,9 @@ async def get_contacts(state: SandboxState, request: Request) -> Response:
     if window != (None, None):
         ids = [i for i in ids if _within(ac.changed_at(i), window)]
     found = [c for c in (ac.by_id(i) for i in ids[offset : offset + limit]) if c is not None]
-    response = errors.json_response({"contacts": [ac.contact_json(c) for c in found], "meta": _meta(len(ids))})
+    response = errors.json_response(
+        {"contacts": [ac.contact_json(c) for c in found], "meta": _meta(len(ids))}
+    )
     state.recorder.counters["ac.bytes_downloaded"] += len(response.body)
     return response
 
