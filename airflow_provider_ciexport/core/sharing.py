@@ -1,19 +1,24 @@
 """How many exports share one account right now, through something every worker sees.
 
 Each running export holds a *lease* in one Airflow Variable per account (``ciexport_share_<hash>``):
-a JSON document ``{"leases": {"<lease id>": <expiry, epoch seconds>}}``. Every ``heartbeat_s`` it
-reads the document, drops expired leases, re-asserts its own and writes it back; the number of live
-leases is how many exports divide the account's rate. The read-modify-write is not atomic, so two
-exports writing at once can drop each other's lease: each re-reads after writing and writes again if
-its own lease is missing, and the learning pacing absorbs the rest. A killed export's lease expires
-after ``ttl_s``. No coordination server: the Variable goes through Airflow's execution API from a
-task, so it works with every executor and across workers.
+a JSON document ``{"leases": {"<lease id>": <expiry, epoch seconds>}, "holders": {"<lease id>":
+<who holds it>}}``. Every ``heartbeat_s`` it reads the document, drops expired leases, re-asserts its
+own and writes it back; the number of live leases is how many exports divide the account's rate. The
+read-modify-write is not atomic, so two exports writing at once can drop each other's lease: each
+re-reads after writing and writes again if its own lease is missing, and the learning pacing absorbs
+the rest. A killed export's lease expires after ``ttl_s``; before that, an export on the same machine
+(its own retry, typically) drops it as soon as it sees that its process is gone
+(:func:`~airflow_provider_ciexport.core.liveness.dead_here`: same host name, boot id, machine id and
+pid namespace, and no such pid). A lease from another host, or without a holder (an earlier version
+wrote it), is only ever dropped by its expiry. No coordination server: the Variable goes through
+Airflow's execution API from a task, so it works with every executor and across workers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import threading
 import time
@@ -22,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from airflow_provider_ciexport.core.liveness import dead_here, holder
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -57,7 +63,8 @@ class AccountShare:
     :param on_change: called with the number of live exports and this one's position among them
         (``0 <= lane < exports``, by lease id) whenever either changes, and at start.
     :param heartbeat_s: seconds between renewals (with +-20% jitter, so writers drift apart).
-    :param ttl_s: a lease not renewed for this long is dropped by the others.
+    :param ttl_s: a lease not renewed for this long is dropped by the others (sooner by those on its
+        machine once its process is gone).
     :param clock: wall-clock seconds (leases are compared across machines).
     """
 
@@ -81,6 +88,7 @@ class AccountShare:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self._here = holder()
 
     def __enter__(self) -> AccountShare:
         self.start()
@@ -101,9 +109,10 @@ class AccountShare:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            leases = self._live(self.store.load())
+            leases, holders = self._live(self.store.load())
             if leases.pop(self.lease_id, None) is not None:
-                self.store.save({"leases": leases})
+                holders.pop(self.lease_id, None)
+                self.store.save({"leases": leases, "holders": holders})
         except Exception as exc:  # the lease expires by itself anyway
             self._warn(exc)
 
@@ -116,22 +125,37 @@ class AccountShare:
                 return
             self.renew()
 
-    def _live(self, document: Any) -> dict[str, float]:
+    def _live(self, document: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        """The document's live leases (not expired, their process not known dead) and their holders."""
         now = self.clock()
         raw = document.get("leases") if isinstance(document, dict) else None
         if not isinstance(raw, dict):
-            return {}
-        return {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float)) and float(v) > now}
+            return {}, {}
+        known = document.get("holders")
+        known = known if isinstance(known, dict) else {}
+        leases: dict[str, float] = {}
+        holders: dict[str, Any] = {}
+        for key, expiry in raw.items():
+            if not isinstance(expiry, (int, float)) or float(expiry) <= now:
+                continue
+            held = known.get(key)
+            if key != self.lease_id and dead_here(held, self._here):
+                continue
+            leases[str(key)] = float(expiry)
+            if isinstance(held, dict):
+                holders[str(key)] = held
+        return leases, holders
 
     def renew(self) -> int:
         """Renew this lease, drop expired ones; return how many exports share the account now."""
         try:
             for _ in range(3):
-                leases = self._live(self.store.load())
+                leases, holders = self._live(self.store.load())
                 leases[self.lease_id] = self.clock() + self.ttl_s
-                self.store.save({"leases": leases})
+                holders[self.lease_id] = {**self._here, "pid": os.getpid()}
+                self.store.save({"leases": leases, "holders": holders})
                 # Another export may have written its own copy at the same moment, without ours.
-                check = self._live(self.store.load())
+                check, _ = self._live(self.store.load())
                 if self.lease_id in check:
                     leases = check
                     break

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
+from airflow_provider_ciexport.core.liveness import holder
 from airflow_provider_ciexport.core.sharing import AccountShare, share_variable_key
 from tests.core.fakes import MemoryStore
 
@@ -37,7 +40,7 @@ def test_exports_on_one_account_count_each_other_and_speed_up_when_one_ends() ->
     b.stop()
     assert a.renew() == 1 and seen_a == [1, 2, 1]
     a.stop()
-    assert store.document == {"leases": {}}
+    assert store.document == {"leases": {}, "holders": {}}
 
 
 def test_exports_on_one_account_take_different_lanes() -> None:
@@ -67,6 +70,59 @@ def test_a_killed_exports_lease_expires() -> None:
     assert a.renew() == 2
     clock.now += 10
     assert a.renew() == 1
+    a.stop()
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this machine that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _leave_lease(store: MemoryStore, clock: Clock, who: dict[str, Any] | None) -> None:
+    """A lease renewed a second ago, as another export (``who``: its holder record) left it."""
+    document = store.document or {"leases": {}, "holders": {}}
+    document["leases"]["other"] = clock.now + 14
+    if who is not None:
+        document["holders"]["other"] = who
+    store.save(document)
+
+
+def test_the_lease_of_a_dead_process_on_this_machine_is_not_counted() -> None:
+    """A killed try's lease: its retry on the same machine runs at the account's full pace at once."""
+    store, clock = MemoryStore(), Clock()
+    _leave_lease(store, clock, {**holder(), "pid": _dead_pid()})
+    a = share(store, clock, seen := [])
+    a.start()
+    assert seen == [1] and a.exports == 1
+    assert set(store.document["leases"]) == {a.lease_id}  # dropped for every other export too
+    assert set(store.document["holders"]) == {a.lease_id}
+    a.stop()
+
+
+@pytest.mark.parametrize(
+    "who",
+    [
+        pytest.param(lambda: holder(), id="alive-here"),
+        pytest.param(lambda: {**holder(), "host": "worker-2", "pid": _dead_pid()}, id="another-host"),
+        pytest.param(
+            lambda: {**holder(), "boot_id": "0" * 32, "pid": _dead_pid()}, id="a-clone-of-this-machine"
+        ),
+        pytest.param(
+            lambda: {**holder(), "pid_namespace": 1, "pid": _dead_pid()}, id="another-pid-namespace"
+        ),
+        pytest.param(lambda: None, id="no-holder-an-earlier-version"),
+    ],
+)
+def test_a_lease_not_known_dead_here_counts_until_it_expires(who: Any) -> None:
+    store, clock = MemoryStore(), Clock()
+    _leave_lease(store, clock, who())
+    a = share(store, clock, seen := [])
+    a.start()
+    assert seen == [2] and "other" in store.document["leases"]
+    clock.now += 15
+    assert a.renew() == 1 and "other" not in store.document["leases"]
     a.stop()
 
 
