@@ -21,6 +21,7 @@ from airflow_provider_ciexport.exceptions import (
     DestinationQuotaError,
     ExportConfigurationError,
 )
+from airflow_provider_ciexport.hooks import constantcontact as constantcontact_module
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
@@ -431,3 +432,62 @@ def test_testing_a_connection_without_its_refresh_token_says_where_the_field_is(
     assert not ok and "has no refresh token" in message
     assert "Refresh token field (in the UI's connection form, under Extra Fields" in message
     assert sandbox.stats()["requests"] == {}
+
+
+class _Answer:
+    """What ``hook.call`` returns, for a hook whose requests are faked: a JSON body, or a file's bytes."""
+
+    def __init__(self, body: Any = None, data: bytes = b"") -> None:
+        self.body, self.data = body, data
+
+    def json(self) -> Any:
+        return self.body
+
+    def iter_content(self, size: int) -> Iterator[bytes]:
+        yield self.data
+
+    def __enter__(self) -> _Answer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("rate", "first"), [(4, 0.5), (2, 0.5), (20, 0.1), (100, 0.02)])
+def test_a_contact_export_is_first_polled_at_the_keys_pace_then_less_and_less_often(
+    monkeypatch: pytest.MonkeyPatch, rate: float, first: float
+) -> None:
+    """As the export's imports are: two of the key's request slots after it starts (never more than
+    half a second), each pause then 1.5 times the one before, up to 5 s."""
+    conn = _cc_conn(
+        monkeypatch,
+        "http://127.0.0.1:9",
+        f"cc_poll_{rate}",
+        login=f"poll-pace-{rate}",
+        extra={"requests_per_second": rate},
+    )
+    hook = ConstantContactHook(conn)
+    polls = iter([*({"state": "processing"} for _ in range(8)), {"state": "completed"}])
+    done = {"_links": {"results": {"href": "/v3/contact_exports/f1"}}}
+
+    def call(method: str, endpoint: str, **kwargs: Any) -> _Answer:
+        if endpoint == "activities/contact_exports":
+            return _Answer({"activity_id": "a1", "state": "initialized"})
+        if endpoint == "activities/a1":
+            return _Answer({**next(polls), **done})
+        assert endpoint == "contact_exports/f1" and kwargs.get("stream")
+        return _Answer(data=b"email_address\r\nann@example.com\r\n")
+
+    pauses: list[float] = []
+    follow = constantcontact_module.poll_until_done
+    monkeypatch.setattr(hook, "call", call)
+    monkeypatch.setattr(
+        constantcontact_module,
+        "poll_until_done",
+        lambda poll, first_pause, longest: follow(poll, first_pause, longest, pauses.append),
+    )
+
+    assert list(hook.export_contacts(["email_address"])) == [{"email_address": "ann@example.com"}]
+    assert hook.first_poll_s == pytest.approx(first)
+    assert pauses == pytest.approx([min(first * 1.5**n, 5.0) for n in range(9)])
+    assert pauses[0] >= min(0.5, 2 / rate)  # never sooner than two of the key's slots
