@@ -1,6 +1,7 @@
 """``make demo``: run the example DAG end to end against the local sandbox and show what happened.
 
-Steps: a fresh Airflow home in ``./.airflow`` (recreated every run), ``airflow db migrate``, 10,000
+Steps: a fresh Airflow home in ``./.airflow`` (recreated every run), ``airflow db migrate`` (or, from
+the second run on, a copy of the database an earlier run migrated with the same Airflow), 10,000
 generated customer profiles in SQLite, the sandbox (fake ActiveCampaign and Constant Contact) on
 127.0.0.1, the three connections as ``AIRFLOW_CONN_*`` variables, then ``airflow dags test
 ciexport_segment_export`` twice, with a sync state under ``./.airflow`` (mirror mode) and the segment
@@ -27,8 +28,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -493,14 +495,69 @@ def run_demo(workdir: Path, profiles: int = PROFILE_COUNT, full: bool = False) -
     return ok
 
 
+def migrated_db_name() -> str | None:
+    """The name of the migrated, never used database kept in the demo's home for this Airflow version
+    (``None`` when the version cannot be read: then every run migrates)."""
+    versions = []
+    for dist in ("apache-airflow", "apache-airflow-core"):
+        try:
+            versions.append(metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            versions.append("none")
+    if versions == ["none", "none"]:
+        return None
+    return "migrated-airflow-" + re.sub(r"[^0-9A-Za-z.+-]", "_", "-".join(versions)) + ".db"
+
+
+def is_migrated_db(path: Path) -> bool:
+    """Whether ``path`` is a readable SQLite database that records its Alembic revision."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+    except sqlite3.Error:
+        return False
+
+
+def _empty_home(home: Path, keep: Path | None) -> None:
+    """Remove everything in ``home`` but ``keep``; create ``home`` if it is missing (a symbolic link
+    there is removed, never followed)."""
+    if home.is_symlink():
+        home.unlink()
+    home.mkdir(parents=True, exist_ok=True)
+    for entry in home.iterdir():
+        if entry == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with suppress(FileNotFoundError):
+                entry.unlink()
+
+
 def _fresh_airflow_home(home: Path, airflow: list[str]) -> dict[str, str]:
-    """Step 1: an empty Airflow home with a migrated database; the environment that uses it."""
+    """Step 1: an empty Airflow home with a migrated database; the environment that uses it.
+
+    ``airflow db migrate`` costs some 7 s of CPU even on an up-to-date database, so the first run keeps
+    a copy of the database it migrated (never used: the runs use a copy) for the next runs with the
+    same Airflow version; every run still starts from an empty database.
+    """
     dags_folder = find_example_dags()
-    shutil.rmtree(home, ignore_errors=True)
-    (home / "logs").mkdir(parents=True)
+    name = migrated_db_name()
+    template = home / name if name else None
+    kept = template is not None and is_migrated_db(template)
+    _empty_home(home, template if kept else None)
+    (home / "logs").mkdir()
     env = airflow_env(home, dags_folder)
+    if kept and template is not None:
+        print(f"1/5 Fresh Airflow home in {home}; its database copied from {template.name} ...", flush=True)
+        shutil.copyfile(template, home / "airflow.db")
+        return env
     print(f"1/5 Fresh Airflow home in {home}; migrating its database ...", flush=True)
     run_logged([*airflow, "db", "migrate"], env, home / "logs" / "db-migrate.log", "airflow db migrate")
+    if template is not None:
+        partial = home / f"{template.name}.partial"
+        shutil.copyfile(home / "airflow.db", partial)
+        os.replace(partial, template)
     return env
 
 

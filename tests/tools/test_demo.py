@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+import sys
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,3 +88,75 @@ def test_the_flag_reaches_the_demo(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert demo.main(["--full", "--profiles", "500"]) == 0
     assert seen == {"profiles": 500, "full": True}
+
+
+#: Stands for ``python -m airflow``: ``db migrate`` creates a database recording its revision and
+#: counts itself in ``<AIRFLOW_HOME>/../migrations``.
+FAKE_AIRFLOW_SCRIPT = """
+import os, sqlite3, sys
+home = os.environ["AIRFLOW_HOME"]
+assert sys.argv[1:] == ["db", "migrate"], sys.argv
+with sqlite3.connect(os.path.join(home, "airflow.db")) as conn:
+    conn.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    conn.execute("INSERT INTO alembic_version VALUES ('head')")
+with open(os.path.join(home, "..", "migrations"), "a") as f:
+    f.write("m")
+"""
+
+
+def _fresh_home(tmp_path: Path) -> Path:
+    home = tmp_path / ".airflow"
+    demo._fresh_airflow_home(home, [sys.executable, "-c", FAKE_AIRFLOW_SCRIPT])
+    return home
+
+
+def _migrations(tmp_path: Path) -> int:
+    counted = tmp_path / "migrations"
+    return len(counted.read_text()) if counted.exists() else 0
+
+
+def test_the_second_demo_copies_the_database_the_first_migrated_and_keeps_nothing_else(
+    tmp_path: Path,
+) -> None:
+    home = _fresh_home(tmp_path)
+    name = demo.migrated_db_name()
+    assert name and _migrations(tmp_path) == 1
+    assert sorted(p.name for p in home.iterdir()) == sorted(["airflow.db", "logs", name])
+    # What a run leaves behind: its state, its profiles, a database with runs in it.
+    (home / "ciexport-state").mkdir()
+    (home / "ciexport-state" / "vip.state").write_text("state")
+    (home / "profiles.db").write_text("profiles")
+    with closing(sqlite3.connect(home / "airflow.db")) as conn, conn:
+        conn.execute("CREATE TABLE dag_run (id INTEGER)")
+
+    home = _fresh_home(tmp_path)
+
+    assert _migrations(tmp_path) == 1  # not migrated again
+    assert sorted(p.name for p in home.iterdir()) == sorted(["airflow.db", "logs", name])
+    assert (home / "airflow.db").read_bytes() == (home / name).read_bytes()
+    with closing(sqlite3.connect(home / "airflow.db")) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'dag_run'").fetchone() is None
+
+
+def test_a_database_migrated_by_another_airflow_version_or_damaged_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demo, "migrated_db_name", lambda: "migrated-airflow-3.3.1-3.3.1.db")
+    _fresh_home(tmp_path)
+    monkeypatch.setattr(demo, "migrated_db_name", lambda: "migrated-airflow-3.3.2-3.3.2.db")
+    home = _fresh_home(tmp_path)
+    assert _migrations(tmp_path) == 2
+    assert not (home / "migrated-airflow-3.3.1-3.3.1.db").exists()
+    (home / "migrated-airflow-3.3.2-3.3.2.db").write_bytes(b"not a database")
+    _fresh_home(tmp_path)
+    assert _migrations(tmp_path) == 3
+    assert demo.is_migrated_db(home / "migrated-airflow-3.3.2-3.3.2.db")
+
+
+def test_a_symbolic_link_in_place_of_the_home_is_removed_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (tmp_path / ".airflow").symlink_to(elsewhere)
+    home = _fresh_home(tmp_path)
+    assert not home.is_symlink() and (elsewhere / "keep.txt").read_text() == "mine"
