@@ -29,7 +29,6 @@ import math
 import os
 import re
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ from datetime import datetime, timezone
 from itertools import accumulate
 from typing import IO, Any
 
+from airflow_provider_ciexport.core.liveness import dead_here, holder
 from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError
 
@@ -933,50 +933,6 @@ def _shown_owner(owner: Any) -> str:
     return "a run whose lease names it in an unexpected form"
 
 
-def _pid_namespace() -> int | None:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-
-
-#: Where this machine's identifiers are read: the boot id changes at every boot, so it tells apart
-#: cloned VMs (which share a host name, a machine id and the initial pid namespace's inode number) and
-#: gives the pid namespace's inode number a meaning (it is unique only within one running kernel);
-#: the machine id tells apart machines that happen to share a boot id (it is absent in many containers).
-_MACHINE_FILES = {
-    "boot_id": "/proc/sys/kernel/random/boot_id",
-    "machine_id": "/etc/machine-id",
-}
-_MACHINE_ID_SHAPE = re.compile(r"[0-9a-fA-F-]{16,64}")
-
-
-def _machine_ids() -> dict[str, str | None]:
-    """This machine's boot id and machine id, each ``None`` when it cannot be read."""
-    ids: dict[str, str | None] = {}
-    for name, path in _MACHINE_FILES.items():
-        try:
-            with open(path, "rb") as f:
-                value = f.read(80).decode("ascii").strip()
-        except (OSError, UnicodeDecodeError):
-            value = ""
-        ids[name] = value if _MACHINE_ID_SHAPE.fullmatch(value) else None
-    return ids
-
-
-def _gone(pid: Any) -> bool:
-    """Whether no process with this id runs in this pid namespace."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
 @dataclass
 class StateLease:
     """A lease file (``<state>.lock``) that keeps two runs of one export from using a state at once.
@@ -1042,10 +998,7 @@ class StateLease:
             "kind": LEASE_KIND,
             "owner": self.owner,
             "token": self.token,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "pid_namespace": _pid_namespace(),
-            **_machine_ids(),
+            **holder(),
             "renewed_at": time.time(),
         }
         data = json.dumps(body).encode()
@@ -1062,24 +1015,6 @@ class StateLease:
             f.write(data)
         os.replace(tmp, local)
 
-    def _dead_here(self, held: dict[str, Any]) -> bool:
-        """The lease was written on this machine, in this pid namespace, by a process now gone.
-
-        "This machine" means every identifier the lease records matches: host name, boot id, machine
-        id and pid namespace. A lease without a boot id (an older version wrote it) or written where
-        none could be read is not known to be from here, so it is taken over only once it expires.
-        """
-        ns = _pid_namespace()
-        ids = _machine_ids()
-        return (
-            ns is not None
-            and ids["boot_id"] is not None
-            and held.get("host") == socket.gethostname()
-            and held.get("pid_namespace") == ns
-            and all(name in held and held[name] == value for name, value in ids.items())
-            and _gone(held.get("pid"))
-        )
-
     def acquire(self) -> None:
         """Take the lease, or fail naming the run that holds it.
 
@@ -1089,7 +1024,7 @@ class StateLease:
         held = self._read()
         if isinstance(held, _Foreign):
             raise self._foreign_error()
-        if held is not None and held["token"] != self.token and not self._dead_here(held):
+        if held is not None and held["token"] != self.token and not dead_here(held):
             age = time.time() - float(held["renewed_at"])
             if age < self.ttl_s:
                 raise StateBusyError(
