@@ -63,10 +63,6 @@ def named_refusals(messages: Sequence[str], batch: Batch, rejected: int) -> tupl
 #: are built, so the rest is plenty for them (commit 7ff26f5: capped at one poll a second, 44
 #: activities of the 1M benchmark took 44 s to confirm).
 _POLL_SHARE = 0.5
-#: The first poll this long after an import is answered at the documented 4 requests a second,
-#: sooner at a faster rate (commit 6036ba3: bodies were held for nothing on raised limits).
-_FIRST_POLL_S = 0.5
-
 
 class ConstantContactDestination(HookDestination):
     """Constant Contact's side of an export: JSON imports sized by bytes, followed to the end.
@@ -85,7 +81,7 @@ class ConstantContactDestination(HookDestination):
     # their activities (their bodies are kept to be resent if one fails: 48 MB at most).
     max_in_flight = 8
     max_unconfirmed = 12
-    poll_interval = _FIRST_POLL_S
+    poll_interval = 0.5  # at the documented rate; a key's own pace: ConstantContactHook.first_poll_s
     max_poll_interval = 5.0
 
     def __init__(self, hook: ConstantContactHook, list_ids: Sequence[Any]) -> None:
@@ -97,10 +93,7 @@ class ConstantContactDestination(HookDestination):
         # The first poll half a second after an import is answered at the documented 4 requests a
         # second, sooner on a key with raised limits (or a sandbox that scales time): every body is
         # kept until its activity is confirmed, so a late first poll holds memory for nothing.
-        self.poll_interval = min(
-            self.poll_interval,
-            _FIRST_POLL_S * ConstantContactHook.DEFAULT_REQUESTS_PER_SECOND / hook.requests_per_second,
-        )
+        self.poll_interval = hook.first_poll_s
         self._list_ids = parse_list_ids(list_ids)
         self._encoder = JsonImportEncoder(self._list_ids)
 
