@@ -61,7 +61,7 @@ class Segment:
 
     def rows(self) -> list[dict[str, str]]:
         return [
-            {"email": f"person.{i}@example.com", "first": f"P{i}v{self.version.get(i, 0)}"}
+            {"email": f"person.{i:08d}@example.com", "first": f"P{i}v{self.version.get(i, 0)}"}
             for i in self.members
         ]
 
