@@ -217,8 +217,6 @@ def _project(out: dict[str, Any], profiles: int) -> dict[str, Any]:
         "ac_imports": ac_imports,
         "ac_requests": round(ac_all),
         "ac_minutes": round(max(ac_imports / 100, ac_all / 5 / 60), 2),
-        # The next run reads the lists' status-2 members, the export's own removals included.
-        "ac_next_run_status2_reads": math.ceil(removed / 100),
         "ac_unchanged_writes": _writes(out["ac"]["unchanged"]["requests"]),
         "cc_activities": cc_activities,
         "cc_requests": round(cc_all),
@@ -423,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"  ActiveCampaign: {p['ac_imports']} imports, {p['ac_requests']} requests in all: "
-        f"{p['ac_minutes']} min at the real limits (goal < 2); the next run reads "
-        f"{p['ac_next_run_status2_reads']} pages of status-2 members"
+        f"{p['ac_minutes']} min at the real limits (goal < 2)"
     )
     print(
         f"  Constant Contact: {p['cc_activities']} activities, {p['cc_requests']} requests: "

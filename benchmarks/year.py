@@ -188,6 +188,15 @@ def _ratio(last: int, base: int) -> float | None:
     return round(last / base, 3) if base else None
 
 
+def _keep_endpoints_of_summary_days(out: dict[str, Any]) -> None:
+    """Keep the requests by endpoint of the summary's days only (the results file stays small)."""
+    for dest in ("ac", "cc"):
+        days = {int(d) for d in out["summary"][dest]["days"]}
+        for run in out[dest]:
+            if run["day"] not in days:
+                run.pop("by_endpoint", None)
+
+
 def plot(out: dict[str, Any], path: Path) -> None:
     """Requests beyond imports per run over the year, both destinations."""
     import matplotlib
@@ -229,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = simulate(args.profiles, args.days, args.scale)
     out["summary"] = summary(out)
+    _keep_endpoints_of_summary_days(out)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     plot(out, args.plot)
