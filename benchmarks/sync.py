@@ -140,17 +140,7 @@ def measure_requests(profiles: int) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="ciexport-sync-bench-") as tmp,
         SandboxServer(SandboxConfig(rate_scale=scale)) as sandbox,
     ):
-        # Exports keep account leases in Airflow Variables: a migrated metadata DB of their own.
-        os.environ["AIRFLOW_HOME"] = tmp
-        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp}/airflow.db"
-        os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-        os.environ["AIRFLOW_CONN_ACTIVECAMPAIGN_DEFAULT"] = json.dumps(
-            sandbox.ac_connection(imports_per_minute=100 * scale, requests_per_second=5 * scale)
-        )
-        os.environ["AIRFLOW_CONN_CONSTANTCONTACT_DEFAULT"] = json.dumps(
-            sandbox.cc_connection(requests_per_second=4 * scale)
-        )
+        in_process_airflow(tmp, sandbox, scale)
         from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
         from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 
@@ -182,6 +172,22 @@ def measure_requests(profiles: int) -> dict[str, Any]:
             out[dest] = runs
     out["projection_1m"] = _project(out, profiles)
     return out
+
+
+def in_process_airflow(home: str, sandbox: Any, scale: float) -> None:
+    """For operators run in this process: an Airflow home with a migrated metadata DB of its own
+    (exports keep account leases in Airflow Variables), and both default connections on ``sandbox``
+    at ``scale`` times the documented limits."""
+    os.environ["AIRFLOW_HOME"] = home
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home}/airflow.db"
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    os.environ["AIRFLOW_CONN_ACTIVECAMPAIGN_DEFAULT"] = json.dumps(
+        sandbox.ac_connection(imports_per_minute=100 * scale, requests_per_second=5 * scale)
+    )
+    os.environ["AIRFLOW_CONN_CONSTANTCONTACT_DEFAULT"] = json.dumps(
+        sandbox.cc_connection(requests_per_second=4 * scale)
+    )
 
 
 def _requests(sandbox: Any, dest: str) -> dict[str, int]:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -119,6 +117,8 @@ def _operator(dest: str, rows: list[dict[str, str]], state_path: str) -> Any:
 
 def simulate(profiles: int, days: int, scale: float) -> dict[str, Any]:
     """Run the year against a fresh sandbox; return the figures of every run per destination."""
+    from sync import in_process_airflow
+
     from airflow_provider_ciexport.tools.sandbox import SandboxConfig, SandboxServer
 
     out: dict[str, Any] = {"profiles": profiles, "days": days, "scale": scale}
@@ -126,7 +126,7 @@ def simulate(profiles: int, days: int, scale: float) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="ciexport-year-bench-") as tmp,
         SandboxServer(SandboxConfig(rate_scale=scale)) as sandbox,
     ):
-        _airflow_home(tmp, sandbox, scale)
+        in_process_airflow(tmp, sandbox, scale)
         for dest in ("ac", "cc"):
             segment = Segment(profiles)
             runs = []
@@ -148,20 +148,6 @@ def simulate(profiles: int, days: int, scale: float) -> dict[str, Any]:
                     )
             out[dest] = runs
     return out
-
-
-def _airflow_home(tmp: str, sandbox: Any, scale: float) -> None:
-    """A migrated metadata DB of its own (account leases are Airflow Variables) and both connections."""
-    os.environ["AIRFLOW_HOME"] = tmp
-    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp}/airflow.db"
-    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    os.environ["AIRFLOW_CONN_ACTIVECAMPAIGN_DEFAULT"] = json.dumps(
-        sandbox.ac_connection(imports_per_minute=100 * scale, requests_per_second=5 * scale)
-    )
-    os.environ["AIRFLOW_CONN_CONSTANTCONTACT_DEFAULT"] = json.dumps(
-        sandbox.cc_connection(requests_per_second=4 * scale)
-    )
 
 
 def summary(out: dict[str, Any]) -> dict[str, Any]:

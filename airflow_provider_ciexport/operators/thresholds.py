@@ -66,29 +66,16 @@ def threshold_error(
     ``max_invalid_fraction``; a share equal to its limit passes. No rows read, no contact sent, or
     ``rejected`` unknown (no wait, a dry run) never fails. The message holds counts only.
     """
-    reasons = []
-    if _over(report.get("rejected"), report.get("submitted"), max_rejected_fraction):
-        assert max_rejected_fraction is not None
-        reasons.append(
-            _share(
-                report["rejected"],
-                report["submitted"],
-                "contacts sent were refused by the destination",
-                "max_rejected_fraction",
-                max_rejected_fraction,
-            )
-        )
-    if _over(report.get("invalid"), report.get("read"), max_invalid_fraction):
-        assert max_invalid_fraction is not None
-        reasons.append(
-            _share(
-                report["invalid"],
-                report["read"],
-                "rows read were invalid",
-                "max_invalid_fraction",
-                max_invalid_fraction,
-            )
-        )
+    checks = (
+        ("rejected", "submitted", "contacts sent were refused by the destination", "max_rejected_fraction"),
+        ("invalid", "read", "rows read were invalid", "max_invalid_fraction"),
+    )
+    limits = {"max_rejected_fraction": max_rejected_fraction, "max_invalid_fraction": max_invalid_fraction}
+    reasons = [
+        _share(report[part], report[whole], what, name, limit)
+        for part, whole, what, name in checks
+        if (limit := limits[name]) is not None and _over(report.get(part), report.get(whole), limit)
+    ]
     if not reasons:
         return None
     done = "Dry run: nothing was sent" if report.get("dry_run") else "The export finished"

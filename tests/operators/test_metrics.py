@@ -18,13 +18,12 @@ from airflow.sdk.observability.metrics import stats_utils
 from airflow.sdk.observability.stats import Stats
 
 from airflow_provider_ciexport.exceptions import ExportThresholdError
-from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.metrics import COUNTERS, export_tags
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
-from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.export.fakes import FakeDestination
+from tests.operators.memory_operator import MemoryOperator
 
 MAPPING = {"email": "email", "first_name": "first"}
 #: metric -> report key, as the Metrics page documents them.
@@ -93,21 +92,6 @@ def statsd(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatsdListener]:
     listener.close()
 
 
-class _Operator(BaseSegmentExportOperator):
-    """The shared operator with an in-memory destination."""
-
-    destination: FakeDestination
-
-    def get_destination(self) -> Destination:
-        return self.destination
-
-    def get_list_url(self, destination: Destination) -> str | None:
-        return None
-
-    def get_lineage_namespace(self) -> str:
-        return "fake://account"
-
-
 def _rows(valid: int, invalid: int = 0) -> list[dict[str, Any]]:
     good = [{"email": f"person.{i}@example.com", "first": f"P{i}"} for i in range(valid)]
     return good + [{"email": f"bad-{i}", "first": "B"} for i in range(invalid)]
@@ -134,7 +118,9 @@ def _assert_metrics_equal_the_report(
 
 
 def test_the_metrics_equal_the_report(statsd: StatsdListener) -> None:
-    operator = _Operator(task_id="export", list_id="L1", field_mapping=MAPPING, records=_rows(10, invalid=2))
+    operator = MemoryOperator(
+        task_id="export", list_id="L1", field_mapping=MAPPING, records=_rows(10, invalid=2)
+    )
     operator.destination = FakeDestination(rejected={1: 2})
     report = operator.execute(context={})  # type: ignore[arg-type]
     received = statsd.metrics()
@@ -145,7 +131,7 @@ def test_the_metrics_equal_the_report(statsd: StatsdListener) -> None:
 
 
 def test_a_failed_export_sends_its_metrics_too(statsd: StatsdListener) -> None:
-    operator = _Operator(
+    operator = MemoryOperator(
         task_id="export",
         list_id="L1",
         field_mapping=MAPPING,
@@ -161,7 +147,7 @@ def test_a_failed_export_sends_its_metrics_too(statsd: StatsdListener) -> None:
 
 
 def test_a_dry_run_sends_no_metrics(statsd: StatsdListener) -> None:
-    operator = _Operator(
+    operator = MemoryOperator(
         task_id="export", list_id="L1", field_mapping=MAPPING, records=_rows(3), dry_run=True
     )
     operator.destination = FakeDestination()
@@ -170,7 +156,7 @@ def test_a_dry_run_sends_no_metrics(statsd: StatsdListener) -> None:
 
 
 def test_without_the_wait_refusals_are_not_sent(statsd: StatsdListener) -> None:
-    operator = _Operator(
+    operator = MemoryOperator(
         task_id="export", list_id="L1", field_mapping=MAPPING, records=_rows(4), wait_for_completion=False
     )
     operator.destination = FakeDestination()
@@ -183,7 +169,7 @@ def test_without_the_wait_refusals_are_not_sent(statsd: StatsdListener) -> None:
 def test_tags_reach_a_statsd_that_takes_them(statsd: StatsdListener, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED", "True")
     Stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=True)
-    operator = _Operator(task_id="group.export", list_id="L1", field_mapping=MAPPING, records=_rows(3))
+    operator = MemoryOperator(task_id="group.export", list_id="L1", field_mapping=MAPPING, records=_rows(3))
     operator.destination = FakeDestination()
 
     class TaskInstance:

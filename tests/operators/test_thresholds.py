@@ -12,32 +12,16 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError, ExportThresholdError
-from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.operators import base
 from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSegmentExportOperator
-from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 from airflow_provider_ciexport.operators.thresholds import threshold_error
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.export.fakes import FakeDestination
 from tests.operators import segment_data
+from tests.operators.memory_operator import MemoryOperator
 
 MAPPING = {"email": "email", "first_name": "first"}
-
-
-class _Operator(BaseSegmentExportOperator):
-    """The shared operator with an in-memory destination."""
-
-    destination: FakeDestination
-
-    def get_destination(self) -> Destination:
-        return self.destination
-
-    def get_list_url(self, destination: Destination) -> str | None:
-        return None
-
-    def get_lineage_namespace(self) -> str:
-        return "fake://account"
 
 
 def _rows(valid: int, invalid: int = 0) -> list[dict[str, Any]]:
@@ -50,8 +34,10 @@ def _run(
     rejected: dict[int, int] | None = None,
     context: dict[str, Any] | None = None,
     **kwargs: Any,
-) -> tuple[_Operator, dict[str, Any]]:
-    operator = _Operator(task_id="export", list_id="L1", field_mapping=MAPPING, records=records, **kwargs)
+) -> tuple[MemoryOperator, dict[str, Any]]:
+    operator = MemoryOperator(
+        task_id="export", list_id="L1", field_mapping=MAPPING, records=records, **kwargs
+    )
     operator.destination = FakeDestination(rejected=rejected)
     return operator, operator.execute(context=context or {})  # type: ignore[arg-type]
 
@@ -84,7 +70,7 @@ def test_invalid_share_over_max_invalid_fraction_fails(limit: float, fails: bool
 
 
 def test_the_failure_comes_after_every_valid_contact_was_sent() -> None:
-    operator = _Operator(
+    operator = MemoryOperator(
         task_id="export",
         list_id="L1",
         field_mapping=MAPPING,
@@ -177,13 +163,13 @@ def test_the_report_is_pushed_to_xcom_before_the_failure(
 @pytest.mark.parametrize("value", [-0.1, 1.5, "0.2", True, float("nan")])
 def test_a_threshold_outside_0_to_1_is_refused_naming_it(name: str, value: Any) -> None:
     with pytest.raises(ExportConfigurationError, match=rf"^{name} must be a number between 0 and 1") as err:
-        _Operator(task_id="export", list_id="L1", field_mapping=MAPPING, records=[], **{name: value})
+        MemoryOperator(task_id="export", list_id="L1", field_mapping=MAPPING, records=[], **{name: value})
     assert "0.05 for 5%" in str(err.value)
 
 
 @pytest.mark.parametrize("value", [0, 1, 0.05, None])
 def test_a_threshold_of_0_to_1_or_none_is_accepted(value: Any) -> None:
-    operator = _Operator(
+    operator = MemoryOperator(
         task_id="export", list_id="L1", field_mapping=MAPPING, records=[], max_invalid_fraction=value
     )
     assert operator.max_invalid_fraction == (None if value is None else float(value))
@@ -193,7 +179,7 @@ def test_max_removal_fraction_takes_no_none() -> None:
     with pytest.raises(
         ExportConfigurationError, match="max_removal_fraction must be a number between 0 and 1"
     ):
-        _Operator(
+        MemoryOperator(
             task_id="export", list_id="L1", field_mapping=MAPPING, records=[], max_removal_fraction=None
         )
 
