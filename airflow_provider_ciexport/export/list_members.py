@@ -33,7 +33,7 @@ def members_needed(
     state = loaded.state
     if not len(state) or sync.full_refresh or loaded.distrust is not None:
         return False
-    due = members_check_due(state, sync.check_members_every_s, time.time())
+    due = full_read_due(state.members_read_at, sync.check_members_every_s, time.time(), "the lists' members")
     return due or lists_changed(destination, state)
 
 
@@ -52,16 +52,19 @@ def lists_changed(destination: Destination, state: SyncState) -> bool:
     return True
 
 
-def members_check_due(state: SyncState, every_s: float | None, now: float) -> bool:
-    """Whether the user's ``check_members_every`` asks for a full read of the members this run."""
+def full_read_due(last: float | None, every_s: float | None, now: float, what: str) -> bool:
+    """Whether the user's ``check_members_every`` asks for a full read of ``what`` this run.
+
+    :param last: when the last full read of it was (Unix seconds; ``None``: never).
+    """
     if every_s is None:
         return False
-    last = state.members_read_at
     if last is not None and now - last < every_s:
         return False
     log.info(
-        "Reading the lists' members to repair what changed outside this export (check_members_every: "
-        "the last full read was %s).",
+        "Reading %s in full, to repair what changed outside this export (check_members_every: the "
+        "last full read was %s).",
+        what,
         "never" if last is None else f"{(now - last) / 86400:,.1f} days ago",
     )
     return True

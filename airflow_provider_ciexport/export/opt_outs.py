@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.export.destination import Destination
-from airflow_provider_ciexport.export.list_members import members_check_due
+from airflow_provider_ciexport.export.list_members import full_read_due
 from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.state import REMOVED, UNSUBSCRIBED, LoadedState, SyncState, email_key
 from airflow_provider_ciexport.export.sync import SyncSettings
@@ -41,7 +41,8 @@ class OptOuts:
         until it is written, so the run asks this set too.
     :param count: the destination's count at the start of the run (``None``: it cannot count).
     :param read_at: when this run's read started (``None``: nobody was read).
-    :param complete: ``emails`` is everyone who opted out (a full read), not only who changed.
+    :param complete: ``emails`` is everyone who opted out (a full read, at ``read_at``), not only who
+        changed.
     """
 
     emails: EmailSet
@@ -88,7 +89,9 @@ def _record_usable(sync: SyncSettings, loaded: LoadedState) -> bool:
         and loaded.distrust is None
         and not sync.full_refresh
         and stored.opted_out_count is not None
-        and not members_check_due(stored, sync.check_members_every_s, time.time())
+        and not full_read_due(
+            stored.opted_out_full_read_at, sync.check_members_every_s, time.time(), "who opted out"
+        )
     )
 
 

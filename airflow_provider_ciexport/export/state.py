@@ -298,8 +298,9 @@ class SyncState:
         #: People the destination showed as opted out when the state was written, as it counts them
         #: (``None``: not known): a run that counts the same reads none of them (see :mod:`.opt_outs`).
         self.opted_out_count: int | None = None
-        #: When a run last read who opted out (Unix seconds; ``None``: never).
+        #: When a run last read who opted out (Unix seconds; ``None``: never), and everyone who did.
         self.opted_out_read_at: float | None = None
+        self.opted_out_full_read_at: float | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -455,6 +456,7 @@ class SyncState:
         folded.members_read_at = self.members_read_at
         folded.opted_out_count = self.opted_out_count
         folded.opted_out_read_at = self.opted_out_read_at
+        folded.opted_out_full_read_at = self.opted_out_full_read_at
         return folded
 
     def _write_new_only(
@@ -737,6 +739,7 @@ def _read_run_notes(state: SyncState, header: dict[str, Any]) -> None:
     opted_out = header.get("opted_out_count")
     state.opted_out_count = opted_out if type(opted_out) is int and opted_out >= 0 else None
     state.opted_out_read_at = _time_or_none(header.get("opted_out_read_at"))
+    state.opted_out_full_read_at = _time_or_none(header.get("opted_out_full_read_at"))
 
 
 def _time_or_none(value: Any) -> float | None:
@@ -820,6 +823,7 @@ def _header(state: SyncState, key_id: str, role: FileRole, generation: int) -> b
             "members_read_at": state.members_read_at,
             "opted_out_count": state.opted_out_count,
             "opted_out_read_at": state.opted_out_read_at,
+            "opted_out_full_read_at": state.opted_out_full_read_at,
         }
     ).encode()
 

@@ -396,6 +396,8 @@ def _note_counts(
     state.opted_out_count = closing_opt_out_count(destination, opt_outs.count, own)
     if opt_outs.read_at is not None:
         state.opted_out_read_at = opt_outs.read_at
+        if opt_outs.complete:
+            state.opted_out_full_read_at = opt_outs.read_at
 
 
 def leavers_before_sending(

@@ -124,3 +124,29 @@ def test_one_the_export_removed_who_was_deleted_and_comes_back_is_on_the_list_ag
     assert after["skipped_unsubscribed"] == 0
     assert destination.member_emails() == emails(segment(range(10)))
     assert back["readded"] == 1
+
+
+def test_the_scheduled_full_read_of_who_opted_out_follows_its_own_last_full_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Constant Contact reads the members on every run with removals; that must not put off the
+    scheduled full read of who opted out."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    from airflow_provider_ciexport.export import list_members, opt_outs, sync_run
+
+    day = 86_400.0
+    clock = SimpleNamespace(time=real_time.time)
+    for module in (list_members, opt_outs, sync_run):
+        monkeypatch.setattr(module, "time", clock)
+    destination = MemoryListDestination()
+    export = Export(tmp_path, destination)
+    start = real_time.time()
+    export.run(segment(range(10)), check_members_every_s=1.5 * day)  # everyone read
+    clock.time = lambda: start + day
+    export.run(segment(range(1, 10)), check_members_every_s=1.5 * day)  # members read for a removal
+    assert (destination.member_reads, destination.opt_out_reads) == (2, 1)
+    clock.time = lambda: start + 2 * day
+    export.run(segment(range(1, 10)), check_members_every_s=1.5 * day)
+    assert destination.opt_out_reads == 2
