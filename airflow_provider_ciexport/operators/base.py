@@ -132,9 +132,10 @@ class BaseSegmentExportOperator(BaseOperator):
         refused more than this share of the contacts sent (``rejected / submitted``); ``None``: never.
     :param max_invalid_fraction: fail the task, once the export has finished, if more than this share
         of the rows read were invalid (``invalid / read``); ``None``: never.
-    :param check_members_every: with a state, also read the lists' members in full (to repair what
-        changed outside the export) when the last full read is older than this ``timedelta``, even if
-        the lists' member count did not change. ``None`` (the default): only when it changed.
+    :param check_members_every: with a state, also read the lists' members and everyone who opted
+        out in full (to repair what changed outside the export) when the last full read is older
+        than this ``timedelta``, even if their counts did not change. ``None`` (the default): only
+        when a count changed.
     """
 
     # Not "records": rendered fields are stored in the metadata database and shown in the UI.
