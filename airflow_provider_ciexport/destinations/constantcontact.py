@@ -64,6 +64,7 @@ def named_refusals(messages: Sequence[str], batch: Batch, rejected: int) -> tupl
 #: activities of the 1M benchmark took 44 s to confirm).
 _POLL_SHARE = 0.5
 
+
 class ConstantContactDestination(HookDestination):
     """Constant Contact's side of an export: JSON imports sized by bytes, followed to the end.
 

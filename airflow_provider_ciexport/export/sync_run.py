@@ -24,6 +24,7 @@ from airflow_provider_ciexport.export.list_members import (
     read_members,
 )
 from airflow_provider_ciexport.export.opt_outs import OptOuts, closing_opt_out_count, known_opt_outs
+from airflow_provider_ciexport.export.outcomes import OutcomeHooks
 from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.spool import RowSpool
@@ -252,9 +253,10 @@ class SyncRun:
         )
 
     def changed(
-        self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher
+        self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher, outcomes: OutcomeHooks
     ) -> Iterator[tuple[dict[str, str], bytes]]:
-        """Only the contacts that need sending; the rest are counted (unchanged, opted out)."""
+        """Only the contacts that need sending; the rest are counted (unchanged, opted out) and each
+        verdict told to ``outcomes``."""
         diff = self.diff
         assert diff is not None
         for contact, item in items:
@@ -262,6 +264,7 @@ class SyncRun:
                 yield contact, item  # too large to send at all: counted where the batches are made
                 continue
             kind, index, key, digest = diff.classify(contact["email"], item)
+            outcomes.classified(kind)
             if kind in (UNCHANGED, OPTED_OUT):
                 continue
             # Read each time: dispatching a batch moves the pending entries out.
