@@ -196,7 +196,9 @@ def test_a_batch_that_failed_for_good_is_logged_failed(tmp_path: Path) -> None:
     assert len(rows) == len(messy())
 
 
-def test_the_task_log_names_only_the_path_and_the_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_task_log_names_only_the_path_and_the_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     export(MemoryListDestination(), tmp_path / "log.csv")
     assert "person" not in caplog.text.lower() and "@" not in caplog.text
