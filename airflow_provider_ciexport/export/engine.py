@@ -300,9 +300,8 @@ class SegmentExporter:
                 self._delivery.send_batches(itertools.chain(head, items), batcher, checkpoint)
         if sync_run is not None and not self._delivery.ended_early():
             removal_polls = RateLimiter(destination.max_poll_rate, 1.0)
-            sync_run.finish(
-                self._read_all, partial(self._delivery.follow_removal, poll_limiter=removal_polls)
-            )
+            follow = partial(self._delivery.follow_removal, poll_limiter=removal_polls)
+            sync_run.finish(self._read_all, follow, self._outcomes)
 
     def _end_of_run(self, builder: ContactBuilder, checkpoint: Checkpoint) -> None:
         """Whatever happened: the report's counts, the checkpoint and the state saved, the report logged."""

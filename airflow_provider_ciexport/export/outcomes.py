@@ -172,6 +172,9 @@ class OutcomeHooks:
     def small(self, accepted: int, total: int) -> None:
         """The whole (small) segment was sent by single calls; ``accepted`` of ``total`` taken."""
 
+    def removals(self, emails: Sequence[str], result: JobResult) -> None:
+        """A removal job for ``emails`` ended with ``result``."""
+
     def close(self) -> None:
         """The run ended (or stopped): write what is known and close the file."""
 
@@ -451,6 +454,18 @@ class OutcomeLog(OutcomeHooks):
         self._pending.clear()
         self.confirmed(0, JobResult(ok=True, accepted=accepted, rejected=total - accepted))
 
+    def removals(self, emails: Sequence[str], result: JobResult) -> None:
+        """One row a contact removed (or not): named by the keyed hash of its e-mail, the only name the
+        sync state knows for a contact no longer in the segment."""
+        refused = {e.lower() for e in result.refused or ()}
+        for email in emails:
+            if not result.ok:
+                status, reason = "removal_refused", f"job_{result.state}"
+            else:
+                status, reason = ("removal_refused", "refused") if email in refused else ("removed", "")
+            row_id = self._hash(email) if self._hash is not None else ""
+            self._write(None, row_id, "remove", status, reason)
+
     def close(self) -> None:
         """Write the contacts the run never confirmed (stopped), close the file, log where it is."""
         if self._writer is None:
@@ -478,7 +493,7 @@ class OutcomeLog(OutcomeHooks):
 
     def _write(
         self,
-        number: int,
+        number: int | None,
         row_id: str,
         operation: str,
         status: str,

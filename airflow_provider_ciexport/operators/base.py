@@ -364,7 +364,7 @@ class BaseSegmentExportOperator(BaseOperator):
         if self.source_path is not None:
             check_storage_path(str(self.source_path), "source_path")
         sync = self._sync_settings(context)
-        outcomes = self._outcome_settings(context)
+        outcomes = self._outcome_settings(context, sync)
         source = self._source = make_source(
             sql=self.sql,
             sql_conn_id=self.sql_conn_id,
@@ -441,13 +441,16 @@ class BaseSegmentExportOperator(BaseOperator):
             keys=state_keys(self.state_key_conn_id),
         )
 
-    def _outcome_settings(self, context: Context | Mapping[str, Any]) -> OutcomeSettings | None:
-        """Where the run writes its outcome log (``None``: nowhere), checked before anything is read."""
+    def _outcome_settings(
+        self, context: Context | Mapping[str, Any], sync: SyncSettings | None
+    ) -> OutcomeSettings | None:
+        """Where the run writes its outcome log (``None``: nowhere), checked before anything is read.
+        Removals are named by the keyed hash of the e-mail: with a state, its keys are at hand."""
         path = (self.outcomes_path or "").strip() if isinstance(self.outcomes_path, str) else ""
         if not path:
             return None
-        keys = None
-        if not self.outcome_key:
+        keys = sync.keys if sync is not None else None
+        if not self.outcome_key and keys is None:
             try:
                 keys = state_keys(self.state_key_conn_id)
             except ExportConfigurationError as error:

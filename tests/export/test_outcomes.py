@@ -232,3 +232,24 @@ def test_parquet_without_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch
 def test_a_missing_key_column_is_named(tmp_path: Path) -> None:
     with pytest.raises(ExportConfigurationError, match="'customer_id'"):
         export(FakeDestination(), tmp_path / "log.csv", key=("customer_id",))
+
+
+@pytest.mark.parametrize("removal_unsubscribes", [False, True], ids=["removes", "unsubscribes"])
+def test_mirror_logs_one_row_per_removal_named_by_the_keyed_hash(
+    tmp_path: Path, removal_unsubscribes: bool
+) -> None:
+    destination = MemoryListDestination(removal_unsubscribes=removal_unsubscribes)
+    sync = SyncSettings(state_path=f"file://{tmp_path}/s.state", mode="mirror", keys=KEYS)
+    export(destination, tmp_path / "first.csv", sync=sync)
+    records = [row for row in messy() if row["id"] not in (11, 12)]
+    report = export(destination, tmp_path / "second.csv", sync=sync, records=records)
+    rows = read_log(tmp_path / "second.csv")
+    removals = [row for row in rows if row["operation"] == "remove"]
+    check_counts([row for row in rows if row["operation"] != "remove"], report, named=True)
+    assert Counter(row["status"] for row in removals) == {"removed": report["removed"]} == {"removed": 2}
+    row_id = hashed_row_ids(KEYS)
+    assert {row["row_id"] for row in removals} == {
+        row_id("person.11@example.com"),
+        row_id("person.12@example.com"),
+    }
+    assert all(row["row_number"] == "" for row in removals)
