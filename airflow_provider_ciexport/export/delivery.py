@@ -17,6 +17,7 @@ from airflow_provider_ciexport.exceptions import CiExportError, ExportIncomplete
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
 from airflow_provider_ciexport.export.checkpoint import Admitted, Checkpoint, batch_digest
 from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.export.outcomes import NO_OUTCOMES, OutcomeHooks
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sync import BatchEntries
 from airflow_provider_ciexport.export.sync_run import SyncRun
@@ -41,6 +42,7 @@ class Delivery:
     :param stop: set to stop sending (``on_kill``, or a batch failed for good).
     :param max_resubmits: how many times a batch whose job ended failed is sent again.
     :param on_progress: called after each batch ends (logs a progress line when one is due).
+    :param outcomes: told what happens to each contact (the outcome log; by default nothing).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class Delivery:
         *,
         max_resubmits: int,
         on_progress: Callable[[], None],
+        outcomes: OutcomeHooks = NO_OUTCOMES,
     ) -> None:
         self.destination = destination
         self.report = report
@@ -59,6 +62,7 @@ class Delivery:
         self.stop = stop
         self.max_resubmits = max_resubmits
         self.on_progress = on_progress
+        self.outcomes = outcomes
         #: The first error that ended the export (a batch's, or the lease lost before the state was written).
         self.fatal: BaseException | None = None
         #: Contacts in batches whose jobs ended failed every time, and the last such job's state.
@@ -95,6 +99,7 @@ class Delivery:
             sync_run.wait_for_claims(sync_run.sending(0, entries))  # batch numbers start at 1
         accepted = self.destination.send_small(contacts)
         report.record_outcome(accepted, len(contacts) - accepted)
+        self.outcomes.small(accepted, len(contacts))
         if sync_run is not None and entries is not None:
             sync_run.confirmed(0, entries, None, accepted == len(contacts))
 
@@ -152,6 +157,7 @@ class Delivery:
             if not batcher.fits_alone(item):
                 # One contact larger than a whole request: the API could never take it.
                 self.too_large += 1
+                self.outcomes.too_large(batcher.pending)
                 continue
             batch = batcher.add(item)
             if batch is not None:
@@ -165,6 +171,7 @@ class Delivery:
         its entries (the checkpoint then decides whether an earlier try saw it confirmed)."""
         report, sync_run = self.report, self.sync_run
         entries = sync_run.take_batch(batch.contacts) if sync_run is not None else None
+        self.outcomes.batched(batch, sent=not report.dry_run)
         if report.dry_run:
             report.would_batches += 1
             report.would_submit += batch.contacts
@@ -179,6 +186,7 @@ class Delivery:
         assert admitted.resumed is not None
         self.report.resumed_batches += 1
         self.report.record_outcome(*admitted.resumed)
+        self.outcomes.confirmed(admitted.batch.number, JobResult(True, *admitted.resumed), "resumed")
         self.resumed_contacts += sum(admitted.resumed)
         if self.sync_run is not None and admitted.payload is not None:
             self.sync_run.resumed(admitted.payload, admitted.accepted_all)
@@ -231,13 +239,14 @@ class Delivery:
         def submit(attempt: int) -> str:
             with submit_gate:
                 job_id = destination.submit(batch)
+            self.outcomes.submitted(batch.number, job_id)
             with self._lock:
                 self.unconfirmed += batch.contacts
                 report.resubmitted_batches += 1 if attempt else 0
             return job_id
 
         def wait(job_id: str) -> JobResult:
-            result = self.wait_for(partial(destination.poll, job_id, batch), poll_limiter)
+            result = wait_for(self.stop, destination, partial(destination.poll, job_id, batch), poll_limiter)
             with self._lock:
                 self.unconfirmed -= batch.contacts
             return result
@@ -291,7 +300,8 @@ class Delivery:
     ) -> JobResult:
         """Follow a removal job (see :meth:`follow`), polled at ``poll_limiter``'s pace."""
         return self.follow(
-            lambda _attempt: submit(), lambda job_id: self.wait_for(partial(poll, job_id), poll_limiter)
+            lambda _attempt: submit(),
+            lambda job_id: wait_for(self.stop, self.destination, partial(poll, job_id), poll_limiter),
         )
 
     def _confirmed(
@@ -303,6 +313,7 @@ class Delivery:
         checkpoint: Checkpoint,
     ) -> None:
         self.report.record_outcome(result.accepted, result.rejected)
+        self.outcomes.confirmed(batch.number, result)
         if self.sync_run is not None and entries is not None:
             self.sync_run.confirmed(batch.number, entries, result.refused, result.rejected == 0)
         checkpoint.confirm(batch, digest, result.accepted, result.rejected)
@@ -312,25 +323,29 @@ class Delivery:
             self.report.failed_batches += 1
             self.failed_contacts += batch.contacts
             self.failed_state = result.state
+        self.outcomes.failed(batch.number, result)
         # A job that ended failed may still have added part of the batch: owned, not confirmed.
         if self.sync_run is not None and entries is not None:
             self.sync_run.failed(batch.number, entries)
 
-    # -- following a job -------------------------------------------------------------------------
 
-    def wait_for(self, poll: Callable[[], JobResult | None], poll_limiter: RateLimiter) -> JobResult:
-        """Poll a job (at the export's poll rate) until it ends; stop waiting when the export stops."""
+def wait_for(
+    stop: threading.Event,
+    destination: Destination,
+    poll: Callable[[], JobResult | None],
+    poll_limiter: RateLimiter,
+) -> JobResult:
+    """Poll a job (at the export's poll rate) until it ends; stop waiting when ``stop`` is set."""
 
-        def pause(seconds: float) -> None:
-            if self.stop.wait(seconds):
-                raise Stopped
+    def pause(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Stopped
 
-        def paced_poll() -> JobResult | None:
-            poll_limiter.acquire()
-            return poll()
+    def paced_poll() -> JobResult | None:
+        poll_limiter.acquire()
+        return poll()
 
-        destination = self.destination
-        return poll_until_done(paced_poll, destination.poll_interval, destination.max_poll_interval, pause)
+    return poll_until_done(paced_poll, destination.poll_interval, destination.max_poll_interval, pause)
 
 
 def sending_phase(delivery: Delivery, read_all: bool) -> str:

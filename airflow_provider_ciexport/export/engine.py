@@ -27,6 +27,7 @@ from airflow_provider_ciexport.export.checkpoint import (
 from airflow_provider_ciexport.export.collector import steady_collector
 from airflow_provider_ciexport.export.delivery import Delivery, Stopped, raise_if_incomplete, sending_phase
 from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.export.outcomes import OutcomeSettings, outcome_hooks
 from airflow_provider_ciexport.export.progress import ProgressClock, Ticker, progress_line
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.sources.base import Row, SegmentRows, SegmentSource
@@ -69,6 +70,7 @@ class SegmentExporter:
     :param progress: where confirmed batches are saved so that a retried task does not send them
         again (``None``: no resuming).
     :param sync: keep the lists in sync through a state (``None``: send every contact, remove none).
+    :param outcomes: write what happened to every row there (``None``: no outcome log).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class SegmentExporter:
         settings: ExportSettings | None = None,
         progress: ProgressStore | None = None,
         sync: SyncSettings | None = None,
+        outcomes: OutcomeSettings | None = None,
     ) -> None:
         self.source = source
         self.sync = sync
@@ -106,6 +109,7 @@ class SegmentExporter:
             else None
         )
         self._stop = threading.Event()
+        self._outcomes = outcome_hooks(outcomes, self.report)
         self._delivery = Delivery(
             destination,
             self.report,
@@ -113,6 +117,7 @@ class SegmentExporter:
             self._stop,
             max_resubmits=self.settings.max_resubmits,
             on_progress=self._maybe_log_progress,
+            outcomes=self._outcomes,
         )
         self._total: int | None = None  # rows in the segment; None when read without counting first
         self._read_all = False
@@ -139,7 +144,8 @@ class SegmentExporter:
                 stack.callback(lease.release)
             stack.enter_context(steady_collector())
             # Only the mapped columns are kept, as each row is read.
-            rows = stack.enter_context(self.source.read(self.field_mapping.values()))
+            rows = stack.enter_context(self.source.read(self._outcomes.columns(self.field_mapping.values())))
+            stack.callback(self._outcomes.close)  # after the report and the state (_run's end)
             builder, chunks = self._contact_builder(rows)
             self.destination.prepare(self.field_mapping)
             chunks, rereadable = self._counted(rows, chunks, stack)
@@ -279,7 +285,8 @@ class SegmentExporter:
         )
         sync_run = self._sync_run
         if sync_run is not None:
-            items = sync_run.changed(items, batcher)
+            items = sync_run.changed(items, batcher, self._outcomes)
+        items = self._outcomes.queued(items)
         self._clock.sending()  # the main line's rate counts from here
         head = list(itertools.islice(items, destination.small_segment_max + 1))
         # A contact the export removed comes back through an import, which names the contacts it
@@ -293,14 +300,13 @@ class SegmentExporter:
                 self._delivery.send_batches(itertools.chain(head, items), batcher, checkpoint)
         if sync_run is not None and not self._delivery.ended_early():
             removal_polls = RateLimiter(destination.max_poll_rate, 1.0)
-            sync_run.finish(
-                self._read_all, partial(self._delivery.follow_removal, poll_limiter=removal_polls)
-            )
+            follow = partial(self._delivery.follow_removal, poll_limiter=removal_polls)
+            sync_run.finish(self._read_all, follow, self._outcomes)
 
     def _end_of_run(self, builder: ContactBuilder, checkpoint: Checkpoint) -> None:
         """Whatever happened: the report's counts, the checkpoint and the state saved, the report logged."""
         report = self.report
-        self._copy_counts_to_report(builder)
+        copy_counts_to_report(self.report, builder, self._delivery.too_large, self._sync_run)
         checkpoint.flush()
         self._save_state()
         report.requests = self.destination.requests_made
@@ -311,31 +317,18 @@ class SegmentExporter:
             log.info("%s", line)
 
     def _contacts(self, builder: ContactBuilder, chunks: Iterator[list[Row]]) -> Iterator[dict[str, str]]:
-        report = self.report
+        report, build = self.report, self._outcomes.building(builder)
         for chunk in chunks:
             if self._stop.is_set():
                 raise Stopped
             report.read += len(chunk)
             for row in chunk:
-                contact = builder.build(row)
+                contact = build(row)
                 if contact is not None:
                     yield contact
-            self._copy_counts_to_report(builder)
+            copy_counts_to_report(self.report, builder, self._delivery.too_large, self._sync_run)
             self._maybe_log_progress()
         self._read_all = True
-
-    def _copy_counts_to_report(self, builder: ContactBuilder) -> None:
-        """The report's counts of invalid and duplicate rows, and the sync's, as they stand now."""
-        report = self.report
-        report.invalid_reasons = dict(builder.invalid_reasons)
-        too_large = self._delivery.too_large
-        if too_large:
-            report.invalid_reasons["too_large"] = too_large
-        report.invalid = builder.invalid + too_large
-        report.duplicates = builder.duplicates
-        report.omitted_too_long = dict(builder.omitted_too_long)
-        if self._sync_run is not None and self._sync_run.diff is not None:
-            report.sync.update(self._sync_run.diff.counts)
 
     def _save_state(self) -> None:
         """Write the sync state; a lost lease fails the export (after the report is logged)."""
@@ -355,3 +348,20 @@ class SegmentExporter:
         line = progress_line(self.report, self._total, elapsed, resumed)
         doing = sending_phase(self._delivery, self._read_all)
         log.info("%s export progress (%s): %s", self.destination.name, doing, line)
+
+
+def copy_counts_to_report(
+    report: ExportReport, builder: ContactBuilder, too_large: int, sync_run: SyncRun | None
+) -> None:
+    """The report's counts of invalid and duplicate rows, and the sync's, as they stand now.
+
+    :param too_large: contacts larger than a whole request, never sent (counted as invalid).
+    """
+    report.invalid_reasons = dict(builder.invalid_reasons)
+    if too_large:
+        report.invalid_reasons["too_large"] = too_large
+    report.invalid = builder.invalid + too_large
+    report.duplicates = builder.duplicates
+    report.omitted_too_long = dict(builder.omitted_too_long)
+    if sync_run is not None and sync_run.diff is not None:
+        report.sync.update(sync_run.diff.counts)

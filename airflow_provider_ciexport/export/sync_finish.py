@@ -12,6 +12,7 @@ from functools import partial
 
 from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.export.destination import Destination
+from airflow_provider_ciexport.export.outcomes import NO_OUTCOMES, OutcomeHooks
 from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.state import UNSUBSCRIBED, StateLease, email_key
@@ -67,12 +68,15 @@ class SyncFinish:
         self._removal_ids = removal_ids
         self._opted_out_complete = opted_out_complete
         self._lock = threading.Lock()
+        self._outcomes: OutcomeHooks = NO_OUTCOMES
 
-    def run(self, follow: FollowRemoval) -> None:
+    def run(self, follow: FollowRemoval, outcomes: OutcomeHooks = NO_OUTCOMES) -> None:
         """Re-subscribe the returners, then (mirror) remove the leavers.
 
         :param follow: sends a removal job and follows it to its end.
+        :param outcomes: told of each removal (the outcome log).
         """
+        self._outcomes = outcomes
         diff, sync = self.diff, self.sync
         if self.destination.removal_unsubscribes and diff.readd_emails and not self.dry_run:
             self._readd()
@@ -161,6 +165,7 @@ class SyncFinish:
                 lambda job_id: destination.poll_removal(job_id, contacts),
             )
             progress.advance(len(chunk))
+            self._outcomes.removals([email for email, _ in contacts], result)
             if not result.ok:
                 with self._lock:
                     report.sync["removal_refused"] += len(chunk)

@@ -24,6 +24,7 @@ from airflow_provider_ciexport.export.list_members import (
     read_members,
 )
 from airflow_provider_ciexport.export.opt_outs import OptOuts, closing_opt_out_count, known_opt_outs
+from airflow_provider_ciexport.export.outcomes import NO_OUTCOMES, OutcomeHooks
 from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.spool import RowSpool
@@ -252,9 +253,10 @@ class SyncRun:
         )
 
     def changed(
-        self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher
+        self, items: Iterator[tuple[dict[str, str], bytes]], batcher: Batcher, outcomes: OutcomeHooks
     ) -> Iterator[tuple[dict[str, str], bytes]]:
-        """Only the contacts that need sending; the rest are counted (unchanged, opted out)."""
+        """Only the contacts that need sending; the rest are counted (unchanged, opted out) and each
+        verdict told to ``outcomes``."""
         diff = self.diff
         assert diff is not None
         for contact, item in items:
@@ -262,6 +264,7 @@ class SyncRun:
                 yield contact, item  # too large to send at all: counted where the batches are made
                 continue
             kind, index, key, digest = diff.classify(contact["email"], item)
+            outcomes.classified(kind)
             if kind in (UNCHANGED, OPTED_OUT):
                 continue
             # Read each time: dispatching a batch moves the pending entries out.
@@ -322,12 +325,13 @@ class SyncRun:
 
     # -- after every batch -----------------------------------------------------------------------
 
-    def finish(self, read_all: bool, follow: FollowRemoval) -> None:
+    def finish(self, read_all: bool, follow: FollowRemoval, outcomes: OutcomeHooks = NO_OUTCOMES) -> None:
         """After every batch is confirmed: re-add the contacts the export removed that came back, then
         (mirror) remove the ones the export added that left the segment (see :class:`.SyncFinish`).
 
         :param read_all: whether the whole segment was read (a partial read says nothing of who left).
         :param follow: sends a removal job and follows it to its end.
+        :param outcomes: told of each removal (the outcome log).
         """
         assert self.diff is not None
         if not read_all:
@@ -344,7 +348,7 @@ class SyncRun:
             removal_ids=self._removal_ids,
             opted_out_complete=self._opt_outs is not None and self._opt_outs.complete,
             progress_interval_s=self.progress_interval_s,
-        ).run(follow)
+        ).run(follow, outcomes)
 
     # -- the end ---------------------------------------------------------------------------------
 

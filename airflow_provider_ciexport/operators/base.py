@@ -16,6 +16,7 @@ from airflow_provider_ciexport.core.variables import JsonVariable
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError, say_nothing_was_sent
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
+from airflow_provider_ciexport.export.outcomes import OutcomeSettings, outcome_format
 from airflow_provider_ciexport.export.sources import (
     DEFAULT_MAX_COLUMNS,
     DEFAULT_MAX_LINE_LENGTH,
@@ -136,6 +137,12 @@ class BaseSegmentExportOperator(BaseOperator):
         out in full (to repair what changed outside the export) when the last full read is older
         than this ``timedelta``, even if their counts did not change. ``None`` (the default): only
         when a count changed.
+    :param outcomes_path: where each run writes its outcome log, one row a source row (what happened
+        to it: invalid, duplicate, unchanged, accepted, refused...): an ``ObjectStoragePath`` URI ending
+        with ``.csv``, ``.jsonl`` or ``.parquet`` (the ``parquet`` extra), e.g.
+        ``s3://bucket/ciexport/{{ dag.dag_id }}/{{ run_id }}.csv``. See the Outcome log page. Templated.
+    :param outcome_key: the source column (or columns) that name a row in the outcome log, e.g.
+        ``customer_id``; without it, rows carry a keyed hash of the e-mail (the workers' state key).
     """
 
     # Not "records": rendered fields are stored in the metadata database and shown in the UI.
@@ -148,6 +155,7 @@ class BaseSegmentExportOperator(BaseOperator):
         "state_path",
         "full_refresh",
         "csv_options",
+        "outcomes_path",
     )
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql", "field_mapping": "json", "csv_options": "json"}
@@ -177,6 +185,8 @@ class BaseSegmentExportOperator(BaseOperator):
         max_invalid_fraction: float | None = None,
         check_members_every: timedelta | None = None,
         state_key_conn_id: str = DEFAULT_STATE_KEY_CONN_ID,
+        outcomes_path: str | None = None,
+        outcome_key: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if state_path:
@@ -195,6 +205,10 @@ class BaseSegmentExportOperator(BaseOperator):
         self.max_removal_fraction = max_removal_fraction
         self.check_members_every = _checked_interval(check_members_every)
         self.state_key_conn_id = state_key_conn_id
+        self.outcomes_path = outcomes_path
+        self.outcome_key = _checked_outcome_key(outcome_key)
+        if isinstance(outcomes_path, str) and "{{" not in outcomes_path and outcomes_path.strip():
+            outcome_format(outcomes_path.strip())  # a wrong extension fails when the DAG is parsed
         self.list_id = list_id
         self.field_mapping = field_mapping
         self.sql = sql
@@ -351,6 +365,7 @@ class BaseSegmentExportOperator(BaseOperator):
         if self.source_path is not None:
             check_storage_path(str(self.source_path), "source_path")
         sync = self._sync_settings(context)
+        outcomes = self._outcome_settings(context, sync)
         source = self._source = make_source(
             sql=self.sql,
             sql_conn_id=self.sql_conn_id,
@@ -377,6 +392,7 @@ class BaseSegmentExportOperator(BaseOperator):
             ),
             progress=progress_store(context),
             sync=sync,
+            outcomes=outcomes,
         )
         report = self._report = self._exporter.run().as_dict()
         if self.outlets:
@@ -426,6 +442,26 @@ class BaseSegmentExportOperator(BaseOperator):
             keys=state_keys(self.state_key_conn_id),
         )
 
+    def _outcome_settings(
+        self, context: Context | Mapping[str, Any], sync: SyncSettings | None
+    ) -> OutcomeSettings | None:
+        """Where the run writes its outcome log (``None``: nowhere), checked before anything is read.
+        Removals are named by the keyed hash of the e-mail: with a state, its keys are at hand."""
+        path = (self.outcomes_path or "").strip() if isinstance(self.outcomes_path, str) else ""
+        if not path:
+            return None
+        keys = sync.keys if sync is not None else None
+        if not self.outcome_key and keys is None:
+            try:
+                keys = state_keys(self.state_key_conn_id)
+            except ExportConfigurationError as error:
+                raise ExportConfigurationError(
+                    "outcomes_path without outcome_key names rows by a keyed hash of the e-mail, which "
+                    f"needs the workers' key: {error} Or set outcome_key to the source column(s) that "
+                    "name a row, e.g. outcome_key='customer_id'."
+                ) from None
+        return OutcomeSettings(path, self.outcome_key, keys, _run_identity(context))
+
     def on_kill(self) -> None:
         """Stop sending; batches already on the wire finish, nothing new is sent."""
         if self._exporter is not None:
@@ -449,6 +485,34 @@ def _check_mirror_has_state(sync_mode: str, state_path: Any, rendered: bool = Fa
         "added, so it must keep a record of them. Set state_path to a URI every worker can reach, "
         "e.g. 's3://bucket/ciexport/vip.state' or 'file:///shared/ciexport/vip.state'."
     )
+
+
+def _checked_outcome_key(value: Any) -> tuple[str, ...]:
+    """``outcome_key`` as a tuple of column names, or a clear error."""
+    if value is None:
+        return ()
+    names = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if not names or not all(isinstance(name, str) and name.strip() for name in names):
+        raise ExportConfigurationError(
+            f"outcome_key must be a source column name or a list of them (e.g. 'customer_id'), not {value!r}."
+        )
+    return names
+
+
+def _run_identity(context: Context | Mapping[str, Any]) -> dict[str, Any]:
+    """The outcome log's identity columns, from the task instance (empty outside a task)."""
+    ti = context.get("ti") if context else None
+    if ti is None:
+        return {}
+    logical_date = context.get("logical_date")
+    return {
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": ti.run_id,
+        "map_index": getattr(ti, "map_index", -1),
+        "try_number": getattr(ti, "try_number", None),
+        "logical_date": logical_date.isoformat() if logical_date is not None else None,
+    }
 
 
 def _checked_interval(value: Any) -> timedelta | None:

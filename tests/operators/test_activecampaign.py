@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,33 @@ def test_rejected_contacts_are_counted(ac_conn: str, sandbox: SandboxClient) -> 
 
 
 @pytest.mark.scaled_limits
+def test_the_outcome_log_names_each_row_and_the_contacts_activecampaign_refused(
+    ac_conn: str, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    sandbox.configure(ac_exclusion_list=["ann.lee@example.com"])
+    records = [{**row, "customer_id": f"c{i}"} for i, row in enumerate(data.ROWS, 1)]
+    path = tmp_path / "outcomes.csv"
+    report = _export(
+        ac_conn, records=records, tags=["vip"], outcomes_path=f"file://{path}", outcome_key="customer_id"
+    )
+    with path.open(newline="") as f:
+        rows = {row["row_id"]: row for row in csv.DictReader(f)}
+    assert len(rows) == report["read"] == data.READ
+    statuses = Counter(row["status"] for row in rows.values())
+    assert statuses == {
+        "accepted": report["accepted"],
+        "refused": report["rejected"],
+        "invalid": report["invalid"],
+        "duplicate": report["duplicates"],
+    }
+    assert rows["c1"]["status"] == "refused" and rows["c1"]["job_id"] in report["jobs"]
+    assert rows["c3"]["reason"] == "duplicate_of=c2"
+    assert rows["c5"]["reason"] == "invalid.malformed"
+    assert "@" not in path.read_text()  # keys and codes, never an address
+    assert "outcomes" not in json.dumps(report)  # nothing of the log in the XCom
+
+
+@pytest.mark.scaled_limits
 @pytest.mark.parametrize("kind", ["job_failed", "job_interrupted"])
 def test_failed_jobs_are_sent_again(ac_conn: str, sandbox: SandboxClient, kind: str) -> None:
     sandbox.add_fault(api="ac", kind=kind, times=1)
@@ -231,6 +260,7 @@ def test_templated_fields_are_declared() -> None:
         "source_path",
         "field_mapping",
         "tags",
+        "outcomes_path",
     }
     assert ".sql" in ActiveCampaignSegmentExportOperator.template_ext
 
@@ -306,3 +336,13 @@ def test_the_throttling_line_follows_the_progress_interval(
     with pytest.raises(ExportIncompleteError):
         operator.execute(context={})  # type: ignore[arg-type]
     assert seen == [interval]
+
+
+def test_an_outcomes_path_it_cannot_write_fails_when_the_dag_is_parsed() -> None:
+    base = {"task_id": "export", "list_id": LISTS, "field_mapping": MAPPING}
+    with pytest.raises(ExportConfigurationError, match=r"outcomes_path must end with \.csv"):
+        ActiveCampaignSegmentExportOperator(**base, outcomes_path="s3://bucket/log.txt")
+    with pytest.raises(ExportConfigurationError, match="outcome_key must be a source column"):
+        ActiveCampaignSegmentExportOperator(**base, outcomes_path="s3://b/log.csv", outcome_key=[""])
+    # A templated path is checked once rendered.
+    ActiveCampaignSegmentExportOperator(**base, outcomes_path="s3://b/{{ run_id }}.jsonl")

@@ -1,0 +1,548 @@
+"""The row-level outcome log: what happened to every row of a run, written to the user's own storage.
+
+One row a source row (see :data:`OUTCOME_COLUMNS`), streamed to a file given as a URI (an Airflow
+``ObjectStoragePath``: ``file://``, ``s3://``, ``gs://``...) as the run goes: CSV, JSON Lines, or
+Parquet with the ``parquet`` extra. The log names rows by the user's ``outcome_key`` columns, or by
+a keyed hash of the normalised e-mail; e-mail addresses and other mapped values are never written.
+Nothing of it reaches the task log, XCom or Airflow's database: only its path and row count are logged.
+
+The engine calls the hooks of :class:`OutcomeHooks` as rows are read, classified, batched and
+confirmed; without a log those hooks do nothing (:data:`NO_OUTCOMES`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any
+
+from airflow_provider_ciexport.core.contacts import ContactBuilder, column_key, normalize_email, to_text
+from airflow_provider_ciexport.core.jobs import JobResult
+from airflow_provider_ciexport.core.paths import check_storage_path
+from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.export.batcher import Batch
+from airflow_provider_ciexport.export.report import ExportReport
+from airflow_provider_ciexport.export.state import StateKeys, email_key, storage_path
+from airflow_provider_ciexport.export.sync import ContactKind
+
+log = logging.getLogger(__name__)
+
+#: The log's columns, in order (documented in docs/outcomes.md).
+OUTCOME_COLUMNS = (
+    "dag_id",
+    "task_id",
+    "run_id",
+    "map_index",
+    "try_number",
+    "logical_date",
+    "destination",
+    "lists",
+    "row_number",
+    "row_id",
+    "operation",
+    "status",
+    "reason",
+    "batch",
+    "job_id",
+    "recorded_at",
+)
+#: The run's identity columns, filled from the task instance (the rest come from the run).
+IDENTITY_COLUMNS = OUTCOME_COLUMNS[:6]
+#: File formats by extension.
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+#: Rows held before they are written: memory stays flat whatever the segment's size.
+BUFFER_ROWS = 10_000
+
+#: What the sync state makes of a contact: ``(operation, status)``; status ``None``: it is sent.
+_KINDS: dict[ContactKind, tuple[str, str | None]] = {
+    ContactKind.NEW: ("add", None),
+    ContactKind.CHANGED: ("update", None),
+    ContactKind.UNCHANGED: ("unchanged", "unchanged"),
+    ContactKind.READD: ("readd", None),
+    ContactKind.OPTED_OUT: ("skip", "skipped_unsubscribed"),
+    ContactKind.RESTORED: ("restore", None),
+}
+
+
+def outcome_format(uri: str) -> str:
+    """The format of an ``outcomes_path`` from its extension; checks the path as ``state_path`` is.
+
+    :raises ExportConfigurationError: naming the parameter, the extensions and (Parquet) the extra.
+    """
+    check_storage_path(uri, "outcomes_path")
+    name = uri.rsplit("/", 1)[-1].lower()
+    fmt = next((f for ext, f in FORMATS.items() if name.endswith(ext)), None)
+    if fmt is None:
+        raise ExportConfigurationError(
+            "outcomes_path must end with .csv, .jsonl or .parquet (the log's format), e.g. "
+            "'s3://bucket/ciexport/{{ dag.dag_id }}/{{ run_id }}.csv'. Nothing was sent."
+        )
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ExportConfigurationError(
+                "outcomes_path ends with .parquet, which needs pyarrow: install the provider's "
+                "'parquet' extra (airflow-provider-ciexport[parquet]), or write .csv or .jsonl. "
+                "Nothing was sent."
+            ) from None
+    return fmt
+
+
+def hashed_row_ids(keys: StateKeys) -> Callable[[str], str]:
+    """The keyed hash that names a row by its normalised e-mail when there is no ``outcome_key``:
+    HMAC-SHA256 under a key derived from the workers' state key, 16 hex digits. It cannot be reversed
+    or recomputed without that key; rotating the key changes every hash."""
+    _, signing = keys.signing
+    keyed = hmac.new(hmac.digest(signing, b"ciexport outcome row id", "sha256"), digestmod=hashlib.sha256)
+
+    def row_id(email: str) -> str:
+        mac = keyed.copy()  # the key's inner and outer states, computed once
+        mac.update(email.encode())
+        return mac.digest()[:8].hex()
+
+    return row_id
+
+
+@dataclass(frozen=True)
+class OutcomeSettings:
+    """Where and how a run writes its outcome log.
+
+    :param path: the file's URI; its extension gives the format.
+    :param key_columns: the source columns that name a row (empty: a keyed hash of the e-mail).
+    :param keys: the workers' keys, for the hash (needed when ``key_columns`` is empty).
+    :param identity: the run's identity columns (:data:`IDENTITY_COLUMNS`), from the task instance.
+    """
+
+    path: str
+    key_columns: tuple[str, ...] = ()
+    keys: StateKeys | None = None
+    identity: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        outcome_format(self.path)
+        if not self.key_columns and self.keys is None:
+            raise ExportConfigurationError(
+                "outcomes_path needs outcome_key (the source column(s) that name a row, e.g. "
+                "'customer_id') or the workers' key to hash the e-mail with (see the Security page). "
+                "Nothing was sent."
+            )
+
+
+class OutcomeHooks:
+    """What the engine tells the outcome log; this base does nothing (there is no log)."""
+
+    def columns(self, mapped: Iterable[str]) -> list[str]:
+        """The source columns to read: the mapped ones, and the key's."""
+        return list(mapped)
+
+    def building(self, builder: ContactBuilder) -> Callable[[Sequence[Any]], dict[str, str] | None]:
+        """The function that turns a row into a contact (``builder.build``, noting each row's fate)."""
+        return builder.build
+
+    def classified(self, kind: ContactKind) -> None:
+        """The sync state's verdict on the contact just built."""
+
+    def queued(self, items: Iterator[Any]) -> Iterator[Any]:
+        """The contacts handed to the batcher, in order."""
+        return items
+
+    def too_large(self, position: int) -> None:
+        """The contact at ``position`` of those queued and not yet batched is too large to send."""
+
+    def batched(self, batch: Batch, *, sent: bool) -> None:
+        """The next ``batch.contacts`` queued contacts make ``batch`` (``sent``: not a dry run)."""
+
+    def submitted(self, number: int, job_id: str) -> None:
+        """Batch ``number`` was sent as job ``job_id``."""
+
+    def confirmed(self, number: int, result: JobResult, reason: str = "") -> None:
+        """Batch ``number``'s job ended with ``result`` (also a resumed batch, or a small segment's 0)."""
+
+    def failed(self, number: int, result: JobResult) -> None:
+        """Batch ``number``'s job ended failed for good."""
+
+    def small(self, accepted: int, total: int) -> None:
+        """The whole (small) segment was sent by single calls; ``accepted`` of ``total`` taken."""
+
+    def removals(self, emails: Sequence[str], result: JobResult) -> None:
+        """A removal job for ``emails`` ended with ``result``."""
+
+    def close(self) -> None:
+        """The run ended (or stopped): write what is known and close the file."""
+
+
+#: The hooks of a run without an outcome log.
+NO_OUTCOMES = OutcomeHooks()
+
+
+class OutcomeWriter:
+    """Streams outcome rows to a file through a bounded buffer (thread-safe).
+
+    :param uri: where (an ``ObjectStoragePath`` URI); its extension gives the format.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.format = outcome_format(uri)
+        self.rows = 0
+        self._buffer: list[tuple[Any, ...]] = []
+        self._lock = threading.Lock()
+        self._file = storage_path(uri).open("wb")
+        self._sink = _sink(self.format, self._file)
+
+    def write(self, row: tuple[Any, ...]) -> None:
+        """Add one row (in :data:`OUTCOME_COLUMNS` order)."""
+        with self._lock:
+            self._buffer.append(row)
+            self.rows += 1
+            if len(self._buffer) >= BUFFER_ROWS:
+                self._flush()
+
+    def close(self) -> None:
+        """Write what is buffered and close the file."""
+        with self._lock:
+            try:
+                self._flush()
+                self._sink.close()
+            finally:
+                self._file.close()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._sink.write(self._buffer)
+            self._buffer = []
+
+
+class _CsvSink:
+    def __init__(self, file: Any) -> None:
+        self._text = io.TextIOWrapper(file, encoding="utf-8", newline="")
+        self._csv = csv.writer(self._text)
+        self._csv.writerow(OUTCOME_COLUMNS)
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        self._csv.writerows(rows)
+
+    def close(self) -> None:
+        self._text.flush()
+        self._text.detach()
+
+
+class _JsonlSink:
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        lines = (json.dumps(dict(zip(OUTCOME_COLUMNS, row, strict=True)), ensure_ascii=False) for row in rows)
+        self._file.write(("\n".join(lines) + "\n").encode())
+
+    def close(self) -> None:
+        self._file.flush()
+
+
+class _ParquetSink:
+    _INTS = {"map_index", "try_number", "row_number", "batch"}
+
+    def __init__(self, file: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        self._schema = pa.schema(
+            [(name, pa.int64() if name in self._INTS else pa.string()) for name in OUTCOME_COLUMNS]
+        )
+        self._writer = pq.ParquetWriter(file, self._schema, compression="zstd")
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        columns = list(zip(*rows, strict=True))
+        self._writer.write_table(self._pa.Table.from_arrays(columns, schema=self._schema))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _sink(fmt: str, file: Any) -> Any:
+    return {"csv": _CsvSink, "jsonl": _JsonlSink, "parquet": _ParquetSink}[fmt](file)
+
+
+def _key_positions(key_columns: Sequence[str], columns: Sequence[str]) -> list[int]:
+    """Where each ``outcome_key`` column is in the rows: exact, or the one matching it loosely."""
+    positions = []
+    for name in key_columns:
+        if name in columns:
+            positions.append(list(columns).index(name))
+            continue
+        loose = [i for i, c in enumerate(columns) if column_key(c) == column_key(name)]
+        if len(loose) != 1:
+            raise ExportConfigurationError(
+                f"outcome_key names the column {name!r}, which the segment does not have "
+                f"{'once' if loose else 'at all'}. Name the exact source column. Nothing was sent."
+            )
+        positions.append(loose[0])
+    return positions
+
+
+#: One contact on its way: ``[row_number, row_id, operation, reason, email]``.
+_Ref = list[Any]
+
+
+class OutcomeLog(OutcomeHooks):
+    """The outcome log of one run: turns the engine's hooks into rows (see :class:`OutcomeHooks`).
+
+    :param settings: where and how.
+    :param destination: the destination's name; :param lists: its target lists.
+    :param waited: whether the run follows its jobs (else sent rows are ``unconfirmed``).
+    """
+
+    def __init__(
+        self, settings: OutcomeSettings, destination: str, lists: Sequence[str], *, waited: bool
+    ) -> None:
+        self.settings = settings
+        self.waited = waited
+        identity = tuple(settings.identity.get(name) for name in IDENTITY_COLUMNS)
+        self._head = (*identity, destination, ",".join(lists))
+        self._hash = hashed_row_ids(settings.keys) if settings.keys is not None else None
+        self._writer: OutcomeWriter | None = None
+        self._built: deque[_Ref] = deque()
+        self._pending: deque[_Ref] = deque()
+        self._inflight: dict[int, list[_Ref]] = {}
+        self._jobs: dict[int, str] = {}
+        #: First row id of each address, for ``duplicate_of`` when rows are named by key columns.
+        self._first: dict[int, str] = {}
+        self._reasons: dict[str, int] = {}
+        self._second, self._stamp = 0, ""
+        self._lock = threading.Lock()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def columns(self, mapped: Iterable[str]) -> list[str]:
+        """The mapped columns, and the key's (once each)."""
+        return list(dict.fromkeys([*mapped, *self.settings.key_columns]))
+
+    def building(self, builder: ContactBuilder) -> Callable[[Sequence[Any]], dict[str, str] | None]:
+        """``builder.build``, writing a row for each invalid or duplicate row and noting the others."""
+        self._writer = self._writer or OutcomeWriter(self.settings.path)
+        positions = _key_positions(self.settings.key_columns, builder.columns)
+        email_at = builder.columns.index(builder.resolved_mapping["email"])
+        build, counter = builder.build, [0]
+
+        def build_and_note(row: Sequence[Any]) -> dict[str, str] | None:
+            counter[0] += 1
+            before = (builder.invalid, builder.duplicates, sum(builder.omitted_too_long.values()))
+            contact = build(row)
+            row_id = "|".join(to_text(row[i]) if row[i] is not None else "" for i in positions)
+            self._note(builder, row, contact, (counter[0], row_id, email_at), before)
+            return contact
+
+        return build_and_note
+
+    def _note(
+        self,
+        builder: ContactBuilder,
+        row: Sequence[Any],
+        contact: dict[str, str] | None,
+        where: tuple[int, str, int],
+        before: tuple[int, int, int],
+    ) -> None:
+        number, row_id, email_at = where
+        if contact is not None:
+            omitted = ""
+            if sum(builder.omitted_too_long.values()) != before[2]:
+                omitted = ";".join(f"omitted_too_long.{a}" for a in _omitted(builder, row))
+            row_id = self._row_id(row_id, contact["email"])
+            self._built.append([number, row_id, "upsert", omitted, contact["email"]])
+        elif builder.duplicates != before[1]:
+            email = normalize_email(row[email_at])[0] or ""
+            first = self._first.get(email_key(email)) if self.settings.key_columns else None
+            row_id = self._row_id(row_id, email)
+            self._write(number, row_id, "skip", "duplicate", f"duplicate_of={first or row_id}")
+        else:
+            value = row[email_at]
+            text = to_text(value).lower() if value is not None else ""
+            reason = f"invalid.{self._invalid_reason(builder)}"
+            self._write(number, self._row_id(row_id, text) if text else row_id, "skip", "invalid", reason)
+
+    def _invalid_reason(self, builder: ContactBuilder) -> str:
+        """The reason the row just built was invalid: the reason whose count grew."""
+        before, self._reasons = self._reasons, dict(builder.invalid_reasons)
+        for reason, count in self._reasons.items():
+            if count != before.get(reason, 0):
+                return reason
+        return "malformed"
+
+    def _row_id(self, from_columns: str, email: str) -> str:
+        if self.settings.key_columns:
+            if email and email_key(email) not in self._first:
+                self._first[email_key(email)] = from_columns
+            return from_columns
+        assert self._hash is not None
+        return self._hash(email)
+
+    # -- classifying and batching ----------------------------------------------------------------
+
+    def classified(self, kind: ContactKind) -> None:
+        """Skipped contacts (unchanged, opted out) are written; the others carry their operation."""
+        operation, status = _KINDS[kind]
+        if status is None:
+            self._built[0][2] = operation
+            return
+        ref = self._built.popleft()
+        self._write(ref[0], ref[1], operation, status, ref[3])
+
+    def queued(self, items: Iterator[Any]) -> Iterator[Any]:
+        """Move each contact's note to the queue of those to batch, as the batcher receives it."""
+        built, pending = self._built, self._pending
+        for item in items:
+            pending.append(built.popleft())
+            yield item
+
+    def too_large(self, position: int) -> None:
+        """A contact larger than a whole request: invalid, as the report counts it."""
+        ref = self._pending[position]
+        del self._pending[position]
+        self._write(ref[0], ref[1], ref[2], "invalid", _join("invalid.too_large", ref[3]))
+
+    def batched(self, batch: Batch, *, sent: bool) -> None:
+        """Take the batch's contacts off the queue; a dry run's are written as not sent."""
+        refs = [self._pending.popleft() for _ in range(batch.contacts)]
+        if not sent:
+            for ref in refs:
+                self._write(ref[0], ref[1], ref[2], "not_sent", _join("dry_run", ref[3]), batch.number)
+            return
+        with self._lock:
+            self._inflight[batch.number] = refs
+
+    # -- what the destination said ---------------------------------------------------------------
+
+    def submitted(self, number: int, job_id: str) -> None:
+        """Note the batch's job; a run that does not follow its jobs writes its rows now."""
+        with self._lock:
+            self._jobs[number] = job_id
+        if not self.waited:
+            self._write_batch(number, lambda ref: ("unconfirmed", "not_waited"))
+
+    def confirmed(self, number: int, result: JobResult, reason: str = "") -> None:
+        """Accepted or refused per contact where the destination names the refused e-mails; where it
+        does not, the batch's contacts are ``unconfirmed`` with its counts."""
+        refused = {e.lower() for e in result.refused or ()}
+        named = result.rejected > 0 and len(refused) >= result.rejected
+        counts = f"batch_accepted={result.accepted};batch_rejected={result.rejected}"
+
+        def status(ref: _Ref) -> tuple[str, str]:
+            if ref[4] in refused:
+                return "refused", reason
+            if result.rejected == 0 or named:
+                return "accepted", reason
+            return "unconfirmed", _join(counts, reason)
+
+        self._write_batch(number, status)
+
+    def failed(self, number: int, result: JobResult) -> None:
+        """Every contact of a batch whose jobs all ended failed."""
+        self._write_batch(number, lambda ref: ("failed", f"job_{result.state}"))
+
+    def small(self, accepted: int, total: int) -> None:
+        """A small segment sent by single calls: no batch, no job."""
+        with self._lock:
+            self._inflight[0] = list(self._pending)
+        self._pending.clear()
+        self.confirmed(0, JobResult(ok=True, accepted=accepted, rejected=total - accepted))
+
+    def removals(self, emails: Sequence[str], result: JobResult) -> None:
+        """One row a contact removed (or not): named by the keyed hash of its e-mail, the only name the
+        sync state knows for a contact no longer in the segment."""
+        refused = {e.lower() for e in result.refused or ()}
+        for email in emails:
+            if not result.ok:
+                status, reason = "removal_refused", f"job_{result.state}"
+            else:
+                status, reason = ("removal_refused", "refused") if email in refused else ("removed", "")
+            row_id = self._hash(email) if self._hash is not None else ""
+            self._write(None, row_id, "remove", status, reason)
+
+    def close(self) -> None:
+        """Write the contacts the run never confirmed (stopped), close the file, log where it is."""
+        if self._writer is None:
+            return
+        for ref in [*self._built, *self._pending]:
+            self._write(ref[0], ref[1], ref[2], "not_sent", _join("stopped", ref[3]))
+        self._built.clear()
+        self._pending.clear()
+        for number in sorted(self._inflight):
+            outcome = ("unconfirmed" if number in self._jobs else "not_sent", "stopped")
+            self._write_batch(number, partial(_same, outcome))
+        writer, self._writer = self._writer, None
+        writer.close()
+        log.info("Outcome log: %s rows written to %s.", f"{writer.rows:,}", writer.uri)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        """The time, to the second (formatted once a second: a million rows a run)."""
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._stamp = datetime.fromtimestamp(second, timezone.utc).isoformat()
+        return self._stamp
+
+    def _write_batch(self, number: int, status: Callable[[_Ref], tuple[str, str]]) -> None:
+        with self._lock:
+            refs = self._inflight.pop(number, [])
+            job_id = self._jobs.pop(number, None)
+        for ref in refs:
+            what, reason = status(ref)
+            self._write(ref[0], ref[1], ref[2], what, _join(reason, ref[3]), number or None, job_id)
+
+    def _write(
+        self,
+        number: int | None,
+        row_id: str,
+        operation: str,
+        status: str,
+        reason: str,
+        batch: int | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        assert self._writer is not None
+        now = self._now()
+        self._writer.write((*self._head, number, row_id, operation, status, reason, batch, job_id, now))
+
+
+def _same(outcome: tuple[str, str], _ref: _Ref) -> tuple[str, str]:
+    return outcome
+
+
+def _join(*codes: str) -> str:
+    return ";".join(code for code in codes if code)
+
+
+def _omitted(builder: ContactBuilder, row: Sequence[Any]) -> list[str]:
+    """The attributes of ``row`` whose value was too long (and so omitted)."""
+    columns = builder.columns
+    out = []
+    for attr, column in builder.resolved_mapping.items():
+        limit = builder.schema.standard.get(attr, builder.schema.custom_max_length)
+        if attr == "email" or limit is None:
+            continue
+        value = row[columns.index(column)]
+        if value is not None and len(to_text(value)) > limit:
+            out.append(attr)
+    return out
+
+
+def outcome_hooks(settings: OutcomeSettings | None, report: ExportReport) -> OutcomeHooks:
+    """The outcome log of a run with this report (:data:`NO_OUTCOMES` when ``settings`` is ``None``)."""
+    if settings is None:
+        return NO_OUTCOMES
+    return OutcomeLog(settings, report.destination, report.lists, waited=report.waited)
