@@ -89,10 +89,11 @@ test-latest:
 # The test suite against the oldest supported Airflow and Python, pinned, in .venv-oldest. It leaves
 # out the tests marked version_independent: they import no Airflow and check what no Airflow or Python
 # version changes (the source's shape, the built distributions, the sandbox on its own, which every
-# integration test here runs on the oldest versions anyway), so `make test` proves them once.
+# integration test here runs on the oldest versions anyway), so `make test` proves them once; and the
+# variants marked airflow_covered_by_sibling, which use Airflow as a sibling variant that runs here does.
 test-oldest:
 	@$(PYTHON_OLDEST) -c 'import sys; v = sys.version_info[:2]; print("test-oldest: Airflow $(AIRFLOW_OLDEST) on Python %d.%d" % v + ("" if v == (3, 10) else " (no Python 3.10 on this machine)"))'
-	$(MAKE) pytest VENV=.venv-oldest LOCK=$(LOCK_OLDEST) PYTHON=$(PYTHON_OLDEST) PYTEST_ARGS='-m "not version_independent"'
+	$(MAKE) pytest VENV=.venv-oldest LOCK=$(LOCK_OLDEST) PYTHON=$(PYTHON_OLDEST) PYTEST_ARGS='-m "not version_independent and not airflow_covered_by_sibling"'
 
 # The Airflow UI in headless Chromium (installs Debian's chromium and chromium-driver if missing).
 ui-test: $(STAMP)

@@ -261,7 +261,15 @@ if __name__ == "__main__":
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "sync_mode"),
-    [(signal.SIGKILL, None), (signal.SIGTERM, None), (signal.SIGKILL, "upsert"), (signal.SIGKILL, "mirror")],
+    [
+        (signal.SIGKILL, None),
+        (signal.SIGTERM, None),
+        # A killed try and its retry use Airflow as the SIGKILL case does; with a state only the
+        # provider's own state, claims and checkpoint differ (its Airflow side, ObjectStoragePath, is
+        # covered on the oldest Airflow by the sync tests).
+        pytest.param(signal.SIGKILL, "upsert", marks=pytest.mark.airflow_covered_by_sibling),
+        pytest.param(signal.SIGKILL, "mirror", marks=pytest.mark.airflow_covered_by_sibling),
+    ],
     ids=["SIGKILL", "SIGTERM", "SIGKILL-with-state", "SIGKILL-mirror"],
 )
 def test_killed_task_retried_does_not_resend_confirmed_batches(
