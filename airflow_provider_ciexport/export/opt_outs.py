@@ -50,9 +50,6 @@ class OptOuts:
     read_at: float | None
     complete: bool = False
 
-    def __contains__(self, email: str) -> bool:
-        return email in self.emails
-
 
 def known_opt_outs(
     sync: SyncSettings, destination: Destination, loaded: LoadedState, state: SyncState, interval_s: float

@@ -23,9 +23,8 @@ from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSeg
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.export.fakes import FakeDestination
-from tests.operators.memory_operator import MemoryOperator
+from tests.operators.memory_operator import memory_export
 
-MAPPING = {"email": "email", "first_name": "first"}
 #: metric -> report key, as the Metrics page documents them.
 REPORT_KEYS = {f"ciexport.{name}": key for name, key in COUNTERS.items()}
 
@@ -118,10 +117,7 @@ def _assert_metrics_equal_the_report(
 
 
 def test_the_metrics_equal_the_report(statsd: StatsdListener) -> None:
-    operator = MemoryOperator(
-        task_id="export", list_id="L1", field_mapping=MAPPING, records=_rows(10, invalid=2)
-    )
-    operator.destination = FakeDestination(rejected={1: 2})
+    operator = memory_export(_rows(10, invalid=2), FakeDestination(rejected={1: 2}))
     report = operator.execute(context={})  # type: ignore[arg-type]
     received = statsd.metrics()
     assert report["submitted"] == 10 and report["rejected"] == 2 and report["invalid"] == 2
@@ -131,14 +127,7 @@ def test_the_metrics_equal_the_report(statsd: StatsdListener) -> None:
 
 
 def test_a_failed_export_sends_its_metrics_too(statsd: StatsdListener) -> None:
-    operator = MemoryOperator(
-        task_id="export",
-        list_id="L1",
-        field_mapping=MAPPING,
-        records=_rows(2, invalid=3),
-        max_invalid_fraction=0.5,
-    )
-    operator.destination = FakeDestination()
+    operator = memory_export(_rows(2, invalid=3), max_invalid_fraction=0.5)
     with pytest.raises(ExportThresholdError):
         operator.execute(context={})  # type: ignore[arg-type]
     received = statsd.metrics()
@@ -147,19 +136,13 @@ def test_a_failed_export_sends_its_metrics_too(statsd: StatsdListener) -> None:
 
 
 def test_a_dry_run_sends_no_metrics(statsd: StatsdListener) -> None:
-    operator = MemoryOperator(
-        task_id="export", list_id="L1", field_mapping=MAPPING, records=_rows(3), dry_run=True
-    )
-    operator.destination = FakeDestination()
+    operator = memory_export(_rows(3), dry_run=True)
     operator.execute(context={})  # type: ignore[arg-type]
     assert not [name for name in statsd.metrics(settle_s=0.2) if ".ciexport." in name]
 
 
 def test_without_the_wait_refusals_are_not_sent(statsd: StatsdListener) -> None:
-    operator = MemoryOperator(
-        task_id="export", list_id="L1", field_mapping=MAPPING, records=_rows(4), wait_for_completion=False
-    )
-    operator.destination = FakeDestination()
+    operator = memory_export(_rows(4), wait_for_completion=False)
     report = operator.execute(context={})  # type: ignore[arg-type]
     received = statsd.metrics()
     assert report["accepted"] is None and "airflow.ciexport.contacts.refused" not in received
@@ -169,8 +152,7 @@ def test_without_the_wait_refusals_are_not_sent(statsd: StatsdListener) -> None:
 def test_tags_reach_a_statsd_that_takes_them(statsd: StatsdListener, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED", "True")
     Stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=True)
-    operator = MemoryOperator(task_id="group.export", list_id="L1", field_mapping=MAPPING, records=_rows(3))
-    operator.destination = FakeDestination()
+    operator = memory_export(_rows(3), task_id="group.export")
 
     class TaskInstance:
         dag_id, task_id, run_id, map_index, try_number = "crm.daily", "group.export", "run", -1, 1

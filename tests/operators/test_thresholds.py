@@ -19,9 +19,7 @@ from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.export.fakes import FakeDestination
 from tests.operators import segment_data
-from tests.operators.memory_operator import MemoryOperator
-
-MAPPING = {"email": "email", "first_name": "first"}
+from tests.operators.memory_operator import MAPPING, MemoryOperator, memory_export
 
 
 def _rows(valid: int, invalid: int = 0) -> list[dict[str, Any]]:
@@ -35,10 +33,7 @@ def _run(
     context: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[MemoryOperator, dict[str, Any]]:
-    operator = MemoryOperator(
-        task_id="export", list_id="L1", field_mapping=MAPPING, records=records, **kwargs
-    )
-    operator.destination = FakeDestination(rejected=rejected)
+    operator = memory_export(records, FakeDestination(rejected=rejected), **kwargs)
     return operator, operator.execute(context=context or {})  # type: ignore[arg-type]
 
 
@@ -70,14 +65,7 @@ def test_invalid_share_over_max_invalid_fraction_fails(limit: float, fails: bool
 
 
 def test_the_failure_comes_after_every_valid_contact_was_sent() -> None:
-    operator = MemoryOperator(
-        task_id="export",
-        list_id="L1",
-        field_mapping=MAPPING,
-        records=_rows(4, invalid=6),
-        max_invalid_fraction=0.5,
-    )
-    operator.destination = FakeDestination()
+    operator = memory_export(_rows(4, invalid=6), max_invalid_fraction=0.5)
     with pytest.raises(ExportThresholdError):
         operator.execute(context={})  # type: ignore[arg-type]
     assert sorted(operator.destination.emails_sent()) == sorted(r["email"] for r in _rows(4))

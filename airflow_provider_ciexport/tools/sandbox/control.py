@@ -277,16 +277,26 @@ def _unknown_contact(api: str, email: str) -> Response:
     )
 
 
-async def ac_delete_contact(state: SandboxState, request: Request) -> Response:
-    """A user deleted the contact in ActiveCampaign (as ``DELETE /api/3/contacts/{id}``): it and every
-    membership of it are gone; its address, imported again, is a new contact with a new id."""
+async def _named_contact(state: SandboxState, request: Request, api: str) -> tuple[str, Any] | Response:
+    """The email a ``{"email": ...}`` body names and its contact at ``api`` (``ac``/``cc``), or the
+    error answer; the sandbox's time is settled first."""
     state.settle()
     email = _email_of(await _object_body(request))
     if email is None:
         return _error('the body must be {"email": <str>}')
-    contact = state.ac.by_email(email)
+    contact = (state.ac if api == "ac" else state.cc).by_email(email)
     if contact is None:
-        return _unknown_contact("ac", email)
+        return _unknown_contact(api, email)
+    return email, contact
+
+
+async def ac_delete_contact(state: SandboxState, request: Request) -> Response:
+    """A user deleted the contact in ActiveCampaign (as ``DELETE /api/3/contacts/{id}``): it and every
+    membership of it are gone; its address, imported again, is a new contact with a new id."""
+    named = await _named_contact(state, request, "ac")
+    if isinstance(named, Response):
+        return named
+    _, contact = named
     gone = {"id": contact.id, "email": state.ac.attrs(contact)["email"]}
     state.ac.delete(contact)
     return json_response({"deleted": gone})
@@ -320,13 +330,10 @@ async def ac_empty_account(state: SandboxState, request: Request) -> Response:
 async def cc_delete_contact(state: SandboxState, request: Request) -> Response:
     """A user deleted the contact in Constant Contact (as ``DELETE /v3/contacts/{id}``): kept with its
     deletion time and off every list; an import or a sign-up of its address revives it."""
-    state.settle()
-    email = _email_of(await _object_body(request))
-    if email is None:
-        return _error('the body must be {"email": <str>}')
-    contact = state.cc.by_email(email)
-    if contact is None:
-        return _unknown_contact("cc", email)
+    named = await _named_contact(state, request, "cc")
+    if isinstance(named, Response):
+        return named
+    email, contact = named
     if contact.num in state.cc.deleted:
         return _error(f"{email!r} is already deleted", 409)
     state.cc.delete(contact)
