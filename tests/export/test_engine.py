@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,20 @@ def test_a_retried_export_skips_the_batches_an_earlier_try_confirmed() -> None:
     assert store.document is None  # the export completed: nothing left to resume
 
 
+class JobsWaitForTheEnd(FakeDestination):
+    """Jobs run until the export has read every row, so a progress line is always logged while the
+    export waits for its last job (however the threads are scheduled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_all: Callable[[], bool] = lambda: True
+
+    def poll(self, job_id: str, batch: Batch) -> JobResult | None:
+        if not self.read_all():
+            return None
+        return super().poll(job_id, batch)
+
+
 def test_a_retried_export_says_what_it_resumed_and_counts_it_as_done(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -153,7 +167,16 @@ def test_a_retried_export_says_what_it_resumed_and_counts_it_as_done(
     caplog.set_level(logging.INFO, logger="airflow_provider_ciexport.export.engine")
     caplog.clear()
 
-    export(rows(9), FakeDestination(), store, progress_interval_s=0.0)
+    destination = JobsWaitForTheEnd()
+    exporter = SegmentExporter(
+        RecordsSegmentSource(rows(9)),
+        destination,
+        MAPPING,
+        ExportSettings(progress_interval_s=0.0),
+        progress=store,
+    )
+    destination.read_all = lambda: exporter._read_all
+    exporter.run()
 
     lines = [r.getMessage() for r in caplog.records if "export progress (" in r.getMessage()]
     # The two batches the first try confirmed are done from the retry's first line on.
