@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/sync.py $(SYNC_BENCH_ARGS)
 	$(PY) benchmarks/year.py $(YEAR_BENCH_ARGS)
+	$(PY) benchmarks/outcomes.py $(OUTCOMES_BENCH_ARGS)
 
 sandbox: $(STAMP)
 	@$(PY) -m airflow_provider_ciexport.tools.sandbox --port $(PORT)

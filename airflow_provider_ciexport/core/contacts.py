@@ -236,6 +236,73 @@ class EmailSet:
         self._limit = slots // 2
 
 
+class EmailIndex(EmailSet):
+    """An :class:`EmailSet` that also keeps a number for each address: :attr:`number` as it was when
+    the address was added (e.g. the row it came from). 4 more bytes a slot: 25 MB for a million
+    addresses, where a ``dict`` takes well over 100 MB.
+
+    :param capacity: expected number of addresses.
+    """
+
+    __slots__ = ("_values", "number")
+
+    def __init__(self, capacity: int = 0) -> None:
+        super().__init__(capacity)
+        self._values = array("i", [0]) * len(self._table)
+        #: What :meth:`add` keeps for a new address (below 2**31).
+        self.number = 0
+
+    def add(self, email: str) -> bool:
+        """Add an address with :attr:`number`; return ``True`` if it was not in the set yet."""
+        h = hash(email) or 1
+        table = self._table
+        mask = self._mask
+        i = h & mask
+        while v := table[i]:
+            if v == h:
+                return False
+            i = (i + 1) & mask
+        table[i] = h
+        self._values[i] = self.number
+        self._len += 1
+        if self._len > self._limit:
+            self._grow()
+        return True
+
+    def first(self, email: str) -> int | None:
+        """The number kept when ``email`` was added, or ``None`` if it never was."""
+        h = hash(email) or 1
+        table = self._table
+        mask = self._mask
+        i = h & mask
+        while v := table[i]:
+            if v == h:
+                return self._values[i]
+            i = (i + 1) & mask
+        return None
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + self._values.itemsize * len(self._values)
+
+    def _grow(self) -> None:
+        old, values = self._table, self._values
+        slots = 2 * len(old)
+        mask = slots - 1
+        table = array("q", [0]) * slots
+        self._values = array("i", [0]) * slots
+        for h, value in zip(old, values, strict=True):
+            if h:
+                i = h & mask
+                while table[i]:
+                    i = (i + 1) & mask
+                table[i] = h
+                self._values[i] = value
+        self._table = table
+        self._mask = mask
+        self._limit = slots // 2
+
+
 def column_key(name: str) -> str:
     """How a mapped column name matches a source column loosely: ignoring case and surrounding spaces."""
     return name.strip().casefold()

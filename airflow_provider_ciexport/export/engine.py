@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
-from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
+from airflow_provider_ciexport.core.contacts import ContactBuilder
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.exceptions import (
     ExportConfigurationError,
@@ -237,7 +237,7 @@ class SegmentExporter:
 
     def _run(self, builder: ContactBuilder, chunks: Iterator[list[Row]]) -> ExportReport:
         # Sized once when the count is known: no rehashing while a million rows stream.
-        builder.seen = EmailSet(capacity=self._total or 0)
+        builder.seen = self._outcomes.seen(self._total or 0)
         # Saved at most once a progress interval (and at the end): a SIGKILL resends at most that much.
         checkpoint = Checkpoint(
             self._progress_store,

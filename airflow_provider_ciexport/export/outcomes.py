@@ -12,11 +12,8 @@ confirmed; without a log those hooks do nothing (:data:`NO_OUTCOMES`).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
-import io
-import json
 import logging
 import threading
 import time
@@ -27,43 +24,26 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
-from airflow_provider_ciexport.core.contacts import ContactBuilder, column_key, normalize_email, to_text
+from airflow_provider_ciexport.core.contacts import (
+    ContactBuilder,
+    EmailIndex,
+    EmailSet,
+    column_key,
+    normalize_email,
+    to_text,
+)
 from airflow_provider_ciexport.core.jobs import JobResult
-from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.batcher import Batch
+from airflow_provider_ciexport.export.outcome_files import OUTCOME_COLUMNS, OutcomeWriter, outcome_format
 from airflow_provider_ciexport.export.report import ExportReport
-from airflow_provider_ciexport.export.state import StateKeys, email_key, storage_path
+from airflow_provider_ciexport.export.state import StateKeys
 from airflow_provider_ciexport.export.sync import ContactKind
 
 log = logging.getLogger(__name__)
 
-#: The log's columns, in order (documented in docs/outcomes.md).
-OUTCOME_COLUMNS = (
-    "dag_id",
-    "task_id",
-    "run_id",
-    "map_index",
-    "try_number",
-    "logical_date",
-    "destination",
-    "lists",
-    "row_number",
-    "row_id",
-    "operation",
-    "status",
-    "reason",
-    "batch",
-    "job_id",
-    "recorded_at",
-)
 #: The run's identity columns, filled from the task instance (the rest come from the run).
 IDENTITY_COLUMNS = OUTCOME_COLUMNS[:6]
-#: File formats by extension.
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-#: Rows held before they are written: memory stays flat whatever the segment's size.
-BUFFER_ROWS = 10_000
-
 #: What the sync state makes of a contact: ``(operation, status)``; status ``None``: it is sent.
 _KINDS: dict[ContactKind, tuple[str, str | None]] = {
     ContactKind.NEW: ("add", None),
@@ -75,42 +55,18 @@ _KINDS: dict[ContactKind, tuple[str, str | None]] = {
 }
 
 
-def outcome_format(uri: str) -> str:
-    """The format of an ``outcomes_path`` from its extension; checks the path as ``state_path`` is.
-
-    :raises ExportConfigurationError: naming the parameter, the extensions and (Parquet) the extra.
-    """
-    check_storage_path(uri, "outcomes_path")
-    name = uri.rsplit("/", 1)[-1].lower()
-    fmt = next((f for ext, f in FORMATS.items() if name.endswith(ext)), None)
-    if fmt is None:
-        raise ExportConfigurationError(
-            "outcomes_path must end with .csv, .jsonl or .parquet (the log's format), e.g. "
-            "'s3://bucket/ciexport/{{ dag.dag_id }}/{{ run_id }}.csv'. Nothing was sent."
-        )
-    if fmt == "parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ExportConfigurationError(
-                "outcomes_path ends with .parquet, which needs pyarrow: install the provider's "
-                "'parquet' extra (airflow-provider-ciexport[parquet]), or write .csv or .jsonl. "
-                "Nothing was sent."
-            ) from None
-    return fmt
-
-
 def hashed_row_ids(keys: StateKeys) -> Callable[[str], str]:
     """The keyed hash that names a row by its normalised e-mail when there is no ``outcome_key``:
-    HMAC-SHA256 under a key derived from the workers' state key, 16 hex digits. It cannot be reversed
-    or recomputed without that key; rotating the key changes every hash."""
+    keyed BLAKE2b (a MAC) under a key derived from the workers' state key, 16 hex digits. It cannot
+    be reversed or recomputed without that key; rotating the key changes every hash."""
     _, signing = keys.signing
-    keyed = hmac.new(hmac.digest(signing, b"ciexport outcome row id", "sha256"), digestmod=hashlib.sha256)
+    key = hmac.digest(signing, b"ciexport outcome row id", "sha256")
+    keyed = hashlib.blake2b(key=key, digest_size=8)
 
     def row_id(email: str) -> str:
-        mac = keyed.copy()  # the key's inner and outer states, computed once
+        mac = keyed.copy()  # the keyed state, computed once
         mac.update(email.encode())
-        return mac.digest()[:8].hex()
+        return mac.hexdigest()
 
     return row_id
 
@@ -146,6 +102,10 @@ class OutcomeHooks:
     def columns(self, mapped: Iterable[str]) -> list[str]:
         """The source columns to read: the mapped ones, and the key's."""
         return list(mapped)
+
+    def seen(self, capacity: int) -> EmailSet:
+        """The set the builder finds repeated addresses in."""
+        return EmailSet(capacity)
 
     def building(self, builder: ContactBuilder) -> Callable[[Sequence[Any]], dict[str, str] | None]:
         """The function that turns a row into a contact (``builder.build``, noting each row's fate)."""
@@ -187,93 +147,18 @@ class OutcomeHooks:
 NO_OUTCOMES = OutcomeHooks()
 
 
-class OutcomeWriter:
-    """Streams outcome rows to a file through a bounded buffer (thread-safe).
+def _key_text(positions: Sequence[int]) -> Callable[[Sequence[Any]], str]:
+    """The function that gives a row's ``outcome_key`` text (its columns joined with ``|``)."""
 
-    :param uri: where (an ``ObjectStoragePath`` URI); its extension gives the format.
-    """
+    def text(value: Any) -> str:
+        return "" if value is None else to_text(value)
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.format = outcome_format(uri)
-        self.rows = 0
-        self._buffer: list[tuple[Any, ...]] = []
-        self._lock = threading.Lock()
-        self._file = storage_path(uri).open("wb")
-        self._sink = _sink(self.format, self._file)
-
-    def write(self, row: tuple[Any, ...]) -> None:
-        """Add one row (in :data:`OUTCOME_COLUMNS` order)."""
-        with self._lock:
-            self._buffer.append(row)
-            self.rows += 1
-            if len(self._buffer) >= BUFFER_ROWS:
-                self._flush()
-
-    def close(self) -> None:
-        """Write what is buffered and close the file."""
-        with self._lock:
-            try:
-                self._flush()
-                self._sink.close()
-            finally:
-                self._file.close()
-
-    def _flush(self) -> None:
-        if self._buffer:
-            self._sink.write(self._buffer)
-            self._buffer = []
-
-
-class _CsvSink:
-    def __init__(self, file: Any) -> None:
-        self._text = io.TextIOWrapper(file, encoding="utf-8", newline="")
-        self._csv = csv.writer(self._text)
-        self._csv.writerow(OUTCOME_COLUMNS)
-
-    def write(self, rows: list[tuple[Any, ...]]) -> None:
-        self._csv.writerows(rows)
-
-    def close(self) -> None:
-        self._text.flush()
-        self._text.detach()
-
-
-class _JsonlSink:
-    def __init__(self, file: Any) -> None:
-        self._file = file
-
-    def write(self, rows: list[tuple[Any, ...]]) -> None:
-        lines = (json.dumps(dict(zip(OUTCOME_COLUMNS, row, strict=True)), ensure_ascii=False) for row in rows)
-        self._file.write(("\n".join(lines) + "\n").encode())
-
-    def close(self) -> None:
-        self._file.flush()
-
-
-class _ParquetSink:
-    _INTS = {"map_index", "try_number", "row_number", "batch"}
-
-    def __init__(self, file: Any) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa = pa
-        self._schema = pa.schema(
-            [(name, pa.int64() if name in self._INTS else pa.string()) for name in OUTCOME_COLUMNS]
-        )
-        self._writer = pq.ParquetWriter(file, self._schema, compression="zstd")
-
-    def write(self, rows: list[tuple[Any, ...]]) -> None:
-        columns = list(zip(*rows, strict=True))
-        self._writer.write_table(self._pa.Table.from_arrays(columns, schema=self._schema))
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-def _sink(fmt: str, file: Any) -> Any:
-    return {"csv": _CsvSink, "jsonl": _JsonlSink, "parquet": _ParquetSink}[fmt](file)
+    if not positions:
+        return lambda row: ""
+    if len(positions) == 1:
+        (at,) = positions
+        return lambda row: text(row[at])
+    return lambda row: "|".join(text(row[i]) for i in positions)
 
 
 def _key_positions(key_columns: Sequence[str], columns: Sequence[str]) -> list[int]:
@@ -318,8 +203,8 @@ class OutcomeLog(OutcomeHooks):
         self._pending: deque[_Ref] = deque()
         self._inflight: dict[int, list[_Ref]] = {}
         self._jobs: dict[int, str] = {}
-        #: First row id of each address, for ``duplicate_of`` when rows are named by key columns.
-        self._first: dict[int, str] = {}
+        #: The builder's set of addresses, with the row number of each one's first occurrence.
+        self._first = EmailIndex()
         self._reasons: dict[str, int] = {}
         self._second, self._stamp = 0, ""
         self._lock = threading.Lock()
@@ -330,19 +215,24 @@ class OutcomeLog(OutcomeHooks):
         """The mapped columns, and the key's (once each)."""
         return list(dict.fromkeys([*mapped, *self.settings.key_columns]))
 
+    def seen(self, capacity: int) -> EmailSet:
+        """The builder's set of addresses, which also keeps the row each one first came in."""
+        self._first = EmailIndex(capacity)
+        return self._first
+
     def building(self, builder: ContactBuilder) -> Callable[[Sequence[Any]], dict[str, str] | None]:
         """``builder.build``, writing a row for each invalid or duplicate row and noting the others."""
         self._writer = self._writer or OutcomeWriter(self.settings.path)
         positions = _key_positions(self.settings.key_columns, builder.columns)
         email_at = builder.columns.index(builder.resolved_mapping["email"])
-        build, counter = builder.build, [0]
+        build, counter, key = builder.build, [0], _key_text(positions)
 
         def build_and_note(row: Sequence[Any]) -> dict[str, str] | None:
             counter[0] += 1
+            self._first.number = counter[0]
             before = (builder.invalid, builder.duplicates, sum(builder.omitted_too_long.values()))
             contact = build(row)
-            row_id = "|".join(to_text(row[i]) if row[i] is not None else "" for i in positions)
-            self._note(builder, row, contact, (counter[0], row_id, email_at), before)
+            self._note(builder, row, contact, (counter[0], key(row), email_at), before)
             return contact
 
         return build_and_note
@@ -360,13 +250,12 @@ class OutcomeLog(OutcomeHooks):
             omitted = ""
             if sum(builder.omitted_too_long.values()) != before[2]:
                 omitted = ";".join(f"omitted_too_long.{a}" for a in _omitted(builder, row))
-            row_id = self._row_id(row_id, contact["email"])
-            self._built.append([number, row_id, "upsert", omitted, contact["email"]])
+            email = contact["email"]
+            self._built.append([number, self._row_id(row_id, email), "upsert", omitted, email])
         elif builder.duplicates != before[1]:
             email = normalize_email(row[email_at])[0] or ""
-            first = self._first.get(email_key(email)) if self.settings.key_columns else None
-            row_id = self._row_id(row_id, email)
-            self._write(number, row_id, "skip", "duplicate", f"duplicate_of={first or row_id}")
+            first = self._first.first(email)
+            self._write(number, self._row_id(row_id, email), "skip", "duplicate", f"duplicate_of={first}")
         else:
             value = row[email_at]
             text = to_text(value).lower() if value is not None else ""
@@ -382,11 +271,8 @@ class OutcomeLog(OutcomeHooks):
         return "malformed"
 
     def _row_id(self, from_columns: str, email: str) -> str:
-        if self.settings.key_columns:
-            if email and email_key(email) not in self._first:
-                self._first[email_key(email)] = from_columns
+        if self._hash is None or self.settings.key_columns:
             return from_columns
-        assert self._hash is not None
         return self._hash(email)
 
     # -- classifying and batching ----------------------------------------------------------------

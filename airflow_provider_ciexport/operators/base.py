@@ -16,7 +16,8 @@ from airflow_provider_ciexport.core.variables import JsonVariable
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError, say_nothing_was_sent
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
-from airflow_provider_ciexport.export.outcomes import OutcomeSettings, outcome_format
+from airflow_provider_ciexport.export.outcome_files import outcome_format
+from airflow_provider_ciexport.export.outcomes import OutcomeSettings
 from airflow_provider_ciexport.export.sources import (
     DEFAULT_MAX_COLUMNS,
     DEFAULT_MAX_LINE_LENGTH,

@@ -12,6 +12,7 @@ import pytest
 from airflow_provider_ciexport.core.contacts import (
     ContactBuilder,
     ContactSchema,
+    EmailIndex,
     EmailSet,
     normalize_email,
     to_text,
@@ -335,6 +336,20 @@ def test_email_set_stays_exact_and_compact_across_many_growths() -> None:
     assert f"user{n}@example.com" not in seen
     # At most half full, never more than 4x: 16-32 bytes per address (a set of str is ~100).
     assert 16 <= seen.nbytes / n <= 32
+
+
+def test_email_index_keeps_the_number_each_address_was_added_with_across_growths() -> None:
+    index = EmailIndex()
+    n = 100_000
+    for i in range(n):
+        index.number = i + 1
+        assert index.add(f"user{i}@example.com")
+    index.number = 0
+    # A repeat is refused and keeps the number of its first occurrence.
+    assert not index.add("user777@example.com")
+    assert [index.first(f"user{i}@example.com") for i in (0, 777, n - 1)] == [1, 778, n]
+    assert index.first("new@example.com") is None and len(index) == n
+    assert 20 <= index.nbytes / n <= 48  # 12 bytes a slot, at most half full
 
 
 def test_email_set_can_be_sized_up_front() -> None:

@@ -167,7 +167,8 @@ def test_the_outcome_log_names_each_row_and_the_contacts_activecampaign_refused(
         "duplicate": report["duplicates"],
     }
     assert rows["c1"]["status"] == "refused" and rows["c1"]["job_id"] in report["jobs"]
-    assert rows["c3"]["reason"] == "duplicate_of=c2"
+    # c3 repeats c2's address: its reason points to c2's row (row numbers count from 1).
+    assert rows["c3"]["reason"] == f"duplicate_of={rows['c2']['row_number']}" == "duplicate_of=2"
     assert rows["c5"]["reason"] == "invalid.malformed"
     assert "@" not in path.read_text()  # keys and codes, never an address
     assert "outcomes" not in json.dumps(report)  # nothing of the log in the XCom
