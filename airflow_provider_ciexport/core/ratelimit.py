@@ -18,10 +18,13 @@ from collections.abc import Hashable
 
 # Servers count requests by arrival, so network jitter can squeeze an exact schedule into an
 # occasional 429. Headroom is a share of the window: 2% of a minute is over a second of tolerance,
-# but a one-second window needs a larger share to absorb tens of milliseconds of jitter (and the
-# per-second budget is never the bottleneck of an export: imports are).
+# but a one-second window needs a larger share to absorb tens of milliseconds of jitter. There it
+# leaves a whole request of the window free (at 5 a second, at most 4 of ours in any second) and
+# more: a refusal would take 6 of ours bunched into a window that 6 even slots overrun by 40%.
+# Filling the window buys nothing: the per-second budget is never an export's bottleneck (imports
+# are), and the requests that would fill it are status polls, which are not in a hurry.
 DEFAULT_HEADROOM = 0.02
-PER_SECOND_HEADROOM = 0.20
+PER_SECOND_HEADROOM = 0.40
 #: After repeated refusals the rate is cut to this share of what it was ...
 DECREASE = 0.85
 #: ... and regained linearly over this many windows' worth of successful calls.

@@ -184,3 +184,13 @@ def test_a_pause_holds_back_the_calls_already_waiting_for_a_slot() -> None:
     for thread in threads:
         thread.join()
     assert len(started) == 5 and min(started) >= paused_at + 1.0
+
+
+@pytest.mark.parametrize("limit", [4, 5, 100])
+def test_the_per_second_pace_leaves_a_request_of_every_window_free(limit: int) -> None:
+    # Even slots at the per-second headroom: the `limit`-th of ours always falls beyond the window
+    # that holds the first, and `limit + 1` of them (a refusal) would need bunching by over a step.
+    step = RateLimiter(limit, 1.0, ratelimit.PER_SECOND_HEADROOM).step
+    if limit <= 5:  # the documented limits (4 and 5 a second)
+        assert (limit - 1) * step > 1.0
+    assert limit * step >= 1.0 + step
