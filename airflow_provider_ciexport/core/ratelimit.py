@@ -18,10 +18,13 @@ from collections.abc import Hashable
 
 # Servers count requests by arrival, so network jitter can squeeze an exact schedule into an
 # occasional 429. Headroom is a share of the window: 2% of a minute is over a second of tolerance,
-# but a one-second window needs a larger share to absorb tens of milliseconds of jitter (and the
-# per-second budget is never the bottleneck of an export: imports are).
+# but a one-second window needs a larger share to absorb tens of milliseconds of jitter. There it
+# leaves a whole request of the window free (at 5 a second, at most 4 of ours in any second) and
+# more: a refusal would take 6 of ours bunched into a window that 6 even slots overrun by 40%.
+# Filling the window buys nothing: the per-second budget is never an export's bottleneck (imports
+# are), and the requests that would fill it are status polls, which are not in a hurry.
 DEFAULT_HEADROOM = 0.02
-PER_SECOND_HEADROOM = 0.20
+PER_SECOND_HEADROOM = 0.40
 #: After repeated refusals the rate is cut to this share of what it was ...
 DECREASE = 0.85
 #: ... and regained linearly over this many windows' worth of successful calls.
@@ -36,8 +39,14 @@ REFUSALS_TO_CUT = 2
 #: at most 100 calls (ActiveCampaign's 100 imports a minute), and an account with raised limits (or a
 #: sandbox that scales time) has more calls per window length, not more per window.
 MAX_WINDOW_CALLS = 100.0
-#: How many times a call that woke up late takes a new slot before it goes anyway.
+#: How many times a call that woke up late takes a new slot before it goes anyway ...
 MAX_RESLOTS = 3
+#: ... and even then it starts no sooner than half a slot after the last call, and no more than this
+#: many calls in any ``SEND_LOG_SLOTS - 0.5`` of its own slot intervals: a log of what it sent (the
+#: client's view of the server's window) spaces out the calls a stall bunched up, however many threads
+#: were waiting. An even pace is never held back. At the per-second headroom this span is about the
+#: server's one-second window.
+SEND_LOG_SLOTS = 4
 
 
 class RateLimiter:
@@ -84,6 +93,8 @@ class RateLimiter:
         #: Bumped when reserved slots stop being valid (a pause, a new share of the account).
         self._epoch = 0
         self._paused_until = 0.0
+        #: When the last ``SEND_LOG_SLOTS`` calls started (or will: a reservation may be ahead).
+        self._sent: deque[float] = deque(maxlen=SEND_LOG_SLOTS)
         self._lock = threading.Lock()
 
     @property
@@ -131,7 +142,24 @@ class RateLimiter:
             if time.monotonic() - start < self.step or late >= MAX_RESLOTS:
                 break
             late += 1
+        wait = self._log_send() - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         return call
+
+    def _log_send(self) -> float:
+        """Record a call's start in the send log and return it: now, unless that is within half a slot
+        of the last start, or within ``SEND_LOG_SLOTS - 0.5`` slots of the start that many before."""
+        with self._lock:
+            sent = self._sent
+            own_step = self.step * self.lanes
+            start = time.monotonic()
+            if sent:
+                start = max(start, sent[-1] + own_step / 2)
+            if len(sent) == SEND_LOG_SLOTS:
+                start = max(start, sent[0] + (SEND_LOG_SLOTS - 0.5) * own_step)
+            sent.append(start)
+            return start
 
     def _take_slot(self) -> tuple[float, int]:
         """Reserve this lane's next slot the learnt factor allows; return its start (monotonic) and

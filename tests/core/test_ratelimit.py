@@ -184,3 +184,36 @@ def test_a_pause_holds_back_the_calls_already_waiting_for_a_slot() -> None:
     for thread in threads:
         thread.join()
     assert len(started) == 5 and min(started) >= paused_at + 1.0
+
+
+@pytest.mark.parametrize("limit", [4, 5, 100])
+def test_the_per_second_pace_leaves_a_request_of_every_window_free(limit: int) -> None:
+    # Even slots at the per-second headroom: the `limit`-th of ours always falls beyond the window
+    # that holds the first, and `limit + 1` of them (a refusal) would need bunching by over a step.
+    step = RateLimiter(limit, 1.0, ratelimit.PER_SECOND_HEADROOM).step
+    if limit <= 5:  # the documented limits (4 and 5 a second)
+        assert (limit - 1) * step > 1.0
+    assert limit * step >= 1.0 + step
+
+
+def test_calls_a_stall_bunched_are_spaced_by_the_send_log(clock: FakeTime) -> None:
+    # Threads that all waited out a stall go at the same instant (past MAX_RESLOTS a late call goes
+    # anyway): the log of what was sent spaces them, half a slot apart at least and no more than
+    # SEND_LOG_SLOTS in any SEND_LOG_SLOTS - 0.5 slots, so a strict window sees no burst.
+    limiter = RateLimiter(5, 1.0, headroom=ratelimit.PER_SECOND_HEADROOM)
+    starts = [limiter._log_send() for _ in range(12)]  # the clock stands still: all due at once
+    assert starts[0] == clock.now
+    assert all(b - a >= limiter.step / 2 - 1e-9 for a, b in itertools.pairwise(starts))
+    span = (ratelimit.SEND_LOG_SLOTS - 0.5) * limiter.step
+    assert all(sum(1 for t in starts if s <= t < s + span) <= ratelimit.SEND_LOG_SLOTS for s in starts)
+    # At 5 a second, no one-second window ever holds more than 5 of them.
+    assert all(sum(1 for t in starts if s <= t <= s + 1.0) <= 5 for s in starts)
+
+
+def test_the_send_log_never_holds_back_an_even_pace(clock: FakeTime) -> None:
+    limiter = RateLimiter(5, 1.0, headroom=ratelimit.PER_SECOND_HEADROOM)
+    limiter.acquire()
+    start = clock.now
+    for _ in range(20):
+        limiter.acquire()
+    assert clock.now - start == pytest.approx(20 * limiter.step)

@@ -38,6 +38,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--import-latency", type=float, default=0.0, help="more seconds before import POSTs are answered"
     )
+    parser.add_argument(
+        "--timing",
+        choices=("sandbox", "strict"),
+        default="sandbox",
+        help="timing model of the rate limits and latency: the sandbox's own (default), or strict sliding "
+        "windows that count refused requests too, checked on arrival, with a latency drawn per request",
+    )
+    parser.add_argument(
+        "--strict-jitter",
+        type=float,
+        default=0.02,
+        help="strict timing: up to this many more seconds on every API call (default 0.02)",
+    )
     parser.add_argument("--rotating-refresh-tokens", action="store_true", help="single-use refresh tokens")
     parser.add_argument("--ac-auth-error-status", type=int, choices=(401, 403), default=403)
     parser.add_argument("--ac-rate-limit-style", choices=("429", "400", "503"), default="429")
@@ -101,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rate_scale": args.rate_scale,
                 "latency_s": args.latency,
                 "import_latency_s": args.import_latency,
+                "timing": args.timing,
+                "strict_jitter_s": args.strict_jitter,
                 "cc_rotating_refresh_tokens": args.rotating_refresh_tokens,
                 "ac_auth_error_status": args.ac_auth_error_status,
                 "ac_rate_limit_style": args.ac_rate_limit_style,

@@ -13,6 +13,9 @@ CCOverlongMode = Literal["reject_contact", "truncate", "reject_request"]
 #: (429 answers as one object, every other error as a list).
 CCErrorShape = Literal["list", "object", "documented"]
 CCHeaderStyle = Literal["snake", "title"]
+#: How the rate limits and latency behave: the sandbox's own model, or the ``strict`` one
+#: (:mod:`airflow_provider_ciexport.tools.sandbox.strict`).
+TimingModel = Literal["sandbox", "strict"]
 
 
 class ConfigError(ValueError):
@@ -34,6 +37,13 @@ class SandboxConfig:
     latency_s: float = 0.0
     #: Added to ``latency_s`` for the two import POSTs.
     import_latency_s: float = 0.0
+    #: ``sandbox``: windows count admitted requests, checked once the body is read, fixed latency.
+    #: ``strict``: windows count every request, refused ones too, checked on arrival; the import
+    #: latency is drawn per request around ``import_latency_s`` and every call gets up to
+    #: ``strict_jitter_s`` more.
+    timing: TimingModel = "sandbox"
+    #: The strict model's network jitter: up to this many (unscaled) seconds more on every API call.
+    strict_jitter_s: float = 0.02
     #: Keep request bodies (truncated to 64 KB) in the request log. Off by default: import bodies
     #: carry the segment's emails and token requests the refresh token.
     record_bodies: bool = False
@@ -135,6 +145,7 @@ class SandboxConfig:
         for name in (
             "latency_s",
             "import_latency_s",
+            "strict_jitter_s",
             "ac_info_false_s",
             "ac_job_duration_s",
             "ac_other_app_requests_per_second",
@@ -151,6 +162,8 @@ class SandboxConfig:
             raise ConfigError("ac_auth_error_status must be 401 or 403")
         if self.ac_rate_limit_style not in get_args(ACRateLimitStyle):
             raise ConfigError(f"ac_rate_limit_style must be one of {get_args(ACRateLimitStyle)}")
+        if self.timing not in get_args(TimingModel):
+            raise ConfigError(f"timing must be one of {get_args(TimingModel)}")
         if self.cc_export_header_style not in get_args(CCHeaderStyle):
             raise ConfigError(f"cc_export_header_style must be one of {get_args(CCHeaderStyle)}")
         if self.cc_overlong_values not in get_args(CCOverlongMode):

@@ -37,6 +37,8 @@ JOB_ENDPOINTS = IMPORT_ENDPOINTS | {("POST", "/v3/activities/remove_list_members
 FAULT_APIS = ("ac", "cc", "oauth")
 #: Where the job fault chosen for a request is handed to its handler.
 JOB_FAULT_KEY = "sandbox.job_fault"
+#: When the request arrived, before its body was read (the strict timing model checks it then).
+ARRIVAL_KEY = "sandbox.arrival"
 
 
 @dataclass
@@ -111,6 +113,7 @@ class SandboxGate:
         if classify(scope["path"]) == "control":
             await self.app(scope, receive, send)
             return
+        scope[ARRIVAL_KEY] = self.state.now()
         path: str = scope["path"]
         method: str = scope["method"]
         api = classify(path)
@@ -165,7 +168,8 @@ class SandboxGate:
     ) -> None:
         st = self.state
         key = (scope["method"], endpoint)
-        now = st.now()
+        strict = st.config.timing == "strict"
+        now = scope[ARRIVAL_KEY] if strict else st.now()
         effects = _FaultEffects()
         if api in FAULT_APIS:
             fired = await self._fire_faults(scope, receive, send, raw_send, api, key in JOB_ENDPOINTS)
@@ -178,11 +182,7 @@ class SandboxGate:
         if denied is not None:
             await denied(scope, receive, send)
             return
-        delay = effects.delay
-        if api in FAULT_APIS:
-            delay += st.config.latency_s
-        if key in IMPORT_ENDPOINTS:
-            delay += st.config.import_latency_s
+        delay = effects.delay + self._latency(api, key in IMPORT_ENDPOINTS)
         # The request is handled at once and its answer held back until `delay` after arrival, as a
         # real server does its work within its latency: a burst of imports is then answered together,
         # not one parse after another.
@@ -199,6 +199,16 @@ class SandboxGate:
             await send(message)
 
         await self.app(scope, receive, send_on_time if delay > 0 else send)
+
+    def _latency(self, api: str, is_import: bool) -> float:
+        """How long after its arrival a request is answered, by the timing model."""
+        cfg = self.state.config
+        if api not in FAULT_APIS:
+            return 0.0
+        import_s = cfg.import_latency_s if is_import else 0.0
+        if cfg.timing == "strict":
+            return self.state.latency.delay(cfg.latency_s, import_s, cfg.strict_jitter_s)
+        return cfg.latency_s + import_s
 
     async def _fire_faults(
         self, scope: Scope, receive: Receive, send: Send, raw_send: Send, api: str, creates_job: bool
@@ -287,6 +297,10 @@ class SandboxGate:
         for name, window in windows:
             wait = window.wait_time(now)
             if wait > 0:
+                if window.counts_refused:  # the refused request is counted in each window it meets
+                    for _, counted in windows:
+                        counted.add(now)
+                    wait = window.wait_time(now)
                 st.recorder.rejections[name] += 1
                 if name == "cc_daily_quota":
                     return errors.cc_quota_exceeded(st.config.cc_error_shape)

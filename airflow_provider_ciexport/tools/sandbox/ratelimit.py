@@ -3,6 +3,31 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
+
+
+class RateWindow(Protocol):
+    """What the gate needs of a rate-limit window, whichever timing model implements it."""
+
+    limit: int
+    window_s: float
+    background_rate: float
+    background_admitted: int
+    background_refused: int
+    #: Whether a refused request is counted in the window too.
+    counts_refused: bool
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one more request would be admitted (0.0 when it would be now)."""
+        ...
+
+    def add(self, now: float) -> None:
+        """Count a request."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every request."""
+        ...
 
 
 class SlidingWindow:
@@ -18,6 +43,9 @@ class SlidingWindow:
     as soon as the window has room, as a well-behaved app does, so the other app does get its rate
     (up to the limit) however hard the real clients push.
     """
+
+    #: Only admitted requests count.
+    counts_refused = False
 
     def __init__(self, limit: int, window_s: float, background_rate: float = 0.0) -> None:
         self.limit = limit

@@ -11,8 +11,9 @@ from airflow_provider_ciexport.tools.sandbox.cc_store import CCStore
 from airflow_provider_ciexport.tools.sandbox.config import SandboxConfig
 from airflow_provider_ciexport.tools.sandbox.faults import FaultInjector
 from airflow_provider_ciexport.tools.sandbox.oauth_store import OAuthStore
-from airflow_provider_ciexport.tools.sandbox.ratelimit import SlidingWindow
+from airflow_provider_ciexport.tools.sandbox.ratelimit import RateWindow, SlidingWindow
 from airflow_provider_ciexport.tools.sandbox.recording import Recorder
+from airflow_provider_ciexport.tools.sandbox.strict import StrictLatency, StrictWindow
 
 DAY_S = 86400.0
 
@@ -40,12 +41,8 @@ class SandboxState:
         self.ac = ACStore(self.recorder, lambda: self.config)
         self.cc = CCStore(self.recorder, lambda: self.config)
         self.oauth = OAuthStore()
-        self.limits = {
-            "ac_per_second": SlidingWindow(config.ac_requests_per_second, 1.0),
-            "ac_imports_per_minute": SlidingWindow(config.ac_imports_per_minute, 60.0),
-            "cc_per_second": SlidingWindow(config.cc_requests_per_second, 1.0),
-            "cc_daily_quota": SlidingWindow(config.cc_daily_quota, DAY_S),
-        }
+        self.limits: dict[str, RateWindow] = {}
+        self.latency = StrictLatency()
 
     def configure(self, overrides: dict[str, Any]) -> None:
         """Change settings now, keeping all data.
@@ -59,10 +56,13 @@ class SandboxState:
         if rec.log.maxlen != self.config.request_log_size:
             rec.log = deque(rec.log, maxlen=self.config.request_log_size)
 
-    def limiter(self, name: str) -> SlidingWindow:
+    def limiter(self, name: str) -> RateWindow:
         """A rate limiter with its limit, (scaled) window and other app taken from the current config."""
         cfg = self.config
-        window = self.limits[name]
+        window_type = StrictWindow if cfg.timing == "strict" else SlidingWindow
+        window = self.limits.get(name)
+        if type(window) is not window_type:  # first use, or the timing model changed
+            window = self.limits[name] = window_type(1, 1.0)
         base_limit, base_window, other_app = {
             "ac_per_second": (cfg.ac_requests_per_second, 1.0, cfg.ac_other_app_requests_per_second),
             "ac_imports_per_minute": (cfg.ac_imports_per_minute, 60.0, cfg.ac_other_app_imports_per_minute),
