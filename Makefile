@@ -14,7 +14,7 @@ CONSTRAINTS ?= -c $(LOCK)
 # browser test, matplotlib for `make bench`'s plot, and GCS, the other object store users may need for a state or a segment file
 # (`pip install -c constraints/constraints.txt '.[gcs]'` resolves). s3 is in EXTRAS: installed, and
 # locked in both lock files.
-LOCK_EXTRAS := $(EXTRAS),ui,gcs,bench
+LOCK_EXTRAS := $(EXTRAS),ui,gcs,bench,prodtest
 # The oldest supported Airflow: 3.3.0, the floor in setup.cfg (the providers' policy would allow 3.2,
 # but the provider needs Task SDK 1.3's Variable.keys; see docs/installation.md), with everything
 # else as it was the day after its release (what Airflow's own constraints for it pin), in a lock of
