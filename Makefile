@@ -30,7 +30,7 @@ PYTEST_ARGS ?=
 #: make sandbox PORT=8030
 PORT ?= 8025
 
-.PHONY: install test lint typecheck pytest docs demo bench sandbox lock test-latest test-oldest ui-test clean
+.PHONY: install test lint typecheck pytest docs demo bench prod-test sandbox lock test-latest test-oldest ui-test clean
 
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/sync.py $(SYNC_BENCH_ARGS)
 	$(PY) benchmarks/year.py $(YEAR_BENCH_ARGS)
+
+# A deployment rehearsal, not part of `make test`: Airflow with the CeleryExecutor on two workers,
+# PostgreSQL, Redis (Debian's redis-server, installed if missing) and a local S3 server on 127.0.0.1,
+# running exports through the scheduler (benchmarks/prod_test.py; docs/deploying.md).
+#: make prod-test PROD_TEST_ARGS="--profiles 20000 --scale 20"
+prod-test: $(STAMP)
+	$(UV) pip install --quiet --python $(PY) $(CONSTRAINTS) -e '.[$(EXTRAS),prodtest]'
+	$(PY) benchmarks/prod_test.py $(PROD_TEST_ARGS)
 
 sandbox: $(STAMP)
 	@$(PY) -m airflow_provider_ciexport.tools.sandbox --port $(PORT)
