@@ -10,7 +10,7 @@ into a file of the folder named by ``CIEXPORT_PROD_PROBES`` (one JSON file per t
 - ``ciexport_prod_mirror``: a mirror export of the first ``params.profiles`` profiles per destination,
   each with its state on S3;
 - ``ciexport_prod_shared_state``: one ActiveCampaign mirror export whose state is the same S3 object for
-  every run; the test triggers two runs at once.
+  every run; the test queues two runs while the DAG is paused, then unpauses it, so they start together.
 """
 
 from __future__ import annotations
@@ -123,7 +123,10 @@ with DAG(dag_id="ciexport_prod_mirror", **_COMMON):
         **_TASK,
     )
 
-with DAG(dag_id="ciexport_prod_shared_state", max_active_runs=2, **_COMMON):
+# Paused until both runs are queued (``prod_test.py`` unpauses it), so that they start together.
+with DAG(
+    dag_id="ciexport_prod_shared_state", max_active_runs=2, **{**_COMMON, "is_paused_upon_creation": True}
+):
     ActiveCampaignSegmentExportOperator(
         task_id="export_ac",
         list_id=AC_LIST_LAPSED,
