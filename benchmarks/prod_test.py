@@ -60,7 +60,11 @@ S3_KEYS = {"login": "prodtest-key-id", "password": "prodtest-secret-key"}
 FINAL_STATES = {"success", "failed"}
 WORKERS = ("worker1", "worker2")
 #: The sandbox's lists the DAGs export to (``prod/dags/ciexport_prod.py``).
-LIST_OF = {("ciexport_prod_mirror", "export_ac"): 2, ("ciexport_prod_shared_state", "export_ac"): 3}
+LIST_OF = {
+    ("ciexport_prod_mirror", "export_ac"): 2,
+    ("ciexport_prod_shared_state", "export_ac"): 3,
+    ("ciexport_prod_shared_state_lease", "export_ac"): 1,
+}
 #: The sandbox's latency of an import request while the two runs on one state run (else run.py's).
 SHARED_IMPORT_LATENCY_S = 6.0
 CC_VIP = "22222222-2222-4222-8222-222222222222"
@@ -409,7 +413,7 @@ def running_stack(work: Path, profiles_db: Path, profiles: int, scale: float) ->
         wait_for(
             "the DAGs to be parsed",
             lambda: (
-                len(pg_rows(stack, "SELECT 1 FROM serialized_dag WHERE dag_id LIKE 'ciexport_prod_%%'")) >= 3
+                len(pg_rows(stack, "SELECT 1 FROM serialized_dag WHERE dag_id LIKE 'ciexport_prod_%%'")) >= 4
             ),
             300,
         )
@@ -424,6 +428,9 @@ def run_scenarios(stack: Stack, profiles: int) -> list[TaskResult]:
     # Slower imports, so that the first run still holds the state's lease when the second one starts.
     stack.sandbox.client.configure(import_latency_s=SHARED_IMPORT_LATENCY_S)
     shared = scenario(stack, "one S3 state", "ciexport_prod_shared_state", ["shared_1", "shared_2"], profiles)
+    shared += scenario(
+        stack, "lease only", "ciexport_prod_shared_state_lease", ["lease_1", "lease_2"], profiles
+    )
     stack.sandbox.client.configure(import_latency_s=IMPORT_LATENCY_S)
     expected = segment_emails(stack, profiles)
     check_lists(stack, mirror, expected)
@@ -435,9 +442,9 @@ def verdict(results: list[TaskResult]) -> list[str]:
     """What went wrong, if anything (empty when the test passed); a run refused by the lease is not."""
     problems = [f"{r.run_id}/{r.task_id}: list differs from its segment" for r in results if r.exact is False]
     problems += [f"{r.run_id}/{r.task_id}: {r.state}" for r in results if r.state != "success" and not r.note]
-    shared = [r for r in results if r.scenario == "one S3 state"]
-    if sum(r.state == "success" for r in shared) < 1:
-        problems.append("one S3 state: neither run succeeded")
+    for name in ("one S3 state", "lease only"):
+        if not any(r.state == "success" for r in results if r.scenario == name):
+            problems.append(f"{name}: neither run succeeded")
     return problems
 
 

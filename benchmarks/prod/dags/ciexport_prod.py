@@ -10,7 +10,9 @@ into a file of the folder named by ``CIEXPORT_PROD_PROBES`` (one JSON file per t
 - ``ciexport_prod_mirror``: a mirror export of the first ``params.profiles`` profiles per destination,
   each with its state on S3;
 - ``ciexport_prod_shared_state``: one ActiveCampaign mirror export whose state is the same S3 object for
-  every run; the test queues two runs while the DAG is paused, then unpauses it, so they start together.
+  every run; the test queues two runs while the DAG is paused, then unpauses it, so they start together;
+  Airflow runs them one after the other. ``ciexport_prod_shared_state_lease`` lets them run at once:
+  the state's lease refuses the second.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSeg
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.tools.sandbox.seed import (
     AC_LIST_LAPSED,
+    AC_LIST_NEWSLETTER,
     AC_LIST_VIP,
     CC_LIST_VIP,
 )
@@ -123,15 +126,21 @@ with DAG(dag_id="ciexport_prod_mirror", **_COMMON):
         **_TASK,
     )
 
-# Paused until both runs are queued (``prod_test.py`` unpauses it), so that they start together.
-with DAG(
-    dag_id="ciexport_prod_shared_state", max_active_runs=2, **{**_COMMON, "is_paused_upon_creation": True}
+# Paused until both runs are queued (``prod_test.py`` unpauses it), so that they start together. The
+# operator lets one try of a task with a state run at a time (``max_active_tis_per_dag=1``): Airflow
+# runs the two one after the other. The ``_lease`` DAG allows two at once, as two DAGs exporting to
+# one state would: then only the state's lease on S3 keeps them apart.
+for dag_id, list_id, at_once in (
+    ("ciexport_prod_shared_state", AC_LIST_LAPSED, 1),
+    ("ciexport_prod_shared_state_lease", AC_LIST_NEWSLETTER, 2),
 ):
-    ActiveCampaignSegmentExportOperator(
-        task_id="export_ac",
-        list_id=AC_LIST_LAPSED,
-        field_mapping=AC_MAPPING,
-        sync_mode="mirror",
-        state_path=f"{STATE}/shared-ac.state",
-        **_TASK,
-    )
+    with DAG(dag_id=dag_id, max_active_runs=2, **{**_COMMON, "is_paused_upon_creation": True}):
+        ActiveCampaignSegmentExportOperator(
+            task_id="export_ac",
+            list_id=list_id,
+            field_mapping=AC_MAPPING,
+            sync_mode="mirror",
+            state_path=f"{STATE}/{dag_id}-ac.state",
+            max_active_tis_per_dag=at_once,
+            **_TASK,
+        )
