@@ -11,7 +11,8 @@ EXTRAS := test,demo,parquet,sandbox,openlineage,docs,s3
 LOCK ?= constraints/constraints.txt
 CONSTRAINTS ?= -c $(LOCK)
 # Extras that are locked (in the main lock only) but not installed by `make install`: Selenium for the
-# browser test, matplotlib for `make bench`'s plot, and GCS, the other object store users may need for a state or a segment file
+# browser test, matplotlib for `make bench`'s plot, prodtest for `make prod-test` (Celery, Redis, moto's
+# S3 server), and GCS, the other object store users may need for a state or a segment file
 # (`pip install -c constraints/constraints.txt '.[gcs]'` resolves). s3 is in EXTRAS: installed, and
 # locked in both lock files.
 LOCK_EXTRAS := $(EXTRAS),ui,gcs,bench,prodtest
