@@ -217,9 +217,9 @@ def pg_rows(stack: Stack, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
         return []
 
 
-def trigger(stack: Stack, dag_id: str, run_ids: Sequence[str], profiles: int) -> None:
+def trigger(stack: Stack, dag_id: str, run_ids: Sequence[str], conf_values: dict[str, Any]) -> None:
     """Trigger ``dag_id`` once per run id, all at once; wait until every run has ended."""
-    conf = json.dumps({"profiles": profiles})
+    conf = json.dumps(conf_values)
     clis = [
         spawn(
             [PYTHON, "-m", "airflow", "dags", "trigger", dag_id, "--run-id", run_id, "--conf", conf],
@@ -291,8 +291,8 @@ def task_log_note(stack: Stack, dag_id: str, run_id: str, task_id: str) -> str:
     return ""
 
 
-def segment_emails(stack: Stack, profiles: int) -> set[str]:
-    """The valid distinct addresses of the warehouse's segment of ``profiles`` profiles."""
+def segment_emails(stack: Stack, profiles: int, churn: bool = False) -> set[str]:
+    """The valid distinct addresses of the warehouse's segment of ``profiles`` profiles (``SYNC_SQL``)."""
     import psycopg
 
     pg = stack.pg
@@ -300,7 +300,10 @@ def segment_emails(stack: Stack, profiles: int) -> set[str]:
     with psycopg.connect(
         host=pg.host, port=pg.port, user=pg.login, password=pg.password, dbname="warehouse"
     ) as conn:
-        rows = conn.execute("SELECT email FROM customer_profiles WHERE customer_id <= %s", (profiles,))
+        sql = "SELECT email FROM customer_profiles WHERE customer_id <= %s"
+        if churn:
+            sql, profiles = sql + " AND customer_id %% 200 != 0", profiles + profiles // 100
+        rows = conn.execute(sql, (profiles,))
         return valid_emails(raw for (raw,) in rows)
 
 
@@ -333,12 +336,12 @@ def last_seq(stack: Stack) -> int:
     return max((int(e.get("seq", 0)) for e in stack.sandbox.client.requests_log()), default=0)
 
 
-def scenario(stack: Stack, name: str, dag_id: str, run_ids: Sequence[str], profiles: int) -> list[TaskResult]:
+def scenario(stack: Stack, name: str, dag_id: str, run_ids: Sequence[str], **conf: Any) -> list[TaskResult]:
     """Run one scenario through the scheduler and measure its tasks."""
     print(f"  {name}: {len(run_ids)} run(s) of {dag_id} ...", flush=True)
     since = last_seq(stack)
     started = time.monotonic()
-    trigger(stack, dag_id, run_ids, profiles)
+    trigger(stack, dag_id, run_ids, conf)
     results = task_results(stack, name, dag_id, run_ids)
     for result in results:
         result.refusals = refusals(stack, since, "cc" if result.task_id.endswith("cc") else "ac")
@@ -402,7 +405,7 @@ def running_stack(work: Path, profiles_db: Path, profiles: int, scale: float) ->
         stop.callback(stop_all, stack.procs)
         print("Starting PostgreSQL, Redis, the S3 server and the sandbox ...", flush=True)
         stack.pg = stop.enter_context(postgres_server(binaries, "airflow"))
-        load_warehouse(stack.pg, profiles_db, profiles)
+        load_warehouse(stack.pg, profiles_db, profiles + profiles // 100)
         redis_url, s3_url = start_redis(stack), start_s3(stack)
         stack.sandbox = stop.enter_context(Sandbox(scale, work))
         stack.env = stack_env(stack, redis_url, s3_url, profiles_db, scale)
@@ -421,21 +424,22 @@ def running_stack(work: Path, profiles_db: Path, profiles: int, scale: float) ->
 
 
 def run_scenarios(stack: Stack, profiles: int) -> list[TaskResult]:
-    """Idle baseline, a mirror export per destination, two runs at once on one S3 state."""
+    """Idle baseline, a mirror export per destination and its churn run, two runs on one S3 state."""
     stack.sandbox.client.reset(request_log_size=200_000)
-    results = scenario(stack, "idle", "ciexport_prod_idle", ["idle"], 0)
-    mirror = scenario(stack, "mirror", "ciexport_prod_mirror", ["mirror"], profiles)
+    results = scenario(stack, "idle", "ciexport_prod_idle", ["idle"], profiles=0)
+    mirror = scenario(stack, "mirror", "ciexport_prod_mirror", ["mirror"], profiles=profiles)
+    check_lists(stack, mirror, segment_emails(stack, profiles))
+    churn = scenario(stack, "2% churn", "ciexport_prod_mirror", ["churn"], profiles=profiles, churn=True)
+    check_lists(stack, churn, segment_emails(stack, profiles, churn=True))
     # Slower imports, so that the first run still holds the state's lease when the second one starts.
     stack.sandbox.client.configure(import_latency_s=SHARED_IMPORT_LATENCY_S)
-    shared = scenario(stack, "one S3 state", "ciexport_prod_shared_state", ["shared_1", "shared_2"], profiles)
-    shared += scenario(
-        stack, "lease only", "ciexport_prod_shared_state_lease", ["lease_1", "lease_2"], profiles
-    )
+    runs = ["shared_1", "shared_2"]
+    shared = scenario(stack, "one S3 state", "ciexport_prod_shared_state", runs, profiles=profiles)
+    runs = ["lease_1", "lease_2"]
+    shared += scenario(stack, "lease only", "ciexport_prod_shared_state_lease", runs, profiles=profiles)
     stack.sandbox.client.configure(import_latency_s=IMPORT_LATENCY_S)
-    expected = segment_emails(stack, profiles)
-    check_lists(stack, mirror, expected)
-    check_lists(stack, shared, expected)
-    return results + mirror + shared
+    check_lists(stack, shared, segment_emails(stack, profiles))
+    return results + mirror + churn + shared
 
 
 def verdict(results: list[TaskResult]) -> list[str]:
@@ -461,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    profiles_db = ensure_profiles(args.profiles, regenerate=False)
+    profiles_db = ensure_profiles(args.profiles + args.profiles // 100, regenerate=False)  # + the churn's new
     with tempfile.TemporaryDirectory(prefix="ciexport-prodtest-") as tmp:
         with running_stack(Path(tmp), profiles_db, args.profiles, args.scale) as stack:
             print(f"Stack up in {time.monotonic() - started:.0f} s; logs in {LOGS}", flush=True)

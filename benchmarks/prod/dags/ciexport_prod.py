@@ -8,7 +8,7 @@ into a file of the folder named by ``CIEXPORT_PROD_PROBES`` (one JSON file per t
 
 - ``ciexport_prod_idle``: an empty segment per destination, the idle baseline of the memory figure;
 - ``ciexport_prod_mirror``: a mirror export of the first ``params.profiles`` profiles per destination,
-  each with its state on S3;
+  each with its state on S3; with ``params.churn``, of the same segment after 2% churn;
 - ``ciexport_prod_shared_state``: one ActiveCampaign mirror export whose state is the same S3 object for
   every run; the test queues two runs while the DAG is paused, then unpauses it, so they start together;
   Airflow runs them one after the other. ``ciexport_prod_shared_state_lease`` lets them run at once:
@@ -32,6 +32,7 @@ from airflow_provider_ciexport.tools.sandbox.seed import (
     AC_LIST_VIP,
     CC_LIST_VIP,
 )
+from benchmarks.segments import SYNC_SQL
 
 BUCKET = "ciexport-prod"
 STATE = f"s3://ciexport_state@{BUCKET}"
@@ -108,22 +109,25 @@ with DAG(dag_id="ciexport_prod_idle", **_COMMON):
         task_id="idle_cc", list_id=CC_LIST_VIP, field_mapping=CC_MAPPING, **_TASK
     )
 
-with DAG(dag_id="ciexport_prod_mirror", **_COMMON):
+# With ``params.churn`` the segment has changed by 2% since (the benchmark's ``SYNC_SQL``).
+_MIRROR: dict[str, Any] = {**_TASK, "sql": SYNC_SQL, "sync_mode": "mirror"}
+with DAG(
+    dag_id="ciexport_prod_mirror",
+    **{**_COMMON, "params": {**_COMMON["params"], "churn": Param(False, type="boolean")}},
+):
     ActiveCampaignSegmentExportOperator(
         task_id="export_ac",
         list_id=AC_LIST_VIP,
         field_mapping=AC_MAPPING,
-        sync_mode="mirror",
         state_path=f"{STATE}/mirror-ac.state",
-        **_TASK,
+        **_MIRROR,
     )
     ConstantContactSegmentExportOperator(
         task_id="export_cc",
         list_id=CC_LIST_VIP,
         field_mapping=CC_MAPPING,
-        sync_mode="mirror",
         state_path=f"{STATE}/mirror-cc.state",
-        **_TASK,
+        **_MIRROR,
     )
 
 # Paused until both runs are queued (``prod_test.py`` unpauses it), so that they start together. The
