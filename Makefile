@@ -11,10 +11,11 @@ EXTRAS := test,demo,parquet,sandbox,openlineage,docs,s3
 LOCK ?= constraints/constraints.txt
 CONSTRAINTS ?= -c $(LOCK)
 # Extras that are locked (in the main lock only) but not installed by `make install`: Selenium for the
-# browser test, matplotlib for `make bench`'s plot, and GCS, the other object store users may need for a state or a segment file
+# browser test, matplotlib for `make bench`'s plot, prodtest for `make prod-test` (Celery, Redis, moto's
+# S3 server), and GCS, the other object store users may need for a state or a segment file
 # (`pip install -c constraints/constraints.txt '.[gcs]'` resolves). s3 is in EXTRAS: installed, and
 # locked in both lock files.
-LOCK_EXTRAS := $(EXTRAS),ui,gcs,bench
+LOCK_EXTRAS := $(EXTRAS),ui,gcs,bench,prodtest
 # The oldest supported Airflow: 3.3.0, the floor in setup.cfg (the providers' policy would allow 3.2,
 # but the provider needs Task SDK 1.3's Variable.keys; see docs/installation.md), with everything
 # else as it was the day after its release (what Airflow's own constraints for it pin), in a lock of
@@ -30,7 +31,7 @@ PYTEST_ARGS ?=
 #: make sandbox PORT=8030
 PORT ?= 8025
 
-.PHONY: install test lint typecheck pytest docs demo bench sandbox lock test-latest test-oldest ui-test clean
+.PHONY: install test lint typecheck pytest docs demo bench prod-test sandbox lock test-latest test-oldest ui-test clean
 
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +69,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/sync.py $(SYNC_BENCH_ARGS)
 	$(PY) benchmarks/year.py $(YEAR_BENCH_ARGS)
 	$(PY) benchmarks/outcomes.py $(OUTCOMES_BENCH_ARGS)
+
+# A deployment rehearsal, not part of `make test`: Airflow with the CeleryExecutor on two workers,
+# PostgreSQL, Redis (Debian's redis-server, installed if missing) and a local S3 server on 127.0.0.1,
+# running exports through the scheduler (benchmarks/prod_test.py; docs/deploying.md).
+#: make prod-test PROD_TEST_ARGS="--profiles 20000 --scale 20"
+prod-test: $(STAMP)
+	$(UV) pip install --quiet --python $(PY) $(CONSTRAINTS) -e '.[$(EXTRAS),prodtest]'
+	$(PY) benchmarks/prod_test.py $(PROD_TEST_ARGS)
 
 sandbox: $(STAMP)
 	@$(PY) -m airflow_provider_ciexport.tools.sandbox --port $(PORT)

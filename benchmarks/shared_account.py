@@ -26,7 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,34 +70,38 @@ def scheduler_env(env: dict[str, str], db: Path, port: int) -> dict[str, str]:
     }
 
 
+def spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own session (its process group is its pid), output into ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter's commands, or Debian's binaries
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 30) -> None:
+    """Stop what :func:`spawn` started, by each recorded pid's process group: SIGTERM, then SIGKILL."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @contextmanager
 def airflow_services(env: dict[str, str], logs: Path, tag: str) -> Iterator[None]:
     """API server, scheduler and DAG processor, each in its own session, stopped afterwards."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name in ("api-server", "scheduler", "dag-processor"):
-            with (logs / f"{tag}-{name}.log").open("wb") as out:
-                procs.append(
-                    subprocess.Popen(  # noqa: S603 - our own interpreter's Airflow CLI
-                        [PYTHON, "-m", "airflow", name],
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+            procs.append(spawn([PYTHON, "-m", "airflow", name], env, logs / f"{tag}-{name}.log"))
         yield
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_all(procs)
 
 
 def airflow_cli(env: dict[str, str], args: list[str], log: Path) -> None:
@@ -132,21 +136,26 @@ def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
         return []
 
 
-def expected_emails(profiles_db: Path, first_id: int, last_id: int) -> set[str]:
-    """The addresses a correct export of customer ids ``first_id..last_id`` leaves in its list."""
+def valid_emails(raw_emails: Iterable[Any]) -> set[str]:
+    """The addresses a correct export of these segment values leaves in its list (valid for both APIs)."""
     from airflow_provider_ciexport.tools.sandbox.emails import is_valid_ac_email, is_valid_cc_email
 
     emails: set[str] = set()
+    for raw in raw_emails:
+        if isinstance(raw, str):
+            email = raw.strip().lower()
+            if email and is_valid_ac_email(email) and is_valid_cc_email(email):
+                emails.add(email)
+    return emails
+
+
+def expected_emails(profiles_db: Path, first_id: int, last_id: int) -> set[str]:
+    """The addresses a correct export of customer ids ``first_id..last_id`` leaves in its list."""
     with closing(sqlite3.connect(profiles_db)) as conn:
         rows = conn.execute(
             "SELECT email FROM customer_profiles WHERE customer_id BETWEEN ? AND ?", (first_id, last_id)
         )
-        for (raw,) in rows:
-            if isinstance(raw, str):
-                email = raw.strip().lower()
-                if email and is_valid_ac_email(email) and is_valid_cc_email(email):
-                    emails.add(email)
-    return emails
+        return valid_emails(raw for (raw,) in rows)
 
 
 def run_shared_account(

@@ -27,6 +27,7 @@ from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSeg
 from airflow_provider_ciexport.operators.base import BaseSegmentExportOperator
 from airflow_provider_ciexport.operators.constantcontact import ConstantContactSegmentExportOperator
 from airflow_provider_ciexport.tools.sandbox.seed import AC_LIST_VIP, AC_LISTS, CC_LIST_VIP, CC_LISTS
+from benchmarks.segments import SYNC_SQL
 
 #: The segment: the first N rows of the generated table (N = 0 is the empty task).
 SEGMENT_SQL = "SELECT * FROM customer_profiles WHERE customer_id <= {{ params.profiles | int }}"
@@ -53,17 +54,6 @@ RANGE_SQL = (
     "SELECT * FROM customer_profiles WHERE customer_id > {{{{ params.profiles | int * {index} }}}} "
     "AND customer_id <= {{{{ params.profiles | int * {next} }}}} ORDER BY customer_id"
 )
-#: The mirrored segment: the first N rows, or with ``churn`` the daily 2% change of them: every 200th
-#: row left the segment, the next one's loyalty tier changed, and N/100 rows past the end are new.
-SYNC_SQL = """
-{%- set n = params.profiles | int %}{% set churn = params.churn %}
-SELECT customer_id, email, first_name, last_name, phone, city, favorite_store,
-       {% if churn %}CASE WHEN customer_id % 200 = 1 THEN 'Changed' ELSE loyalty_tier END{% else %}loyalty_tier{% endif %}
-       AS loyalty_tier
-FROM customer_profiles
-WHERE customer_id <= {{ n + n // 100 if churn else n }}{% if churn %} AND customer_id % 200 != 0{% endif %}
-ORDER BY customer_id
-"""
 #: Pools, one per account, that cap how many exports run on it at once (``run.py`` creates them).
 AC_POOL = "ciexport_bench_activecampaign"
 CC_POOL = "ciexport_bench_constantcontact"
