@@ -136,8 +136,11 @@ class OutcomeHooks:
     def small(self, accepted: int, total: int) -> None:
         """The whole (small) segment was sent by single calls; ``accepted`` of ``total`` taken."""
 
-    def removals(self, emails: Sequence[str], result: JobResult) -> None:
-        """A removal job for ``emails`` ended with ``result``."""
+    def removals(self, emails: Sequence[str], result: JobResult, job_id: str | None = None) -> None:
+        """A removal job (``job_id``) for ``emails`` ended with ``result``."""
+
+    def readds_refused(self, reasons: Mapping[str, str]) -> None:
+        """Contacts the export removed that came back were not re-subscribed: email -> reason."""
 
     def close(self) -> None:
         """The run ended (or stopped): write what is known and close the file."""
@@ -345,7 +348,7 @@ class OutcomeLog(OutcomeHooks):
         self._pending.clear()
         self.confirmed(0, JobResult(ok=True, accepted=accepted, rejected=total - accepted))
 
-    def removals(self, emails: Sequence[str], result: JobResult) -> None:
+    def removals(self, emails: Sequence[str], result: JobResult, job_id: str | None = None) -> None:
         """One row a contact removed (or not): named by the keyed hash of its e-mail, the only name the
         sync state knows for a contact no longer in the segment."""
         refused = {e.lower() for e in result.refused or ()}
@@ -354,8 +357,17 @@ class OutcomeLog(OutcomeHooks):
                 status, reason = "removal_refused", f"job_{result.state}"
             else:
                 status, reason = ("removal_refused", "refused") if email in refused else ("removed", "")
-            row_id = self._hash(email) if self._hash is not None else ""
-            self._write(None, row_id, "remove", status, reason)
+            self._write(None, self._name(email), "remove", status, reason, job_id=job_id)
+
+    def readds_refused(self, reasons: Mapping[str, str]) -> None:
+        """One more row for each contact that came back but was not re-subscribed (its segment row
+        says how its import went), named as removal rows are."""
+        for email, reason in reasons.items():
+            self._write(None, self._name(email), "readd", "readd_refused", reason)
+
+    def _name(self, email: str) -> str:
+        """The keyed hash of an e-mail the segment no longer names by its key columns."""
+        return self._hash(email) if self._hash is not None else ""
 
     def close(self) -> None:
         """Write the contacts the run never confirmed (stopped), close the file, log where it is."""

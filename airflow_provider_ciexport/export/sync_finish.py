@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.export.destination import Destination
@@ -109,16 +108,20 @@ class SyncFinish:
         state = diff.state
         windows = [state.removal_window(diff.readd_runs.get(e, 0)) for e in back]
         skipped = self._readd_told(back, windows)
+        reasons = dict.fromkeys((e for e in diff.readd_emails if e in self._refused), "import_refused")
         for email in skipped:
+            reasons[email] = "changed_since_removal"
             index = diff.state.find(email_key(email))
             if index < 0:
                 continue
             if self._opted_out_complete and email not in diff.opted_out:
                 diff.forget([index])  # not unsubscribed anywhere: deleted, so a new contact if it comes back
+                reasons[email] = "contact_deleted"
             else:
                 # Someone else's change (the person's own, most often): theirs from now on, remembered
                 # so that no run sends them again until a full read says otherwise.
                 diff.state.update(index, 0, UNSUBSCRIBED)
+        self._outcomes.readds_refused(reasons)
         refused = len(diff.readd_emails) - len(back) + len(skipped)
         diff.counts["readded"] -= refused
         diff.counts["readd_refused"] += refused
@@ -160,12 +163,15 @@ class SyncFinish:
 
         def remove(chunk: list[tuple[int, str, str]]) -> None:
             contacts = [(email, contact_id) for _, email, contact_id in chunk]
-            result = follow(
-                partial(destination.submit_removal, contacts),
-                lambda job_id: destination.poll_removal(job_id, contacts),
-            )
+            jobs: list[str] = []  # the last is the one whose result counts (a failed job is sent again)
+
+            def submit() -> str:
+                jobs.append(destination.submit_removal(contacts))
+                return jobs[-1]
+
+            result = follow(submit, lambda job_id: destination.poll_removal(job_id, contacts))
             progress.advance(len(chunk))
-            self._outcomes.removals([email for email, _ in contacts], result)
+            self._outcomes.removals([email for email, _ in contacts], result, jobs[-1] if jobs else None)
             if not result.ok:
                 with self._lock:
                     report.sync["removal_refused"] += len(chunk)

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.exceptions import ExportConfigurationError, ExportIncompleteError
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
 from airflow_provider_ciexport.export.outcome_files import OUTCOME_COLUMNS
 from airflow_provider_ciexport.export.outcomes import OutcomeSettings, hashed_row_ids
 from airflow_provider_ciexport.export.sources.records import RecordsSegmentSource
 from airflow_provider_ciexport.export.state import StateKeys
 from airflow_provider_ciexport.export.sync import SyncSettings
+from tests.core.fakes import MemoryStore
 from tests.export.fakes import FakeDestination, MemoryListDestination
 
 KEYS = StateKeys(["the workers' secret, long enough to be a key"], "a test")
@@ -99,6 +100,7 @@ def export(
     sync: SyncSettings | None = None,
     records: list[dict[str, Any]] | None = None,
     settings: ExportSettings | None = None,
+    progress: MemoryStore | None = None,
 ) -> dict[str, Any]:
     outcomes = OutcomeSettings(f"file://{path}", key, KEYS, IDENTITY)
     exporter = SegmentExporter(
@@ -108,6 +110,7 @@ def export(
         settings,
         sync=sync,
         outcomes=outcomes,
+        progress=progress,
     )
     return exporter.run().as_dict()
 
@@ -262,3 +265,53 @@ def test_mirror_logs_one_row_per_removal_named_by_the_keyed_hash(
         row_id("person.12@example.com"),
     }
     assert all(row["row_number"] == "" for row in removals)
+    # Each removal row names the removal job that took the contact off.
+    assert {row["job_id"] for row in removals} <= set(destination.results) and all(
+        r["job_id"] for r in removals
+    )
+
+
+def test_returners_the_destination_would_not_resubscribe_get_a_row_saying_why(tmp_path: Path) -> None:
+    destination = MemoryListDestination(removal_unsubscribes=True)  # ActiveCampaign-like
+    state = f"file://{tmp_path}/s.state"
+    sync = SyncSettings(state_path=state, mode="mirror", keys=KEYS, max_removal_fraction=0.5)
+    export(destination, tmp_path / "first.csv", sync=sync)
+    export(
+        destination,
+        tmp_path / "second.csv",
+        sync=sync,
+        records=[r for r in messy() if r["id"] not in (10, 11, 12)],
+    )
+    destination.unsubscribe("person.11@example.com")  # their own change, after the export's removal
+    destination.refuse.add("person.12@example.com")  # the address is excluded now: its import is refused
+
+    report = export(destination, tmp_path / "third.csv", sync=sync)
+
+    rows = read_log(tmp_path / "third.csv")
+    extra = [row for row in rows if row["status"] == "readd_refused"]
+    check_counts([row for row in rows if row not in extra], report, named=True)
+    row_id = hashed_row_ids(KEYS)
+    assert {(row["row_id"], row["operation"], row["reason"], row["row_number"]) for row in extra} == {
+        (row_id("person.11@example.com"), "readd", "changed_since_removal", ""),
+        (row_id("person.12@example.com"), "readd", "import_refused", ""),
+    }
+    assert len(extra) == report["readd_refused"] == 2 and report["readded"] == 1
+    assert destination.readds == ["person.10@example.com"]
+
+
+def test_a_retried_run_writes_the_whole_log_again_resumed_batches_included(tmp_path: Path) -> None:
+    store, path = MemoryStore(), tmp_path / "log.csv"
+    with pytest.raises(ExportIncompleteError):
+        export(FakeDestination(failures={3: 9}), path, progress=store)
+    # The failed try wrote what it knew: a row for every source row, batch 3's failed.
+    failed = read_log(path)
+    assert len(failed) == len(messy()) and Counter(r["status"] for r in failed)["failed"] == 3
+
+    report = export(FakeDestination(), path, progress=store)
+
+    rows = read_log(path)  # the retry's file replaces the failed try's
+    check_counts(rows, report, named=True)
+    resumed = [row for row in rows if "resumed" in row["reason"].split(";")]
+    # Every batch but the failed one (3) was confirmed by the first try: 11 of the 14 contacts.
+    assert len(resumed) == 11 and {row["batch"] for row in resumed} == {"1", "2", "4", "5"}
+    assert all(row["status"] == "accepted" for row in resumed) and report["resumed_batches"] == 4
