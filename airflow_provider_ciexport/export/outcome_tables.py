@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_ciexport.core.redaction import driver_error
@@ -103,7 +104,7 @@ class TableSink:
         """Close the connection."""
         self._conn.close()
 
-    def _run(self, action: Any, what: str) -> None:
+    def _run(self, action: Callable[[Any], object], what: str) -> None:
         try:
             with contextlib.closing(self._conn.cursor()) as cursor:
                 action(cursor)

@@ -51,6 +51,7 @@ def _sqlite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[str, str]:
 
 
 def _postgres(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> tuple[str, str]:
+    pytest.importorskip("airflow.providers.postgres", reason="needs apache-airflow-providers-postgres")
     server: PostgresServer = request.getfixturevalue("pg_server")
     table = f"marketing.{request.node.name.split('[')[0][-40:]}"  # one table per test
     return set_connection(monkeypatch, "out_pg", **server.connection()), table
