@@ -1,4 +1,5 @@
-"""Writing the outcome log to a file: CSV, JSON Lines or Parquet, streamed as the run goes."""
+"""Writing the outcome log as the run goes: the buffering writer, and its file sinks (CSV, JSON Lines,
+Parquet)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import io
 import json
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
@@ -62,26 +63,35 @@ def outcome_format(uri: str) -> str:
     return fmt
 
 
-class OutcomeWriter:
-    """Streams outcome rows to a file (thread-safe) through a buffer of :data:`BUFFER_ROWS` rows.
+class OutcomeSink(Protocol):
+    """Where the writer's buffers go: a file (:func:`file_sink`) or a table."""
 
-    Only the thread that made the writer (the task's) writes the file: the export's other threads
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        """Write one buffer of rows (in :data:`OUTCOME_COLUMNS` order)."""
+
+    def close(self) -> None:
+        """Finish: nothing is written after."""
+
+
+class OutcomeWriter:
+    """Streams outcome rows to a sink (thread-safe) through a buffer of :data:`BUFFER_ROWS` rows.
+
+    Only the thread that made the writer (the task's) writes to the sink: the export's other threads
     (its job pollers) add rows to the buffer and leave it, at most their jobs' contacts, for the task's
     thread. Serialising rows is CPU work for the interpreter; two threads taking turns at it on two
     cores cost twice the CPU, and Arrow would keep a heap for each thread that wrote.
 
-    :param uri: where (an ``ObjectStoragePath`` URI); its extension gives the format.
+    :param sink: where the buffers go (:func:`file_sink`, or a table's).
+    :param where: what the task log calls it: the file's URI, or ``table <name>``.
     """
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.format = outcome_format(uri)
+    def __init__(self, sink: OutcomeSink, where: str) -> None:
+        self.where = where
         self.rows = 0
         self._buffer: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
         self._owner = threading.get_ident()
-        self._file = storage_path(uri).open("wb")
-        self._sink = _sink(self.format, self._file)
+        self._sink = sink
 
     def write(self, row: tuple[Any, ...]) -> None:
         """Add one row (in :data:`OUTCOME_COLUMNS` order)."""
@@ -93,18 +103,46 @@ class OutcomeWriter:
             self._flush()
 
     def close(self) -> None:
-        """Write what is buffered and close the file."""
+        """Write what is buffered and close the sink."""
         try:
             self._flush()
-            self._sink.close()
         finally:
-            self._file.close()
+            self._sink.close()
 
     def _flush(self) -> None:
         with self._lock:
             rows, self._buffer = self._buffer, []
         if rows:
             self._sink.write(rows)
+
+
+def file_sink(uri: str) -> OutcomeSink:
+    """The sink that writes the file at ``uri`` (an ``ObjectStoragePath`` URI; its extension gives the
+    format), opened now."""
+    fmt = outcome_format(uri)
+    file = storage_path(uri).open("wb")
+    try:
+        return _FileSink(file, _sink(fmt, file))
+    except BaseException:
+        file.close()
+        raise
+
+
+class _FileSink:
+    """A format's sink and the file it writes, closed after it."""
+
+    def __init__(self, file: Any, sink: Any) -> None:
+        self._file = file
+        self._sink = sink
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        self._sink.write(rows)
+
+    def close(self) -> None:
+        try:
+            self._sink.close()
+        finally:
+            self._file.close()
 
 
 class _CsvSink:

@@ -1,10 +1,11 @@
 """The row-level outcome log: what happened to every row of a run, written to the user's own storage.
 
-One row a source row (see :data:`OUTCOME_COLUMNS`), streamed to a file given as a URI (an Airflow
-``ObjectStoragePath``: ``file://``, ``s3://``, ``gs://``...) as the run goes: CSV, JSON Lines, or
-Parquet with the ``parquet`` extra. The log names rows by the user's ``outcome_key`` columns, or by
+One row a source row (see :data:`OUTCOME_COLUMNS`), streamed as the run goes to a file given as a URI
+(an Airflow ``ObjectStoragePath``: ``file://``, ``s3://``, ``gs://``...): CSV, JSON Lines, or Parquet
+with the ``parquet`` extra; or appended to a table through an Airflow SQL connection. The log names rows by the user's ``outcome_key`` columns, or by
 a keyed hash of the normalised e-mail; e-mail addresses and other mapped values are never written.
-Nothing of it reaches the task log, XCom or Airflow's database: only its path and row count are logged.
+Nothing of it reaches the task log, XCom or Airflow's database: only its path (or table) and row count
+are logged.
 
 The engine calls the hooks of :class:`OutcomeHooks` as rows are read, classified, batched and
 confirmed; without a log those hooks do nothing (:data:`NO_OUTCOMES`).
@@ -35,7 +36,13 @@ from airflow_provider_ciexport.core.contacts import (
 from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.outcome_files import OUTCOME_COLUMNS, OutcomeWriter, outcome_format
+from airflow_provider_ciexport.export.outcome_files import (
+    OUTCOME_COLUMNS,
+    OutcomeWriter,
+    file_sink,
+    outcome_format,
+)
+from airflow_provider_ciexport.export.outcome_tables import TableSink, check_table_name, outcome_table_hook
 from airflow_provider_ciexport.export.report import ExportReport
 from airflow_provider_ciexport.export.state import StateKeys
 from airflow_provider_ciexport.export.sync import ContactKind
@@ -73,27 +80,48 @@ def hashed_row_ids(keys: StateKeys) -> Callable[[str], str]:
 
 @dataclass(frozen=True)
 class OutcomeSettings:
-    """Where and how a run writes its outcome log.
+    """Where and how a run writes its outcome log: a file (``path``) or a table (``table``), not both.
 
     :param path: the file's URI; its extension gives the format.
     :param key_columns: the source columns that name a row (empty: a keyed hash of the e-mail).
     :param keys: the workers' keys, for the hash (needed when ``key_columns`` is empty).
     :param identity: the run's identity columns (:data:`IDENTITY_COLUMNS`), from the task instance.
+    :param table: the table the rows are appended to, ``table`` or ``schema.table``.
+    :param conn_id: the Airflow SQL connection of ``table``'s database.
     """
 
-    path: str
+    path: str = ""
     key_columns: tuple[str, ...] = ()
     keys: StateKeys | None = None
     identity: Mapping[str, Any] = field(default_factory=dict)
+    table: str = ""
+    conn_id: str = ""
 
     def __post_init__(self) -> None:
-        outcome_format(self.path)
+        if self.path and self.table:
+            raise ExportConfigurationError(
+                "outcomes_path and outcomes_table are both set: the outcome log goes to a file or to a "
+                "table, not both. Keep one of them. Nothing was sent."
+            )
+        if self.table:
+            check_table_name(self.table)
+            outcome_table_hook(self.conn_id)
+        else:
+            outcome_format(self.path)
         if not self.key_columns and self.keys is None:
             raise ExportConfigurationError(
-                "outcomes_path needs outcome_key (the source column(s) that name a row, e.g. "
-                "'customer_id') or the workers' key to hash the e-mail with (see the Security page). "
-                "Nothing was sent."
+                f"{'outcomes_table' if self.table else 'outcomes_path'} needs outcome_key (the source "
+                "column(s) that name a row, e.g. 'customer_id') or the workers' key to hash the e-mail "
+                "with (see the Security page). Nothing was sent."
             )
+
+    def writer(self) -> OutcomeWriter:
+        """A writer to the log's file or table, opened now (a missing table is created)."""
+        if self.table:
+            return OutcomeWriter(
+                TableSink(outcome_table_hook(self.conn_id), self.table), f"table {self.table}"
+            )
+        return OutcomeWriter(file_sink(self.path), self.path)
 
 
 class OutcomeHooks:
@@ -225,7 +253,7 @@ class OutcomeLog(OutcomeHooks):
 
     def building(self, builder: ContactBuilder) -> Callable[[Sequence[Any]], dict[str, str] | None]:
         """``builder.build``, writing a row for each invalid or duplicate row and noting the others."""
-        self._writer = self._writer or OutcomeWriter(self.settings.path)
+        self._writer = self._writer or self.settings.writer()
         positions = _key_positions(self.settings.key_columns, builder.columns)
         email_at = builder.columns.index(builder.resolved_mapping["email"])
         build, counter, key = builder.build, [0], _key_text(positions)
@@ -382,7 +410,7 @@ class OutcomeLog(OutcomeHooks):
             self._write_batch(number, partial(_same, outcome))
         writer, self._writer = self._writer, None
         writer.close()
-        log.info("Outcome log: %s rows written to %s.", f"{writer.rows:,}", writer.uri)
+        log.info("Outcome log: %s rows written to %s.", f"{writer.rows:,}", writer.where)
 
     # -- writing ---------------------------------------------------------------------------------
 

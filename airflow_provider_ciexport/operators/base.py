@@ -17,6 +17,7 @@ from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurat
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.engine import ExportSettings, SegmentExporter
 from airflow_provider_ciexport.export.outcome_files import outcome_format
+from airflow_provider_ciexport.export.outcome_tables import check_table_name
 from airflow_provider_ciexport.export.outcomes import OutcomeSettings
 from airflow_provider_ciexport.export.sources import (
     DEFAULT_MAX_COLUMNS,
@@ -144,6 +145,11 @@ class BaseSegmentExportOperator(BaseOperator):
         ``s3://bucket/ciexport/{{ dag.dag_id }}/{{ run_id }}.csv``. See the Outcome log page. Templated.
     :param outcome_key: the source column (or columns) that name a row in the outcome log, e.g.
         ``customer_id``; without it, rows carry a keyed hash of the e-mail (the workers' state key).
+    :param outcomes_table: instead of a file, the table each run appends its outcome log to, ``table``
+        or ``schema.table`` (letters, digits, ``_``), e.g. ``marketing.ciexport_outcomes``; created if
+        missing. Needs ``outcomes_conn_id``; not with ``outcomes_path``. Templated.
+    :param outcomes_conn_id: the Airflow SQL connection (postgres, mysql, sqlite, snowflake, ...) of
+        ``outcomes_table``'s database.
     """
 
     # Not "records": rendered fields are stored in the metadata database and shown in the UI.
@@ -157,6 +163,7 @@ class BaseSegmentExportOperator(BaseOperator):
         "full_refresh",
         "csv_options",
         "outcomes_path",
+        "outcomes_table",
     )
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql", "field_mapping": "json", "csv_options": "json"}
@@ -188,6 +195,8 @@ class BaseSegmentExportOperator(BaseOperator):
         state_key_conn_id: str = DEFAULT_STATE_KEY_CONN_ID,
         outcomes_path: str | None = None,
         outcome_key: str | Sequence[str] | None = None,
+        outcomes_table: str | None = None,
+        outcomes_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         if state_path:
@@ -208,8 +217,9 @@ class BaseSegmentExportOperator(BaseOperator):
         self.state_key_conn_id = state_key_conn_id
         self.outcomes_path = outcomes_path
         self.outcome_key = _checked_outcome_key(outcome_key)
-        if isinstance(outcomes_path, str) and "{{" not in outcomes_path and outcomes_path.strip():
-            outcome_format(outcomes_path.strip())  # a wrong extension fails when the DAG is parsed
+        self.outcomes_table = outcomes_table
+        self.outcomes_conn_id = outcomes_conn_id
+        _check_outcome_destination(outcomes_path, outcomes_table, outcomes_conn_id)
         self.list_id = list_id
         self.field_mapping = field_mapping
         self.sql = sql
@@ -448,8 +458,8 @@ class BaseSegmentExportOperator(BaseOperator):
     ) -> OutcomeSettings | None:
         """Where the run writes its outcome log (``None``: nowhere), checked before anything is read.
         Removals are named by the keyed hash of the e-mail: with a state, its keys are at hand."""
-        path = (self.outcomes_path or "").strip() if isinstance(self.outcomes_path, str) else ""
-        if not path:
+        path, table = _rendered(self.outcomes_path), _rendered(self.outcomes_table)
+        if not path and not table:
             return None
         keys = sync.keys if sync is not None else None
         if not self.outcome_key and keys is None:
@@ -457,11 +467,13 @@ class BaseSegmentExportOperator(BaseOperator):
                 keys = state_keys(self.state_key_conn_id)
             except ExportConfigurationError as error:
                 raise ExportConfigurationError(
-                    "outcomes_path without outcome_key names rows by a keyed hash of the e-mail, which "
+                    f"{'outcomes_table' if table else 'outcomes_path'} without outcome_key names rows by a keyed hash of the e-mail, which "
                     f"needs the workers' key: {error} Or set outcome_key to the source column(s) that "
                     "name a row, e.g. outcome_key='customer_id'."
                 ) from None
-        return OutcomeSettings(path, self.outcome_key, keys, _run_identity(context))
+        return OutcomeSettings(
+            path, self.outcome_key, keys, _run_identity(context), table, self.outcomes_conn_id or ""
+        )
 
     def on_kill(self) -> None:
         """Stop sending; batches already on the wire finish, nothing new is sent."""
@@ -486,6 +498,30 @@ def _check_mirror_has_state(sync_mode: str, state_path: Any, rendered: bool = Fa
         "added, so it must keep a record of them. Set state_path to a URI every worker can reach, "
         "e.g. 's3://bucket/ciexport/vip.state' or 'file:///shared/ciexport/vip.state'."
     )
+
+
+def _rendered(value: Any) -> str:
+    """A templated text parameter as rendered, stripped (empty: not set)."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _check_outcome_destination(path: Any, table: Any, conn_id: Any) -> None:
+    """What can be checked of the outcome log's destination when the DAG is parsed (not templates)."""
+    path, table = _rendered(path), _rendered(table)
+    if path and table:
+        raise ExportConfigurationError(
+            "outcomes_path and outcomes_table are both set: the outcome log goes to a file or to a "
+            "table, not both. Keep one of them."
+        )
+    if path and "{{" not in path:
+        outcome_format(path)  # a wrong extension fails when the DAG is parsed
+    if table and "{{" not in table:
+        check_table_name(table)
+    if table and not (isinstance(conn_id, str) and conn_id.strip()):
+        raise ExportConfigurationError(
+            "outcomes_table needs outcomes_conn_id: the Airflow SQL connection (postgres, mysql, "
+            "sqlite, ...) of the database that holds the table."
+        )
 
 
 def _checked_outcome_key(value: Any) -> tuple[str, ...]:

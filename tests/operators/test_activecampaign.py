@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from airflow_provider_ciexport.operators.activecampaign import ActiveCampaignSeg
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.operators import segment_data as data
-from tests.support import calls, logged_report, posts
+from tests.support import calls, logged_report, posts, set_connection
 
 MAPPING = {
     "email": "email",
@@ -175,6 +176,81 @@ def test_the_outcome_log_names_each_row_and_the_contacts_activecampaign_refused(
 
 
 @pytest.mark.scaled_limits
+def test_the_outcome_log_can_be_appended_to_a_sql_table(
+    ac_conn: str, sandbox: SandboxClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox.configure(ac_exclusion_list=["ann.lee@example.com"])
+    set_connection(monkeypatch, "outcomes_db", conn_type="sqlite", host=str(tmp_path / "o.db"))
+    records = [{**row, "customer_id": f"c{i}"} for i, row in enumerate(data.ROWS, 1)]
+    report = _export(
+        ac_conn,
+        records=records,
+        tags=["vip"],
+        outcomes_table="ciexport_outcomes",
+        outcomes_conn_id="outcomes_db",
+        outcome_key="customer_id",
+    )
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        statuses = dict(
+            db.execute("SELECT status, count(*) FROM ciexport_outcomes GROUP BY status").fetchall()
+        )
+        refused = db.execute("SELECT row_id FROM ciexport_outcomes WHERE status = 'refused'").fetchall()
+    assert statuses == {
+        "accepted": report["accepted"],
+        "refused": report["rejected"],
+        "invalid": report["invalid"],
+        "duplicate": report["duplicates"],
+    }
+    assert refused == [("c1",)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"outcomes_table": "marketing.log; DROP TABLE x", "outcomes_conn_id": "db"}, "must be a table name"),
+        ({"outcomes_table": "log"}, "outcomes_table needs outcomes_conn_id"),
+        (
+            {"outcomes_table": "log", "outcomes_conn_id": "db", "outcomes_path": "s3://b/log.csv"},
+            "outcomes_path and outcomes_table are both set",
+        ),
+    ],
+    ids=["bad_name", "no_conn", "both"],
+)
+def test_an_outcomes_table_it_cannot_write_fails_when_the_dag_is_parsed(
+    kwargs: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ExportConfigurationError, match=message):
+        ActiveCampaignSegmentExportOperator(task_id="export", list_id=LISTS, field_mapping=MAPPING, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"outcomes_table": "{{ params.table }}", "outcomes_conn_id": "db"}, "must be a table name"),
+        (
+            {"outcomes_table": "log", "outcomes_conn_id": "no_such_db"},
+            "'no_such_db' given as outcomes_conn_id",
+        ),
+        (
+            {
+                "outcomes_table": "log",
+                "outcomes_conn_id": "{{ params.conn }}",
+                "outcomes_path": "{{ params.p }}",
+            },
+            "outcomes_path and outcomes_table are both set",
+        ),
+    ],
+    ids=["bad_rendered_name", "missing_conn", "both_rendered"],
+)
+def test_an_outcomes_table_it_cannot_write_is_refused_before_anything_is_sent(
+    ac_conn: str, sandbox: SandboxClient, kwargs: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ExportConfigurationError, match=message):
+        _export(ac_conn, records=_many(20), field_mapping={"email": "email"}, outcome_key="first", **kwargs)
+    _assert_nothing_sent(sandbox)
+
+
+@pytest.mark.scaled_limits
 @pytest.mark.parametrize("kind", ["job_failed", "job_interrupted"])
 def test_failed_jobs_are_sent_again(ac_conn: str, sandbox: SandboxClient, kind: str) -> None:
     sandbox.add_fault(api="ac", kind=kind, times=1)
@@ -262,6 +338,7 @@ def test_templated_fields_are_declared() -> None:
         "field_mapping",
         "tags",
         "outcomes_path",
+        "outcomes_table",
     }
     assert ".sql" in ActiveCampaignSegmentExportOperator.template_ext
 
