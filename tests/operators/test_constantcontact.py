@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,33 @@ def test_unsubscribed_contacts_are_counted_rejected(cc_conn: str, sandbox: Sandb
     report = _export(cc_conn, records=data.ROWS, list_id=VIP)
     assert report["rejected"] == 1 and report["accepted"] == len(data.EXPECTED) - 1
     assert "ann.lee@example.com" not in {c["email"] for c in sandbox.cc_list_contacts(VIP)}
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["activity-names-it", "activity-does-not-say"])
+def test_the_outcome_log_names_the_refused_contact_only_when_the_activity_does(
+    named: bool, cc_conn: str, sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    sandbox.configure(cc_email_max_length=50, cc_activity_errors_name_rows=named)
+    too_long = {"email": f"{'x' * 50}@example.com", "first": "Long", "customer_id": "long"}  # valid here
+    records = [*({**row, "customer_id": f"c{i}"} for i, row in enumerate(data.ROWS, 1)), too_long]
+    path = tmp_path / "outcomes.csv"
+    report = _export(
+        cc_conn, records=records, list_id=VIP, outcomes_path=f"file://{path}", outcome_key="customer_id"
+    )
+    with path.open(newline="") as f:
+        rows = {row["row_id"]: row for row in csv.DictReader(f)}
+    statuses = Counter(row["status"] for row in rows.values())
+    assert len(rows) == report["read"] and (report["rejected"], report["batches"]) == (1, 1)
+    assert statuses["invalid"] == report["invalid"] and statuses["duplicate"] == report["duplicates"]
+    if named:  # "import_data[i]: ..." names the contact: exact, row by row
+        assert rows["long"]["status"] == "refused" and rows["long"]["job_id"] in report["jobs"]
+        assert (statuses["accepted"], statuses["refused"]) == (report["accepted"], 1)
+    else:  # the activity only counts: the batch's rows say so rather than guess
+        unconfirmed = [row for row in rows.values() if row["status"] == "unconfirmed"]
+        assert len(unconfirmed) == report["submitted"] and rows["long"] in unconfirmed
+        counts = f"batch_accepted={report['accepted']};batch_rejected=1"
+        assert all(row["reason"].startswith(counts) for row in unconfirmed)
+    assert "@" not in path.read_text()
 
 
 @pytest.mark.parametrize("kind", ["activity_failed", "activity_cancelled", "activity_timed_out"])
