@@ -21,6 +21,8 @@ XCom value.
 Each export mirrors the segment with a sync state kept under `STATE_DIR` (set at the top of the file):
 the first run sends every contact, later runs send only new and changed contacts and remove from
 the lists the contacts this export added that left the segment (never anyone who unsubscribed).
+Each run also writes an outcome log under `OUTCOMES_DIR`: a row per segment row, named by its
+`customer_id`, saying what happened to it (accepted, refused, invalid, duplicate, unchanged, removed).
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ from airflow_provider_ciexport.operators.constantcontact import ConstantContactS
 # is a first sync again (it sends everything and takes the lists' members as ones it did not add).
 STATE_DIR = (
     Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser().resolve() / "ciexport-state"
+).as_uri()
+
+# Where each run writes its outcome log (one CSV file per export and run, rows named by customer_id,
+# no e-mail addresses): the same kind of place as STATE_DIR. Write ".parquet" with the provider's
+# "parquet" extra, or a table with outcomes_table and outcomes_conn_id.
+OUTCOMES_DIR = (
+    Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser().resolve() / "ciexport-outcomes"
 ).as_uri()
 
 # Sandbox list ids: ActiveCampaign uses the number in the list's URL, Constant Contact the list's UUID.
@@ -148,6 +157,9 @@ with DAG(
         state_path=STATE_DIR
         + "/{{ params.segment }}-activecampaign-{{ params.ac_list_ids | lists_key }}.state",
         sync_mode="mirror",
+        # What happened to every row, keyed by the segment's customer_id (see the Outcome log page).
+        outcomes_path=OUTCOMES_DIR + "/{{ dag.dag_id }}/{{ run_id }}/activecampaign.csv",
+        outcome_key="customer_id",
     )
     # [END howto_operator_ciexport_activecampaign]
 
@@ -172,6 +184,8 @@ with DAG(
         state_path=STATE_DIR
         + "/{{ params.segment }}-constantcontact-{{ params.cc_list_ids | lists_key }}.state",
         sync_mode="mirror",
+        outcomes_path=OUTCOMES_DIR + "/{{ dag.dag_id }}/{{ run_id }}/constantcontact.csv",
+        outcome_key="customer_id",
     )
     # [END howto_operator_ciexport_constantcontact]
 

@@ -50,6 +50,15 @@ def _export_task(dag: Any, task_id: str) -> BaseSegmentExportOperator:
     return task
 
 
+#: The run id a manual trigger gets, for the templates that name the run.
+RUN_ID = "manual__2026-12-07T18:00:00+00:00"
+
+
+def _context(dag: Any, params: Any) -> dict[str, Any]:
+    """What an export's templates see at run time: the params, the DAG and the run id."""
+    return {"params": params, "dag": dag, "run_id": RUN_ID}
+
+
 def _refresh_statements(dag: Any, task_id: str) -> list[str]:
     """The statements a refresh task runs: its .sql file rendered as the task runner does, then split."""
     task = dag.get_task(task_id).prepare_for_execution()
@@ -135,7 +144,7 @@ def test_a_copied_example_mirrors_with_a_state_in_the_airflow_home(
         task = _export_task(dag, task_id).prepare_for_execution()
         assert isinstance(task, BaseSegmentExportOperator)
         assert task.sync_mode == "mirror"
-        task.render_template_fields({"params": dag.params.validate()}, jinja_env=dag.get_template_env())
+        task.render_template_fields(_context(dag, dag.params.validate()), jinja_env=dag.get_template_env())
         assert task.state_path is not None
         paths.add(task.state_path)
     # One state per segment, destination and set of lists, in the one setting the file names at its top.
@@ -210,9 +219,13 @@ def test_params_render_into_the_operators(
         # Render a copy, as the task runner does, so the parsed DAG keeps its templates.
         task = _export_task(dag, task_id).prepare_for_execution()
         assert isinstance(task, BaseSegmentExportOperator)
-        task.render_template_fields({"params": params}, jinja_env=dag.get_template_env())
+        task.render_template_fields(_context(dag, params), jinja_env=dag.get_template_env())
         rendered[task_id] = task
         assert task.sql == f"SELECT * FROM {table}"
+        # Each run writes its own outcome log, keyed by customer_id.
+        file = task_id.removeprefix("export_to_") + ".csv"
+        assert str(task.outcomes_path).endswith(f"/ciexport-outcomes/ciexport_segment_export/{RUN_ID}/{file}")
+        assert task.outcome_key == ("customer_id",)
         assert task.dry_run is dry_run
     # The refresh task builds the table the exports read.
     assert any(s.startswith(f"CREATE TABLE {table} ") for s in _refresh_statements(dag, "refresh_segments"))
@@ -260,12 +273,12 @@ def test_a_state_path_for_many_lists_stays_a_valid_file_name(dagbag: DagBag) -> 
     task = _export_task(dag, "export_to_constantcontact").prepare_for_execution()
     assert isinstance(task, BaseSegmentExportOperator)
     task.render_template_fields(
-        {"params": _trigger(dag, {"cc_list_ids": many})}, jinja_env=dag.get_template_env()
+        _context(dag, _trigger(dag, {"cc_list_ids": many})), jinja_env=dag.get_template_env()
     )
     name = str(task.state_path).rsplit("/", 1)[-1]
     assert re.fullmatch(r"vip-constantcontact-h[0-9a-f]{24}\.state", name)
     task = _export_task(dag, "export_to_constantcontact").prepare_for_execution()
     task.render_template_fields(
-        {"params": _trigger(dag, {"cc_list_ids": list(reversed(many))})}, jinja_env=dag.get_template_env()
+        _context(dag, _trigger(dag, {"cc_list_ids": list(reversed(many))})), jinja_env=dag.get_template_env()
     )
     assert str(task.state_path).rsplit("/", 1)[-1] == name  # the order of the lists does not matter

@@ -7,11 +7,12 @@ import csv
 import io
 import json
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
-from airflow_provider_ciexport.export.state import storage_path
+from airflow_provider_ciexport.export.state import make_parents, storage_path
 
 #: The log's columns, in order (documented in docs/outcomes.md).
 OUTCOME_COLUMNS = (
@@ -32,6 +33,8 @@ OUTCOME_COLUMNS = (
     "job_id",
     "recorded_at",
 )
+#: The columns ``outcome_include_values`` adds: the e-mail, and the other mapped values as JSON.
+VALUE_COLUMNS = ("email", "mapped_values")
 #: File formats by extension.
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 #: Rows held before they are written: memory stays flat whatever the segment's size.
@@ -116,13 +119,15 @@ class OutcomeWriter:
             self._sink.write(rows)
 
 
-def file_sink(uri: str) -> OutcomeSink:
+def file_sink(uri: str, columns: Sequence[str] = OUTCOME_COLUMNS) -> OutcomeSink:
     """The sink that writes the file at ``uri`` (an ``ObjectStoragePath`` URI; its extension gives the
     format), opened now."""
     fmt = outcome_format(uri)
-    file = storage_path(uri).open("wb")
+    path = storage_path(uri)
+    make_parents(path)  # a run id in the path is a new folder each run; 0700 on local disk
+    file = path.open("wb")
     try:
-        return _FileSink(file, _sink(fmt, file))
+        return _FileSink(file, _sink(fmt, file, columns))
     except BaseException:
         file.close()
         raise
@@ -146,10 +151,10 @@ class _FileSink:
 
 
 class _CsvSink:
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: Any, columns: Sequence[str]) -> None:
         self._text = io.TextIOWrapper(file, encoding="utf-8", newline="")
         self._csv = csv.writer(self._text)
-        self._csv.writerow(OUTCOME_COLUMNS)
+        self._csv.writerow(columns)
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
         self._csv.writerows(rows)
@@ -160,11 +165,12 @@ class _CsvSink:
 
 
 class _JsonlSink:
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: Any, columns: Sequence[str]) -> None:
         self._file = file
+        self._columns = columns
 
     def write(self, rows: list[tuple[Any, ...]]) -> None:
-        lines = (json.dumps(dict(zip(OUTCOME_COLUMNS, row, strict=True)), ensure_ascii=False) for row in rows)
+        lines = (json.dumps(dict(zip(self._columns, row, strict=True)), ensure_ascii=False) for row in rows)
         self._file.write(("\n".join(lines) + "\n").encode())
 
     def close(self) -> None:
@@ -174,13 +180,13 @@ class _JsonlSink:
 class _ParquetSink:
     _INTS = {"map_index", "try_number", "row_number", "batch"}
 
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: Any, columns: Sequence[str]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self._pa = pa
         self._schema = pa.schema(
-            [(name, pa.int64() if name in self._INTS else pa.string()) for name in OUTCOME_COLUMNS]
+            [(name, pa.int64() if name in self._INTS else pa.string()) for name in columns]
         )
         self._writer = pq.ParquetWriter(file, self._schema, compression="zstd")
 
@@ -192,5 +198,5 @@ class _ParquetSink:
         self._writer.close()
 
 
-def _sink(fmt: str, file: Any) -> Any:
-    return {"csv": _CsvSink, "jsonl": _JsonlSink, "parquet": _ParquetSink}[fmt](file)
+def _sink(fmt: str, file: Any, columns: Sequence[str]) -> Any:
+    return {"csv": _CsvSink, "jsonl": _JsonlSink, "parquet": _ParquetSink}[fmt](file, columns)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_ciexport.core.redaction import driver_error
@@ -81,17 +81,18 @@ class TableSink:
 
     :param hook: the connection's SQL hook (:func:`outcome_table_hook`).
     :param table: the table's name, ``table`` or ``schema.table`` (checked by :func:`check_table_name`).
+    :param columns: the log's columns, in row order.
     """
 
-    def __init__(self, hook: DbApiHook, table: str) -> None:
+    def __init__(self, hook: DbApiHook, table: str, columns: Sequence[str] = OUTCOME_COLUMNS) -> None:
         quote = getattr(hook, "escape_word_format", None) or '"{}"'
         self.table = table
         self._name = ".".join(quote.format(part) for part in check_table_name(table))
-        placeholders = ", ".join([hook.placeholder] * len(OUTCOME_COLUMNS))
-        self._insert = f"INSERT INTO {self._name} ({', '.join(OUTCOME_COLUMNS)}) VALUES ({placeholders})"
+        placeholders = ", ".join([hook.placeholder] * len(columns))
+        self._insert = f"INSERT INTO {self._name} ({', '.join(columns)}) VALUES ({placeholders})"
         self._conn = hook.get_conn()
         try:
-            self._run(lambda cursor: cursor.execute(create_table_sql(self._name)), "create")
+            self._run(lambda cursor: cursor.execute(create_table_sql(self._name, columns)), "create")
         except BaseException:
             self._conn.close()
             raise
@@ -120,7 +121,7 @@ class TableSink:
             ) from None
 
 
-def create_table_sql(quoted_name: str) -> str:
+def create_table_sql(quoted_name: str, columns: Sequence[str] = OUTCOME_COLUMNS) -> str:
     """The portable ``CREATE TABLE IF NOT EXISTS`` of the outcome table (``quoted_name``: quoted)."""
-    columns = ", ".join(f"{c} {'BIGINT' if c in INTEGER_COLUMNS else 'TEXT'}" for c in OUTCOME_COLUMNS)
-    return f"CREATE TABLE IF NOT EXISTS {quoted_name} ({columns})"
+    typed = ", ".join(f"{c} {'BIGINT' if c in INTEGER_COLUMNS else 'TEXT'}" for c in columns)
+    return f"CREATE TABLE IF NOT EXISTS {quoted_name} ({typed})"

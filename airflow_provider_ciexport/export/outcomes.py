@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ from airflow_provider_ciexport.exceptions import ExportConfigurationError
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.export.outcome_files import (
     OUTCOME_COLUMNS,
+    VALUE_COLUMNS,
     OutcomeWriter,
     file_sink,
     outcome_format,
@@ -96,6 +98,7 @@ class OutcomeSettings:
     identity: Mapping[str, Any] = field(default_factory=dict)
     table: str = ""
     conn_id: str = ""
+    include_values: bool = False
 
     def __post_init__(self) -> None:
         if self.path and self.table:
@@ -115,13 +118,17 @@ class OutcomeSettings:
                 "with (see the Security page). Nothing was sent."
             )
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The log's columns: :data:`OUTCOME_COLUMNS`, and :data:`VALUE_COLUMNS` with values."""
+        return (*OUTCOME_COLUMNS, *VALUE_COLUMNS) if self.include_values else OUTCOME_COLUMNS
+
     def writer(self) -> OutcomeWriter:
         """A writer to the log's file or table, opened now (a missing table is created)."""
         if self.table:
-            return OutcomeWriter(
-                TableSink(outcome_table_hook(self.conn_id), self.table), f"table {self.table}"
-            )
-        return OutcomeWriter(file_sink(self.path), self.path)
+            hook = outcome_table_hook(self.conn_id)
+            return OutcomeWriter(TableSink(hook, self.table, self.columns), f"table {self.table}")
+        return OutcomeWriter(file_sink(self.path, self.columns), self.path)
 
 
 class OutcomeHooks:
@@ -209,7 +216,7 @@ def _key_positions(key_columns: Sequence[str], columns: Sequence[str]) -> list[i
     return positions
 
 
-#: One contact on its way: ``[row_number, row_id, operation, reason, email]``.
+#: One contact on its way: ``[row_number, row_id, operation, reason, email, value columns]``.
 _Ref = list[Any]
 
 
@@ -237,6 +244,8 @@ class OutcomeLog(OutcomeHooks):
         #: The builder's set of addresses, with the row number of each one's first occurrence.
         self._first = EmailIndex()
         self._reasons: dict[str, int] = {}
+        #: The mapped attributes other than the e-mail, and where each is in a row.
+        self._mapped: list[tuple[str, int]] = []
         self._second, self._stamp = 0, ""
         self._lock = threading.Lock()
 
@@ -257,6 +266,9 @@ class OutcomeLog(OutcomeHooks):
         positions = _key_positions(self.settings.key_columns, builder.columns)
         email_at = builder.columns.index(builder.resolved_mapping["email"])
         build, counter, key = builder.build, [0], _key_text(positions)
+        self._mapped = [
+            (a, builder.columns.index(c)) for a, c in builder.resolved_mapping.items() if a != "email"
+        ]
 
         def build_and_note(row: Sequence[Any]) -> dict[str, str] | None:
             counter[0] += 1
@@ -282,16 +294,23 @@ class OutcomeLog(OutcomeHooks):
             if sum(builder.omitted_too_long.values()) != before[2]:
                 omitted = ";".join(f"omitted_too_long.{a}" for a in _omitted(builder, row))
             email = contact["email"]
-            self._built.append([number, self._row_id(row_id, email), "upsert", omitted, email])
+            values = self._values(email, {a: v for a, v in contact.items() if a != "email"})
+            self._built.append([number, self._row_id(row_id, email), "upsert", omitted, email, values])
         elif builder.duplicates != before[1]:
             email = normalize_email(row[email_at])[0] or ""
             first = self._first.first(email)
-            self._write(number, self._row_id(row_id, email), "skip", "duplicate", f"duplicate_of={first}")
+            values = self._values(email, self._read_values(row))
+            self._write(
+                number, self._row_id(row_id, email), "skip", "duplicate", f"duplicate_of={first}", values
+            )
         else:
             value = row[email_at]
             text = to_text(value).lower() if value is not None else ""
             reason = f"invalid.{self._invalid_reason(builder)}"
-            self._write(number, self._row_id(row_id, text) if text else row_id, "skip", "invalid", reason)
+            values = self._values(to_text(value) if value is not None else "", self._read_values(row))
+            self._write(
+                number, self._row_id(row_id, text) if text else row_id, "skip", "invalid", reason, values
+            )
 
     def _invalid_reason(self, builder: ContactBuilder) -> str:
         """The reason the row just built was invalid: the reason whose count grew."""
@@ -300,6 +319,16 @@ class OutcomeLog(OutcomeHooks):
             if count != before.get(reason, 0):
                 return reason
         return "malformed"
+
+    def _values(self, email: str, fields: Mapping[str, str]) -> tuple[str, ...]:
+        """The value columns of a row when the log includes them (else none)."""
+        if not self.settings.include_values:
+            return ()
+        return (email, json.dumps(fields, ensure_ascii=False, separators=(",", ":")))
+
+    def _read_values(self, row: Sequence[Any]) -> dict[str, str]:
+        """A row's mapped values other than the e-mail, as read (for rows never sent)."""
+        return {a: to_text(row[i]) for a, i in self._mapped if row[i] is not None}
 
     def _row_id(self, from_columns: str, email: str) -> str:
         if self._hash is None or self.settings.key_columns:
@@ -315,7 +344,7 @@ class OutcomeLog(OutcomeHooks):
             self._built[0][2] = operation
             return
         ref = self._built.popleft()
-        self._write(ref[0], ref[1], operation, status, ref[3])
+        self._write(ref[0], ref[1], operation, status, ref[3], ref[5])
 
     def queued(self, items: Iterator[Any]) -> Iterator[Any]:
         """Move each contact's note to the queue of those to batch, as the batcher receives it."""
@@ -328,14 +357,16 @@ class OutcomeLog(OutcomeHooks):
         """A contact larger than a whole request: invalid, as the report counts it."""
         ref = self._pending[position]
         del self._pending[position]
-        self._write(ref[0], ref[1], ref[2], "invalid", _join("invalid.too_large", ref[3]))
+        self._write(ref[0], ref[1], ref[2], "invalid", _join("invalid.too_large", ref[3]), ref[5])
 
     def batched(self, batch: Batch, *, sent: bool) -> None:
         """Take the batch's contacts off the queue; a dry run's are written as not sent."""
         refs = [self._pending.popleft() for _ in range(batch.contacts)]
         if not sent:
             for ref in refs:
-                self._write(ref[0], ref[1], ref[2], "not_sent", _join("dry_run", ref[3]), batch.number)
+                self._write(
+                    ref[0], ref[1], ref[2], "not_sent", _join("dry_run", ref[3]), ref[5], batch.number
+                )
             return
         with self._lock:
             self._inflight[batch.number] = refs
@@ -385,13 +416,15 @@ class OutcomeLog(OutcomeHooks):
                 status, reason = "removal_refused", f"job_{result.state}"
             else:
                 status, reason = ("removal_refused", "refused") if email in refused else ("removed", "")
-            self._write(None, self._name(email), "remove", status, reason, job_id=job_id)
+            self._write(
+                None, self._name(email), "remove", status, reason, self._values(email, {}), job_id=job_id
+            )
 
     def readds_refused(self, reasons: Mapping[str, str]) -> None:
         """One more row for each contact that came back but was not re-subscribed (its segment row
         says how its import went), named as removal rows are."""
         for email, reason in reasons.items():
-            self._write(None, self._name(email), "readd", "readd_refused", reason)
+            self._write(None, self._name(email), "readd", "readd_refused", reason, self._values(email, {}))
 
     def _name(self, email: str) -> str:
         """The keyed hash of an e-mail the segment no longer names by its key columns."""
@@ -402,7 +435,7 @@ class OutcomeLog(OutcomeHooks):
         if self._writer is None:
             return
         for ref in [*self._built, *self._pending]:
-            self._write(ref[0], ref[1], ref[2], "not_sent", _join("stopped", ref[3]))
+            self._write(ref[0], ref[1], ref[2], "not_sent", _join("stopped", ref[3]), ref[5])
         self._built.clear()
         self._pending.clear()
         for number in sorted(self._inflight):
@@ -428,7 +461,7 @@ class OutcomeLog(OutcomeHooks):
             job_id = self._jobs.pop(number, None)
         for ref in refs:
             what, reason = status(ref)
-            self._write(ref[0], ref[1], ref[2], what, _join(reason, ref[3]), number or None, job_id)
+            self._write(ref[0], ref[1], ref[2], what, _join(reason, ref[3]), ref[5], number or None, job_id)
 
     def _write(
         self,
@@ -437,12 +470,14 @@ class OutcomeLog(OutcomeHooks):
         operation: str,
         status: str,
         reason: str,
+        values: tuple[str, ...] = (),
         batch: int | None = None,
         job_id: str | None = None,
     ) -> None:
         assert self._writer is not None
         now = self._now()
-        self._writer.write((*self._head, number, row_id, operation, status, reason, batch, job_id, now))
+        row = (*self._head, number, row_id, operation, status, reason, batch, job_id, now, *values)
+        self._writer.write(row)
 
 
 def _same(outcome: tuple[str, str], _ref: _Ref) -> tuple[str, str]:

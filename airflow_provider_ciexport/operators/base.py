@@ -150,6 +150,9 @@ class BaseSegmentExportOperator(BaseOperator):
         missing. Needs ``outcomes_conn_id``; not with ``outcomes_path``. Templated.
     :param outcomes_conn_id: the Airflow SQL connection (postgres, mysql, sqlite, snowflake, ...) of
         ``outcomes_table``'s database.
+    :param outcome_include_values: also write each row's e-mail and its other mapped values (as
+        sent, or as read for rows never sent) into the outcome log, in the columns ``email`` and
+        ``mapped_values`` (JSON). The log is then personal data in full; default ``False``.
     """
 
     # Not "records": rendered fields are stored in the metadata database and shown in the UI.
@@ -197,6 +200,7 @@ class BaseSegmentExportOperator(BaseOperator):
         outcome_key: str | Sequence[str] | None = None,
         outcomes_table: str | None = None,
         outcomes_conn_id: str | None = None,
+        outcome_include_values: bool = False,
         **kwargs: Any,
     ) -> None:
         if state_path:
@@ -219,6 +223,12 @@ class BaseSegmentExportOperator(BaseOperator):
         self.outcome_key = _checked_outcome_key(outcome_key)
         self.outcomes_table = outcomes_table
         self.outcomes_conn_id = outcomes_conn_id
+        if not isinstance(outcome_include_values, bool):
+            raise ExportConfigurationError(
+                f"outcome_include_values must be True or False, not {outcome_include_values!r}: True "
+                "writes each row's e-mail and mapped values into the outcome log."
+            )
+        self.outcome_include_values = outcome_include_values
         _check_outcome_destination(outcomes_path, outcomes_table, outcomes_conn_id)
         self.list_id = list_id
         self.field_mapping = field_mapping
@@ -472,7 +482,13 @@ class BaseSegmentExportOperator(BaseOperator):
                     "name a row, e.g. outcome_key='customer_id'."
                 ) from None
         return OutcomeSettings(
-            path, self.outcome_key, keys, _run_identity(context), table, self.outcomes_conn_id or ""
+            path,
+            self.outcome_key,
+            keys,
+            _run_identity(context),
+            table,
+            self.outcomes_conn_id or "",
+            self.outcome_include_values,
         )
 
     def on_kill(self) -> None:

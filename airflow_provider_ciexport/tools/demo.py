@@ -17,6 +17,7 @@ environment are dropped, so the demo never reaches a real metadata database or a
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import os
@@ -426,6 +427,29 @@ def print_run(
     return ok
 
 
+#: The outcome log files the example DAG writes for each run, by destination (see the DAG's OUTCOMES_DIR).
+OUTCOME_FILES = {"ActiveCampaign": "activecampaign.csv", "Constant Contact": "constantcontact.csv"}
+
+
+def print_outcome_logs(home: Path, workdir: Path) -> None:
+    """The statuses of the latest run's outcome logs, a line per export, and where the files are."""
+    runs = home / "ciexport-outcomes" / DAG_ID
+    folders = sorted(runs.iterdir(), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+    if not folders:
+        print("      Outcome log: none written")
+        return
+    print(f"      Outcome log, a row per segment row ({folders[-1].relative_to(workdir)}/):")
+    for name, file in OUTCOME_FILES.items():
+        path = folders[-1] / file
+        if not path.is_file():
+            print(f"        {name:<17} not written")
+            continue
+        with path.open(newline="") as f:
+            statuses = Counter(row["status"] for row in csv.DictReader(f))
+        counts = ", ".join(f"{status} {count:,}" for status, count in statuses.most_common())
+        print(f"        {name:<17} {counts}")
+
+
 def run_dag(
     airflow: list[str],
     env: Mapping[str, str],
@@ -450,6 +474,7 @@ def run_dag(
         failed = exc  # still show whatever the run got done
     state, task_states, reports = read_run(home / "airflow.db")
     ok = print_run(run, state, task_states, reports, expected, full) and failed is None
+    print_outcome_logs(home, workdir)
     return failed, ok, reports
 
 

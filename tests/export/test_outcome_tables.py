@@ -67,10 +67,17 @@ def database(
     return _postgres(monkeypatch, request)
 
 
-def export(conn_id: str, table: str, run_id: str = "r1", destination: Any = None) -> dict[str, Any]:
+def export(
+    conn_id: str, table: str, run_id: str = "r1", destination: Any = None, include_values: bool = False
+) -> dict[str, Any]:
     identity = {"dag_id": "d", "task_id": "t", "run_id": run_id, "map_index": -1, "try_number": 1}
     outcomes = OutcomeSettings(
-        key_columns=("id",), keys=KEYS, identity=identity, table=table, conn_id=conn_id
+        key_columns=("id",),
+        keys=KEYS,
+        identity=identity,
+        table=table,
+        conn_id=conn_id,
+        include_values=include_values,
     )
     exporter = SegmentExporter(
         RecordsSegmentSource(messy()),
@@ -123,6 +130,15 @@ def test_the_table_is_created_and_its_counts_are_the_reports(database: tuple[str
     assert [name for name, _ in column_types(conn_id, table)] == list(OUTCOME_COLUMNS)
     assert {kind for name, kind in column_types(conn_id, table) if name in INTEGERS} == {"bigint"}
     assert {kind for name, kind in column_types(conn_id, table) if name not in INTEGERS} == {"text"}
+
+
+def test_with_values_the_table_gets_the_email_and_mapped_values_columns(database: tuple[str, str]) -> None:
+    conn_id, table = database
+    export(conn_id, table, include_values=True)
+    assert [name for name, _ in column_types(conn_id, table)] == [*OUTCOME_COLUMNS, "email", "mapped_values"]
+    records = outcome_table_hook(conn_id).get_records(f"SELECT row_id, email, mapped_values FROM {table}")
+    by_id = {row_id: (email, values) for row_id, email, values in records}
+    assert by_id["2"] == ("person.2@example.com", '{"first_name":"P2"}')
 
 
 def test_a_second_run_appends_its_rows(database: tuple[str, str]) -> None:

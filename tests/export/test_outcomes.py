@@ -59,8 +59,9 @@ def export(
     records: list[dict[str, Any]] | None = None,
     settings: ExportSettings | None = None,
     progress: MemoryStore | None = None,
+    include_values: bool = False,
 ) -> dict[str, Any]:
-    outcomes = OutcomeSettings(f"file://{path}", key, KEYS, IDENTITY)
+    outcomes = OutcomeSettings(f"file://{path}", key, KEYS, IDENTITY, include_values=include_values)
     exporter = SegmentExporter(
         RecordsSegmentSource(records if records is not None else messy()),
         destination,
@@ -273,3 +274,37 @@ def test_a_retried_run_writes_the_whole_log_again_resumed_batches_included(tmp_p
     # Every batch but the failed one (3) was confirmed by the first try: 11 of the 14 contacts.
     assert len(resumed) == 11 and {row["batch"] for row in resumed} == {"1", "2", "4", "5"}
     assert all(row["status"] == "accepted" for row in resumed) and report["resumed_batches"] == 4
+
+
+def test_the_log_goes_in_folders_made_for_it_private_on_local_disk(tmp_path: Path) -> None:
+    path = tmp_path / "ciexport-outcomes" / "my_dag" / "manual__2026-12-07T18:00:00+00:00" / "ac.csv"
+    report = export(FakeDestination(), path)
+    check_counts(read_log(path), report, named=False)
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_values_are_written_only_when_asked_as_sent_or_as_read(tmp_path: Path, suffix: str) -> None:
+    destination = MemoryListDestination(refuse=["refused@example.com"])
+    path = tmp_path / f"log{suffix}"
+    report = export(destination, path, include_values=True)
+    rows = read_log(path)
+    check_counts(rows, report, named=True)
+    assert list(rows[0]) == [*OUTCOME_COLUMNS, "email", "mapped_values"]
+    by_id = {row["row_id"]: row for row in rows}
+    # Sent: the normalised address and the values as sent (the too-long first name left out).
+    assert (by_id["1"]["email"], json.loads(by_id["1"]["mapped_values"])) == (
+        "person.1@example.com",
+        {"first_name": "P1"},
+    )
+    assert json.loads(by_id["107"]["mapped_values"]) == {}
+    # Never sent: the address and values as read, so the source row can be fixed.
+    assert (by_id["105"]["email"], by_id["106"]["email"], by_id["104"]["email"]) == (
+        "not-an-email",
+        "zoë@example.com",
+        "",
+    )
+    assert json.loads(by_id["103"]["mapped_values"]) == {"first_name": "blank"}
+    assert by_id["101"]["email"] == "person.1@example.com" and by_id["108"]["status"] == "refused"
+    export(destination, tmp_path / "plain.csv")  # not asked: no address anywhere
+    assert "@" not in (tmp_path / "plain.csv").read_text()

@@ -424,3 +424,6 @@ def test_an_outcomes_path_it_cannot_write_fails_when_the_dag_is_parsed() -> None
         ActiveCampaignSegmentExportOperator(**base, outcomes_path="s3://b/log.csv", outcome_key=[""])
     # A templated path is checked once rendered.
     ActiveCampaignSegmentExportOperator(**base, outcomes_path="s3://b/{{ run_id }}.jsonl")
+    # "yes" would read as true and write addresses nobody asked for: refused, with what it does.
+    with pytest.raises(ExportConfigurationError, match="outcome_include_values must be True or False"):
+        ActiveCampaignSegmentExportOperator(**base, outcomes_path="s3://b/l.csv", outcome_include_values="no")  # type: ignore[arg-type]
