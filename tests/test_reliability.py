@@ -235,7 +235,7 @@ with DAG("ciexport_kill_test", schedule=None, start_date=pendulum.datetime(2026,
     ActiveCampaignSegmentExportOperator(
         task_id="export",
         list_id=2,
-        sql="SELECT email, first FROM people ORDER BY id",
+        sql="SELECT id, email, first FROM people ORDER BY id",
         sql_conn_id="people_db",
         field_mapping={"email": "email", "first_name": "first"},
         activecampaign_conn_id="ac_kill",
@@ -243,6 +243,8 @@ with DAG("ciexport_kill_test", schedule=None, start_date=pendulum.datetime(2026,
         sync_mode=os.environ.get("CIEXPORT_KILL_MODE") or "upsert",
         # The progress Variable is saved once a progress interval.
         progress_interval=float(os.environ.get("CIEXPORT_KILL_PROGRESS") or 1),
+        outcomes_path=os.environ["CIEXPORT_KILL_OUTCOMES"],
+        outcome_key="id",
     )
 
 if __name__ == "__main__":
@@ -299,6 +301,8 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         **os.environ,
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW_CONN_PEOPLE_DB": json.dumps({"conn_type": "sqlite", "host": str(db)}),
+        # Both tries write the one run's outcome log: the retry's replaces the killed try's.
+        "CIEXPORT_KILL_OUTCOMES": f"file://{tmp_path}/outcomes/run.csv",
         # Half the pace the sandbox allows: the 20 imports take about 12 s, so a loaded machine still
         # sees the export running when it is killed.
         "AIRFLOW_CONN_AC_KILL": json.dumps(
@@ -350,6 +354,7 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         f"k{i}@example.com" for i in range(rows)
     }
     assert _saved_progress() == set()  # removed once the export completed
+    _assert_the_retry_logged_every_row(tmp_path / "outcomes" / "run.csv", rows, resumed=250 * len(saved))
     if with_state:
         # The retry recorded every contact, those the killed try confirmed included: the next run of
         # the unchanged segment sends nothing.
@@ -386,6 +391,19 @@ def test_killed_task_retried_does_not_resend_confirmed_batches(
         ).execute(context={})  # type: ignore[arg-type]
         assert (report["removed"], report["new"]) == (rows + 50 - len(churned), 50)
         assert {c["email"] for c in sandbox.ac_list_contacts(AC_LIST)} == {r["email"] for r in churned}
+
+
+def _assert_the_retry_logged_every_row(path: Path, rows: int, resumed: int) -> None:
+    """The retry's outcome log is whole: a row per source row, each accepted, those the killed try
+    confirmed marked resumed; keys and codes only."""
+    import csv
+
+    with path.open(newline="") as f:
+        log = list(csv.DictReader(f))
+    assert sorted(int(row["row_id"]) for row in log) == list(range(1, rows + 1))
+    assert {row["status"] for row in log} == {"accepted"}
+    assert sum(1 for row in log if "resumed" in row["reason"].split(";")) == resumed
+    assert "@" not in path.read_text()
 
 
 def _kill_when_batches_are_confirmed(first: subprocess.Popen[bytes], sig: signal.Signals) -> set[int]:
