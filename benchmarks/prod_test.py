@@ -574,10 +574,15 @@ def verdict(results: list[TaskResult]) -> list[str]:
     """What went wrong, if anything (empty when the test passed); a run refused by the lease is not."""
     problems = [f"{r.run_id}/{r.task_id}: list differs from its segment" for r in results if r.exact is False]
     problems += [f"{r.run_id}/{r.task_id}: {r.state}" for r in results if r.state != "success" and not r.note]
+    return problems + scenario_problems(results)
+
+
+def scenario_problems(results: list[TaskResult]) -> list[str]:
+    """A shared-state scenario where no run succeeded; a retry that ran on the killed worker."""
+    problems = []
     for name in ("one S3 state", "lease only"):
-        if any(r.scenario == name for r in results) and not any(
-            r.state == "success" for r in results if r.scenario == name
-        ):
+        ran = [r for r in results if r.scenario == name]
+        if ran and not any(r.state == "success" for r in ran):
             problems.append(f"{name}: neither run succeeded")
     tries = [r for r in results if r.scenario == "killed + retry"]
     if len({r.worker for r in tries}) != 2:
