@@ -5,11 +5,14 @@ metadata database and the warehouse the segments are queried from), Redis (the C
 S3 server (the sync states), the sandbox (both APIs, limits scaled by ``--scale``), then Airflow 3 with
 the CeleryExecutor: API server, scheduler, DAG processor and two ``airflow celery worker`` processes,
 each in its own working directory. Through the scheduler it runs the DAGs of ``prod/dags``: an idle task
-per destination (the memory baseline), a mirror export per destination with its state on S3, and two
-runs at once on one S3 state. It checks every list against its segment through the sandbox's HTTP API,
-prints a table, and stops everything it started by the recorded pids.
+per destination (the memory baseline), three exports at once on one account, a mirror export per
+destination with its state on S3 and its churn run, two runs at once on one S3 state, and an export
+whose worker is killed mid-export (SIGKILL), retried on the other worker. ``--memory`` runs instead the
+memory figures' set: idle, a first sync, a mirror re-export, a killed export's retry. It checks every
+list against its segment through the sandbox's HTTP API, prints a table, and stops everything it
+started by the recorded pids.
 
-Usage: ``python benchmarks/prod_test.py [--profiles N] [--scale N]``
+Usage: ``python benchmarks/prod_test.py [--profiles N] [--scale N] [--memory]``
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +68,16 @@ LIST_OF = {
     ("ciexport_prod_mirror", "export_ac"): 2,
     ("ciexport_prod_shared_state", "export_ac"): 3,
     ("ciexport_prod_shared_state_lease", "export_ac"): 1,
+    ("ciexport_prod_shared_account", "list1_ac"): 1,
+    ("ciexport_prod_shared_account", "list2_ac"): 2,
+    ("ciexport_prod_shared_account", "list3_ac"): 3,
+    ("ciexport_prod_memory", "export_ac"): 2,
+    ("ciexport_prod_retry", "export_ac"): 1,
 }
+#: How long a try whose worker died stays "running" before the scheduler fails it (Airflow: 300 s).
+HEARTBEAT_TIMEOUT_S = 60
+#: The share of the segment the sandbox has received when the test kills the worker of the export.
+KILL_AT = 0.3
 #: The sandbox's latency of an import request while the two runs on one state run (else run.py's).
 SHARED_IMPORT_LATENCY_S = 6.0
 CC_VIP = "22222222-2222-4222-8222-222222222222"
@@ -76,6 +89,7 @@ class Stack:
 
     work: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    named: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     pg: PostgresServer | None = None
     sandbox: Any = None
@@ -84,6 +98,7 @@ class Stack:
         """Start ``cmd`` and record its pid (in ``pids.txt`` too)."""
         proc = spawn(cmd, env, LOGS / f"{name}.log", cwd)
         self.procs.append(proc)
+        self.named[name] = proc
         with (self.work / "pids.txt").open("a") as pids:
             pids.write(f"{proc.pid} {name}\n")
 
@@ -180,6 +195,7 @@ def stack_env(stack: Stack, redis_url: str, s3_url: str, profiles_db: Path, scal
                 {"conn_type": "aws", **S3_KEYS, "extra": {"endpoint_url": s3_url, "region_name": "us-east-1"}}
             ),
             "CIEXPORT_PROD_PROBES": str(stack.work / "probes"),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
         }
     )
     (stack.work / "probes").mkdir()
@@ -218,7 +234,7 @@ def pg_rows(stack: Stack, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
 
 
 def trigger(stack: Stack, dag_id: str, run_ids: Sequence[str], conf_values: dict[str, Any]) -> None:
-    """Trigger ``dag_id`` once per run id, all at once; wait until every run has ended."""
+    """Trigger ``dag_id`` once per run id, all at once (see :func:`wait_runs`)."""
     conf = json.dumps(conf_values)
     clis = [
         spawn(
@@ -234,11 +250,15 @@ def trigger(stack: Stack, dag_id: str, run_ids: Sequence[str], conf_values: dict
     if len(run_ids) > 1:  # the DAG starts paused: its runs wait, queued, and start together now
         airflow_cli(stack.env, ["dags", "unpause", dag_id], LOGS / f"unpause-{dag_id}.log")
 
+
+def wait_runs(stack: Stack, dag_id: str, run_ids: Sequence[str], profiles: int) -> None:
+    """Wait until every run of ``run_ids`` has ended."""
+
     def ended() -> bool:
         rows = pg_rows(stack, "SELECT state FROM dag_run WHERE run_id = ANY(%s)", (list(run_ids),))
         return len(rows) == len(run_ids) and all(state in FINAL_STATES for (state,) in rows)
 
-    wait_for(f"the runs of {dag_id} to end", ended, 900, 2.0)
+    wait_for(f"the runs of {dag_id} to end", ended, 900 + profiles / 500, 2.0)
 
 
 @dataclass
@@ -257,6 +277,7 @@ class TaskResult:
     refusals: int | None = None
     start: Any = None
     note: str = ""
+    try_number: int = 0
 
 
 def task_results(stack: Stack, scenario: str, dag_id: str, run_ids: Sequence[str]) -> list[TaskResult]:
@@ -275,9 +296,13 @@ def task_results(stack: Stack, scenario: str, dag_id: str, run_ids: Sequence[str
             (dag_id, run_id, task_id),
         ):
             result.report = json.loads(value) if isinstance(value, str) else dict(value or {})
-        for probe_file in (stack.work / "probes").glob(f"{dag_id}.{run_id}.{task_id}.*.json"):
-            probe = json.loads(probe_file.read_text())
+        probes = [
+            json.loads(f.read_text())
+            for f in (stack.work / "probes").glob(f"{dag_id}.{run_id}.{task_id}.*.json")
+        ]
+        for probe in sorted((p for p in probes if "peak_kb" in p), key=lambda p: p["try_number"]):
             result.peak_mb, result.worker = probe["peak_kb"] / 1024, probe["worker"]
+            result.refusals, result.try_number = probe.get("throttled"), probe["try_number"]
         results.append(result)
     return sorted(results, key=lambda r: (r.run_id, r.task_id))
 
@@ -291,8 +316,9 @@ def task_log_note(stack: Stack, dag_id: str, run_id: str, task_id: str) -> str:
     return ""
 
 
-def segment_emails(stack: Stack, profiles: int, churn: bool = False) -> set[str]:
-    """The valid distinct addresses of the warehouse's segment of ``profiles`` profiles (``SYNC_SQL``)."""
+def segment_emails(stack: Stack, profiles: int, churn: bool = False, first: int = 0) -> set[str]:
+    """The valid distinct addresses of the warehouse's segment of ``profiles`` profiles (``SYNC_SQL``),
+    or of customer ids ``first + 1`` to ``first + profiles``."""
     import psycopg
 
     pg = stack.pg
@@ -300,10 +326,10 @@ def segment_emails(stack: Stack, profiles: int, churn: bool = False) -> set[str]
     with psycopg.connect(
         host=pg.host, port=pg.port, user=pg.login, password=pg.password, dbname="warehouse"
     ) as conn:
-        sql = "SELECT email FROM customer_profiles WHERE customer_id <= %s"
+        sql = "SELECT email FROM customer_profiles WHERE customer_id > %s AND customer_id <= %s"
         if churn:
             sql, profiles = sql + " AND customer_id %% 200 != 0", profiles + profiles // 100
-        rows = conn.execute(sql, (profiles,))
+        rows = conn.execute(sql, (first, first + profiles))
         return valid_emails(raw for (raw,) in rows)
 
 
@@ -342,15 +368,92 @@ def scenario(stack: Stack, name: str, dag_id: str, run_ids: Sequence[str], **con
     since = last_seq(stack)
     started = time.monotonic()
     trigger(stack, dag_id, run_ids, conf)
+    wait_runs(stack, dag_id, run_ids, int(conf.get("profiles", 0)))
     results = task_results(stack, name, dag_id, run_ids)
     for result in results:
-        result.refusals = refusals(stack, since, "cc" if result.task_id.endswith("cc") else "ac")
+        if result.refusals is None:  # no probe: the API's 429s during the scenario
+            result.refusals = refusals(stack, since, "cc" if result.task_id.endswith("cc") else "ac")
     print(f"  {name}: done in {time.monotonic() - started:.0f} s", flush=True)
     return results
 
 
+def contacts_received(stack: Stack) -> int:
+    """The ActiveCampaign contacts the sandbox has received in imports so far."""
+    return int(stack.sandbox.client.stats()["imports"]["ac"]["contacts_received"])
+
+
+def become_subreaper() -> None:
+    """Adopt this process's orphaned descendants (Linux), so that a killed task process is reaped here
+    and its pid is gone for the retry's lease check (a container's pid 1 may never reap it)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap(pid: int, timeout_s: float = 30) -> None:
+    """Wait until ``pid`` (killed, orphaned, adopted by this process) is gone."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:  # not (yet) adopted: gone already, or its parent is dying
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.1)
+
+
+def kill_try(stack: Stack, start_file: Path, scenario_name: str) -> TaskResult:
+    """SIGKILL the Celery worker that runs the try of ``start_file`` (its process group, by the pid the
+    stack recorded) and the try's task process group (Airflow gives the task its own); its row."""
+    start = json.loads(start_file.read_text())
+    worker = stack.named[start["worker"]]
+    os.killpg(worker.pid, signal.SIGKILL)
+    with suppress(ProcessLookupError):
+        os.killpg(int(start["pid"]), signal.SIGKILL)
+    worker.wait(30)
+    reap(int(start["pid"]))
+    dag_id, run_id, task_id, try_number = start_file.name.split(".")[:4]
+    result = TaskResult(scenario_name, dag_id, run_id, task_id, "killed", worker=start["worker"])
+    result.try_number = int(try_number)
+    result.note = f"SIGKILL to {start['worker']} (pgid {worker.pid}) and its task (pgid {start['pid']})"
+    return result
+
+
+def killed_scenario(stack: Stack, profiles: int) -> list[TaskResult]:
+    """A mirror export whose worker is killed once the sandbox has received :data:`KILL_AT` of the
+    segment; the retry runs on the other worker and resumes. The list is emptied first."""
+    name, dag_id, run_id = "killed + retry", "ciexport_prod_retry", "killed"
+    print(f"  {name}: 1 run of {dag_id} ...", flush=True)
+    stack.sandbox.client.ac_empty_account()
+    since, received = last_seq(stack), contacts_received(stack)
+    started = time.monotonic()
+    trigger(stack, dag_id, [run_id], {"profiles": profiles})
+    start_file = stack.work / "probes" / f"{dag_id}.{run_id}.export_ac.1.start.json"
+    wait_for("the export's first try to start", start_file.exists, 600, 0.5)
+    wait_for(
+        f"{KILL_AT:.0%} of the segment to reach the sandbox",
+        lambda: contacts_received(stack) - received >= KILL_AT * profiles,
+        900 + profiles / 500,
+        0.5,
+    )
+    killed = kill_try(stack, start_file, name)
+    print(f"  {name}: {killed.note}; waiting for the retry", flush=True)
+    wait_runs(stack, dag_id, [run_id], profiles + HEARTBEAT_TIMEOUT_S * 500)
+    results = task_results(stack, name, dag_id, [run_id])
+    for result in results:
+        if result.refusals is None:
+            result.refusals = refusals(stack, since, "ac")
+    check_lists(stack, results, segment_emails(stack, profiles))
+    print(f"  {name}: done in {time.monotonic() - started:.0f} s", flush=True)
+    return [killed, *results]
+
+
 HEAD: tuple[str, ...] = (
-    *("scenario", "run", "task", "worker", "started", "state", "time s", "requests", "429s"),
+    *("scenario", "run", "task", "try", "worker", "started", "state", "time s", "requests", "429s"),
     *("peak MB", "over idle", "list", "note"),
 )
 
@@ -364,6 +467,7 @@ def _row(r: TaskResult, idle_mb: float | None, first: Any) -> tuple[str, ...]:
         r.scenario,
         r.run_id,
         r.task_id,
+        _fmt(r.try_number or None, "d"),
         r.worker,
         started,
         r.state,
@@ -395,7 +499,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 @contextmanager
-def running_stack(work: Path, profiles_db: Path, profiles: int, scale: float) -> Iterator[Stack]:
+def running_stack(work: Path, profiles_db: Path, rows: int, scale: float) -> Iterator[Stack]:
     """Start everything (see the module doc); stop it all on exit, by the recorded pids."""
     binaries, why = find_binaries(), missing_user()
     if binaries is None or why is not None:
@@ -405,7 +509,7 @@ def running_stack(work: Path, profiles_db: Path, profiles: int, scale: float) ->
         stop.callback(stop_all, stack.procs)
         print("Starting PostgreSQL, Redis, the S3 server and the sandbox ...", flush=True)
         stack.pg = stop.enter_context(postgres_server(binaries, "airflow"))
-        load_warehouse(stack.pg, profiles_db, profiles + profiles // 100)
+        load_warehouse(stack.pg, profiles_db, rows)
         redis_url, s3_url = start_redis(stack), start_s3(stack)
         stack.sandbox = stop.enter_context(Sandbox(scale, work))
         stack.env = stack_env(stack, redis_url, s3_url, profiles_db, scale)
@@ -416,17 +520,41 @@ def running_stack(work: Path, profiles_db: Path, profiles: int, scale: float) ->
         wait_for(
             "the DAGs to be parsed",
             lambda: (
-                len(pg_rows(stack, "SELECT 1 FROM serialized_dag WHERE dag_id LIKE 'ciexport_prod_%%'")) >= 4
+                len(pg_rows(stack, "SELECT 1 FROM serialized_dag WHERE dag_id LIKE 'ciexport_prod_%%'")) >= 7
             ),
             300,
         )
         yield stack
 
 
-def run_scenarios(stack: Stack, profiles: int) -> list[TaskResult]:
-    """Idle baseline, a mirror export per destination and its churn run, two runs on one S3 state."""
+def shared_account(stack: Stack, profiles: int) -> list[TaskResult]:
+    """Three exports at once on one ActiveCampaign account, each to its list; the account emptied after."""
+    runs = ["three_exports"]
+    results = scenario(stack, "one account", "ciexport_prod_shared_account", runs, profiles=profiles)
+    for result in results:
+        first = (int(result.task_id[len("list")]) - 1) * profiles
+        check_lists(stack, [result], segment_emails(stack, profiles, first=first))
+    stack.sandbox.client.ac_empty_account()
+    return results
+
+
+def memory_scenarios(stack: Stack, profiles: int) -> list[TaskResult]:
+    """The memory figures: idle, a first sync, a mirror re-export, a killed export's retry."""
     stack.sandbox.client.reset(request_log_size=200_000)
     results = scenario(stack, "idle", "ciexport_prod_idle", ["idle"], profiles=0)
+    for name, run_id in (("first sync", "first_sync"), ("re-export", "re_export")):
+        ran = scenario(stack, name, "ciexport_prod_memory", [run_id], profiles=profiles)
+        check_lists(stack, ran, segment_emails(stack, profiles))
+        results += ran
+    return results + killed_scenario(stack, profiles)
+
+
+def run_scenarios(stack: Stack, profiles: int) -> list[TaskResult]:
+    """Idle baseline, three exports on one account, a mirror export per destination and its churn run,
+    two runs on one S3 state, a killed export and its retry."""
+    stack.sandbox.client.reset(request_log_size=200_000)
+    results = scenario(stack, "idle", "ciexport_prod_idle", ["idle"], profiles=0)
+    results += shared_account(stack, profiles)
     mirror = scenario(stack, "mirror", "ciexport_prod_mirror", ["mirror"], profiles=profiles)
     check_lists(stack, mirror, segment_emails(stack, profiles))
     churn = scenario(stack, "2% churn", "ciexport_prod_mirror", ["churn"], profiles=profiles, churn=True)
@@ -439,16 +567,26 @@ def run_scenarios(stack: Stack, profiles: int) -> list[TaskResult]:
     shared += scenario(stack, "lease only", "ciexport_prod_shared_state_lease", runs, profiles=profiles)
     stack.sandbox.client.configure(import_latency_s=IMPORT_LATENCY_S)
     check_lists(stack, shared, segment_emails(stack, profiles))
-    return results + mirror + churn + shared
+    return results + mirror + churn + shared + killed_scenario(stack, profiles)
 
 
 def verdict(results: list[TaskResult]) -> list[str]:
     """What went wrong, if anything (empty when the test passed); a run refused by the lease is not."""
     problems = [f"{r.run_id}/{r.task_id}: list differs from its segment" for r in results if r.exact is False]
     problems += [f"{r.run_id}/{r.task_id}: {r.state}" for r in results if r.state != "success" and not r.note]
+    return problems + scenario_problems(results)
+
+
+def scenario_problems(results: list[TaskResult]) -> list[str]:
+    """A shared-state scenario where no run succeeded; a retry that ran on the killed worker."""
+    problems = []
     for name in ("one S3 state", "lease only"):
-        if not any(r.state == "success" for r in results if r.scenario == name):
+        ran = [r for r in results if r.scenario == name]
+        if ran and not any(r.state == "success" for r in ran):
             problems.append(f"{name}: neither run succeeded")
+    tries = [r for r in results if r.scenario == "killed + retry"]
+    if len({r.worker for r in tries}) != 2:
+        problems.append("killed + retry: the retry did not run on the other worker")
     return problems
 
 
@@ -457,6 +595,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--profiles", type=int, default=20_000, help="profiles in each segment")
     parser.add_argument("--scale", type=float, default=20.0, help="multiply the APIs' rate limits by this")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the memory figures: idle, first sync, mirror re-export, a killed export's retry",
+    )
     return parser.parse_args(argv)
 
 
@@ -465,11 +608,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    profiles_db = ensure_profiles(args.profiles + args.profiles // 100, regenerate=False)  # + the churn's new
+    # Three ranges for the exports on one account, or the segment and the churn's new rows.
+    rows = args.profiles if args.memory else max(3 * args.profiles, args.profiles + args.profiles // 100)
+    profiles_db = ensure_profiles(rows, regenerate=False)
+    become_subreaper()
     with tempfile.TemporaryDirectory(prefix="ciexport-prodtest-") as tmp:
-        with running_stack(Path(tmp), profiles_db, args.profiles, args.scale) as stack:
+        with running_stack(Path(tmp), profiles_db, rows, args.scale) as stack:
             print(f"Stack up in {time.monotonic() - started:.0f} s; logs in {LOGS}", flush=True)
-            results = run_scenarios(stack, args.profiles)
+            results = (memory_scenarios if args.memory else run_scenarios)(stack, args.profiles)
         print(
             f"\nEverything stopped. {args.profiles:,} profiles a segment, limits x{args.scale:g}, "
             f"{time.monotonic() - started:.0f} s in all:\n"

@@ -12,13 +12,24 @@ into a file of the folder named by ``CIEXPORT_PROD_PROBES`` (one JSON file per t
 - ``ciexport_prod_shared_state``: one ActiveCampaign mirror export whose state is the same S3 object for
   every run; the test queues two runs while the DAG is paused, then unpauses it, so they start together;
   Airflow runs them one after the other. ``ciexport_prod_shared_state_lease`` lets them run at once:
-  the state's lease refuses the second.
+  the state's lease refuses the second;
+- ``ciexport_prod_shared_account``: three ActiveCampaign exports at once on one account, each to its
+  own list and its own range of ``params.profiles`` customer ids (``list<i>_ac``: ids of range *i*);
+- ``ciexport_prod_memory``: one ActiveCampaign mirror export with its state on S3 (the memory figures'
+  first sync, then re-export);
+- ``ciexport_prod_retry``: the same with one retry a few seconds after a failure: the test kills the
+  worker running its first try (``prod_test.py``), the retry runs on the other worker.
+
+The pre-execute hook also writes a start file (``<dag>.<run>.<task>.<try>.start.json``: worker and the
+task process's pid), so that the test knows which worker to kill; the post-execute hook records the
+429 answers the task's hook received (``throttled``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -54,9 +65,23 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def _probe_name(context: Any, suffix: str) -> str | None:
+    """The probe file of this try (``None`` when the test gave no folder)."""
+    folder = os.environ.get(PROBES_ENV)
+    if not folder:
+        return None
+    ti = context["ti"]
+    name = f"{ti.dag_id}.{ti.run_id}.{ti.task_id}.{ti.try_number}.{suffix}".replace("/", "_")
+    return os.path.join(folder, name)
+
+
 def probe_pre(context: Any) -> None:
-    """Remember the task process's RSS before the export and reset its peak to it."""
+    """Remember the task process's RSS before the export and reset its peak to it; say where it runs."""
     os.environ["CIEXPORT_PROD_RSS_PRE_KB"] = str(_status_kb("VmRSS"))
+    start = _probe_name(context, "start.json")
+    if start:
+        with open(start, "w") as out:
+            json.dump({"pid": os.getpid(), "worker": os.environ.get("CIEXPORT_PROD_WORKER", "")}, out)
     try:
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
@@ -66,10 +91,11 @@ def probe_pre(context: Any) -> None:
 
 def probe_post(context: Any, result: Any = None) -> None:
     """Write the task process's peak RSS since :func:`probe_pre` (and its pid, host) into a probe file."""
-    folder = os.environ.get(PROBES_ENV)
-    if not folder:
+    path = _probe_name(context, "json")
+    if not path:
         return
     ti = context["ti"]
+    throttling = getattr(context.get("task"), "_throttling", None)
     probe = {
         "dag_id": ti.dag_id,
         "run_id": ti.run_id,
@@ -79,9 +105,9 @@ def probe_post(context: Any, result: Any = None) -> None:
         "worker": os.environ.get("CIEXPORT_PROD_WORKER", ""),
         "rss_pre_kb": int(os.environ.get("CIEXPORT_PROD_RSS_PRE_KB", "0")),
         "peak_kb": _status_kb("VmHWM"),
+        "throttled": getattr(throttling, "total", None),
     }
-    name = f"{ti.dag_id}.{ti.run_id}.{ti.task_id}.{ti.try_number}.json".replace("/", "_")
-    with open(os.path.join(folder, name), "w") as out:
+    with open(path, "w") as out:
         json.dump(probe, out)
 
 
@@ -146,5 +172,38 @@ for dag_id, list_id, at_once in (
             sync_mode="mirror",
             state_path=f"{STATE}/{dag_id}-ac.state",
             max_active_tis_per_dag=at_once,
+            **_TASK,
+        )
+
+# Three exports at once on one account, each its own list and range of customer ids.
+RANGE_SQL = (
+    "SELECT customer_id, email, first_name, last_name, phone, city, favorite_store, loyalty_tier "
+    "FROM customer_profiles WHERE customer_id > {first} * {{{{ params.profiles | int }}}} "
+    "AND customer_id <= {last} * {{{{ params.profiles | int }}}} ORDER BY customer_id"
+)
+with DAG(dag_id="ciexport_prod_shared_account", **_COMMON):
+    for index, list_id in enumerate((AC_LIST_NEWSLETTER, AC_LIST_VIP, AC_LIST_LAPSED)):
+        ActiveCampaignSegmentExportOperator(
+            task_id=f"list{index + 1}_ac",
+            list_id=list_id,
+            field_mapping=AC_MAPPING,
+            **{**_TASK, "sql": RANGE_SQL.format(first=index, last=index + 1)},
+        )
+
+# The memory figures' first sync and re-export; the killed export and its retry (on the other worker:
+# the test kills the first try's). A retry on this machine takes over the dead try's lease at once.
+for dag_id, list_id, retries in (
+    ("ciexport_prod_memory", AC_LIST_VIP, 0),
+    ("ciexport_prod_retry", AC_LIST_NEWSLETTER, 1),
+):
+    with DAG(dag_id=dag_id, **_COMMON):
+        ActiveCampaignSegmentExportOperator(
+            task_id="export_ac",
+            list_id=list_id,
+            field_mapping=AC_MAPPING,
+            sync_mode="mirror",
+            state_path=f"{STATE}/{dag_id}-ac.state",
+            retries=retries,
+            retry_delay=timedelta(seconds=5),
             **_TASK,
         )
