@@ -74,6 +74,10 @@ class RateLimiter:
     :param headroom: how much slower than the limit to go, as a share (0.02 = 2%).
     :param shared_rate: a lower rate for the whole account while several exports share it (more
         slack in the server's windows for the timing differences between processes).
+    :param window_calls: how many calls the server's window holds, if fewer than ``rate``: a raised
+        or time-scaled limit of the documented count (5 a second enforced as 5 in every 50 ms at
+        100 a second) is read in windows of the documented count. Default: ``rate``, at most
+        ``MAX_WINDOW_CALLS``.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class RateLimiter:
         per: float = 1.0,
         headroom: float = DEFAULT_HEADROOM,
         shared_rate: float | None = None,
+        window_calls: float | None = None,
     ) -> None:
         if rate <= 0 or per <= 0:
             raise ValueError("A rate limit needs a positive rate and window.")
@@ -89,6 +94,7 @@ class RateLimiter:
         self.per = per
         self.headroom = headroom
         self.shared_rate = min(rate, shared_rate or rate)
+        self.window_calls = min(window_calls or rate, MAX_WINDOW_CALLS, rate)
         self._steps = (per / rate * (1 + headroom), per / self.shared_rate * (1 + headroom))
         self.lanes = 1
         self.lane = 0
@@ -135,7 +141,7 @@ class RateLimiter:
     @property
     def _window_calls(self) -> float:
         """How many calls this process makes in one of the server's windows at its fair share."""
-        return max(1.0, min(MAX_WINDOW_CALLS, self.rate) * self.share)
+        return max(1.0, self.window_calls * self.share)
 
     def acquire(self) -> int:
         """Block until the next call may start; return the call's sequence number for :meth:`throttled`."""
@@ -160,7 +166,19 @@ class RateLimiter:
         wait = self._log_send(call) - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        self._left(call, time.monotonic())
         return call
+
+    def _left(self, call: int, now: float) -> None:
+        """Correct the log of ``call``'s start to when it really left, if its thread woke up late (a
+        busy worker): the log must show the bunching the server saw, not the spacing planned."""
+        with self._lock:
+            starts = self._starts
+            for index in range(len(starts) - 1, -1, -1):
+                if starts[index][0] == call:
+                    if now > starts[index][1]:
+                        starts[index] = (call, now)
+                    return
 
     def _log_send(self, call: int = 0) -> float:
         """Record a call's start in the send log and return it: now, unless that is within half a slot
@@ -179,8 +197,8 @@ class RateLimiter:
 
     @property
     def _window_span(self) -> float:
-        """Seconds of the server's window that holds ``min(rate, MAX_WINDOW_CALLS)`` calls."""
-        return min(MAX_WINDOW_CALLS, self.rate) * self.per / self.rate
+        """Seconds of the server's window that holds ``window_calls`` calls."""
+        return self.window_calls * self.per / self.rate
 
     def own_bunching(self, call: int) -> bool:
         """Whether our own calls could have overrun the server's window that refused ``call``: as many
@@ -195,7 +213,7 @@ class RateLimiter:
                 return False
             span = self._window_span + OWN_WINDOW_JITTER_SLOTS * self.step
             ours = sum(1 for _, start in self._starts if sent - span < start <= sent)
-            return ours >= max(2.0, min(MAX_WINDOW_CALLS, self.rate) * self.share)
+            return ours >= max(2.0, self.window_calls * self.share)
 
     def _take_slot(self) -> tuple[float, int]:
         """Reserve this lane's next slot the learnt factor allows; return its start (monotonic) and
@@ -293,6 +311,7 @@ def shared_limiter(
     per: float = 1.0,
     headroom: float = DEFAULT_HEADROOM,
     shared_rate: float | None = None,
+    window_calls: float | None = None,
 ) -> RateLimiter:
     """Return the process-wide limiter for ``key``, creating it on first use.
 
@@ -302,5 +321,5 @@ def shared_limiter(
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None or (limiter.rate, limiter.per) != (rate, per):
-            limiter = _registry[key] = RateLimiter(rate, per, headroom, shared_rate)
+            limiter = _registry[key] = RateLimiter(rate, per, headroom, shared_rate, window_calls)
         return limiter

@@ -231,15 +231,16 @@ def _bunched(limiter: RateLimiter, clock: FakeTime, calls: int) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("rate", "per", "headroom", "lanes"),
-    [(5, 1.0, 0.4, 1), (4, 1.0, 0.4, 1), (100, 1.0, 0.4, 1), (100, 60.0, 0.02, 1), (2000, 60.0, 0.02, 1),
-     (5, 1.0, 0.4, 3), (100, 60.0, 0.02, 2)],
+    ("rate", "per", "headroom", "lanes", "window"),
+    [(5, 1.0, 0.4, 1, None), (4, 1.0, 0.4, 1, None), (100, 1.0, 0.4, 1, None), (100, 1.0, 0.4, 1, 5),
+     (80, 1.0, 0.4, 1, 4), (100, 60.0, 0.02, 1, None), (2000, 60.0, 0.02, 1, None), (5, 1.0, 0.4, 3, None),
+     (100, 60.0, 0.02, 2, None)],
 )  # fmt: skip
 def test_an_even_pace_never_passes_for_own_bunching(
-    clock: FakeTime, rate: float, per: float, headroom: float, lanes: int
+    clock: FakeTime, rate: float, per: float, headroom: float, lanes: int, window: float | None
 ) -> None:
     # Refused at an even pace, our own calls cannot have filled the server's window: someone else spent it.
-    limiter = RateLimiter(rate, per, headroom, shared_rate=rate * 0.8)
+    limiter = RateLimiter(rate, per, headroom, shared_rate=rate * 0.8, window_calls=window)
     limiter.set_lanes(lanes, 0)
     calls = [limiter.acquire() for _ in range(int(min(rate, ratelimit.MAX_WINDOW_CALLS)) * 2)]
     assert not any(limiter.own_bunching(call) for call in calls)
@@ -258,6 +259,30 @@ def test_refusals_of_our_own_bunched_calls_space_out_without_cutting(clock: Fake
     assert limiter.factor == 1.0 and limiter.cuts == 0 and limiter.own_bunched == 4
     limiter.acquire()
     assert clock.now >= before + 0.5  # still waits as asked: spaced out
+
+
+def test_a_scaled_limit_is_read_in_windows_of_the_documented_count(clock: FakeTime) -> None:
+    # 100 a second, enforced as 5 in every 50 ms (a time-scaled sandbox): 5 of ours bunched into 50 ms
+    # are ours, though far fewer than 100 in the second.
+    limiter = RateLimiter(100, 1.0, ratelimit.PER_SECOND_HEADROOM, window_calls=5)
+    limiter.acquire()
+    calls = _bunched(limiter, clock, 6)
+    assert limiter.own_bunching(calls[4])
+    assert not RateLimiter(100, 1.0, ratelimit.PER_SECOND_HEADROOM).own_bunching(calls[4])  # not in its log
+    unscaled = RateLimiter(100, 1.0, ratelimit.PER_SECOND_HEADROOM)
+    unscaled.acquire()
+    assert not any(unscaled.own_bunching(call) for call in _bunched(unscaled, clock, 6))
+
+
+def test_the_log_holds_when_a_call_really_left(clock: FakeTime, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A thread that wakes up late from its wait (a busy worker) leaves later than planned, closer to the
+    # next call: the log the refusals are read against records when it left.
+    limiter = RateLimiter(5, 1.0, headroom=ratelimit.PER_SECOND_HEADROOM)
+    limiter._log_send(99)  # another thread just left: this call waits in the send log
+    monkeypatch.setattr(clock, "sleep", lambda seconds: setattr(clock, "now", clock.now + seconds + 0.05))
+    call = limiter.acquire()
+    planned = limiter._sent[-1]
+    assert limiter._starts[-1] == (call, clock.now) and clock.now > planned
 
 
 def test_refusals_our_own_calls_cannot_explain_cut_the_rate(clock: FakeTime) -> None:
