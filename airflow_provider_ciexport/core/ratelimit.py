@@ -5,7 +5,9 @@ the wall clock. Exports sharing the account (see :mod:`~airflow_provider_ciexpor
 in other processes, on other workers) take turns on that grid, and each uses its slots as far as a
 factor it learns from the API's answers allows: after repeated refusals it slows down, then creeps
 back up towards the documented rate (additive increase, multiplicative decrease, as TCP does), so a
-budget shared with unknown other apps settles instead of storming.
+budget shared with unknown other apps settles instead of storming. A refusal its own log of sends
+explains (its own calls bunched into the server's window by a stall) only spaces the calls out: it
+never cuts the learnt rate, which is for someone else spending the account.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ DEFAULT_HEADROOM = 0.02
 PER_SECOND_HEADROOM = 0.40
 #: After repeated refusals the rate is cut to this share of what it was ...
 DECREASE = 0.85
-#: ... and regained linearly over this many windows' worth of successful calls.
+#: ... and regained linearly over this many windows' worth of successful calls, from however low the
+#: cuts went: a burst of refusals costs a bounded time at a lower rate, never a ratchet down.
 RECOVERY_WINDOWS = 2.0
 #: Never slower than this share of the documented rate.
 MIN_FACTOR = 0.05
@@ -47,6 +50,12 @@ MAX_RESLOTS = 3
 #: were waiting. An even pace is never held back. At the per-second headroom this span is about the
 #: server's one-second window.
 SEND_LOG_SLOTS = 4
+#: A refusal is our own bunching when our own calls in the server's window before it (the refused one
+#: included, the window widened by this share of a slot of the account's grid for the network's
+#: jitter) reach the limit of that window (our share of it while exports share the account): ours
+#: alone could have overrun it. An even pace never does (the headroom leaves the last call of a
+#: window out), so a refusal then means someone else spent the budget.
+OWN_WINDOW_JITTER_SLOTS = 0.1
 
 
 class RateLimiter:
@@ -65,6 +74,10 @@ class RateLimiter:
     :param headroom: how much slower than the limit to go, as a share (0.02 = 2%).
     :param shared_rate: a lower rate for the whole account while several exports share it (more
         slack in the server's windows for the timing differences between processes).
+    :param window_calls: how many calls the server's window holds, if fewer than ``rate``: a raised
+        or time-scaled limit of the documented count (5 a second enforced as 5 in every 50 ms at
+        100 a second) is read in windows of the documented count. Default: ``rate``, at most
+        ``MAX_WINDOW_CALLS``.
     """
 
     def __init__(
@@ -73,6 +86,7 @@ class RateLimiter:
         per: float = 1.0,
         headroom: float = DEFAULT_HEADROOM,
         shared_rate: float | None = None,
+        window_calls: float | None = None,
     ) -> None:
         if rate <= 0 or per <= 0:
             raise ValueError("A rate limit needs a positive rate and window.")
@@ -80,6 +94,7 @@ class RateLimiter:
         self.per = per
         self.headroom = headroom
         self.shared_rate = min(rate, shared_rate or rate)
+        self.window_calls = min(window_calls or rate, MAX_WINDOW_CALLS, rate)
         self._steps = (per / rate * (1 + headroom), per / self.shared_rate * (1 + headroom))
         self.lanes = 1
         self.lane = 0
@@ -95,6 +110,12 @@ class RateLimiter:
         self._paused_until = 0.0
         #: When the last ``SEND_LOG_SLOTS`` calls started (or will: a reservation may be ahead).
         self._sent: deque[float] = deque(maxlen=SEND_LOG_SLOTS)
+        #: ``(call, start)`` of the calls of about the last server window, to explain refusals.
+        self._starts: deque[tuple[int, float]] = deque(maxlen=2 * int(MAX_WINDOW_CALLS) + 2)
+        #: The factor the last cut left, from which :meth:`succeeded` climbs back in bounded time.
+        self._low = 1.0
+        #: Refusals our own bunching explained (spaced out, the rate not cut).
+        self.own_bunched = 0
         self._lock = threading.Lock()
 
     @property
@@ -120,7 +141,7 @@ class RateLimiter:
     @property
     def _window_calls(self) -> float:
         """How many calls this process makes in one of the server's windows at its fair share."""
-        return max(1.0, min(MAX_WINDOW_CALLS, self.rate) * self.share)
+        return max(1.0, self.window_calls * self.share)
 
     def acquire(self) -> int:
         """Block until the next call may start; return the call's sequence number for :meth:`throttled`."""
@@ -142,12 +163,24 @@ class RateLimiter:
             if time.monotonic() - start < self.step or late >= MAX_RESLOTS:
                 break
             late += 1
-        wait = self._log_send() - time.monotonic()
+        wait = self._log_send(call) - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        self._left(call, time.monotonic())
         return call
 
-    def _log_send(self) -> float:
+    def _left(self, call: int, now: float) -> None:
+        """Correct the log of ``call``'s start to when it really left, if its thread woke up late (a
+        busy worker): the log must show the bunching the server saw, not the spacing planned."""
+        with self._lock:
+            starts = self._starts
+            for index in range(len(starts) - 1, -1, -1):
+                if starts[index][0] == call:
+                    if now > starts[index][1]:
+                        starts[index] = (call, now)
+                    return
+
+    def _log_send(self, call: int = 0) -> float:
         """Record a call's start in the send log and return it: now, unless that is within half a slot
         of the last start, or within ``SEND_LOG_SLOTS - 0.5`` slots of the start that many before."""
         with self._lock:
@@ -159,7 +192,28 @@ class RateLimiter:
             if len(sent) == SEND_LOG_SLOTS:
                 start = max(start, sent[0] + (SEND_LOG_SLOTS - 0.5) * own_step)
             sent.append(start)
+            self._starts.append((call, start))
             return start
+
+    @property
+    def _window_span(self) -> float:
+        """Seconds of the server's window that holds ``window_calls`` calls."""
+        return self.window_calls * self.per / self.rate
+
+    def own_bunching(self, call: int) -> bool:
+        """Whether our own calls could have overrun the server's window that refused ``call``: as many
+        of them started in the window before it (itself included) as the window allows us.
+
+        :param call: the sequence number :meth:`acquire` gave the refused call.
+        :return: ``False`` when the call is not in the log (it cannot tell: someone else).
+        """
+        with self._lock:
+            sent = next((start for number, start in reversed(self._starts) if number == call), None)
+            if sent is None:
+                return False
+            span = self._window_span + OWN_WINDOW_JITTER_SLOTS * self.step
+            ours = sum(1 for _, start in self._starts if sent - span < start <= sent)
+            return ours >= max(2.0, self.window_calls * self.share)
 
     def _take_slot(self) -> tuple[float, int]:
         """Reserve this lane's next slot the learnt factor allows; return its start (monotonic) and
@@ -208,22 +262,29 @@ class RateLimiter:
                 self._epoch += 1
 
     def succeeded(self) -> None:
-        """A call passed: creep back towards the full rate (additive increase)."""
+        """A call passed: creep back towards the full rate (additive increase), the whole way from the
+        last cut's factor in ``RECOVERY_WINDOWS`` windows' worth of successful calls."""
         if self.factor >= 1.0:
             return
         with self._lock:
-            step = (1 - DECREASE) / (RECOVERY_WINDOWS * self._window_calls)
+            step = (1 - min(self._low, DECREASE)) / (RECOVERY_WINDOWS * self._window_calls)
             self.factor = min(1.0, self.factor + step)
 
-    def throttled(self, call: int, retry_after: float | None = None) -> bool:
-        """A call was refused for the rate: wait as asked and, if refusals repeat, slow down.
+    def throttled(self, call: int, retry_after: float | None = None, own: bool | None = None) -> bool:
+        """A call was refused for the rate: wait as asked and, if refusals repeat, slow down, unless
+        our own bunching explains the refusal (then the calls are only spaced out).
 
         :param call: the sequence number :meth:`acquire` gave the refused call.
         :param retry_after: how long the server asked us to wait, if it said.
+        :param own: whether our own bunching explains it (``None``: ask :meth:`own_bunching`).
         :return: whether the rate was cut.
         """
         if retry_after:
             self.pause(retry_after)
+        if own if own is not None else self.own_bunching(call):
+            with self._lock:
+                self.own_bunched += 1
+            return False
         with self._lock:
             refusals = self._refusals
             refusals.append(call)
@@ -233,6 +294,7 @@ class RateLimiter:
             if call <= self._last_cut_call or len(refusals) < REFUSALS_TO_CUT:
                 return False
             self.factor = max(MIN_FACTOR, self.factor * DECREASE)
+            self._low = self.factor
             self._last_cut_call = self._calls
             self.cuts += 1
             refusals.clear()
@@ -249,6 +311,7 @@ def shared_limiter(
     per: float = 1.0,
     headroom: float = DEFAULT_HEADROOM,
     shared_rate: float | None = None,
+    window_calls: float | None = None,
 ) -> RateLimiter:
     """Return the process-wide limiter for ``key``, creating it on first use.
 
@@ -258,5 +321,5 @@ def shared_limiter(
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None or (limiter.rate, limiter.per) != (rate, per):
-            limiter = _registry[key] = RateLimiter(rate, per, headroom, shared_rate)
+            limiter = _registry[key] = RateLimiter(rate, per, headroom, shared_rate, window_calls)
         return limiter

@@ -247,6 +247,7 @@ class ActiveCampaignHook(SegmentApiHook):
             1.0,
             PER_SECOND_HEADROOM,
             shared_rate=1.25 * self.imports_per_minute / 60,
+            window_calls=self.DEFAULT_REQUESTS_PER_SECOND,
         )
 
     @cached_property

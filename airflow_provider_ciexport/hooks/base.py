@@ -560,16 +560,18 @@ class SegmentApiHook(HttpHook):
     def progress_interval_s(self, interval_s: float) -> None:
         self.throttle_summary.interval_s = float(interval_s)
 
-    def _tell_throttling(self, told: tuple[int, int, float] | None, limiters: Sequence[RateLimiter]) -> None:
+    def _tell_throttling(
+        self, told: tuple[int, int, int, float] | None, limiters: Sequence[RateLimiter]
+    ) -> None:
         """Log one line about the refusals since the last one (a line at most every
-        ``throttle_summary.interval_s``, not one a refusal), with the pace now."""
+        ``throttle_summary.interval_s``, not one a refusal), with the pace now and why."""
         if told is None:
             return
-        refusals, slowdowns, since = told
+        refusals, slowdowns, own, since = told
         pace = min((limiter.factor for limiter in limiters), default=1.0)
         self.log.info(
             "%s refused %d request(s) for its rate limit %s, each waited out and sent again (not a "
-            "failure). Pacing at %.0f%% of the documented rate%s.",
+            "failure). Pacing at %.0f%% of the documented rate%s%s.",
             self.destination,
             refusals,
             f"in the last {since:.0f} s" if since else "so far",
@@ -577,6 +579,10 @@ class SegmentApiHook(HttpHook):
             f" (the account's budget seems shared with another export or app: {slowdowns} slow-down(s) "
             "since the last line; the pace creeps back up while requests get through)"
             if slowdowns or pace < 1
+            else "",
+            f"; {own} of them this export's own requests bunched together (a busy or stalled worker): "
+            "spaced out again, the pace not cut"
+            if own
             else "",
         )
 
@@ -630,7 +636,7 @@ class SegmentApiHook(HttpHook):
         retries: CallRetries,
     ) -> None:
         """Slow down as the API asked, or fail once nothing has got through for ``throttle_timeout``."""
-        slowed = self._slow_down(limiters, tickets, answer)
+        slowed, own = self._slow_down(limiters, tickets, answer)
         stalled = retries.throttled(self._last_progress)
         if stalled is not None:
             raise DestinationThrottledError(
@@ -641,7 +647,7 @@ class SegmentApiHook(HttpHook):
                 f"'throttle_timeout' (seconds, now {self.throttle_timeout:g}).",
                 status=429,
             ) from None
-        self._tell_throttling(self.throttle_summary.refused(slowed), limiters)
+        self._tell_throttling(self.throttle_summary.refused(slowed, own), limiters)
         if not limiters:
             # Nothing paces a request outside the API (a token endpoint): wait here.
             time.sleep(answer.retry_after or 0.0)
@@ -723,15 +729,18 @@ class SegmentApiHook(HttpHook):
         return vendor_error_text(json_or_none(response), request_values(response.request))
 
     @staticmethod
-    def _slow_down(limiters: Sequence[RateLimiter], tickets: Sequence[int], answer: Throttled) -> bool:
+    def _slow_down(
+        limiters: Sequence[RateLimiter], tickets: Sequence[int], answer: Throttled
+    ) -> tuple[bool, bool]:
         """Hold the account back as the API asked, and teach the limiter that binds this call.
 
-        :return: whether the limiter cut its pace (refusals repeat).
+        :return: whether the limiter cut its pace (refusals repeat, not of our own making), and
+            whether our own bunching explains the refusal (then the pace is not cut).
         """
         if not limiters:
             if answer.retry_after is None:
                 answer.retry_after = min(MAX_THROTTLE_WAIT_S, 1.0 + 2 * random.random())
-            return False
+            return False, False
         # The limit a refusal is about is the tightest one the call passed (imports: the imports a
         # minute, not the requests a second); the API does not always say which.
         index = max(range(len(limiters)), key=lambda i: limiters[i].interval)
@@ -740,4 +749,7 @@ class SegmentApiHook(HttpHook):
             # No Retry-After (Constant Contact's `throttled`, ActiveCampaign's 400): back off by a few
             # of the limiter's own intervals, growing while refusals repeat.
             answer.retry_after = min(MAX_THROTTLE_WAIT_S, limiter.interval * (2 + 4 * random.random()))
-        return limiter.throttled(tickets[index], answer.retry_after)
+        # Whichever window refused it, if our own calls could have filled that window (a stall bunched
+        # them), the refusal is ours: space out, keep the pace learnt for the account's other users.
+        own = any(lim.own_bunching(ticket) for lim, ticket in zip(limiters, tickets, strict=True))
+        return limiter.throttled(tickets[index], answer.retry_after, own=own), own

@@ -331,7 +331,13 @@ class ConstantContactHook(SegmentApiHook):
     @cached_property
     def _limiter(self) -> RateLimiter:
         rate = self.positive_extra("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
-        return shared_limiter(("constantcontact", self._client[0]), rate, 1.0, PER_SECOND_HEADROOM)
+        return shared_limiter(
+            ("constantcontact", self._client[0]),
+            rate,
+            1.0,
+            PER_SECOND_HEADROOM,
+            window_calls=self.DEFAULT_REQUESTS_PER_SECOND,
+        )
 
     def _limiters(self, kind: str) -> Sequence[RateLimiter]:
         return (self._limiter,)

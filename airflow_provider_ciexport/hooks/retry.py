@@ -146,23 +146,26 @@ class ThrottleSummary:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_line: float | None = None
-        #: Refusals and pace cuts since the last line.
+        #: Refusals, pace cuts and refusals of our own bunching since the last line.
         self.pending = 0
         self._slowdowns = 0
+        self._own = 0
         #: Refusals since the summary was made (the export's metrics count them).
         self.total = 0
 
-    def refused(self, slowed: bool) -> tuple[int, int, float] | None:
-        """Count one refusal (``slowed``: it cut the pace); when a line is due, what it says."""
+    def refused(self, slowed: bool, own: bool = False) -> tuple[int, int, int, float] | None:
+        """Count one refusal (``slowed``: it cut the pace; ``own``: our own bunching explained it);
+        when a line is due, what it says."""
         with self._lock:
             self.pending += 1
             self.total += 1
             self._slowdowns += slowed
+            self._own += own
         return self.due()
 
-    def due(self) -> tuple[int, int, float] | None:
-        """``(refusals, pace cuts, seconds)`` since the last line if refusals are untold and a line is
-        due, and the counts start again; else ``None``."""
+    def due(self) -> tuple[int, int, int, float] | None:
+        """``(refusals, pace cuts, own bunching, seconds)`` since the last line if refusals are untold
+        and a line is due, and the counts start again; else ``None``."""
         if not self.pending:
             return None  # read without the lock: every answer asks, and nearly all find nothing
         with self._lock:
@@ -170,7 +173,7 @@ class ThrottleSummary:
             since = None if self._last_line is None else now - self._last_line
             if not self.pending or (since is not None and since < self.interval_s):
                 return None
-            told = (self.pending, self._slowdowns, since or 0.0)
-            self.pending = self._slowdowns = 0
+            told = (self.pending, self._slowdowns, self._own, since or 0.0)
+            self.pending = self._slowdowns = self._own = 0
             self._last_line = now
             return told

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from typing import Any
 
@@ -217,3 +218,120 @@ def test_the_send_log_never_holds_back_an_even_pace(clock: FakeTime) -> None:
     for _ in range(20):
         limiter.acquire()
     assert clock.now - start == pytest.approx(20 * limiter.step)
+
+
+def _bunched(limiter: RateLimiter, clock: FakeTime, calls: int) -> list[int]:
+    """``calls`` calls released at once (threads that all waited out a stall): only the send log
+    spaces them. Returns their sequence numbers."""
+    clock.sleep = lambda seconds: None  # type: ignore[method-assign]
+    try:
+        return [limiter.acquire() for _ in range(calls)]
+    finally:
+        del clock.sleep
+
+
+@pytest.mark.parametrize(
+    ("rate", "per", "headroom", "lanes", "window"),
+    [(5, 1.0, 0.4, 1, None), (4, 1.0, 0.4, 1, None), (100, 1.0, 0.4, 1, None), (100, 1.0, 0.4, 1, 5),
+     (80, 1.0, 0.4, 1, 4), (100, 60.0, 0.02, 1, None), (2000, 60.0, 0.02, 1, None), (5, 1.0, 0.4, 3, None),
+     (100, 60.0, 0.02, 2, None)],
+)  # fmt: skip
+def test_an_even_pace_never_passes_for_own_bunching(
+    clock: FakeTime, rate: float, per: float, headroom: float, lanes: int, window: float | None
+) -> None:
+    # Refused at an even pace, our own calls cannot have filled the server's window: someone else spent it.
+    limiter = RateLimiter(rate, per, headroom, shared_rate=rate * 0.8, window_calls=window)
+    limiter.set_lanes(lanes, 0)
+    calls = [limiter.acquire() for _ in range(int(min(rate, ratelimit.MAX_WINDOW_CALLS)) * 2)]
+    assert not any(limiter.own_bunching(call) for call in calls)
+
+
+def test_refusals_of_our_own_bunched_calls_space_out_without_cutting(clock: FakeTime) -> None:
+    limiter = RateLimiter(5, 1.0, headroom=ratelimit.PER_SECOND_HEADROOM)
+    limiter.acquire()
+    calls = _bunched(limiter, clock, 8)
+    # The fifth of ours in a second could overrun the 5-a-second window by itself: ours.
+    assert [limiter.own_bunching(call) for call in calls[:3]] == [False] * 3
+    assert limiter.own_bunching(calls[4])
+    before = clock.now
+    for call in calls[4:]:
+        assert limiter.throttled(call, retry_after=0.5) is False
+    assert limiter.factor == 1.0 and limiter.cuts == 0 and limiter.own_bunched == 4
+    limiter.acquire()
+    assert clock.now >= before + 0.5  # still waits as asked: spaced out
+
+
+def test_a_scaled_limit_is_read_in_windows_of_the_documented_count(clock: FakeTime) -> None:
+    # 100 a second, enforced as 5 in every 50 ms (a time-scaled sandbox): 5 of ours bunched into 50 ms
+    # are ours, though far fewer than 100 in the second.
+    limiter = RateLimiter(100, 1.0, ratelimit.PER_SECOND_HEADROOM, window_calls=5)
+    limiter.acquire()
+    calls = _bunched(limiter, clock, 6)
+    assert limiter.own_bunching(calls[4])
+    assert not RateLimiter(100, 1.0, ratelimit.PER_SECOND_HEADROOM).own_bunching(calls[4])  # not in its log
+    unscaled = RateLimiter(100, 1.0, ratelimit.PER_SECOND_HEADROOM)
+    unscaled.acquire()
+    assert not any(unscaled.own_bunching(call) for call in _bunched(unscaled, clock, 6))
+
+
+def test_the_log_holds_when_a_call_really_left(clock: FakeTime, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A thread that wakes up late from its wait (a busy worker) leaves later than planned, closer to the
+    # next call: the log the refusals are read against records when it left.
+    limiter = RateLimiter(5, 1.0, headroom=ratelimit.PER_SECOND_HEADROOM)
+    limiter._log_send(99)  # another thread just left: this call waits in the send log
+    monkeypatch.setattr(clock, "sleep", lambda seconds: setattr(clock, "now", clock.now + seconds + 0.05))
+    call = limiter.acquire()
+    planned = limiter._sent[-1]
+    assert limiter._starts[-1] == (call, clock.now) and clock.now > planned
+
+
+def test_refusals_our_own_calls_cannot_explain_cut_the_rate(clock: FakeTime) -> None:
+    # The same refusals at an even pace: someone else is spending the account.
+    limiter = RateLimiter(5, 1.0, headroom=ratelimit.PER_SECOND_HEADROOM)
+    calls = [limiter.acquire() for _ in range(8)]
+    assert limiter.throttled(calls[4]) is False  # a lone refusal: jitter
+    assert limiter.throttled(calls[5]) is True
+    assert limiter.factor == pytest.approx(DECREASE) and limiter.own_bunched == 0
+
+
+def test_a_call_missing_from_the_log_is_not_own_bunching(clock: FakeTime) -> None:
+    limiter = RateLimiter(5, 1.0)
+    limiter.acquire()
+    assert limiter.own_bunching(99) is False
+
+
+def _burst(limiter: RateLimiter, refusals: int) -> float:
+    """Refuse ``refusals`` evenly paced calls in a row (someone else spends the account); the factor
+    the burst leaves."""
+    for _ in range(refusals):
+        limiter.throttled(limiter.acquire())
+    return limiter.factor
+
+
+@pytest.mark.parametrize("refusals", [2, 8, 20])
+def test_after_a_burst_of_refusals_the_full_rate_returns_in_bounded_windows(
+    clock: FakeTime, refusals: int
+) -> None:
+    limiter = RateLimiter(100, 60.0)
+    low = _burst(limiter, refusals)
+    assert low <= DECREASE ** (refusals // 2)  # a cut every second refusal after the last cut
+    bound = math.ceil(ratelimit.RECOVERY_WINDOWS * 100) + 1  # RECOVERY_WINDOWS windows of 100
+    quiet = 0
+    while limiter.factor < 1.0:
+        limiter.acquire()
+        limiter.succeeded()
+        quiet += 1
+    assert quiet <= bound
+    assert quiet >= bound - 2  # linear, not a jump back: the windows are spent at a lower rate
+
+
+def test_repeated_bursts_do_not_ratchet_the_rate_down(clock: FakeTime) -> None:
+    limiter = RateLimiter(100, 60.0)
+    lows = []
+    for _ in range(6):
+        lows.append(_burst(limiter, 8))
+        for _ in range(int(ratelimit.RECOVERY_WINDOWS * 100) + 1):
+            limiter.acquire()
+            limiter.succeeded()
+        assert limiter.factor == 1.0  # quiet gives back the full rate, every time
+    assert lows == [pytest.approx(lows[0])] * 6

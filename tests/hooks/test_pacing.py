@@ -7,11 +7,14 @@ import time
 
 import pytest
 
+from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.core.sharing import share_variable_key
 from airflow_provider_ciexport.core.variables import JsonVariable
 from airflow_provider_ciexport.exceptions import DestinationThrottledError, ExportConfigurationError
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
+from airflow_provider_ciexport.hooks.base import SegmentApiHook
 from airflow_provider_ciexport.hooks.constantcontact import ConstantContactHook
+from airflow_provider_ciexport.hooks.retry import Throttled
 from airflow_provider_ciexport.tools.sandbox import seed
 from airflow_provider_ciexport.tools.sandbox.client import SandboxClient
 from tests.support import calls, set_connection
@@ -131,3 +134,42 @@ def test_the_task_log_says_when_refusals_slow_the_export_down(
     slowed = [line for line in lines if "budget seems shared" in line]
     assert slowed and "Pacing at 100%" not in slowed[-1]
     assert "slowed@example.com" not in out
+
+
+def test_a_refusal_our_own_bunching_explains_does_not_cut_the_pace() -> None:
+    # An import refused by the requests-a-second window: the import limiter's calls were even, but the
+    # general one's were bunched (a stall): ours, so neither limiter is cut.
+    general, imports = RateLimiter(5, 1.0, 0.4), RateLimiter(100, 60.0)
+    for call in range(7, 12):  # all due at once: the send log spaces them, 5 within a second
+        general._log_send(call)
+    imports._log_send(3)
+    answer = Throttled("HTTP 429", 0.0)
+    assert SegmentApiHook._slow_down([general, imports], [11, 3], answer) == (False, True)
+    assert imports.own_bunched == 1 and imports.cuts == 0
+    assert [SegmentApiHook._slow_down([general, imports], [11, 3], answer) for _ in range(3)] == [
+        (False, True)
+    ] * 3
+    assert imports.factor == 1.0  # repeated, still not cut
+    # The same refusals with our calls even: someone else is spending the account, the pace is cut.
+    general, imports = RateLimiter(5, 1.0, 0.4), RateLimiter(100, 60.0)
+    general._log_send(11)
+    imports._log_send(3)
+    imports._log_send(4)
+    assert SegmentApiHook._slow_down([general, imports], [11, 3], answer) == (False, False)
+    assert SegmentApiHook._slow_down([general, imports], [11, 4], answer) == (True, False)
+    assert imports.factor < 1.0
+
+
+def test_the_task_log_tells_own_bunching_from_someone_else(
+    ac_conn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    hook = ActiveCampaignHook(ac_conn)
+    hook._tell_throttling((5, 0, 5, 31.0), [RateLimiter(5)])
+    limiter = RateLimiter(5)
+    limiter.factor = 0.85
+    hook._tell_throttling((3, 2, 0, 30.0), [limiter])
+    lines = [line for line in "".join(capfd.readouterr()).splitlines() if "Pacing at" in line]
+    assert "Pacing at 100% of the documented rate; 5 of them this export's own requests bunched" in lines[0]
+    assert "budget seems shared" not in lines[0]
+    assert "Pacing at 85% of the documented rate (the account's budget seems shared" in lines[1]
+    assert "own requests" not in lines[1]

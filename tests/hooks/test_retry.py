@@ -127,12 +127,12 @@ class FakeClock:
 def test_the_summary_tells_the_first_refusal_then_at_most_one_line_an_interval() -> None:
     clock = FakeClock()
     summary = retry.ThrottleSummary(30.0, clock)
-    assert summary.refused(slowed=False) == (1, 0, 0.0)  # the first, at once
+    assert summary.refused(slowed=False) == (1, 0, 0, 0.0)  # the first, at once
     assert [summary.refused(slowed=n == 3) for n in range(10)] == [None] * 10
     clock.now += 29.9
     assert summary.refused(slowed=False) is None
     clock.now += 0.2
-    assert summary.refused(slowed=False) == (12, 1, pytest.approx(30.1))
+    assert summary.refused(slowed=False, own=True) == (12, 1, 1, pytest.approx(30.1))
     assert summary.due() is None  # nothing untold
     clock.now += 31
     assert summary.due() is None
