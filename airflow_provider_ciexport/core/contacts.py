@@ -178,17 +178,10 @@ class EmailSet:
         :param email: a normalised address.
         """
         h = hash(email) or 1  # 0 marks an empty slot; the (astronomically rare) hash 0 is stored as 1
-        table = self._table
-        mask = self._mask
-        i = h & mask
-        while v := table[i]:
-            if v == h:
-                return False
-            i = (i + 1) & mask
-        table[i] = h
-        self._len += 1
-        if self._len > self._limit:
-            self._grow()
+        i = self._slot(h)
+        if self._table[i]:
+            return False
+        self._put(i, h)
         return True
 
     def update(self, emails: Iterable[str]) -> int:
@@ -202,15 +195,7 @@ class EmailSet:
     def __contains__(self, email: object) -> bool:
         if not isinstance(email, str):
             return False
-        h = hash(email) or 1
-        table = self._table
-        mask = self._mask
-        i = h & mask
-        while v := table[i]:
-            if v == h:
-                return True
-            i = (i + 1) & mask
-        return False
+        return bool(self._table[self._slot(hash(email) or 1)])
 
     def __len__(self) -> int:
         return self._len
@@ -220,20 +205,35 @@ class EmailSet:
         """Bytes used by the table."""
         return self._table.itemsize * len(self._table)
 
+    def _slot(self, h: int) -> int:
+        """The slot of hash ``h``: where it is, or the empty one where it would go (linear probing)."""
+        table = self._table
+        mask = self._mask
+        i = h & mask
+        while (v := table[i]) and v != h:
+            i = (i + 1) & mask
+        return i
+
+    def _put(self, i: int, h: int) -> None:
+        """Store ``h`` in the empty slot ``i``; double the table once it is more than half full."""
+        self._table[i] = h
+        self._len += 1
+        if self._len > self._limit:
+            self._grow()
+
     def _grow(self) -> None:
         old = self._table
         slots = 2 * len(old)
-        mask = slots - 1
-        table = array("q", [0]) * slots
-        for h in old:
-            if h:
-                i = h & mask
-                while table[i]:
-                    i = (i + 1) & mask
-                table[i] = h
-        self._table = table
-        self._mask = mask
+        self._table = array("q", [0]) * slots
+        self._mask = slots - 1
         self._limit = slots // 2
+        for i, h in enumerate(old):
+            if h:
+                self._moved(i, self._slot(h), h)
+
+    def _moved(self, old: int, new: int, h: int) -> None:
+        """While growing: ``h`` moves from slot ``old`` of the old table to slot ``new``."""
+        self._table[new] = h
 
 
 class EmailIndex(EmailSet):
@@ -244,63 +244,43 @@ class EmailIndex(EmailSet):
     :param capacity: expected number of addresses.
     """
 
-    __slots__ = ("_values", "number")
+    __slots__ = ("_old_values", "_values", "number")
 
     def __init__(self, capacity: int = 0) -> None:
         super().__init__(capacity)
         self._values = array("i", [0]) * len(self._table)
+        self._old_values = self._values
         #: What :meth:`add` keeps for a new address (below 2**31).
         self.number = 0
 
     def add(self, email: str) -> bool:
         """Add an address with :attr:`number`; return ``True`` if it was not in the set yet."""
         h = hash(email) or 1
-        table = self._table
-        mask = self._mask
-        i = h & mask
-        while v := table[i]:
-            if v == h:
-                return False
-            i = (i + 1) & mask
-        table[i] = h
+        i = self._slot(h)
+        if self._table[i]:
+            return False
         self._values[i] = self.number
-        self._len += 1
-        if self._len > self._limit:
-            self._grow()
+        self._put(i, h)
         return True
 
     def first(self, email: str) -> int | None:
         """The number kept when ``email`` was added, or ``None`` if it never was."""
-        h = hash(email) or 1
-        table = self._table
-        mask = self._mask
-        i = h & mask
-        while v := table[i]:
-            if v == h:
-                return self._values[i]
-            i = (i + 1) & mask
-        return None
+        i = self._slot(hash(email) or 1)
+        return self._values[i] if self._table[i] else None
 
     @property
     def nbytes(self) -> int:
         return super().nbytes + self._values.itemsize * len(self._values)
 
     def _grow(self) -> None:
-        old, values = self._table, self._values
-        slots = 2 * len(old)
-        mask = slots - 1
-        table = array("q", [0]) * slots
-        self._values = array("i", [0]) * slots
-        for h, value in zip(old, values, strict=True):
-            if h:
-                i = h & mask
-                while table[i]:
-                    i = (i + 1) & mask
-                table[i] = h
-                self._values[i] = value
-        self._table = table
-        self._mask = mask
-        self._limit = slots // 2
+        self._old_values = self._values
+        self._values = array("i", [0]) * (2 * len(self._table))
+        super()._grow()
+        self._old_values = self._values
+
+    def _moved(self, old: int, new: int, h: int) -> None:
+        self._table[new] = h
+        self._values[new] = self._old_values[old]
 
 
 def column_key(name: str) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_ciexport.core.redaction import driver_error
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError
 from airflow_provider_ciexport.export.outcome_files import OUTCOME_COLUMNS
+from airflow_provider_ciexport.export.sources.sql import sql_hook
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -47,30 +48,12 @@ def outcome_table_hook(conn_id: str) -> DbApiHook:
 
     :raises ExportConfigurationError: no such connection, or its hook cannot run SQL.
     """
-    from airflow.providers.common.sql.hooks.sql import DbApiHook
-    from airflow.sdk import BaseHook
-
     if not isinstance(conn_id, str) or not conn_id.strip():
         raise ExportConfigurationError(
             "outcomes_table needs outcomes_conn_id: the Airflow SQL connection (postgres, mysql, "
             "sqlite, snowflake, ...) of the database that holds the table. Nothing was sent."
         )
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception as err:
-        raise ExportConfigurationError(
-            f"The Airflow connection {conn_id!r} given as outcomes_conn_id could not be loaded "
-            f"({type(err).__name__}). Create it (UI, `airflow connections add` or an "
-            f"AIRFLOW_CONN_{conn_id.upper()} variable) or fix outcomes_conn_id. Nothing was sent."
-        ) from None
-    hook = conn.get_hook()
-    if not isinstance(hook, DbApiHook):
-        raise ExportConfigurationError(
-            f"outcomes_conn_id {conn_id!r} has type {conn.conn_type!r}, whose hook "
-            f"{type(hook).__name__} cannot run SQL. Use a SQL connection (postgres, mysql, sqlite, ...) "
-            "or install its provider package. Nothing was sent."
-        )
-    return hook
+    return sql_hook(conn_id, "outcomes_conn_id")
 
 
 class TableSink:

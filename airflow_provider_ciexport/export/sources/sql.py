@@ -37,25 +37,7 @@ class SqlSegmentSource(SegmentSource):
 
     def _get_hook(self) -> DbApiHook:
         if self._hook is None:
-            from airflow.providers.common.sql.hooks.sql import DbApiHook
-            from airflow.sdk import BaseHook
-
-            try:
-                conn = BaseHook.get_connection(self.conn_id)
-            except Exception as err:
-                raise ExportConfigurationError(
-                    f"The Airflow connection {self.conn_id!r} for the segment query could not be loaded "
-                    f"({type(err).__name__}). Create it (UI, `airflow connections add` or an "
-                    f"AIRFLOW_CONN_{self.conn_id.upper()} variable) or fix sql_conn_id."
-                ) from err
-            hook = conn.get_hook()
-            if not isinstance(hook, DbApiHook):
-                raise ExportConfigurationError(
-                    f"Connection {self.conn_id!r} has type {conn.conn_type!r}, whose hook "
-                    f"{type(hook).__name__} cannot run SQL. Use a SQL connection (postgres, mysql, "
-                    "sqlite, ...) as sql_conn_id, or install its provider package."
-                )
-            self._hook = hook
+            self._hook = sql_hook(self.conn_id, "sql_conn_id")
         return self._hook
 
     def _query_error(self, err: Exception) -> SegmentSourceError:
@@ -134,3 +116,31 @@ def _server_side_cursor(conn: Any) -> Any | None:
 
         return conn.cursor(pymysql.cursors.SSCursor)
     return None
+
+
+def sql_hook(conn_id: str, parameter: str) -> DbApiHook:
+    """The SQL hook of the Airflow connection ``conn_id``, or a clear error naming ``parameter`` (the
+    operator parameter that gives it) and the fix.
+
+    :raises ExportConfigurationError: no such connection, or its hook cannot run SQL.
+    """
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as err:
+        # Not chained: a secrets backend's error may quote what it read.
+        raise ExportConfigurationError(
+            f"The Airflow connection {conn_id!r} given as {parameter} could not be loaded "
+            f"({type(err).__name__}). Create it (UI, `airflow connections add` or an "
+            f"AIRFLOW_CONN_{conn_id.upper()} variable) or fix {parameter}. Nothing was sent."
+        ) from None
+    hook = conn.get_hook()
+    if not isinstance(hook, DbApiHook):
+        raise ExportConfigurationError(
+            f"{parameter} {conn_id!r} has type {conn.conn_type!r}, whose hook {type(hook).__name__} "
+            f"cannot run SQL. Use a SQL connection (postgres, mysql, sqlite, snowflake, ...) as "
+            f"{parameter}, or install its provider package. Nothing was sent."
+        )
+    return hook
