@@ -236,6 +236,25 @@ class ActiveCampaignHook(SegmentApiHook):
         """The account's request rate limit in use (extra ``requests_per_second``, default 5)."""
         return self.positive_extra("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
 
+    @property
+    def paced_requests_per_second(self) -> float:
+        """Requests a second the account's pace allows this export now (headroom and learning
+        included)."""
+        return self._general_limiter.paced_rate
+
+    @property
+    def requests_limiter(self) -> RateLimiter:
+        """The pace of the account's requests a second, which every call passes (imports too while
+        the export is alone on the account)."""
+        return self._general_limiter
+
+    def import_requests_per_second(self) -> float:
+        """Requests a second the imports take from :attr:`requests_limiter` now (none while the
+        account is shared: imports then pass only their own pace)."""
+        if self._general_limiter.lanes > 1:
+            return 0.0
+        return self._import_limiter.paced_rate
+
     @cached_property
     def _general_limiter(self) -> RateLimiter:
         # While several exports share the account, imports run on their own slots only and every other

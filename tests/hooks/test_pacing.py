@@ -10,6 +10,7 @@ import pytest
 from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.core.sharing import share_variable_key
 from airflow_provider_ciexport.core.variables import JsonVariable
+from airflow_provider_ciexport.destinations.activecampaign import ActiveCampaignDestination
 from airflow_provider_ciexport.exceptions import DestinationThrottledError, ExportConfigurationError
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.base import SegmentApiHook
@@ -173,3 +174,27 @@ def test_the_task_log_tells_own_bunching_from_someone_else(
     assert "budget seems shared" not in lines[0]
     assert "Pacing at 85% of the documented rate (the account's budget seems shared" in lines[1]
     assert "own requests" not in lines[1]
+
+
+@pytest.mark.parametrize("scale", [1, 20])
+def test_polls_and_imports_fit_in_the_per_second_pace_with_room_to_spare(
+    monkeypatch: pytest.MonkeyPatch, scale: int
+) -> None:
+    # Alone on the account, imports also pass the requests-a-second pace: the polls' share is taken
+    # from what that pace (headroom included) leaves, so imports never queue behind polls.
+    conn = set_connection(
+        monkeypatch,
+        f"ac_polls_{scale}",
+        conn_type="activecampaign",
+        host=f"https://polls{scale}.api-us1.com",
+        password="key",
+        extra={"requests_per_second": 5 * scale, "imports_per_minute": 100 * scale},
+    )
+    hook = ActiveCampaignHook(conn)
+    destination = ActiveCampaignDestination(hook, [1])
+    imports = hook.import_requests_per_second()
+    paced = hook.paced_requests_per_second
+    assert imports == pytest.approx(hook._import_limiter.paced_rate)
+    assert imports + destination.max_poll_rate < 0.85 * paced
+    pacer = destination.poll_pacer()
+    assert imports + pacer.rate < 0.85 * paced  # type: ignore[attr-defined]
