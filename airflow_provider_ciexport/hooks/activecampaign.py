@@ -112,6 +112,17 @@ class BulkImportEncoder(ImportEncoder):
         return encode_json(body)[:-1] + self._tail
 
 
+def _refusing_window(payload: Mapping[str, Any]) -> float | None:
+    """The window (seconds) a 400 "Rate limit exceeded" names in its reasons ("Up to 100 imports may
+    be requested per minute", "... per second"), or ``None`` when it names none."""
+    reasons = " ".join(str(reason) for reason in payload.get("failureReasons") or ()).lower()
+    if "per minute" in reasons:
+        return 60.0
+    if "per second" in reasons:
+        return 1.0
+    return None
+
+
 def normalize_api_url(
     host: str | None, conn_id: str | None = "activecampaign_default", port: int | None = None
 ) -> str:
@@ -298,7 +309,7 @@ class ActiveCampaignHook(SegmentApiHook):
             payload = json_or_none(response)
             if isinstance(payload, dict) and "rate limit" in str(payload.get("message", "")).lower():
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                raise Throttled("HTTP 400 Rate limit exceeded", retry_after)
+                raise Throttled("HTTP 400 Rate limit exceeded", retry_after, _refusing_window(payload))
         if status == 503:
             # One of ActiveCampaign's three ways of saying "too fast" (429, the 400 above, 503): slowed
             # down for, not counted as a fault; a real outage still ends at `throttle_timeout`.
