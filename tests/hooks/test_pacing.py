@@ -254,9 +254,9 @@ def test_polls_and_imports_fit_in_the_per_second_pace_with_room_to_spare(
     )
     hook = ActiveCampaignHook(conn)
     destination = ActiveCampaignDestination(hook, [1])
-    imports = hook.import_requests_per_second()
-    paced = hook.paced_requests_per_second
-    assert imports == pytest.approx(hook._import_limiter.paced_rate)
+    imports = 1 / hook._import_limiter.interval
+    paced = 1 / hook._general_limiter.interval
     assert imports + destination.max_poll_rate < 0.85 * paced
+    assert hook.import_requests_per_second() == pytest.approx(imports)
     pacer = destination.poll_pacer()
     assert imports + pacer.rate < 0.85 * paced  # type: ignore[attr-defined]
