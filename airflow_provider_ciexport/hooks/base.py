@@ -744,31 +744,40 @@ class SegmentApiHook(HttpHook):
             if answer.retry_after is None:
                 answer.retry_after = min(MAX_THROTTLE_WAIT_S, 1.0 + 2 * random.random())
             return False, False
-        index = SegmentApiHook._refusing_limiter(limiters, answer)
+        index, certain = SegmentApiHook._refusing_limiter(limiters, answer)
         limiter = limiters[index]
         if answer.retry_after is None:
             # No Retry-After (Constant Contact's `throttled`, ActiveCampaign's 400): back off by a few
             # of the limiter's own intervals, growing while refusals repeat.
             answer.retry_after = min(MAX_THROTTLE_WAIT_S, limiter.interval * (2 + 4 * random.random()))
-        # Whichever window refused it, if our own calls could have filled that window (a stall bunched
-        # them), the refusal is ours: space out, keep the pace learnt for the account's other users.
-        own = any(lim.own_bunching(ticket) for lim, ticket in zip(limiters, tickets, strict=True))
+        # If our own calls could have filled the window that refused it (a stall bunched them), the
+        # refusal is ours: space out, keep the pace learnt for the account's other users. When the
+        # answer does not say which window refused it, any window our calls filled explains it.
+        if certain:
+            own = limiter.own_bunching(tickets[index])
+        else:
+            own = any(lim.own_bunching(ticket) for lim, ticket in zip(limiters, tickets, strict=True))
         return limiter.throttled(tickets[index], answer.retry_after, own=own), own
 
     @staticmethod
-    def _refusing_limiter(limiters: Sequence[RateLimiter], answer: Throttled) -> int:
+    def _refusing_limiter(limiters: Sequence[RateLimiter], answer: Throttled) -> tuple[int, bool]:
         """Which of the limiters a call passed stands for the server window that refused it, so that
         only that pace is cut: the window the answer names; else the longer window when the wait it
         asks is longer than the shorter window (which never asks more than its own length); else the
-        shorter window, which alone on the account imports and polls together come nearest to."""
+        shorter window, which alone on the account imports and polls together come nearest to.
+
+        :return: the limiter's index, and whether the answer settles it (not only the best guess).
+        """
         by_window = sorted(range(len(limiters)), key=lambda i: limiters[i].window_span)
+        if len(limiters) == 1:
+            return 0, True
         if answer.window_s is not None:
             named = [i for i in by_window if limiters[i].per == answer.window_s]
             if named:
-                return named[0]
+                return named[0], True
         shortest = limiters[by_window[0]]
         if answer.retry_after is not None and answer.retry_after > shortest.window_span * (
             1 + WINDOW_WAIT_SLACK
         ):
-            return by_window[-1]
-        return by_window[0]
+            return by_window[-1], True
+        return by_window[0], False

@@ -260,3 +260,27 @@ def test_polls_and_imports_fit_in_the_per_second_pace_with_room_to_spare(
     assert hook.import_requests_per_second() == pytest.approx(imports)
     pacer = destination.poll_pacer()
     assert imports + pacer.rate < 0.85 * paced  # type: ignore[attr-defined]
+
+
+def test_a_refusal_of_a_known_window_is_read_against_that_window_s_log_only() -> None:
+    # The imports-a-minute window refused (a 40 s wait): that our requests-a-second calls were bunched
+    # (a stall) does not explain it; someone else spent the imports, so their pace is cut.
+    general, imports = RateLimiter(5, 1.0, 0.4), RateLimiter(100, 60.0)
+    for call in range(7, 13):
+        general._log_send(call)
+    imports._log_send(3)
+    imports._log_send(4)
+    assert SegmentApiHook._slow_down([imports, general], [3, 11], Throttled("HTTP 429", 40.0)) == (
+        False,
+        False,
+    )
+    assert SegmentApiHook._slow_down([imports, general], [4, 12], Throttled("HTTP 429", 40.0)) == (
+        True,
+        False,
+    )
+    assert imports.factor == DECREASE and general.factor == 1.0
+    # A short wait could be either window's: the bunched calls explain it, nothing is cut.
+    assert SegmentApiHook._slow_down([imports, general], [4, 12], Throttled("HTTP 429", 0.5)) == (
+        False,
+        True,
+    )
