@@ -57,10 +57,7 @@ SEND_LOG_SLOTS = 4
 #: alone could have overrun it. An even pace never does (the headroom leaves the last call of a
 #: window out), so a refusal then means someone else spent the budget.
 OWN_WINDOW_JITTER_SLOTS = 0.1
-#: Status polls take at most this share of what the per-second budget leaves after the imports (with
-#: jitter, 80% drew the odd 429) ...
-POLL_SHARE = 0.6
-#: ... and never fewer than this many a second.
+#: Status polls never fewer than this many a second, however little the imports leave of the pace.
 MIN_POLL_RATE = 0.2
 #: A poll waits for the calls queued for the budget at most this many times, then goes anyway: a job
 #: is still followed to its end however busy the account is.
@@ -331,18 +328,18 @@ class Pacer(Protocol):
 
 
 class PollPacer:
-    """Paces status polls on their own, smaller share of the per-second budget, behind its other calls.
+    """Paces status polls on their own share of the per-second budget, behind its other calls.
 
-    A full window of polls buys nothing (a job's end is learnt a moment later at worst), while a full
-    window holds back the imports, the export's bottleneck. So polls take ``share`` of what the budget
-    leaves after the calls ``reserved`` for others (the imports), recomputed at every poll: when the
-    budget is cut after refusals, the polls slow down first and the imports keep their pace. A poll
+    A poll held back costs nothing (a job's end is learnt a moment later), an import held back costs
+    the export's speed. So polls take at most what the budget's pace leaves after the calls
+    ``reserved`` for others (the imports), recomputed at every poll: when the pace is cut after
+    refusals, the polls slow down first and the imports keep theirs. Every import needs a poll at
+    least (the bench's figures put it near one), so polls get all of what is left, not less. A poll
     that finds calls already waiting for the budget's slots waits until they have gone, and its next
     poll comes as much later: the per-second budget never holds an import back behind polls.
 
     :param budget: the limiter of the per-second budget that the polls pass too.
     :param reserved: calls a second the budget's other calls (imports) take from it now.
-    :param share: the share of what they leave that polls may take.
     :param floor: the fewest polls a second, however busy the budget.
     """
 
@@ -350,12 +347,10 @@ class PollPacer:
         self,
         budget: RateLimiter,
         reserved: Callable[[], float],
-        share: float = POLL_SHARE,
         floor: float = MIN_POLL_RATE,
     ) -> None:
         self.budget = budget
         self.reserved = reserved
-        self.share = share
         self.floor = floor
         #: How many times a poll waited for calls queued for the budget.
         self.yields = 0
@@ -366,7 +361,7 @@ class PollPacer:
     @property
     def rate(self) -> float:
         """Polls a second allowed now."""
-        return max(self.floor, self.share * (self.budget.paced_rate - self.reserved()))
+        return max(self.floor, self.budget.paced_rate - self.reserved())
 
     def acquire(self) -> int:
         """Block until the next poll may start, after every call already waiting for the budget."""

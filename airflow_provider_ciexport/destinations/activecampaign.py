@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_ciexport.core.jobs import JobResult
-from airflow_provider_ciexport.core.ratelimit import MIN_POLL_RATE, POLL_SHARE, Pacer, PollPacer
+from airflow_provider_ciexport.core.ratelimit import MIN_POLL_RATE, Pacer, PollPacer
 from airflow_provider_ciexport.destinations.base import HookDestination
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.hooks.activecampaign import (
@@ -72,9 +72,11 @@ class ActiveCampaignDestination(HookDestination):
         # /import/info answers `false` (scaled with the rate, as a test sandbox scales it).
         self.max_in_flight = max(_MIN_IN_FLIGHT, math.ceil(imports_per_s * _IN_FLIGHT_S))
         self.max_unconfirmed = _UNCONFIRMED_PER_IN_FLIGHT * self.max_in_flight + _UNCONFIRMED_SPARE
-        # Polls share what the per-second pace (not the documented rate: the pace keeps headroom)
+        # Polls take what the per-second pace (not the documented rate: the pace keeps headroom)
         # leaves after the imports; :meth:`poll_pacer` follows the pace as it learns.
-        self.max_poll_rate = max(MIN_POLL_RATE, POLL_SHARE * (hook.paced_requests_per_second - imports_per_s))
+        self.max_poll_rate = max(
+            MIN_POLL_RATE, hook.paced_requests_per_second - hook.import_requests_per_second()
+        )
         self.poll_interval = min(
             _FIRST_POLL_S,
             _FIRST_POLL_S * ActiveCampaignHook.DEFAULT_IMPORTS_PER_MINUTE / 60 / imports_per_s,

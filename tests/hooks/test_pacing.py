@@ -239,9 +239,7 @@ def test_the_400_rate_limit_body_names_the_window_it_cuts(ac_conn: str, reason: 
 
 
 @pytest.mark.parametrize("scale", [1, 20])
-def test_polls_and_imports_fit_in_the_per_second_pace_with_room_to_spare(
-    monkeypatch: pytest.MonkeyPatch, scale: int
-) -> None:
+def test_polls_and_imports_fit_in_the_per_second_pace(monkeypatch: pytest.MonkeyPatch, scale: int) -> None:
     # Alone on the account, imports also pass the requests-a-second pace: the polls' share is taken
     # from what that pace (headroom included) leaves, so imports never queue behind polls.
     conn = set_connection(
@@ -256,10 +254,11 @@ def test_polls_and_imports_fit_in_the_per_second_pace_with_room_to_spare(
     destination = ActiveCampaignDestination(hook, [1])
     imports = 1 / hook._import_limiter.interval
     paced = 1 / hook._general_limiter.interval
-    assert imports + destination.max_poll_rate < 0.85 * paced
+    assert imports + destination.max_poll_rate <= paced * (1 + 1e-9)
+    assert destination.max_poll_rate >= imports  # a poll an import at least
     assert hook.import_requests_per_second() == pytest.approx(imports)
     pacer = destination.poll_pacer()
-    assert imports + pacer.rate < 0.85 * paced  # type: ignore[attr-defined]
+    assert imports <= pacer.rate <= paced - imports + 1e-9  # type: ignore[attr-defined]
 
 
 def test_a_refusal_of_a_known_window_is_read_against_that_window_s_log_only() -> None:
