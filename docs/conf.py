@@ -69,6 +69,7 @@ nitpick_ignore_regex = [
 nitpick_ignore = [
     ("py:mod", "airflow_provider_ciexport.tools.constantcontact_auth"),
     ("py:mod", "airflow_provider_ciexport.core.sharing"),
+    ("py:class", "airflow_provider_ciexport.core.ratelimit.RateLimiter"),
     ("py:func", "rotated_token_variable"),
     ("py:meth", "test_connection"),
     ("py:meth", "_check_answer"),

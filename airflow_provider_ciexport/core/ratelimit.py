@@ -16,7 +16,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import Protocol
 
 # Servers count requests by arrival, so network jitter can squeeze an exact schedule into an
 # occasional 429. Headroom is a share of the window: 2% of a minute is over a second of tolerance,
@@ -56,6 +57,11 @@ SEND_LOG_SLOTS = 4
 #: alone could have overrun it. An even pace never does (the headroom leaves the last call of a
 #: window out), so a refusal then means someone else spent the budget.
 OWN_WINDOW_JITTER_SLOTS = 0.1
+#: Status polls never fewer than this many a second, however little the imports leave of the pace.
+MIN_POLL_RATE = 0.2
+#: A poll waits for the calls queued for the budget at most this many times, then goes anyway: a job
+#: is still followed to its end however busy the account is.
+MAX_POLL_YIELDS = 8
 
 
 class RateLimiter:
@@ -139,6 +145,18 @@ class RateLimiter:
         return (self.rate if self.lanes == 1 else self.shared_rate) * self.share * self.factor
 
     @property
+    def paced_rate(self) -> float:
+        """Calls a second this limiter lets through now (headroom, share and learning included)."""
+        return 1.0 / self.interval
+
+    @property
+    def backlog(self) -> float:
+        """Seconds of slots already reserved ahead of now by calls waiting for them (0.0 when a call
+        arriving now would take the next slot of its lane)."""
+        with self._lock:
+            return max(0.0, self._next - self.step / 2 - time.monotonic())
+
+    @property
     def _window_calls(self) -> float:
         """How many calls this process makes in one of the server's windows at its fair share."""
         return max(1.0, self.window_calls * self.share)
@@ -196,7 +214,7 @@ class RateLimiter:
             return start
 
     @property
-    def _window_span(self) -> float:
+    def window_span(self) -> float:
         """Seconds of the server's window that holds ``window_calls`` calls."""
         return self.window_calls * self.per / self.rate
 
@@ -211,7 +229,7 @@ class RateLimiter:
             sent = next((start for number, start in reversed(self._starts) if number == call), None)
             if sent is None:
                 return False
-            span = self._window_span + OWN_WINDOW_JITTER_SLOTS * self.step
+            span = self.window_span + OWN_WINDOW_JITTER_SLOTS * self.step
             ours = sum(1 for _, start in self._starts if sent - span < start <= sent)
             return ours >= max(2.0, self.window_calls * self.share)
 
@@ -299,6 +317,71 @@ class RateLimiter:
             self.cuts += 1
             refusals.clear()
             return True
+
+
+class Pacer(Protocol):
+    """Anything that paces calls: :meth:`acquire` blocks until the next one may start."""
+
+    def acquire(self) -> int:
+        """Block until the next call may start; return its sequence number."""
+        ...
+
+
+class PollPacer:
+    """Paces status polls on their own share of the per-second budget, behind its other calls.
+
+    A poll held back costs nothing (a job's end is learnt a moment later), an import held back costs
+    the export's speed. So polls take at most what the budget's pace leaves after the calls
+    ``reserved`` for others (the imports), recomputed at every poll: when the pace is cut after
+    refusals, the polls slow down first and the imports keep theirs. Every import needs a poll at
+    least (the bench's figures put it near one), so polls get all of what is left, not less. A poll
+    that finds calls already waiting for the budget's slots waits until they have gone, and its next
+    poll comes as much later: the per-second budget never holds an import back behind polls.
+
+    :param budget: the limiter of the per-second budget that the polls pass too.
+    :param reserved: calls a second the budget's other calls (imports) take from it now.
+    :param floor: the fewest polls a second, however busy the budget.
+    """
+
+    def __init__(
+        self,
+        budget: RateLimiter,
+        reserved: Callable[[], float],
+        floor: float = MIN_POLL_RATE,
+    ) -> None:
+        self.budget = budget
+        self.reserved = reserved
+        self.floor = floor
+        #: How many times a poll waited for calls queued for the budget.
+        self.yields = 0
+        self._calls = 0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def rate(self) -> float:
+        """Polls a second allowed now."""
+        return max(self.floor, self.budget.paced_rate - self.reserved())
+
+    def acquire(self) -> int:
+        """Block until the next poll may start, after every call already waiting for the budget."""
+        with self._lock:
+            self._calls += 1
+            call = self._calls
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + 1.0 / self.rate
+        if start > now:
+            time.sleep(start - now)
+        for _ in range(MAX_POLL_YIELDS):
+            backlog = self.budget.backlog
+            if backlog <= 0:
+                break
+            time.sleep(backlog)
+            with self._lock:
+                self.yields += 1
+                self._next = max(self._next, time.monotonic() + 1.0 / self.rate)
+        return call
 
 
 _registry: dict[Hashable, RateLimiter] = {}

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_ciexport.core.jobs import JobResult
+from airflow_provider_ciexport.core.ratelimit import MIN_POLL_RATE, Pacer, PollPacer
 from airflow_provider_ciexport.destinations.base import HookDestination
 from airflow_provider_ciexport.export.batcher import Batch
 from airflow_provider_ciexport.hooks.activecampaign import (
@@ -31,10 +32,6 @@ _IN_FLIGHT_S = 2
 #: on the wire, plus a few so the producer can run ahead while polls catch up.
 _UNCONFIRMED_PER_IN_FLIGHT = 2
 _UNCONFIRMED_SPARE = 8
-#: Status polls take at most this share of the per-second budget the imports leave (commit c3c8e4c
-#: lowered it from 80%: with jitter, 80% drew the odd 429), and never fewer than the floor per second.
-_POLL_SHARE = 0.6
-_MIN_POLL_RATE = 0.2
 #: /import/info answers ``false`` for about a second after the import: the first poll waits that long
 #: at the documented import rate, less at a faster one (a test sandbox scales time).
 _FIRST_POLL_S = 1.0
@@ -70,18 +67,25 @@ class ActiveCampaignDestination(HookDestination):
         # addresses that were refused (not found).
         self._single_call_results: dict[str, tuple[str, ...]] = {}
         imports_per_s = hook.imports_per_minute / 60
-        requests_per_s = hook.requests_per_second
         # The import rate sets the pace: enough imports on the wire to hide ~1 s of latency, polls
         # paced to what the per-second budget leaves, and the first poll after the ~1 s that
         # /import/info answers `false` (scaled with the rate, as a test sandbox scales it).
         self.max_in_flight = max(_MIN_IN_FLIGHT, math.ceil(imports_per_s * _IN_FLIGHT_S))
         self.max_unconfirmed = _UNCONFIRMED_PER_IN_FLIGHT * self.max_in_flight + _UNCONFIRMED_SPARE
-        self.max_poll_rate = max(_MIN_POLL_RATE, _POLL_SHARE * (requests_per_s - imports_per_s))
+        # Polls take what the per-second pace (not the documented rate: the pace keeps headroom)
+        # leaves after the imports; :meth:`poll_pacer` follows the pace as it learns.
+        self.max_poll_rate = max(
+            MIN_POLL_RATE, hook.paced_requests_per_second - hook.import_requests_per_second()
+        )
         self.poll_interval = min(
             _FIRST_POLL_S,
             _FIRST_POLL_S * ActiveCampaignHook.DEFAULT_IMPORTS_PER_MINUTE / 60 / imports_per_s,
         )
         self.max_poll_interval = _LONGEST_POLL_INTERVALS * self.poll_interval
+
+    def poll_pacer(self) -> Pacer:
+        """Polls on their own share of the account's requests a second, behind the imports."""
+        return PollPacer(self.hook.requests_limiter, self.hook.import_requests_per_second)
 
     @property
     def list_ids(self) -> Sequence[str]:

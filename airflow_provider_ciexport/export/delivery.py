@@ -12,7 +12,7 @@ from functools import partial
 
 from airflow_provider_ciexport.core.jobs import JobResult
 from airflow_provider_ciexport.core.polling import poll_until_done
-from airflow_provider_ciexport.core.ratelimit import RateLimiter
+from airflow_provider_ciexport.core.ratelimit import Pacer
 from airflow_provider_ciexport.exceptions import CiExportError, ExportIncompleteError
 from airflow_provider_ciexport.export.batcher import Batch, Batcher
 from airflow_provider_ciexport.export.checkpoint import Admitted, Checkpoint, batch_digest
@@ -113,7 +113,7 @@ class Delivery:
         destination = self.destination
         slots = threading.BoundedSemaphore(destination.max_unconfirmed)
         submit_gate = threading.BoundedSemaphore(destination.max_in_flight)
-        poll_limiter = RateLimiter(destination.max_poll_rate, 1.0)
+        poll_limiter = destination.poll_pacer()
 
         def dispatch(batch: Batch) -> None:
             prepared = self._prepare(batch, checkpoint)
@@ -204,7 +204,7 @@ class Delivery:
         batch: Batch,
         digest: str,
         submit_gate: threading.BoundedSemaphore,
-        poll_limiter: RateLimiter,
+        poll_limiter: Pacer,
         entries: BatchEntries | None,
         ticket: int,
         checkpoint: Checkpoint,
@@ -230,7 +230,7 @@ class Delivery:
             raise
 
     def _submit_until_done(
-        self, batch: Batch, submit_gate: threading.BoundedSemaphore, poll_limiter: RateLimiter
+        self, batch: Batch, submit_gate: threading.BoundedSemaphore, poll_limiter: Pacer
     ) -> JobResult | None:
         """Submit the batch and wait for its job, again while the job ends failed (``max_resubmits``
         times); the last job's result, or ``None`` when the export does not wait for its jobs."""
@@ -296,7 +296,7 @@ class Delivery:
         self,
         submit: Callable[[], str],
         poll: Callable[[str], JobResult | None],
-        poll_limiter: RateLimiter,
+        poll_limiter: Pacer,
     ) -> JobResult:
         """Follow a removal job (see :meth:`follow`), polled at ``poll_limiter``'s pace."""
         return self.follow(
@@ -333,7 +333,7 @@ def wait_for(
     stop: threading.Event,
     destination: Destination,
     poll: Callable[[], JobResult | None],
-    poll_limiter: RateLimiter,
+    poll_limiter: Pacer,
 ) -> JobResult:
     """Poll a job (at the export's poll rate) until it ends; stop waiting when ``stop`` is set."""
 

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 from airflow_provider_ciexport.core.contacts import ContactSchema
 from airflow_provider_ciexport.core.jobs import JobResult
+from airflow_provider_ciexport.core.ratelimit import Pacer, RateLimiter
 from airflow_provider_ciexport.export.batcher import Batch
 
 
@@ -65,6 +66,10 @@ class Destination(ABC):
     @abstractmethod
     def poll(self, job_id: str, batch: Batch) -> JobResult | None:
         """Return the job's final result, or ``None`` while it is still running."""
+
+    def poll_pacer(self) -> Pacer:
+        """A new pace for the status polls of one run's jobs: ``max_poll_rate`` by default."""
+        return RateLimiter(self.max_poll_rate, 1.0)
 
     def share_account(self) -> AbstractContextManager[object]:
         """Held while contacts are sent, so exports running at once on one account divide its rate."""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import partial
 
 from airflow_provider_ciexport.core.contacts import ContactBuilder
-from airflow_provider_ciexport.core.ratelimit import RateLimiter
 from airflow_provider_ciexport.exceptions import (
     ExportConfigurationError,
     ExportIncompleteError,
@@ -299,7 +298,7 @@ class SegmentExporter:
             with Ticker(self.settings.progress_interval_s, self._maybe_log_progress):
                 self._delivery.send_batches(itertools.chain(head, items), batcher, checkpoint)
         if sync_run is not None and not self._delivery.ended_early():
-            removal_polls = RateLimiter(destination.max_poll_rate, 1.0)
+            removal_polls = destination.poll_pacer()
             follow = partial(self._delivery.follow_removal, poll_limiter=removal_polls)
             sync_run.finish(self._read_all, follow, self._outcomes)
 

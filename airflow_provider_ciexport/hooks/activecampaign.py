@@ -112,6 +112,17 @@ class BulkImportEncoder(ImportEncoder):
         return encode_json(body)[:-1] + self._tail
 
 
+def _refusing_window(payload: Mapping[str, Any]) -> float | None:
+    """The window (seconds) a 400 "Rate limit exceeded" names in its reasons ("Up to 100 imports may
+    be requested per minute", "... per second"), or ``None`` when it names none."""
+    reasons = " ".join(str(reason) for reason in payload.get("failureReasons") or ()).lower()
+    if "per minute" in reasons:
+        return 60.0
+    if "per second" in reasons:
+        return 1.0
+    return None
+
+
 def normalize_api_url(
     host: str | None, conn_id: str | None = "activecampaign_default", port: int | None = None
 ) -> str:
@@ -236,6 +247,25 @@ class ActiveCampaignHook(SegmentApiHook):
         """The account's request rate limit in use (extra ``requests_per_second``, default 5)."""
         return self.positive_extra("requests_per_second", self.DEFAULT_REQUESTS_PER_SECOND)
 
+    @property
+    def paced_requests_per_second(self) -> float:
+        """Requests a second the account's pace allows this export now (headroom and learning
+        included)."""
+        return self._general_limiter.paced_rate
+
+    @property
+    def requests_limiter(self) -> RateLimiter:
+        """The pace of the account's requests a second, which every call passes (imports too while
+        the export is alone on the account)."""
+        return self._general_limiter
+
+    def import_requests_per_second(self) -> float:
+        """Requests a second the imports take from :attr:`requests_limiter` now (none while the
+        account is shared: imports then pass only their own pace)."""
+        if self._general_limiter.lanes > 1:
+            return 0.0
+        return self._import_limiter.paced_rate
+
     @cached_property
     def _general_limiter(self) -> RateLimiter:
         # While several exports share the account, imports run on their own slots only and every other
@@ -279,7 +309,7 @@ class ActiveCampaignHook(SegmentApiHook):
             payload = json_or_none(response)
             if isinstance(payload, dict) and "rate limit" in str(payload.get("message", "")).lower():
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                raise Throttled("HTTP 400 Rate limit exceeded", retry_after)
+                raise Throttled("HTTP 400 Rate limit exceeded", retry_after, _refusing_window(payload))
         if status == 503:
             # One of ActiveCampaign's three ways of saying "too fast" (429, the 400 above, 503): slowed
             # down for, not counted as a fault; a real outage still ends at `throttle_timeout`.

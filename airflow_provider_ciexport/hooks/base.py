@@ -45,6 +45,9 @@ from airflow_provider_ciexport.hooks.retry import (
 #: upload and to be acknowledged, so the read timeout is generous; a hung server still cannot stall a
 #: task forever.
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 120.0)
+#: A refusal asking to wait longer than a window's length by more than this share came from a longer
+#: window (a server rounds its ``Retry-After`` up to whole seconds, a one-second window's to 1).
+WINDOW_WAIT_SLACK = 0.25
 #: Longest wait between two tries of a throttled call when the API does not say how long to wait.
 MAX_THROTTLE_WAIT_S = 30.0
 
@@ -732,7 +735,7 @@ class SegmentApiHook(HttpHook):
     def _slow_down(
         limiters: Sequence[RateLimiter], tickets: Sequence[int], answer: Throttled
     ) -> tuple[bool, bool]:
-        """Hold the account back as the API asked, and teach the limiter that binds this call.
+        """Hold the account back as the API asked, and teach the limiter of the window that refused it.
 
         :return: whether the limiter cut its pace (refusals repeat, not of our own making), and
             whether our own bunching explains the refusal (then the pace is not cut).
@@ -741,15 +744,40 @@ class SegmentApiHook(HttpHook):
             if answer.retry_after is None:
                 answer.retry_after = min(MAX_THROTTLE_WAIT_S, 1.0 + 2 * random.random())
             return False, False
-        # The limit a refusal is about is the tightest one the call passed (imports: the imports a
-        # minute, not the requests a second); the API does not always say which.
-        index = max(range(len(limiters)), key=lambda i: limiters[i].interval)
+        index, certain = SegmentApiHook._refusing_limiter(limiters, answer)
         limiter = limiters[index]
         if answer.retry_after is None:
             # No Retry-After (Constant Contact's `throttled`, ActiveCampaign's 400): back off by a few
             # of the limiter's own intervals, growing while refusals repeat.
             answer.retry_after = min(MAX_THROTTLE_WAIT_S, limiter.interval * (2 + 4 * random.random()))
-        # Whichever window refused it, if our own calls could have filled that window (a stall bunched
-        # them), the refusal is ours: space out, keep the pace learnt for the account's other users.
-        own = any(lim.own_bunching(ticket) for lim, ticket in zip(limiters, tickets, strict=True))
+        # If our own calls could have filled the window that refused it (a stall bunched them), the
+        # refusal is ours: space out, keep the pace learnt for the account's other users. When the
+        # answer does not say which window refused it, any window our calls filled explains it.
+        if certain:
+            own = limiter.own_bunching(tickets[index])
+        else:
+            own = any(lim.own_bunching(ticket) for lim, ticket in zip(limiters, tickets, strict=True))
         return limiter.throttled(tickets[index], answer.retry_after, own=own), own
+
+    @staticmethod
+    def _refusing_limiter(limiters: Sequence[RateLimiter], answer: Throttled) -> tuple[int, bool]:
+        """Which of the limiters a call passed stands for the server window that refused it, so that
+        only that pace is cut: the window the answer names; else the longer window when the wait it
+        asks is longer than the shorter window (which never asks more than its own length); else the
+        shorter window, which alone on the account imports and polls together come nearest to.
+
+        :return: the limiter's index, and whether the answer settles it (not only the best guess).
+        """
+        by_window = sorted(range(len(limiters)), key=lambda i: limiters[i].window_span)
+        if len(limiters) == 1:
+            return 0, True
+        if answer.window_s is not None:
+            named = [i for i in by_window if limiters[i].per == answer.window_s]
+            if named:
+                return named[0], True
+        shortest = limiters[by_window[0]]
+        if answer.retry_after is not None and answer.retry_after > shortest.window_span * (
+            1 + WINDOW_WAIT_SLACK
+        ):
+            return by_window[-1], True
+        return by_window[0], False

@@ -58,7 +58,16 @@ class Throttled(RetryableAnswer):
 
     The call is sent again after the wait, for as long as the hook keeps getting other answers
     through (see ``throttle_timeout``).
+
+    :param reason: what happened, without personal data.
+    :param retry_after: how long the server asked us to wait, in seconds, if it said.
+    :param window_s: the length of the window that refused the call, when the answer names it
+        (ActiveCampaign's 400 body: "per minute", "per second").
     """
+
+    def __init__(self, reason: str, retry_after: float | None = None, window_s: float | None = None) -> None:
+        super().__init__(reason, retry_after)
+        self.window_s = window_s
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_ciexport.core import ratelimit
-from airflow_provider_ciexport.core.ratelimit import DECREASE, RateLimiter
+from airflow_provider_ciexport.core.ratelimit import DECREASE, MAX_POLL_YIELDS, PollPacer, RateLimiter
 from airflow_provider_ciexport.tools.sandbox.ratelimit import SlidingWindow
 
 
@@ -335,3 +335,50 @@ def test_repeated_bursts_do_not_ratchet_the_rate_down(clock: FakeTime) -> None:
             limiter.succeeded()
         assert limiter.factor == 1.0  # quiet gives back the full rate, every time
     assert lows == [pytest.approx(lows[0])] * 6
+
+
+def test_a_poll_waits_for_the_calls_already_queued_for_the_per_second_budget(clock: FakeTime) -> None:
+    budget = RateLimiter(5, 1.0, 0.4)
+    pacer = PollPacer(budget, lambda: 0.0)
+    # Three imports waiting for the budget (threads asleep until their slots): the poll goes after them.
+    queued = [budget._take_slot()[0] for _ in range(3)]
+    assert budget.backlog == pytest.approx(queued[-1] - clock.now)
+    pacer.acquire()
+    assert clock.now >= queued[-1]
+    assert pacer.yields >= 1
+    # The poll's next turn is a whole poll interval after it finally went: it backed off.
+    before = clock.now
+    pacer.acquire()
+    assert clock.now - before == pytest.approx(1 / pacer.rate)
+
+
+def test_a_poll_goes_anyway_after_yielding_a_bounded_number_of_times(clock: FakeTime) -> None:
+    class Busy(RateLimiter):
+        backlog = 0.5  # imports queued for the budget whenever a poll looks
+
+    pacer = PollPacer(Busy(5, 1.0, 0.4), lambda: 0.0)
+    before = clock.now
+    pacer.acquire()
+    assert pacer.yields == MAX_POLL_YIELDS
+    assert clock.now - before == pytest.approx(0.5 * MAX_POLL_YIELDS)
+
+
+def test_polls_take_what_the_imports_leave_of_the_pace_and_slow_first_when_it_is_cut(
+    clock: FakeTime,
+) -> None:
+    # 20 times the limits: 100 requests a second (paced to about 71), 2,000 imports a minute.
+    budget = RateLimiter(100, 1.0, 0.4, window_calls=5)
+    imports = RateLimiter(2000, 60.0)
+    pacer = PollPacer(budget, lambda: imports.paced_rate)
+    assert imports.paced_rate + pacer.rate == pytest.approx(budget.paced_rate)
+    assert pacer.rate >= imports.paced_rate  # a poll an import at least: jobs are confirmed as sent
+    full = pacer.rate
+    budget.factor = DECREASE  # refusals cut the per-second pace: the polls give way, not the imports
+    assert pacer.rate < full
+    assert imports.paced_rate + pacer.rate == pytest.approx(budget.paced_rate)
+    budget.factor = 0.3  # cut below what the imports take: the polls keep their floor
+    assert pacer.rate == pacer.floor
+    before = clock.now
+    pacer.acquire()
+    pacer.acquire()
+    assert clock.now - before == pytest.approx(1 / pacer.floor)

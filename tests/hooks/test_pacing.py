@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import pytest
+import requests
 
-from airflow_provider_ciexport.core.ratelimit import RateLimiter
+from airflow_provider_ciexport.core.ratelimit import DECREASE, RateLimiter
 from airflow_provider_ciexport.core.sharing import share_variable_key
 from airflow_provider_ciexport.core.variables import JsonVariable
+from airflow_provider_ciexport.destinations.activecampaign import ActiveCampaignDestination
 from airflow_provider_ciexport.exceptions import DestinationThrottledError, ExportConfigurationError
 from airflow_provider_ciexport.hooks.activecampaign import ActiveCampaignHook
 from airflow_provider_ciexport.hooks.base import SegmentApiHook
@@ -145,19 +148,18 @@ def test_a_refusal_our_own_bunching_explains_does_not_cut_the_pace() -> None:
     imports._log_send(3)
     answer = Throttled("HTTP 429", 0.0)
     assert SegmentApiHook._slow_down([general, imports], [11, 3], answer) == (False, True)
-    assert imports.own_bunched == 1 and imports.cuts == 0
+    assert general.own_bunched == 1 and general.cuts == imports.cuts == 0
     assert [SegmentApiHook._slow_down([general, imports], [11, 3], answer) for _ in range(3)] == [
         (False, True)
     ] * 3
-    assert imports.factor == 1.0  # repeated, still not cut
+    assert general.factor == imports.factor == 1.0  # repeated, still not cut
     # The same refusals with our calls even: someone else is spending the account, the pace is cut.
     general, imports = RateLimiter(5, 1.0, 0.4), RateLimiter(100, 60.0)
     general._log_send(11)
-    imports._log_send(3)
-    imports._log_send(4)
+    general._log_send(12)
     assert SegmentApiHook._slow_down([general, imports], [11, 3], answer) == (False, False)
-    assert SegmentApiHook._slow_down([general, imports], [11, 4], answer) == (True, False)
-    assert imports.factor < 1.0
+    assert SegmentApiHook._slow_down([general, imports], [12, 4], answer) == (True, False)
+    assert general.factor < 1.0 and imports.factor == 1.0
 
 
 def test_the_task_log_tells_own_bunching_from_someone_else(
@@ -173,3 +175,111 @@ def test_the_task_log_tells_own_bunching_from_someone_else(
     assert "budget seems shared" not in lines[0]
     assert "Pacing at 85% of the documented rate (the account's budget seems shared" in lines[1]
     assert "own requests" not in lines[1]
+
+
+def _refusals_from(
+    answer: Callable[[], Throttled], general: RateLimiter, imports: RateLimiter
+) -> tuple[float, float]:
+    """Two refused imports, our calls even (someone else): the factors each limiter is left with."""
+    general._log_send(11)
+    general._log_send(12)
+    imports._log_send(3)
+    imports._log_send(4)
+    SegmentApiHook._slow_down([imports, general], [3, 11], answer())
+    SegmentApiHook._slow_down([imports, general], [4, 12], answer())
+    return general.factor, imports.factor
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "cut"),
+    [(1.0, "requests"), (0.03, "requests"), (None, "requests"), (2.0, "imports"), (40.0, "imports")],
+)
+def test_a_refused_import_cuts_the_pace_of_the_window_whose_wait_it_asks(
+    retry_after: float | None, cut: str
+) -> None:
+    # Only the requests-a-second window asks to wait a second or less (whole seconds: "1"); a longer
+    # wait can only be the imports-a-minute window's. A short or missing one is charged to the second.
+    general, imports = RateLimiter(5, 1.0, 0.4), RateLimiter(100, 60.0)
+    factors = _refusals_from(lambda: Throttled("HTTP 429", retry_after), general, imports)
+    assert factors == ((DECREASE, 1.0) if cut == "requests" else (1.0, DECREASE))
+
+
+def test_at_scaled_limits_a_wait_longer_than_the_scaled_second_is_the_minute_window() -> None:
+    # 20 times the limits: the 5-a-second window is 50 ms long, the imports' 100 calls take 3 s.
+    general = RateLimiter(100, 1.0, 0.4, window_calls=5)
+    imports = RateLimiter(2000, 60.0)
+    assert _refusals_from(lambda: Throttled("HTTP 429", 0.05), general, imports) == (DECREASE, 1.0)
+    general = RateLimiter(100, 1.0, 0.4, window_calls=5)
+    imports = RateLimiter(2000, 60.0)
+    assert _refusals_from(lambda: Throttled("HTTP 429", 0.4), general, imports) == (1.0, DECREASE)
+
+
+@pytest.mark.parametrize(
+    ("reason", "cut"),
+    [
+        ("Up to 100 imports may be requested per minute. Please batch contacts", "imports"),
+        ("Up to 5 requests may be made per second. Please retry this request in a second.", "requests"),
+    ],
+)
+def test_the_400_rate_limit_body_names_the_window_it_cuts(ac_conn: str, reason: str, cut: str) -> None:
+    body = {"success": 0, "message": "Rate limit exceeded.", "failureReasons": [reason]}
+    response = requests.Response()
+    response.status_code = 400
+    response._content = json.dumps(body).encode()
+    hook = ActiveCampaignHook(ac_conn)
+
+    def answer() -> Throttled:
+        with pytest.raises(Throttled) as raised:
+            hook._check_answer(response)
+        return raised.value
+
+    general, imports = RateLimiter(5, 1.0, 0.4), RateLimiter(100, 60.0)
+    factors = _refusals_from(answer, general, imports)
+    assert factors == ((DECREASE, 1.0) if cut == "requests" else (1.0, DECREASE))
+
+
+@pytest.mark.parametrize("scale", [1, 20])
+def test_polls_and_imports_fit_in_the_per_second_pace(monkeypatch: pytest.MonkeyPatch, scale: int) -> None:
+    # Alone on the account, imports also pass the requests-a-second pace: the polls' share is taken
+    # from what that pace (headroom included) leaves, so imports never queue behind polls.
+    conn = set_connection(
+        monkeypatch,
+        f"ac_polls_{scale}",
+        conn_type="activecampaign",
+        host=f"https://polls{scale}.api-us1.com",
+        password="key",
+        extra={"requests_per_second": 5 * scale, "imports_per_minute": 100 * scale},
+    )
+    hook = ActiveCampaignHook(conn)
+    destination = ActiveCampaignDestination(hook, [1])
+    imports = 1 / hook._import_limiter.interval
+    paced = 1 / hook._general_limiter.interval
+    assert imports + destination.max_poll_rate <= paced * (1 + 1e-9)
+    assert destination.max_poll_rate >= imports  # a poll an import at least
+    assert hook.import_requests_per_second() == pytest.approx(imports)
+    pacer = destination.poll_pacer()
+    assert imports <= pacer.rate <= paced - imports + 1e-9  # type: ignore[attr-defined]
+
+
+def test_a_refusal_of_a_known_window_is_read_against_that_window_s_log_only() -> None:
+    # The imports-a-minute window refused (a 40 s wait): that our requests-a-second calls were bunched
+    # (a stall) does not explain it; someone else spent the imports, so their pace is cut.
+    general, imports = RateLimiter(5, 1.0, 0.4), RateLimiter(100, 60.0)
+    for call in range(7, 13):
+        general._log_send(call)
+    imports._log_send(3)
+    imports._log_send(4)
+    assert SegmentApiHook._slow_down([imports, general], [3, 11], Throttled("HTTP 429", 40.0)) == (
+        False,
+        False,
+    )
+    assert SegmentApiHook._slow_down([imports, general], [4, 12], Throttled("HTTP 429", 40.0)) == (
+        True,
+        False,
+    )
+    assert imports.factor == DECREASE and general.factor == 1.0
+    # A short wait could be either window's: the bunched calls explain it, nothing is cut.
+    assert SegmentApiHook._slow_down([imports, general], [4, 12], Throttled("HTTP 429", 0.5)) == (
+        False,
+        True,
+    )
