@@ -437,20 +437,17 @@ class SyncState:
         For a state that gains entries before the run starts (a partial state left by a try that
         died, see :mod:`.claims`); it costs one copy of the state.
         """
-        count, _ = self.merged_size()
-        parts: list[bytes] = []
-        self.write_sections(lambda data: parts.append(bytes(memoryview(data).cast("B"))))
-        data = b"".join(parts)
-        keys: array[int] = array("Q")
-        keys.frombytes(data[: 8 * count])
-        digests: array[int] = array("Q")
-        digests.frombytes(data[8 * count : 16 * count])
+        count, blob_bytes = self.merged_size()
+        keys: array[int] = array("Q", [0]) * count
+        digests: array[int] = array("Q", [0]) * count
+        flags, lengths, blob = bytearray(count), bytearray(count), bytearray(blob_bytes)
+        # Each section goes straight into its copy: nothing of the state is held twice more.
+        fill = _Filler([memoryview(keys).cast("B"), memoryview(digests).cast("B"), flags, lengths, blob])
+        self.write_sections(fill.write)
         if sys.byteorder != "little":
             keys.byteswap()
             digests.byteswap()
-        flags = bytearray(data[16 * count : 17 * count])
-        lengths = data[17 * count : 18 * count]
-        folded = SyncState(self.identity, self.generation, keys, digests, flags, lengths, data[18 * count :])
+        folded = SyncState(self.identity, self.generation, keys, digests, flags, lengths, blob)
         folded.removals = self.removals
         folded.list_members = self.list_members
         folded.members_read_at = self.members_read_at
@@ -478,6 +475,27 @@ class SyncState:
         if self._offsets is None:
             self._offsets = array("Q", accumulate(self._lengths, initial=0))
         return self._offsets
+
+
+class _Filler:
+    """Copies what is written, in order, into a sequence of buffers of the right sizes."""
+
+    def __init__(self, targets: list[memoryview | bytearray]) -> None:
+        self._targets = [memoryview(t) for t in targets]
+        self._index = 0
+        self._at = 0
+
+    def write(self, data: bytes | bytearray | memoryview | array[int]) -> None:
+        """Copy ``data`` into the buffers, after what was written before."""
+        view = memoryview(data).cast("B")
+        while len(view):
+            while self._at == len(self._targets[self._index]):
+                self._index, self._at = self._index + 1, 0
+            target = self._targets[self._index]
+            n = min(len(view), len(target) - self._at)
+            target[self._at : self._at + n] = view[:n]
+            self._at += n
+            view = view[n:]
 
 
 def _order(keys: array[int]) -> array[int]:
