@@ -267,8 +267,8 @@ class SyncState:
         keys: array[int] | None = None,
         digests: array[int] | None = None,
         flags: bytearray | None = None,
-        lengths: bytes | None = None,
-        blob: bytes = b"",
+        lengths: bytes | bytearray | None = None,
+        blob: bytes | bytearray = b"",
     ) -> None:
         self.identity = identity
         self.generation = generation
@@ -437,20 +437,17 @@ class SyncState:
         For a state that gains entries before the run starts (a partial state left by a try that
         died, see :mod:`.claims`); it costs one copy of the state.
         """
-        count, _ = self.merged_size()
-        parts: list[bytes] = []
-        self.write_sections(lambda data: parts.append(bytes(memoryview(data).cast("B"))))
-        data = b"".join(parts)
-        keys: array[int] = array("Q")
-        keys.frombytes(data[: 8 * count])
-        digests: array[int] = array("Q")
-        digests.frombytes(data[8 * count : 16 * count])
+        count, blob_bytes = self.merged_size()
+        keys: array[int] = array("Q", [0]) * count
+        digests: array[int] = array("Q", [0]) * count
+        flags, lengths, blob = bytearray(count), bytearray(count), bytearray(blob_bytes)
+        # Each section goes straight into its copy: nothing of the state is held twice more.
+        fill = _Filler([memoryview(keys).cast("B"), memoryview(digests).cast("B"), flags, lengths, blob])
+        self.write_sections(fill.write)
         if sys.byteorder != "little":
             keys.byteswap()
             digests.byteswap()
-        flags = bytearray(data[16 * count : 17 * count])
-        lengths = data[17 * count : 18 * count]
-        folded = SyncState(self.identity, self.generation, keys, digests, flags, lengths, data[18 * count :])
+        folded = SyncState(self.identity, self.generation, keys, digests, flags, lengths, blob)
         folded.removals = self.removals
         folded.list_members = self.list_members
         folded.members_read_at = self.members_read_at
@@ -478,6 +475,27 @@ class SyncState:
         if self._offsets is None:
             self._offsets = array("Q", accumulate(self._lengths, initial=0))
         return self._offsets
+
+
+class _Filler:
+    """Copies what is written, in order, into a sequence of buffers of the right sizes."""
+
+    def __init__(self, targets: list[memoryview | bytearray]) -> None:
+        self._targets = [memoryview(t) for t in targets]
+        self._index = 0
+        self._at = 0
+
+    def write(self, data: bytes | bytearray | memoryview | array[int]) -> None:
+        """Copy ``data`` into the buffers, after what was written before."""
+        view = memoryview(data).cast("B")
+        while len(view):
+            while self._at == len(self._targets[self._index]):
+                self._index, self._at = self._index + 1, 0
+            target = self._targets[self._index]
+            n = min(len(view), len(target) - self._at)
+            target[self._at : self._at + n] = view[:n]
+            self._at += n
+            view = view[n:]
 
 
 def _order(keys: array[int]) -> array[int]:
@@ -561,7 +579,7 @@ def read_state(
     try:
         if not path.exists():
             return LoadedState(SyncState(identity))
-        with path.open("rb") as f:
+        with open_for_reading(path) as f:
             return _parse(f, identity, keys, role or FileRole(uri))
     except FileNotFoundError:
         return LoadedState(SyncState(identity))
@@ -579,12 +597,44 @@ def read_state(
         )
 
 
-def _read_exact(f: IO[bytes], n: int, mac: Any) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise ValueError("truncated")
-    mac.update(data)
-    return data
+#: The most of a state file read or written at once, and the block object stores buffer for it: an
+#: object store's file otherwise buffers a block of 50 MB (s3fs) on top of the state itself.
+IO_CHUNK = 4 * 2**20
+#: Object stores' write block: S3's smallest multipart part (5 MiB; a multiple of GCS's 256 KiB).
+_WRITE_BLOCK = 5 * 2**20
+
+
+def _read_into(f: IO[bytes], out: memoryview, mac: Any) -> None:
+    """Fill ``out`` from ``f`` (and ``mac``), :data:`IO_CHUNK` at a time, so that no second copy of a
+    section is ever held; raise ``ValueError`` if the file ends first."""
+    done, size = 0, len(out)
+    while done < size:
+        data = f.read(min(IO_CHUNK, size - done))
+        if not data:
+            raise ValueError("truncated")
+        out[done : done + len(data)] = data
+        mac.update(data)
+        done += len(data)
+
+
+def _read_array(f: IO[bytes], n: int, mac: Any) -> array[int]:
+    """``n`` little-endian 64-bit numbers (in the machine's order)."""
+    out: array[int] = array("Q", [0]) * n
+    _read_into(f, memoryview(out).cast("B"), mac)
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out
+
+
+def _read_bytes(f: IO[bytes], n: int, mac: Any) -> bytearray:
+    out = bytearray(n)
+    _read_into(f, memoryview(out), mac)
+    return out
+
+
+def open_for_reading(path: Any) -> IO[bytes]:
+    """Open a state (or partial state) for reading, with an object store's read-ahead block kept small."""
+    return path.open("rb") if _local(path) is not None else path.open("rb", block_size=IO_CHUNK)
 
 
 #: A header is smaller than this (its identity and removal windows).
@@ -697,13 +747,11 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys, role: FileRol
     n, blob_bytes = sizes
     mac = hmac.new(key, MAGIC + size_bytes + header_bytes, hashlib.sha256)
     try:
-        keys_: array[int] = array("Q")
-        keys_.frombytes(_read_exact(f, 8 * n, mac))
-        digests: array[int] = array("Q")
-        digests.frombytes(_read_exact(f, 8 * n, mac))
-        flags = bytearray(_read_exact(f, n, mac))
-        lengths = _read_exact(f, n, mac)
-        blob = _read_exact(f, blob_bytes, mac)
+        keys_ = _read_array(f, n, mac)
+        digests = _read_array(f, n, mac)
+        flags = _read_bytes(f, n, mac)
+        lengths = _read_bytes(f, n, mac)
+        blob = _read_bytes(f, blob_bytes, mac)
         authentic = hmac.compare_digest(f.read(_TAG_BYTES), mac.digest()) and not f.read(1)
     except ValueError:  # the file changed while it was read
         authentic = False
@@ -714,9 +762,6 @@ def _parse(f: IO[bytes], identity: StateIdentity, keys: StateKeys, role: FileRol
             generation,
             authenticated=False,
         )
-    if sys.byteorder != "little":
-        keys_.byteswap()
-        digests.byteswap()
     reason = role.mismatch(header.get("file"))
     if reason is not None:
         return LoadedState(empty, reason, generation, authenticated=True)
@@ -781,17 +826,12 @@ def write_state(
     local = _local(tmp)
     try:
         with open_new(tmp) as f:
-            mac = hmac.new(key, digestmod=hashlib.sha256)
-
-            def write(data: Any) -> None:
-                mac.update(data)
-                f.write(data)
-
-            write(MAGIC)
-            write(len(header).to_bytes(8, "little"))
-            write(header)
-            state.write_sections(write)
-            f.write(mac.digest())
+            out = _SignedWriter(f, key)
+            out.write(MAGIC)
+            out.write(len(header).to_bytes(8, "little"))
+            out.write(header)
+            state.write_sections(out.write)
+            out.finish()
             if local is not None:
                 # On disk before the rename makes it the state, or a crash leaves an empty state file.
                 f.flush()
@@ -802,6 +842,40 @@ def write_state(
             if tmp.exists():
                 tmp.unlink()
     return generation
+
+
+class _SignedWriter:
+    """Writes a file through an HMAC, in pieces of at most :data:`IO_CHUNK`: small writes (an email
+    each) are gathered, large ones (a whole section) cut, so that an object store's file never buffers
+    more than a block and a million emails are not a million calls."""
+
+    def __init__(self, f: IO[bytes], key: bytes) -> None:
+        self._f = f
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._pending = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview | array[int]) -> None:
+        """Add ``data`` to the file."""
+        view = memoryview(data).cast("B")
+        if len(self._pending) + len(view) <= IO_CHUNK:
+            self._pending += view
+            return
+        self._flush()
+        for start in range(0, len(view), IO_CHUNK):
+            piece = view[start : start + IO_CHUNK]
+            self._mac.update(piece)
+            self._f.write(piece)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._mac.update(self._pending)
+            self._f.write(self._pending)
+            self._pending = bytearray()
+
+    def finish(self) -> None:
+        """Write what is gathered, then the HMAC of everything written."""
+        self._flush()
+        self._f.write(self._mac.digest())
 
 
 def _header(state: SyncState, key_id: str, role: FileRole, generation: int) -> bytes:
@@ -874,7 +948,8 @@ def open_new(path: Any) -> IO[bytes]:
     symbolic link."""
     local = _local(path)
     if local is None:
-        return path.open("wb")
+        # Uploaded a part at a time: the store's default block (50 MB for s3fs) would be held whole.
+        return path.open("wb", block_size=_WRITE_BLOCK)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     return os.fdopen(os.open(local, flags, 0o600), "wb")
 
@@ -884,7 +959,7 @@ def _stored_generation(path: Any) -> int | None:
     try:
         if not path.exists():
             return None
-        with path.open("rb") as f:
+        with open_for_reading(path) as f:
             return _read_header(f)[3]
     except FileNotFoundError:
         return None

@@ -194,3 +194,44 @@ def test_workers_sharing_the_state_key_connection_trust_the_s3_state_through_a_r
     assert (other["new"], other["removed"], other["to_remove"]) == (28, 0, 0)
     assert set(target.members()) == {r["email"] for r in SEGMENT[1:]} | {"signed.up@example.com"}
     assert target.violations() == {}
+
+
+def test_a_state_larger_than_an_upload_part_round_trips_on_s3(s3_endpoint: str, prefix: str) -> None:
+    from airflow_provider_ciexport.export.state import (
+        StateIdentity,
+        StateKeys,
+        SyncState,
+        contact_digest,
+        email_key,
+        read_state,
+        write_state,
+    )
+    from airflow_provider_ciexport.export.sync import BatchEntries, SegmentDiff
+
+    # About 7 MB: written in several parts of an upload, read in several pieces.
+    identity = StateIdentity.of("ActiveCampaign", "https://acct.api-us1.com/api/3", [2], {"email": "email"})
+    keys = StateKeys([NEW_KEY], "a test")
+    diff = SegmentDiff(SyncState(identity), mirror=True)
+    entries = BatchEntries()
+    for i in range(150_000):
+        email = f"person.{i}@example.com"
+        _, index, key, digest = diff.classify(email, email.encode())
+        entries.add(index, key, digest, email)
+    diff.confirm(entries, refused=None, accepted_all=True)
+    uri = f"s3://{S3_CONN_ID}@{BUCKET}/{prefix}big.state"
+    write_state(uri, diff.state, None, keys)
+    assert _objects(s3_endpoint, prefix) == ["big.state"]
+
+    loaded = read_state(uri, identity, keys)
+    assert loaded.distrust is None and len(loaded.state) == 150_000
+    state = loaded.state
+    sample = range(0, 150_000, 997)
+    assert all(state.keys[i] == email_key(state.email(i)) for i in sample)
+    assert all(state.digests[i] == contact_digest(state.email(i).encode()) for i in sample)
+    assert sorted(state.email(i) for i in range(150_000)) == sorted(
+        f"person.{i}@example.com" for i in range(150_000)
+    )
+    # Written again over itself (a re-export), it is still whole.
+    write_state(uri, state, loaded.stored_generation, keys)
+    again = read_state(uri, identity, keys)
+    assert again.distrust is None and again.stored_generation == 2 and len(again.state) == 150_000

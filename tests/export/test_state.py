@@ -16,6 +16,7 @@ import pytest
 
 from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.export import state as state_module
 from airflow_provider_ciexport.export.state import (
     MAGIC,
     MANAGED,
@@ -612,3 +613,35 @@ def test_an_ordinary_lease_owner_is_named(tmp_path: Path) -> None:
     StateLease(uri, owner)._write()
     with pytest.raises(StateBusyError, match=re.escape(f"({owner})")):
         StateLease(uri, "dag.task run=1 try 1").acquire()
+
+
+def test_a_state_read_and_written_in_pieces_round_trips_and_a_changed_byte_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pieces far smaller than a section: every section (and the emails) crosses several of them.
+    monkeypatch.setattr(state_module, "IO_CHUNK", 1000)
+    emails = [f"person.{i}@example.com" for i in range(3000)]
+    diff = _first_sync(emails)
+    state = _write_read(tmp_path, diff.state)
+    assert sorted(state.email(i) for i in range(len(state))) == sorted(emails)
+    assert all(state.keys[i] == email_key(state.email(i)) for i in range(len(state)))
+    assert state.count(MANAGED) == 3000
+
+    # A run that changes part of it writes it again in pieces; the next run reads what it wrote.
+    diff = SegmentDiff(state, mirror=True)
+    entries = BatchEntries()
+    for email in [*emails[:1500], "new@example.com"]:
+        _, index, key, digest = diff.classify(email, f'{{"email":"{email}","x":1}}'.encode())
+        entries.add(index, key, digest, email)
+    diff.confirm(entries, refused=None, accepted_all=True)
+    again = _write_read(tmp_path, state, expected=1)
+    assert len(again) == 3001 and again.generation == 2
+    assert again.digests[again.find(email_key("new@example.com"))] == contact_digest(
+        b'{"email":"new@example.com","x":1}'
+    )
+
+    path = Path(_uri(tmp_path).removeprefix("file://"))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    assert "authentication" in (read_state(_uri(tmp_path), IDENTITY, KEYS).distrust or "")
