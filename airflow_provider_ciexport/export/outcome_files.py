@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
-from airflow_provider_ciexport.export.state import make_parents, storage_path
+from airflow_provider_ciexport.export.state import make_parents, open_for_writing, storage_path
 
 #: The log's columns, in order (documented in docs/outcomes.md).
 OUTCOME_COLUMNS = (
@@ -125,7 +125,7 @@ def file_sink(uri: str, columns: Sequence[str] = OUTCOME_COLUMNS) -> OutcomeSink
     fmt = outcome_format(uri)
     path = storage_path(uri)
     make_parents(path)  # a run id in the path is a new folder each run; 0700 on local disk
-    file = path.open("wb")
+    file = open_for_writing(path)
     try:
         return _FileSink(file, _sink(fmt, file, columns))
     except BaseException:

@@ -943,13 +943,18 @@ def make_parents(path: Any) -> None:
             os.mkdir(folder, 0o700)
 
 
+def open_for_writing(path: Any) -> IO[bytes]:
+    """Open a file for writing, replacing it; on an object store uploaded a part at a time (the
+    store's default block, 50 MB for s3fs, would be held whole)."""
+    return path.open("wb") if _local(path) is not None else path.open("wb", block_size=_WRITE_BLOCK)
+
+
 def open_new(path: Any) -> IO[bytes]:
     """Open a file that must not exist yet for writing: ``0600`` on local disk, never through a
     symbolic link."""
     local = _local(path)
     if local is None:
-        # Uploaded a part at a time: the store's default block (50 MB for s3fs) would be held whole.
-        return path.open("wb", block_size=_WRITE_BLOCK)
+        return open_for_writing(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     return os.fdopen(os.open(local, flags, 0o600), "wb")
 

@@ -235,3 +235,27 @@ def test_a_state_larger_than_an_upload_part_round_trips_on_s3(s3_endpoint: str, 
     write_state(uri, state, loaded.stored_generation, keys)
     again = read_state(uri, identity, keys)
     assert again.distrust is None and again.stored_generation == 2 and len(again.state) == 150_000
+
+
+def test_the_outcome_log_is_written_to_s3_as_any_file(s3_endpoint: str, prefix: str) -> None:
+    import csv
+    import io
+
+    from airflow_provider_ciexport.export.engine import SegmentExporter
+    from airflow_provider_ciexport.export.outcomes import OutcomeSettings
+    from airflow_provider_ciexport.export.sources.records import RecordsSegmentSource
+    from tests.export.fakes import FakeDestination
+
+    records = [{"id": i, "email": f"Person.{i}@Example.com", "first": "P"} for i in range(1, 2001)]
+    outcomes = OutcomeSettings(f"s3://{S3_CONN_ID}@{BUCKET}/{prefix}runs/r1/log.csv", ("id",))
+    exporter = SegmentExporter(
+        RecordsSegmentSource(records),
+        FakeDestination(batch_contacts=100),
+        {"email": "email", "first_name": "first"},
+        outcomes=outcomes,
+    )
+    report = exporter.run().as_dict()
+    body = _s3(s3_endpoint).get_object(Bucket=BUCKET, Key=f"{prefix}runs/r1/log.csv")["Body"].read()
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert len(rows) == report["read"] == 2000
+    assert {row["status"] for row in rows} == {"accepted"} and "@" not in body.decode()
