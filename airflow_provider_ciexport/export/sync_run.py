@@ -197,8 +197,7 @@ class SyncRun:
         )
         if members_before is not None and not first_sync:
             log_missing(diff.mark_missing(members_before))
-        # A retry folded its partial states into a copy: the state as read is not needed any more.
-        loaded.state = state
+        loaded.state = state  # a retry folded its partial states into a copy: free the one as read
 
     def _with_claims(self, loaded: LoadedState, identity: StateIdentity) -> SyncState:
         """The state, with what an earlier try that died put on the list (see :mod:`.claims`)."""
