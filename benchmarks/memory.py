@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.sync import IDENTITY_ARGS, _body
+from benchmarks.sync import IDENTITY_ARGS, churn_diff, first_sync_diff
 
 BUCKET = "ciexport-memory"
 KEYS = {"login": "memory-key-id", "password": "memory-secret-key"}
@@ -105,47 +105,20 @@ def measure(folder: str, count: int) -> None:
         storage_path,
         write_state,
     )
-    from airflow_provider_ciexport.export.sync import UNCHANGED, BatchEntries, SegmentDiff
 
     identity = StateIdentity.of(*IDENTITY_ARGS)
     keys = StateKeys(["the bench's state key"], "the bench")
     uri = f"{folder}/memory.state"
 
-    def first() -> SegmentDiff:
-        diff = SegmentDiff(SyncState(identity), mirror=True)
-        entries = BatchEntries()
-        for i in range(count):
-            email = f"person.{i}@example.com"
-            _, index, key, digest = diff.classify(email, _body(i))
-            entries.add(index, key, digest, email)
-            if len(entries) >= 10_000:
-                diff.confirm(entries, None, True)
-                entries = BatchEntries()
-        diff.confirm(entries, None, True)
-        return diff
-
     # An object store's client (botocore's models, the event loop): once per task, whatever its state.
     phase("the store's client (a lookup)", lambda: storage_path(uri).exists())
-    written = phase("first sync: diff", first).state
+    written = phase("first sync: diff", partial(first_sync_diff, SyncState(identity), count)).state
     phase("first sync: write the state", partial(write_state, uri, written, None, keys))
     del written  # the re-export reads its own
     loaded = phase("re-export: read the state", lambda: read_state(uri, identity, keys))
     assert loaded.distrust is None, loaded.distrust
 
-    def churn() -> SegmentDiff:
-        diff = SegmentDiff(loaded.state, mirror=True)
-        entries = BatchEntries()
-        for i in range(count + count // 100):
-            if i % 200 == 0:
-                continue
-            email = f"person.{i}@example.com"
-            kind, index, key, digest = diff.classify(email, _body(i, i % 200 == 1))
-            if kind != UNCHANGED:
-                entries.add(index, key, digest, email)
-        diff.confirm(entries, None, True)
-        return diff
-
-    phase("re-export: diff (2% churn)", churn)
+    phase("re-export: diff (2% churn)", lambda: churn_diff(loaded.state, count))
 
     def retry() -> Any:
         # A retry finds a partial state: 30% more contacts claimed by the try that died, folded in.

@@ -56,6 +56,41 @@ def _body(i: int, changed: bool = False) -> bytes:
     return f'{{"email":"person.{i}@example.com","first_name":"N{i}{"x" if changed else ""}"}}'.encode()
 
 
+def first_sync_diff(state: Any, count: int) -> Any:
+    """The diff of a first sync of ``count`` contacts into the empty ``state``, every batch confirmed."""
+    from airflow_provider_ciexport.export.sync import BatchEntries, SegmentDiff
+
+    diff = SegmentDiff(state, mirror=True)
+    entries = BatchEntries()
+    for i in range(count):
+        email = f"person.{i}@example.com"
+        _, index, key, digest = diff.classify(email, _body(i))
+        entries.add(index, key, digest, email)
+        if len(entries) >= 10_000:
+            diff.confirm(entries, None, True)
+            entries = BatchEntries()
+    diff.confirm(entries, None, True)
+    return diff
+
+
+def churn_diff(state: Any, count: int) -> Any:
+    """The diff of a re-export of the first sync's segment with 0.5% left (every 200th), 0.5% changed
+    (the next one) and 1% new (past the end), the changes confirmed."""
+    from airflow_provider_ciexport.export.sync import UNCHANGED, BatchEntries, SegmentDiff
+
+    diff = SegmentDiff(state, mirror=True)
+    entries = BatchEntries()
+    for i in range(count + count // 100):
+        if i % 200 == 0:
+            continue
+        email = f"person.{i}@example.com"
+        kind, index, key, digest = diff.classify(email, _body(i, i % 200 == 1))
+        if kind != UNCHANGED:
+            entries.add(index, key, digest, email)
+    diff.confirm(entries, None, True)
+    return diff
+
+
 def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
     """One side of the state measurement, in its own process (``--state-child``)."""
     from airflow_provider_ciexport.export.state import (
@@ -65,37 +100,16 @@ def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
         read_state,
         write_state,
     )
-    from airflow_provider_ciexport.export.sync import UNCHANGED, BatchEntries, SegmentDiff
 
     identity = StateIdentity.of(*IDENTITY_ARGS)
     keys = StateKeys(["the bench's state key"], "the bench")
     if mode == "first":
-        diff = SegmentDiff(SyncState(identity), mirror=True)
-        entries = BatchEntries()
-        for i in range(count):
-            email = f"person.{i}@example.com"
-            _, index, key, digest = diff.classify(email, _body(i))
-            entries.add(index, key, digest, email)
-            if len(entries) >= 10_000:
-                diff.confirm(entries, None, True)
-                entries = BatchEntries()
-        diff.confirm(entries, None, True)
-        write_state(uri, diff.state, None, keys)
+        write_state(uri, first_sync_diff(SyncState(identity), count).state, None, keys)
         return {}
     rss_before = _rss_mb()
     cpu = time.process_time()
     loaded = read_state(uri, identity, keys)
-    diff = SegmentDiff(loaded.state, mirror=True)
-    entries = BatchEntries()
-    # 0.5% left (every 200th), 0.5% changed (the next one), 1% new (past the end).
-    for i in range(count + count // 100):
-        if i % 200 == 0:
-            continue
-        email = f"person.{i}@example.com"
-        kind, index, key, digest = diff.classify(email, _body(i, i % 200 == 1))
-        if kind != UNCHANGED:
-            entries.add(index, key, digest, email)
-    diff.confirm(entries, None, True)
+    diff = churn_diff(loaded.state, count)
     diff.removed(diff.leavers(), int(diff.state.start_removal_run()[0]))
     write_state(uri, loaded.state, loaded.stored_generation, keys)
     cpu = time.process_time() - cpu

@@ -114,9 +114,9 @@ class RateLimiter:
         #: Bumped when reserved slots stop being valid (a pause, a new share of the account).
         self._epoch = 0
         self._paused_until = 0.0
-        #: When the last ``SEND_LOG_SLOTS`` calls started (or will: a reservation may be ahead).
-        self._sent: deque[float] = deque(maxlen=SEND_LOG_SLOTS)
-        #: ``(call, start)`` of the calls of about the last server window, to explain refusals.
+        #: The send log: ``(call, start)`` of the calls of about the last server window (a start may be
+        #: ahead: a reservation; corrected to when the call really left), to space calls a stall
+        #: bunched and to explain refusals.
         self._starts: deque[tuple[int, float]] = deque(maxlen=2 * int(MAX_WINDOW_CALLS) + 2)
         #: The factor the last cut left, from which :meth:`succeeded` climbs back in bounded time.
         self._low = 1.0
@@ -202,15 +202,14 @@ class RateLimiter:
         """Record a call's start in the send log and return it: now, unless that is within half a slot
         of the last start, or within ``SEND_LOG_SLOTS - 0.5`` slots of the start that many before."""
         with self._lock:
-            sent = self._sent
+            starts = self._starts
             own_step = self.step * self.lanes
             start = time.monotonic()
-            if sent:
-                start = max(start, sent[-1] + own_step / 2)
-            if len(sent) == SEND_LOG_SLOTS:
-                start = max(start, sent[0] + (SEND_LOG_SLOTS - 0.5) * own_step)
-            sent.append(start)
-            self._starts.append((call, start))
+            if starts:
+                start = max(start, starts[-1][1] + own_step / 2)
+            if len(starts) >= SEND_LOG_SLOTS:
+                start = max(start, starts[-SEND_LOG_SLOTS][1] + (SEND_LOG_SLOTS - 0.5) * own_step)
+            starts.append((call, start))
             return start
 
     @property

@@ -278,10 +278,10 @@ def test_the_log_holds_when_a_call_really_left(clock: FakeTime, monkeypatch: pyt
     # A thread that wakes up late from its wait (a busy worker) leaves later than planned, closer to the
     # next call: the log the refusals are read against records when it left.
     limiter = RateLimiter(5, 1.0, headroom=ratelimit.PER_SECOND_HEADROOM)
-    limiter._log_send(99)  # another thread just left: this call waits in the send log
+    other = limiter._log_send(99)  # another thread just left: this call waits in the send log
     monkeypatch.setattr(clock, "sleep", lambda seconds: setattr(clock, "now", clock.now + seconds + 0.05))
     call = limiter.acquire()
-    planned = limiter._sent[-1]
+    planned = other + limiter.step * limiter.lanes / 2  # half a slot after the other, as planned
     assert limiter._starts[-1] == (call, clock.now) and clock.now > planned
 
 
