@@ -38,6 +38,12 @@ TTL_S = 15.0
 #: that they find each other before their first imports overlap.
 EARLY_HEARTBEAT_S = 0.2
 EARLY_S = 5.0
+#: An export that joins others waits until each of them has renewed its lease since (and so counted
+#: the newcomer and moved to its lane) before it sends, at most this many heartbeats: until then they
+#: would use the newcomer's slots too, a burst a strict window refuses.
+JOIN_WAIT_HEARTBEATS = 1.5
+#: How often the newcomer looks while it waits.
+JOIN_POLL_S = 0.05
 
 
 class DocumentStore(Protocol):
@@ -89,6 +95,8 @@ class AccountShare:
         self._thread: threading.Thread | None = None
         self._warned = False
         self._here = holder()
+        #: When this lease was first written (wall clock), for :meth:`wait_until_seen`.
+        self._joined = 0.0
 
     def __enter__(self) -> AccountShare:
         self.start()
@@ -100,6 +108,7 @@ class AccountShare:
     def start(self) -> None:
         """Take a lease now and renew it in a daemon thread."""
         self.renew()
+        self._joined = self.clock()
         self._thread = threading.Thread(target=self._run, name="ciexport-share", daemon=True)
         self._thread.start()
 
@@ -115,6 +124,25 @@ class AccountShare:
                 self.store.save({"leases": leases, "holders": holders})
         except Exception as exc:  # the lease expires by itself anyway
             self._warn(exc)
+
+    def wait_until_seen(self, timeout_s: float) -> bool:
+        """Wait until every other live lease has been renewed since this one was written, so that
+        each of those exports counts this one and keeps to its own lane; at most ``timeout_s``.
+
+        :return: whether they all have (``False``: timed out, or the store could not be read).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                leases, _ = self._live(self.store.load())
+            except Exception:  # the heartbeat warns about it; pace by what is known
+                return False
+            renewed_since = self._joined + self.ttl_s
+            if all(expiry >= renewed_since for key, expiry in leases.items() if key != self.lease_id):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(JOIN_POLL_S)
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -191,7 +219,8 @@ def account_lease(key: str, store: DocumentStore, limiters: Sequence[RateLimiter
 
     Exports in one process share the account's limiters already, so they share one lease too (the
     first takes it, the last gives it back); ``limiters`` take every ``exports``-th slot of the
-    account's grid (:meth:`RateLimiter.set_lanes`).
+    account's grid (:meth:`RateLimiter.set_lanes`). A process that joins exports already running
+    returns once they have seen it (:meth:`AccountShare.wait_until_seen`).
 
     :param key: the account's lease Variable (:func:`share_variable_key`).
     :param store: that Variable's document.
@@ -204,10 +233,13 @@ def account_lease(key: str, store: DocumentStore, limiters: Sequence[RateLimiter
 
     with _leases_lock:
         lease, users = _leases.get(key) or (None, 0)
+        joined = lease is None
         if lease is None:
             lease = AccountShare(store, on_change)
             lease.start()
         _leases[key] = (lease, users + 1)
+    if joined and lease.exports > 1:
+        lease.wait_until_seen(JOIN_WAIT_HEARTBEATS * lease.heartbeat_s)
     try:
         yield lease
     finally:

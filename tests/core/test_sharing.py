@@ -138,6 +138,41 @@ def test_a_lease_lost_to_a_racing_writer_is_written_again() -> None:
     b.stop()
 
 
+def test_an_export_joining_others_waits_until_each_has_seen_it() -> None:
+    store, clock = MemoryStore(), Clock()
+    seen_a: list[int] = []
+    a, b = share(store, clock, seen_a), share(store, clock, [])
+    a.start()
+    clock.now += 1
+    b.start()
+    # Until ``a`` renews, it still paces as if alone (it would use b's slots too): b must not send yet.
+    assert seen_a == [1]
+    assert b.wait_until_seen(0.1) is False
+    a.renew()
+    assert seen_a == [1, 2]
+    assert b.wait_until_seen(0.1) is True
+    a.stop()
+    b.stop()
+
+
+def test_an_export_alone_or_unable_to_read_the_store_does_not_wait() -> None:
+    store, clock = MemoryStore(), Clock()
+    a = share(store, clock, [])
+    a.start()
+    assert a.wait_until_seen(3600) is True
+    a.stop()
+
+    class Broken:
+        def load(self) -> Any:
+            raise ConnectionError("execution API unreachable")
+
+        def save(self, document: Any) -> None:
+            raise AssertionError("not reached")
+
+    lease = AccountShare(Broken(), lambda exports, lane: None, heartbeat_s=3600)
+    assert lease.wait_until_seen(3600) is False
+
+
 def test_an_unreachable_store_means_pacing_alone_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
         def load(self) -> Any:
