@@ -66,6 +66,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(UV) pip install --quiet --python $(PY) $(CONSTRAINTS) -e '.[$(EXTRAS),bench]'
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/pace.py $(PACE_BENCH_ARGS)
 	$(PY) benchmarks/sync.py $(SYNC_BENCH_ARGS)
 	$(PY) benchmarks/year.py $(YEAR_BENCH_ARGS)
 	$(PY) benchmarks/outcomes.py $(OUTCOMES_BENCH_ARGS)
