@@ -34,7 +34,7 @@ import threading
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import accumulate
@@ -390,11 +390,11 @@ class SyncState:
             if not keys:
                 self._write_new_only(new_order, write)
                 return
-            # (old index, 0 insert before it / 1 drop it, rank among the new entries)
-            events = [(i, 1, 0) for i in sorted(set(self._dropped))]
+            # Where each new entry goes (in key order) and which old ones go: two flat arrays, merged
+            # as each section is written, not a list of a million tuples.
+            dropped: array[int] = array("Q", sorted(set(self._dropped)))
             new_keys = self._new_keys
-            events += [(bisect_left(keys, new_keys[j]), 0, rank) for rank, j in enumerate(new_order)]
-            events.sort()
+            inserts: array[int] = array("Q", (bisect_left(keys, new_keys[j]) for j in new_order))
             old_parts: tuple[Any, ...] = (self.keys, self.digests, self.flags, self._lengths)
             new_parts: tuple[Any, ...] = (
                 self._new_keys,
@@ -405,7 +405,7 @@ class SyncState:
             for old, new in zip(old_parts, new_parts, strict=True):
                 out = array(old.typecode) if isinstance(old, array) else bytearray()
                 prev = 0
-                for index, kind, rank in events:
+                for index, kind, rank in _events(dropped, inserts):
                     if index > prev:
                         out += old[prev:index]
                     if kind == 0:
@@ -420,7 +420,7 @@ class SyncState:
             new_offsets = array("Q", accumulate(self._new_lengths, initial=0))
             blob, new_blob = memoryview(self._blob), memoryview(self._new_blob)
             prev = 0
-            for index, kind, rank in events:
+            for index, kind, rank in _events(dropped, inserts):
                 if index > prev:
                     write(blob[offsets[prev] : offsets[index]])
                 if kind == 0:
@@ -496,6 +496,21 @@ class _Filler:
             target[self._at : self._at + n] = view[:n]
             self._at += n
             view = view[n:]
+
+
+def _events(dropped: array[int], inserts: array[int]) -> Iterator[tuple[int, int, int]]:
+    """``(old index, 0 insert before it / 1 drop it, rank among the new entries)`` in sorted order,
+    from the sorted old indices to drop and the (non-decreasing) insert positions of the new entries
+    in key order: at one index the inserts come first, as a sort of those tuples would put them."""
+    d = r = 0
+    n_dropped, n_inserts = len(dropped), len(inserts)
+    while r < n_inserts or d < n_dropped:
+        if r < n_inserts and (d == n_dropped or inserts[r] <= dropped[d]):
+            yield inserts[r], 0, r
+            r += 1
+        else:
+            yield dropped[d], 1, 0
+            d += 1
 
 
 def _order(keys: array[int]) -> array[int]:
