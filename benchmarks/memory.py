@@ -133,6 +133,28 @@ def measure(folder: str, count: int) -> None:
         "re-export: write the state",
         lambda: write_state(uri, loaded.state, loaded.stored_generation, keys),
     )
+    loaded.state = SyncState(identity)  # free it before the retry
+    retry_of_first_sync(folder, count, identity, keys)
+
+
+def retry_of_first_sync(folder: str, count: int, identity: Any, keys: Any) -> None:
+    """What ``make prod-test --memory``'s retry does: a mirror first sync killed at 30% left its
+    claims in partial states (no state yet); the retry folds them, diffs the segment, writes the state."""
+    from airflow_provider_ciexport.export.claims import PART_CLAIMS, ClaimJournal
+    from airflow_provider_ciexport.export.state import SyncState, email_key, write_state
+
+    uri = f"{folder}/retry.state"
+    journal = ClaimJournal(uri, identity, 0, keys)
+    claimed = int(count * 0.3)
+    for start in range(0, claimed, PART_CLAIMS):
+        emails = (f"person.{i}@example.com" for i in range(start, min(start + PART_CLAIMS, claimed)))
+        journal.wait(journal.add([(email_key(e), e) for e in emails]))
+    del journal
+    retry = ClaimJournal(uri, identity, 0, keys)
+    state = phase("retry: fold 30% claims (no state)", lambda: retry.fold_into(SyncState(identity), False)[0])
+    diff = phase("retry: diff (the whole segment)", partial(first_sync_diff, state, count))
+    del state
+    phase("retry: write the state", partial(write_state, uri, diff.state, None, keys))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
-from airflow_provider_ciexport.core.contacts import ContactBuilder
+from airflow_provider_ciexport.core.contacts import ContactBuilder, EmailSet
 from airflow_provider_ciexport.exceptions import (
     ExportConfigurationError,
     ExportIncompleteError,
@@ -306,6 +306,8 @@ class SegmentExporter:
         """Whatever happened: the report's counts, the checkpoint and the state saved, the report logged."""
         report = self.report
         copy_counts_to_report(self.report, builder, self._delivery.too_large, self._sync_run)
+        # Every row is built: the duplicate check's set (17 MB a million) is freed before the state's write.
+        builder.seen = EmailSet()
         checkpoint.flush()
         self._save_state()
         report.requests = self.destination.requests_made

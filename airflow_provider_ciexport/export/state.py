@@ -34,7 +34,7 @@ import threading
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import accumulate
@@ -390,11 +390,11 @@ class SyncState:
             if not keys:
                 self._write_new_only(new_order, write)
                 return
-            # (old index, 0 insert before it / 1 drop it, rank among the new entries)
-            events = [(i, 1, 0) for i in sorted(set(self._dropped))]
+            # Where each new entry goes (in key order) and which old ones go: two flat arrays, merged
+            # as each section is written, not a list of a million tuples.
+            dropped: array[int] = array("I", sorted(set(self._dropped)))
             new_keys = self._new_keys
-            events += [(bisect_left(keys, new_keys[j]), 0, rank) for rank, j in enumerate(new_order)]
-            events.sort()
+            inserts: array[int] = array("I", (bisect_left(keys, new_keys[j]) for j in new_order))
             old_parts: tuple[Any, ...] = (self.keys, self.digests, self.flags, self._lengths)
             new_parts: tuple[Any, ...] = (
                 self._new_keys,
@@ -403,24 +403,23 @@ class SyncState:
                 self._new_lengths,
             )
             for old, new in zip(old_parts, new_parts, strict=True):
-                out = array(old.typecode) if isinstance(old, array) else bytearray()
+                out = _Section(old, write)
                 prev = 0
-                for index, kind, rank in events:
+                for index, kind, rank in _events(dropped, inserts):
                     if index > prev:
-                        out += old[prev:index]
+                        out.copy(old, prev, index)
                     if kind == 0:
                         out.append(new[new_order[rank]])
                         prev = index
                     else:
                         prev = index + 1
-                out += old[prev:]
-                write(_as_little_endian(out))
-                del out
+                out.copy(old, prev, len(old))
+                out.flush()
             offsets = self._old_offsets()
             new_offsets = array("Q", accumulate(self._new_lengths, initial=0))
             blob, new_blob = memoryview(self._blob), memoryview(self._new_blob)
             prev = 0
-            for index, kind, rank in events:
+            for index, kind, rank in _events(dropped, inserts):
                 if index > prev:
                     write(blob[offsets[prev] : offsets[index]])
                 if kind == 0:
@@ -462,10 +461,14 @@ class SyncState:
         """A state with no old entries (a first sync): the new ones in key order, without a list of
         a million insert events."""
         for new in (self._new_keys, self._new_digests, self._new_flags, self._new_lengths):
-            picked = map(new.__getitem__, order)
-            out = array(new.typecode, picked) if isinstance(new, array) else bytearray(picked)
-            write(_as_little_endian(out))
-            del out
+            step = IO_CHUNK // new.itemsize if isinstance(new, array) else IO_CHUNK
+            for start in range(0, len(order), step):
+                picked = map(new.__getitem__, order[start : start + step])
+                write(
+                    _as_little_endian(
+                        array(new.typecode, picked) if isinstance(new, array) else bytearray(picked)
+                    )
+                )
         offsets = array("Q", accumulate(self._new_lengths, initial=0))
         blob = memoryview(self._new_blob)
         for k in order:
@@ -475,6 +478,41 @@ class SyncState:
         if self._offsets is None:
             self._offsets = array("Q", accumulate(self._lengths, initial=0))
         return self._offsets
+
+
+class _Section:
+    """One section of a state being written, handed to ``write`` a piece of at most :data:`IO_CHUNK`
+    at a time (never a whole section's copy next to the state)."""
+
+    def __init__(self, like: array[int] | bytes | bytearray, write: Callable[[Any], Any]) -> None:
+        self._typecode = like.typecode if isinstance(like, array) else ""
+        self._step = IO_CHUNK // like.itemsize if isinstance(like, array) else IO_CHUNK
+        self._write = write
+        self._out = self._empty()
+
+    def _empty(self) -> array[int] | bytearray:
+        return array(self._typecode) if self._typecode else bytearray()
+
+    def copy(self, old: array[int] | bytes | bytearray, start: int, stop: int) -> None:
+        """Add ``old[start:stop]``."""
+        while start < stop:
+            end = min(stop, start + self._step)
+            self._out += old[start:end]  # type: ignore[operator]
+            start = end
+            if len(self._out) >= self._step:
+                self.flush()
+
+    def append(self, value: int) -> None:
+        """Add one value."""
+        self._out.append(value)
+        if len(self._out) >= self._step:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was added."""
+        if self._out:
+            self._write(_as_little_endian(self._out))
+            self._out = self._empty()
 
 
 class _Filler:
@@ -496,6 +534,21 @@ class _Filler:
             target[self._at : self._at + n] = view[:n]
             self._at += n
             view = view[n:]
+
+
+def _events(dropped: array[int], inserts: array[int]) -> Iterator[tuple[int, int, int]]:
+    """``(old index, 0 insert before it / 1 drop it, rank among the new entries)`` in sorted order,
+    from the sorted old indices to drop and the (non-decreasing) insert positions of the new entries
+    in key order: at one index the inserts come first, as a sort of those tuples would put them."""
+    d = r = 0
+    n_dropped, n_inserts = len(dropped), len(inserts)
+    while r < n_inserts or d < n_dropped:
+        if r < n_inserts and (d == n_dropped or inserts[r] <= dropped[d]):
+            yield inserts[r], 0, r
+            r += 1
+        else:
+            yield dropped[d], 1, 0
+            d += 1
 
 
 def _order(keys: array[int]) -> array[int]:

@@ -13,7 +13,7 @@ from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.destinations.constantcontact import named_refusals
 from airflow_provider_ciexport.export import claims
 from airflow_provider_ciexport.export.batcher import Batch
-from airflow_provider_ciexport.export.claims import ClaimJournal, part_uri
+from airflow_provider_ciexport.export.claims import ClaimJournal, KeySet, part_uri
 from airflow_provider_ciexport.export.state import (
     MANAGED,
     REMOVED,
@@ -218,3 +218,11 @@ def test_changed_contacts_of_an_unconfirmed_batch_keep_their_ownership() -> None
     assert diff.counts["changed"] == 1
     diff.confirm(entries, refused=None, accepted_all=False)
     assert (state.flags[0], state.digests[0]) == (MANAGED, 0)
+
+
+def test_the_key_set_of_a_retry_finds_every_key_once() -> None:
+    seen = KeySet()
+    keys = [email_key(f"p{i}@example.com") for i in range(5_000)] + [0, 2**64 - 1, 1024, 2048]
+    assert all(seen.add(key) for key in keys)  # grows past its first 1,024 slots
+    assert not any(seen.add(key) for key in keys)
+    assert len(seen) == len(keys)
