@@ -112,6 +112,8 @@ class RateLimiter:
         self.factor = 1.0
         self.cuts = 0
         self._credit = 1.0
+        #: Slots of this lane to skip: one per refused call (:meth:`throttled`).
+        self._owed = 0
         self._calls = 0
         self._last_cut_call = 0
         self._refusals: deque[int] = deque()
@@ -256,6 +258,8 @@ class RateLimiter:
                 slot += lanes
                 credit += self.factor
             self._credit = credit - 1.0
+            slot += lanes * self._owed
+            self._owed = 0
             start = slot * step - wall_offset
             self._next = start + step / 2
             return start, self._epoch
@@ -293,8 +297,9 @@ class RateLimiter:
             self.factor = min(1.0, self.factor + step)
 
     def throttled(self, call: int, retry_after: float | None = None, own: bool | None = None) -> bool:
-        """A call was refused for the rate: wait as asked and, if refusals repeat, slow down, unless
-        our own bunching explains the refusal (then the calls are only spaced out).
+        """A call was refused for the rate: wait as asked, skip one slot (the refused call spent one
+        in the server's window) and, if refusals repeat, slow down, unless our own bunching explains
+        the refusal (then the calls are only spaced out).
 
         :param call: the sequence number :meth:`acquire` gave the refused call.
         :param retry_after: how long the server asked us to wait, if it said.
@@ -303,6 +308,10 @@ class RateLimiter:
         """
         if retry_after:
             self.pause(retry_after)
+        with self._lock:
+            # A strict window counts the refused request too: give its slot back (skip one of ours), so
+            # that exports refused in turn drain the window at once instead of keeping it full.
+            self._owed += 1
         if own if own is not None else self.own_bunching(call):
             with self._lock:
                 self.own_bunched += 1

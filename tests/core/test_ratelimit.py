@@ -84,7 +84,22 @@ def test_a_lone_refusal_only_waits_as_asked(clock: FakeTime) -> None:
     assert limiter.factor == 1.0
     before = clock.now
     limiter.acquire()
-    assert 2.0 <= clock.now - before <= 2.0 + limiter.step  # from the next slot of the grid
+    # From the next slot of the grid but one: the refused call spent a slot of the server's window.
+    assert 2.0 < clock.now - before <= 2.0 + 2 * limiter.step
+
+
+def test_a_refused_call_gives_its_slot_in_the_window_back(clock: FakeTime) -> None:
+    # A strict window counts refused requests too: the refused call spent a slot of it, so the next
+    # call skips one; exports refused in turn then drain the window instead of keeping it full.
+    limiter = RateLimiter(100, 60.0)
+    calls = [limiter.acquire() for _ in range(3)]
+    assert limiter.throttled(calls[-1], own=True) is False
+    before = clock.now
+    limiter.acquire()
+    assert clock.now - before == pytest.approx(2 * limiter.step)
+    before = clock.now
+    limiter.acquire()
+    assert clock.now - before == pytest.approx(limiter.step)
 
 
 def test_repeated_refusals_slow_down_once_per_round(clock: FakeTime) -> None:
