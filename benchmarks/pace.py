@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for result in results:
         result["goals_met"] = all(met(name, value) for name, value in result["figures"].items())
     summary = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "profiles": args.profiles,
         "concurrent": args.concurrent,
         "scale": args.scale,
