@@ -37,6 +37,10 @@ DECREASE = 0.85
 #: ... and regained linearly over this many windows' worth of successful calls, from however low the
 #: cuts went: a burst of refusals costs a bounded time at a lower rate, never a ratchet down.
 RECOVERY_WINDOWS = 2.0
+#: Above the rate at which refusals began last time (someone else's share of the budget, likely still
+#: spent), the rate climbs this many times slower: it probes for room rather than storming back into
+#: refusals that cost the other app its requests too. A burst at the full rate still recovers fast.
+PROBE_SLOWER = 4.0
 #: Never slower than this share of the documented rate.
 MIN_FACTOR = 0.05
 #: Refusals that cut the rate: this many within one window's worth of calls. A lone refusal is
@@ -125,8 +129,10 @@ class RateLimiter:
         #: ahead: a reservation; corrected to when the call really left), to space calls a stall
         #: bunched and to explain refusals.
         self._starts: deque[tuple[int, float]] = deque(maxlen=2 * int(MAX_WINDOW_CALLS) + 2)
-        #: The factor the last cut left, from which :meth:`succeeded` climbs back in bounded time.
+        #: The factor the last cut left, from which :meth:`succeeded` climbs back in bounded time ...
         self._low = 1.0
+        #: ... fast up to the factor at which the last burst of refusals began, slowly beyond it.
+        self._cut_at = 1.0
         #: Refusals our own bunching explained (spaced out, the rate not cut).
         self.own_bunched = 0
         self._lock = threading.Lock()
@@ -288,12 +294,15 @@ class RateLimiter:
                 self._epoch += 1
 
     def succeeded(self) -> None:
-        """A call passed: creep back towards the full rate (additive increase), the whole way from the
-        last cut's factor in ``RECOVERY_WINDOWS`` windows' worth of successful calls."""
+        """A call passed: creep back towards the full rate (additive increase): at a pace that covers
+        the whole way from the last cut's factor in ``RECOVERY_WINDOWS`` windows' worth of successful
+        calls up to where the refusals began, ``PROBE_SLOWER`` times slower above it."""
         if self.factor >= 1.0:
             return
         with self._lock:
             step = (1 - min(self._low, DECREASE)) / (RECOVERY_WINDOWS * self._window_calls)
+            if self.factor >= self._cut_at:
+                step /= PROBE_SLOWER
             self.factor = min(1.0, self.factor + step)
 
     def throttled(self, call: int, retry_after: float | None = None, own: bool | None = None) -> bool:
@@ -324,6 +333,9 @@ class RateLimiter:
             # Calls sent before the last cut were paced at the old rate: their refusals are old news.
             if call <= self._last_cut_call or len(refusals) < REFUSALS_TO_CUT:
                 return False
+            if self._calls - self._last_cut_call > self._window_calls:
+                # The first cut of a burst (later ones come within a window): where refusals begin.
+                self._cut_at = self.factor
             self.factor = max(MIN_FACTOR, self.factor * DECREASE)
             self._low = self.factor
             self._last_cut_call = self._calls

@@ -364,6 +364,30 @@ def test_repeated_bursts_do_not_ratchet_the_rate_down(clock: FakeTime) -> None:
     assert lows == [pytest.approx(lows[0])] * 6
 
 
+def test_above_where_refusals_began_the_rate_probes_slowly(clock: FakeTime) -> None:
+    # Someone else keeps spending part of the budget: the refusals come back below the full rate.
+    limiter = RateLimiter(100, 60.0)
+    _burst(limiter, 2)
+    for _ in range(150):  # more than a window later, not yet back to the full rate
+        limiter.acquire()
+        limiter.succeeded()
+    began = limiter.factor
+    assert DECREASE < began < 1.0
+    low = _burst(limiter, 2)
+
+    def successes_until(factor: float) -> int:
+        count = 0
+        while limiter.factor < factor:
+            limiter.acquire()
+            limiter.succeeded()
+            count += 1
+        return count
+
+    fast = successes_until(began) / (began - low)
+    slow = successes_until(1.0) / (1.0 - began)
+    assert slow == pytest.approx(ratelimit.PROBE_SLOWER * fast, rel=0.1)
+
+
 def test_a_poll_waits_for_the_calls_already_queued_for_the_per_second_budget(clock: FakeTime) -> None:
     budget = RateLimiter(5, 1.0, 0.4)
     pacer = PollPacer(budget, lambda: 0.0)
