@@ -735,7 +735,9 @@ class SegmentApiHook(HttpHook):
     def _slow_down(
         limiters: Sequence[RateLimiter], tickets: Sequence[int], answer: Throttled
     ) -> tuple[bool, bool]:
-        """Hold the account back as the API asked, and teach the limiter of the window that refused it.
+        """Hold the account back as the API asked, and teach the limiter of the window that refused it
+        (every limiter the call passed when the answer leaves the window open and our own calls do
+        not explain it).
 
         :return: whether the limiter cut its pace (refusals repeat, not of our own making), and
             whether our own bunching explains the refusal (then the pace is not cut).
@@ -757,7 +759,16 @@ class SegmentApiHook(HttpHook):
             own = limiter.own_bunching(tickets[index])
         else:
             own = any(lim.own_bunching(ticket) for lim, ticket in zip(limiters, tickets, strict=True))
-        return limiter.throttled(tickets[index], answer.retry_after, own=own), own
+        if certain or own:
+            return limiter.throttled(tickets[index], answer.retry_after, own=own), own
+        # Someone else is spending the account, and the answer does not say on which window: an app
+        # spending the imports draws waits as short as the per-second window's. Every window the call
+        # passed learns it, or the imports would keep storming a budget another app shares.
+        cuts = [
+            lim.throttled(ticket, answer.retry_after, own=False)
+            for lim, ticket in zip(limiters, tickets, strict=True)
+        ]
+        return any(cuts), False
 
     @staticmethod
     def _refusing_limiter(limiters: Sequence[RateLimiter], answer: Throttled) -> tuple[int, bool]:
