@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.sync import IDENTITY_ARGS, churn_diff, first_sync_diff
+from benchmarks.sync import bench_identity_and_keys, churn_diff, first_sync_diff
 
 BUCKET = "ciexport-memory"
 KEYS = {"login": "memory-key-id", "password": "memory-secret-key"}
@@ -97,8 +97,6 @@ def s3_server() -> Iterator[str]:
 def measure(folder: str, count: int) -> None:
     """The state's phases at ``count`` contacts, in ``folder``."""
     from airflow_provider_ciexport.export.state import (
-        StateIdentity,
-        StateKeys,
         SyncState,
         email_key,
         read_state,
@@ -106,8 +104,7 @@ def measure(folder: str, count: int) -> None:
         write_state,
     )
 
-    identity = StateIdentity.of(*IDENTITY_ARGS)
-    keys = StateKeys(["the bench's state key"], "the bench")
+    identity, keys = bench_identity_and_keys()
     uri = f"{folder}/memory.state"
 
     # An object store's client (botocore's models, the event loop): once per task, whatever its state.

@@ -47,6 +47,13 @@ IDENTITY_ARGS = (
 )
 
 
+def bench_identity_and_keys() -> tuple[Any, Any]:
+    """The benchmarks' state identity (:data:`IDENTITY_ARGS`) and signing keys."""
+    from airflow_provider_ciexport.export.state import StateIdentity, StateKeys
+
+    return StateIdentity.of(*IDENTITY_ARGS), StateKeys(["the bench's state key"], "the bench")
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
@@ -93,16 +100,9 @@ def churn_diff(state: Any, count: int) -> Any:
 
 def state_child(mode: str, count: int, uri: str) -> dict[str, Any]:
     """One side of the state measurement, in its own process (``--state-child``)."""
-    from airflow_provider_ciexport.export.state import (
-        StateIdentity,
-        StateKeys,
-        SyncState,
-        read_state,
-        write_state,
-    )
+    from airflow_provider_ciexport.export.state import SyncState, read_state, write_state
 
-    identity = StateIdentity.of(*IDENTITY_ARGS)
-    keys = StateKeys(["the bench's state key"], "the bench")
+    identity, keys = bench_identity_and_keys()
     if mode == "first":
         write_state(uri, first_sync_diff(SyncState(identity), count).state, None, keys)
         return {}

@@ -177,7 +177,10 @@ class EmailSet:
 
         :param email: a normalised address.
         """
-        h = hash(email) or 1  # 0 marks an empty slot; the (astronomically rare) hash 0 is stored as 1
+        return self.add_hash(hash(email) or 1)  # 0 marks an empty slot: the (astronomically rare) hash 0 as 1
+
+    def add_hash(self, h: int) -> bool:
+        """Add a value already hashed (a signed, non-zero 64-bit number); ``True`` if it was new."""
         i = self._slot(h)
         if self._table[i]:
             return False
@@ -253,9 +256,8 @@ class EmailIndex(EmailSet):
         #: What :meth:`add` keeps for a new address (below 2**31).
         self.number = 0
 
-    def add(self, email: str) -> bool:
-        """Add an address with :attr:`number`; return ``True`` if it was not in the set yet."""
-        h = hash(email) or 1
+    def add_hash(self, h: int) -> bool:
+        """Add a hashed address with :attr:`number`; return ``True`` if it was not in the set yet."""
         i = self._slot(h)
         if self._table[i]:
             return False

@@ -21,10 +21,10 @@ import contextlib
 import logging
 import re
 import threading
-from array import array
 from collections.abc import Sequence
 from typing import Any
 
+from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.export.state import (
     MANAGED,
     REMOVED,
@@ -51,45 +51,24 @@ def part_uri(uri: str, generation: int, number: int) -> str:
 
 
 class KeySet:
-    """A set of 64-bit email keys on one flat array (open addressing, at most half full): 16 to 32
-    bytes a key, where a ``set`` of Python ints takes about 60 (a retry may fold a million claims)."""
+    """A set of 64-bit email keys on :class:`~airflow_provider_ciexport.core.contacts.EmailSet`'s flat
+    table: 16 to 32 bytes a key, where a ``set`` of Python ints takes about 60 (a retry may fold a
+    million claims)."""
 
     def __init__(self) -> None:
-        self._table: array[int] = array("Q", [0]) * 1024
-        self._len = 0
-        self._zero = False  # 0 marks an empty slot: the key 0 is kept apart
+        self._set = EmailSet()
+        self._zero = False  # the table's empty-slot marker is 0: the key 0 is kept apart
 
     def __len__(self) -> int:
-        return self._len + self._zero
+        return len(self._set) + self._zero
 
     def add(self, key: int) -> bool:
         """Add ``key``; return ``True`` if it was not in the set yet."""
         if key == 0:
             new, self._zero = not self._zero, True
             return new
-        table = self._table
-        mask = len(table) - 1
-        i = key & mask  # the keys are hashes already: their low bits are spread evenly
-        while table[i]:
-            if table[i] == key:
-                return False
-            i = (i + 1) & mask
-        table[i] = key
-        self._len += 1
-        if 2 * self._len > len(table):
-            self._grow()
-        return True
-
-    def _grow(self) -> None:
-        old = self._table
-        table = self._table = array("Q", [0]) * (2 * len(old))
-        mask = len(table) - 1
-        for key in old:
-            if key:
-                i = key & mask
-                while table[i]:
-                    i = (i + 1) & mask
-                table[i] = key
+        # The keys are hashes already; the table holds signed numbers (the same 64 bits).
+        return self._set.add_hash(key - (1 << 64) if key >= 1 << 63 else key)
 
 
 class ClaimJournal:

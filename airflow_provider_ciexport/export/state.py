@@ -249,6 +249,18 @@ class FileRole:
         return None
 
 
+#: What a state's header says of past runs besides its entries (attributes of :class:`SyncState`,
+#: keys of the header), carried over by :meth:`SyncState.folded`.
+RUN_NOTES = (
+    "removals",
+    "list_members",
+    "members_read_at",
+    "opted_out_count",
+    "opted_out_read_at",
+    "opted_out_full_read_at",
+)
+
+
 class SyncState:
     """The entries of one state, sorted by email key, plus this run's changes to them.
 
@@ -447,12 +459,8 @@ class SyncState:
             keys.byteswap()
             digests.byteswap()
         folded = SyncState(self.identity, self.generation, keys, digests, flags, lengths, blob)
-        folded.removals = self.removals
-        folded.list_members = self.list_members
-        folded.members_read_at = self.members_read_at
-        folded.opted_out_count = self.opted_out_count
-        folded.opted_out_read_at = self.opted_out_read_at
-        folded.opted_out_full_read_at = self.opted_out_full_read_at
+        for name in RUN_NOTES:
+            setattr(folded, name, getattr(self, name))
         return folded
 
     def _write_new_only(
@@ -945,12 +953,8 @@ def _header(state: SyncState, key_id: str, role: FileRole, generation: int) -> b
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "count": count,
             "blob_bytes": blob_bytes,
+            **{name: getattr(state, name) for name in RUN_NOTES},
             "removals": state.removals[-MAX_REMOVAL_WINDOWS:],
-            "list_members": state.list_members,
-            "members_read_at": state.members_read_at,
-            "opted_out_count": state.opted_out_count,
-            "opted_out_read_at": state.opted_out_read_at,
-            "opted_out_full_read_at": state.opted_out_full_read_at,
         }
     ).encode()
 

@@ -156,6 +156,20 @@ with DAG(
         **_MIRROR,
     )
 
+
+def _mirror_export(dag_id: str, list_id: int, **task: Any) -> ActiveCampaignSegmentExportOperator:
+    """A mirror export to ``list_id`` with its own state on S3, named after its DAG."""
+    return ActiveCampaignSegmentExportOperator(
+        task_id="export_ac",
+        list_id=list_id,
+        field_mapping=AC_MAPPING,
+        sync_mode="mirror",
+        state_path=f"{STATE}/{dag_id}-ac.state",
+        **_TASK,
+        **task,
+    )
+
+
 # Paused until both runs are queued (``prod_test.py`` unpauses it), so that they start together. The
 # operator lets one try of a task with a state run at a time (``max_active_tis_per_dag=1``): Airflow
 # runs the two one after the other. The ``_lease`` DAG allows two at once, as two DAGs exporting to
@@ -165,15 +179,7 @@ for dag_id, list_id, at_once in (
     ("ciexport_prod_shared_state_lease", AC_LIST_NEWSLETTER, 2),
 ):
     with DAG(dag_id=dag_id, max_active_runs=2, **{**_COMMON, "is_paused_upon_creation": True}):
-        ActiveCampaignSegmentExportOperator(
-            task_id="export_ac",
-            list_id=list_id,
-            field_mapping=AC_MAPPING,
-            sync_mode="mirror",
-            state_path=f"{STATE}/{dag_id}-ac.state",
-            max_active_tis_per_dag=at_once,
-            **_TASK,
-        )
+        _mirror_export(dag_id, list_id, max_active_tis_per_dag=at_once)
 
 # Three exports at once on one account, each its own list and range of customer ids.
 RANGE_SQL = (
@@ -197,13 +203,4 @@ for dag_id, list_id, retries in (
     ("ciexport_prod_retry", AC_LIST_NEWSLETTER, 1),
 ):
     with DAG(dag_id=dag_id, **_COMMON):
-        ActiveCampaignSegmentExportOperator(
-            task_id="export_ac",
-            list_id=list_id,
-            field_mapping=AC_MAPPING,
-            sync_mode="mirror",
-            state_path=f"{STATE}/{dag_id}-ac.state",
-            retries=retries,
-            retry_delay=timedelta(seconds=5),
-            **_TASK,
-        )
+        _mirror_export(dag_id, list_id, retries=retries, retry_delay=timedelta(seconds=5))
