@@ -278,6 +278,9 @@ class TaskResult:
     start: Any = None
     note: str = ""
     try_number: int = 0
+    #: When the sampled peak came (seconds into the try) and the provider's last log line before it.
+    peak_at_s: float | None = None
+    peak_during: str = ""
 
 
 def task_results(stack: Stack, scenario: str, dag_id: str, run_ids: Sequence[str]) -> list[TaskResult]:
@@ -296,13 +299,16 @@ def task_results(stack: Stack, scenario: str, dag_id: str, run_ids: Sequence[str
             (dag_id, run_id, task_id),
         ):
             result.report = json.loads(value) if isinstance(value, str) else dict(value or {})
-        probes = [
-            json.loads(f.read_text())
-            for f in (stack.work / "probes").glob(f"{dag_id}.{run_id}.{task_id}.*.json")
-        ]
+        files = list((stack.work / "probes").glob(f"{dag_id}.{run_id}.{task_id}.*.json"))
+        probes = [json.loads(f.read_text()) for f in files]
+        kept = LOGS / "probes"  # with their memory timelines, after the stack's folder is gone
+        kept.mkdir(exist_ok=True)
+        for f in files:
+            shutil.copy(f, kept / f.name)
         for probe in sorted((p for p in probes if "peak_kb" in p), key=lambda p: p["try_number"]):
             result.peak_mb, result.worker = probe["peak_kb"] / 1024, probe["worker"]
             result.refusals, result.try_number = probe.get("throttled"), probe["try_number"]
+            result.peak_at_s, result.peak_during = probe.get("peak_at_s"), probe.get("peak_during", "")
         results.append(result)
     return sorted(results, key=lambda r: (r.run_id, r.task_id))
 
@@ -492,6 +498,12 @@ def print_table(results: list[TaskResult]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEAD))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print("\nWhere each peak came (sampled), after the provider's last log line:")
+    for r in results:
+        if r.peak_at_s is not None and r.scenario != "idle":
+            print(
+                f"  {r.run_id}/{r.task_id} try {r.try_number}: at {r.peak_at_s:.0f} s, after {r.peak_during!r}"
+            )
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -28,7 +28,10 @@ task process's pid), so that the test knows which worker to kill; the post-execu
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -75,9 +78,59 @@ def _probe_name(context: Any, suffix: str) -> str | None:
     return os.path.join(folder, name)
 
 
+class PeakWatch(logging.Handler):
+    """Where in the export its memory peaked: the RSS sampled every :data:`SAMPLE_S`, and the provider's
+    last log line before the highest sample (its lines name phases, never a person)."""
+
+    SAMPLE_S = 0.1
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.started = time.monotonic()
+        self.last = "(before the first log line)"
+        self.peak_kb, self.peak_at_s, self.peak_during = 0, 0.0, ""
+        #: ``[seconds, RSS MB, line]`` at each of the provider's log lines.
+        self.timeline: list[list[Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-watch", daemon=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()[:100]
+        elapsed = round(time.monotonic() - self.started, 1)
+        self.timeline.append([elapsed, round(_status_kb("VmRSS") / 1024), self.last])
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE_S):
+            rss = _status_kb("VmRSS")
+            if rss > self.peak_kb:
+                self.peak_kb, self.peak_at_s = rss, time.monotonic() - self.started
+                self.peak_during = self.last
+
+    def start(self) -> PeakWatch:
+        logging.getLogger("airflow_provider_ciexport").addHandler(self)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """Stop watching; the sampled peak, when and during what."""
+        self._stop.set()
+        self._thread.join()
+        logging.getLogger("airflow_provider_ciexport").removeHandler(self)
+        return {
+            "sampled_peak_kb": self.peak_kb,
+            "peak_at_s": round(self.peak_at_s, 1),
+            "peak_during": self.peak_during,
+            "timeline": self.timeline,
+        }
+
+
+_WATCH: list[PeakWatch] = []
+
+
 def probe_pre(context: Any) -> None:
     """Remember the task process's RSS before the export and reset its peak to it; say where it runs."""
     os.environ["CIEXPORT_PROD_RSS_PRE_KB"] = str(_status_kb("VmRSS"))
+    _WATCH[:] = [PeakWatch().start()]
     start = _probe_name(context, "start.json")
     if start:
         with open(start, "w") as out:
@@ -92,6 +145,7 @@ def probe_pre(context: Any) -> None:
 def probe_post(context: Any, result: Any = None) -> None:
     """Write the task process's peak RSS since :func:`probe_pre` (and its pid, host) into a probe file."""
     path = _probe_name(context, "json")
+    watched = _WATCH.pop().stop() if _WATCH else {}
     if not path:
         return
     ti = context["ti"]
@@ -106,6 +160,7 @@ def probe_post(context: Any, result: Any = None) -> None:
         "rss_pre_kb": int(os.environ.get("CIEXPORT_PROD_RSS_PRE_KB", "0")),
         "peak_kb": _status_kb("VmHWM"),
         "throttled": getattr(throttling, "total", None),
+        **watched,
     }
     with open(path, "w") as out:
         json.dump(probe, out)
