@@ -428,7 +428,7 @@ class SyncState:
                 out.copy(old, prev, len(old))
                 out.flush()
             offsets = self._old_offsets()
-            new_offsets = array("Q", accumulate(self._new_lengths, initial=0))
+            new_offsets = _offsets(self._new_lengths, len(self._new_blob))
             blob, new_blob = memoryview(self._blob), memoryview(self._new_blob)
             prev = 0
             for index, kind, rank in _events(dropped, inserts):
@@ -477,15 +477,21 @@ class SyncState:
                         array(new.typecode, picked) if isinstance(new, array) else bytearray(picked)
                     )
                 )
-        offsets = array("Q", accumulate(self._new_lengths, initial=0))
+        offsets = _offsets(self._new_lengths, len(self._new_blob))
         blob = memoryview(self._new_blob)
         for k in order:
             write(blob[offsets[k] : offsets[k + 1]])
 
     def _old_offsets(self) -> array[int]:
         if self._offsets is None:
-            self._offsets = array("Q", accumulate(self._lengths, initial=0))
+            self._offsets = _offsets(self._lengths, len(self._blob))
         return self._offsets
+
+
+def _offsets(lengths: bytes | bytearray, total: int) -> array[int]:
+    """Where each email starts in a blob of ``total`` bytes (and where the last one ends): 32-bit
+    numbers while they fit, half the memory of 64-bit ones."""
+    return array("I" if total < 2**32 else "Q", accumulate(lengths, initial=0))
 
 
 class _Section:
@@ -658,9 +664,12 @@ def read_state(
         )
 
 
-#: The most of a state file read or written at once, and the block object stores buffer for it: an
-#: object store's file otherwise buffers a block of 50 MB (s3fs) on top of the state itself.
-IO_CHUNK = 4 * 2**20
+#: The most of a state file read or written at once. Small, because each piece is held several times
+#: while an object store uploads it (its buffer, the part's copy), next to the whole state.
+IO_CHUNK = 2**20
+#: Object stores' read-ahead block: a state is read in a few large requests, not one per piece (the
+#: default, 50 MB for s3fs, would be held on top of the state itself).
+_READ_BLOCK = 4 * 2**20
 #: Object stores' write block: S3's smallest multipart part (5 MiB; a multiple of GCS's 256 KiB).
 _WRITE_BLOCK = 5 * 2**20
 
@@ -695,7 +704,7 @@ def _read_bytes(f: IO[bytes], n: int, mac: Any) -> bytearray:
 
 def open_for_reading(path: Any) -> IO[bytes]:
     """Open a state (or partial state) for reading, with an object store's read-ahead block kept small."""
-    return path.open("rb") if _local(path) is not None else path.open("rb", block_size=IO_CHUNK)
+    return path.open("rb") if _local(path) is not None else path.open("rb", block_size=_READ_BLOCK)
 
 
 #: A header is smaller than this (its identity and removal windows).

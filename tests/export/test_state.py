@@ -143,6 +143,14 @@ def test_many_inserts_and_drops_merge_without_a_tuple_per_entry(
     assert peak < 4_000_000, peak
 
 
+def test_email_offsets_take_32_bits_while_the_emails_fit_in_4_gb() -> None:
+    # A million emails' offsets: 4 MB instead of 8 while the state is written; past 4 GB, 64 bits.
+    small = state_module._offsets(bytes([30, 25, 40]), 95)
+    assert (small.typecode, small.itemsize, list(small)) == ("I", 4, [0, 30, 55, 95])
+    large = state_module._offsets(bytes([30, 25, 40]), 2**32)
+    assert (large.typecode, large.itemsize, list(large)) == ("Q", 8, [0, 30, 55, 95])
+
+
 def test_members_before_the_export_are_not_its_to_remove(tmp_path: Path) -> None:
     before = EmailSet()
     before.add("form@example.com")
