@@ -1,14 +1,18 @@
-"""The garbage collector's state while an export runs."""
+"""The process's memory housekeeping while an export runs: the garbage collector and the C heap."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _frozen = 0
 _frozen_lock = threading.Lock()
+#: How often an export gives the C heap's free pages back to the OS (each time takes about a
+#: millisecond).
+TRIM_INTERVAL_S = 2.0
 
 
 @contextlib.contextmanager
@@ -33,3 +37,41 @@ def steady_collector() -> Iterator[None]:
             _frozen -= 1
             if _frozen == 0:
                 gc.unfreeze()
+
+
+def malloc_trim() -> Callable[[int], int] | None:
+    """The C library's ``malloc_trim`` (glibc), or ``None`` where it has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def returning_free_memory(interval_s: float = TRIM_INTERVAL_S) -> Iterator[None]:
+    """Give the C heap's free pages back to the OS every ``interval_s`` while an export runs.
+
+    An export grows large arrays (the state's new entries, its address sets) while thousands of
+    request bodies come and go. glibc keeps what such growth frees inside its heap, in holes between
+    live blocks that it never hands back by itself: at a million contacts some 45 MB more of the
+    worker's memory than the export uses. ``malloc_trim`` hands those pages back; elsewhere (no glibc)
+    this does nothing.
+    """
+    trim = malloc_trim()
+    if trim is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def trim_until_stopped() -> None:
+        while not stop.wait(interval_s):
+            trim(0)
+
+    thread = threading.Thread(target=trim_until_stopped, name="ciexport-heap-trim", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        trim(0)

@@ -23,7 +23,7 @@ from airflow_provider_ciexport.export.checkpoint import (
     ProgressStore,
     export_fingerprint,
 )
-from airflow_provider_ciexport.export.collector import steady_collector
+from airflow_provider_ciexport.export.collector import returning_free_memory, steady_collector
 from airflow_provider_ciexport.export.delivery import Delivery, Stopped, raise_if_incomplete, sending_phase
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.outcomes import OutcomeSettings, outcome_hooks
@@ -142,6 +142,7 @@ class SegmentExporter:
             if lease is not None:
                 stack.callback(lease.release)
             stack.enter_context(steady_collector())
+            stack.enter_context(returning_free_memory())
             # Only the mapped columns are kept, as each row is read.
             rows = stack.enter_context(self.source.read(self._outcomes.columns(self.field_mapping.values())))
             stack.callback(self._outcomes.close)  # after the report and the state (_run's end)
