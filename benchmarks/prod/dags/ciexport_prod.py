@@ -22,7 +22,9 @@ into a file of the folder named by ``CIEXPORT_PROD_PROBES`` (one JSON file per t
 
 The pre-execute hook also writes a start file (``<dag>.<run>.<task>.<try>.start.json``: worker and the
 task process's pid), so that the test knows which worker to kill; the post-execute hook records the
-429 answers the task's hook received (``throttled``).
+429 answers the task's hook received (``throttled``). Between the two, :class:`PeakWatch` samples the
+task process's RSS and notes it at each of the provider's log lines, so that the probe also says when
+the memory peaked and during which phase.
 """
 
 from __future__ import annotations
