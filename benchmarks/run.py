@@ -636,11 +636,15 @@ def fastest_floor(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 # -- report -------------------------------------------------------------------------------------------
 
 
+def reaches(value: float | None, op: str, target: float) -> bool | None:
+    """Whether ``value`` reaches ``target`` by ``op`` (``>=`` or ``<=``); ``None`` when not measured."""
+    return None if value is None else (value >= target if op == ">=" else value <= target)
+
+
 def goal(name: str, value: float | None) -> dict[str, Any]:
     """A goal's value, target and verdict (``None`` when not measured)."""
     op, target, meaning = GOALS[name]
-    met = None if value is None else (value >= target if op == ">=" else value <= target)
-    return {"value": value, "goal": f"{op} {target:g}", "met": met, "meaning": meaning}
+    return {"value": value, "goal": f"{op} {target:g}", "met": reaches(value, op, target), "meaning": meaning}
 
 
 def summarise(

@@ -7,6 +7,9 @@ import ctypes
 import gc
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
+
+from airflow_provider_ciexport.export.progress import Ticker
 
 _frozen = 0
 _frozen_lock = threading.Lock()
@@ -61,17 +64,8 @@ def returning_free_memory(interval_s: float = TRIM_INTERVAL_S) -> Iterator[None]
     if trim is None:
         yield
         return
-    stop = threading.Event()
-
-    def trim_until_stopped() -> None:
-        while not stop.wait(interval_s):
-            trim(0)
-
-    thread = threading.Thread(target=trim_until_stopped, name="ciexport-heap-trim", daemon=True)
-    thread.start()
     try:
-        yield
+        with Ticker(interval_s, partial(trim, 0), period_s=interval_s, name="ciexport-heap-trim"):
+            yield
     finally:
-        stop.set()
-        thread.join()
         trim(0)

@@ -195,18 +195,29 @@ class Ticker:
 
     :param interval_s: the progress interval ``tell`` follows.
     :param tell: logs a line when one is due; never raises.
+    :param period_s: how often ``tell`` is called (default: a quarter of ``interval_s``, at most a
+        second), for other periodic chores of an export.
+    :param name: the thread's name.
     """
 
-    def __init__(self, interval_s: float, tell: Callable[[], object]) -> None:
-        self.period = max(0.01, min(1.0, interval_s / 4))
+    def __init__(
+        self,
+        interval_s: float,
+        tell: Callable[[], object],
+        *,
+        period_s: float | None = None,
+        name: str = "ciexport-progress",
+    ) -> None:
+        self.period = period_s if period_s is not None else max(0.01, min(1.0, interval_s / 4))
         self.interval_s = interval_s
         self._tell = tell
+        self._name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Ticker:
         if self.interval_s > 0:
-            self._thread = threading.Thread(target=self._run, name="ciexport-progress", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
         return self
 
@@ -220,5 +231,5 @@ class Ticker:
         while not self._stop.wait(self.period):
             try:
                 self._tell()
-            except Exception:  # progress must never end an export
-                log.debug("A progress line could not be told.", exc_info=True)
+            except Exception:  # a progress line or another chore must never end an export
+                log.debug("The periodic call of %s failed.", self._name, exc_info=True)

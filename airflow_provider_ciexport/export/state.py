@@ -469,14 +469,9 @@ class SyncState:
         """A state with no old entries (a first sync): the new ones in key order, without a list of
         a million insert events."""
         for new in (self._new_keys, self._new_digests, self._new_flags, self._new_lengths):
-            step = IO_CHUNK // new.itemsize if isinstance(new, array) else IO_CHUNK
-            for start in range(0, len(order), step):
-                picked = map(new.__getitem__, order[start : start + step])
-                write(
-                    _as_little_endian(
-                        array(new.typecode, picked) if isinstance(new, array) else bytearray(picked)
-                    )
-                )
+            out = _Section(new, write)
+            out.pick(new, order)
+            out.flush()
         offsets = _offsets(self._new_lengths, len(self._new_blob))
         blob = memoryview(self._new_blob)
         for k in order:
@@ -513,6 +508,13 @@ class _Section:
             end = min(stop, start + self._step)
             self._out += old[start:end]  # type: ignore[operator]
             start = end
+            if len(self._out) >= self._step:
+                self.flush()
+
+    def pick(self, source: array[int] | bytes | bytearray, indices: array[int]) -> None:
+        """Add ``source[i]`` for each ``i`` of ``indices``, in order."""
+        for start in range(0, len(indices), self._step):
+            self._out.extend(map(source.__getitem__, indices[start : start + self._step]))
             if len(self._out) >= self._step:
                 self.flush()
 
