@@ -43,6 +43,7 @@ from typing import IO, Any
 from airflow_provider_ciexport.core.liveness import dead_here, holder
 from airflow_provider_ciexport.core.paths import check_storage_path
 from airflow_provider_ciexport.exceptions import CiExportError, ExportConfigurationError
+from airflow_provider_ciexport.export.spill import SpilledBytes
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,8 @@ class SyncState:
         self._new_digests: array[int] = array("Q")
         self._new_flags = bytearray()
         self._new_lengths = bytearray()
-        self._new_blob = bytearray()
+        # Their addresses, on local disk once large (read back only when the state is written).
+        self._new_emails = SpilledBytes()
         self._dropped: list[int] = []
         self._lock = threading.Lock()
         #: ``[run id, start, end]`` (Unix seconds) of the runs that removed contacts, oldest first (the
@@ -359,7 +361,7 @@ class SyncState:
             self._new_digests.append(digest)
             self._new_flags.append(flags)
             self._new_lengths.append(len(data))
-            self._new_blob += data
+            self._new_emails.append(data)
 
     def start_removal_run(self) -> list[float]:
         """Record that this run starts removing contacts now; return its ``[run id, start, end]``, whose
@@ -385,7 +387,7 @@ class SyncState:
         dropped = sorted(set(self._dropped))
         lengths = self._lengths
         count = len(self.keys) - len(dropped) + len(self._new_keys)
-        blob = len(self._blob) - sum(lengths[i] for i in dropped) + len(self._new_blob)
+        blob = len(self._blob) - sum(lengths[i] for i in dropped) + len(self._new_emails)
         return count, blob
 
     def write_sections(self, write: Callable[[bytes | bytearray | memoryview | array[int]], Any]) -> None:
@@ -428,15 +430,15 @@ class SyncState:
                 out.copy(old, prev, len(old))
                 out.flush()
             offsets = self._old_offsets()
-            new_offsets = _offsets(self._new_lengths, len(self._new_blob))
-            blob, new_blob = memoryview(self._blob), memoryview(self._new_blob)
+            new_offsets = _offsets(self._new_lengths, len(self._new_emails))
+            blob, new_email = memoryview(self._blob), self._new_emails.read
             prev = 0
             for index, kind, rank in _events(dropped, inserts):
                 if index > prev:
                     write(blob[offsets[prev] : offsets[index]])
                 if kind == 0:
                     k = new_order[rank]
-                    write(new_blob[new_offsets[k] : new_offsets[k + 1]])
+                    write(new_email(new_offsets[k], new_offsets[k + 1]))
                     prev = index
                 else:
                     prev = index + 1
@@ -472,10 +474,10 @@ class SyncState:
             out = _Section(new, write)
             out.pick(new, order)
             out.flush()
-        offsets = _offsets(self._new_lengths, len(self._new_blob))
-        blob = memoryview(self._new_blob)
+        offsets = _offsets(self._new_lengths, len(self._new_emails))
+        email = self._new_emails.read
         for k in order:
-            write(blob[offsets[k] : offsets[k + 1]])
+            write(email(offsets[k], offsets[k + 1]))
 
     def _old_offsets(self) -> array[int]:
         if self._offsets is None:

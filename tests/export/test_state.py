@@ -16,6 +16,7 @@ import pytest
 
 from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.exceptions import ExportConfigurationError
+from airflow_provider_ciexport.export import spill as spill_module
 from airflow_provider_ciexport.export import state as state_module
 from airflow_provider_ciexport.export.state import (
     MAGIC,
@@ -141,6 +142,40 @@ def test_many_inserts_and_drops_merge_without_a_tuple_per_entry(
     assert {state.email(i) for i in range(len(state))} == expected
     # Two flat arrays place the 70,000 inserts (some 0.6 MB); a tuple per event took some 9 MB more.
     assert peak < 4_000_000, peak
+
+
+def _add_new(state: SyncState, emails: list[str]) -> int:
+    """Add ``emails`` as new entries; the memory this took (traced)."""
+    tracemalloc.start()
+    try:
+        for i, email in enumerate(emails):
+            state.add(email_key(email), i + 1, MANAGED, email)
+        return tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
+def test_new_addresses_wait_on_local_disk_and_the_state_comes_out_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emails = [f"  New.Person.{i}@Example-Domain.com".strip().lower() for i in range(60_000)]
+    size = sum(len(email) for email in emails)
+    old = _write_read(tmp_path, _first_sync([f"old.{i}@example.com" for i in range(5_000)]).state)
+    old.drop(3)
+
+    held_on_disk = _add_new(first_on_disk := SyncState(IDENTITY), emails)
+    _add_new(merge_on_disk := old.folded(), emails)
+    monkeypatch.setattr(spill_module, "IN_MEMORY_MAX", 1 << 30)
+    held_in_memory = _add_new(first_in_memory := SyncState(IDENTITY), emails)
+    _add_new(merge_in_memory := old.folded(), emails)
+
+    # The addresses (some 2 MB here, 30 MB a million) are not held in memory while the export runs.
+    assert held_in_memory - held_on_disk > size * 0.9, (held_in_memory, held_on_disk, size)
+    assert _sections(first_on_disk) == _sections(first_in_memory)
+    assert _sections(merge_on_disk) == _sections(merge_in_memory)
+    state = _write_read(tmp_path, merge_on_disk, 1)
+    assert {state.email(i) for i in range(len(state))} >= set(emails)
+    assert len(state) == 5_000 - 1 + 60_000
 
 
 def test_email_offsets_take_32_bits_while_the_emails_fit_in_4_gb() -> None:

@@ -1,0 +1,86 @@
+"""Bytes appended in order and read back by range, held on local disk once they grow large.
+
+A sync state collects the addresses of the contacts new to it while the export runs (some 30 bytes
+each: 30 MB for a million) and needs them only when the state is written. Kept in memory they are
+the largest thing a first sync holds when it peaks; on local disk, like the segment's rows (see
+:mod:`.spool`), they cost the export a read per address when the state is written and no memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from collections.abc import Callable
+
+#: Bytes kept in memory before they move to a temporary file: a small state (a partial state's
+#: claims, a small segment) never touches the disk.
+IN_MEMORY_MAX = 1 << 20
+#: Appended bytes gathered before each write to the file.
+WRITE_BUFFER = 256 * 1024
+
+
+class SpilledBytes:
+    """Bytes appended in order, read back by ``(start, stop)``; past ``in_memory_max`` bytes they
+    live in an anonymous temporary file (deleted when closed, even if the process dies), closed
+    when this object is collected or :meth:`close`\\ d.
+
+    Not thread-safe: the caller serialises appends and reads.
+
+    :param in_memory_max: bytes held in memory before moving to the file (default
+        :data:`IN_MEMORY_MAX`).
+    """
+
+    def __init__(self, in_memory_max: int | None = None) -> None:
+        self._in_memory_max = IN_MEMORY_MAX if in_memory_max is None else in_memory_max
+        # In memory: every byte so far; once on file: the bytes not written to it yet.
+        self._buffer = bytearray()
+        self._fd = -1
+        self._written = 0
+        self._close: Callable[[], object] = lambda: None
+
+    def __len__(self) -> int:
+        return self._written + len(self._buffer)
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the bytes moved to the temporary file."""
+        return self._fd >= 0
+
+    def append(self, data: bytes) -> None:
+        """Add ``data`` at the end."""
+        self._buffer += data
+        if self._fd < 0:
+            if len(self._buffer) > self._in_memory_max:
+                self._spill()
+        elif len(self._buffer) >= WRITE_BUFFER:
+            self._flush()
+
+    def read(self, start: int, stop: int) -> bytes | memoryview:
+        """The bytes from ``start`` to ``stop`` (offsets into everything appended)."""
+        if self._fd < 0:
+            return memoryview(self._buffer)[start:stop]
+        if stop > self._written:
+            self._flush()
+        return os.pread(self._fd, stop - start, start)
+
+    def close(self) -> None:
+        """Free the file (or the memory); nothing can be read afterwards."""
+        self._close()
+        self._buffer = bytearray()
+        self._fd, self._written = -1, 0
+
+    def _spill(self) -> None:
+        file = tempfile.TemporaryFile(prefix="ciexport-new-emails-", buffering=0)  # noqa: SIM115
+        self._fd = file.fileno()
+        # Closed with this object, even when nobody calls close().
+        self._close = weakref.finalize(self, file.close)
+        self._flush()
+
+    def _flush(self) -> None:
+        view = memoryview(self._buffer)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._written += len(self._buffer)
+        self._buffer = bytearray()
