@@ -8,10 +8,14 @@ the largest thing a first sync holds when it peaks; on local disk, like the segm
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 #: Bytes kept in memory before they move to a temporary file: a small state (a partial state's
 #: claims, a small segment) never touches the disk.
@@ -24,6 +28,9 @@ class SpilledBytes:
     """Bytes appended in order, read back by ``(start, stop)``; past ``in_memory_max`` bytes they
     live in an anonymous temporary file (deleted when closed, even if the process dies), closed
     when this object is collected or :meth:`close`\\ d.
+
+    A temporary file that cannot be made or written (a full disk) leaves every byte in memory from
+    then on, with a warning: more memory, nothing lost.
 
     Not thread-safe: the caller serialises appends and reads.
 
@@ -71,7 +78,11 @@ class SpilledBytes:
         self._fd, self._written = -1, 0
 
     def _spill(self) -> None:
-        file = tempfile.TemporaryFile(prefix="ciexport-new-emails-", buffering=0)  # noqa: SIM115
+        try:
+            file = tempfile.TemporaryFile(prefix="ciexport-new-emails-", buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            self._stay_in_memory(exc)
+            return
         self._fd = file.fileno()
         # Closed with this object, even when nobody calls close().
         self._close = weakref.finalize(self, file.close)
@@ -79,8 +90,27 @@ class SpilledBytes:
 
     def _flush(self) -> None:
         view = memoryview(self._buffer)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            view.release()
+            self._stay_in_memory(exc)
+            return
         self._written += len(self._buffer)
         self._buffer = bytearray()
+
+    def _stay_in_memory(self, exc: OSError) -> None:
+        # The error's text only: a path could name the worker's folders, never the bytes.
+        log.warning(
+            "Could not keep the new contacts' addresses on local disk (%s); they stay in memory "
+            "(some 30 MB a million contacts). Free space in the worker's temporary directory (TMPDIR).",
+            exc.strerror or type(exc).__name__,
+        )
+        if self._fd >= 0:
+            # What the file holds before this flush; the buffer still holds the rest.
+            self._buffer[:0] = os.pread(self._fd, self._written, 0)
+            self._close()
+            self._fd, self._written = -1, 0
+        self._in_memory_max = sys.maxsize

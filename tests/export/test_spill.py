@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import tempfile
+from itertools import accumulate
+
+import pytest
 
 from airflow_provider_ciexport.export import spill as spill_module
 from airflow_provider_ciexport.export.spill import SpilledBytes
@@ -56,3 +61,41 @@ def test_small_contents_never_touch_the_disk() -> None:
         spilled.append(b"someone@example.com")
     assert not spilled.on_disk
     assert len(spilled) == 1_900 < spill_module.IN_MEMORY_MAX
+
+
+def test_a_full_disk_keeps_every_byte_in_memory_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pieces = _pieces()
+    spilled = SpilledBytes(in_memory_max=1_000)
+    real_write, calls = os.write, []
+
+    def write_until_full(fd: int, data: memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data[:5_000])  # short writes too
+
+    monkeypatch.setattr(spill_module.os, "write", write_until_full)
+    monkeypatch.setattr(spill_module, "WRITE_BUFFER", 10_000)
+    with caplog.at_level(logging.WARNING, logger=spill_module.__name__):
+        for piece in pieces:
+            spilled.append(piece)
+
+    assert not spilled.on_disk and len(calls) == 4
+    offsets = list(accumulate((len(p) for p in pieces), initial=0))
+    assert all(bytes(spilled.read(offsets[k], offsets[k + 1])) == pieces[k] for k in range(len(pieces)))
+    assert "No space left on device" in caplog.text and "TMPDIR" in caplog.text
+    assert "exämple" not in caplog.text
+
+
+def test_no_temporary_file_keeps_every_byte_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/tmp")
+
+    monkeypatch.setattr(spill_module.tempfile, "TemporaryFile", refused)
+    spilled = SpilledBytes(in_memory_max=10)
+    for piece in _pieces():
+        spilled.append(piece)
+    assert not spilled.on_disk
+    assert b"".join(_pieces()) == bytes(spilled.read(0, len(spilled)))
