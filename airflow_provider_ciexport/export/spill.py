@@ -65,10 +65,10 @@ class SpilledBytes:
 
     def read(self, start: int, stop: int) -> bytes | memoryview:
         """The bytes from ``start`` to ``stop`` (offsets into everything appended)."""
-        if self._fd < 0:
-            return memoryview(self._buffer)[start:stop]
-        if stop > self._written:
+        if self._fd >= 0 and stop > self._written:
             self._flush()
+        if self._fd < 0:  # never spilled, or back in memory after a failed write
+            return memoryview(self._buffer)[start:stop]
         return os.pread(self._fd, stop - start, start)
 
     def close(self) -> None:

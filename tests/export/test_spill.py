@@ -99,3 +99,21 @@ def test_no_temporary_file_keeps_every_byte_in_memory(monkeypatch: pytest.Monkey
         spilled.append(piece)
     assert not spilled.on_disk
     assert b"".join(_pieces()) == bytes(spilled.read(0, len(spilled)))
+
+
+def test_a_read_that_meets_a_full_disk_still_returns_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    pieces = _pieces()[:100]
+    monkeypatch.setattr(spill_module, "WRITE_BUFFER", 1 << 30)  # the appends after the spill stay buffered
+    spilled = SpilledBytes(in_memory_max=100)
+    for piece in pieces:
+        spilled.append(piece)
+    assert spilled.on_disk
+
+    def full(fd: int, data: memoryview) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spill_module.os, "write", full)
+    offsets = list(accumulate((len(p) for p in pieces), initial=0))
+    assert bytes(spilled.read(offsets[-2], offsets[-1])) == pieces[-1]  # needs the buffered tail
+    assert not spilled.on_disk
+    assert all(bytes(spilled.read(offsets[k], offsets[k + 1])) == pieces[k] for k in range(len(pieces)))
