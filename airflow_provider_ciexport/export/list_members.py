@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
-from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.export.destination import Destination
 from airflow_provider_ciexport.export.progress import PhaseProgress
 from airflow_provider_ciexport.export.state import LoadedState, SyncState
-from airflow_provider_ciexport.export.sync import SyncSettings
+from airflow_provider_ciexport.export.sync import ListMembers, SyncSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +70,15 @@ def full_read_due(last: float | None, every_s: float | None, now: float, what: s
 
 
 def read_members(
-    destination: Destination, leavers: set[str], progress_interval_s: float = 30.0
-) -> tuple[EmailSet, dict[str, str]]:
-    """The lists' active members (normalised emails), and the contact ids of those in ``leavers``.
+    destination: Destination, state: SyncState, leavers: set[str], progress_interval_s: float = 30.0
+) -> tuple[ListMembers, dict[str, str]]:
+    """The lists' active members (normalised emails) against ``state``, and the contact ids of those
+    in ``leavers``.
 
     A read that lasts longer than ``progress_interval_s`` tells how far it got at least that often,
     against the lists' member count (asked only then: one request a list).
     """
-    members = EmailSet()
+    members = ListMembers(state)
     removal_ids: dict[str, str] = {}
     what = f"Reading the {destination.name} lists' members"
     with PhaseProgress(what, destination.member_count, progress_interval_s, unit="members") as progress:

@@ -144,6 +144,36 @@ class BatchEntries:
         return head, tail
 
 
+class ListMembers:
+    """The lists' members as a run reads them, against its state: a byte for each of the state's
+    entries, and a set of the addresses the state does not hold. A re-export's or a retry's members
+    are mostly in the state: a million take 1 MB instead of a 17 MB set.
+
+    :param state: the state the run's diff works on (a retry's claims folded in).
+    """
+
+    def __init__(self, state: SyncState) -> None:
+        self._state = state
+        self._in_state = bytearray(len(state))
+        self._others = EmailSet()
+
+    def add(self, email: str) -> None:
+        """Add a member (a normalised address)."""
+        index = self._state.find(email_key(email))
+        if index >= 0:
+            self._in_state[index] = 1
+        else:
+            self._others.add(email)
+
+    def holds_entry(self, index: int) -> bool:
+        """Whether the state's entry ``index`` is a member."""
+        return bool(self._in_state[index])
+
+    def holds_new(self, email: str) -> bool:
+        """Whether an address the state does not hold is a member."""
+        return email in self._others
+
+
 class SegmentDiff:
     """Classifies each contact of a run against the state, and records what the run confirmed.
 
@@ -166,7 +196,7 @@ class SegmentDiff:
         mirror: bool = False,
         opted_out: EmailSet | None = None,
         removal_unsubscribes: bool = False,
-        members_before: EmailSet | None = None,
+        members_before: ListMembers | None = None,
     ) -> None:
         self.state = state
         self.full_refresh = full_refresh
@@ -290,11 +320,11 @@ class SegmentDiff:
     def _new_flags(self, email: str) -> int:
         if not self.mirror:
             return 0
-        if self.members_before is not None and email in self.members_before:
+        if self.members_before is not None and self.members_before.holds_new(email):
             return 0  # already on the list before the export sent it: not the export's to remove
         return MANAGED
 
-    def mark_missing(self, members: EmailSet) -> int:
+    def mark_missing(self, members: ListMembers) -> int:
         """Note the entries the state shows on the lists (confirmed, not removed by the export) that
         ``members``, the lists' active members read this run, do not include: deleted or taken off
         the lists outside the export. Those still in the segment are sent again (:data:`RESTORED`),
@@ -304,10 +334,13 @@ class SegmentDiff:
         missing = bytearray(len(state))
         found = 0
         for index in range(len(state)):
-            if state.digests[index] == 0 or state.flags[index] & (REMOVED | 0x80):
+            if (
+                state.digests[index] == 0
+                or state.flags[index] & (REMOVED | 0x80)
+                or members.holds_entry(index)
+            ):
                 continue
-            email = state.email(index)
-            if email not in members and email not in self.opted_out:
+            if state.email(index) not in self.opted_out:
                 missing[index] = 1
                 found += 1
         self.missing = missing if found else bytearray()

@@ -44,6 +44,7 @@ from airflow_provider_ciexport.export.sync import (
     OPTED_OUT,
     UNCHANGED,
     BatchEntries,
+    ListMembers,
     SegmentDiff,
     SyncSettings,
 )
@@ -224,7 +225,7 @@ class SyncRun:
         rows: RowSpool | None,
         total: int | None,
         first_sync: bool,
-    ) -> EmailSet | None:
+    ) -> ListMembers | None:
         """Mirror: check the safety limit from a first pass over the segment. Read the lists' members
         (keeping the contact ids of those that would be removed) when the lists changed outside the
         export, and in mirror mode on the first sync or where it is cheap."""
@@ -239,7 +240,7 @@ class SyncRun:
             self._members_read_at = time.time()
         if not members_needed(self.sync, self.destination, self._loaded, first_sync, len(leavers)):
             return None
-        members, self._removal_ids = read_members(self.destination, leavers, self.progress_interval_s)
+        members, self._removal_ids = read_members(self.destination, state, leavers, self.progress_interval_s)
         self._members_read_at = time.time()
         return members
 

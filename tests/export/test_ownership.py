@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_ciexport.core.contacts import EmailSet
 from airflow_provider_ciexport.destinations.constantcontact import named_refusals
 from airflow_provider_ciexport.export import claims
 from airflow_provider_ciexport.export.batcher import Batch
@@ -24,7 +23,7 @@ from airflow_provider_ciexport.export.state import (
     read_state,
     write_state,
 )
-from airflow_provider_ciexport.export.sync import NEW, BatchEntries, SegmentDiff
+from airflow_provider_ciexport.export.sync import NEW, BatchEntries, ListMembers, SegmentDiff
 
 KEYS = StateKeys(["the workers' secret"], "a test")
 IDENTITY = StateIdentity.of("Constant Contact", "http://127.0.0.1 client x", ["l"], {"email": "email"})
@@ -39,9 +38,9 @@ def _ledger(diff: SegmentDiff, emails: list[str]) -> BatchEntries:
 
 
 def test_an_unconfirmed_batch_is_owned_and_sent_again_as_new() -> None:
-    members = EmailSet()
+    members = ListMembers(state := SyncState(IDENTITY))
     members.add("before@example.com")
-    diff = SegmentDiff(SyncState(IDENTITY), mirror=True, members_before=members)
+    diff = SegmentDiff(state, mirror=True, members_before=members)
     diff.claim(_ledger(diff, ["a@example.com", "before@example.com"]))
     state = diff.state.folded()
     a, before = state.find(email_key("a@example.com")), state.find(email_key("before@example.com"))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,7 @@ from airflow_provider_ciexport.export.sync import (
     READD,
     UNCHANGED,
     BatchEntries,
+    ListMembers,
     RemovalLimitError,
     SegmentDiff,
 )
@@ -56,10 +58,12 @@ def _uri(tmp_path: Path) -> str:
     return f"file://{tmp_path}/states/vip.state"
 
 
-def _first_sync(
-    emails: list[str], *, mirror: bool = True, members_before: EmailSet | None = None
-) -> SegmentDiff:
-    diff = SegmentDiff(SyncState(IDENTITY), mirror=mirror, members_before=members_before)
+def _first_sync(emails: list[str], *, mirror: bool = True, members_before: Iterable[str] = ()) -> SegmentDiff:
+    state = SyncState(IDENTITY)
+    members = ListMembers(state)
+    for email in members_before:
+        members.add(email)
+    diff = SegmentDiff(state, mirror=mirror, members_before=members)
     entries = BatchEntries()
     for email in emails:
         kind, index, key, digest = diff.classify(email, f'{{"email":"{email}"}}'.encode())
@@ -187,12 +191,35 @@ def test_email_offsets_take_32_bits_while_the_emails_fit_in_4_gb() -> None:
 
 
 def test_members_before_the_export_are_not_its_to_remove(tmp_path: Path) -> None:
-    before = EmailSet()
-    before.add("form@example.com")
-    diff = _first_sync(["form@example.com", "new@example.com"], members_before=before)
+    diff = _first_sync(["form@example.com", "new@example.com"], members_before=["form@example.com"])
     state = _write_read(tmp_path, diff.state)
     flags = {state.email(i): state.flags[i] for i in range(len(state))}
     assert flags == {"form@example.com": 0, "new@example.com": MANAGED}
+
+
+def test_members_in_the_state_take_a_byte_each_and_the_missing_ones_are_found(tmp_path: Path) -> None:
+    emails = [f"m{i}@example.com" for i in range(100_000)]
+    state = _write_read(tmp_path, _first_sync(emails).state)
+
+    tracemalloc.start()
+    try:
+        members = ListMembers(state)
+        for email in emails:
+            if not email.startswith("m7"):  # 11,111 taken off the lists outside the export
+                members.add(email)
+        members.add("joined.by.a.form@example.com")
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+    diff = SegmentDiff(state, mirror=True, members_before=members)
+    assert diff.mark_missing(members) == 11_111
+    assert sum(diff.missing) == 11_111
+    assert all(state.email(i).startswith("m7") for i in range(len(state)) if diff.missing[i])
+    assert members.holds_new("joined.by.a.form@example.com")
+    assert not members.holds_new("never.there@example.com")
+    # A byte an entry (0.1 MB); a set of the 88,889 addresses took 2 MB.
+    assert held < 400_000, held
 
 
 def test_upsert_records_nothing_as_the_exports_to_remove(tmp_path: Path) -> None:
