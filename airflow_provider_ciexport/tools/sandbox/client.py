@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 
 class SandboxClient:
@@ -18,6 +20,10 @@ class SandboxClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        # A kept-alive connection the server closed while idle resets the next call on it: reads are
+        # safe to send again (a POST or DELETE is not, as it may have run).
+        reads_again = Retry(total=2, allowed_methods=frozenset({"GET"}), status=0, redirect=0)
+        self.session.mount("http://", HTTPAdapter(max_retries=reads_again))
 
     def _call(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
         if json is None and method == "POST":
