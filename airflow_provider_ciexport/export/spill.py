@@ -27,7 +27,7 @@ WRITE_BUFFER = 256 * 1024
 class SpilledBytes:
     """Bytes appended in order, read back by ``(start, stop)``; past ``in_memory_max`` bytes they
     live in an anonymous temporary file (deleted when closed, even if the process dies), closed
-    when this object is collected or :meth:`close`\\ d.
+    when this object is collected.
 
     A temporary file that cannot be made or written (a full disk) leaves every byte in memory from
     then on, with a warning: more memory, nothing lost.
@@ -71,12 +71,6 @@ class SpilledBytes:
             return memoryview(self._buffer)[start:stop]
         return os.pread(self._fd, stop - start, start)
 
-    def close(self) -> None:
-        """Free the file (or the memory); nothing can be read afterwards."""
-        self._close()
-        self._buffer = bytearray()
-        self._fd, self._written = -1, 0
-
     def _spill(self) -> None:
         try:
             file = tempfile.TemporaryFile(prefix="ciexport-new-emails-", buffering=0)  # noqa: SIM115
@@ -84,7 +78,7 @@ class SpilledBytes:
             self._stay_in_memory(exc)
             return
         self._fd = file.fileno()
-        # Closed with this object, even when nobody calls close().
+        # Closed with this object (or when its bytes go back to memory).
         self._close = weakref.finalize(self, file.close)
         self._flush()
 
